@@ -1,0 +1,56 @@
+# aitherfwd — the two README commands are `sudo make demo` and `sudo make test`.
+# `make setup` is idempotent: Debian packages (only the missing ones), then a .venv with
+# the package installed editable. Everything else depends on it.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-stamp
+
+# Debian packages the project needs at run time and in its tests.
+DEB_PACKAGES := nftables libnftables1 conntrack iproute2 libsystemd-dev pkg-config gcc \
+                python3-dev python3-venv nmap hping3 ncat procps util-linux
+
+.PHONY: setup deb-deps demo test test-unit test-kernel lint typecheck bench clean
+
+setup: $(STAMP)
+
+deb-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "setup: installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | deb-deps
+	@$(MAKE) --no-print-directory deb-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m aitherfwd.demo
+
+lint: setup
+	$(VENV)/bin/ruff check aitherfwd tests benchmarks
+	$(VENV)/bin/ruff format --check aitherfwd tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit tests/golden
+
+test-kernel: setup
+	$(PY) -m pytest -q tests/kernel
+
+test: setup lint typecheck
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

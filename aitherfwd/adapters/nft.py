@@ -1,0 +1,112 @@
+"""The only importer of the `nftables` binding (libnftables' JSON API) — layer L2.
+
+Owns: one long-lived libnftables context, running a JSON batch as one kernel transaction,
+terse listing of our table, and translating failures into `ApplyError` /
+`KernelUnavailableError`. Never runs the `nft` program and never builds rule text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aitherfwd.compiler import Ruleset
+from aitherfwd.errors import ApplyError, KernelUnavailableError
+from aitherfwd.nft import builders as b
+from aitherfwd.nft import names as n
+from aitherfwd.reconcile import Observed, transaction
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+
+class Nft:
+    """A libnftables context in the caller's network namespace."""
+
+    def __init__(self) -> None:
+        try:
+            import nftables  # noqa: PLC0415  (imported here so pure modules never load it)
+        except ImportError as exc:
+            raise KernelUnavailableError(
+                "the nftables Python binding is not installed (pip-nftables / python3-nftables)"
+            ) from exc
+        try:
+            self._ctx = nftables.Nftables()
+        except OSError as exc:
+            raise KernelUnavailableError(f"cannot load libnftables: {exc}") from exc
+        self._ctx.set_json_output(True)
+        self._ctx.set_handle_output(False)
+
+    def run(self, commands: list[Json]) -> list[Json]:
+        """Run commands as ONE transaction: all of it is applied or none of it."""
+        if not commands:
+            return []
+        rc, output, error = self._ctx.json_cmd(b.batch(commands))
+        if rc != 0:
+            raise ApplyError(_first_errors(error))
+        if isinstance(output, dict):
+            items: list[Json] = output.get("nftables", [])
+            return items
+        return []
+
+    def list_table(self, *, terse: bool = True) -> list[Json]:
+        """Our table's objects; [] when it does not exist. Terse leaves set elements out."""
+        self._ctx.set_terse_output(terse)
+        try:
+            rc, output, _ = self._ctx.json_cmd(b.batch(
+                [{"list": {"table": {"family": n.FAMILY, "name": n.TABLE}}}]))
+        finally:
+            self._ctx.set_terse_output(False)
+        if rc != 0 or not isinstance(output, dict):
+            return []  # ENOENT: no table yet. Permission problems surface on apply.
+        items: list[Json] = output.get("nftables", [])
+        return items
+
+    def observe(self) -> Observed:
+        return Observed.from_listing(self.list_table(terse=True))
+
+    def apply(self, ruleset: Ruleset) -> Observed:
+        """Replace the static part of our table with `ruleset` in one transaction, keeping
+        every element of the dynamic sets. Returns what was there before."""
+        before = self.observe()
+        self.run(transaction(ruleset, before))
+        log.info("ruleset applied sha256=%s objects=%d", ruleset.sha256[:12], len(ruleset.objects))
+        return before
+
+    def delete_table(self) -> bool:
+        """Remove our table (the explicit 'remove the firewall' command). False if absent."""
+        if not self.observe().exists:
+            return False
+        self.run([{"delete": {"table": {"family": n.FAMILY, "name": n.TABLE}}}])
+        return True
+
+    def set_elements(self, set_name: str) -> list[Any]:
+        """Elements of one set (with timeout/expires). Expensive for big sets: tests and
+        tools only, never a hot path."""
+        items = self.run([{"list": {"set": {"family": n.FAMILY, "table": n.TABLE,
+                                            "name": set_name}}}])
+        for item in items:
+            if "set" in item:
+                elems: list[Any] = item["set"].get("elem", [])
+                return elems
+        return []
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """Named counters of our table: name -> (packets, bytes)."""
+        items = self.run([{"list": {"counters": {"family": n.FAMILY, "table": n.TABLE}}}])
+        return {c["counter"]["name"]: (c["counter"]["packets"], c["counter"]["bytes"])
+                for c in items if "counter" in c and c["counter"].get("table") == n.TABLE}
+
+    def add_elements(self, set_name: str, elements: list[Any]) -> None:
+        self.run([b.add(b.element(set_name, elements))])
+
+
+def _first_errors(error: str) -> str:
+    """libnftables' error text, deduplicated and trimmed to what a person needs to read."""
+    lines: list[str] = []
+    for line in error.splitlines():
+        text = line.strip()
+        if text and text not in lines and not text.startswith("^"):
+            lines.append(text.removeprefix("internal:0:0-0: "))
+    return "; ".join(lines[:5]) or "libnftables reported an error without a message"

@@ -1,0 +1,140 @@
+"""The `aitherfwd` command line (layer L3): check, compile, plan, apply, remove.
+
+Owns: argument parsing (click), wiring the file reader, the pure core and the kernel
+adapter together, output formats and exit codes. No policy logic lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from aitherfwd import __version__
+from aitherfwd.adapters.files import load_policy
+from aitherfwd.adapters.nft import Nft
+from aitherfwd.compiler import Ruleset, compile_policy
+from aitherfwd.errors import AitherError, ExitCode
+from aitherfwd.policy.diagnostics import Diagnostic, summary
+from aitherfwd.policy.model import Policy
+from aitherfwd.reconcile import plan as make_plan
+
+POLICY_ARG = click.argument("policy", type=click.Path(path_type=Path, dir_okay=False))
+
+
+def _fail(err: AitherError) -> NoReturn:
+    click.echo(f"aitherfwd: error[{err.code}] {err.message}", err=True)
+    sys.exit(int(err.exit_code))
+
+
+def _print_diagnostics(diags: list[Diagnostic], *, to_err: bool) -> None:
+    for d in diags:
+        click.echo(d.render(), err=to_err)
+    if diags:
+        click.echo(summary(diags), err=to_err)
+
+
+def _load(path: Path, *, quiet_warnings: bool = False) -> Policy:
+    """Load and validate, print diagnostics to stderr, exit 3 when invalid."""
+    result = load_policy(path)
+    shown = result.diagnostics if not (result.ok and quiet_warnings) else []
+    _print_diagnostics(shown, to_err=True)
+    if result.policy is None:
+        sys.exit(int(ExitCode.INVALID_POLICY))
+    return result.policy
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="aitherfwd")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done.")
+def main(verbose: bool) -> None:
+    """aitherfwd keeps the nftables table `inet aitherfwd` in sync with a YAML policy."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@POLICY_ARG
+@click.option("--json", "as_json", is_flag=True, help="Diagnostics as JSON.")
+def check(policy: Path, as_json: bool) -> None:
+    """Validate POLICY: exit 0 when valid, 3 with every problem listed otherwise."""
+    result = load_policy(policy)
+    if as_json:
+        click.echo(json.dumps({"valid": result.ok,
+                               "diagnostics": [d.as_dict() for d in result.diagnostics]}, indent=2))
+    else:
+        _print_diagnostics(result.diagnostics, to_err=False)
+        if result.ok:
+            click.echo(f"{policy}: valid ({summary(result.diagnostics)})")
+    sys.exit(int(ExitCode.OK if result.ok else ExitCode.INVALID_POLICY))
+
+
+@main.command("compile")
+@POLICY_ARG
+@click.option("--format", "fmt", type=click.Choice(["json", "nft"]), default="json",
+              show_default=True, help="libnftables JSON, or nft syntax as the kernel lists it.")
+def compile_(policy: Path, fmt: str) -> None:
+    """Print the exact ruleset `apply` would load (deterministic)."""
+    ruleset = compile_policy(_load(policy, quiet_warnings=True))
+    if fmt == "json":
+        click.echo(ruleset.render_json(), nl=False)
+        return
+    from aitherfwd.adapters.render import render_nft_text  # noqa: PLC0415
+
+    try:
+        click.echo(render_nft_text(ruleset), nl=False)
+    except AitherError as err:
+        _fail(err)
+
+
+def _kernel_ruleset(policy: Path) -> tuple[Ruleset, Nft]:
+    ruleset = compile_policy(_load(policy))
+    try:
+        return ruleset, Nft()
+    except AitherError as err:
+        _fail(err)
+
+
+@main.command()
+@POLICY_ARG
+def plan(policy: Path) -> None:
+    """Show what `apply` would change in the live table; exit 2 when there are changes."""
+    ruleset, nft = _kernel_ruleset(policy)
+    try:
+        observed = nft.observe()
+    except AitherError as err:
+        _fail(err)
+    result = make_plan(ruleset, observed)
+    click.echo(result.render(), nl=False)
+    sys.exit(int(ExitCode.CHANGES if result.changed else ExitCode.OK))
+
+
+@main.command()
+@POLICY_ARG
+def apply(policy: Path) -> None:
+    """Validate, compile and apply POLICY in one transaction (all or nothing)."""
+    ruleset, nft = _kernel_ruleset(policy)
+    try:
+        nft.apply(ruleset)
+    except AitherError as err:
+        _fail(err)
+    click.echo(f"applied ruleset {ruleset.sha256[:12]} (policy {ruleset.policy_sha256[:12]}) "
+               "to table inet aitherfwd")
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Really remove the firewall table.")
+def remove(yes: bool) -> None:
+    """Delete table inet aitherfwd: the explicit way to stop enforcing (bans are lost)."""
+    if not yes:
+        click.echo("aitherfwd: refusing to remove the firewall without --yes", err=True)
+        sys.exit(int(ExitCode.USAGE))
+    try:
+        removed = Nft().delete_table()
+    except AitherError as err:
+        _fail(err)
+    click.echo("removed table inet aitherfwd" if removed else "table inet aitherfwd was absent")

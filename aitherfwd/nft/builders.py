@@ -1,0 +1,169 @@
+"""Typed builders for libnftables JSON objects and expressions (layer L1, pure).
+
+Owns: the JSON shapes libnftables accepts (schema version 1), so no other module spells
+them out. Must not import the nftables binding: building is pure, applying is an adapter's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aitherfwd.nft.names import FAMILY, TABLE
+
+Json = dict[str, Any]
+Expr = Json
+
+
+def _t() -> Json:
+    return {"family": FAMILY, "table": TABLE}
+
+
+# --- objects -------------------------------------------------------------------------------
+
+def table() -> Json:
+    return {"table": {"family": FAMILY, "name": TABLE}}
+
+
+def chain(name: str, *, hook: str | None = None, prio: int = 0, policy: str = "accept") -> Json:
+    body: Json = {**_t(), "name": name}
+    if hook is not None:
+        body.update({"type": "filter", "hook": hook, "prio": prio, "policy": policy})
+    return {"chain": body}
+
+
+def counter(name: str) -> Json:
+    return {"counter": {**_t(), "name": name}}
+
+
+def set_(name: str, type_: str, flags: list[str], *, elements: list[Any] | None = None,
+         timeout: int | None = None, size: int | None = None) -> Json:
+    body: Json = {**_t(), "name": name, "type": type_}
+    if flags:
+        body["flags"] = flags
+    if timeout is not None:
+        body["timeout"] = timeout
+    if size is not None:
+        body["size"] = size
+    if elements:
+        body["elem"] = elements
+    return {"set": body}
+
+
+def vmap_(name: str, type_: str, elements: list[Any]) -> Json:
+    body: Json = {**_t(), "name": name, "type": type_, "map": "verdict", "flags": ["interval"]}
+    if elements:
+        body["elem"] = elements
+    return {"map": body}
+
+
+def rule(chain_name: str, exprs: list[Expr], comment: str) -> Json:
+    return {"rule": {**_t(), "chain": chain_name, "expr": exprs, "comment": comment}}
+
+
+def element(set_name: str, elements: list[Any]) -> Json:
+    return {"element": {**_t(), "name": set_name, "elem": elements}}
+
+
+# --- values --------------------------------------------------------------------------------
+
+def prefix(addr: str, length: int) -> Json:
+    return {"prefix": {"addr": addr, "len": length}}
+
+
+def range_(lo: Any, hi: Any) -> Json:
+    return {"range": [lo, hi]}
+
+
+def anon_set(values: list[Any]) -> Json | Any:
+    """A single value stays a value; more become an anonymous set."""
+    return values[0] if len(values) == 1 else {"set": values}
+
+
+def timed(value: Any, timeout_s: int | None) -> Any:
+    """A set element, with a kernel timeout when given (None: no timeout, permanent)."""
+    if timeout_s is None:
+        return value
+    return {"elem": {"val": value, "timeout": timeout_s}}
+
+
+# --- expressions and statements ------------------------------------------------------------
+
+def payload(protocol: str, field: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def meta(key: str) -> Expr:
+    return {"meta": {"key": key}}
+
+
+def ct(key: str) -> Expr:
+    return {"ct": {"key": key}}
+
+
+def match(left: Expr, right: Any, op: str = "==") -> Expr:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def in_set(left: Expr, set_name: str) -> Expr:
+    return match(left, f"@{set_name}")
+
+
+def named_counter(name: str) -> Expr:
+    return {"counter": name}
+
+
+def vmap_lookup(key: Expr, map_name: str) -> Expr:
+    return {"vmap": {"key": key, "data": f"@{map_name}"}}
+
+
+def limit(rate: int, per: str = "second", burst: int | None = None, over: bool = False) -> Expr:
+    body: Json = {"rate": rate, "per": per}
+    if burst is not None:
+        body["burst"] = burst
+    if over:
+        body["inv"] = True
+    return {"limit": body}
+
+
+def update_set(set_name: str, key: Expr, stmt: Expr) -> Expr:
+    return {"set": {"op": "update", "elem": key, "set": f"@{set_name}", "stmt": [stmt]}}
+
+
+def log(prefix_text: str, group: int) -> Expr:
+    return {"log": {"prefix": prefix_text, "group": group}}
+
+
+def accept() -> Expr:
+    return {"accept": None}
+
+
+def drop() -> Expr:
+    return {"drop": None}
+
+
+def goto(target: str) -> Expr:
+    return {"goto": {"target": target}}
+
+
+def verdict_goto(target: str) -> Json:
+    return {"goto": {"target": target}}
+
+
+def reject_tcp_reset() -> Expr:
+    return {"reject": {"type": "tcp reset"}}
+
+
+def reject_icmpx() -> Expr:
+    return {"reject": {"type": "icmpx", "expr": "port-unreachable"}}
+
+
+def ret() -> Expr:
+    return {"return": None}
+
+
+def add(obj: Json) -> Json:
+    return {"add": obj}
+
+
+def batch(commands: list[Json]) -> Json:
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}

@@ -1,0 +1,72 @@
+"""Names of the kernel objects aitherfwd owns (layer L1, pure).
+
+Owns: the table, the dynamic sets other components write into, chain and counter naming.
+Every tool finds all blocks by the name prefix `block_v4` / `block_v6`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FAMILY = "inet"
+TABLE = "aitherfwd"
+
+INPUT_CHAIN = "input"
+FINAL_CHAIN = "final"  # the default verdict, its log and its counter
+NOZONE_CHAIN = "nozone"  # sources that belong to no zone
+META_CHAIN = "meta"  # never traversed: its rule comments record content hashes
+
+ZONE_MAP_V4 = "zone_v4"
+ZONE_MAP_V6 = "zone_v6"
+
+DEFAULT_COUNTER = "default"
+BLOCKED_COUNTER = "blocked"
+INVALID_COUNTER = "invalid"
+
+LOG_GROUP = 77  # NFLOG group for denied packets (read by the detection component)
+LOG_RATE_PER_SECOND = 10
+LOG_BURST = 20
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicSet:
+    """A set whose elements outlive every apply: blocks and sandbox grants."""
+
+    name: str
+    type: str  # ipv4_addr | ipv6_addr
+    interval: bool  # prefixes: `flags interval`; single addresses: a hash set
+
+    @property
+    def flags(self) -> list[str]:
+        return ["interval", "timeout"] if self.interval else ["timeout"]
+
+
+def _pairs(prefix: str) -> tuple[DynamicSet, ...]:
+    return (
+        DynamicSet(f"{prefix}_v4", "ipv4_addr", False),
+        DynamicSet(f"{prefix}_v6", "ipv6_addr", False),
+        DynamicSet(f"{prefix}_v4_net", "ipv4_addr", True),
+        DynamicSet(f"{prefix}_v6_net", "ipv6_addr", True),
+    )
+
+
+BLOCK_SETS = _pairs("block")
+SANDBOX_SETS = _pairs("sandbox")
+DYNAMIC_SETS = BLOCK_SETS + SANDBOX_SETS
+DYNAMIC_SET_NAMES = frozenset(s.name for s in DYNAMIC_SETS)
+
+
+def zone_chain(zone: str) -> str:
+    return f"zone_{zone}"
+
+
+def rule_counter(rule: str) -> str:
+    return f"rule_{rule}"
+
+
+def ratelimit_counter(rule: str) -> str:
+    return f"ratelimit_{rule}"
+
+
+def ratelimit_set(rule: str, family: int) -> str:
+    return f"rl_{rule}_v{family}"

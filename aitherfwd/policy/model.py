@@ -1,0 +1,184 @@
+"""The typed policy model (layer L1, pure): frozen, slotted dataclasses, values parsed once.
+
+Owns: Policy, Settings, Zone, Service, Rule and the value types (PortRange, TimeWindow,
+RateLimit). Nothing here holds a raw string that still needs parsing.
+Must not import adapters, the compiler or anything that does I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Action(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    REJECT = "reject"
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+    ICMP = "icmp"  # ICMP for IPv4 and ICMPv6 for IPv6
+    ANY = "any"
+
+
+PORT_PROTOCOLS = (Protocol.TCP, Protocol.UDP)
+
+# nftables numbers the days of the week from Sunday = 0.
+WEEKDAYS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
+DAY_SECONDS = 86_400
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortRange:
+    lo: int
+    hi: int
+
+    @classmethod
+    def parse(cls, value: int | str) -> PortRange:
+        """`443` or `"8000-8100"`; raises ValueError with a message fit for a diagnostic."""
+        text = str(value).strip()
+        lo_text, sep, hi_text = text.partition("-")
+        if not lo_text.strip().isdigit() or (sep and not hi_text.strip().isdigit()):
+            raise ValueError(f"'{text}' is not a port or a range like 8000-8100")
+        lo = int(lo_text)
+        hi = int(hi_text) if sep else lo
+        for port in (lo, hi):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{port} is out of range 1-65535")
+        if hi < lo:
+            raise ValueError(f"range {lo}-{hi} is backwards; write {hi}-{lo}")
+        return cls(lo, hi)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.lo <= port <= self.hi
+
+    def __str__(self) -> str:
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+def merge_ranges(ranges: list[PortRange]) -> tuple[PortRange, ...]:
+    """Sorted, coalesced ranges: nftables rejects overlapping intervals in one set."""
+    out: list[PortRange] = []
+    for r in sorted(ranges):
+        if out and r.lo <= out[-1].hi + 1:
+            out[-1] = PortRange(out[-1].lo, max(out[-1].hi, r.hi))
+        else:
+            out.append(r)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class PortMatch:
+    """Destination ports of one transport protocol (tcp or udp)."""
+
+    protocol: Protocol
+    ranges: tuple[PortRange, ...]
+
+    def covers(self, port: int) -> bool:
+        return any(port in r for r in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Days and a time of day, in UTC. `end <= start` means the window crosses midnight."""
+
+    days: frozenset[int]
+    start: int  # seconds after midnight
+    end: int  # seconds after midnight, 1..86400
+
+    def contains(self, weekday: int, second_of_day: int) -> bool:
+        """`weekday` uses nftables' numbering (Sunday = 0)."""
+        if self.start < self.end:
+            return weekday in self.days and self.start <= second_of_day < self.end
+        if second_of_day >= self.start:
+            return weekday in self.days
+        return (weekday - 1) % 7 in self.days and second_of_day < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """New connections per second per source address, token bucket of `burst`."""
+
+    rate: int
+    burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    ports: tuple[PortRange, ...]
+    protocol: Protocol
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    name: str
+    cidrs: tuple[IPNetwork, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    action: Action
+    zones: tuple[str, ...] | None  # None: any source, whatever its zone
+    protocol: Protocol
+    ports: tuple[PortMatch, ...]  # resolved from dest_ports and dest_services; () = any port
+    services: tuple[str, ...]
+    source_cidrs: tuple[IPNetwork, ...]
+    time_window: TimeWindow | None
+    rate_limit: RateLimit | None
+    log: bool
+    description: str = ""
+    path_prefix: str | None = None  # layer 7: evaluator and middleware only
+    authenticated: bool | None = None  # layer 7: evaluator and middleware only
+
+    @property
+    def unconditional(self) -> bool:
+        """True when the rule matches every new connection of its zones."""
+        return (
+            self.protocol is Protocol.ANY
+            and not self.ports
+            and not self.source_cidrs
+            and self.time_window is None
+            and self.rate_limit is None
+            and self.path_prefix is None
+            and self.authenticated is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    default_policy: Action = Action.DENY
+    egress_default_policy: Action = Action.ALLOW
+    log_denied: bool = True
+    log_allowed: bool = False
+    max_connections_per_ip: int = 500
+    syn_flood_threshold: int = 50
+    connection_idle_timeout: int = 300
+    rule_reload_interval: int = 30
+    admin_ports: tuple[int, ...] = (22,)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: int
+    settings: Settings
+    zones: tuple[Zone, ...]
+    services: tuple[Service, ...]
+    rules: tuple[Rule, ...]
+    sha256: str  # of the source text(s) it was parsed from
+
+    def zone(self, name: str) -> Zone:
+        for z in self.zones:
+            if z.name == name:
+                return z
+        raise KeyError(name)

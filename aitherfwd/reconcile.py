@@ -1,0 +1,144 @@
+"""Desired ruleset versus what the kernel holds: the transaction and the plan (layer L1, pure).
+
+Owns: `Observed` (a cheap, element-free picture of our table), the one-batch transaction
+that replaces every static object while leaving the dynamic sets — and so every ban and
+sandbox grant with its remaining timeout — untouched, and the human-readable `Plan`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aitherfwd.compiler import Ruleset
+from aitherfwd.nft import builders as b
+from aitherfwd.nft import names as n
+
+Json = b.Json
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Our table as the kernel lists it tersely (no set elements)."""
+
+    exists: bool
+    chains: tuple[str, ...] = ()
+    sets: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # name -> (type, flags)
+    maps: tuple[str, ...] = ()
+    counters: tuple[str, ...] = ()
+    rules: tuple[tuple[str, str], ...] = ()  # (chain, comment)
+
+    @classmethod
+    def from_listing(cls, listing: list[Json]) -> Observed:
+        """Build from the `nftables` array of `list table inet aitherfwd` (terse)."""
+        chains: list[str] = []
+        sets: dict[str, tuple[str, tuple[str, ...]]] = {}
+        maps: list[str] = []
+        counters: list[str] = []
+        rules: list[tuple[str, str]] = []
+        exists = False
+        for item in listing:
+            if "table" in item:
+                exists = True
+            elif "chain" in item:
+                chains.append(item["chain"]["name"])
+            elif "set" in item:
+                s = item["set"]
+                sets[s["name"]] = (str(s["type"]), tuple(sorted(s.get("flags", []))))
+            elif "map" in item:
+                maps.append(item["map"]["name"])
+            elif "counter" in item:
+                counters.append(item["counter"]["name"])
+            elif "rule" in item:
+                r = item["rule"]
+                rules.append((r["chain"], str(r.get("comment", ""))))
+        return cls(exists, tuple(chains), sets, tuple(maps), tuple(counters), tuple(rules))
+
+    @property
+    def ruleset_sha256(self) -> str | None:
+        for chain, comment in self.rules:
+            if chain == n.META_CHAIN and comment.startswith("aitherfwd ruleset="):
+                return comment.split()[1].removeprefix("ruleset=")
+        return None
+
+
+def _named(obj: Json, kind: str) -> dict[str, Any] | None:
+    body = obj.get(kind)
+    return body if isinstance(body, dict) else None
+
+
+def transaction(desired: Ruleset, observed: Observed) -> list[Json]:
+    """One batch: flush our chains, drop static sets/maps/chains/counters that go, add all.
+
+    Dynamic sets are never deleted or flushed here; `add set` of an existing set is a no-op
+    that keeps its elements and their timeouts. Counters that stay keep their values."""
+    want_chains = set(desired.names("chain"))
+    want_counters = set(desired.names("counter"))
+    cmds: list[Json] = []
+    if observed.exists:
+        base = {"family": n.FAMILY, "table": n.TABLE}
+        cmds += [{"flush": {"chain": {**base, "name": c}}} for c in observed.chains]
+        cmds += [{"delete": {"map": {**base, "name": m}}} for m in observed.maps]
+        cmds += [{"delete": {"set": {**base, "name": s}}} for s in observed.sets
+                 if s not in n.DYNAMIC_SET_NAMES]
+        cmds += [{"delete": {"chain": {**base, "name": c}}} for c in observed.chains
+                 if c not in want_chains]
+        cmds += [{"delete": {"counter": {**base, "name": c}}} for c in observed.counters
+                 if c not in want_counters]
+    return cmds + desired.commands()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    added: list[str]
+    removed: list[str]
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+    def render(self) -> str:
+        if not self.changed:
+            return "no changes\n"
+        lines = [f"+ {x}" for x in self.added] + [f"- {x}" for x in self.removed]
+        return "\n".join(lines) + f"\n{len(self.added)} to add, {len(self.removed)} to remove\n"
+
+
+def plan(desired: Ruleset, observed: Observed) -> Plan:
+    """What `apply` would change: chains, sets, maps, counters and rules (by their comments,
+    which carry a hash of the rule's expressions)."""
+    want: Counter[str] = Counter()
+    for obj in desired.objects:
+        for kind in ("chain", "set", "map", "counter"):
+            body = _named(obj, kind)
+            if body is not None:
+                want[f"{kind} {body['name']}"] += 1
+        body = _named(obj, "rule")
+        if body is not None:
+            want[_rule_key(body["chain"], body["comment"])] += 1
+    have: Counter[str] = Counter()
+    if observed.exists:
+        have.update(f"chain {c}" for c in observed.chains)
+        have.update(f"set {s}" for s in observed.sets)
+        have.update(f"map {m}" for m in observed.maps)
+        have.update(f"counter {c}" for c in observed.counters)
+        have.update(_rule_key(c, comment) for c, comment in observed.rules)
+    else:
+        want["table inet aitherfwd"] += 1
+    want.pop(_IGNORED, None)
+    have.pop(_IGNORED, None)
+    return Plan(sorted((want - have).elements()), sorted((have - want).elements()))
+
+
+_IGNORED = "-"
+
+
+def _rule_key(chain: str, comment: str) -> str:
+    """Rules are told apart by chain and comment. The meta chain's comments record the
+    content hash of each static set and map, so a changed zone map shows up by name."""
+    if chain != n.META_CHAIN:
+        return f"rule {chain}: {comment}"
+    if comment.startswith(("set ", "map ")):
+        return f"{comment.split(' #')[0]} contents #{comment.split(' #')[-1]}"
+    return _IGNORED
