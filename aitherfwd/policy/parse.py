@@ -89,7 +89,7 @@ class _Parser:
         services = self.services(top["services"], "services") if "services" in top else {}
         if "services_file" in top:
             services = self.services_file(top["services_file"], services)
-        zone_names = [z.name for z in zones]
+        zone_names = [z.name for z in zones or []]
         rules = self.each_rule(top["rules"], zone_names, services) if "rules" in top else []
         if settings is None or zones is None or services is None or rules is None:
             return None
@@ -113,12 +113,14 @@ class _Parser:
             "rule_reload_interval": lambda n, p: self.f.integer(n, p, 1, 86_400),
             "admin_ports": self.port_numbers,
         }
+        ok = True
         for key, child in m.items():
             if key in readers:
                 value = readers[key](child, f"settings.{key}")
-                if value is None:
-                    return None
+                ok = ok and value is not None
                 values[key] = value
+        if not ok:
+            return None
         return Settings(**{**{k: getattr(defaults, k) for k in SETTINGS_KEYS}, **values})  # type: ignore[arg-type]
 
     def port_numbers(self, node: YNode, path: str) -> tuple[int, ...] | None:

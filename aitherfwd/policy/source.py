@@ -18,7 +18,7 @@ from aitherfwd.policy.diagnostics import Pos, Reporter
 # libyaml's C composer when available: about 10x faster on large policies.
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-MAX_NODES = 2_000_000  # bounds alias expansion ("billion laughs")
+MAX_NODES = 100_000  # nodes reached again through aliases: bounds "billion laughs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,7 @@ class YNode:
 class _Budget:
     def __init__(self) -> None:
         self.left = MAX_NODES
+        self.seen: set[int] = set()
 
 
 def parse_yaml(text: str, filename: str, report: Reporter) -> YNode | None:
@@ -54,8 +55,8 @@ def parse_yaml(text: str, filename: str, report: Reporter) -> YNode | None:
             return YNode({}, Pos(filename, 1, 1))
         return _convert(loader, node, filename, report, _Budget())
     except _TooLarge:
-        report.error("E-YAML", "", f"the document expands to more than {MAX_NODES} nodes "
-                     "(recursive aliases?)", Pos(filename, 1, 1))
+        report.error("E-YAML", "", f"aliases expand to more than {MAX_NODES} nodes; "
+                     "write the values out instead of nesting aliases", Pos(filename, 1, 1))
         return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -80,9 +81,12 @@ def _pos(filename: str, node: yaml.Node) -> Pos:
 
 def _convert(loader: Any, node: yaml.Node, filename: str, report: Reporter,
              budget: _Budget) -> YNode:
-    budget.left -= 1
-    if budget.left < 0:
-        raise _TooLarge
+    if id(node) in budget.seen:  # reached again through an alias
+        budget.left -= 1
+        if budget.left < 0:
+            raise _TooLarge
+    else:
+        budget.seen.add(id(node))
     pos = _pos(filename, node)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, YNode] = {}
