@@ -53,8 +53,10 @@ def _load(path: Path, *, quiet_warnings: bool = False) -> Policy:
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done.")
 def main(verbose: bool) -> None:
     """aitherfwd keeps the nftables table `inet aitherfwd` in sync with a YAML policy."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @main.command()
@@ -64,8 +66,12 @@ def check(policy: Path, as_json: bool) -> None:
     """Validate POLICY: exit 0 when valid, 3 with every problem listed otherwise."""
     result = load_policy(policy)
     if as_json:
-        click.echo(json.dumps({"valid": result.ok,
-                               "diagnostics": [d.as_dict() for d in result.diagnostics]}, indent=2))
+        click.echo(
+            json.dumps(
+                {"valid": result.ok, "diagnostics": [d.as_dict() for d in result.diagnostics]},
+                indent=2,
+            )
+        )
     else:
         _print_diagnostics(result.diagnostics, to_err=False)
         if result.ok:
@@ -75,8 +81,14 @@ def check(policy: Path, as_json: bool) -> None:
 
 @main.command("compile")
 @POLICY_ARG
-@click.option("--format", "fmt", type=click.Choice(["json", "nft"]), default="json",
-              show_default=True, help="libnftables JSON, or nft syntax as the kernel lists it.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "nft"]),
+    default="json",
+    show_default=True,
+    help="libnftables JSON, or nft syntax as the kernel lists it.",
+)
 def compile_(policy: Path, fmt: str) -> None:
     """Print the exact ruleset `apply` would load (deterministic)."""
     ruleset = compile_policy(_load(policy, quiet_warnings=True))
@@ -122,8 +134,10 @@ def apply(policy: Path) -> None:
         nft.apply(ruleset)
     except AitherError as err:
         _fail(err)
-    click.echo(f"applied ruleset {ruleset.sha256[:12]} (policy {ruleset.policy_sha256[:12]}) "
-               "to table inet aitherfwd")
+    click.echo(
+        f"applied ruleset {ruleset.sha256[:12]} (policy {ruleset.policy_sha256[:12]}) "
+        "to table inet aitherfwd"
+    )
 
 
 @main.command()
@@ -138,3 +152,23 @@ def remove(yes: bool) -> None:
     except AitherError as err:
         _fail(err)
     click.echo("removed table inet aitherfwd" if removed else "table inet aitherfwd was absent")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="As a JSON object.")
+def counters(as_json: bool) -> None:
+    """Packets and bytes per rule (named kernel counters), to trace verdicts to rules."""
+    try:
+        values = Nft().counters()
+    except AitherError as err:
+        _fail(err)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {k: {"packets": p, "bytes": b} for k, (p, b) in sorted(values.items())}, indent=2
+            )
+        )
+        return
+    width = max((len(k) for k in values), default=10)
+    for name, (packets, nbytes) in sorted(values.items()):
+        click.echo(f"{name:<{width}}  {packets:>10} packets  {nbytes:>12} bytes")

@@ -76,32 +76,45 @@ def compile_policy(policy: Policy) -> Ruleset:
     for r in rules:
         if r.rate_limit:
             for fam in (4, 6):
-                objects.append(b.set_(n.ratelimit_set(r.name, fam), _addr_type(fam),
-                                      ["timeout"], timeout=RATELIMIT_SET_TIMEOUT,
-                                      size=RATELIMIT_SET_SIZE))
+                objects.append(
+                    b.set_(
+                        n.ratelimit_set(r.name, fam),
+                        _addr_type(fam),
+                        ["timeout"],
+                        timeout=RATELIMIT_SET_TIMEOUT,
+                        size=RATELIMIT_SET_SIZE,
+                    )
+                )
     zone_names = [z.name for z in policy.zones]
     objects.append(b.chain(n.INPUT_CHAIN, hook="input", prio=0, policy="accept"))
     objects += [b.chain(c) for c in [n.FINAL_CHAIN, n.NOZONE_CHAIN, n.META_CHAIN]]
     objects += [b.chain(n.zone_chain(z)) for z in zone_names]
     for fam, map_name in ((4, n.ZONE_MAP_V4), (6, n.ZONE_MAP_V6)):
-        elements = [[_interval(first, last), b.verdict_goto(n.zone_chain(zone))]
-                     for first, last, zone in zoning.partition(policy.zones, fam)]
+        elements = [
+            [_interval(first, last), b.verdict_goto(n.zone_chain(zone))]
+            for first, last, zone in zoning.partition(policy.zones, fam)
+        ]
         objects.append(b.vmap_(map_name, _addr_type(fam), elements))
     objects += _input_chain()
     for zone in zone_names:
         chain = n.zone_chain(zone)
-        objects += [rule for r in rules if r.zones is None or zone in r.zones
-                    for rule in _rule(chain, r)]
+        objects += [
+            rule for r in rules if r.zones is None or zone in r.zones for rule in _rule(chain, r)
+        ]
         objects.append(_tail(chain))
     objects += [rule for r in rules if r.zones is None for rule in _rule(n.NOZONE_CHAIN, r)]
     objects.append(_tail(n.NOZONE_CHAIN))
     objects += _final_chain(policy)
     digest = _digest(objects)
-    objects += [b.rule(n.META_CHAIN, [b.ret()], f"{kind} {body['name']} #{_digest([o])[:12]}")
-                for o in objects for kind, body in o.items()
-                if kind in ("set", "map") and body["name"] not in n.DYNAMIC_SET_NAMES]
-    objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd ruleset={digest} "
-                                                   f"policy={policy.sha256}"))
+    objects += [
+        b.rule(n.META_CHAIN, [b.ret()], f"{kind} {body['name']} #{_digest([o])[:12]}")
+        for o in objects
+        for kind, body in o.items()
+        if kind in ("set", "map") and body["name"] not in n.DYNAMIC_SET_NAMES
+    ]
+    objects.append(
+        b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd ruleset={digest} policy={policy.sha256}")
+    )
     return Ruleset(tuple(objects), digest, policy.sha256)
 
 
@@ -137,14 +150,38 @@ def _input_chain() -> list[Json]:
     out = [_commented(c, [b.match(b.meta("iif"), "lo"), b.accept()], "builtin:loopback")]
     for s in n.BLOCK_SETS:
         fam = 4 if s.type == "ipv4_addr" else 6
-        out.append(_commented(c, [b.in_set(_saddr(fam), s.name),
-                                  b.named_counter(n.BLOCKED_COUNTER), b.drop()], "builtin:blocked"))
-    out.append(_commented(c, [b.match(b.ct("state"), ["established", "related"], "in"),
-                              b.accept()], "builtin:established"))
-    out.append(_commented(c, [b.match(b.ct("state"), ["invalid"], "in"),
-                              b.named_counter(n.INVALID_COUNTER), b.drop()], "builtin:invalid"))
-    out.append(_commented(c, [b.match(b.payload("icmpv6", "type"), {"set": ND_TYPES}),
-                              b.accept()], "builtin:icmpv6-nd"))
+        out.append(
+            _commented(
+                c,
+                [b.in_set(_saddr(fam), s.name), b.named_counter(n.BLOCKED_COUNTER), b.drop()],
+                "builtin:blocked",
+            )
+        )
+    out.append(
+        _commented(
+            c,
+            [b.match(b.ct("state"), ["established", "related"], "in"), b.accept()],
+            "builtin:established",
+        )
+    )
+    out.append(
+        _commented(
+            c,
+            [
+                b.match(b.ct("state"), ["invalid"], "in"),
+                b.named_counter(n.INVALID_COUNTER),
+                b.drop(),
+            ],
+            "builtin:invalid",
+        )
+    )
+    out.append(
+        _commented(
+            c,
+            [b.match(b.payload("icmpv6", "type"), {"set": ND_TYPES}), b.accept()],
+            "builtin:icmpv6-nd",
+        )
+    )
     out.append(_commented(c, [b.vmap_lookup(_saddr(4), n.ZONE_MAP_V4)], "builtin:zones"))
     out.append(_commented(c, [b.vmap_lookup(_saddr(6), n.ZONE_MAP_V6)], "builtin:zones"))
     out.append(_commented(c, [b.goto(n.NOZONE_CHAIN)], "builtin:nozone"))
@@ -186,29 +223,44 @@ def _rule(chain: str, rule: Rule) -> Iterator[Json]:
     for fam, proto, matches in _variants(rule):
         if rule.rate_limit and fam is not None:
             rl = rule.rate_limit
-            meter = b.update_set(n.ratelimit_set(rule.name, fam), _saddr(fam),
-                                 b.limit(rl.rate, "second", rl.burst, over=True))
-            yield _commented(chain, [*matches, meter, b.named_counter(
-                n.ratelimit_counter(rule.name)), b.drop()], f"{rule.name}:ratelimit")
+            meter = b.update_set(
+                n.ratelimit_set(rule.name, fam),
+                _saddr(fam),
+                b.limit(rl.rate, "second", rl.burst, over=True),
+            )
+            yield _commented(
+                chain,
+                [*matches, meter, b.named_counter(n.ratelimit_counter(rule.name)), b.drop()],
+                f"{rule.name}:ratelimit",
+            )
         log = _log_exprs(f"afw {rule.action} {rule.name} ") if rule.log else []
         for verdict in _verdicts(rule.action, proto):
             head = verdict[:-1]
-            yield _commented(chain, [*matches, *head, b.named_counter(n.rule_counter(rule.name)),
-                                     *log, verdict[-1]], rule.name)
+            yield _commented(
+                chain,
+                [*matches, *head, b.named_counter(n.rule_counter(rule.name)), *log, verdict[-1]],
+                rule.name,
+            )
 
 
 def _variants(rule: Rule) -> Iterator[tuple[int | None, Protocol | None, list[Json]]]:
     """The cross product of address family × protocol/ports × time-window pieces."""
-    families: list[int | None] = sorted({c.version for c in rule.source_cidrs}) or [None]
+    families: list[int | None] = [*sorted({c.version for c in rule.source_cidrs})] or [None]
     if rule.rate_limit and families == [None]:
         families = [4, 6]  # the per-source meter is per family
     for fam in families:
         base: list[Json] = []
         if fam is not None and rule.source_cidrs:
-            nets = sorted((c for c in rule.source_cidrs if c.version == fam),
-                          key=lambda c: (int(c.network_address), c.prefixlen))
-            base.append(b.match(_saddr(fam), b.anon_set(
-                [b.prefix(str(c.network_address), c.prefixlen) for c in nets])))
+            nets = sorted(
+                (c for c in rule.source_cidrs if c.version == fam),
+                key=lambda c: (int(c.network_address), c.prefixlen),
+            )
+            base.append(
+                b.match(
+                    _saddr(fam),
+                    b.anon_set([b.prefix(str(c.network_address), c.prefixlen) for c in nets]),
+                )
+            )
         elif fam is not None:
             base.append(b.match(b.meta("nfproto"), "ipv4" if fam == 4 else "ipv6"))
         for proto, port_exprs in _protocols(rule):

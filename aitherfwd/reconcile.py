@@ -24,7 +24,9 @@ class Observed:
 
     exists: bool
     chains: tuple[str, ...] = ()
-    sets: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # name -> (type, flags)
+    sets: dict[str, tuple[str, tuple[str, ...]]] = field(
+        default_factory=dict
+    )  # name -> (type, flags)
     maps: tuple[str, ...] = ()
     counters: tuple[str, ...] = ()
     rules: tuple[tuple[str, str], ...] = ()  # (chain, comment)
@@ -80,12 +82,21 @@ def transaction(desired: Ruleset, observed: Observed) -> list[Json]:
         base = {"family": n.FAMILY, "table": n.TABLE}
         cmds += [{"flush": {"chain": {**base, "name": c}}} for c in observed.chains]
         cmds += [{"delete": {"map": {**base, "name": m}}} for m in observed.maps]
-        cmds += [{"delete": {"set": {**base, "name": s}}} for s in observed.sets
-                 if s not in n.DYNAMIC_SET_NAMES]
-        cmds += [{"delete": {"chain": {**base, "name": c}}} for c in observed.chains
-                 if c not in want_chains]
-        cmds += [{"delete": {"counter": {**base, "name": c}}} for c in observed.counters
-                 if c not in want_counters]
+        cmds += [
+            {"delete": {"set": {**base, "name": s}}}
+            for s in observed.sets
+            if s not in n.DYNAMIC_SET_NAMES
+        ]
+        cmds += [
+            {"delete": {"chain": {**base, "name": c}}}
+            for c in observed.chains
+            if c not in want_chains
+        ]
+        cmds += [
+            {"delete": {"counter": {**base, "name": c}}}
+            for c in observed.counters
+            if c not in want_counters
+        ]
     return cmds + desired.commands()
 
 
@@ -140,5 +151,6 @@ def _rule_key(chain: str, comment: str) -> str:
     if chain != n.META_CHAIN:
         return f"rule {chain}: {comment}"
     if comment.startswith(("set ", "map ")):
-        return f"{comment.split(' #')[0]} contents #{comment.split(' #')[-1]}"
+        name, _, digest = comment.rpartition(" #")
+        return f"{name} contents #{digest}"
     return _IGNORED

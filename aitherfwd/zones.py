@@ -41,7 +41,7 @@ def partition(zones: Sequence[Zone], version: int) -> list[Block]:
 
 def as_prefix(first: IPAddress, last: IPAddress) -> IPNetwork | None:
     """The single prefix spanning exactly first..last, or None."""
-    nets = list(ipaddress.summarize_address_range(first, last))  # type: ignore[arg-type]
+    nets: list[IPNetwork] = list(ipaddress.summarize_address_range(first, last))
     return nets[0] if len(nets) == 1 else None
 
 

@@ -18,5 +18,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in items:
         if item.get_closest_marker("kernel"):
-            item.add_marker(pytest.mark.xfail(reason="needs root: run `sudo make test`",
-                                              run=False, strict=True))
+            item.add_marker(
+                pytest.mark.xfail(reason="needs root: run `sudo make test`", run=False, strict=True)
+            )

@@ -1,1 +1,1 @@
-"""Thin adapters (layer L2): each is the only importer of its library or the only one doing its I/O."""
+"""Thin adapters (layer L2): each is the only importer of its library, or of its kind of I/O."""

@@ -19,8 +19,10 @@ def read_text(path: Path) -> str:
     with path.open("rb") as fh:
         data = fh.read(MAX_POLICY_BYTES + 1)
     if len(data) > MAX_POLICY_BYTES:
-        raise OSError(f"file is larger than {MAX_POLICY_BYTES // (1024 * 1024)} MiB; "
-                      "split it or remove what is not policy")
+        raise OSError(
+            f"file is larger than {MAX_POLICY_BYTES // (1024 * 1024)} MiB; "
+            "split it or remove what is not policy"
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -33,8 +35,9 @@ def load_policy(path: Path) -> ParseResult:
         text = read_text(path)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        diag = Diagnostic(Severity.ERROR, "E-FILE", "", f"cannot read policy: {reason}",
-                          Pos(str(path), 1, 1))
+        diag = Diagnostic(
+            Severity.ERROR, "E-FILE", "", f"cannot read policy: {reason}", Pos(str(path), 1, 1)
+        )
         return ParseResult(None, [diag])
 
     def read_include(rel: str) -> tuple[str, str]:

@@ -54,8 +54,9 @@ class Nft:
         """Our table's objects; [] when it does not exist. Terse leaves set elements out."""
         self._ctx.set_terse_output(terse)
         try:
-            rc, output, _ = self._ctx.json_cmd(b.batch(
-                [{"list": {"table": {"family": n.FAMILY, "name": n.TABLE}}}]))
+            rc, output, _ = self._ctx.json_cmd(
+                b.batch([{"list": {"table": {"family": n.FAMILY, "name": n.TABLE}}}])
+            )
         finally:
             self._ctx.set_terse_output(False)
         if rc != 0 or not isinstance(output, dict):
@@ -84,8 +85,9 @@ class Nft:
     def set_elements(self, set_name: str) -> list[Any]:
         """Elements of one set (with timeout/expires). Expensive for big sets: tests and
         tools only, never a hot path."""
-        items = self.run([{"list": {"set": {"family": n.FAMILY, "table": n.TABLE,
-                                            "name": set_name}}}])
+        items = self.run(
+            [{"list": {"set": {"family": n.FAMILY, "table": n.TABLE, "name": set_name}}}]
+        )
         for item in items:
             if "set" in item:
                 elems: list[Any] = item["set"].get("elem", [])
@@ -95,8 +97,11 @@ class Nft:
     def counters(self) -> dict[str, tuple[int, int]]:
         """Named counters of our table: name -> (packets, bytes)."""
         items = self.run([{"list": {"counters": {"family": n.FAMILY, "table": n.TABLE}}}])
-        return {c["counter"]["name"]: (c["counter"]["packets"], c["counter"]["bytes"])
-                for c in items if "counter" in c and c["counter"].get("table") == n.TABLE}
+        return {
+            c["counter"]["name"]: (c["counter"]["packets"], c["counter"]["bytes"])
+            for c in items
+            if "counter" in c and c["counter"].get("table") == n.TABLE
+        }
 
     def add_elements(self, set_name: str, elements: list[Any]) -> None:
         self.run([b.add(b.element(set_name, elements))])

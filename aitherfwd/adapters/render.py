@@ -30,7 +30,7 @@ def render_nft_text(ruleset: Ruleset) -> str:
         try:
             payload = {"ok": True, "text": _child(ruleset)}
             status = 0
-        except Exception as exc:  # noqa: BLE001  (reported to the parent, which raises)
+        except Exception as exc:
             payload = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         with os.fdopen(write_fd, "w") as out:
             out.write(json.dumps(payload))
@@ -44,8 +44,9 @@ def render_nft_text(ruleset: Ruleset) -> str:
     except ValueError:
         raise KernelUnavailableError("the rendering helper died without an answer") from None
     if not result["ok"]:
-        raise KernelUnavailableError(f"cannot render nft text: {result['error']}; "
-                                     "use --format json")
+        raise KernelUnavailableError(
+            f"cannot render nft text: {result['error']}; use --format json"
+        )
     return str(result["text"])
 
 
@@ -64,7 +65,7 @@ def _child(ruleset: Ruleset) -> str:
         nft.run(ruleset.commands())
     except ApplyError as exc:
         raise OSError(f"the kernel refused the ruleset: {exc.message}") from exc
-    ctx = nft._ctx  # noqa: SLF001  (text listing is this module's whole purpose)
+    ctx = nft._ctx
     ctx.set_json_output(False)
     rc, text, error = ctx.cmd(f"list table {n.FAMILY} {n.TABLE}")
     if rc != 0:

@@ -20,6 +20,7 @@ def _t() -> Json:
 
 # --- objects -------------------------------------------------------------------------------
 
+
 def table() -> Json:
     return {"table": {"family": FAMILY, "name": TABLE}}
 
@@ -35,8 +36,15 @@ def counter(name: str) -> Json:
     return {"counter": {**_t(), "name": name}}
 
 
-def set_(name: str, type_: str, flags: list[str], *, elements: list[Any] | None = None,
-         timeout: int | None = None, size: int | None = None) -> Json:
+def set_(
+    name: str,
+    type_: str,
+    flags: list[str],
+    *,
+    elements: list[Any] | None = None,
+    timeout: int | None = None,
+    size: int | None = None,
+) -> Json:
     body: Json = {**_t(), "name": name, "type": type_}
     if flags:
         body["flags"] = flags
@@ -66,6 +74,7 @@ def element(set_name: str, elements: list[Any]) -> Json:
 
 # --- values --------------------------------------------------------------------------------
 
+
 def prefix(addr: str, length: int) -> Json:
     return {"prefix": {"addr": addr, "len": length}}
 
@@ -87,6 +96,7 @@ def timed(value: Any, timeout_s: int | None) -> Any:
 
 
 # --- expressions and statements ------------------------------------------------------------
+
 
 def payload(protocol: str, field: str) -> Expr:
     return {"payload": {"protocol": protocol, "field": field}}

@@ -96,4 +96,8 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 def summary(diagnostics: Sequence[Diagnostic]) -> str:
     errors = sum(1 for d in diagnostics if d.severity is Severity.ERROR)
     warnings = len(diagnostics) - errors
-    return f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"
+    return f"{errors} {_plural('error', errors)}, {warnings} {_plural('warning', warnings)}"
+
+
+def _plural(word: str, count: int) -> str:
+    return word if count == 1 else f"{word}s"

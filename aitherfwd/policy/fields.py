@@ -29,20 +29,25 @@ class Fields:
     def __init__(self, report: Reporter) -> None:
         self.report = report
 
-    def mapping(self, node: YNode, path: str, keys: set[str],
-                required: frozenset[str] = frozenset()) -> dict[str, YNode] | None:
+    def mapping(
+        self, node: YNode, path: str, keys: set[str], required: frozenset[str] = frozenset()
+    ) -> dict[str, YNode] | None:
         if not node.is_map:
             self.report.error("E-TYPE", path, f"expected a mapping, got {_kind(node)}", node.pos)
             return None
         out: dict[str, YNode] = node.value
         for key, child in out.items():
             if key not in keys:
-                self.report.error("E-UNKNOWN-KEY", _join(path, key),
-                                  f"unknown key '{key}'{did_you_mean(key, keys)}",
-                                  child.key_pos or child.pos)
+                self.report.error(
+                    "E-UNKNOWN-KEY",
+                    _join(path, key),
+                    f"unknown key '{key}'{did_you_mean(key, keys)}",
+                    child.key_pos or child.pos,
+                )
         for key in sorted(required - out.keys()):
-            self.report.error("E-MISSING-KEY", _join(path, key),
-                              f"required key '{key}' is missing", node.pos)
+            self.report.error(
+                "E-MISSING-KEY", _join(path, key), f"required key '{key}' is missing", node.pos
+            )
         return out
 
     def string(self, node: YNode, path: str) -> str | None:
@@ -55,8 +60,9 @@ class Fields:
     def name(self, node: YNode, path: str) -> str | None:
         text = self.string(node, path)
         if text is not None and not NAME_RE.match(text):
-            self.report.error("E-NAME", path, f"'{text}' is not a valid name: use {NAME_RULE}",
-                              node.pos)
+            self.report.error(
+                "E-NAME", path, f"'{text}' is not a valid name: use {NAME_RULE}", node.pos
+            )
             return None
         return text
 
@@ -69,8 +75,9 @@ class Fields:
     def integer(self, node: YNode, path: str, lo: int, hi: int) -> int | None:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, int):
-            self.report.error("E-TYPE", path, f"expected a whole number, got {_kind(node)}",
-                              node.pos)
+            self.report.error(
+                "E-TYPE", path, f"expected a whole number, got {_kind(node)}", node.pos
+            )
             return None
         if not lo <= value <= hi:
             self.report.error("E-RANGE", path, f"{value} is out of range {lo}-{hi}", node.pos)
@@ -85,8 +92,12 @@ class Fields:
             return kind(text.lower())
         except ValueError:
             choices = [str(m.value) for m in kind]
-            self.report.error("E-ENUM", path, f"'{text}' is not one of {', '.join(choices)}"
-                              f"{did_you_mean(text, choices)}", node.pos)
+            self.report.error(
+                "E-ENUM",
+                path,
+                f"'{text}' is not one of {', '.join(choices)}{did_you_mean(text, choices)}",
+                node.pos,
+            )
             return None
 
     def items(self, node: YNode, path: str, *, scalar_ok: bool = False) -> list[YNode] | None:
@@ -98,8 +109,14 @@ class Fields:
         self.report.error("E-TYPE", path, f"expected a list, got {_kind(node)}", node.pos)
         return None
 
-    def each(self, node: YNode, path: str, read: Callable[[YNode, str], T | None],
-             *, scalar_ok: bool = False) -> list[T] | None:
+    def each(
+        self,
+        node: YNode,
+        path: str,
+        read: Callable[[YNode, str], T | None],
+        *,
+        scalar_ok: bool = False,
+    ) -> list[T] | None:
         nodes = self.items(node, path, scalar_ok=scalar_ok)
         if nodes is None:
             return None
@@ -110,8 +127,12 @@ class Fields:
 
     def port(self, node: YNode, path: str) -> PortRange | None:
         if isinstance(node.value, bool) or not isinstance(node.value, int | str):
-            self.report.error("E-TYPE", path, f"expected a port or a range like \"8000-8100\", "
-                              f"got {_kind(node)}", node.pos)
+            self.report.error(
+                "E-TYPE",
+                path,
+                f'expected a port or a range like "8000-8100", got {_kind(node)}',
+                node.pos,
+            )
             return None
         try:
             return PortRange.parse(node.value)

@@ -55,8 +55,13 @@ def parse_yaml(text: str, filename: str, report: Reporter) -> YNode | None:
             return YNode({}, Pos(filename, 1, 1))
         return _convert(loader, node, filename, report, _Budget())
     except _TooLarge:
-        report.error("E-YAML", "", f"aliases expand to more than {MAX_NODES} nodes; "
-                     "write the values out instead of nesting aliases", Pos(filename, 1, 1))
+        report.error(
+            "E-YAML",
+            "",
+            f"aliases expand to more than {MAX_NODES} nodes; "
+            "write the values out instead of nesting aliases",
+            Pos(filename, 1, 1),
+        )
         return None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -79,8 +84,9 @@ def _pos(filename: str, node: yaml.Node) -> Pos:
     return Pos(filename, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _convert(loader: Any, node: yaml.Node, filename: str, report: Reporter,
-             budget: _Budget) -> YNode:
+def _convert(
+    loader: Any, node: yaml.Node, filename: str, report: Reporter, budget: _Budget
+) -> YNode:
     if id(node) in budget.seen:  # reached again through an alias
         budget.left -= 1
         if budget.left < 0:
@@ -97,15 +103,20 @@ def _convert(loader: Any, node: yaml.Node, filename: str, report: Reporter,
                 continue
             key = str(key_node.value)
             if key in out:
-                report.error("E-DUPLICATE-KEY", "", f"key '{key}' appears twice in this mapping; "
-                             "remove one", key_pos)
+                report.error(
+                    "E-DUPLICATE-KEY",
+                    "",
+                    f"key '{key}' appears twice in this mapping; remove one",
+                    key_pos,
+                )
                 continue
             child = _convert(loader, value_node, filename, report, budget)
             out[key] = YNode(child.value, child.pos, child.raw, child.quoted, key_pos)
         return YNode(out, pos)
     if isinstance(node, yaml.SequenceNode):
         return YNode([_convert(loader, n, filename, report, budget) for n in node.value], pos)
-    assert isinstance(node, yaml.ScalarNode)
+    if not isinstance(node, yaml.ScalarNode):
+        raise yaml.YAMLError(f"unsupported YAML node {type(node).__name__}")
     value = loader.construct_object(node, deep=True)
     return YNode(value, pos, raw=str(node.value), quoted=node.style in ("'", '"'))
 
@@ -116,9 +127,9 @@ def position_of(root: YNode | None, *path: str | int) -> Pos | None:
     for step in path:
         if node is None:
             return None
-        if isinstance(step, int) and node.is_list and step < len(node.value):
-            node = node.value[step]
-        elif isinstance(step, str) and node.is_map and step in node.value:
+        by_index = isinstance(step, int) and node.is_list and step < len(node.value)
+        by_key = isinstance(step, str) and node.is_map and step in node.value
+        if by_index or by_key:
             node = node.value[step]
         else:
             return node.pos

@@ -31,16 +31,23 @@ def _zones_reachable(policy: Policy, root: YNode | None, report: Reporter) -> No
     for zi, zone in enumerate(policy.zones):
         shadowed = [c for c in zone.cidrs if covered(c, earlier)]
         if len(shadowed) == len(zone.cidrs):
-            report.error("E-ZONE-SHADOWED", f"zones[{zi}]", f"zone '{zone.name}' can never match: "
-                         "every CIDR of it belongs to an earlier zone (the first matching zone "
-                         "wins); move it up or narrow the earlier zones",
-                         position_of(root, "zones", zi))
+            report.error(
+                "E-ZONE-SHADOWED",
+                f"zones[{zi}]",
+                f"zone '{zone.name}' can never match: "
+                "every CIDR of it belongs to an earlier zone (the first matching zone "
+                "wins); move it up or narrow the earlier zones",
+                position_of(root, "zones", zi),
+            )
         else:
             for c in shadowed:
                 ci = zone.cidrs.index(c)
-                report.warning("W-CIDR-SHADOWED", f"zones[{zi}].cidrs[{ci}]", f"{c} is already "
-                               "covered by earlier zones and never selects this zone",
-                               position_of(root, "zones", zi, "cidrs", ci))
+                report.warning(
+                    "W-CIDR-SHADOWED",
+                    f"zones[{zi}].cidrs[{ci}]",
+                    f"{c} is already covered by earlier zones and never selects this zone",
+                    position_of(root, "zones", zi, "cidrs", ci),
+                )
         earlier.extend(zone.cidrs)
 
 
@@ -51,9 +58,14 @@ def _rules_reachable(policy: Policy, root: YNode | None, report: Reporter) -> No
         zones = set(rule.zones) if rule.zones is not None else None
         dead = everything or (zones is not None and zones <= swallowed)
         if dead:
-            report.warning("W-RULE-UNREACHABLE", f"rules[{ri}]", f"rule '{rule.name}' never "
-                           "matches: an earlier rule without conditions decides every connection "
-                           "it could see", position_of(root, "rules", ri, "name"))
+            report.warning(
+                "W-RULE-UNREACHABLE",
+                f"rules[{ri}]",
+                f"rule '{rule.name}' never "
+                "matches: an earlier rule without conditions decides every connection "
+                "it could see",
+                position_of(root, "rules", ri, "name"),
+            )
         if rule.unconditional:
             if zones is None:
                 everything = True
@@ -63,8 +75,16 @@ def _rules_reachable(policy: Policy, root: YNode | None, report: Reporter) -> No
 
 def _layer7_fields(policy: Policy, root: YNode | None, report: Reporter) -> None:
     for ri, rule in enumerate(policy.rules):
-        for key, value in (("path_prefix", rule.path_prefix), ("authenticated", rule.authenticated)):
+        for key, value in (
+            ("path_prefix", rule.path_prefix),
+            ("authenticated", rule.authenticated),
+        ):
             if value is not None:
-                report.warning("W-LAYER7", f"rules[{ri}].{key}", f"the kernel cannot see {key}; "
-                               "the ruleset treats this rule as if it were absent, only evaluate "
-                               "and the middleware apply it", position_of(root, "rules", ri, key))
+                report.warning(
+                    "W-LAYER7",
+                    f"rules[{ri}].{key}",
+                    f"the kernel cannot see {key}; "
+                    "the ruleset treats this rule as if it were absent, only evaluate "
+                    "and the middleware apply it",
+                    position_of(root, "rules", ri, key),
+                )

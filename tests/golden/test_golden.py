@@ -20,10 +20,15 @@ ROOT = HERE.parent.parent
 
 
 def _cases() -> list[tuple[str, Path, Path]]:
-    cases = [(f"policies/{p.stem}", p, HERE / "policies" / f"{p.stem}.expected.json")
-             for p in sorted((ROOT / "policies").glob("*.yaml"))]
-    cases += [(d.name, d / "policy.yaml", d / "expected.json")
-              for d in sorted(HERE.iterdir()) if (d / "policy.yaml").exists()]
+    cases = [
+        (f"policies/{p.stem}", p, HERE / "policies" / f"{p.stem}.expected.json")
+        for p in sorted((ROOT / "policies").glob("*.yaml"))
+    ]
+    cases += [
+        (d.name, d / "policy.yaml", d / "expected.json")
+        for d in sorted(HERE.iterdir())
+        if (d / "policy.yaml").exists()
+    ]
     return cases
 
 

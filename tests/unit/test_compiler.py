@@ -51,13 +51,17 @@ def test_rules_land_in_their_zones_chains_in_policy_order() -> None:
 def test_reject_answers_tcp_with_reset_and_the_rest_with_icmp() -> None:
     p = ok("rules:\n  - {name: r, dest_ports: [53], action: reject}\n")
     stmts = [r["expr"][-1] for r in _rules(compile_policy(p).objects, "zone_external")[:-1]]
-    assert stmts == [{"reject": {"type": "tcp reset"}},
-                     {"reject": {"type": "icmpx", "expr": "port-unreachable"}}]
+    assert stmts == [
+        {"reject": {"type": "tcp reset"}},
+        {"reject": {"type": "icmpx", "expr": "port-unreachable"}},
+    ]
 
 
 def test_time_window_crossing_midnight_becomes_two_kernel_matches() -> None:
-    p = ok("rules:\n  - {name: r, time_window: {days: [sat], start: '22:00', end: '02:00'}, "
-           "action: allow}\n")
+    p = ok(
+        "rules:\n  - {name: r, time_window: {days: [sat], start: '22:00', end: '02:00'}, "
+        "action: allow}\n"
+    )
     rules = _rules(compile_policy(p).objects, "zone_external")[:-1]
     days = [r["expr"][0]["match"]["right"] for r in rules]
     hours = [r["expr"][1]["match"]["right"]["range"] for r in rules]
@@ -79,7 +83,10 @@ def test_layer7_rules_are_left_out_of_the_kernel_but_keep_their_counter() -> Non
 
 
 def test_rate_limited_rule_gets_per_family_meters_before_its_accept() -> None:
-    p = ok("rules:\n  - {name: web, dest_ports: [443], protocol: tcp, rate_limit_rps: 20, action: allow}\n")
+    p = ok(
+        "rules:\n  - {name: web, dest_ports: [443], protocol: tcp, rate_limit_rps: 20, "
+        "action: allow}\n"
+    )
     rs = compile_policy(p)
     assert {"rl_web_v4", "rl_web_v6"} <= set(rs.names("set"))
     labels = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_external")]
@@ -102,5 +109,7 @@ def test_hash_changes_with_the_policy_and_only_with_it() -> None:
     a = compile_policy(ok("rules:\n  - {name: r, dest_ports: [1], action: allow}\n"))
     b = compile_policy(ok("rules:\n  - {name: r, dest_ports: [2], action: allow}\n"))
     assert a.sha256 != b.sha256
-    assert a.sha256 == compile_policy(ok("rules:\n  - {name: r, dest_ports: [1], action: allow}\n"
-                                         )).sha256
+    assert (
+        a.sha256
+        == compile_policy(ok("rules:\n  - {name: r, dest_ports: [1], action: allow}\n")).sha256
+    )

@@ -27,7 +27,9 @@ def test_issue_example_rule_parses_with_services_resolved_to_ports() -> None:
     """)
     deny, web = p.rules
     assert deny.action is Action.DENY and deny.zones == ("external",)
-    assert [(m.protocol, m.ranges) for m in deny.ports] == [(Protocol.TCP, (PortRange(8111, 8111),))]
+    assert [(m.protocol, m.ranges) for m in deny.ports] == [
+        (Protocol.TCP, (PortRange(8111, 8111),))
+    ]
     assert web.ports[0].ranges == (PortRange(443, 443), PortRange(8000, 8100))
     assert web.time_window is not None and web.time_window.start == 8 * 3600
     assert web.rate_limit is not None and web.rate_limit.burst == 20
@@ -50,8 +52,10 @@ def test_service_with_protocol_any_expands_to_tcp_and_udp() -> None:
 def test_port_out_of_range_is_located_with_code() -> None:
     (d,) = errors("rules:\n  - {name: r, dest_ports: [70000], action: allow}\n")
     assert d.code == "E-PORT-RANGE"
-    assert d.render() == (f"policy.yaml:{d.pos.line}:{d.pos.col}: error[E-PORT-RANGE] "  # type: ignore[union-attr]
-                          "rules[0].dest_ports[0]: 70000 is out of range 1-65535")
+    assert d.render() == (
+        f"policy.yaml:{d.pos.line}:{d.pos.col}: error[E-PORT-RANGE] "  # type: ignore[union-attr]
+        "rules[0].dest_ports[0]: 70000 is out of range 1-65535"
+    )
     assert d.pos is not None and d.pos.line == 11
 
 
@@ -90,7 +94,8 @@ def test_duplicate_keys_are_an_error_not_last_wins() -> None:
 
 def test_duplicate_rule_names_are_an_error() -> None:
     assert "E-DUPLICATE-NAME" in codes(
-        "rules:\n  - {name: a, action: allow}\n  - {name: a, action: deny}\n")
+        "rules:\n  - {name: a, action: allow}\n  - {name: a, action: deny}\n"
+    )
 
 
 def test_wrong_types_are_errors() -> None:
@@ -117,7 +122,8 @@ def test_cidr_with_host_bits_suggests_the_network() -> None:
 def test_cidr_junk_zone_ids_and_leading_zeros_are_rejected() -> None:
     for bad in ["10.0.0.256", "fe80::1%eth0", "010.0.0.1", "1.2.3.4 }; flush ruleset"]:
         assert codes(f"rules:\n  - {{name: r, source_cidrs: ['{bad}'], action: allow}}\n") == [
-            "E-CIDR"], bad
+            "E-CIDR"
+        ], bad
 
 
 def test_ipv4_mapped_ipv6_is_normalised_to_ipv4() -> None:
@@ -126,12 +132,15 @@ def test_ipv4_mapped_ipv6_is_normalised_to_ipv4() -> None:
 
 
 def test_zone_entirely_behind_earlier_zones_is_an_error() -> None:
-    found = codes("""
+    found = codes(
+        """
     version: 1
     zones:
       - {name: all, cidrs: [0.0.0.0/0]}
       - {name: lan, cidrs: [10.0.0.0/8]}
-    """, base=False)
+    """,
+        base=False,
+    )
     assert found == ["E-ZONE-SHADOWED"]
 
 
@@ -142,9 +151,11 @@ def test_partially_overlapping_zones_are_fine_first_match_wins() -> None:
 
 def test_icmp_with_ports_and_conflicting_service_protocols_are_errors() -> None:
     assert codes("rules:\n  - {name: r, protocol: icmp, dest_ports: [1], action: allow}\n") == [
-        "E-PROTOCOL"]
-    assert codes("rules:\n  - {name: r, protocol: udp, dest_services: [Secrets], action: allow}\n"
-                 ) == ["E-PROTOCOL"]
+        "E-PROTOCOL"
+    ]
+    assert codes(
+        "rules:\n  - {name: r, protocol: udp, dest_services: [Secrets], action: allow}\n"
+    ) == ["E-PROTOCOL"]
 
 
 def test_rate_limit_only_on_allow_rules() -> None:
@@ -153,26 +164,32 @@ def test_rate_limit_only_on_allow_rules() -> None:
 
 def test_time_window_errors() -> None:
     assert "E-TIME" in codes(
-        "rules:\n  - {name: r, time_window: {start: '25:00', end: '18:00'}, action: allow}\n")
+        "rules:\n  - {name: r, time_window: {start: '25:00', end: '18:00'}, action: allow}\n"
+    )
     assert "E-DAY" in codes(
         "rules:\n  - {name: r, time_window: {days: [funday], start: '01:00', end: '02:00'}, "
-        "action: allow}\n")
+        "action: allow}\n"
+    )
     assert "E-TIMEZONE" in codes(
         "rules:\n  - {name: r, time_window: {start: '01:00', end: '02:00', "
-        "timezone: Europe/Paris}, action: allow}\n")
+        "timezone: Europe/Paris}, action: allow}\n"
+    )
 
 
 def test_layer7_fields_are_kept_and_warned_about() -> None:
-    result = parse("rules:\n  - {name: r, path_prefix: /admin, authenticated: true, "
-                   "action: allow}\n")
+    result = parse(
+        "rules:\n  - {name: r, path_prefix: /admin, authenticated: true, action: allow}\n"
+    )
     assert result.policy is not None
     assert result.policy.rules[0].path_prefix == "/admin"
     assert [d.code for d in result.diagnostics] == ["W-LAYER7", "W-LAYER7"]
 
 
 def test_rule_after_unconditional_rule_for_same_zone_is_warned_unreachable() -> None:
-    result = parse("rules:\n  - {name: a, zone: external, action: deny}\n"
-                   "  - {name: b, zone: external, dest_ports: [443], action: allow}\n")
+    result = parse(
+        "rules:\n  - {name: a, zone: external, action: deny}\n"
+        "  - {name: b, zone: external, dest_ports: [443], action: allow}\n"
+    )
     assert result.policy is not None
     assert [d.code for d in result.diagnostics] == ["W-RULE-UNREACHABLE"]
 
