@@ -31,11 +31,11 @@ $(STAMP): pyproject.toml | deb-deps
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m aitherfwd.demo
+	$(PY) -m demo
 
 lint: setup
-	$(VENV)/bin/ruff check aitherfwd tests benchmarks
-	$(VENV)/bin/ruff format --check aitherfwd tests benchmarks
+	$(VENV)/bin/ruff check aitherfwd tests benchmarks demo
+	$(VENV)/bin/ruff format --check aitherfwd tests benchmarks demo
 
 typecheck: setup
 	$(VENV)/bin/mypy
