@@ -18,6 +18,7 @@ within its zone's chain. Rules with layer-7 conditions are left out of the kerne
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -251,9 +252,11 @@ def _variants(rule: Rule) -> Iterator[tuple[int | None, Protocol | None, list[Js
     for fam in families:
         base: list[Json] = []
         if fam is not None and rule.source_cidrs:
-            nets = sorted(
-                (c for c in rule.source_cidrs if c.version == fam),
-                key=lambda c: (int(c.network_address), c.prefixlen),
+            # collapsed: overlapping intervals in one set are refused by the kernel
+            nets = list(
+                ipaddress.collapse_addresses(  # type: ignore[type-var]
+                    c for c in rule.source_cidrs if c.version == fam
+                )
             )
             base.append(
                 b.match(

@@ -207,6 +207,7 @@ UDP datagram (``tcp|udp PORT PEER``).  Exits when its stdin reaches EOF."""
 PROBE_SCRIPT: Final = r'''
 """Probe: MODE(tcp|udp) ADDR PORT TIMEOUT COUNT INTERVAL SOURCE; one result per line."""
 import errno
+import os
 import socket
 import sys
 import time
@@ -248,6 +249,11 @@ def once():
         except OSError:
             pass
         return "ok"
+    except TimeoutError as exc:
+        # An ICMP error that the kernel treats as soft (e.g. ICMPv6 to a TCP SYN, until the
+        # retransmission) is only visible through SO_ERROR.
+        soft = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return classify(OSError(soft, os.strerror(soft)) if soft else exc)
     except OSError as exc:
         return classify(exc)
     finally:

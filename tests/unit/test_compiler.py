@@ -113,3 +113,12 @@ def test_hash_changes_with_the_policy_and_only_with_it() -> None:
         a.sha256
         == compile_policy(ok("rules:\n  - {name: r, dest_ports: [1], action: allow}\n")).sha256
     )
+
+
+def test_overlapping_source_cidrs_are_collapsed_for_the_kernel() -> None:
+    p = ok(
+        "rules:\n  - {name: r, source_cidrs: [10.0.0.0/8, 10.1.0.0/16, 11.0.0.0/8], "
+        "action: allow}\n"
+    )
+    (rule, _) = _rules(compile_policy(p).objects, "zone_external")
+    assert rule["expr"][0]["match"]["right"] == {"prefix": {"addr": "10.0.0.0", "len": 7}}

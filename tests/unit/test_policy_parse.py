@@ -203,3 +203,24 @@ def test_alias_bomb_is_refused() -> None:
 
 def test_names_that_could_inject_are_rejected() -> None:
     assert "E-NAME" in codes('rules:\n  - {name: "a\\"; flush ruleset", action: allow}\n')
+
+
+def test_services_file_is_read_relative_to_the_policy_and_merged() -> None:
+    from aitherfwd.policy.parse import parse_policy  # noqa: PLC0415
+
+    files = {"svc.yaml": "services:\n  Vault: {ports: [8200]}\n"}
+
+    def read(rel: str) -> tuple[str, str]:
+        if rel not in files:
+            raise FileNotFoundError(2, "No such file or directory")
+        return rel, files[rel]
+
+    text = "version: 1\nservices_file: svc.yaml\nrules:\n  - {name: v, dest_services: [Vault], action: allow}\n"
+    result = parse_policy(text, "p.yaml", read)
+    assert result.policy is not None
+    assert result.policy.rules[0].ports[0].ranges == (PortRange(8200, 8200),)
+    missing = parse_policy(text.replace("svc.yaml", "nope.yaml"), "p.yaml", read)
+    assert [d.code for d in missing.diagnostics] == ["E-SERVICES-FILE", "E-UNKNOWN-SERVICE"]
+    bad = parse_policy(text, "p.yaml", lambda rel: (rel, "services:\n  Vault: {ports: [0]}\n"))
+    (d,) = [d for d in bad.diagnostics if d.code == "E-PORT-RANGE"]
+    assert d.pos is not None and d.pos.file == "svc.yaml" and d.pos.line == 2
