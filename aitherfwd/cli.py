@@ -17,6 +17,7 @@ import click
 from aitherfwd import __version__
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
+from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.errors import AitherError, ExitCode
 from aitherfwd.policy.diagnostics import Diagnostic, summary
@@ -172,3 +173,47 @@ def counters(as_json: bool) -> None:
     width = max((len(k) for k in values), default=10)
     for name, (packets, nbytes) in sorted(values.items()):
         click.echo(f"{name:<{width}}  {packets:>10} packets  {nbytes:>12} bytes")
+
+
+@main.command()
+@click.option("--policy", type=click.Path(path_type=Path), help="Policy file.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/aitherfwd/aitherfwd.toml"),
+    show_default=True,
+)
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path))
+@click.option("--state-dir", type=click.Path(path_type=Path))
+@click.option("--audit-log", type=click.Path(path_type=Path))
+def run(
+    policy: Path | None,
+    config_path: Path,
+    socket_path: Path | None,
+    state_dir: Path | None,
+    audit_log: Path | None,
+) -> None:
+    """Run the daemon in the foreground (systemd: Type=notify)."""
+    from aitherfwd.config import ConfigError  # noqa: PLC0415
+    from aitherfwd.daemon import main as daemon_main  # noqa: PLC0415
+
+    try:
+        cfg = daemon_main.with_overrides(
+            daemon_main.load_config(config_path),
+            policy=policy,
+            socket=socket_path,
+            state_dir=state_dir,
+            audit_log=audit_log,
+        )
+    except ConfigError as err:
+        click.echo(f"aitherfwd: error[E-CONFIG] {err}", err=True)
+        sys.exit(int(ExitCode.USAGE))
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        sys.exit(daemon_main.main(cfg))
+    except AitherError as err:
+        _fail(err)
+
+
+register_client_commands(main)

@@ -176,6 +176,7 @@ class Policy:
     services: tuple[Service, ...]
     rules: tuple[Rule, ...]
     sha256: str  # of the source text(s) it was parsed from
+    includes: tuple[str, ...] = ()  # other files it was read from (services_file)
 
     def zone(self, name: str) -> Zone:
         for z in self.zones:

@@ -90,6 +90,7 @@ class _Parser:
         self.f = Fields(report)
         self.read = read
         self.hasher = hasher
+        self.includes: list[str] = []
 
     def policy(self, root: YNode) -> Policy | None:
         top = self.f.mapping(root, "", TOP_KEYS, frozenset({"version"}))
@@ -113,6 +114,7 @@ class _Parser:
             tuple(services.values()),
             tuple(rules),
             self.hasher.hexdigest(),
+            tuple(self.includes),
         )
 
     def settings(self, node: YNode) -> Settings | None:
@@ -238,6 +240,7 @@ class _Parser:
             )
             return None
         self.hasher.update(b"\0services_file\0" + text.encode())
+        self.includes.append(display)
         root = parse_yaml(text, display, self.report)
         if root is None:
             return None

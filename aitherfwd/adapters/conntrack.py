@@ -1,0 +1,75 @@
+"""Conntrack through netlink with pyroute2 — the only importer of pyroute2 (layer L2).
+
+Owns: listing the peers that hold established TCP sessions to given local ports
+(anti-lockout) and deleting a source's tracked connections (a block cuts them).
+pyroute2 is imported lazily: its top-level import costs ~25 MB of RSS, and these calls
+run at reload and block time, not per packet. pyroute2's synchronous API runs its own
+event loop, so the daemon calls these functions from a worker thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Collection
+from typing import Any
+
+from aitherfwd.errors import KernelUnavailableError
+from aitherfwd.policy.model import IPAddress
+
+log = logging.getLogger(__name__)
+TCP_CONNTRACK_ESTABLISHED = 3
+
+
+def _conntrack() -> Any:
+    try:
+        from pyroute2.conntrack import Conntrack  # noqa: PLC0415
+    except ImportError as exc:
+        raise KernelUnavailableError(f"pyroute2 is not installed: {exc}") from exc
+    return Conntrack()
+
+
+def _tuple(family: int, **fields: Any) -> Any:
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple  # noqa: PLC0415
+
+    return NFCTAttrTuple(family=family, **fields)
+
+
+def established_peers(ports: Collection[int]) -> set[tuple[IPAddress, int]]:
+    """(peer address, local port) of every ESTABLISHED TCP connection to one of `ports`."""
+    wanted = set(ports)
+    out: set[tuple[IPAddress, int]] = set()
+    ct = _conntrack()
+    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for entry in ct.dump_entries(tuple_orig=_tuple(family, proto=socket.IPPROTO_TCP)):
+                orig = entry.tuple_orig
+                info = entry.protoinfo
+                if (
+                    orig.dport in wanted
+                    and info is not None
+                    and (info.state == TCP_CONNTRACK_ESTABLISHED)
+                ):
+                    out.add((ipaddress.ip_address(orig.saddr), int(orig.dport)))
+    finally:
+        ct.close()
+    return out
+
+
+def delete_source(address: IPAddress) -> int:
+    """Delete every tracked connection whose original source is `address`; return how many."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    ct = _conntrack()
+    deleted = 0
+    try:
+        entries = list(ct.dump_entries(tuple_orig=_tuple(family, saddr=str(address))))
+        for entry in entries:
+            try:
+                ct.delete(entry)
+                deleted += 1
+            except Exception as exc:
+                log.debug("conntrack delete failed entry=%s error=%s", entry, exc)
+    finally:
+        ct.close()
+    return deleted

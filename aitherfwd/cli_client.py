@@ -1,0 +1,174 @@
+"""CLI commands that talk to the running daemon over its control socket (layer L3).
+
+Owns: `status`, `block`, `unblock`, `blocks`, `evaluate`, `reload` — argument parsing,
+one request each, human-readable or `--json` output, exit codes. A daemon that is not
+running is a one-line error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from aitherfwd.adapters.control_client import ControlClient
+from aitherfwd.errors import AitherError, ExitCode
+
+DEFAULT_SOCKET = Path("/run/aitherfwd/control.sock")
+
+socket_option = click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    envvar="AITHERFWD_SOCKET",
+    help="The daemon's control socket.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")
+
+
+def _call(socket_path: Path, method: str, path: str, body: Any = None) -> Any:
+    try:
+        status, answer = ControlClient(socket_path).request(method, path, body)
+    except AitherError as err:
+        _die(f"error[{err.code}] {err.message}", err.exit_code)
+    if status >= 400:
+        error = answer.get("error", {}) if isinstance(answer, dict) else {}
+        _die(
+            f"error[{error.get('code', 'E-HTTP')}] {error.get('message', status)}", ExitCode.FAILURE
+        )
+    return answer
+
+
+def _die(message: str, code: int) -> NoReturn:
+    click.echo(f"aitherfwd: {message}", err=True)
+    sys.exit(int(code))
+
+
+def _out(answer: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(answer, indent=2) if as_json else text)
+
+
+def register(main: click.Group) -> None:
+    for command in (status, block, unblock, blocks, evaluate, reload):
+        main.add_command(command)
+
+
+@click.command()
+@socket_option
+@json_option
+def status(socket_path: Path, as_json: bool) -> None:
+    """Show the daemon's generation, policy, last reload and set sizes."""
+    st = _call(socket_path, "GET", "/v1/status")
+    last = st.get("last_reload") or {}
+    lines = [
+        f"generation {st['generation']}  policy {st['policy_path']} "
+        f"(sha256 {st['policy_sha256'][:12]})  rules {st['rules']}",
+        f"last reload: {last.get('result', '-')} ({last.get('trigger', '-')}) "
+        f"at {last.get('at', '-')}",
+    ]
+    lines += [
+        f"  {e['file']}:{e['line']}: {e['code']} {e['message']}"
+        if e.get("file")
+        else f"  {e['code']} {e['message']}"
+        for e in last.get("errors", [])
+    ]
+    lines.append("elements: " + ", ".join(f"{k}={v}" for k, v in st["elements"].items()))
+    lines.append(f"uptime {st['uptime_seconds']}s  drift repairs {st['drift_repairs']}")
+    _out(st, as_json, "\n".join(lines))
+
+
+@click.command()
+@click.argument("address")
+@click.option("--ttl", help="How long, e.g. 15m, 1h, 7d; omitted: permanent.")
+@click.option("--reason", default="manual", show_default=True)
+@socket_option
+@json_option
+def block(address: str, ttl: str | None, reason: str, socket_path: Path, as_json: bool) -> None:
+    """Block ADDRESS (an IPv4/IPv6 address or prefix)."""
+    answer = _call(
+        socket_path, "POST", "/v1/blocks", {"address": address, "ttl": ttl, "reason": reason}
+    )
+    b = answer["blocked"][0]
+    _out(
+        answer,
+        as_json,
+        f"blocked {b['address']} until {b['expires_at'] or 'forever'} ({b['reason']})",
+    )
+
+
+@click.command()
+@click.argument("address")
+@socket_option
+@json_option
+def unblock(address: str, socket_path: Path, as_json: bool) -> None:
+    """Lift the block on ADDRESS."""
+    answer = _call(socket_path, "DELETE", "/v1/blocks/" + urllib.parse.quote(address, safe=""))
+    _out(answer, as_json, f"unblocked {answer['unblocked']['address']}")
+
+
+@click.command()
+@socket_option
+@json_option
+def blocks(socket_path: Path, as_json: bool) -> None:
+    """List active blocks."""
+    answer = _call(socket_path, "GET", "/v1/blocks")
+    rows = [
+        f"{b['address']:<40} {b['expires_at'] or 'permanent':<26} {b['source']:<10} {b['reason']}"
+        for b in answer["blocks"]
+    ]
+    _out(answer, as_json, "\n".join(rows) if rows else "no active blocks")
+
+
+@click.command()
+@click.option("--source", "source_ip", required=True, help="Source address.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Destination port.")
+@click.option(
+    "--proto", type=click.Choice(["tcp", "udp", "icmp"]), default="tcp", show_default=True
+)
+@click.option(
+    "--direction", type=click.Choice(["inbound", "outbound"]), default="inbound", show_default=True
+)
+@click.option("--dest", help="Destination address.")
+@socket_option
+@json_option
+def evaluate(
+    source_ip: str,
+    port: int | None,
+    proto: str,
+    direction: str,
+    dest: str | None,
+    socket_path: Path,
+    as_json: bool,
+) -> None:
+    """Would this connection pass, and which rule decides?"""
+    body: dict[str, Any] = {"source_ip": source_ip, "protocol": proto, "direction": direction}
+    if port is not None:
+        body["dest_port"] = port
+    if dest is not None:
+        body["dest_ip"] = dest
+    v = _call(socket_path, "POST", "/v1/evaluate", body)
+    _out(
+        v,
+        as_json,
+        f"{v['verdict']}  rule={v['rule'] or '-'}  zone={v['zone'] or '-'}  {v['reason']}",
+    )
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Apply even if it would cut live admin sessions.")
+@socket_option
+@json_option
+def reload(force: bool, socket_path: Path, as_json: bool) -> None:
+    """Reload the policy now; exit 3 when the daemon rejected it."""
+    answer = _call(socket_path, "POST", "/v1/reload", {"force": force})
+    lines = [f"{answer['result']} (generation {answer['generation']})"]
+    lines += [f"  error[{e['code']}] {e['message']}" for e in answer.get("errors", [])]
+    _out(answer, as_json, "\n".join(lines))
+    if answer["result"] == "rejected":
+        sys.exit(int(ExitCode.INVALID_POLICY))

@@ -1,0 +1,1 @@
+"""The control protocol: request schemas and error shapes (layer L1, pure)."""

@@ -1,0 +1,189 @@
+"""Strict schemas for control-socket request bodies (layer L1, pure).
+
+Owns: turning decoded JSON into typed requests — unknown fields, wrong types, bad
+addresses and bad durations become `ApiError`s with stable codes and a 4xx status.
+Addresses are parsed with `ipaddress` (`::ffff:a.b.c.d` → IPv4; zone ids, leading zeros and
+junk rejected). Must not import adapters or daemon code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from aitherfwd.durations import parse_duration
+from aitherfwd.policy.fields import parse_cidr
+from aitherfwd.policy.model import IPAddress, IPNetwork, Protocol
+
+MAX_BLOCKS_PER_REQUEST = 200_000
+MAX_REASON = 512
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def bad(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def decode(body: bytes) -> Any:
+    if not body:
+        return {}
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad("E-JSON", f"the body is not valid JSON: {exc}") from None
+
+
+def _object(
+    value: Any, what: str, allowed: Collection[str], required: Collection[str] = ()
+) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad("E-SCHEMA", f"{what} must be a JSON object")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise bad(
+            "E-SCHEMA",
+            f"{what}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
+        )
+    missing = sorted(set(required) - set(value))
+    if missing:
+        raise bad("E-SCHEMA", f"{what}: missing field(s) {', '.join(missing)}")
+    return value
+
+
+def _string(value: Any, what: str, limit: int = MAX_REASON) -> str:
+    if not isinstance(value, str):
+        raise bad("E-SCHEMA", f"{what} must be a string")
+    if len(value) > limit or any(ord(c) < 32 and c not in "\t" for c in value):
+        raise bad("E-SCHEMA", f"{what} must be at most {limit} printable characters")
+    return value
+
+
+def parse_address(value: Any, what: str = "address") -> IPAddress:
+    text = _string(value, what, 64)
+    try:
+        net = parse_cidr(text)
+    except ValueError as exc:
+        raise bad("E-ADDRESS", f"{what}: {exc}") from None
+    if net.prefixlen != net.max_prefixlen:
+        raise bad("E-ADDRESS", f"{what}: '{text}' is a prefix; give one address")
+    return net.network_address
+
+
+def parse_network(value: Any, what: str = "address") -> IPNetwork:
+    text = _string(value, what, 64)
+    try:
+        return parse_cidr(text)
+    except ValueError as exc:
+        raise bad("E-ADDRESS", f"{what}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSpec:
+    network: IPNetwork
+    ttl: int | None  # seconds; None = permanent
+    reason: str
+
+
+def parse_block(value: Any, what: str = "block") -> BlockSpec:
+    obj = _object(value, what, {"address", "ttl", "reason"}, {"address"})
+    ttl = obj.get("ttl")
+    if ttl is not None:
+        try:
+            ttl = parse_duration(ttl)
+        except ValueError as exc:
+            raise bad("E-TTL", f"{what}.ttl: {exc}") from None
+    reason = _string(obj.get("reason", "manual"), f"{what}.reason")
+    return BlockSpec(parse_network(obj["address"], f"{what}.address"), ttl, reason)
+
+
+def parse_blocks(body: Any) -> list[BlockSpec]:
+    """`{"address": ...}` or `{"blocks": [{...}, ...]}`."""
+    if isinstance(body, dict) and "blocks" in body:
+        _object(body, "body", {"blocks"})
+        items = body["blocks"]
+        if not isinstance(items, list) or not items:
+            raise bad("E-SCHEMA", "blocks must be a non-empty list")
+        if len(items) > MAX_BLOCKS_PER_REQUEST:
+            raise ApiError(413, "E-TOO-MANY", f"at most {MAX_BLOCKS_PER_REQUEST} blocks a request")
+        return [parse_block(item, f"blocks[{i}]") for i, item in enumerate(items)]
+    return [parse_block(body, "body")]
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateSpec:
+    source: IPAddress
+    protocol: Protocol
+    dest_port: int | None
+    direction: str
+    dest: IPAddress | None
+    path: str | None
+    authenticated: bool | None
+
+
+EVALUATE_FIELDS = {
+    "source_ip",
+    "dest_port",
+    "protocol",
+    "direction",
+    "dest_ip",
+    "path",
+    "authenticated",
+}
+
+
+def parse_evaluate(body: Any) -> EvaluateSpec:
+    obj = _object(body, "body", EVALUATE_FIELDS, {"source_ip"})
+    proto_text = obj.get("protocol", "tcp")
+    try:
+        proto = Protocol(_string(proto_text, "protocol", 8).lower())
+    except ValueError:
+        raise bad("E-SCHEMA", "protocol must be tcp, udp or icmp") from None
+    if proto is Protocol.ANY:
+        raise bad("E-SCHEMA", "protocol must be tcp, udp or icmp")
+    port = obj.get("dest_port")
+    if proto is Protocol.ICMP:
+        if port is not None:
+            raise bad("E-SCHEMA", "dest_port makes no sense with icmp")
+    elif isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise bad("E-SCHEMA", "dest_port must be an integer 1-65535")
+    direction = _string(obj.get("direction", "inbound"), "direction", 16)
+    if direction not in ("inbound", "outbound"):
+        raise bad("E-SCHEMA", "direction must be inbound or outbound")
+    dest = obj.get("dest_ip")
+    path = obj.get("path")
+    auth = obj.get("authenticated")
+    if auth is not None and not isinstance(auth, bool):
+        raise bad("E-SCHEMA", "authenticated must be true or false")
+    return EvaluateSpec(
+        source=parse_address(obj["source_ip"], "source_ip"),
+        protocol=proto,
+        dest_port=port,
+        direction=direction,
+        dest=parse_address(dest, "dest_ip") if dest is not None else None,
+        path=_string(path, "path", 2048) if path is not None else None,
+        authenticated=auth,
+    )
+
+
+def parse_flag_body(body: Any, flag: str) -> bool:
+    """Bodies like `{"force": true}` (or empty)."""
+    obj = _object(body, "body", {flag})
+    value = obj.get(flag, False)
+    if not isinstance(value, bool):
+        raise bad("E-SCHEMA", f"{flag} must be true or false")
+    return value
+
+
+def network_from_path(segment: str) -> IPNetwork:
+    """The address in `DELETE /v1/blocks/{address}` (already percent-decoded)."""
+    return parse_network(segment, "address")

@@ -1,0 +1,410 @@
+"""The daemon's operations (layer L3): reload, block, unblock, evaluate, status, drift.
+
+Owns: the current generation and the block table, and the order of every state change:
+validate → store → kernel (through the one writer) → swap/bookkeeping → audit. The HTTP
+routes, the CLI and the timers call these methods; nothing else changes state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aitherfwd.adapters import conntrack
+from aitherfwd.adapters import systemd as sd
+from aitherfwd.adapters.audit import AuditLog, rfc3339
+from aitherfwd.adapters.files import load_policy
+from aitherfwd.adapters.nft import Nft
+from aitherfwd.adapters.store import Store
+from aitherfwd.clock import Clock
+from aitherfwd.compiler import Ruleset, compile_policy
+from aitherfwd.control.schema import ApiError, BlockSpec, EvaluateSpec
+from aitherfwd.daemon.state import Generation, ReloadOutcome
+from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, address_text
+from aitherfwd.errors import AitherError, ApplyError, PolicyError
+from aitherfwd.evaluator import Evaluator, Request, TokenBuckets
+from aitherfwd.nft import names as n
+from aitherfwd.policy.diagnostics import Severity
+from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, Protocol
+from aitherfwd.reconcile import Observed, plan, transaction
+
+log = logging.getLogger(__name__)
+CONNTRACK_FLUSH_LIMIT = (
+    256  # per request; larger bulk bans rely on the drop-before-established rule
+)
+
+
+@dataclass
+class Counters:
+    drift_repairs: int = 0
+    reloads: dict[str, int] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(
+        self, policy_path: Path, clock: Clock, writer: KernelWriter, store: Store, audit: AuditLog
+    ) -> None:
+        self.policy_path = policy_path
+        self.clock = clock
+        self.writer = writer
+        self.store = store
+        self.audit = audit
+        self.blocks = BlockTable()
+        self.buckets = TokenBuckets()
+        self.generation: Generation | None = None
+        self.last_reload: ReloadOutcome | None = None
+        self.counters = Counters()
+        self.started_at = clock.now()
+        self._reload_lock = asyncio.Lock()
+
+    # --- generations ---------------------------------------------------------------------
+
+    def current(self) -> Generation:
+        if self.generation is None:
+            raise RuntimeError("the daemon has no generation before its cold start")
+        return self.generation
+
+    def _load(self) -> tuple[Policy | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        result = load_policy(self.policy_path)
+        errors = [d.as_dict() for d in result.diagnostics if d.severity is Severity.ERROR]
+        warnings = [d.as_dict() for d in result.diagnostics if d.severity is Severity.WARNING]
+        return result.policy, errors, warnings
+
+    def _protect(self, policy: Policy) -> None:
+        mgmt = [c for z in policy.zones if z.name == "management" for c in z.cidrs]
+        self.blocks.protected = self.blocks.protected[:2] + tuple(mgmt)
+
+    async def cold_start(self) -> Generation:
+        """Load, adopt or apply, restore blocks. Raises PolicyError (kernel untouched)."""
+        policy, errors, _ = self._load()
+        if policy is None:
+            lines = [
+                f"{e['file']}:{e['line']}:{e['column']}: error[{e['code']}] {e['path']}: "
+                f"{e['message']}"
+                for e in errors
+            ]
+            raise PolicyError(
+                "invalid policy; the kernel keeps what it enforces now\n" + "\n".join(lines)
+            )
+        now = self.clock.now()
+        self.blocks.load(self.store.load_blocks(now))
+        self._protect(policy)
+        ruleset = compile_policy(policy)
+        adopted = await self.writer.call(lambda nft: self._adopt_or_apply(nft, ruleset))
+        self.generation = Generation(1, policy, ruleset, Evaluator(policy), self.policy_path, now)
+        self.last_reload = ReloadOutcome(
+            "adopted" if adopted else "applied", 1, at=now, trigger="start"
+        )
+        self.audit.write(
+            now,
+            "daemon_started",
+            generation=1,
+            policy_sha256=policy.sha256,
+            adopted=adopted,
+            blocks=len(self.blocks),
+        )
+        return self.generation
+
+    def _adopt_or_apply(self, nft: Nft, ruleset: Ruleset) -> bool:
+        """Adopt a table that already enforces this ruleset (no gap); else apply. Then make
+        the kernel's block sets hold every stored block, and adopt unknown kernel blocks."""
+        before = nft.observe()
+        adopted = before.exists and not plan(ruleset, before).changed
+        if not adopted:
+            nft.run(transaction(ruleset, before))
+        now = self.clock.now()
+        in_kernel: set[str] = set()
+        for s in n.BLOCK_SETS:
+            for elem in nft.set_elements(s.name):
+                in_kernel.add(self._adopt_element(elem, now))
+        missing = [blk for blk in self.blocks.active(now) if blk.key not in in_kernel]
+        if missing:
+            restore = BlockTable()
+            restore.load(missing)
+            nft.run(restore.restore_commands(now))
+        return adopted
+
+    def _adopt_element(self, elem: Any, now: float) -> str:
+        body = elem["elem"] if isinstance(elem, dict) and "elem" in elem else {"val": elem}
+        val = body["val"]
+        text = f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) else val
+        net = ipaddress.ip_network(text)
+        key = address_text(net)
+        if self.blocks.get(key, now) is None:
+            expires = body.get("expires")
+            self.blocks.load(
+                [
+                    Block(
+                        net,
+                        now + expires if expires else None,
+                        "found in the kernel",
+                        "kernel",
+                        now,
+                    )
+                ]
+            )
+        return key
+
+    async def reload(self, *, force: bool = False, trigger: str = "api") -> ReloadOutcome:
+        async with self._reload_lock:
+            sd.reloading()
+            try:
+                outcome = await self._reload(force, trigger)
+            finally:
+                sd.ready(self.status_line())
+            self.last_reload = outcome
+            self.counters.reloads[outcome.result] = self.counters.reloads.get(outcome.result, 0) + 1
+            return outcome
+
+    async def _reload(self, force: bool, trigger: str) -> ReloadOutcome:
+        now = self.clock.now()
+        current = self.current()
+        policy, errors, warnings = self._load()
+        if policy is None:
+            log.error(
+                "reload rejected: invalid policy errors=%d path=%s", len(errors), self.policy_path
+            )
+            self.audit.write(now, "reload_rejected", trigger=trigger, errors=errors)
+            sd.status(f"generation {current.number}; last reload REJECTED: {errors[0]['message']}")
+            return ReloadOutcome("rejected", current.number, errors, warnings, now, trigger)
+        ruleset = compile_policy(policy)
+        if ruleset.sha256 == current.ruleset.sha256:
+            return ReloadOutcome("unchanged", current.number, [], warnings, now, trigger)
+        evaluator = Evaluator(policy)
+        if not force:
+            cut = await self._lockout(policy, evaluator)
+            if cut:
+                msg = (
+                    f"refused: the new policy would lock out live admin sessions from "
+                    f"{', '.join(cut)}; fix the policy or force the reload"
+                )
+                err = {"code": "E-LOCKOUT", "message": msg}
+                self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
+                return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
+        try:
+            await self.writer.call(lambda nft: self._apply(nft, ruleset))
+        except ApplyError as exc:
+            err = {"code": exc.code, "message": exc.message}
+            self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
+            return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
+        self._protect(policy)
+        self.generation = Generation(
+            current.number + 1, policy, ruleset, evaluator, self.policy_path, now
+        )
+        self.audit.write(
+            now,
+            "reload_applied",
+            trigger=trigger,
+            generation=current.number + 1,
+            policy_sha256=policy.sha256,
+            ruleset_sha256=ruleset.sha256,
+        )
+        log.info("reload applied generation=%d trigger=%s", current.number + 1, trigger)
+        return ReloadOutcome("applied", current.number + 1, [], warnings, now, trigger)
+
+    def _apply(self, nft: Nft, ruleset: Ruleset) -> Observed:
+        """One transaction; when the table or a block set was lost, the same transaction
+        restores every live block with its remaining timeout."""
+        before = nft.observe()
+        lost = not before.exists or any(s.name not in before.sets for s in n.BLOCK_SETS)
+        extra = self.blocks.restore_commands(self.clock.now()) if lost else []
+        nft.run(transaction(ruleset, before) + extra)
+        return before
+
+    async def _lockout(self, policy: Policy, evaluator: Evaluator) -> list[str]:
+        ports = policy.settings.admin_ports
+        try:
+            peers = await asyncio.to_thread(conntrack.established_peers, ports)
+        except (AitherError, OSError) as exc:
+            log.warning("anti-lockout check skipped: conntrack unavailable error=%s", exc)
+            return []
+        now = self.clock.now()
+        cut = []
+        for peer, port in sorted(peers, key=str):
+            v = evaluator.evaluate(Request(peer, Protocol.TCP, port), now, self.blocks)
+            if v.verdict not in ("allow", "rate_limited"):
+                cut.append(f"{peer} (port {port}: {v.verdict} by {v.rule or 'default'})")
+        return cut
+
+    # --- drift -----------------------------------------------------------------------------
+
+    async def check_drift(self) -> bool:
+        gen = self.generation
+        if gen is None:
+            return False
+        observed = await self.writer.call(lambda nft: nft.observe())
+        expired = self.blocks.prune(self.clock.now())
+        if expired:
+            self.store.delete_blocks(b.key for b in expired)
+            for blk in expired:
+                self.audit.write(
+                    self.clock.now(),
+                    "block_expired",
+                    address=blk.key,
+                    reason=blk.reason,
+                    source=blk.source,
+                )
+        if observed.exists and not plan(gen.ruleset, observed).changed:
+            return False
+        await self.writer.call(lambda nft: self._apply(nft, gen.ruleset))
+        self.counters.drift_repairs += 1
+        log.warning("drift repaired: table inet aitherfwd differed from generation=%d", gen.number)
+        self.audit.write(
+            self.clock.now(), "drift_repaired", generation=gen.number, table_existed=observed.exists
+        )
+        return True
+
+    # --- blocks ----------------------------------------------------------------------------
+
+    async def block(self, specs: Sequence[BlockSpec], source: str = "manual") -> list[Block]:
+        now = self.clock.now()
+        seen: set[str] = set()
+        blocks = []
+        for spec in specs:
+            try:
+                self.blocks.check(spec.network, now)
+            except BlockError as exc:
+                raise ApiError(exc.status, exc.code, exc.message) from None
+            blk = Block(
+                spec.network, now + spec.ttl if spec.ttl else None, spec.reason, source, now
+            )
+            if blk.key not in seen:
+                seen.add(blk.key)
+                blocks.append(blk)
+        previous = {blk.key: self.blocks.get(blk.key, now) for blk in blocks}
+        self.store.save_blocks(blocks)
+        commands = self.blocks.put(blocks, now)
+        try:
+            await self.writer.elements(commands)
+        except ApplyError:
+            self._revert(blocks, previous)
+            raise
+        self.audit.write(
+            now,
+            "blocked",
+            count=len(blocks),
+            source=source,
+            addresses=[b.key for b in blocks[:100]],
+            ttl=specs[0].ttl,
+            reason=specs[0].reason,
+        )
+        singles = [
+            b.network.network_address
+            for b in blocks
+            if b.network.prefixlen == b.network.max_prefixlen
+        ][:CONNTRACK_FLUSH_LIMIT]
+        if singles:
+            asyncio.get_running_loop().create_task(self._cut(singles))
+        return blocks
+
+    def _revert(self, blocks: list[Block], previous: dict[str, Block | None]) -> None:
+        now = self.clock.now()
+        for blk in blocks:
+            self.blocks.remove(blk.key, now)
+        self.blocks.load(p for p in previous.values() if p is not None)
+        self.store.delete_blocks(k for k, p in previous.items() if p is None)
+        self.store.save_blocks(p for p in previous.values() if p is not None)
+
+    async def _cut(self, addresses: list[IPAddress]) -> None:
+        """Delete the blocked sources' conntrack entries (their packets are already dropped
+        before the established rule; this frees the tracking state)."""
+        for address in addresses:
+            try:
+                await asyncio.to_thread(conntrack.delete_source, address)
+            except (AitherError, OSError) as exc:
+                log.debug("conntrack flush failed address=%s error=%s", address, exc)
+
+    async def unblock(self, network: IPNetwork) -> Block:
+        now = self.clock.now()
+        key = address_text(network)
+        removed = self.blocks.remove(key, now)
+        if removed is None:
+            raise ApiError(404, "E-NOT-BLOCKED", f"{key} is not blocked")
+        blk, commands = removed
+        try:
+            await self.writer.elements(commands)
+        except ApplyError:
+            self.blocks.load([blk])
+            raise
+        self.store.delete_blocks([key])
+        self.audit.write(now, "unblocked", address=key, reason=blk.reason, source=blk.source)
+        return blk
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def evaluate(self, spec: EvaluateSpec) -> dict[str, Any]:
+        gen = self.current()
+        started = time.perf_counter()
+        verdict = gen.evaluator.evaluate(
+            Request(
+                spec.source,
+                spec.protocol,
+                spec.dest_port,
+                spec.direction,
+                spec.dest,
+                spec.path,
+                spec.authenticated,
+            ),
+            self.clock.now(),
+            self.blocks,
+            self.buckets,
+        )
+        latency = (time.perf_counter() - started) * 1e6
+        return {
+            "verdict": verdict.verdict,
+            "rule": verdict.rule,
+            "zone": verdict.zone,
+            "reason": verdict.reason,
+            "latency_us": round(latency, 1),
+        }
+
+    def block_view(self, blk: Block) -> dict[str, Any]:
+        return {
+            "address": blk.key,
+            "expires_at": rfc3339(blk.expires_at) if blk.expires_at is not None else None,
+            "reason": blk.reason,
+            "source": blk.source,
+            "created_at": rfc3339(blk.created_at),
+            "set": blk.set_name,
+        }
+
+    def status(self) -> dict[str, Any]:
+        gen = self.current()
+        now = self.clock.now()
+        counts = {s.name: 0 for s in n.DYNAMIC_SETS}
+        counts.update(self.blocks.counts(now))
+        last = self.last_reload
+        return {
+            "status": "ok",
+            "generation": gen.number,
+            "policy_path": str(gen.path),
+            "policy_sha256": gen.policy.sha256,
+            "ruleset_sha256": gen.ruleset.sha256,
+            "rules": len(gen.policy.rules),
+            "applied_at": rfc3339(gen.applied_at),
+            "last_reload": None
+            if last is None
+            else {**last.as_dict(), "at": rfc3339(last.at), "trigger": last.trigger},
+            "elements": counts,
+            "drift_repairs": self.counters.drift_repairs,
+            "uptime_seconds": round(now - self.started_at, 1),
+            "kernel": {
+                "transactions_ok": self.writer.stats.transactions_ok,
+                "transactions_failed": self.writer.stats.transactions_failed,
+            },
+        }
+
+    def status_line(self) -> str:
+        gen = self.generation
+        if gen is None:
+            return "starting"
+        return (
+            f"generation {gen.number}, policy {gen.policy.sha256[:12]}, {len(self.blocks)} blocks"
+        )

@@ -1,0 +1,145 @@
+"""The composition root (layer L3): wires adapters and the daemon, runs the event loop.
+
+Owns: building every component from the daemon config and command-line overrides, the
+startup order (adopt/apply the kernel table → control socket → READY=1), the timers
+(drift repair, watchdog), signals (SIGHUP reload, SIGTERM/SIGINT stop) and fail-static
+shutdown: stopping never touches the kernel table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+from aitherfwd.adapters import systemd as sd
+from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.control_server import ControlServer
+from aitherfwd.adapters.nft import Nft
+from aitherfwd.adapters.store import Store
+from aitherfwd.adapters.watch import PolicyWatcher
+from aitherfwd.clock import SystemClock
+from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
+from aitherfwd.daemon.app import Daemon
+from aitherfwd.daemon.routes import Api
+from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.errors import AitherError
+
+log = logging.getLogger(__name__)
+
+
+def load_config(path: Path | None) -> DaemonConfig:
+    if path is None or not path.exists():
+        if path is not None and path != Path("/etc/aitherfwd/aitherfwd.toml"):
+            raise ConfigError(f"{path}: no such file")
+        return DaemonConfig()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        return parse_config(
+            text, lambda n: pwd.getpwnam(n).pw_uid, lambda n: grp.getgrnam(n).gr_gid
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def with_overrides(cfg: DaemonConfig, **overrides: object) -> DaemonConfig:
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+
+
+async def run(cfg: DaemonConfig) -> int:
+    clock = SystemClock()
+    writer = KernelWriter(Nft())
+    writer.start()
+    store = Store(cfg.state_dir)
+    audit = AuditLog(cfg.audit_log)
+    daemon = Daemon(cfg.policy, clock, writer, store, audit)
+    try:
+        gen = await daemon.cold_start()
+    except AitherError:
+        await writer.close()
+        raise
+    group = grp.getgrnam(cfg.socket_group).gr_gid if cfg.socket_group else None
+    server = ControlServer(
+        cfg.socket,
+        Api(daemon, Authorizer(cfg.roles)),
+        mode=cfg.socket_mode,
+        group=group,
+        max_body=cfg.max_body_bytes,
+    )
+    await server.start()
+    watcher = PolicyWatcher(
+        lambda: [daemon.policy_path, *_includes(daemon)],
+        lambda: daemon.reload(trigger="inotify"),
+        lambda: float(
+            daemon.generation.policy.settings.rule_reload_interval if daemon.generation else 30
+        ),
+    )
+    watcher.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: loop.create_task(daemon.reload(trigger="sighup"))
+    )
+    tasks = [loop.create_task(_drift(daemon, cfg.drift_check_interval), name="drift")]
+    interval = sd.watchdog_interval()
+    if interval:
+        tasks.append(loop.create_task(_watchdog(interval), name="watchdog"))
+    log.info("aitherfwd ready generation=%d socket=%s pid=%d", gen.number, cfg.socket, os.getpid())
+    sd.ready(daemon.status_line())
+    await stop.wait()
+    sd.stopping()
+    log.info("stopping; table inet aitherfwd stays in force (fail-static)")
+    for task in tasks:
+        task.cancel()
+    watcher.close()
+    await server.close()
+    await writer.close()
+    audit.write(
+        clock.now(),
+        "daemon_stopped",
+        generation=daemon.generation.number if daemon.generation else 0,
+    )
+    audit.close()
+    store.close()
+    return 0
+
+
+def _includes(daemon: Daemon) -> list[Path]:
+    gen = daemon.generation
+    return [Path(p) for p in gen.policy.includes] if gen else []
+
+
+async def _drift(daemon: Daemon, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await daemon.check_drift()
+        except AitherError as exc:
+            log.error("drift check failed code=%s error=%s", exc.code, exc.message)
+
+
+async def _watchdog(interval: float) -> None:
+    """WATCHDOG=1 only while the event loop turns: a stalled loop gets restarted."""
+    while True:
+        sd.watchdog()
+        await asyncio.sleep(interval)
+
+
+def main(cfg: DaemonConfig) -> int:
+    handler = sd.journal_handler()
+    if handler is not None:
+        logging.getLogger().handlers = [handler]
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run(cfg))
+    return 0

@@ -1,0 +1,128 @@
+"""The control API: a table of small handlers, each guarded by a role (layer L3).
+
+Owns: mapping `(method, path)` to a handler and the role it needs, authorising the peer
+(SO_PEERCRED uid/gid/groups) before anything is parsed, turning request bodies into typed
+specs (control.schema) and results into JSON. Errors become
+`{"error": {"code", "message"}}` with a 4xx status; a denial is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aitherfwd.adapters.control_server import HttpRequest, HttpResponse
+from aitherfwd.config import Authorizer
+from aitherfwd.control import schema
+from aitherfwd.control.schema import ApiError
+from aitherfwd.daemon.app import Daemon
+from aitherfwd.errors import AitherError
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Daemon, HttpRequest], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # exact, or a prefix ending in "/" followed by one argument (which may be a CIDR)
+    role: str
+    handler: Handler
+
+
+async def health(d: Daemon, req: HttpRequest) -> Any:
+    st = d.status()
+    return {"status": "ok", "generation": st["generation"], "policy_sha256": st["policy_sha256"]}
+
+
+async def status(d: Daemon, req: HttpRequest) -> Any:
+    return d.status()
+
+
+async def list_blocks(d: Daemon, req: HttpRequest) -> Any:
+    active = d.blocks.active(d.clock.now())
+    return {"count": len(active), "blocks": [d.block_view(b) for b in active]}
+
+
+async def add_blocks(d: Daemon, req: HttpRequest) -> Any:
+    specs = schema.parse_blocks(schema.decode(req.body))
+    blocks = await d.block(specs)
+    return {"count": len(blocks), "blocked": [d.block_view(b) for b in blocks[:1000]]}
+
+
+async def delete_block(d: Daemon, req: HttpRequest) -> Any:
+    segment = req.path.removeprefix("/v1/blocks/")
+    blk = await d.unblock(schema.network_from_path(segment))
+    return {"unblocked": d.block_view(blk)}
+
+
+async def evaluate(d: Daemon, req: HttpRequest) -> Any:
+    return d.evaluate(schema.parse_evaluate(schema.decode(req.body)))
+
+
+async def reload(d: Daemon, req: HttpRequest) -> Any:
+    force = schema.parse_flag_body(schema.decode(req.body), "force")
+    return (await d.reload(force=force, trigger="api")).as_dict()
+
+
+ROUTES = (
+    Route("GET", "/v1/health", "read", health),
+    Route("GET", "/v1/status", "read", status),
+    Route("GET", "/v1/blocks", "read", list_blocks),
+    Route("POST", "/v1/blocks", "admin", add_blocks),
+    Route("DELETE", "/v1/blocks/", "admin", delete_block),
+    Route("POST", "/v1/evaluate", "read", evaluate),
+    Route("POST", "/v1/reload", "admin", reload),
+)
+
+
+def _find(method: str, path: str) -> Route:
+    known_path = False
+    for route in ROUTES:
+        prefix = route.path.endswith("/")
+        if prefix:
+            hit = path.startswith(route.path) and len(path) > len(route.path)
+        else:
+            hit = path == route.path
+        if hit:
+            known_path = True
+            if route.method == method:
+                return route
+    if known_path:
+        raise ApiError(405, "E-METHOD", f"{method} is not allowed on {path}")
+    raise ApiError(404, "E-NOT-FOUND", f"no such endpoint: {path}")
+
+
+class Api:
+    def __init__(self, daemon: Daemon, authorizer: Authorizer) -> None:
+        self.daemon = daemon
+        self.authorizer = authorizer
+
+    async def __call__(self, req: HttpRequest) -> HttpResponse:
+        try:
+            route = _find(req.method, req.path)
+            peer = req.peer
+            if not self.authorizer.allows(route.role, peer.uid, peer.gid, peer.groups):
+                self.daemon.audit.write(
+                    self.daemon.clock.now(),
+                    "access_denied",
+                    uid=peer.uid,
+                    gid=peer.gid,
+                    pid=peer.pid,
+                    method=req.method,
+                    path=req.path,
+                    role=route.role,
+                )
+                raise ApiError(
+                    403,
+                    "E-FORBIDDEN",
+                    f"uid {peer.uid} lacks the role '{route.role}' for {req.method} {route.path}",
+                )
+            return HttpResponse(200, await route.handler(self.daemon, req))
+        except ApiError as exc:
+            return HttpResponse(exc.status, exc.body())
+        except AitherError as exc:
+            log.error("request failed path=%s code=%s error=%s", req.path, exc.code, exc.message)
+            return HttpResponse(500, {"error": {"code": exc.code, "message": exc.message}})

@@ -1,0 +1,43 @@
+"""The daemon's generations and reload results (layer L3): immutable snapshots.
+
+Owns: `Generation` — one validated policy, its compiled ruleset and evaluator, swapped in
+only after the kernel accepted it — and `ReloadOutcome`, what the last reload did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aitherfwd.compiler import Ruleset
+from aitherfwd.evaluator import Evaluator
+from aitherfwd.policy.model import Policy
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    number: int
+    policy: Policy
+    ruleset: Ruleset
+    evaluator: Evaluator
+    path: Path
+    applied_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    result: str  # applied | unchanged | rejected
+    generation: int
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    at: float = 0.0
+    trigger: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "result": self.result,
+            "generation": self.generation,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }

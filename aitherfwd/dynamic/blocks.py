@@ -1,0 +1,205 @@
+"""The table of active blocks and the kernel commands that change it (layer L1, pure).
+
+Owns: `Block`, `BlockTable` (what is blocked, until when, why), the protected ranges that
+can never be blocked, the choice of kernel set per address (hash set for single
+addresses, interval set for prefixes, per family), and the element commands for a change.
+Time is an argument; nothing here talks to the kernel or the disk.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aitherfwd.nft import builders as b
+from aitherfwd.policy.model import IPAddress, IPNetwork
+
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
+
+
+class BlockError(ValueError):
+    """A block that must not or cannot be made; `code` is the API error code."""
+
+    def __init__(self, code: str, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    network: IPNetwork
+    expires_at: float | None  # None: permanent
+    reason: str
+    source: str  # manual | reputation | detection | kernel
+    created_at: float
+
+    @property
+    def key(self) -> str:
+        return address_text(self.network)
+
+    @property
+    def set_name(self) -> str:
+        return set_for(self.network)
+
+    def remaining(self, now: float) -> int | None:
+        """Whole seconds left (at least 1), or None when permanent."""
+        if self.expires_at is None:
+            return None
+        return max(1, math.ceil(self.expires_at - now))
+
+    def element(self, now: float) -> Any:
+        return b.timed(element_value(self.network), self.remaining(now))
+
+
+def address_text(net: IPNetwork) -> str:
+    """`203.0.113.7` for a single address, `2001:db8::/64` for a prefix."""
+    single = net.prefixlen == net.max_prefixlen
+    return str(net.network_address) if single else str(net)
+
+
+def set_for(net: IPNetwork) -> str:
+    fam = "v4" if net.version == 4 else "v6"
+    return f"block_{fam}" if net.prefixlen == net.max_prefixlen else f"block_{fam}_net"
+
+
+def element_value(net: IPNetwork) -> Any:
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return b.prefix(str(net.network_address), net.prefixlen)
+
+
+class BlockTable:
+    """Active blocks keyed by their address text. Expired entries are pruned lazily."""
+
+    def __init__(self, protected: Sequence[IPNetwork] = ()) -> None:
+        self._blocks: dict[str, Block] = {}
+        self._prefixes: set[str] = set()  # keys of prefix blocks: few, scanned on lookup
+        self.protected: tuple[IPNetwork, ...] = LOOPBACK + tuple(protected)
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def active(self, now: float) -> list[Block]:
+        self.prune(now)
+        return sorted(self._blocks.values(), key=lambda blk: blk.key)
+
+    def prune(self, now: float) -> list[Block]:
+        gone = [
+            blk
+            for blk in self._blocks.values()
+            if blk.expires_at is not None and blk.expires_at <= now
+        ]
+        for blk in gone:
+            self._drop(blk.key)
+        return gone
+
+    def _drop(self, key: str) -> None:
+        del self._blocks[key]
+        self._prefixes.discard(key)
+
+    def _store(self, blk: Block) -> None:
+        self._blocks[blk.key] = blk
+        if blk.network.prefixlen != blk.network.max_prefixlen:
+            self._prefixes.add(blk.key)
+
+    def _live_prefixes(self, now: float) -> list[Block]:
+        out = []
+        for key in self._prefixes:
+            blk = self.get(key, now)
+            if blk is not None:
+                out.append(blk)
+        return out
+
+    def get(self, key: str, now: float) -> Block | None:
+        blk = self._blocks.get(key)
+        if blk is None or (blk.expires_at is not None and blk.expires_at <= now):
+            return None
+        return blk
+
+    def lookup(self, address: IPAddress, now: float) -> tuple[float | None, str] | None:
+        """The evaluator's view: is this address blocked right now, until when, why."""
+        full = ipaddress.ip_network(address)
+        blk = self.get(address_text(full), now)
+        if blk is None:
+            for candidate in self._live_prefixes(now):
+                if candidate.network.version == address.version and address in candidate.network:
+                    blk = candidate
+                    break
+        return (blk.expires_at, blk.reason) if blk else None
+
+    def check(self, net: IPNetwork, now: float) -> None:
+        """Raise BlockError when `net` may not be blocked or conflicts with a prefix block."""
+        for p in self.protected:
+            if p.version == net.version and (net.subnet_of(p) or p.subnet_of(net)):  # type: ignore[arg-type]
+                raise BlockError(
+                    "E-PROTECTED",
+                    f"{address_text(net)} overlaps {p}, which is "
+                    "never blocked (loopback, the management zone, never_block)",
+                )
+        if net.prefixlen == net.max_prefixlen:
+            return
+        for other in self._live_prefixes(now):
+            o = other.network
+            if o.version != net.version or o == net:
+                continue
+            if net.overlaps(o):
+                raise BlockError(
+                    "E-BLOCK-OVERLAP",
+                    f"{address_text(net)} overlaps the existing "
+                    f"prefix block {o}; unblock it first or block a disjoint prefix",
+                )
+
+    def put(self, blocks: Iterable[Block], now: float) -> list[Any]:
+        """Record blocks; return the kernel commands (one transaction) that make them so."""
+        cmds: list[Any] = []
+        for new in blocks:
+            existing = self.get(new.key, now)
+            blk = new if existing is None else replace(new, created_at=existing.created_at)
+            if existing is not None:
+                # the element may expire in the kernel at any moment: add (no-op if present),
+                # delete, add again with the new timeout — valid whatever the kernel holds
+                cmds += [
+                    b.add(b.element(blk.set_name, [element_value(blk.network)])),
+                    _delete(blk.set_name, element_value(blk.network)),
+                ]
+            cmds.append(b.add(b.element(blk.set_name, [blk.element(now)])))
+            self._store(blk)
+        return cmds
+
+    def remove(self, key: str, now: float) -> tuple[Block, list[Any]] | None:
+        blk = self.get(key, now)
+        if blk is None:
+            return None
+        self._drop(key)
+        value = element_value(blk.network)
+        return blk, [b.add(b.element(blk.set_name, [value])), _delete(blk.set_name, value)]
+
+    def restore_commands(self, now: float) -> list[Any]:
+        """Element adds for every live block with its remaining timeout (after a table loss)."""
+        by_set: dict[str, list[Any]] = {}
+        for blk in self.active(now):
+            by_set.setdefault(blk.set_name, []).append(blk.element(now))
+        return [b.add(b.element(name, elems)) for name, elems in sorted(by_set.items())]
+
+    def load(self, blocks: Iterable[Block]) -> None:
+        """Adopt blocks as they are (from the store or the kernel), without commands."""
+        for blk in blocks:
+            self._store(blk)
+
+    def counts(self, now: float) -> dict[str, int]:
+        out = {"block_v4": 0, "block_v6": 0, "block_v4_net": 0, "block_v6_net": 0}
+        for blk in self.active(now):
+            out[blk.set_name] += 1
+        return out
+
+
+def _delete(set_name: str, value: Any) -> Any:
+    return {"delete": b.element(set_name, [value])}

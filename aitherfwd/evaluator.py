@@ -1,0 +1,381 @@
+"""Would this connection pass, and which rule decides? (layer L1, pure)
+
+Owns: `Request`, `Verdict`, `Blocked` (the view of the live block table it needs),
+`TokenBuckets` (the per-source meters of rate-limited rules) and `Evaluator`, which answers
+with exactly the semantics of the ruleset `compiler` builds for a new inbound connection:
+loopback accept, block sets drop, the source's first zone, the first matching rule in
+policy order, the default verdict. Rules with layer-7 conditions are not in the kernel:
+here they match only requests that carry those fields. Not modelled: established/related
+packets (a request is a new connection) and ICMPv6 neighbour discovery (a request has no
+ICMP type).
+
+The index: each IP version's address space is cut where a zone or a rule's source CIDRs
+begin or end, each piece holding its zone and the set of rules that can match a source
+there; each port protocol's port space is cut the same way by the rules' port ranges. Rule
+sets are bit masks over policy order (bit i = rules[i]), so a lookup is two bisects and an
+AND, and the lowest set bit is the first candidate; only time windows and layer-7 fields
+are checked per candidate.
+
+Time is an argument. Must not import adapters, the daemon, or anything that does I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import typing
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aitherfwd import zones as zoning
+from aitherfwd.compiler import RATELIMIT_SET_TIMEOUT
+from aitherfwd.policy.model import (
+    DAY_SECONDS,
+    PORT_PROTOCOLS,
+    Action,
+    IPAddress,
+    Policy,
+    Protocol,
+    Rule,
+    Settings,
+)
+
+INBOUND = "inbound"
+OUTBOUND = "outbound"
+DIRECTIONS = (INBOUND, OUTBOUND)
+REQUEST_PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.ICMP)
+RATE_LIMITED = "rate_limited"
+NANOS = 1_000_000_000
+
+_VERBS = {Action.ALLOW: "allows", Action.DENY: "denies", Action.REJECT: "rejects"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A new connection to judge. `dest_port` is required for tcp/udp, absent for icmp."""
+
+    source: IPAddress
+    protocol: Protocol
+    dest_port: int | None = None
+    direction: str = INBOUND
+    dest: IPAddress | None = None
+    path: str | None = None  # layer 7
+    authenticated: bool | None = None  # layer 7
+
+    def __post_init__(self) -> None:
+        if self.protocol not in REQUEST_PROTOCOLS:
+            raise ValueError(f"protocol must be tcp, udp or icmp, not {self.protocol}")
+        if self.protocol is Protocol.ICMP:
+            if self.dest_port is not None:
+                raise ValueError("icmp has no destination port")
+        elif self.dest_port is None or not 1 <= self.dest_port <= 65535:
+            raise ValueError(f"{self.protocol} needs a dest_port 1-65535")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be inbound or outbound, not {self.direction!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    verdict: str  # "allow" | "deny" | "reject" | "rate_limited"
+    rule: str | None  # the deciding rule; None for builtins and the default policy
+    zone: str | None  # the source's zone (inbound)
+    reason: str
+
+
+class Blocked(typing.Protocol):
+    """The caller's live block table (`dynamic.blocks.BlockTable` fits)."""
+
+    def lookup(self, address: IPAddress, now: float) -> tuple[float | None, str] | None:
+        """(expires_at, or None when permanent; reason) if `address` is blocked at `now`."""
+
+
+class TokenBuckets:
+    """Token buckets per (rule, source address), mirroring the kernel's `limit` meters:
+    capacity `burst`, refilled at `rate` per second, full when created, counted in integer
+    nanoseconds like nft_limit. A bucket left alone for the meter set's timeout expires (the
+    kernel drops the element) and starts full again. At most `max_keys` buckets; the least
+    recently used goes first."""
+
+    def __init__(
+        self, max_keys: int = 100_000, idle_timeout: float = RATELIMIT_SET_TIMEOUT
+    ) -> None:
+        self._max_keys = max_keys
+        self._idle_ns = round(idle_timeout * NANOS)
+        self._buckets: dict[tuple[str, str], tuple[int, int]] = {}  # key -> (tokens, last)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: tuple[str, str], rate: int, burst: int, now: float) -> bool:
+        """Take one token; False (and nothing taken) when the bucket is empty."""
+        cost = NANOS // rate
+        capacity = cost * burst
+        now_ns = round(now * NANOS)
+        held = self._buckets.pop(key, None)
+        if held is None or now_ns - held[1] >= self._idle_ns:
+            tokens = capacity
+        else:
+            tokens = min(capacity, held[0] + max(0, now_ns - held[1]))
+        allowed = tokens >= cost
+        self._buckets[key] = (tokens - cost if allowed else tokens, now_ns)
+        if len(self._buckets) > self._max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
+
+
+@dataclass(frozen=True, slots=True)
+class _Steps:
+    """A step function over integers >= starts[0]: the mask of the last start <= key."""
+
+    starts: tuple[int, ...]
+    masks: tuple[int, ...]
+
+    def at(self, key: int) -> int:
+        return self.masks[bisect_right(self.starts, key) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class _AddressIndex:
+    """One IP version's address space in pieces, each with its zone and the rules that can
+    match a source there (zone and source CIDRs both satisfied)."""
+
+    starts: tuple[int, ...]
+    zones: tuple[str | None, ...]
+    masks: tuple[int, ...]
+
+    def at(self, address: int) -> tuple[str | None, int]:
+        i = bisect_right(self.starts, address) - 1
+        return self.zones[i], self.masks[i]
+
+
+class Evaluator:
+    """The compiled policy's verdicts, answered in process. Build once per policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._rules = policy.rules
+        self._addresses = {v: _address_index(policy, v) for v in (4, 6)}
+        self._ports = {p: _port_index(policy.rules, p) for p in PORT_PROTOCOLS}
+        self._icmp = _bits(i for i, r in enumerate(policy.rules) if _portless(r, Protocol.ICMP))
+        self._conditional = _bits(i for i, r in enumerate(policy.rules) if _conditional(r))
+
+    def evaluate(
+        self,
+        req: Request,
+        now: float,
+        blocked: Blocked | None = None,
+        buckets: TokenBuckets | None = None,
+    ) -> Verdict:
+        source = normalise(req.source)
+        if req.direction == OUTBOUND:
+            return egress_verdict(self.policy.settings)
+        zone, sources = self._addresses[source.version].at(int(source))
+        if source.is_loopback:
+            return Verdict(str(Action.ALLOW), None, zone, "loopback is always allowed")
+        block = blocked.lookup(source, now) if blocked is not None else None
+        if block is not None:
+            return Verdict(str(Action.DENY), None, zone, _blocked_reason(*block))
+        index = self._rule_index(req, sources, now)
+        if index is None:
+            action = self.policy.settings.default_policy
+            return Verdict(str(action), None, zone, f"no rule matched; default policy {action}")
+        return _decide(self._rules[index], req, source, zone, now=now, buckets=buckets)
+
+    def _rule_index(self, req: Request, sources: int, now: float) -> int | None:
+        """The first rule in policy order that matches, by its index."""
+        if req.dest_port is None:
+            candidates = sources & self._icmp
+        else:
+            candidates = sources & self._ports[req.protocol].at(req.dest_port)
+        clock: tuple[int, int] | None = None
+        while candidates:
+            lowest = candidates & -candidates
+            i = lowest.bit_length() - 1
+            if not lowest & self._conditional:
+                return i
+            clock = clock or _weekday_and_second(now)
+            if _conditions_hold(self._rules[i], req, clock):
+                return i
+            candidates ^= lowest
+        return None
+
+
+def normalise(address: IPAddress) -> IPAddress:
+    """`::ffff:a.b.c.d` is the IPv4 address a.b.c.d; anything else is itself."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def egress_verdict(settings: Settings) -> Verdict:
+    """Outbound connections: no egress rules exist yet, so the egress default decides."""
+    action = settings.egress_default_policy
+    return Verdict(
+        str(action), None, None, f"outbound: no egress rules; egress default policy {action}"
+    )
+
+
+def _weekday_and_second(now: float) -> tuple[int, int]:
+    """nftables' `meta day` (Sunday = 0) and `meta hour` (seconds since midnight), in UTC."""
+    whole = math.floor(now)
+    return (whole // DAY_SECONDS + 4) % 7, whole % DAY_SECONDS  # 1970-01-01 was a Thursday
+
+
+def _conditions_hold(rule: Rule, req: Request, clock: tuple[int, int]) -> bool:
+    """The conditions the index leaves out: time window and layer-7 fields."""
+    if rule.time_window is not None and not rule.time_window.contains(*clock):
+        return False
+    if rule.path_prefix is not None and (
+        req.path is None or not req.path.startswith(rule.path_prefix)
+    ):
+        return False
+    return rule.authenticated is None or req.authenticated == rule.authenticated
+
+
+def _decide(
+    rule: Rule,
+    req: Request,
+    source: IPAddress,
+    zone: str | None,
+    *,
+    now: float,
+    buckets: TokenBuckets | None,
+) -> Verdict:
+    what = f"{req.protocol}/{req.dest_port}" if req.dest_port is not None else str(req.protocol)
+    origin = f"zone {zone}" if zone is not None else f"{source} (in no zone)"
+    limit = rule.rate_limit
+    key = (rule.name, str(source))  # the kernel meters per rule and source address
+    if limit and buckets is not None and not buckets.take(key, limit.rate, limit.burst, now):
+        return Verdict(
+            RATE_LIMITED,
+            rule.name,
+            zone,
+            f"rule '{rule.name}' rate limit exceeded: over {limit.rate}/s "
+            f"(burst {limit.burst}) for {what} from {source}",
+        )
+    reason = f"rule '{rule.name}' {_VERBS[rule.action]} {what} from {origin}"
+    return Verdict(str(rule.action), rule.name, zone, reason)
+
+
+def _blocked_reason(expires_at: float | None, why: str) -> str:
+    if expires_at is None:
+        text = "blocked permanently"
+    else:
+        stamp = datetime.fromtimestamp(expires_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = f"blocked until {stamp}"
+    return f"{text}: {why}" if why else text
+
+
+def _bits(indexes: Iterable[int]) -> int:
+    mask = 0
+    for i in indexes:
+        mask |= 1 << i
+    return mask
+
+
+def _portless(rule: Rule, protocol: Protocol) -> bool:
+    """A rule without ports that matches every packet of `protocol`."""
+    return not rule.ports and rule.protocol in (Protocol.ANY, protocol)
+
+
+def _conditional(rule: Rule) -> bool:
+    return (
+        rule.time_window is not None
+        or rule.path_prefix is not None
+        or rule.authenticated is not None
+    )
+
+
+def _merged(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, disjoint, non-touching closed intervals covering the same integers."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(intervals):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _steps(intervals: Iterable[tuple[int, int, int]], base: int) -> _Steps:
+    """`base` plus the bits of the (lo, hi, bit) intervals covering each key >= 0.
+
+    A sweep that toggles a bit on at `lo` and off after `hi`: correct because each bit's
+    intervals are disjoint and non-touching (built with `_merged`)."""
+    toggles: dict[int, int] = {0: 0}
+    for lo, hi, bit in intervals:
+        toggles[lo] = toggles.get(lo, 0) ^ bit
+        toggles[hi + 1] = toggles.get(hi + 1, 0) ^ bit
+    starts: list[int] = []
+    masks: list[int] = []
+    current = 0
+    for start in sorted(toggles):
+        current ^= toggles[start]
+        if not masks or masks[-1] != base | current:
+            starts.append(start)
+            masks.append(base | current)
+    return _Steps(tuple(starts), tuple(masks))
+
+
+def _port_index(rules: Sequence[Rule], protocol: Protocol) -> _Steps:
+    """Destination port -> the rules whose protocol and ports match it."""
+    intervals = [
+        (lo, hi, 1 << i)
+        for i, rule in enumerate(rules)
+        for lo, hi in _merged(
+            (pr.lo, pr.hi) for pm in rule.ports if pm.protocol is protocol for pr in pm.ranges
+        )
+    ]
+    return _steps(intervals, _bits(i for i, r in enumerate(rules) if _portless(r, protocol)))
+
+
+def _source_steps(rules: Sequence[Rule], version: int) -> _Steps:
+    """Source address -> the rules whose source_cidrs (if any) contain it."""
+    intervals = [
+        (lo, hi, 1 << i)
+        for i, rule in enumerate(rules)
+        for lo, hi in _merged(
+            (int(net.network_address), int(net.broadcast_address))
+            for net in rule.source_cidrs
+            if net.version == version
+        )
+    ]
+    return _steps(intervals, _bits(i for i, r in enumerate(rules) if not r.source_cidrs))
+
+
+def _zone_steps(policy: Policy, version: int) -> tuple[list[int], list[str | None]]:
+    """Zone partition as starts and labels; None between and around the zones' blocks."""
+    starts: list[int] = [0]
+    names: list[str | None] = [None]
+    for first, last, zone in zoning.partition(policy.zones, version):
+        if starts[-1] == int(first):
+            names[-1] = zone
+        else:
+            starts.append(int(first))
+            names.append(zone)
+        starts.append(int(last) + 1)
+        names.append(None)
+    return starts, names
+
+
+def _address_index(policy: Policy, version: int) -> _AddressIndex:
+    rules = policy.rules
+    by_zone: dict[str | None, int] = {
+        name: _bits(i for i, r in enumerate(rules) if r.zones is None or name in r.zones)
+        for name in [None, *(z.name for z in policy.zones)]
+    }
+    zone_starts, zone_names = _zone_steps(policy, version)
+    sources = _source_steps(rules, version)
+    starts: list[int] = []
+    zones: list[str | None] = []
+    masks: list[int] = []
+    for start in sorted({*zone_starts, *sources.starts}):
+        zone = zone_names[bisect_right(zone_starts, start) - 1]
+        mask = by_zone[zone] & sources.at(start)
+        if not starts or (zones[-1], masks[-1]) != (zone, mask):
+            starts.append(start)
+            zones.append(zone)
+            masks.append(mask)
+    return _AddressIndex(tuple(starts), tuple(zones), tuple(masks))
