@@ -24,6 +24,8 @@ LISTENER = r"""
 import selectors, socket, sys
 tcp = [int(p) for p in sys.argv[1].split(",") if p]
 udp = [int(p) for p in sys.argv[2].split(",") if p]
+hold = {int(p) for p in sys.argv[3].split(",") if p}  # keep these connections open
+held = []
 sel = selectors.DefaultSelector()
 for port in tcp:
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -42,7 +44,10 @@ while True:
         try:
             if key.data == "tcp":
                 conn, _ = key.fileobj.accept()
-                conn.close()
+                if key.fileobj.getsockname()[1] in hold and len(held) < 1000:
+                    held.append(conn)
+                else:
+                    conn.close()
             else:
                 data, peer = key.fileobj.recvfrom(2048)
                 key.fileobj.sendto(b"ok", peer)
@@ -199,7 +204,10 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         return run(["ip", "netns", "exec", ns, *argv], timeout=timeout)
 
-    def listen(self, tcp: list[int], udp: list[int] | None = None) -> None:
+    def listen(
+        self, tcp: list[int], udp: list[int] | None = None, hold: list[int] | None = None
+    ) -> None:
+        """TCP/UDP listeners in the server namespace; connections to `hold` ports stay open."""
         proc = subprocess.Popen(
             [
                 "ip",
@@ -211,6 +219,7 @@ class Lab:
                 LISTENER,
                 ",".join(map(str, tcp)),
                 ",".join(map(str, udp or [])),
+                ",".join(map(str, hold or [])),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -221,6 +230,26 @@ class Lab:
         line = proc.stdout.readline()  # the listener prints "ready" once bound, or dies
         if line.strip() != "ready":
             raise RuntimeError(f"listener failed: {proc.stderr.read() if proc.stderr else ''}")
+
+    def hold_connection(self, client: Client, addr: str, port: int, seconds: float = 60) -> None:
+        """A TCP connection from the client that stays ESTABLISHED (killed on exit)."""
+        script = (
+            "import socket, sys, time\n"
+            "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)\n"
+            "print('up', flush=True)\n"
+            "time.sleep(float(sys.argv[3]))\n"
+        )
+        argv = [sys.executable, "-c", script, addr, str(port), str(seconds)]
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", client.ns, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "up":
+            raise RuntimeError(f"could not connect: {proc.stderr.read() if proc.stderr else ''}")
 
     def probe(
         self,

@@ -37,21 +37,21 @@ def _tuple(family: int, **fields: Any) -> Any:
 
 
 def established_peers(ports: Collection[int]) -> set[tuple[IPAddress, int]]:
-    """(peer address, local port) of every ESTABLISHED TCP connection to one of `ports`."""
-    wanted = set(ports)
+    """(peer address, local port) of every ESTABLISHED TCP connection to one of `ports`.
+
+    The kernel filters the dump by protocol and destination port (CTA_FILTER, Linux ≥ 5.8),
+    so the cost follows the number of admin sessions, not the size of the conntrack table
+    (pyroute2 decodes ~5,000 entries/s: a full dump of a busy host would take seconds)."""
     out: set[tuple[IPAddress, int]] = set()
     ct = _conntrack()
     try:
         for family in (socket.AF_INET, socket.AF_INET6):
-            for entry in ct.dump_entries(tuple_orig=_tuple(family, proto=socket.IPPROTO_TCP)):
-                orig = entry.tuple_orig
-                info = entry.protoinfo
-                if (
-                    orig.dport in wanted
-                    and info is not None
-                    and (info.state == TCP_CONNTRACK_ESTABLISHED)
-                ):
-                    out.add((ipaddress.ip_address(orig.saddr), int(orig.dport)))
+            for port in sorted(set(ports)):
+                wanted = _tuple(family, proto=socket.IPPROTO_TCP, dport=port)
+                for entry in ct.dump_entries(tuple_orig=wanted):
+                    orig, info = entry.tuple_orig, entry.protoinfo
+                    if info is not None and info.state == TCP_CONNTRACK_ESTABLISHED:
+                        out.add((ipaddress.ip_address(orig.saddr), int(orig.dport)))
     finally:
         ct.close()
     return out

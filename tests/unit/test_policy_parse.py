@@ -215,7 +215,10 @@ def test_services_file_is_read_relative_to_the_policy_and_merged() -> None:
             raise FileNotFoundError(2, "No such file or directory")
         return rel, files[rel]
 
-    text = "version: 1\nservices_file: svc.yaml\nrules:\n  - {name: v, dest_services: [Vault], action: allow}\n"
+    text = (
+        "version: 1\nservices_file: svc.yaml\n"
+        "rules:\n  - {name: v, dest_services: [Vault], action: allow}\n"
+    )
     result = parse_policy(text, "p.yaml", read)
     assert result.policy is not None
     assert result.policy.rules[0].ports[0].ranges == (PortRange(8200, 8200),)
