@@ -8,6 +8,7 @@ root or as another user (setpriv), and killing it — always, even when a test f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -59,9 +60,11 @@ class DaemonProc:
             str(self.audit),
         ]
 
-    def start(self, *, wait: bool = True) -> DaemonProc:
+    def start(self, *, wait: bool = True, env: dict[str, str] | None = None) -> DaemonProc:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
         if wait:
             self.wait_ready()
         return self
