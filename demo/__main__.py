@@ -4,14 +4,19 @@ Builds a server namespace and a client namespace (tests/lab.py), applies
 policies/default.yaml in the server's namespace with the aitherfwd CLI, then connects from
 the client over IPv4 (zone internal) and IPv6 (zone external) and shows for each attempt
 what happened and which rule decided — read from the kernel's own per-rule counters.
-Ends with a per-source rate limit and a timed block that the kernel lifts by itself.
+Then runs the daemon: a ban through the control socket, evaluate, a hot reload that keeps
+the ban, the kernel lifting it on time, and a stop that leaves the table enforcing.
 Nothing outside the namespaces it creates is touched; they are removed on exit.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,9 +69,73 @@ def step(lab: Lab, title: str, argv: list[str]) -> str:
     return out
 
 
+def start_daemon(lab: Lab, workdir: Path) -> subprocess.Popen[bytes]:
+    (workdir / "aitherfwd.toml").write_text("")
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        lab.server,
+        CLI,
+        "run",
+        "--policy",
+        str(workdir / "policy.yaml"),
+        "--config",
+        str(workdir / "aitherfwd.toml"),
+        "--socket",
+        str(workdir / "control.sock"),
+        "--state-dir",
+        str(workdir / "state"),
+        "--audit-log",
+        str(workdir / "audit.jsonl"),
+    ]
+    log = (workdir / "daemon.log").open("wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        res = subprocess.run(
+            [CLI, "status", "--socket", str(workdir / "control.sock")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode == 0:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"the daemon did not start: {(workdir / 'daemon.log').read_text()}")
+
+
+def generation(workdir: Path) -> int:
+    res = subprocess.run(
+        [CLI, "status", "--json", "--socket", str(workdir / "control.sock")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return int(json.loads(res.stdout)["generation"]) if res.returncode == 0 else 0
+
+
+def client_cmd(workdir: Path, title: str, argv: list[str]) -> str:
+    say(f"\n{BOLD}$ aitherfwd {' '.join(argv)}{OFF}  {DIM}# {title}{OFF}")
+    res = subprocess.run(
+        [CLI, *argv, "--socket", str(workdir / "control.sock")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = (res.stdout + res.stderr).strip()
+    for line in out.splitlines()[-8:]:
+        say(f"  {line}")
+    return out
+
+
 def main() -> int:
     say(f"{BOLD}aitherfwd demo{OFF}: policies/default.yaml in a throwaway network namespace\n")
-    with Lab(clients_wanted=1) as lab:
+    with Lab(clients_wanted=1) as lab, tempfile.TemporaryDirectory(prefix="afw-demo-") as tmp:
+        workdir = Path(tmp)
+        shutil.copy(POLICY, workdir / "policy.yaml")
         client = lab.clients[0]
         lab.listen(TCP, UDP)
         say(
@@ -79,56 +148,107 @@ def main() -> int:
         )
         step(lab, "validate", ["check", POLICY])
         step(lab, "what would change", ["plan", POLICY])
-        step(lab, "one transaction", ["apply", POLICY])
-        step(lab, "nothing left to do", ["plan", POLICY])
-
-        say(f"\n{BOLD}Real connections from the client{OFF}")
-        for port, proto in [
-            (22, "tcp"),
-            (443, "tcp"),
-            (8111, "tcp"),
-            (8000, "tcp"),
-            (3306, "tcp"),
-            (53, "udp"),
-        ]:
-            attempt(lab, client, client.server_v4, port, proto)
-        for port, proto in [
-            (22, "tcp"),
-            (443, "tcp"),
-            (8111, "tcp"),
-            (9100, "tcp"),
-            (3306, "tcp"),
-            (53, "udp"),
-        ]:
-            attempt(lab, client, client.server_v6, port, proto)
-
-        say(f"\n{BOLD}Per-source rate limit{OFF}: 40 SSH connections in a burst from {client.v4}")
-        before = counters(lab)
-        results = lab.probe(client, client.server_v4, 22, count=40, timeout=0.2)
-        after = counters(lab)
-        dropped = after["ratelimit_ssh"] - before["ratelimit_ssh"]
         say(
-            f"  {results.count('ok')} connected, {results.count('timeout')} timed out; the kernel "
-            f"dropped {dropped} SYNs over 'rate_limit_rps: 10, burst: 20' (rule ssh)"
+            f"\n{BOLD}$ aitherfwd run --policy policy.yaml ...{OFF}  {DIM}# the daemon, in the "
+            f"server namespace: one transaction, then the control socket{OFF}"
         )
+        daemon = start_daemon(lab, workdir)
+        try:
+            return demo_with_daemon(lab, client, workdir, daemon)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait(timeout=10)
 
-        say(f"\n{BOLD}A block with a kernel timeout{OFF} (what the daemon's auto-blocks write)")
-        lab.exec(lab.server, [sys.executable, "-m", "demo.block", client.v4, "4"])
-        attempt(lab, client, client.server_v4, 443, "tcp")
-        step(lab, "re-applying keeps the block", ["apply", POLICY])
-        attempt(lab, client, client.server_v4, 443, "tcp")
-        started = time.monotonic()
-        while lab.tcp(client, client.server_v4, 443, timeout=0.3) != "ok":
-            if time.monotonic() - started > 10:
-                say(f"  {RED}the block did not expire{OFF}")
-                return 1
-        say(
-            f"  {YELLOW}block expired after {time.monotonic() - started:.1f}s{OFF}: "
-            f"{client.v4} connects again"
-        )
-        step(lab, "per-rule counters in the kernel", ["counters"])
+
+def demo_with_daemon(
+    lab: Lab, client: Client, workdir: Path, daemon: subprocess.Popen[bytes]
+) -> int:
+    client_cmd(workdir, "the running daemon", ["status"])
+    say(f"\n{BOLD}Real connections from the client{OFF}")
+    for port, proto in [
+        (22, "tcp"),
+        (443, "tcp"),
+        (8111, "tcp"),
+        (8000, "tcp"),
+        (3306, "tcp"),
+        (53, "udp"),
+    ]:
+        attempt(lab, client, client.server_v4, port, proto)
+    for port, proto in [
+        (22, "tcp"),
+        (443, "tcp"),
+        (8111, "tcp"),
+        (9100, "tcp"),
+        (3306, "tcp"),
+        (53, "udp"),
+    ]:
+        attempt(lab, client, client.server_v6, port, proto)
+    client_cmd(
+        workdir,
+        "the same question, answered by the daemon's evaluator",
+        ["evaluate", "--source", client.v6, "--port", "8111"],
+    )
+
+    say(f"\n{BOLD}Per-source rate limit{OFF}: 40 SSH connections in a burst from {client.v4}")
+    before = counters(lab)
+    results = lab.probe(client, client.server_v4, 22, count=40, timeout=0.2)
+    dropped = counters(lab)["ratelimit_ssh"] - before["ratelimit_ssh"]
+    say(
+        f"  {results.count('ok')} connected, {results.count('timeout')} timed out; the kernel "
+        f"dropped {dropped} SYNs over 'rate_limit_rps: 10, burst: 20' (rule ssh)"
+    )
+
+    say(f"\n{BOLD}A ban with a kernel timeout{OFF}")
+    client_cmd(
+        workdir,
+        "block through the control socket",
+        ["block", client.v4, "--ttl", "8s", "--reason", "demo"],
+    )
+    attempt(lab, client, client.server_v4, 443, "tcp")
+    client_cmd(workdir, "why?", ["evaluate", "--source", client.v4, "--port", "443"])
+
+    say(f"\n{BOLD}Hot reload{OFF}: the policy file gains a rule opening 3306 to the LAN")
+    text = (workdir / "policy.yaml").read_text()
+    (workdir / "policy.yaml").write_text(text + RULE_3306)
+    deadline = time.monotonic() + 5
+    while generation(workdir) != 2:
+        if time.monotonic() > deadline:
+            say(f"  {RED}the reload did not happen{OFF}")
+            return 1
+        time.sleep(0.05)
+    client_cmd(workdir, "inotify picked it up within a second", ["status"])
+    client_cmd(workdir, "the ban survived the reload, with its remaining time", ["blocks"])
+    attempt(lab, client, client.server_v4, 443, "tcp")
+    started = time.monotonic()
+    while lab.tcp(client, client.server_v4, 443, timeout=0.3) != "ok":
+        if time.monotonic() - started > 15:
+            say(f"  {RED}the ban did not expire{OFF}")
+            return 1
+    say(f"  {YELLOW}the kernel lifted the ban on its own{OFF}: {client.v4} connects again")
+    attempt(lab, client, client.server_v4, 3306, "tcp")
+    step(lab, "per-rule counters in the kernel", ["counters"])
+
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=15)
+    say(
+        f"\n{BOLD}daemon stopped{OFF} (exit {daemon.returncode}); fail-static: the table keeps "
+        "enforcing"
+    )
+    attempt(lab, client, client.server_v4, 3306, "tcp")
+    attempt(lab, client, client.server_v6, 3306, "tcp")
     say(f"\n{DIM}namespaces removed; the host's own firewall was never touched{OFF}")
     return 0
+
+
+RULE_3306 = """
+  - name: lan_mysql
+    zone: internal
+    dest_ports: [3306]
+    protocol: tcp
+    action: allow
+    description: "added while the daemon runs: hot reload"
+"""
 
 
 if __name__ == "__main__":
