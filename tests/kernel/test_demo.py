@@ -13,8 +13,14 @@ pytestmark = pytest.mark.kernel
 
 
 def test_demo_runs_end_to_end() -> None:
-    res = subprocess.run([sys.executable, "-m", "demo"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=110, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
     assert "decided by: external_deny_sensitive" in out
