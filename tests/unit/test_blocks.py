@@ -70,7 +70,7 @@ def test_durations() -> None:
     assert parse_duration(90) == 90
     assert format_duration(5400) == "1h30m"
     for bad in ["15x", "", "m", "-5", True, 0, "1h 30m"]:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
 
 
