@@ -21,3 +21,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(
                 pytest.mark.xfail(reason="needs root: run `sudo make test`", run=False, strict=True)
             )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove lab namespaces left by test processes that died without cleaning up."""
+    if os.geteuid() != 0:
+        return
+    import re  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    listing = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=False
+    ).stdout
+    for name in re.findall(r"^(afw-(\d+)-\S+)", listing, re.MULTILINE):
+        ns, pid = name
+        if not Path(f"/proc/{pid}").exists():
+            subprocess.run(["ip", "netns", "del", ns], check=False)
