@@ -1,0 +1,87 @@
+"""The layering holds: the pure core imports no adapter or daemon code, adapters import no
+daemon code, and each third-party library has exactly one importer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[2] / "aitherfwd"
+L0 = {"errors", "clock"}
+L1 = {
+    "policy",
+    "nft",
+    "compiler",
+    "evaluator",
+    "reconcile",
+    "zones",
+    "dynamic",
+    "control",
+    "config",
+    "durations",
+}
+L2 = {"adapters"}
+L3 = {"daemon", "cli", "cli_client", "__main__"}
+OWNERS = {  # library -> the only module allowed to import it
+    "nftables": {"adapters/nft.py"},
+    "pyroute2": {"adapters/conntrack.py"},
+    "h11": {"adapters/control_server.py"},
+    "inotify_simple": {"adapters/watch.py"},
+    "systemd": {"adapters/systemd.py"},
+    "sqlite3": {"adapters/store.py"},
+    "yaml": {"policy/source.py"},
+    "click": {"cli.py", "cli_client.py"},
+    "subprocess": set(),
+    "pickle": set(),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def _layer(rel: str) -> set[str]:
+    top = rel.split("/")[0].removesuffix(".py")
+    for layer in (L0, L1, L2, L3):
+        if top in layer:
+            return layer
+    raise AssertionError(f"{rel} belongs to no layer; add it to tests/unit/test_layers.py")
+
+
+def _modules() -> list[tuple[str, set[str]]]:
+    return [
+        (str(p.relative_to(PKG)), _imports(p))
+        for p in sorted(PKG.rglob("*.py"))
+        if p.name != "__init__.py" or p.parent == PKG
+    ]
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    order = [L0, L1, L2, L3]
+    for rel, imports in _modules():
+        if rel == "__init__.py":
+            continue
+        mine = order.index(_layer(rel))
+        for name in imports:
+            if not name.startswith("aitherfwd."):
+                continue
+            target = name.split(".")[1]
+            if target == "__init__":
+                continue
+            theirs = next(i for i, layer in enumerate(order) if target in layer)
+            assert theirs <= mine, f"{rel} (L{mine}) imports {name} (L{theirs})"
+
+
+def test_each_library_has_one_importer() -> None:
+    for rel, imports in _modules():
+        for name in imports:
+            lib = name.split(".")[0]
+            if lib in OWNERS:
+                assert rel in OWNERS[lib], f"{rel} imports {lib}; only {OWNERS[lib]} may"
