@@ -48,7 +48,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def _layer(rel: str) -> set[str]:
-    top = rel.split("/")[0].removesuffix(".py")
+    top = rel.split("/", maxsplit=1)[0].removesuffix(".py")
     for layer in (L0, L1, L2, L3):
         if top in layer:
             return layer
