@@ -40,9 +40,12 @@ def partition(zones: Sequence[Zone], version: int) -> list[Block]:
 
 
 def as_prefix(first: IPAddress, last: IPAddress) -> IPNetwork | None:
-    """The single prefix spanning exactly first..last, or None."""
-    nets: list[IPNetwork] = list(ipaddress.summarize_address_range(first, last))
-    return nets[0] if len(nets) == 1 else None
+    """The single prefix spanning exactly first..last, or None (O(1): an aligned power of 2)."""
+    lo, size = int(first), int(last) - int(first) + 1
+    if size & (size - 1) or lo % size:
+        return None
+    bits = first.max_prefixlen - (size.bit_length() - 1)
+    return ipaddress.ip_network(f"{first}/{bits}")
 
 
 def classify(zones: Sequence[Zone], address: IPAddress) -> str | None:
