@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aitherfwd.adapters import conntrack
+from aitherfwd.adapters import conntrack, nftgen
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog, rfc3339
 from aitherfwd.adapters.files import load_policy
@@ -33,7 +33,7 @@ from aitherfwd.evaluator import Evaluator, Request, TokenBuckets
 from aitherfwd.nft import names as n
 from aitherfwd.policy.diagnostics import Severity
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, Protocol
-from aitherfwd.reconcile import Observed, plan, transaction
+from aitherfwd.reconcile import Observed, delta, plan, transaction
 
 log = logging.getLogger(__name__)
 CONNTRACK_FLUSH_LIMIT = (
@@ -189,7 +189,7 @@ class Daemon:
                 self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
                 return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
         try:
-            await self.writer.call(lambda nft: self._apply(nft, ruleset))
+            await self.writer.call(lambda nft: self._apply_delta(nft, current.ruleset, ruleset))
         except ApplyError as exc:
             err = {"code": exc.code, "message": exc.message}
             self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
@@ -208,6 +208,15 @@ class Daemon:
         )
         log.info("reload applied generation=%d trigger=%s", current.number + 1, trigger)
         return ReloadOutcome("applied", current.number + 1, [], warnings, now, trigger)
+
+    def _apply_delta(self, nft: Nft, previous: Ruleset, ruleset: Ruleset) -> None:
+        """Only what changed since the generation we applied; if the kernel drifted and
+        refuses, fall back to the full, listing-based transaction."""
+        try:
+            nft.run(delta(previous, ruleset))
+        except ApplyError as exc:
+            log.warning("delta refused, applying in full error=%s", exc.message)
+            self._apply(nft, ruleset)
 
     def _apply(self, nft: Nft, ruleset: Ruleset) -> Observed:
         """One transaction; when the table or a block set was lost, the same transaction
@@ -235,23 +244,24 @@ class Daemon:
 
     # --- drift -----------------------------------------------------------------------------
 
-    async def check_drift(self) -> bool:
+    async def check_drift(self, *, full: bool = False) -> bool:
+        """Cheap when nothing happened: compare the namespace's nftables generation with the
+        one after our last write; list and compare the table only when it moved (or when
+        `full`, the periodic backstop)."""
         gen = self.generation
         if gen is None:
             return False
-        observed = await self.writer.call(lambda nft: nft.observe())
-        expired = self.blocks.prune(self.clock.now())
-        if expired:
-            self.store.delete_blocks(b.key for b in expired)
-            for blk in expired:
-                self.audit.write(
-                    self.clock.now(),
-                    "block_expired",
-                    address=blk.key,
-                    reason=blk.reason,
-                    source=blk.source,
-                )
+        self._expire()
+        try:
+            kernel_gen: int | None = nftgen.current()
+        except OSError:
+            kernel_gen = None
+        if not full and kernel_gen is not None and kernel_gen == self.writer.own_generation:
+            return False
+        observed = await self.writer.call(lambda nft: nft.observe(), writes=False)
         if observed.exists and not plan(gen.ruleset, observed).changed:
+            if kernel_gen is not None and self.writer.own_generation is not None:
+                self.writer.own_generation = kernel_gen  # someone else's table changed
             return False
         await self.writer.call(lambda nft: self._apply(nft, gen.ruleset))
         self.counters.drift_repairs += 1
@@ -260,6 +270,16 @@ class Daemon:
             self.clock.now(), "drift_repaired", generation=gen.number, table_existed=observed.exists
         )
         return True
+
+    def _expire(self) -> None:
+        now = self.clock.now()
+        expired = self.blocks.prune(now)
+        if expired:
+            self.store.delete_blocks(b.key for b in expired)
+            for blk in expired:
+                self.audit.write(
+                    now, "block_expired", address=blk.key, reason=blk.reason, source=blk.source
+                )
 
     # --- blocks ----------------------------------------------------------------------------
 

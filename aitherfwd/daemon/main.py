@@ -120,11 +120,18 @@ def _includes(daemon: Daemon) -> list[Path]:
     return [Path(p) for p in gen.policy.includes] if gen else []
 
 
+FULL_CHECK_EVERY = 60.0  # seconds: a listing-based check even when the generation says "ours"
+
+
 async def _drift(daemon: Daemon, interval: float) -> None:
+    last_full = asyncio.get_running_loop().time()
     while True:
         await asyncio.sleep(interval)
+        now = asyncio.get_running_loop().time()
+        full = now - last_full >= FULL_CHECK_EVERY
+        last_full = now if full else last_full
         try:
-            await daemon.check_drift()
+            await daemon.check_drift(full=full)
         except AitherError as exc:
             log.error("drift check failed code=%s error=%s", exc.code, exc.message)
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from aitherfwd.adapters import nftgen
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.errors import ApplyError
 
@@ -39,6 +40,7 @@ class _Job:
     future: asyncio.Future[Any]
     commands: list[Json] | None = None  # element changes (coalescable)
     call: Callable[[Nft], Any] | None = None  # anything else, run alone
+    writes: bool = True
 
 
 @dataclass
@@ -51,6 +53,9 @@ class KernelWriter:
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="nft")
     )
     _task: asyncio.Task[None] | None = None
+    # the namespace's nftables generation right after our last write: if it has not moved
+    # since, nobody else changed anything (see adapters/nftgen.py)
+    own_generation: int | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="kernel-writer")
@@ -69,10 +74,10 @@ class KernelWriter:
         self._submit(_Job(future, commands=commands))
         await future
 
-    async def call(self, fn: Callable[[Nft], T]) -> T:
+    async def call(self, fn: Callable[[Nft], T], *, writes: bool = True) -> T:
         """Run `fn(nft)` alone, in order with everything else (applies, listings)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._submit(_Job(future, call=fn))
+        self._submit(_Job(future, call=fn, writes=writes))
         result: T = await future
         return result
 
@@ -101,7 +106,7 @@ class KernelWriter:
         if call is None:
             return
         try:
-            result = await loop.run_in_executor(self._pool, call, self.nft)
+            result = await loop.run_in_executor(self._pool, self._called, call, job.writes)
         except Exception as exc:
             _settle(job.future, exc=exc)
         else:
@@ -122,6 +127,19 @@ class KernelWriter:
         for job in batch:
             _settle(job.future, result=None)
 
+    def _called(self, call: Callable[[Nft], Any], writes: bool) -> Any:
+        try:
+            return call(self.nft)
+        finally:
+            if writes:
+                self._note_generation()
+
+    def _note_generation(self) -> None:
+        try:
+            self.own_generation = nftgen.current()
+        except OSError:
+            self.own_generation = None
+
     def _timed_run(self, commands: list[Json]) -> None:
         started = time.perf_counter()
         try:
@@ -129,6 +147,7 @@ class KernelWriter:
         except ApplyError:
             self.stats.transactions_failed += 1
             raise
+        self._note_generation()
         self.stats.transactions_ok += 1
         self.stats.elements += len(commands)
         self.stats.last_seconds = time.perf_counter() - started

@@ -235,3 +235,33 @@ def test_compile_format_nft_is_rendered_by_the_kernel_and_loads_back(ns: str) ->
         check=True,
     )
     assert again.stdout == res.stdout
+
+
+def test_delta_from_the_previous_ruleset_reaches_the_same_kernel_state(
+    ns: str, tmp_path: Path
+) -> None:
+    from aitherfwd.reconcile import delta  # noqa: PLC0415
+
+    a = _compile(_policy(tmp_path, POLICY_A))
+    bb = _compile(_policy(tmp_path, POLICY_B, "b.yaml"))
+    zones = _compile(_policy(tmp_path, POLICY_A.replace("10.77.0.0/16", "10.78.0.0/16"), "z.yaml"))
+    nozone = _compile(
+        _policy(
+            tmp_path,
+            POLICY_A.replace('  - {name: lan, cidrs: [10.77.0.0/16, "fd77::/16"]}\n', ""),
+            "n.yaml",
+        )
+    )
+    with inside(ns):
+        nft = Nft()
+        nft.apply(a)
+        nft.add_elements("block_v4", [b.timed("10.77.9.9", 3600)])
+        nft.run([b.add(b.element("rl_web_v4", ["10.77.1.1"]))])
+        counters_before = nft.counters()["rule_ssh"]
+        steps = [(a, bb), (bb, zones), (zones, nozone), (nozone, a), (a, a)]
+        for old, new in steps:
+            nft.run(delta(old, new))
+            assert not plan(new, nft.observe()).changed, (old.sha256[:8], new.sha256[:8])
+        assert [e["elem"]["val"] for e in nft.set_elements("block_v4")] == ["10.77.9.9"]
+        assert nft.counters()["rule_ssh"] == counters_before
+    assert delta(a, a) == []

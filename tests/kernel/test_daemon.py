@@ -424,3 +424,35 @@ def test_reload_racing_block_and_unblock_ends_with_kernel_equal_to_daemon(
         kernel = {e["elem"]["val"] for e in Nft().set_elements("block_v4")}
     assert len(expected) == 4 * 26
     assert kernel == expected
+
+
+def test_a_deleted_rule_is_noticed_by_generation_and_repaired(lab: Lab, daemon: DaemonProc) -> None:
+    lan = lab.clients[0]
+    assert lab.tcp(lan, lan.server_v4, 443) == "ok"
+    with inside(lab.server):
+        nft = Nft()
+        listing = nft.list_table()
+        (web,) = [
+            r["rule"]
+            for r in listing
+            if "rule" in r
+            and r["rule"]["chain"] == "zone_lan"
+            and r["rule"]["comment"].startswith("web")
+        ]
+        nft.run(
+            [
+                {
+                    "delete": {
+                        "rule": {
+                            "family": "inet",
+                            "table": "aitherfwd",
+                            "chain": "zone_lan",
+                            "handle": web["handle"],
+                        }
+                    }
+                }
+            ]
+        )
+    assert lab.tcp(lan, lan.server_v4, 443, timeout=0.3) == "timeout"
+    until(lambda: lab.tcp(lan, lan.server_v4, 443, timeout=0.3) == "ok", 5, "repair")
+    assert daemon.ok("GET", "/v1/status")["drift_repairs"] == 1
