@@ -5,6 +5,7 @@ Owns: parsing and formatting durations. Pure.
 
 from __future__ import annotations
 
+import functools
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -12,6 +13,7 @@ _PART = re.compile(r"(\d+)([smhdw])")
 MAX_SECONDS = 10 * 365 * 86_400
 
 
+@functools.lru_cache(maxsize=256)  # bulk requests repeat the same few TTLs
 def parse_duration(value: object) -> int:
     """Whole seconds > 0; raises ValueError with a message that says how to write it."""
     if isinstance(value, bool):

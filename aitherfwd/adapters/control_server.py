@@ -119,6 +119,13 @@ class _Limits:
     max_body: int
     idle_timeout: float
     read_timeout: float
+    bulk: tuple[tuple[str, str, int], ...] = ()  # (method, path, larger body limit)
+
+    def body_limit(self, method: bytes, target: bytes) -> int:
+        for m, path, limit in self.bulk:
+            if method == m.encode() and target.split(b"?", 1)[0] == path.encode():
+                return limit
+        return self.max_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +253,7 @@ class _Session:
         self._deadline: float | None = None  # set by the first byte of a request
         self._eof = False
         self._method = b""
+        self._body_limit = limits.max_body
 
     async def run(self) -> None:
         while True:
@@ -275,6 +283,7 @@ class _Session:
         if not isinstance(event, h11.Request):
             raise _HttpError(400, f"expected a request, got {type(event).__name__}")
         self._method = event.method
+        self._body_limit = self._limits.body_limit(event.method, event.target)
         self._check_head(event)
         path, query = _parse_target(event.target)
         if self._h11.they_are_waiting_for_100_continue:
@@ -298,11 +307,11 @@ class _Session:
             raise _HttpError(405, "CONNECT is not supported on the control socket")
         for name, value in request.headers:
             # h11 has checked that Content-Length is digits and not contradicted.
-            if name == b"content-length" and int(value) > self._limits.max_body:
+            if name == b"content-length" and int(value) > self._body_limit:
                 raise _HttpError(413, self._too_large())
 
     def _too_large(self) -> str:
-        return f"request body is larger than {self._limits.max_body} bytes"
+        return f"request body is larger than {self._body_limit} bytes"
 
     async def _read_body(self) -> bytes:
         body = bytearray()
@@ -313,7 +322,7 @@ class _Session:
             if not isinstance(event, h11.Data):
                 raise _HttpError(400, f"unexpected {type(event).__name__} in request body")
             body += event.data
-            if len(body) > self._limits.max_body:  # only chunked bodies get here
+            if len(body) > self._body_limit:  # only chunked bodies get here
                 raise _HttpError(413, self._too_large())
 
     async def _next_event(self) -> h11.Event:
@@ -378,13 +387,15 @@ class ControlServer:
         max_connections: int = 512,
         idle_timeout: float = 30.0,
         read_timeout: float = 10.0,
+        bulk: tuple[tuple[str, str, int], ...] = (),
     ) -> None:
+        """`bulk`: (method, path, limit) for the few endpoints that take large bodies."""
         self._path = path
         self._handler = handler
         self._mode = mode
         self._group = group
         self._max_connections = max_connections
-        self._limits = _Limits(max_body, idle_timeout, read_timeout)
+        self._limits = _Limits(max_body, idle_timeout, read_timeout, bulk)
         self._server: asyncio.Server | None = None
         self._inode: tuple[int, int] | None = None
         self._sessions: set[asyncio.Task[None]] = set()

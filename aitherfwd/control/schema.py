@@ -63,7 +63,7 @@ def _object(
 def _string(value: Any, what: str, limit: int = MAX_REASON) -> str:
     if not isinstance(value, str):
         raise bad("E-SCHEMA", f"{what} must be a string")
-    if len(value) > limit or any(ord(c) < 32 and c not in "\t" for c in value):
+    if len(value) > limit or not value.isprintable():  # no control chars, no U+2028
         raise bad("E-SCHEMA", f"{what} must be at most {limit} printable characters")
     return value
 

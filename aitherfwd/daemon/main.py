@@ -32,6 +32,7 @@ from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.errors import AitherError
 
 log = logging.getLogger(__name__)
+BULK_BODY_BYTES = 32 << 20  # POST /v1/blocks takes up to 200,000 blocks in one request
 
 
 def load_config(path: Path | None) -> DaemonConfig:
@@ -74,6 +75,7 @@ async def run(cfg: DaemonConfig) -> int:
         mode=cfg.socket_mode,
         group=group,
         max_body=cfg.max_body_bytes,
+        bulk=(("POST", "/v1/blocks", BULK_BODY_BYTES),),
     )
     await server.start()
     watcher = PolicyWatcher(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aitherfwd.nft import builders as b
@@ -40,14 +40,17 @@ class Block:
     reason: str
     source: str  # manual | reputation | detection | kernel
     created_at: float
+    # derived once: bulk requests touch these for every one of 100,000 blocks
+    key: str = field(init=False, compare=False)
+    set_name: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", address_text(self.network))
+        object.__setattr__(self, "set_name", set_for(self.network))
 
     @property
-    def key(self) -> str:
-        return address_text(self.network)
-
-    @property
-    def set_name(self) -> str:
-        return set_for(self.network)
+    def single(self) -> bool:
+        return self.network.prefixlen == self.network.max_prefixlen
 
     def remaining(self, now: float) -> int | None:
         """Whole seconds left (at least 1), or None when permanent."""
@@ -55,8 +58,14 @@ class Block:
             return None
         return max(1, math.ceil(self.expires_at - now))
 
+    def value(self) -> Any:
+        """The set element's key: the address text, or a prefix object."""
+        if self.single:
+            return self.key
+        return b.prefix(str(self.network.network_address), self.network.prefixlen)
+
     def element(self, now: float) -> Any:
-        return b.timed(element_value(self.network), self.remaining(now))
+        return b.timed(self.value(), self.remaining(now))
 
 
 def address_text(net: IPNetwork) -> str:
@@ -70,19 +79,24 @@ def set_for(net: IPNetwork) -> str:
     return f"block_{fam}" if net.prefixlen == net.max_prefixlen else f"block_{fam}_net"
 
 
-def element_value(net: IPNetwork) -> Any:
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return b.prefix(str(net.network_address), net.prefixlen)
-
-
 class BlockTable:
     """Active blocks keyed by their address text. Expired entries are pruned lazily."""
 
     def __init__(self, protected: Sequence[IPNetwork] = ()) -> None:
         self._blocks: dict[str, Block] = {}
         self._prefixes: set[str] = set()  # keys of prefix blocks: few, scanned on lookup
-        self.protected: tuple[IPNetwork, ...] = LOOPBACK + tuple(protected)
+        self.protected = LOOPBACK + tuple(protected)
+
+    @property
+    def protected(self) -> tuple[IPNetwork, ...]:
+        return self._protected
+
+    @protected.setter
+    def protected(self, nets: tuple[IPNetwork, ...]) -> None:
+        self._protected = nets
+        self._protected_ranges = [
+            (n.version, int(n.network_address), int(n.broadcast_address)) for n in nets
+        ]
 
     def __len__(self) -> int:
         return len(self._blocks)
@@ -137,8 +151,10 @@ class BlockTable:
 
     def check(self, net: IPNetwork, now: float) -> None:
         """Raise BlockError when `net` may not be blocked or conflicts with a prefix block."""
-        for p in self.protected:
-            if p.version == net.version and (net.subnet_of(p) or p.subnet_of(net)):  # type: ignore[arg-type]
+        lo = int(net.network_address)
+        hi = lo if net.prefixlen == net.max_prefixlen else int(net.broadcast_address)
+        for p, (v, plo, phi) in zip(self.protected, self._protected_ranges, strict=True):
+            if v == net.version and lo <= phi and plo <= hi:  # the two ranges overlap
                 raise BlockError(
                     "E-PROTECTED",
                     f"{address_text(net)} overlaps {p}, which is "
@@ -158,20 +174,22 @@ class BlockTable:
                 )
 
     def put(self, blocks: Iterable[Block], now: float) -> list[Any]:
-        """Record blocks; return the kernel commands (one transaction) that make them so."""
-        cmds: list[Any] = []
+        """Record blocks; return the kernel commands (one transaction, one command per set
+        and step — a batch of 100,000 elements is a handful of commands) that make them so."""
+        touch: dict[str, list[Any]] = {}  # re-blocks: add (no-op if present), then delete...
+        adds: dict[str, list[Any]] = {}  # ...then everything added with its timeout
         for new in blocks:
             existing = self.get(new.key, now)
             blk = new if existing is None else replace(new, created_at=existing.created_at)
             if existing is not None:
-                # the element may expire in the kernel at any moment: add (no-op if present),
-                # delete, add again with the new timeout — valid whatever the kernel holds
-                cmds += [
-                    b.add(b.element(blk.set_name, [element_value(blk.network)])),
-                    _delete(blk.set_name, element_value(blk.network)),
-                ]
-            cmds.append(b.add(b.element(blk.set_name, [blk.element(now)])))
+                # the element may expire in the kernel at any moment: add, delete, add again
+                # with the new timeout is valid whatever the kernel holds right now
+                touch.setdefault(blk.set_name, []).append(blk.value())
+            adds.setdefault(blk.set_name, []).append(blk.element(now))
             self._store(blk)
+        cmds: list[Any] = [b.add(b.element(name, v)) for name, v in sorted(touch.items())]
+        cmds += [{"delete": b.element(name, v)} for name, v in sorted(touch.items())]
+        cmds += [b.add(b.element(name, v)) for name, v in sorted(adds.items())]
         return cmds
 
     def remove(self, key: str, now: float) -> tuple[Block, list[Any]] | None:
@@ -179,7 +197,7 @@ class BlockTable:
         if blk is None:
             return None
         self._drop(key)
-        value = element_value(blk.network)
+        value = blk.value()
         return blk, [b.add(b.element(blk.set_name, [value])), _delete(blk.set_name, value)]
 
     def restore_commands(self, now: float) -> list[Any]:
