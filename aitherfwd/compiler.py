@@ -113,9 +113,9 @@ def compile_policy(policy: Policy) -> Ruleset:
         for kind, body in o.items()
         if kind in ("set", "map") and body["name"] not in n.DYNAMIC_SET_NAMES
     ]
-    objects.append(
-        b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd ruleset={digest} policy={policy.sha256}")
-    )
+    # two comments: nft's text parser refuses comments over 128 characters
+    objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd ruleset={digest}"))
+    objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd policy={policy.sha256}"))
     return Ruleset(tuple(objects), digest, policy.sha256)
 
 

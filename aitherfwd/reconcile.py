@@ -74,19 +74,25 @@ def transaction(desired: Ruleset, observed: Observed) -> list[Json]:
     """One batch: flush our chains, drop static sets/maps/chains/counters that go, add all.
 
     Dynamic sets are never deleted or flushed here; `add set` of an existing set is a no-op
-    that keeps its elements and their timeouts. Counters that stay keep their values."""
+    that keeps its elements and their timeouts. Counters that stay keep their values, and
+    rate-limit meters that stay keep their per-source buckets (they are not re-added: the
+    kernel marks them `dynamic`, so an identical `add set` would be refused)."""
     want_chains = set(desired.names("chain"))
     want_counters = set(desired.names("counter"))
     cmds: list[Json] = []
+    kept: set[str] = set()
     if observed.exists:
         base = {"family": n.FAMILY, "table": n.TABLE}
         cmds += [{"flush": {"chain": {**base, "name": c}}} for c in observed.chains]
         cmds += [{"delete": {"map": {**base, "name": m}}} for m in observed.maps]
-        cmds += [
-            {"delete": {"set": {**base, "name": s}}}
-            for s in observed.sets
-            if s not in n.DYNAMIC_SET_NAMES
-        ]
+        want_sets = {_set_key(o["set"]) for o in desired.objects if "set" in o}
+        for s, (type_, flags) in observed.sets.items():
+            if s in n.DYNAMIC_SET_NAMES:
+                continue
+            if (s, type_, tuple(f for f in flags if f != "dynamic")) in want_sets:
+                kept.add(s)
+            else:
+                cmds.append({"delete": {"set": {**base, "name": s}}})
         cmds += [
             {"delete": {"chain": {**base, "name": c}}}
             for c in observed.chains
@@ -97,7 +103,7 @@ def transaction(desired: Ruleset, observed: Observed) -> list[Json]:
             for c in observed.counters
             if c not in want_counters
         ]
-    return cmds + desired.commands()
+    return cmds + [c for c in desired.commands() if c["add"].get("set", {}).get("name") not in kept]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,3 +220,10 @@ def delta(previous: Ruleset, desired: Ruleset) -> list[Json]:
     for chain in sorted(set(new_rules) - set(old_obj["chain"])) + changed_chains:
         cmds += [b.add(r) for r in new_rules.get(chain, [])]
     return cmds
+
+
+def _set_key(body: Json) -> tuple[str, str, tuple[str, ...]]:
+    """A set's identity for "keep it": name, type and flags (the kernel adds `dynamic` to
+    sets that rules update, so it is left out of the comparison)."""
+    flags = tuple(sorted(f for f in body.get("flags", []) if f != "dynamic"))
+    return body["name"], str(body["type"]), flags

@@ -14,7 +14,9 @@ TABLE = "aitherfwd"
 INPUT_CHAIN = "input"
 FINAL_CHAIN = "final"  # the default verdict, its log and its counter
 NOZONE_CHAIN = "nozone"  # sources that belong to no zone
-META_CHAIN = "meta"  # never traversed: its rule comments record content hashes
+# Never traversed: its rule comments record content hashes. Not "meta", an nft keyword that
+# would make `nft list ruleset` output impossible to load back.
+META_CHAIN = "hashes"
 
 ZONE_MAP_V4 = "zone_v4"
 ZONE_MAP_V6 = "zone_v6"

@@ -242,12 +242,13 @@ class _Parser:
         if items is None:
             return None
         rules: list[Rule] = []
+        names: set[str] = set()
         ok = True
         for i, item in enumerate(items):
             rule = RuleParser(self.report, f"rules[{i}]", zones, services or {}).rule(item)
             if rule is None:
                 ok = False
-            elif any(r.name == rule.name for r in rules):
+            elif rule.name in names:
                 self.report.error(
                     "E-DUPLICATE-NAME",
                     f"rules[{i}].name",
@@ -256,5 +257,6 @@ class _Parser:
                 )
                 ok = False
             else:
+                names.add(rule.name)
                 rules.append(rule)
         return rules if ok else None

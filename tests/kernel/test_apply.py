@@ -265,3 +265,28 @@ def test_delta_from_the_previous_ruleset_reaches_the_same_kernel_state(
         assert [e["elem"]["val"] for e in nft.set_elements("block_v4")] == ["10.77.9.9"]
         assert nft.counters()["rule_ssh"] == counters_before
     assert delta(a, a) == []
+
+
+def test_nft_text_rendering_loads_back_into_the_same_table(ns: str) -> None:
+    """What `compile --format nft` (and so `nft list ruleset`) prints must be loadable by
+    nft itself — a saved ruleset with our table in it has to restore."""
+    for path in sorted((ROOT / "policies").glob("*.yaml")) + sorted(
+        (ROOT / "tests" / "golden").glob("*/policy.yaml")
+    ):
+        rs = _compile(path)
+        text = subprocess.run(
+            [str(AITHERFWD), "compile", "--format", "nft", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        with inside(ns):
+            nft = Nft()
+            nft.delete_table()
+            ctx = nft._ctx  # noqa: SLF001  (loading text is exactly what is under test)
+            ctx.set_json_output(False)
+            rc, _, err = ctx.cmd(text)
+            ctx.set_json_output(True)
+            assert rc == 0, (path.name, err)
+            assert not plan(rs, nft.observe()).changed, path.name
