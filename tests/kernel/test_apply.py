@@ -284,7 +284,7 @@ def test_nft_text_rendering_loads_back_into_the_same_table(ns: str) -> None:
         with inside(ns):
             nft = Nft()
             nft.delete_table()
-            ctx = nft._ctx  # noqa: SLF001  (loading text is exactly what is under test)
+            ctx = nft._ctx  # loading text is exactly what is under test
             ctx.set_json_output(False)
             rc, _, err = ctx.cmd(text)
             ctx.set_json_output(True)
