@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # Conntrack cuts queued at most: each costs ~12 ms of pyroute2 work, done one at a time in
 # the background; beyond this, bans rely on the drop-before-established rule alone.
 CONNTRACK_QUEUE = 256
+CONNTRACK_CUT_PAUSE = 0.05
 
 
 @dataclass
@@ -343,6 +344,8 @@ class Daemon:
                 await asyncio.to_thread(conntrack.delete_source, address)
             except (AitherError, OSError) as exc:
                 log.debug("conntrack flush failed address=%s error=%s", address, exc)
+            # paced: pyroute2 spends ~12 ms of CPU per dump, which must not starve requests
+            await asyncio.sleep(CONNTRACK_CUT_PAUSE)
 
     async def unblock(self, network: IPNetwork) -> Block:
         now = self.clock.now()
