@@ -342,7 +342,7 @@ sys.stdout.buffer.write(data)
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to uid nobody")
+@pytest.mark.kernel  # switching to uid nobody needs root (CI runs as root)
 def test_request_from_another_uid_is_seen_with_that_uid() -> None:
     # pytest's tmp_path is private to root, so the socket lives in a directory nobody can
     # traverse; mode 0666 lets nobody connect (the daemon's default 0660 would not).
