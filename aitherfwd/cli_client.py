@@ -55,7 +55,7 @@ def _out(answer: Any, as_json: bool, text: str) -> None:
 
 
 def register(main: click.Group) -> None:
-    for command in (status, block, unblock, blocks, evaluate, reload):
+    for command in (status, block, unblock, blocks, evaluate, reload, threat):
         main.add_command(command)
 
 
@@ -172,3 +172,34 @@ def reload(force: bool, socket_path: Path, as_json: bool) -> None:
     _out(answer, as_json, "\n".join(lines))
     if answer["result"] == "rejected":
         sys.exit(int(ExitCode.INVALID_POLICY))
+
+
+@click.command()
+@click.option("--type", "kind", required=True, help="Event type, e.g. SENTRY_PORT_SCAN.")
+@click.option("--source", "source_ip", required=True, help="The offending address.")
+@click.option(
+    "--severity",
+    type=click.Choice(["low", "medium", "high", "critical"]),
+    default="medium",
+    show_default=True,
+)
+@click.option("--detail", default="", help="Free text.")
+@socket_option
+@json_option
+def threat(
+    kind: str, source_ip: str, severity: str, detail: str, socket_path: Path, as_json: bool
+) -> None:
+    """Report a threat event to the reputation ladder."""
+    answer = _call(
+        socket_path,
+        "POST",
+        "/v1/threats",
+        {"type": kind, "source_ip": source_ip, "severity": severity, "detail": detail},
+    )
+    lines = [f"accepted {answer['accepted']} event(s)"]
+    lines += [
+        f"blocked {b['address']} until {b['expires_at'] or 'forever'} ({b['reason']})"
+        for b in answer["blocked"]
+    ]
+    lines += [f"not blocked (protected): {a}" for a in answer["protected"]]
+    _out(answer, as_json, "\n".join(lines))

@@ -8,11 +8,13 @@ here. Later components (reputation scores, sandbox grants) add their own tables.
 from __future__ import annotations
 
 import ipaddress
+import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
 from aitherfwd.dynamic.blocks import Block
+from aitherfwd.dynamic.reputation import Offender
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
@@ -21,6 +23,15 @@ CREATE TABLE IF NOT EXISTS blocks (
     reason     TEXT NOT NULL,
     source     TEXT NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offenders (
+    key           TEXT PRIMARY KEY,
+    score         REAL NOT NULL,
+    updated       REAL NOT NULL,
+    blocks        TEXT NOT NULL,
+    blocked_until REAL,
+    permanent     INTEGER NOT NULL,
+    events        INTEGER NOT NULL
 );
 """
 
@@ -53,6 +64,32 @@ class Store:
     def delete_blocks(self, keys: Iterable[str]) -> None:
         with self._tx():
             self._db.executemany("DELETE FROM blocks WHERE key = ?", [(k,) for k in keys])
+
+    def load_offenders(self) -> dict[str, Offender]:
+        rows = self._db.execute(
+            "SELECT key, score, updated, blocks, blocked_until, permanent, events FROM offenders"
+        ).fetchall()
+        return {
+            k: Offender(s, u, tuple(json.loads(b)), bu, bool(p), e) for k, s, u, b, bu, p, e in rows
+        }
+
+    def save_offenders(self, offenders: dict[str, Offender]) -> None:
+        with self._tx():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO offenders VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        k,
+                        o.score,
+                        o.updated,
+                        json.dumps(o.blocks),
+                        o.blocked_until,
+                        int(o.permanent),
+                        o.events,
+                    )
+                    for k, o in offenders.items()
+                ],
+            )
 
     def _tx(self) -> sqlite3.Connection:
         self._db.execute("BEGIN")

@@ -15,7 +15,7 @@ from typing import Any
 
 from aitherfwd.durations import parse_duration
 from aitherfwd.policy.fields import parse_cidr
-from aitherfwd.policy.model import IPAddress, IPNetwork, Protocol
+from aitherfwd.policy.model import IPAddress, IPNetwork, Protocol, Severity
 
 MAX_BLOCKS_PER_REQUEST = 200_000
 MAX_REASON = 512
@@ -187,3 +187,47 @@ def parse_flag_body(body: Any, flag: str) -> bool:
 def network_from_path(segment: str) -> IPNetwork:
     """The address in `DELETE /v1/blocks/{address}` (already percent-decoded)."""
     return parse_network(segment, "address")
+
+
+@dataclass(frozen=True, slots=True)
+class ThreatSpec:
+    type: str
+    source: IPAddress
+    severity: Severity
+    detail: str
+
+
+THREAT_FIELDS = {"type", "source_ip", "severity", "detail", "observed_at"}
+MAX_EVENTS_PER_REQUEST = 100_000
+
+
+def parse_threat(value: Any, what: str = "event") -> ThreatSpec:
+    obj = _object(value, what, THREAT_FIELDS, {"type", "source_ip"})
+    kind = _string(obj["type"], f"{what}.type", 64)
+    if not kind or not all(c.isalnum() or c in "_-." for c in kind):
+        raise bad("E-SCHEMA", f"{what}.type must be letters, digits, '_', '-', '.'")
+    try:
+        severity = Severity(_string(obj.get("severity", "medium"), f"{what}.severity", 16))
+    except ValueError:
+        raise bad("E-SCHEMA", f"{what}.severity must be low, medium, high or critical") from None
+    if "observed_at" in obj:
+        _string(obj["observed_at"], f"{what}.observed_at", 64)
+    return ThreatSpec(
+        kind.upper(),
+        parse_address(obj["source_ip"], f"{what}.source_ip"),
+        severity,
+        _string(obj.get("detail", ""), f"{what}.detail"),
+    )
+
+
+def parse_threats(body: Any) -> list[ThreatSpec]:
+    """`{"type": ..., "source_ip": ...}` or `{"events": [{...}, ...]}`."""
+    if isinstance(body, dict) and "events" in body:
+        _object(body, "body", {"events"})
+        items = body["events"]
+        if not isinstance(items, list) or not items:
+            raise bad("E-SCHEMA", "events must be a non-empty list")
+        if len(items) > MAX_EVENTS_PER_REQUEST:
+            raise ApiError(413, "E-TOO-MANY", f"at most {MAX_EVENTS_PER_REQUEST} events a request")
+        return [parse_threat(item, f"events[{i}]") for i, item in enumerate(items)]
+    return [parse_threat(body, "body")]

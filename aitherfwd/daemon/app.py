@@ -24,10 +24,12 @@ from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
-from aitherfwd.control.schema import ApiError, BlockSpec, EvaluateSpec
+from aitherfwd.control.schema import ApiError, BlockSpec, EvaluateSpec, ThreatSpec
 from aitherfwd.daemon.state import Generation, ReloadOutcome
 from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, address_text
+from aitherfwd.dynamic.reputation import Decision, Offender, offender_key
 from aitherfwd.errors import AitherError, ApplyError, PolicyError
 from aitherfwd.evaluator import Evaluator, Request, TokenBuckets
 from aitherfwd.nft import names as n
@@ -64,6 +66,8 @@ class Daemon:
         self.counters = Counters()
         self.started_at = clock.now()
         self._reload_lock = asyncio.Lock()
+        self.offenders: dict[str, Offender] = {}
+        self.threat_counts: dict[str, int] = {}
         self._cuts: asyncio.Queue[IPAddress] = asyncio.Queue(CONNTRACK_QUEUE)
         self._cutter: asyncio.Task[None] | None = None
 
@@ -82,7 +86,8 @@ class Daemon:
 
     def _protect(self, policy: Policy) -> None:
         mgmt = [c for z in policy.zones if z.name == "management" for c in z.cidrs]
-        self.blocks.protected = self.blocks.protected[:2] + tuple(mgmt)
+        never = policy.reputation.never_block
+        self.blocks.protected = self.blocks.protected[:2] + tuple(mgmt) + never
 
     async def cold_start(self) -> Generation:
         """Load, adopt or apply, restore blocks. Raises PolicyError (kernel untouched)."""
@@ -98,6 +103,7 @@ class Daemon:
             )
         now = self.clock.now()
         self.blocks.load(self.store.load_blocks(now))
+        self.offenders = self.store.load_offenders()
         self._protect(policy)
         ruleset = compile_policy(policy)
         adopted = await self.writer.call(lambda nft: self._adopt_or_apply(nft, ruleset))
@@ -347,6 +353,49 @@ class Daemon:
             # paced: pyroute2 spends ~12 ms of CPU per dump, which must not starve requests
             await asyncio.sleep(CONNTRACK_CUT_PAUSE)
 
+    async def threats(self, events: Sequence[ThreatSpec]) -> dict[str, Any]:
+        """Feed threat events to the reputation ladder; blocks it decides on go out through
+        the same path as manual ones (store, then one kernel transaction), with one audit
+        line per escalation."""
+        now = self.clock.now()
+        settings = self.current().policy.reputation
+        decisions: dict[str, tuple[IPNetwork, Decision, ThreatSpec]] = {}
+        changed: dict[str, Offender] = {}
+        for ev in events:
+            self.threat_counts[ev.type] = self.threat_counts.get(ev.type, 0) + 1
+            net = offender_key(ev.source, settings)
+            key = address_text(net)
+            off, decision = reputation.step(self.offenders.get(key), ev.severity, now, settings)
+            self.offenders[key] = changed[key] = off
+            if decision is not None:
+                decisions[key] = (net, decision, ev)
+        self.store.save_offenders(changed)
+        specs, refused = [], []
+        for key, (net, decision, ev) in sorted(decisions.items()):
+            try:
+                self.blocks.check(net, now)
+            except BlockError:
+                refused.append(key)
+                self.offenders[key] = reputation.lifted(self.offenders[key])
+                continue
+            reason = f"reputation: {decision.kind} block #{decision.block_number} after {ev.type}"
+            specs.append(BlockSpec(net, decision.ttl, reason))
+            self.audit.write(
+                now,
+                f"escalation_{decision.kind}",
+                address=key,
+                threat=ev.type,
+                severity=str(ev.severity),
+                block_number=decision.block_number,
+                ttl=decision.ttl,
+            )
+        blocked = await self.block(specs, source="reputation") if specs else []
+        return {
+            "accepted": len(events),
+            "blocked": [self.block_view(b) for b in blocked],
+            "protected": refused,
+        }
+
     async def unblock(self, network: IPNetwork) -> Block:
         now = self.clock.now()
         key = address_text(network)
@@ -360,6 +409,9 @@ class Daemon:
             self.blocks.load([blk])
             raise
         self.store.delete_blocks([key])
+        if key in self.offenders:
+            self.offenders[key] = reputation.lifted(self.offenders[key])
+            self.store.save_offenders({key: self.offenders[key]})
         self.audit.write(now, "unblocked", address=key, reason=blk.reason, source=blk.source)
         return blk
 
@@ -420,6 +472,10 @@ class Daemon:
             else {**last.as_dict(), "at": rfc3339(last.at), "trigger": last.trigger},
             "elements": counts,
             "drift_repairs": self.counters.drift_repairs,
+            "reputation": {
+                "offenders": len(self.offenders),
+                "threat_events": dict(sorted(self.threat_counts.items())),
+            },
             "uptime_seconds": round(now - self.started_at, 1),
             "kernel": {
                 "transactions_ok": self.writer.stats.transactions_ok,

@@ -62,6 +62,10 @@ async def evaluate(d: Daemon, req: HttpRequest) -> Any:
     return d.evaluate(schema.parse_evaluate(schema.decode(req.body)))
 
 
+async def threats(d: Daemon, req: HttpRequest) -> Any:
+    return await d.threats(schema.parse_threats(schema.decode(req.body)))
+
+
 async def reload(d: Daemon, req: HttpRequest) -> Any:
     force = schema.parse_flag_body(schema.decode(req.body), "force")
     return (await d.reload(force=force, trigger="api")).as_dict()
@@ -75,6 +79,7 @@ ROUTES = (
     Route("DELETE", "/v1/blocks/", "admin", delete_block),
     Route("POST", "/v1/evaluate", "read", evaluate),
     Route("POST", "/v1/reload", "admin", reload),
+    Route("POST", "/v1/threats", "report", threats),
 )
 
 

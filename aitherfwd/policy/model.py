@@ -8,7 +8,7 @@ Must not import adapters, the compiler or anything that does I/O.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -168,6 +168,38 @@ class Settings:
     admin_ports: tuple[int, ...] = (22,)
 
 
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+# Decay is continuous, so `threshold` events a few seconds apart add up to slightly less
+# than `threshold`; 2% slack makes a burst of `threshold` events (within ~2 minutes at the
+# default half-life of 1 h) block, as the seed's "5 threat events → TEMP_BLOCK" promises.
+THRESHOLD_SLACK = 0.02
+
+DEFAULT_WEIGHTS = {
+    Severity.LOW: 1.0,
+    Severity.MEDIUM: 1.0,
+    Severity.HIGH: 5.0,
+    Severity.CRITICAL: 5.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReputationSettings:
+    threshold: float = 5.0
+    temp_block: int = 900
+    permanent_after: int = 3
+    memory: int = 7 * 86_400
+    decay_half_life: int = 3600
+    severity_weights: dict[Severity, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    ipv6_prefix: int = 64
+    never_block: tuple[IPNetwork, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     version: int
@@ -176,6 +208,7 @@ class Policy:
     services: tuple[Service, ...]
     rules: tuple[Rule, ...]
     sha256: str  # of the source text(s) it was parsed from
+    reputation: ReputationSettings = field(default_factory=ReputationSettings)
     includes: tuple[str, ...] = ()  # other files it was read from (services_file)
 
     def zone(self, name: str) -> Zone:

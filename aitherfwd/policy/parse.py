@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from aitherfwd.durations import parse_duration
 from aitherfwd.policy.diagnostics import Diagnostic, Reporter
 from aitherfwd.policy.fields import Fields
 from aitherfwd.policy.model import (
@@ -18,9 +20,11 @@ from aitherfwd.policy.model import (
     IPNetwork,
     Policy,
     Protocol,
+    ReputationSettings,
     Rule,
     Service,
     Settings,
+    Severity,
     Zone,
     merge_ranges,
 )
@@ -28,7 +32,8 @@ from aitherfwd.policy.rules import RuleParser
 from aitherfwd.policy.source import YNode, parse_yaml
 from aitherfwd.policy.validate import validate
 
-TOP_KEYS = {"version", "settings", "zones", "services", "services_file", "rules"}
+TOP_KEYS = {"version", "settings", "zones", "services", "services_file", "rules", "reputation"}
+REPUTATION_KEYS = set(ReputationSettings.__dataclass_fields__)
 SETTINGS_KEYS = set(Settings.__dataclass_fields__)
 ZONE_KEYS = {"name", "cidrs", "description"}
 SERVICE_KEYS = {"ports", "protocol", "description"}
@@ -82,7 +87,12 @@ class _Parser:
             services = self.services_file(top["services_file"], services)
         zone_names = [z.name for z in zones or []]
         rules = self.each_rule(top["rules"], zone_names, services) if "rules" in top else []
+        reputation = (
+            self.reputation(top["reputation"]) if "reputation" in top else ReputationSettings()
+        )
         if settings is None or zones is None or services is None or rules is None:
+            return None
+        if reputation is None:
             return None
         return Policy(
             1,
@@ -91,7 +101,8 @@ class _Parser:
             tuple(services.values()),
             tuple(rules),
             self.hasher.hexdigest(),
-            tuple(self.includes),
+            reputation=reputation,
+            includes=tuple(self.includes),
         )
 
     def settings(self, node: YNode) -> Settings | None:
@@ -120,6 +131,60 @@ class _Parser:
         if not ok:
             return None
         return Settings(**{**{k: getattr(defaults, k) for k in SETTINGS_KEYS}, **values})
+
+    def reputation(self, node: YNode) -> ReputationSettings | None:
+        m = self.f.mapping(node, "reputation", REPUTATION_KEYS)
+        if m is None:
+            return None
+        d = ReputationSettings()
+        ok = True
+
+        def get(key: str, read: Callable[[YNode, str], object], default: object) -> Any:
+            nonlocal ok
+            if key not in m:
+                return default
+            value = read(m[key], f"reputation.{key}")
+            ok = ok and value is not None
+            return value
+
+        r = ReputationSettings(
+            threshold=get(
+                "threshold", lambda n, p: self.f.integer(n, p, 1, 1_000_000), d.threshold
+            ),
+            temp_block=get("temp_block", self.duration, d.temp_block),
+            permanent_after=get(
+                "permanent_after", lambda n, p: self.f.integer(n, p, 1, 1000), d.permanent_after
+            ),
+            memory=get("memory", self.duration, d.memory),
+            decay_half_life=get("decay_half_life", self.duration, d.decay_half_life),
+            severity_weights=get("severity_weights", self.weights, d.severity_weights),
+            ipv6_prefix=get(
+                "ipv6_prefix", lambda n, p: self.f.integer(n, p, 8, 128), d.ipv6_prefix
+            ),
+            never_block=tuple(
+                get("never_block", lambda n, p: self.f.each(n, p, self.f.cidr), list(d.never_block))
+            ),
+        )
+        return r if ok else None
+
+    def duration(self, node: YNode, path: str) -> int | None:
+        try:
+            return parse_duration(node.value if not isinstance(node.value, str) else node.raw)
+        except ValueError as exc:
+            self.report.error("E-DURATION", path, str(exc), node.pos)
+            return None
+
+    def weights(self, node: YNode, path: str) -> dict[Severity, float] | None:
+        m = self.f.mapping(node, path, {s.value for s in Severity})
+        if m is None:
+            return None
+        out = dict(ReputationSettings().severity_weights)
+        for key, child in m.items():
+            value = self.f.integer(child, f"{path}.{key}", 0, 1_000_000)
+            if value is None:
+                return None
+            out[Severity(key)] = float(value)
+        return out
 
     def port_numbers(self, node: YNode, path: str) -> tuple[int, ...] | None:
         ports = self.f.each(node, path, lambda n, p: self.f.integer(n, p, 1, 65535))
