@@ -227,6 +227,19 @@ def demo_with_daemon(
             return 1
     say(f"  {YELLOW}the kernel lifted the ban on its own{OFF}: {client.v4} connects again")
     attempt(lab, client, client.server_v4, 3306, "tcp")
+    say(f"\n{BOLD}Auto-block{OFF}: a sensor reports port scans from {client.v6}")
+    for i in range(5):
+        out = client_cmd(
+            workdir,
+            f"threat event {i + 1} of 5",
+            ["threat", "--type", "SENTRY_PORT_SCAN", "--source", client.v6, "--severity", "low"],
+        )
+    if "blocked" not in out.split("\n", 1)[-1]:
+        say(f"  {RED}the reputation ladder did not block{OFF}")
+        return 1
+    attempt(lab, client, client.server_v6, 443, "tcp")
+    client_cmd(workdir, "lift it by hand", ["unblock", out.split("blocked ")[-1].split()[0]])
+    attempt(lab, client, client.server_v6, 443, "tcp")
     step(lab, "per-rule counters in the kernel", ["counters"])
 
     daemon.send_signal(signal.SIGTERM)
