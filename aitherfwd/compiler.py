@@ -92,7 +92,7 @@ def compile_policy(policy: Policy) -> Ruleset:
     objects += [b.chain(n.zone_chain(z)) for z in zone_names]
     for fam, map_name in ((4, n.ZONE_MAP_V4), (6, n.ZONE_MAP_V6)):
         elements = [
-            [_interval(first, last), b.verdict_goto(n.zone_chain(zone))]
+            [_interval(first, last), b.goto(n.zone_chain(zone))]
             for first, last, zone in zoning.partition(policy.zones, fam)
         ]
         objects.append(b.vmap_(map_name, _addr_type(fam), elements))

@@ -9,14 +9,15 @@ junk rejected). Must not import adapters or daemon code.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aitherfwd.durations import parse_duration
 from aitherfwd.policy.fields import parse_cidr
 from aitherfwd.policy.model import IPAddress, IPNetwork, Protocol, Severity
 
+T = TypeVar("T")
 MAX_BLOCKS_PER_REQUEST = 200_000
 MAX_REASON = 512
 
@@ -106,17 +107,22 @@ def parse_block(value: Any, what: str = "block") -> BlockSpec:
     return BlockSpec(parse_network(obj["address"], f"{what}.address"), ttl, reason)
 
 
+def _one_or_many(body: Any, key: str, limit: int, parse: Callable[[Any, str], T]) -> list[T]:
+    """A single object, or `{key: [object, ...]}` with at most `limit` items."""
+    if isinstance(body, dict) and key in body:
+        _object(body, "body", {key})
+        items = body[key]
+        if not isinstance(items, list) or not items:
+            raise bad("E-SCHEMA", f"{key} must be a non-empty list")
+        if len(items) > limit:
+            raise ApiError(413, "E-TOO-MANY", f"at most {limit} {key} a request")
+        return [parse(item, f"{key}[{i}]") for i, item in enumerate(items)]
+    return [parse(body, "body")]
+
+
 def parse_blocks(body: Any) -> list[BlockSpec]:
     """`{"address": ...}` or `{"blocks": [{...}, ...]}`."""
-    if isinstance(body, dict) and "blocks" in body:
-        _object(body, "body", {"blocks"})
-        items = body["blocks"]
-        if not isinstance(items, list) or not items:
-            raise bad("E-SCHEMA", "blocks must be a non-empty list")
-        if len(items) > MAX_BLOCKS_PER_REQUEST:
-            raise ApiError(413, "E-TOO-MANY", f"at most {MAX_BLOCKS_PER_REQUEST} blocks a request")
-        return [parse_block(item, f"blocks[{i}]") for i, item in enumerate(items)]
-    return [parse_block(body, "body")]
+    return _one_or_many(body, "blocks", MAX_BLOCKS_PER_REQUEST, parse_block)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +228,4 @@ def parse_threat(value: Any, what: str = "event") -> ThreatSpec:
 
 def parse_threats(body: Any) -> list[ThreatSpec]:
     """`{"type": ..., "source_ip": ...}` or `{"events": [{...}, ...]}`."""
-    if isinstance(body, dict) and "events" in body:
-        _object(body, "body", {"events"})
-        items = body["events"]
-        if not isinstance(items, list) or not items:
-            raise bad("E-SCHEMA", "events must be a non-empty list")
-        if len(items) > MAX_EVENTS_PER_REQUEST:
-            raise ApiError(413, "E-TOO-MANY", f"at most {MAX_EVENTS_PER_REQUEST} events a request")
-        return [parse_threat(item, f"events[{i}]") for i, item in enumerate(items)]
-    return [parse_threat(body, "body")]
+    return _one_or_many(body, "events", MAX_EVENTS_PER_REQUEST, parse_threat)

@@ -472,6 +472,7 @@ class Daemon:
             else {**last.as_dict(), "at": rfc3339(last.at), "trigger": last.trigger},
             "elements": counts,
             "drift_repairs": self.counters.drift_repairs,
+            "reloads": dict(sorted(self.counters.reloads.items())),
             "reputation": {
                 "offenders": len(self.offenders),
                 "threat_events": dict(sorted(self.threat_counts.items())),

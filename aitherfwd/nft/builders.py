@@ -155,10 +155,6 @@ def goto(target: str) -> Expr:
     return {"goto": {"target": target}}
 
 
-def verdict_goto(target: str) -> Json:
-    return {"goto": {"target": target}}
-
-
 def reject_tcp_reset() -> Expr:
     return {"reject": {"type": "tcp reset"}}
 
