@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.setup-stamp
 DEB_PACKAGES := nftables libnftables1 conntrack iproute2 libsystemd-dev pkg-config gcc \
                 python3-dev python3-venv nmap hping3 ncat procps util-linux curl
 
-.PHONY: setup deb-deps demo test test-unit test-kernel lint typecheck bench clean
+.PHONY: setup deb-deps demo test test-unit test-kernel lint typecheck bench clean deb test-systemd
 
 setup: $(STAMP)
 
@@ -49,8 +49,21 @@ test-kernel: setup
 test: setup lint typecheck
 	$(PY) -m pytest -q
 
+# The Debian package (packaging/build-deb.sh; its build dependencies come from
+# packaging/debian/control) and the boot test of it in a systemd-nspawn container.
+DEB_BUILD_TOOLS    := dpkg-dev debhelper lintian
+SYSTEMD_TEST_TOOLS := debootstrap systemd-container
+
+deb:
+	@$(MAKE) --no-print-directory deb-deps DEB_PACKAGES="$(DEB_BUILD_TOOLS)"
+	packaging/build-deb.sh
+
+test-systemd: setup deb
+	@$(MAKE) --no-print-directory deb-deps DEB_PACKAGES="$(SYSTEMD_TEST_TOOLS)"
+	$(PY) -m pytest -q tests/systemd
+
 bench: setup
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
