@@ -25,7 +25,7 @@ from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.control.schema import ApiError, BlockSpec, EvaluateSpec, ThreatSpec
-from aitherfwd.daemon.state import Generation, ReloadOutcome
+from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, address_text
@@ -166,9 +166,9 @@ class Daemon:
             sd.reloading()
             try:
                 outcome = await self._reload(force, trigger)
+                self.last_reload = outcome
             finally:
                 sd.ready(self.status_line())
-            self.last_reload = outcome
             self.counters.reloads[outcome.result] = self.counters.reloads.get(outcome.result, 0) + 1
             return outcome
 
@@ -178,7 +178,10 @@ class Daemon:
         policy, errors, warnings = self._load()
         if policy is None:
             log.error(
-                "reload rejected: invalid policy errors=%d path=%s", len(errors), self.policy_path
+                "reload rejected: invalid policy errors=%d path=%s first=%s",
+                len(errors),
+                self.policy_path,
+                describe(errors[0]),
             )
             self.audit.write(now, "reload_rejected", trigger=trigger, errors=errors)
             sd.status(f"generation {current.number}; last reload REJECTED: {errors[0]['message']}")
@@ -488,6 +491,11 @@ class Daemon:
         gen = self.generation
         if gen is None:
             return "starting"
-        return (
-            f"generation {gen.number}, policy {gen.policy.sha256[:12]}, {len(self.blocks)} blocks"
-        )
+        blocks = len(self.blocks)
+        line = f"generation {gen.number}, policy {gen.policy.sha256[:12]}, {blocks} blocks"
+        last = self.last_reload
+        if last is not None and last.result == "rejected" and last.errors:
+            # READY=1 after a rejected reload must not hide why (`systemctl status` shows it)
+            line += f"; last reload REJECTED: {describe(last.errors[0])}"
+        return line
+

@@ -1,7 +1,8 @@
 """The daemon's generations and reload results (layer L3): immutable snapshots.
 
 Owns: `Generation` — one validated policy, its compiled ruleset and evaluator, swapped in
-only after the kernel accepted it — and `ReloadOutcome`, what the last reload did.
+only after the kernel accepted it — `ReloadOutcome`, what the last reload did, and
+`describe`, one diagnostic or reload error as a line for logs and systemd STATUS=.
 """
 
 from __future__ import annotations
@@ -41,3 +42,10 @@ class ReloadOutcome:
             "errors": self.errors,
             "warnings": self.warnings,
         }
+
+def describe(error: dict[str, Any]) -> str:
+    """One diagnostic as a line: `file:line:col: [CODE] path: message` (parts it has)."""
+    where = ":".join(str(error[k]) for k in ("file", "line", "column") if error.get(k) is not None)
+    subject = f"{error['path']}: " if error.get("path") else ""
+    text = f"[{error.get('code', '?')}] {subject}{error.get('message', '')}"
+    return f"{where}: {text}" if where else text
