@@ -498,4 +498,3 @@ class Daemon:
             # READY=1 after a rejected reload must not hide why (`systemctl status` shows it)
             line += f"; last reload REJECTED: {describe(last.errors[0])}"
         return line
-

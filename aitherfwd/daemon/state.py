@@ -43,6 +43,7 @@ class ReloadOutcome:
             "warnings": self.warnings,
         }
 
+
 def describe(error: dict[str, Any]) -> str:
     """One diagnostic as a line: `file:line:col: [CODE] path: message` (parts it has)."""
     where = ":".join(str(error[k]) for k in ("file", "line", "column") if error.get(k) is not None)
