@@ -23,6 +23,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
 
 
+SYSTEMD_TESTS = ROOT / "tests" / "systemd"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/systemd boots a container from the built .deb (minutes, not seconds): it runs
+    with `make test-systemd` (and in CI), or when named on the command line."""
+    if collection_path != SYSTEMD_TESTS:
+        return None
+    asked = [Path(str(a).split("::", 1)[0]).resolve() for a in config.args]
+    return not any(a == SYSTEMD_TESTS or SYSTEMD_TESTS in a.parents for a in asked)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Remove lab namespaces left by test processes that died without cleaning up."""
     if os.geteuid() != 0:
