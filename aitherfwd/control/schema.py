@@ -229,3 +229,28 @@ def parse_threat(value: Any, what: str = "event") -> ThreatSpec:
 def parse_threats(body: Any) -> list[ThreatSpec]:
     """`{"type": ..., "source_ip": ...}` or `{"events": [{...}, ...]}`."""
     return _one_or_many(body, "events", MAX_EVENTS_PER_REQUEST, parse_threat)
+
+
+EXPLAIN_QUERY = {"port", "protocol"}
+MAX_EXPLAIN_PORTS = 32
+
+
+def parse_explain_query(query: dict[str, str]) -> tuple[list[int], Protocol]:
+    """`?port=22,443&protocol=tcp`: the ports to give verdicts for (default: admin ports)."""
+    unknown = sorted(set(query) - EXPLAIN_QUERY)
+    if unknown:
+        raise bad("E-SCHEMA", f"unknown query parameter {unknown[0]!r}: use port and protocol")
+    try:
+        proto = Protocol(query.get("protocol", "tcp").lower())
+    except ValueError:
+        raise bad("E-SCHEMA", "protocol must be tcp or udp") from None
+    if proto not in (Protocol.TCP, Protocol.UDP):
+        raise bad("E-SCHEMA", "protocol must be tcp or udp")
+    ports: list[int] = []
+    for text in filter(None, query.get("port", "").split(",")):
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise bad("E-SCHEMA", f"port {text[:16]!r} must be an integer 1-65535")
+        ports.append(int(text))
+    if len(ports) > MAX_EXPLAIN_PORTS:
+        raise bad("E-SCHEMA", f"at most {MAX_EXPLAIN_PORTS} ports")
+    return ports, proto

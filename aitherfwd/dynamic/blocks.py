@@ -138,15 +138,19 @@ class BlockTable:
             return None
         return blk
 
-    def lookup(self, address: IPAddress, now: float) -> tuple[float | None, str] | None:
-        """The evaluator's view: is this address blocked right now, until when, why."""
+    def covering(self, address: IPAddress, now: float) -> Block | None:
+        """The live block that stops this address: its own, or a prefix holding it."""
         full = ipaddress.ip_network(address)
         blk = self.get(address_text(full), now)
         if blk is None:
             for candidate in self._live_prefixes(now):
                 if candidate.network.version == address.version and address in candidate.network:
-                    blk = candidate
-                    break
+                    return candidate
+        return blk
+
+    def lookup(self, address: IPAddress, now: float) -> tuple[float | None, str] | None:
+        """The evaluator's view: is this address blocked right now, until when, why."""
+        blk = self.covering(address, now)
         return (blk.expires_at, blk.reason) if blk else None
 
     def check(self, net: IPNetwork, now: float) -> None:
