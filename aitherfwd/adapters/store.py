@@ -12,10 +12,10 @@ I/O error) is counted and logged, never raised, because enforcement must go on.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -242,7 +242,8 @@ class Store:
         rows = self._db.execute(
             "SELECT key, expires_at, reason, source, created_at FROM blocks"
         ).fetchall()
-        return [Block(ipaddress.ip_network(k), e, r, s, c) for k, e, r, s, c in rows]
+        intern = sys.intern  # reasons and sources repeat: one string each, not one per row
+        return [Block(k, e, intern(r), intern(s), c) for k, e, r, s, c in rows]
 
     def load_offenders(self) -> dict[str, Offender]:
         rows = self._db.execute(

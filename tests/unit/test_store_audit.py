@@ -19,7 +19,7 @@ NOW = 1_800_000_000.0
 
 
 def _block(addr: str, ttl: float | None = 60, reason: str = "r") -> Block:
-    return Block(ipaddress.ip_network(addr), NOW + ttl if ttl else None, reason, "manual", NOW)
+    return Block.of(ipaddress.ip_network(addr), NOW + ttl if ttl else None, reason, "manual", NOW)
 
 
 def test_blocks_round_trip_and_expired_ones_are_not_restored(tmp_path: Path) -> None:
