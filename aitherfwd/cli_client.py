@@ -1,8 +1,8 @@
 """CLI commands that talk to the running daemon over its control socket (layer L3).
 
-Owns: `status`, `block`, `unblock`, `blocks`, `evaluate`, `reload` — argument parsing,
-one request each, human-readable or `--json` output, exit codes. A daemon that is not
-running is a one-line error, never a traceback.
+Owns: `status`, `block`, `unblock`, `blocks`, `evaluate`, `reload`, `threat`, `explain` —
+argument parsing, one request each, human-readable or `--json` output, exit codes. A
+daemon that is not running is a one-line error, never a traceback.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _out(answer: Any, as_json: bool, text: str) -> None:
 
 
 def register(main: click.Group) -> None:
-    for command in (status, block, unblock, blocks, evaluate, reload, threat):
+    for command in (status, block, unblock, blocks, evaluate, reload, threat, explain):
         main.add_command(command)
 
 
@@ -203,3 +203,48 @@ def threat(
     ]
     lines += [f"not blocked (protected): {a}" for a in answer["protected"]]
     _out(answer, as_json, "\n".join(lines))
+
+
+@click.command()
+@click.argument("address")
+@click.option("--port", "ports", multiple=True, type=int, help="Give a verdict for this port.")
+@click.option("--proto", default="tcp", type=click.Choice(["tcp", "udp"]), show_default=True)
+@socket_option
+@json_option
+def explain(
+    address: str, ports: tuple[int, ...], proto: str, socket_path: Path, as_json: bool
+) -> None:
+    """Why an address is treated as it is: verdicts, block, reputation, history."""
+    query = urllib.parse.urlencode(
+        {"protocol": proto, **({"port": ",".join(map(str, ports))} if ports else {})}
+    )
+    path = "/v1/explain/" + urllib.parse.quote(address, safe="") + "?" + query
+    answer = _call(socket_path, "GET", path)
+    _out(answer, as_json, _explain_text(answer))
+
+
+def _explain_text(a: dict[str, Any]) -> str:
+    rep = a["reputation"]
+    lines = [f"{a['address']}  zone {a['zone'] or '(none)'}"]
+    lines += [
+        f"  {v['protocol']}/{v['port']}: {v['verdict']} ({v['rule'] or 'no rule'}) {v['reason']}"
+        for v in a["verdicts"]
+    ]
+    blk = a["block"]
+    if blk:
+        until = blk["expires_at"] or "forever"
+        lines.append(f"  BLOCKED as {blk['address']} until {until}: {blk['reason']}")
+    lines.append(
+        f"  reputation {rep['key']}: score {rep['score']}/{rep['threshold']}, "
+        f"{rep['events']} event(s), {rep['blocks_in_memory']} block(s) remembered"
+        + (", permanent" if rep["permanent"] else "")
+    )
+    lines += [
+        f"    event {e['at']} {e['type']} {e['severity']} {e['detail']}"[:200]
+        for e in rep["recent_events"]
+    ]
+    for h in a["history"]:
+        end = f"ended {h['ended_at']} ({h['end_reason']})" if h["ended_at"] else "active"
+        lines.append(f"  block {h['started_at']} {h['address']} {end}: {h['reason']}")
+        lines += [f"    after {e['type']} {e['severity']} at {e['at']}" for e in h["events"]]
+    return "\n".join(lines)

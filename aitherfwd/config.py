@@ -36,6 +36,8 @@ class DaemonConfig:
     socket_group: str | None = None
     state_dir: Path = Path("/var/lib/aitherfwd")
     audit_log: Path = Path("/var/log/aitherfwd/audit.jsonl")
+    audit_max_bytes: int = 50 << 20  # rotate the audit log at this size
+    audit_keep: int = 5  # rotated files kept (audit.jsonl.1 … .5)
     metrics_listen: str = ""
     max_body_bytes: int = 1 << 20
     drift_check_interval: float = 2.0
@@ -43,7 +45,14 @@ class DaemonConfig:
 
 
 _CONTROL_KEYS = {"socket", "mode", "group", "max_body_bytes"}
-_DAEMON_KEYS = {"policy", "state_dir", "audit_log", "drift_check_interval"}
+_DAEMON_KEYS = {
+    "policy",
+    "state_dir",
+    "audit_log",
+    "audit_max_bytes",
+    "audit_keep",
+    "drift_check_interval",
+}
 _METRICS_KEYS = {"listen"}
 
 
@@ -69,11 +78,20 @@ def parse_config(text: str, users: Resolver, groups: Resolver) -> DaemonConfig:
         socket_group=control.get("group"),
         state_dir=Path(daemon.get("state_dir", d.state_dir)),
         audit_log=Path(daemon.get("audit_log", d.audit_log)),
+        audit_max_bytes=_positive(daemon, "audit_max_bytes", d.audit_max_bytes),
+        audit_keep=_positive(daemon, "audit_keep", d.audit_keep),
         metrics_listen=str(metrics.get("listen", d.metrics_listen)),
         max_body_bytes=int(control.get("max_body_bytes", d.max_body_bytes)),
         drift_check_interval=float(daemon.get("drift_check_interval", d.drift_check_interval)),
         roles={name: _members(roles_raw[name], name, users, groups) for name in roles_raw},
     )
+
+
+def _positive(section: dict[str, Any], key: str, default: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"daemon.{key} must be a positive integer, got {value!r}")
+    return value
 
 
 def _keys(value: Any, allowed: set[str], where: str) -> dict[str, Any]:

@@ -1,8 +1,16 @@
 """The JSONL audit trail writer (layer L2).
 
-Owns: appending one JSON object per line to the audit file, line-buffered so a crash
-loses at most the line being written, and counting write errors instead of failing the
-operation that is being audited. Record shapes are decided by the caller.
+Owns: appending one JSON object per line to the audit file with one `write(2)` on an
+`O_APPEND` descriptor (a crash loses at most the line being written, and no line is ever
+interleaved), size-based rotation (`audit.jsonl` → `.1` … `.keep`), reopening on demand
+(SIGHUP, for logrotate), and counting write errors instead of failing the operation that
+is being audited.
+
+Every record has `timestamp` (RFC 3339, UTC), `event` (what happened, e.g. `blocked`)
+and the OCSF-style `action`; callers add `source_ip`, `rule_name`, `zone`, `reason`,
+`actor` ({uid, gid, pid} for API calls), `latency_us` where they apply. JSON escaping
+(`ensure_ascii`) turns control characters, newlines and U+2028/U+2029 into `\\uXXXX`, so
+no field can break a line.
 """
 
 from __future__ import annotations
@@ -12,41 +20,88 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 50 << 20
+DEFAULT_KEEP = 5
+
+# event → OCSF-style action
+ACTIONS = {
+    "blocked": "block",
+    "unblocked": "unblock",
+    "block_expired": "expire",
+    "escalation_temporary": "escalate",
+    "escalation_permanent": "permanent",
+    "reload_applied": "reload",
+    "reload_rejected": "reject",
+    "request_rejected": "reject",
+    "access_denied": "deny",
+    "daemon_started": "start",
+    "daemon_stopped": "stop",
+    "drift_repaired": "repair",
+    "store_recovered": "recover",
+}
 
 
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class AuditLog:
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.errors = 0
-        self._fh: TextIO | None = None
+def encode(now: float, event: str, fields: dict[str, Any]) -> bytes:
+    record = {"timestamp": rfc3339(now), "event": event, "action": ACTIONS.get(event, event)}
+    record.update(fields)
+    return (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("ascii")
 
-    def _open(self) -> TextIO:
-        if self._fh is None:
-            if self.path is None:
-                raise OSError("no audit log path")
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self._fh = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
-        return self._fh
+
+class AuditLog:
+    def __init__(
+        self, path: Path | None, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = max(1, keep)
+        self.errors = 0
+        self.rotations = 0
+        self._fd: int | None = None
+        self._size = 0
+
+    def _open(self, path: Path) -> int:
+        if self._fd is None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._size = os.fstat(self._fd).st_size
+        return self._fd
 
     def write(self, now: float, event: str, **fields: Any) -> None:
         if self.path is None:
             return
-        record = {"timestamp": rfc3339(now), "event": event, **fields}
+        line = encode(now, event, fields)
         try:
-            self._open().write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+            if self._size + len(line) > self.max_bytes and self._size > 0:
+                self._rotate(self.path)
+            os.write(self._open(self.path), line)
+            self._size += len(line)
         except OSError as exc:
             self.errors += 1
             log.error("audit write failed path=%s error=%s", self.path, exc)
 
+    def _rotate(self, path: Path) -> None:
+        self.close()
+        for i in range(self.keep - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                older.rename(path.with_name(f"{path.name}.{i + 1}"))
+        if path.exists():
+            path.rename(path.with_name(f"{path.name}.1"))
+        self.rotations += 1
+
+    def reopen(self) -> None:
+        """Close now and open the path again on the next write (after logrotate moved it)."""
+        self.close()
+
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,21 +1,34 @@
 """The state store: SQLite (WAL), the source of truth for dynamic entries (layer L2).
 
-Owns: the database file under the state directory, its schema, and loading/saving
-blocks. The kernel is a projection of this; on start the daemon restores the kernel from
-here. Later components (reputation scores, sandbox grants) add their own tables.
+Owns: the database file under the state directory, its schema and version, and loading
+and saving blocks, block history and offenders. The kernel is a projection of this; on
+start the daemon restores the kernel from here.
+
+Two promises: a database that cannot be trusted (garbage, truncated, a schema from a
+newer aitherfwd) is moved aside with a clear log line and a fresh one started — the
+daemon then rebuilds from what the kernel holds; and a write that fails (a full disk, an
+I/O error) is counted and logged, never raised, because enforcement must go on.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
+import logging
 import sqlite3
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aitherfwd.dynamic.blocks import Block
 from aitherfwd.dynamic.reputation import Offender
 
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+# Version 1 (the first release) had no user_version and no history; v2 adds the history.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     key        TEXT PRIMARY KEY,
@@ -33,49 +46,172 @@ CREATE TABLE IF NOT EXISTS offenders (
     permanent     INTEGER NOT NULL,
     events        INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS block_history (
+    id         INTEGER PRIMARY KEY,
+    key        TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    expires_at REAL,
+    ended_at   REAL,
+    end_reason TEXT,
+    events     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS block_history_key ON block_history (key, started_at);
 """
+_CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"
+HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one address
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    key: str
+    reason: str
+    source: str
+    started_at: float
+    expires_at: float | None
+    ended_at: float | None
+    end_reason: str | None
+    events: list[dict[str, Any]]
 
 
 class Store:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.path = state_dir / "state.sqlite3"
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self.write_errors = 0
+        self.disk_full = False
+        self.recovered: str | None = None  # why the previous database was moved aside
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            self.recovered = self._move_aside(str(exc))
+            self._db = self._open()
 
-    def load_blocks(self, now: float) -> list[Block]:
-        self._db.execute(
-            "DELETE FROM blocks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} is newer than this aitherfwd understands "
+                    f"({SCHEMA_VERSION})"
+                )
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # a version-1 database may hold rows of another shape: read one of each to be sure
+            db.execute("SELECT key, expires_at, reason, source, created_at FROM blocks LIMIT 1")
+            db.execute("SELECT key, score, updated, blocks FROM offenders LIMIT 1")
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, why: str) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self.path.with_name(f"{self.path.name}.bad-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.rename(Path(str(target) + suffix))
+        log.error(
+            "state database unusable, moved aside; starting a new one from what the kernel "
+            "holds path=%s moved_to=%s error=%s",
+            self.path,
+            target,
+            why,
         )
-        rows = self._db.execute(
-            "SELECT key, expires_at, reason, source, created_at FROM blocks"
-        ).fetchall()
-        return [Block(ipaddress.ip_network(k), e, r, s, c) for k, e, r, s, c in rows]
+        return f"{why}; moved to {target}"
 
-    def save_blocks(self, blocks: Iterable[Block]) -> None:
-        with self._tx():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)",
-                [(b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks],
+    # --- writes never raise ----------------------------------------------------------------
+
+    def _write(self, what: str, *statements: tuple[str, Sequence[tuple[Any, ...]]]) -> bool:
+        """Run the statements in one transaction; on failure count, log and return False."""
+        statements = tuple((sql, rows) for sql, rows in statements if rows)
+        if not statements:
+            return True
+        try:
+            self._db.execute("BEGIN")
+            try:
+                for sql, rows in statements:
+                    self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may have rolled back on its own
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            self.write_errors += 1
+            full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            self.disk_full = self.disk_full or full
+            log.error(
+                "state store write failed; the kernel keeps enforcing but this change is "
+                "not persisted what=%s rows=%d disk_full=%s error=%s",
+                what,
+                sum(len(rows) for _, rows in statements),
+                full,
+                exc,
             )
+            return False
+        self.disk_full = False
+        return True
 
-    def delete_blocks(self, keys: Iterable[str]) -> None:
-        with self._tx():
-            self._db.executemany("DELETE FROM blocks WHERE key = ?", [(k,) for k in keys])
+    def save_blocks(
+        self,
+        blocks: Iterable[Block],
+        *,
+        replaced: Iterable[str] = (),
+        events: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> bool:
+        """Active blocks plus one history row each; `replaced` keys had a block before,
+        whose history row is closed. `events` are what led to a block, by key."""
+        rows = [(b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks]
+        ev = events or {}
+        now = rows[0][4] if rows else 0.0
+        return self._write(
+            "blocks",
+            ("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", rows),
+            (_CLOSE, [(now, "replaced", k) for k in replaced]),
+            (
+                "INSERT INTO block_history "
+                "(key, reason, source, started_at, expires_at, events) VALUES (?, ?, ?, ?, ?, ?)",
+                [(k, r, s, c, e, json.dumps(ev.get(k, []))) for k, e, r, s, c in rows],
+            ),
+        )
 
-    def load_offenders(self) -> dict[str, Offender]:
-        rows = self._db.execute(
-            "SELECT key, score, updated, blocks, blocked_until, permanent, events FROM offenders"
-        ).fetchall()
-        return {
-            k: Offender(s, u, tuple(json.loads(b)), bu, bool(p), e) for k, s, u, b, bu, p, e in rows
-        }
+    def end_blocks(self, keys: Iterable[str], now: float, why: str) -> bool:
+        """Blocks that ended (unblocked, expired): gone from the active table, closed in
+        the history."""
+        rows = [(k,) for k in keys]
+        return self._write(
+            "blocks",
+            ("DELETE FROM blocks WHERE key = ?", rows),
+            (_CLOSE, [(now, why, k) for (k,) in rows]),
+        )
 
-    def save_offenders(self, offenders: dict[str, Offender]) -> None:
-        with self._tx():
-            self._db.executemany(
+    def restore_history(self, blocks: Iterable[Block]) -> bool:
+        """Rows for blocks found in the kernel that the store did not know (a database
+        moved aside, a block added with another tool)."""
+        rows = [(b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks]
+        return self._write(
+            "blocks",
+            ("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", rows),
+            (
+                "INSERT INTO block_history (key, reason, source, started_at, expires_at, "
+                "events) VALUES (?, ?, ?, ?, ?, '[]')",
+                [(k, r, s, c, e) for k, e, r, s, c in rows],
+            ),
+        )
+
+    def save_offenders(self, offenders: dict[str, Offender]) -> bool:
+        return self._write(
+            "offenders",
+            (
                 "INSERT OR REPLACE INTO offenders VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
@@ -89,11 +225,47 @@ class Store:
                     )
                     for k, o in offenders.items()
                 ],
-            )
+            ),
+        )
 
-    def _tx(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN")
-        return self._db  # the connection's context manager commits or rolls back
+    # --- reads -----------------------------------------------------------------------------
+
+    def load_blocks(self, now: float) -> list[Block]:
+        """Unexpired blocks; expired ones are closed in the history as they are dropped."""
+        expired = [
+            k
+            for (k,) in self._db.execute(
+                "SELECT key FROM blocks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            )
+        ]
+        self.end_blocks(expired, now, "expired")
+        rows = self._db.execute(
+            "SELECT key, expires_at, reason, source, created_at FROM blocks"
+        ).fetchall()
+        intern = sys.intern  # reasons and sources repeat: one string each, not one per row
+        return [Block(k, e, intern(r), intern(s), c) for k, e, r, s, c in rows]
+
+    def load_offenders(self) -> dict[str, Offender]:
+        rows = self._db.execute(
+            "SELECT key, score, updated, blocks, blocked_until, permanent, events FROM offenders"
+        ).fetchall()
+        return {
+            k: Offender(s, u, tuple(json.loads(b)), bu, bool(p), e) for k, s, u, b, bu, p, e in rows
+        }
+
+    def history(self, keys: Sequence[str]) -> list[HistoryEntry]:
+        """Past and current blocks of these keys (an address and the prefixes around it),
+        newest first."""
+        marks = ",".join("?" * len(keys))  # only placeholders go into the text
+        query = (
+            "SELECT key, reason, source, started_at, expires_at, ended_at, end_reason, events "
+            "FROM block_history WHERE key IN (" + marks + ") ORDER BY started_at DESC LIMIT ?"
+        )
+        rows = self._db.execute(query, (*keys, HISTORY_PER_ADDRESS)).fetchall()
+        return [
+            HistoryEntry(k, r, s, st, ex, en, er, json.loads(ev))
+            for k, r, s, st, ex, en, er, ev in rows
+        ]
 
     def close(self) -> None:
         self._db.close()

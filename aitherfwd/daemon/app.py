@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog, rfc3339
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
+from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
@@ -42,6 +44,11 @@ log = logging.getLogger(__name__)
 # the background; beyond this, bans rely on the drop-before-established rule alone.
 CONNTRACK_QUEUE = 256
 CONNTRACK_CUT_PAUSE = 0.05
+# Threat events remembered per offender until a block takes them into its history: the
+# last few per address, for the addresses seen most recently (bounded memory).
+RECENT_EVENTS = 10
+RECENT_ADDRESSES = 10_000
+Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
 
 
 @dataclass
@@ -51,20 +58,29 @@ class Counters:
 
 
 class Daemon:
-    def __init__(
-        self, policy_path: Path, clock: Clock, writer: KernelWriter, store: Store, audit: AuditLog
+    def __init__(  # noqa: PLR0917 - the adapters, wired in one place (daemon.main)
+        self,
+        policy_path: Path,
+        clock: Clock,
+        writer: KernelWriter,
+        store: Store,
+        audit: AuditLog,
+        notifier: Notifier | None = None,
     ) -> None:
         self.policy_path = policy_path
         self.clock = clock
         self.writer = writer
         self.store = store
         self.audit = audit
+        self.notifier = notifier or Notifier()
+        self.recent: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
         self.blocks = BlockTable()
         self.buckets = TokenBuckets()
         self.generation: Generation | None = None
         self.last_reload: ReloadOutcome | None = None
         self.counters = Counters()
         self.started_at = clock.now()
+        self.start_seconds = 0.0  # load + restore at the cold start
         self._reload_lock = asyncio.Lock()
         self.offenders: dict[str, Offender] = {}
         self.threat_counts: dict[str, int] = {}
@@ -101,12 +117,23 @@ class Daemon:
             raise PolicyError(
                 "invalid policy; the kernel keeps what it enforces now\n" + "\n".join(lines)
             )
+        started = time.perf_counter()
         now = self.clock.now()
         self.blocks.load(self.store.load_blocks(now))
         self.offenders = self.store.load_offenders()
         self._protect(policy)
+        self.notifier.configure(policy.notify)
+        if self.store.recovered:
+            self.audit.write(now, "store_recovered", reason=self.store.recovered)
         ruleset = compile_policy(policy)
         adopted = await self.writer.call(lambda nft: self._adopt_or_apply(nft, ruleset))
+        self.start_seconds = round(time.perf_counter() - started, 4)
+        log.info(
+            "started: %d blocks restored in %.3f s (adopted=%s)",
+            len(self.blocks),
+            self.start_seconds,
+            adopted,
+        )
         self.generation = Generation(1, policy, ruleset, Evaluator(policy), self.policy_path, now)
         self.last_reload = ReloadOutcome(
             "adopted" if adopted else "applied", 1, at=now, trigger="start"
@@ -122,25 +149,45 @@ class Daemon:
         return self.generation
 
     def _adopt_or_apply(self, nft: Nft, ruleset: Ruleset) -> bool:
-        """Adopt a table that already enforces this ruleset (no gap); else apply. Then make
-        the kernel's block sets hold every stored block, and adopt unknown kernel blocks."""
+        """Adopt a table that already enforces this ruleset (no gap), else apply it — in
+        the same transaction as every stored block with its remaining timeout (`add` is a
+        no-op for an element the kernel still has). Kernel blocks the store does not know
+        (its database was lost, or another tool added them) are listed and adopted only
+        when the store cannot be complete: listing 100,000 elements costs half a second."""
         before = nft.observe()
         adopted = before.exists and not plan(ruleset, before).changed
-        if not adopted:
-            nft.run(transaction(ruleset, before))
         now = self.clock.now()
+        restore = self.blocks.restore_commands(now)
+        static = [] if adopted else transaction(ruleset, before)
+        try:
+            if static or restore:
+                nft.run(static + restore)
+        except ApplyError as exc:  # e.g. a kernel prefix overlapping a stored one
+            log.warning("restore refused, reconciling element by element error=%s", exc.message)
+            if static:
+                nft.run(static)
+            self._reconcile_blocks(nft, now)
+            return adopted
+        if before.exists and (self.store.recovered is not None or not len(self.blocks)):
+            self._reconcile_blocks(nft, now)
+        return adopted
+
+    def _reconcile_blocks(self, nft: Nft, now: float) -> None:
+        """List the kernel's block sets: adopt what the store does not know, add what the
+        kernel lacks."""
         in_kernel: set[str] = set()
+        found: list[Block] = []  # in the kernel, unknown to the store
         for s in n.BLOCK_SETS:
             for elem in nft.set_elements(s.name):
-                in_kernel.add(self._adopt_element(elem, now))
+                in_kernel.add(self._adopt_element(elem, now, found))
+        self.store.restore_history(found)
         missing = [blk for blk in self.blocks.active(now) if blk.key not in in_kernel]
         if missing:
             restore = BlockTable()
             restore.load(missing)
             nft.run(restore.restore_commands(now))
-        return adopted
 
-    def _adopt_element(self, elem: Any, now: float) -> str:
+    def _adopt_element(self, elem: Any, now: float, found: list[Block]) -> str:
         body = elem["elem"] if isinstance(elem, dict) and "elem" in elem else {"val": elem}
         val = body["val"]
         text = f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) else val
@@ -148,17 +195,11 @@ class Daemon:
         key = address_text(net)
         if self.blocks.get(key, now) is None:
             expires = body.get("expires")
-            self.blocks.load(
-                [
-                    Block(
-                        net,
-                        now + expires if expires else None,
-                        "found in the kernel",
-                        "kernel",
-                        now,
-                    )
-                ]
+            blk = Block(
+                key, now + expires if expires else None, "found in the kernel", "kernel", now
             )
+            self.blocks.load([blk])
+            found.append(blk)
         return key
 
     async def reload(self, *, force: bool = False, trigger: str = "api") -> ReloadOutcome:
@@ -207,6 +248,7 @@ class Daemon:
             self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
             return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
         self._protect(policy)
+        self.notifier.configure(policy.notify)
         self.generation = Generation(
             current.number + 1, policy, ruleset, evaluator, self.policy_path, now
         )
@@ -287,31 +329,41 @@ class Daemon:
         now = self.clock.now()
         expired = self.blocks.prune(now)
         if expired:
-            self.store.delete_blocks(b.key for b in expired)
+            self.store.end_blocks((b.key for b in expired), now, "expired")
             for blk in expired:
                 self.audit.write(
-                    now, "block_expired", address=blk.key, reason=blk.reason, source=blk.source
+                    now, "block_expired", source_ip=blk.key, reason=blk.reason, source=blk.source
                 )
+                if blk.source == "reputation":
+                    self.notifier.send("expire", self._event("FIREWALL_IP_UNBLOCKED", blk, now))
 
     # --- blocks ----------------------------------------------------------------------------
 
-    async def block(self, specs: Sequence[BlockSpec], source: str = "manual") -> list[Block]:
+    async def block(
+        self,
+        specs: Sequence[BlockSpec],
+        source: str = "manual",
+        actor: Actor | None = None,
+        events: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> list[Block]:
+        """Store first (a failing disk is reported, not fatal), then one kernel transaction."""
         now = self.clock.now()
         seen: set[str] = set()
         blocks = []
+        expiry: dict[int, float] = {}  # one float per distinct TTL, shared by its blocks
         for spec in specs:
+            if spec.key in seen:
+                continue
             try:
-                self.blocks.check(spec.network, now)
+                self.blocks.check(spec.key, now)
             except BlockError as exc:
                 raise ApiError(exc.status, exc.code, exc.message) from None
-            blk = Block(
-                spec.network, now + spec.ttl if spec.ttl else None, spec.reason, source, now
-            )
-            if blk.key not in seen:
-                seen.add(blk.key)
-                blocks.append(blk)
+            expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
+            seen.add(spec.key)
+            blocks.append(Block(spec.key, expires, spec.reason, source, now))
         previous = {blk.key: self.blocks.get(blk.key, now) for blk in blocks}
-        self.store.save_blocks(blocks)
+        replaced = [k for k, p in previous.items() if p is not None]
+        self.store.save_blocks(blocks, replaced=replaced, events=events)
         commands = self.blocks.put(blocks, now)
         try:
             await self.writer.elements(commands)
@@ -321,11 +373,13 @@ class Daemon:
         self.audit.write(
             now,
             "blocked",
+            source_ip=blocks[0].key if blocks else None,
             count=len(blocks),
             source=source,
             addresses=[b.key for b in blocks[:100]],
-            ttl=specs[0].ttl,
-            reason=specs[0].reason,
+            ttl=specs[0].ttl if specs else None,
+            reason=specs[0].reason if specs else None,
+            actor=actor,
         )
         for blk in blocks:
             if not blk.single or self._cuts.full():
@@ -340,8 +394,11 @@ class Daemon:
         for blk in blocks:
             self.blocks.remove(blk.key, now)
         self.blocks.load(p for p in previous.values() if p is not None)
-        self.store.delete_blocks(k for k, p in previous.items() if p is None)
-        self.store.save_blocks(p for p in previous.values() if p is not None)
+        self.store.end_blocks((k for k, p in previous.items() if p is None), now, "kernel refused")
+        self.store.save_blocks(
+            [p for p in previous.values() if p is not None],
+            replaced=[k for k, p in previous.items() if p is not None],
+        )
 
     async def _cut(self) -> None:
         """Delete the blocked sources' conntrack entries, one at a time, in the background
@@ -356,7 +413,9 @@ class Daemon:
             # paced: pyroute2 spends ~12 ms of CPU per dump, which must not starve requests
             await asyncio.sleep(CONNTRACK_CUT_PAUSE)
 
-    async def threats(self, events: Sequence[ThreatSpec]) -> dict[str, Any]:
+    async def threats(
+        self, events: Sequence[ThreatSpec], actor: Actor | None = None
+    ) -> dict[str, Any]:
         """Feed threat events to the reputation ladder; blocks it decides on go out through
         the same path as manual ones (store, then one kernel transaction), with one audit
         line per escalation."""
@@ -370,10 +429,11 @@ class Daemon:
             key = address_text(net)
             off, decision = reputation.step(self.offenders.get(key), ev.severity, now, settings)
             self.offenders[key] = changed[key] = off
+            self._remember(key, ev, now)
             if decision is not None:
                 decisions[key] = (net, decision, ev)
         self.store.save_offenders(changed)
-        specs, refused = [], []
+        specs, refused, led_to = [], [], {}
         for key, (net, decision, ev) in sorted(decisions.items()):
             try:
                 self.blocks.check(net, now)
@@ -382,24 +442,72 @@ class Daemon:
                 self.offenders[key] = reputation.lifted(self.offenders[key])
                 continue
             reason = f"reputation: {decision.kind} block #{decision.block_number} after {ev.type}"
-            specs.append(BlockSpec(net, decision.ttl, reason))
+            specs.append(BlockSpec(key, decision.ttl, reason))
+            led_to[key] = list(self.recent.pop(key, ()))
             self.audit.write(
                 now,
                 f"escalation_{decision.kind}",
-                address=key,
+                source_ip=key,
                 threat=ev.type,
                 severity=str(ev.severity),
                 block_number=decision.block_number,
                 ttl=decision.ttl,
+                reason=reason,
+                actor=actor,
             )
-        blocked = await self.block(specs, source="reputation") if specs else []
+        blocked = (
+            await self.block(specs, source="reputation", actor=actor, events=led_to)
+            if specs
+            else []
+        )
+        for blk in blocked:
+            kind = "permanent" if blk.expires_at is None else "block"
+            self.notifier.send(kind, self._event("FIREWALL_IP_BLOCKED", blk, now, led_to))
         return {
             "accepted": len(events),
             "blocked": [self.block_view(b) for b in blocked],
             "protected": refused,
         }
 
-    async def unblock(self, network: IPNetwork) -> Block:
+    def _remember(self, key: str, ev: ThreatSpec, now: float) -> None:
+        recent = self.recent.get(key)
+        if recent is None:
+            recent = self.recent[key] = deque(maxlen=RECENT_EVENTS)
+            if len(self.recent) > RECENT_ADDRESSES:
+                self.recent.popitem(last=False)
+        else:
+            self.recent.move_to_end(key)
+        recent.append(
+            {
+                "type": ev.type,
+                "severity": str(ev.severity),
+                "at": rfc3339(now),
+                "detail": ev.detail,
+            }
+        )
+
+    def _event(
+        self,
+        kind: str,
+        blk: Block,
+        now: float,
+        led_to: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        """The outbound notification: shaped like a threat event, so Sentry can ingest it."""
+        return {
+            "type": kind,
+            "source_ip": blk.key,
+            "severity": "critical" if blk.expires_at is None else "high",
+            "detail": blk.reason,
+            "observed_at": rfc3339(now),
+            "block": {
+                "kind": "permanent" if blk.expires_at is None else "temporary",
+                "expires_at": rfc3339(blk.expires_at) if blk.expires_at is not None else None,
+                "events": (led_to or {}).get(blk.key, []),
+            },
+        }
+
+    async def unblock(self, network: IPNetwork, actor: Actor | None = None) -> Block:
         now = self.clock.now()
         key = address_text(network)
         removed = self.blocks.remove(key, now)
@@ -411,11 +519,15 @@ class Daemon:
         except ApplyError:
             self.blocks.load([blk])
             raise
-        self.store.delete_blocks([key])
+        self.store.end_blocks([key], now, "unblocked")
         if key in self.offenders:
             self.offenders[key] = reputation.lifted(self.offenders[key])
             self.store.save_offenders({key: self.offenders[key]})
-        self.audit.write(now, "unblocked", address=key, reason=blk.reason, source=blk.source)
+        self.audit.write(
+            now, "unblocked", source_ip=key, reason=blk.reason, source=blk.source, actor=actor
+        )
+        if blk.source == "reputation":
+            self.notifier.send("unblock", self._event("FIREWALL_IP_UNBLOCKED", blk, now))
         return blk
 
     # --- queries ---------------------------------------------------------------------------
@@ -444,6 +556,67 @@ class Daemon:
             "zone": verdict.zone,
             "reason": verdict.reason,
             "latency_us": round(latency, 1),
+        }
+
+    def explain(
+        self, address: IPAddress, ports: Sequence[int], protocol: Protocol
+    ) -> dict[str, Any]:
+        """Everything the firewall knows about one address: verdicts now, the block that
+        stops it, its reputation and the events that led to each of its blocks."""
+        gen = self.current()
+        now = self.clock.now()
+        settings = gen.policy.reputation
+        key = str(address)
+        okey = address_text(offender_key(address, settings))
+        verdicts = []
+        for port in ports or gen.policy.settings.admin_ports:
+            v = gen.evaluator.evaluate(Request(address, protocol, port), now, self.blocks)
+            verdicts.append(
+                {
+                    "port": port,
+                    "protocol": str(protocol),
+                    "verdict": v.verdict,
+                    "rule": v.rule,
+                    "zone": v.zone,
+                    "reason": v.reason,
+                }
+            )
+        current = self.blocks.covering(address, now)
+        off = self.offenders.get(okey)
+        keys = sorted({key, okey} | ({current.key} if current else set()))
+        return {
+            "address": key,
+            "zone": verdicts[0]["zone"] if verdicts else None,
+            "verdicts": verdicts,
+            "blocked": current is not None,
+            "block": None
+            if current is None
+            else {
+                **self.block_view(current),
+                "remaining_seconds": current.remaining(now),
+            },
+            "reputation": {
+                "key": okey,
+                "score": round(reputation.decayed(off, now, settings), 3) if off else 0.0,
+                "threshold": settings.threshold,
+                "events": off.events if off else 0,
+                "blocks_in_memory": len(off.blocks) if off else 0,
+                "permanent": off.permanent if off else False,
+                "recent_events": list(self.recent.get(okey, ())),
+            },
+            "history": [
+                {
+                    "address": h.key,
+                    "reason": h.reason,
+                    "source": h.source,
+                    "started_at": rfc3339(h.started_at),
+                    "expires_at": rfc3339(h.expires_at) if h.expires_at is not None else None,
+                    "ended_at": rfc3339(h.ended_at) if h.ended_at is not None else None,
+                    "end_reason": h.end_reason,
+                    "events": h.events,
+                }
+                for h in self.store.history(keys)
+            ],
         }
 
     def block_view(self, blk: Block) -> dict[str, Any]:
@@ -480,7 +653,20 @@ class Daemon:
                 "offenders": len(self.offenders),
                 "threat_events": dict(sorted(self.threat_counts.items())),
             },
+            "store": {
+                "write_errors": self.store.write_errors,
+                "disk_full": self.store.disk_full,
+                "recovered": self.store.recovered,
+            },
+            "audit": {"write_errors": self.audit.errors, "rotations": self.audit.rotations},
+            "notifications": {
+                "sent": self.notifier.stats.sent,
+                "failed": self.notifier.stats.failed,
+                "dropped": self.notifier.stats.dropped,
+                "retries": self.notifier.stats.retries,
+            },
             "uptime_seconds": round(now - self.started_at, 1),
+            "start_seconds": self.start_seconds,
             "kernel": {
                 "transactions_ok": self.writer.stats.transactions_ok,
                 "transactions_failed": self.writer.stats.transactions_failed,
@@ -493,6 +679,8 @@ class Daemon:
             return "starting"
         blocks = len(self.blocks)
         line = f"generation {gen.number}, policy {gen.policy.sha256[:12]}, {blocks} blocks"
+        if self.store.disk_full:
+            line += "; STATE NOT PERSISTED: disk full"
         last = self.last_reload
         if last is not None and last.result == "rejected" and last.errors:
             # READY=1 after a rejected reload must not hide why (`systemctl status` shows it)

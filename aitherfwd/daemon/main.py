@@ -22,6 +22,7 @@ from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.control_server import ControlServer
 from aitherfwd.adapters.nft import Nft
+from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
 from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
@@ -61,8 +62,9 @@ async def run(cfg: DaemonConfig) -> int:
     writer = KernelWriter(Nft())
     writer.start()
     store = Store(cfg.state_dir)
-    audit = AuditLog(cfg.audit_log)
-    daemon = Daemon(cfg.policy, clock, writer, store, audit)
+    audit = AuditLog(cfg.audit_log, cfg.audit_max_bytes, cfg.audit_keep)
+    notifier = Notifier()
+    daemon = Daemon(cfg.policy, clock, writer, store, audit, notifier)
     try:
         gen = await daemon.cold_start()
     except AitherError:
@@ -90,9 +92,7 @@ async def run(cfg: DaemonConfig) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: loop.create_task(daemon.reload(trigger="sighup"))
-    )
+    loop.add_signal_handler(signal.SIGHUP, lambda: _sighup(daemon, audit))
     tasks = [loop.create_task(_drift(daemon, cfg.drift_check_interval), name="drift")]
     interval = sd.watchdog_interval()
     if interval:
@@ -106,6 +106,7 @@ async def run(cfg: DaemonConfig) -> int:
         task.cancel()
     watcher.close()
     await server.close()
+    await notifier.close()
     await writer.close()
     audit.write(
         clock.now(),
@@ -115,6 +116,12 @@ async def run(cfg: DaemonConfig) -> int:
     audit.close()
     store.close()
     return 0
+
+
+def _sighup(daemon: Daemon, audit: AuditLog) -> None:
+    """Reload the policy and reopen the audit log (logrotate moved it)."""
+    audit.reopen()
+    asyncio.get_running_loop().create_task(daemon.reload(trigger="sighup"))
 
 
 def _includes(daemon: Daemon) -> list[Path]:

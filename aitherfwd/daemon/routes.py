@@ -46,15 +46,19 @@ async def list_blocks(d: Daemon, req: HttpRequest) -> Any:
     return {"count": len(active), "blocks": [d.block_view(b) for b in active]}
 
 
+def actor(req: HttpRequest) -> dict[str, int]:
+    return {"uid": req.peer.uid, "gid": req.peer.gid, "pid": req.peer.pid}
+
+
 async def add_blocks(d: Daemon, req: HttpRequest) -> Any:
     specs = schema.parse_blocks(schema.decode(req.body))
-    blocks = await d.block(specs)
+    blocks = await d.block(specs, actor=actor(req))
     return {"count": len(blocks), "blocked": [d.block_view(b) for b in blocks[:1000]]}
 
 
 async def delete_block(d: Daemon, req: HttpRequest) -> Any:
     segment = req.path.removeprefix("/v1/blocks/")
-    blk = await d.unblock(schema.network_from_path(segment))
+    blk = await d.unblock(schema.network_from_path(segment), actor=actor(req))
     return {"unblocked": d.block_view(blk)}
 
 
@@ -63,7 +67,13 @@ async def evaluate(d: Daemon, req: HttpRequest) -> Any:
 
 
 async def threats(d: Daemon, req: HttpRequest) -> Any:
-    return await d.threats(schema.parse_threats(schema.decode(req.body)))
+    return await d.threats(schema.parse_threats(schema.decode(req.body)), actor=actor(req))
+
+
+async def explain(d: Daemon, req: HttpRequest) -> Any:
+    address = schema.parse_address(req.path.removeprefix("/v1/explain/"), "address")
+    ports, protocol = schema.parse_explain_query(req.query)
+    return d.explain(address, ports, protocol)
 
 
 async def reload(d: Daemon, req: HttpRequest) -> Any:
@@ -80,6 +90,7 @@ ROUTES = (
     Route("POST", "/v1/evaluate", "read", evaluate),
     Route("POST", "/v1/reload", "admin", reload),
     Route("POST", "/v1/threats", "report", threats),
+    Route("GET", "/v1/explain/", "read", explain),
 )
 
 
@@ -113,9 +124,8 @@ class Api:
                 self.daemon.audit.write(
                     self.daemon.clock.now(),
                     "access_denied",
-                    uid=peer.uid,
-                    gid=peer.gid,
-                    pid=peer.pid,
+                    verdict="deny",
+                    actor=actor(req),
                     method=req.method,
                     path=req.path,
                     role=route.role,
@@ -127,6 +137,17 @@ class Api:
                 )
             return HttpResponse(200, await route.handler(self.daemon, req))
         except ApiError as exc:
+            if exc.status != 403:  # a denial was audited above
+                self.daemon.audit.write(
+                    self.daemon.clock.now(),
+                    "request_rejected",
+                    method=req.method,
+                    path=req.path[:256],
+                    status=exc.status,
+                    code=exc.code,
+                    reason=exc.message[:512],
+                    actor=actor(req),
+                )
             return HttpResponse(exc.status, exc.body())
         except AitherError as exc:
             log.error("request failed path=%s code=%s error=%s", req.path, exc.code, exc.message)

@@ -200,6 +200,25 @@ class ReputationSettings:
     never_block: tuple[IPNetwork, ...] = ()
 
 
+NOTIFY_EVENTS = ("block", "permanent", "unblock", "expire")
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """Where the firewall reports blocks it decided on its own (seed: firewall → Sentry)."""
+
+    url: str
+    events: frozenset[str] = frozenset({"block", "permanent"})
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    webhooks: tuple[Webhook, ...] = ()
+    queue: int = 1000  # notifications waiting at most; beyond, new ones are dropped and counted
+    retries: int = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     version: int
@@ -209,6 +228,7 @@ class Policy:
     rules: tuple[Rule, ...]
     sha256: str  # of the source text(s) it was parsed from
     reputation: ReputationSettings = field(default_factory=ReputationSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     includes: tuple[str, ...] = ()  # other files it was read from (services_file)
 
     def zone(self, name: str) -> Zone:

@@ -18,6 +18,7 @@ from aitherfwd.policy.fields import Fields
 from aitherfwd.policy.model import (
     Action,
     IPNetwork,
+    NotifySettings,
     Policy,
     Protocol,
     ReputationSettings,
@@ -28,11 +29,21 @@ from aitherfwd.policy.model import (
     Zone,
     merge_ranges,
 )
+from aitherfwd.policy.notify import parse_notify
 from aitherfwd.policy.rules import RuleParser
 from aitherfwd.policy.source import YNode, parse_yaml
 from aitherfwd.policy.validate import validate
 
-TOP_KEYS = {"version", "settings", "zones", "services", "services_file", "rules", "reputation"}
+TOP_KEYS = {
+    "version",
+    "settings",
+    "zones",
+    "services",
+    "services_file",
+    "rules",
+    "reputation",
+    "notify",
+}
 REPUTATION_KEYS = set(ReputationSettings.__dataclass_fields__)
 SETTINGS_KEYS = set(Settings.__dataclass_fields__)
 ZONE_KEYS = {"name", "cidrs", "description"}
@@ -92,7 +103,8 @@ class _Parser:
         )
         if settings is None or zones is None or services is None or rules is None:
             return None
-        if reputation is None:
+        notify = parse_notify(top["notify"], self.f, self.report) if "notify" in top else None
+        if reputation is None or ("notify" in top and notify is None):
             return None
         return Policy(
             1,
@@ -102,6 +114,7 @@ class _Parser:
             tuple(rules),
             self.hasher.hexdigest(),
             reputation=reputation,
+            notify=notify or NotifySettings(),
             includes=tuple(self.includes),
         )
 

@@ -251,7 +251,7 @@ def test_peer_credentials_decide_roles(daemon: DaemonProc) -> None:
     assert stranger.returncode == 1 and "E-FORBIDDEN" in stranger.stderr
     assert daemon.ok("GET", "/v1/blocks")["count"] == 0
     denials = [e for e in daemon.audit_events() if e["event"] == "access_denied"]
-    assert {d["uid"] for d in denials} == {65534, 1}
+    assert {d["actor"]["uid"] for d in denials} == {65534, 1}
 
 
 def test_daemon_not_running_is_a_one_line_error(tmp_path: Path) -> None:

@@ -9,13 +9,13 @@ import pytest
 from aitherfwd.control import schema
 from aitherfwd.control.schema import ApiError
 from aitherfwd.durations import format_duration, parse_duration
-from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable
+from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, canonical_v4
 
 NOW = 1_700_000_000.0
 
 
 def _block(text: str, ttl: float | None = 900) -> Block:
-    return Block(ipaddress.ip_network(text), NOW + ttl if ttl else None, "test", "manual", NOW)
+    return Block.of(ipaddress.ip_network(text), NOW + ttl if ttl else None, "test", "manual", NOW)
 
 
 def test_single_addresses_go_to_hash_sets_and_prefixes_to_interval_sets() -> None:
@@ -76,7 +76,7 @@ def test_durations() -> None:
 
 def test_block_schema_is_strict() -> None:
     specs = schema.parse_blocks({"blocks": [{"address": "::ffff:203.0.113.7", "ttl": "15m"}]})
-    assert str(specs[0].network) == "203.0.113.7/32" and specs[0].ttl == 900
+    assert specs[0].key == "203.0.113.7" and specs[0].ttl == 900
     for body in [
         {"address": "10.0.0.1", "bogus": 1},
         {"address": "10.0.0.300"},
@@ -100,3 +100,13 @@ def test_evaluate_schema() -> None:
     ]:
         with pytest.raises(ApiError):
             schema.parse_evaluate(body)
+
+
+def test_the_ipv4_fast_path_takes_only_canonical_text() -> None:
+    assert canonical_v4("203.0.113.7") == "203.0.113.7"
+    for text in ["010.0.0.1", "1.2.3", "1.2.3.4 ", "0x1.2.3.4", "1.2.3.04", "\x00", "", "::1"]:
+        assert canonical_v4(text) is None
+    # whatever the fast path refuses, the strict parser decides
+    for text in ["010.0.0.1", "\x00", "1.2.3.4%eth0"]:
+        with pytest.raises(ApiError):
+            schema.parse_blocks({"address": text})

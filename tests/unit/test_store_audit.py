@@ -1,0 +1,156 @@
+"""The state store's promises (nothing lost; an untrustworthy file moved aside; failed
+writes reported, never raised) and the audit log's (one line per record whatever the
+fields hold; rotation; reopen). Files only, in a temporary directory; milliseconds."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.store import SCHEMA_VERSION, Store
+from aitherfwd.dynamic.blocks import Block
+
+NOW = 1_800_000_000.0
+
+
+def _block(addr: str, ttl: float | None = 60, reason: str = "r") -> Block:
+    return Block.of(ipaddress.ip_network(addr), NOW + ttl if ttl else None, reason, "manual", NOW)
+
+
+def test_blocks_round_trip_and_expired_ones_are_not_restored(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.save_blocks([_block("203.0.113.7"), _block("2001:db8::/64", None), _block("10.0.0.1", 5)])
+    store.close()
+    loaded = {b.key: b for b in Store(tmp_path).load_blocks(NOW + 10)}
+    assert set(loaded) == {"203.0.113.7", "2001:db8::/64"}
+    assert loaded["2001:db8::/64"].expires_at is None
+
+
+def test_history_records_each_block_and_how_it_ended(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    events = {"203.0.113.7": [{"type": "SENTRY_PORT_SCAN", "severity": "high"}]}
+    store.save_blocks([_block("203.0.113.7", 60, "first")], events=events)
+    store.end_blocks(["203.0.113.7"], NOW + 60, "expired")
+    store.save_blocks([_block("203.0.113.7", 60, "second")])
+    store.save_blocks([_block("203.0.113.7", None, "third")], replaced=["203.0.113.7"])
+    history = store.history(["203.0.113.7"])
+    assert sorted(h.reason for h in history) == ["first", "second", "third"]
+    by_reason = {h.reason: h for h in history}
+    assert by_reason["first"].end_reason == "expired"
+    assert by_reason["first"].events == events["203.0.113.7"]
+    assert by_reason["second"].end_reason == "replaced"
+    assert by_reason["third"].ended_at is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "truncated", "future-schema", "empty-file", "wrong-tables"],
+)
+def test_an_untrustworthy_database_is_moved_aside_and_a_new_one_works(
+    tmp_path: Path, damage: str
+) -> None:
+    store = Store(tmp_path)
+    store.save_blocks([_block(f"10.0.{i // 250}.{i % 250 + 1}") for i in range(2000)])
+    store.close()
+    db = tmp_path / "state.sqlite3"
+    if damage == "garbage":
+        db.write_bytes(b"this is not a database\n" * 100)
+    elif damage == "truncated":
+        db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
+    elif damage == "future-schema":
+        con = sqlite3.connect(db)
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        con.close()
+    elif damage == "empty-file":
+        db.write_bytes(b"")
+    else:
+        db.unlink()
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE blocks (other TEXT)")
+        con.close()
+    recovered = Store(tmp_path)
+    if damage == "empty-file":  # SQLite treats an empty file as a new database: nothing to move
+        assert recovered.recovered is None
+    else:
+        assert recovered.recovered is not None
+        assert list(tmp_path.glob("state.sqlite3.bad-*"))
+    assert recovered.load_blocks(NOW) == []
+    assert recovered.save_blocks([_block("203.0.113.9")])
+    assert [b.key for b in recovered.load_blocks(NOW)] == ["203.0.113.9"]
+
+
+def test_a_failing_write_is_counted_not_raised(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store._db.execute("PRAGMA query_only = 1")  # every write now fails, as on a full disk
+    assert store.save_blocks([_block("203.0.113.7")]) is False
+    assert store.end_blocks(["203.0.113.7"], NOW, "unblocked") is False
+    assert store.write_errors == 2
+    store._db.execute("PRAGMA query_only = 0")
+    assert store.save_blocks([_block("203.0.113.7")]) is True
+
+
+INJECTIONS = [
+    "1.2.3.4 }; flush ruleset",
+    '"; nft flush ruleset',
+    "line\nbreak",
+    "carriage\rreturn",
+    "sep\u2028arator\u2029para",
+    "nul\x00byte\x1b[31m",
+    "emoji 🔥 and é",
+]
+
+
+def test_every_field_stays_on_one_line_whatever_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    for text in INJECTIONS:
+        log.write(NOW, "blocked", source_ip=text, reason=text, actor={"uid": 0, "gid": 0, "pid": 1})
+    log.close()
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    assert lines[-1] == b""
+    assert len(lines) - 1 == len(INJECTIONS)
+    assert b"\xe2\x80\xa8" not in raw  # U+2028 never appears raw
+    records = [json.loads(line) for line in lines[:-1]]
+    assert [r["reason"] for r in records] == INJECTIONS
+    assert all(r["action"] == "block" and r["timestamp"].endswith("Z") for r in records)
+
+
+def test_rotation_keeps_n_files_and_no_line_is_split(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, max_bytes=2000, keep=3)
+    for i in range(200):
+        log.write(NOW, "blocked", source_ip=f"10.0.0.{i % 250}", n=i)
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
+    numbers = []
+    for name in reversed(files[1:]):
+        numbers += [json.loads(x)["n"] for x in (tmp_path / name).read_text().splitlines()]
+    numbers += [json.loads(x)["n"] for x in path.read_text().splitlines()]
+    assert numbers == sorted(numbers) and numbers[-1] == 199  # newest kept, in order
+    assert all((tmp_path / f).stat().st_size <= 2000 for f in files)
+
+
+def test_reopen_follows_logrotate(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.write(NOW, "daemon_started")
+    path.rename(tmp_path / "audit.jsonl.old")  # what logrotate does
+    log.reopen()
+    log.write(NOW, "daemon_stopped")
+    log.close()
+    assert json.loads(path.read_text())["event"] == "daemon_stopped"
+    assert json.loads((tmp_path / "audit.jsonl.old").read_text())["event"] == "daemon_started"
+
+
+def test_an_audit_write_error_is_counted(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    log = AuditLog(tmp_path / "dir")  # a directory cannot be opened for writing
+    log.write(NOW, "blocked")
+    assert log.errors == 1
