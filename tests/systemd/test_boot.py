@@ -4,13 +4,14 @@ from the host with `nsenter -t <PID 1> -a systemctl ...`, checked with real pack
 client namespace (see container.py for the machinery; `make test-systemd` runs this).
 
 The tests share one container and run in file order, as an administrator would:
-install → start → use → reload → crash → stall → stop → remove → purge.
+install → start → use → reload → crash → stall → upgrade → stop → remove → purge.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -217,6 +218,18 @@ def test_systemd_analyze_security_scores_at_most_2(box: Box) -> None:
     match = re.search(r"Overall exposure level for aitherfwd\.service: ([0-9.]+)", out)
     assert match, out[-2000:]
     assert float(match.group(1)) <= 2.0, out[-2000:]
+
+
+def test_upgrading_the_package_restarts_a_running_daemon_and_keeps_the_edited_policy(
+    box: Box,
+) -> None:
+    shutil.copy(built_deb(), box.ct.root / "root" / "aitherfwd.deb")
+    old_pid = box.ct.prop("MainPID")
+    box.ct.ok("dpkg", "-i", "/root/aitherfwd.deb", timeout=120)  # as an upgrade does
+    restarted_after(box, old_pid, 30)
+    assert "name: web" in (box.ct.root / POLICY.lstrip("/")).read_text()  # conffile kept
+    assert box.ct.prop("StatusText").startswith("generation 1")  # a new process adopted it
+    assert box.tcp(8080) == "ok" and box.tcp(22) == "ok"
 
 
 def test_systemctl_stop_leaves_the_table_enforcing(box: Box) -> None:
