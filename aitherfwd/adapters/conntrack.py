@@ -20,6 +20,9 @@ from aitherfwd.policy.model import IPAddress
 
 log = logging.getLogger(__name__)
 TCP_CONNTRACK_ESTABLISHED = 3
+# pyroute2 reads /proc/net/psched for tc when imported and warns when it cannot; the unit's
+# ProcSubset=pid hides /proc/net, and we use no tc: keep that noise out of the journal.
+logging.getLogger("pyroute2.netlink.rtnl.tcmsg.common").setLevel(logging.ERROR)
 
 
 def _conntrack() -> Any:

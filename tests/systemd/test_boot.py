@@ -81,7 +81,7 @@ def wait_for(predicate: Callable[[], bool], deadline_s: float, what: str) -> Non
 def box() -> Iterator[Box]:
     deb = built_deb()
     with Lab(clients_wanted=1) as lab:
-        lab.listen(SERVER_PORTS)
+        lab.listen(SERVER_PORTS, hold=[22])  # SSH sessions stay open, as they would
         with Container(lab.server, deb) as ct:
             yield Box(lab, ct)
 
@@ -165,6 +165,21 @@ def test_a_broken_policy_keeps_the_running_one_and_says_why(box: Box) -> None:
     journal = box.ct.ok("journalctl", "-u", UNIT, "--no-pager", "-o", "cat")
     assert "reload rejected: invalid policy" in journal
     assert box.tcp(8080) == "ok"  # generation 2 still enforces
+    box.ct.write(POLICY, good)
+    box.ct.ok("systemctl", "reload", UNIT)
+    wait_for(lambda: "REJECTED" not in box.ct.prop("StatusText"), 20, "the good policy back")
+
+
+def test_a_reload_that_would_cut_a_live_ssh_session_is_refused(box: Box) -> None:
+    """Anti-lockout reads conntrack through Debian's pyroute2 (0.7.x), kernel-filtered."""
+    box.lab.hold_connection(box.client, box.client.server_v4, 22, seconds=30)
+    good = (box.ct.root / POLICY.lstrip("/")).read_text()
+    only_elsewhere = "dest_services: [SSH]\n    source_cidrs: [192.0.2.10/32]"
+    box.ct.write(POLICY, good.replace("dest_services: [SSH]", only_elsewhere, 1))
+    box.ct.ok("systemctl", "reload", UNIT)
+    wait_for(lambda: "E-LOCKOUT" in box.ct.prop("StatusText"), 20, "E-LOCKOUT in StatusText")
+    assert box.client.v4 in box.ct.prop("StatusText")
+    assert box.tcp(22) == "ok"
     box.ct.write(POLICY, good)
     box.ct.ok("systemctl", "reload", UNIT)
     wait_for(lambda: "REJECTED" not in box.ct.prop("StatusText"), 20, "the good policy back")
