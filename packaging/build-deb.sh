@@ -52,8 +52,8 @@ if ! dpkg-checkbuilddeps 2>/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq --no-install-recommends "$SRC" >/dev/null
 fi
-# -b: binary only (the repository is the source); -us -uc: no signatures.
-dpkg-buildpackage -b -us -uc --no-pre-clean
+# Source and binary (lintian checks both); -us -uc: no signatures.
+dpkg-buildpackage -us -uc
 cd "$BUILD"
 DEB=aitherfwd_${VERSION}_all.deb
 # lintian fails the build on errors and warnings; every override is explained in
