@@ -33,6 +33,8 @@ VARIANT = "minbase"
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus")
 CACHE = Path(os.environ.get("AITHERFWD_TEST_CACHE", "/var/cache/aitherfwd-test"))
 PATH = "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+# in the environment of every container's init: how remove_leftovers() finds a dead run's
+MARKER = "AITHERFWD_TEST_CONTAINER"
 
 
 def run(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -76,6 +78,13 @@ def base_root() -> Path:
     return root
 
 
+def _is_namespace_init(status: str) -> bool:
+    """From /proc/PID/status: pid 1 of a PID namespace below ours (NSpid: <ours> ... 1)."""
+    found = re.search(r"^NSpid:\s+(.*)$", status, re.MULTILINE)
+    ns_pids = found.group(1).split() if found else []
+    return len(ns_pids) > 1 and ns_pids[-1] == "1"
+
+
 def _container_init(nspawn_pid: int) -> int | None:
     """The container's PID 1 as the host sees it: a child of nspawn whose innermost pid is 1."""
     try:
@@ -85,9 +94,7 @@ def _container_init(nspawn_pid: int) -> int | None:
     for child in children:
         with contextlib.suppress(OSError):
             status = Path(f"/proc/{child}/status").read_text()
-            found = re.search(r"^NSpid:\s+(.*)$", status, re.MULTILINE)
-            ns_pids = found.group(1).split() if found else []
-            if len(ns_pids) > 1 and ns_pids[-1] == "1":
+            if _is_namespace_init(status):
                 return int(child)
     return None
 
@@ -103,6 +110,7 @@ class Container:
         self.console = self.tmp / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid1 = 0
+        self._pid1_started: str | None = None
         self._mounted = False
 
     def __enter__(self) -> Container:
@@ -142,6 +150,7 @@ class Container:
                 "--keep-unit",
                 f"--machine={self.machine}",
                 f"--directory={self.root}",
+                f"--setenv={MARKER}={self.machine}",
                 *([] if network else ["--private-network"]),
                 f"--bind-ro={self.deb}:/run/{self.deb.name}",
                 f"--bind={archives}:/var/cache/apt/archives",  # downloads kept between runs
@@ -172,6 +181,7 @@ class Container:
             "--keep-unit",
             f"--machine={self.machine}",
             f"--directory={self.root}",
+            f"--setenv={MARKER}={self.machine}",
             f"--network-namespace-path=/run/netns/{self.netns}",
             "--capability=CAP_NET_ADMIN",
             "--console=read-only",
@@ -184,7 +194,7 @@ class Container:
         while time.monotonic() < end and self.proc.poll() is None:
             pid1 = _container_init(self.proc.pid)
             if pid1:
-                self.pid1 = pid1
+                self.pid1, self._pid1_started = pid1, _start_time(pid1)
                 break
             time.sleep(0.05)
         if not self.pid1:
@@ -236,10 +246,13 @@ class Container:
     # -- tearing down ---------------------------------------------------------------------
 
     def close(self) -> None:
+        # SIGKILL to the container's init ends its whole PID namespace at once (a throwaway
+        # system needs no clean shutdown); nspawn then exits by itself. Killing only nspawn
+        # would leave the container running, reparented to the host's init.
+        _kill_init(self.pid1, self._pid1_started)
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # nspawn asks the container to power off
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
@@ -253,13 +266,60 @@ class Container:
             Path(f"/run/systemd/nspawn/propagate/{self.machine}").rmdir()
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name may contain spaces
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped, counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _kill_init(pid: int, started: str | None) -> None:
+    """SIGKILL a container's init if it is still that process; wait until it is gone."""
+    if not pid or started is None or _start_time(pid) != started:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + 15
+    while time.monotonic() < end and _start_time(pid) == started:
+        time.sleep(0.05)
+
+
+def _inits_of(machine: str) -> list[int]:
+    """Container inits (innermost pid 1) started with our marker for `machine`."""
+    marker = f"{MARKER}={machine}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            status = (proc / "status").read_text()
+            if _is_namespace_init(status):
+                found.append(int(proc.name))
+    return found
+
+
 def remove_leftovers() -> None:
-    """Containers and overlays of test processes that died without cleaning up."""
+    """Containers and overlays of test processes that died without cleaning up: their
+    containers' inits (found by MARKER; killing one ends its PID namespace), their nspawn
+    processes, the overlay mount and the directories."""
     for tmp in Path(tempfile.gettempdir()).glob("afw-*-sd-*"):
         match = re.match(r"afw-(\d+)-sd-", tmp.name)
-        if not match or Path(f"/proc/{match.group(1)}").exists():
+        if not match or _alive(int(match.group(1))):
             continue
         machine = f"afw-{match.group(1)}-sd"
+        for pid in _inits_of(machine):
+            _kill_init(pid, _start_time(pid))
         for proc in Path("/proc").glob("[0-9]*"):
             with contextlib.suppress(OSError):
                 cmdline = (proc / "cmdline").read_bytes().split(b"\0")
@@ -269,3 +329,5 @@ def remove_leftovers() -> None:
         if run(["mountpoint", "-q", str(root)]).returncode == 0:
             run(["umount", "--lazy", str(root)])
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            Path(f"/run/systemd/nspawn/propagate/{machine}").rmdir()
