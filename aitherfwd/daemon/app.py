@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aitherfwd.adapters import conntrack, nftgen
+from aitherfwd.adapters import conntrack, memory, nftgen
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog, rfc3339
 from aitherfwd.adapters.files import load_policy
@@ -367,6 +367,9 @@ class Daemon:
         except ApplyError:
             self._revert(blocks, previous)
             raise
+        if len(blocks) >= memory.LARGE_BATCH:
+            del commands
+            memory.trim()  # the request's JSON and the batch are garbage now
         self.audit.write(
             now,
             "blocked",
