@@ -152,9 +152,7 @@ def ingestion(batches: int, batch: int) -> list[Row]:
                     "≥ 20,000 events/s",
                 )
             )
-            rows.append(
-                (f"one batch of {batch:,} threat events", Summary.of(per_batch), "ms", "")
-            )
+            rows.append((f"one batch of {batch:,} threat events", Summary.of(per_batch), "ms", ""))
             rows.append(("daemon RSS after the ingestion run", Summary.of([d.rss_mb()]), "MB", ""))
         finally:
             d.stop()
@@ -201,7 +199,7 @@ What the numbers say:
 - A "reboot" (no table in the kernel) restores every persisted block in the same
   transaction that creates the table: the store load (SQLite, one row per block, each
   block kept as its canonical text) and one libnftables JSON batch. fail2ban re-bans one
-  by one: 30–40 minutes for 20,000 bans (ANCHORS.md).
+  by one: 30 to 40 minutes for 20,000 bans (ANCHORS.md).
 - Threat events are validated, scored on the reputation ladder and persisted (offenders
   table) per batch; the blocks they cause go out as one kernel transaction per batch.
 """
