@@ -117,7 +117,7 @@ def generation(workdir: Path) -> int:
     return int(json.loads(res.stdout)["generation"]) if res.returncode == 0 else 0
 
 
-def client_cmd(workdir: Path, title: str, argv: list[str]) -> str:
+def client_cmd(workdir: Path, title: str, argv: list[str], lines: int = 8) -> str:
     say(f"\n{BOLD}$ aitherfwd {' '.join(argv)}{OFF}  {DIM}# {title}{OFF}")
     res = subprocess.run(
         [CLI, *argv, "--socket", str(workdir / "control.sock")],
@@ -126,7 +126,7 @@ def client_cmd(workdir: Path, title: str, argv: list[str]) -> str:
         check=False,
     )
     out = (res.stdout + res.stderr).strip()
-    for line in out.splitlines()[-8:]:
+    for line in out.splitlines()[-lines:]:
         say(f"  {line}")
     return out
 
@@ -238,6 +238,12 @@ def demo_with_daemon(
         say(f"  {RED}the reputation ladder did not block{OFF}")
         return 1
     attempt(lab, client, client.server_v6, 443, "tcp")
+    client_cmd(
+        workdir,
+        "the whole story: verdicts, the block, the score and the events behind it",
+        ["explain", client.v6, "--port", "443"],
+        lines=20,
+    )
     client_cmd(workdir, "lift it by hand", ["unblock", out.split("blocked ")[-1].split()[0]])
     attempt(lab, client, client.server_v6, 443, "tcp")
     step(lab, "per-rule counters in the kernel", ["counters"])

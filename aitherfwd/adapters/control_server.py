@@ -343,7 +343,9 @@ class _Session:
         waiting = deadline is None
         timeout = self._limits.idle_timeout if deadline is None else deadline - loop.time()
         try:
-            data = await asyncio.wait_for(self._reader.read(_READ_CHUNK), max(timeout, 0.0))
+            # asyncio.timeout, not wait_for: no task per read (a third of a request's cost)
+            async with asyncio.timeout(max(timeout, 0.0)):
+                data = await self._reader.read(_READ_CHUNK)
         except TimeoutError:
             if waiting:
                 raise _Idle from None
@@ -370,7 +372,10 @@ class _Session:
     async def _write(self, data: bytes | None) -> None:
         if data:
             self._writer.write(data)
-            await asyncio.wait_for(self._writer.drain(), self._limits.read_timeout)
+            if self._writer.transport.get_write_buffer_size() == 0:
+                return  # the kernel took it all: nothing to wait for
+            async with asyncio.timeout(self._limits.read_timeout):
+                await self._writer.drain()
 
 
 class ControlServer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from aitherfwd.adapters import memory
 from aitherfwd.compiler import Ruleset
 from aitherfwd.errors import ApplyError, KernelUnavailableError
 from aitherfwd.nft import builders as b
@@ -43,6 +44,8 @@ class Nft:
         if not commands:
             return []
         rc, output, error = self._ctx.json_cmd(b.batch(commands))
+        if _elements(commands) >= memory.LARGE_BATCH:
+            memory.trim()
         if rc != 0:
             raise ApplyError(_first_errors(error))
         if isinstance(output, dict):
@@ -115,3 +118,14 @@ def _first_errors(error: str) -> str:
         if text and text not in lines and not text.startswith("^"):
             lines.append(text.removeprefix("internal:0:0-0: "))
     return "; ".join(lines[:5]) or "libnftables reported an error without a message"
+
+
+def _elements(commands: list[Json]) -> int:
+    """Set elements carried by element commands (add/delete/create of `element`)."""
+    count = 0
+    for command in commands:
+        for body in command.values():
+            elem = body.get("element", {}).get("elem") if isinstance(body, dict) else None
+            if isinstance(elem, list):
+                count += len(elem)
+    return count

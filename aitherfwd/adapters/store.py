@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -239,11 +238,20 @@ class Store:
             )
         ]
         self.end_blocks(expired, now, "expired")
-        rows = self._db.execute(
-            "SELECT key, expires_at, reason, source, created_at FROM blocks"
-        ).fetchall()
-        intern = sys.intern  # reasons and sources repeat: one string each, not one per row
-        return [Block(k, e, intern(r), intern(s), c) for k, e, r, s, c in rows]
+        rows = self._db.execute("SELECT key, expires_at, reason, source, created_at FROM blocks")
+        # reasons, sources and times repeat across 100,000 rows: keep one object of each
+        strings: dict[str, str] = {}
+        times: dict[float, float] = {}
+        return [
+            Block(
+                k,
+                e if e is None else times.setdefault(e, e),
+                strings.setdefault(r, r),
+                strings.setdefault(s, s),
+                times.setdefault(c, c),
+            )
+            for k, e, r, s, c in rows
+        ]
 
     def load_offenders(self) -> dict[str, Offender]:
         rows = self._db.execute(

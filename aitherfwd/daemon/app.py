@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aitherfwd.adapters import conntrack, nftgen
+from aitherfwd.adapters import conntrack, memory, nftgen
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog, rfc3339
 from aitherfwd.adapters.files import load_policy
@@ -81,6 +81,7 @@ class Daemon:
         self.counters = Counters()
         self.started_at = clock.now()
         self.start_seconds = 0.0  # load + restore at the cold start
+        self._next_reconcile = 0.0  # monotonic time before which elements are not re-listed
         self._reload_lock = asyncio.Lock()
         self.offenders: dict[str, Offender] = {}
         self.threat_counts: dict[str, int] = {}
@@ -172,20 +173,26 @@ class Daemon:
             self._reconcile_blocks(nft, now)
         return adopted
 
-    def _reconcile_blocks(self, nft: Nft, now: float) -> None:
+    def _reconcile_blocks(self, nft: Nft, now: float) -> int:
         """List the kernel's block sets: adopt what the store does not know, add what the
-        kernel lacks."""
+        kernel lacks (but not blocks about to expire: the kernel may just have expired
+        them). Returns how many were added."""
         in_kernel: set[str] = set()
         found: list[Block] = []  # in the kernel, unknown to the store
         for s in n.BLOCK_SETS:
             for elem in nft.set_elements(s.name):
                 in_kernel.add(self._adopt_element(elem, now, found))
         self.store.restore_history(found)
-        missing = [blk for blk in self.blocks.active(now) if blk.key not in in_kernel]
+        missing = [
+            blk
+            for blk in self.blocks.active(now)
+            if blk.key not in in_kernel and (blk.expires_at is None or blk.expires_at > now + 2)
+        ]
         if missing:
             restore = BlockTable()
             restore.load(missing)
             nft.run(restore.restore_commands(now))
+        return len(missing)
 
     def _adopt_element(self, elem: Any, now: float, found: list[Block]) -> str:
         body = elem["elem"] if isinstance(elem, dict) and "elem" in elem else {"val": elem}
@@ -316,12 +323,30 @@ class Daemon:
         if observed.exists and not plan(gen.ruleset, observed).changed:
             if kernel_gen is not None and self.writer.own_generation is not None:
                 self.writer.own_generation = kernel_gen  # someone else's table changed
-            return False
+            if full or time.monotonic() < self._next_reconcile:
+                return False
+            return await self._repair_elements(gen.number)
         await self.writer.call(lambda nft: self._apply(nft, gen.ruleset))
         self.counters.drift_repairs += 1
         log.warning("drift repaired: table inet aitherfwd differed from generation=%d", gen.number)
         self.audit.write(
             self.clock.now(), "drift_repaired", generation=gen.number, table_existed=observed.exists
+        )
+        return True
+
+    async def _repair_elements(self, number: int) -> bool:
+        """Someone else changed nftables and our static part is intact: did they touch our
+        block sets (`nft flush set`, a deleted element)? Listing costs ~5 µs per element,
+        so this runs at most once per 20 listing-times (at least 3 s apart)."""
+        started = time.monotonic()
+        restored = await self.writer.call(lambda nft: self._reconcile_blocks(nft, self.clock.now()))
+        self._next_reconcile = time.monotonic() + max(3.0, 20 * (time.monotonic() - started))
+        if not restored:
+            return False
+        self.counters.drift_repairs += 1
+        log.warning("drift repaired: %d blocks were missing from the kernel's sets", restored)
+        self.audit.write(
+            self.clock.now(), "drift_repaired", generation=number, elements_restored=restored
         )
         return True
 
@@ -370,6 +395,9 @@ class Daemon:
         except ApplyError:
             self._revert(blocks, previous)
             raise
+        if len(blocks) >= memory.LARGE_BATCH:
+            del commands
+            memory.trim()  # the request's JSON and the batch are garbage now
         self.audit.write(
             now,
             "blocked",

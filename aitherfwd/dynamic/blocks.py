@@ -256,15 +256,22 @@ class BlockTable:
 
     def restore_commands(self, now: float) -> list[Any]:
         """Element adds for every live block with its remaining timeout (after a table loss)."""
+        self.prune(now)
         by_set: dict[str, list[Any]] = {}
-        for blk in self.active(now):
+        for blk in self._blocks.values():
             by_set.setdefault(blk.set_name, []).append(blk.element(now))
         return [b.add(b.element(name, elems)) for name, elems in sorted(by_set.items())]
 
     def load(self, blocks: Iterable[Block]) -> None:
         """Adopt blocks as they are (from the store or the kernel), without commands."""
-        for blk in blocks:
-            self._store(blk)
+        table, counts, prefixes = self._blocks, self._counts, self._prefixes
+        for blk in blocks:  # _store, inlined: a cold start loads 100,000 of them
+            key = blk.key
+            if key not in table:
+                counts[set_for_key(key)] += 1
+            table[key] = blk
+            if "/" in key:
+                prefixes.add(key)
 
     def counts(self, now: float | None = None) -> dict[str, int]:
         """Blocks per kernel set, kept as blocks come and go (no scan); with `now`, expired

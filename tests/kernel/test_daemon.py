@@ -242,6 +242,53 @@ def test_drift_is_repaired_with_bans_within_five_seconds(lab: Lab, daemon: Daemo
     assert any(e["event"] == "drift_repaired" for e in daemon.audit_events())
 
 
+def test_a_flushed_or_edited_block_set_is_refilled(lab: Lab, daemon: DaemonProc) -> None:
+    """The static part is intact, only elements are gone: still drift, still repaired —
+    and a ban another tool added is adopted."""
+    lan, other = lab.clients
+    daemon.ok(
+        "POST", "/v1/blocks", {"blocks": [{"address": lan.v4, "ttl": "30m"}, {"address": lan.v6}]}
+    )
+    with inside(lab.server):
+        nft = Nft()
+        nft.run([{"flush": {"set": {"family": "inet", "table": "aitherfwd", "name": "block_v4"}}}])
+        nft.run(
+            [
+                {
+                    "delete": {
+                        "element": {
+                            "family": "inet",
+                            "table": "aitherfwd",
+                            "name": "block_v6",
+                            "elem": [lan.v6],
+                        }
+                    }
+                },
+                {
+                    "add": {
+                        "element": {
+                            "family": "inet",
+                            "table": "aitherfwd",
+                            "name": "block_v4",
+                            "elem": [other.v4],
+                        }
+                    }
+                },
+            ]
+        )
+    assert lab.tcp(lan, lan.server_v4, 443) == "ok"  # the hole is real
+    until(
+        lambda: lab.tcp(lan, lan.server_v4, 443, timeout=0.3) == "timeout", 5, "block_v4 refilled"
+    )
+    until(
+        lambda: lab.tcp(lan, lan.server_v6, 443, timeout=0.3) == "timeout", 5, "block_v6 refilled"
+    )
+    blocks = {b["address"]: b for b in daemon.ok("GET", "/v1/blocks")["blocks"]}
+    assert blocks[other.v4]["source"] == "kernel"  # adopted, and persisted from now on
+    assert daemon.ok("GET", "/v1/status")["drift_repairs"] >= 1
+    assert any(e.get("elements_restored") for e in daemon.audit_events())
+
+
 def test_peer_credentials_decide_roles(daemon: DaemonProc) -> None:
     ok = daemon.cli("status", "--json", user="nobody")
     assert ok.returncode == 0, ok.stderr
