@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd import zones as zoning
+from aitherfwd.egress.chain import egress_objects
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import (
@@ -106,6 +107,7 @@ def compile_policy(policy: Policy) -> Ruleset:
     objects += [rule for r in rules if r.zones is None for rule in _rule(n.NOZONE_CHAIN, r)]
     objects.append(_tail(n.NOZONE_CHAIN))
     objects += _final_chain(policy)
+    objects += egress_objects(policy)  # the output chain; [] without an `egress:` section
     digest = _digest(objects)
     objects += [
         b.rule(n.META_CHAIN, [b.ret()], f"{kind} {body['name']} #{_digest([o])[:12]}")

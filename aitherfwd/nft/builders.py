@@ -38,7 +38,7 @@ def counter(name: str) -> Json:
 
 def set_(
     name: str,
-    type_: str,
+    type_: str | list[str],
     flags: list[str],
     *,
     elements: list[Any] | None = None,
@@ -57,7 +57,7 @@ def set_(
     return {"set": body}
 
 
-def vmap_(name: str, type_: str, elements: list[Any]) -> Json:
+def vmap_(name: str, type_: str | list[str], elements: list[Any]) -> Json:
     body: Json = {**_t(), "name": name, "type": type_, "map": "verdict", "flags": ["interval"]}
     if elements:
         body["elem"] = elements

@@ -220,6 +220,63 @@ class NotifySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressRule:
+    """One named outbound rule: destination (addresses or a host name the daemon resolves),
+    protocol, destination ports, verdict. First match wins, after the built-ins."""
+
+    name: str
+    action: Action
+    destinations: tuple[IPNetwork, ...]  # () when `host` is set
+    host: str | None
+    protocol: Protocol
+    ports: tuple[PortRange, ...]  # () = any port
+    log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DnsBounds:
+    """Bounds on TTL-driven re-resolution, and how long a vanished address stays allowed."""
+
+    min_refresh: int = 5
+    max_refresh: int = 3600
+    grace: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    """The `egress:` section: what the host may reach (see policy/egress.py)."""
+
+    default_action: Action = Action.DENY
+    resolvers: tuple[IPAddress, ...] = ()
+    rules: tuple[EgressRule, ...] = ()
+    domains: tuple[str, ...] = ()
+    allow_ips: tuple[IPNetwork, ...] = ()
+    allow_ports: tuple[PortRange, ...] = ()  # () = any port
+    known_good: tuple[IPNetwork, ...] = ()
+    known_bad: tuple[IPNetwork, ...] = ()
+    dns: DnsBounds = field(default_factory=DnsBounds)
+
+    def hosts(self) -> dict[str, tuple[str, ...]]:
+        """Every name the daemon resolves -> the domain set bases it fills."""
+        out: dict[str, list[str]] = {}
+        for d in self.domains:
+            out.setdefault(d, []).append("egress_dom")
+        for r in self.rules:
+            if r.host is not None:
+                out.setdefault(r.host, []).append(f"erule_{r.name}")
+        return {k: tuple(v) for k, v in sorted(out.items())}
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    """The `sandbox:` section: bounds on time-limited grants made through the socket."""
+
+    max_ttl: int = 86_400
+    default_ttl: int = 3600
+    allowed_ports: tuple[PortRange, ...] = ()  # () = any port
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     settings: Settings
@@ -230,6 +287,8 @@ class Policy:
     reputation: ReputationSettings = field(default_factory=ReputationSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     includes: tuple[str, ...] = ()  # other files it was read from (services_file)
+    egress: Egress | None = None  # None: outbound is not filtered in the kernel
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     def zone(self, name: str) -> Zone:
         for z in self.zones:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aitherfwd.durations import parse_duration
 from aitherfwd.policy.diagnostics import Diagnostic, Reporter
+from aitherfwd.policy.egress import EgressParser
+from aitherfwd.policy.egress_checks import check_egress
 from aitherfwd.policy.fields import Fields
 from aitherfwd.policy.model import (
     Action,
@@ -23,6 +25,7 @@ from aitherfwd.policy.model import (
     Protocol,
     ReputationSettings,
     Rule,
+    SandboxSettings,
     Service,
     Settings,
     Severity,
@@ -43,6 +46,8 @@ TOP_KEYS = {
     "rules",
     "reputation",
     "notify",
+    "egress",
+    "sandbox",
 }
 REPUTATION_KEYS = set(ReputationSettings.__dataclass_fields__)
 SETTINGS_KEYS = set(Settings.__dataclass_fields__)
@@ -72,6 +77,7 @@ def parse_policy(text: str, filename: str, read: Reader | None = None) -> ParseR
         policy = _Parser(report, read, hasher).policy(root)
     if policy is not None:
         validate(policy, root, report)
+        check_egress(policy.egress, policy.sandbox, root, report)
     if report.errors:
         policy = None
     return ParseResult(policy, report.sorted())
@@ -106,6 +112,14 @@ class _Parser:
         notify = parse_notify(top["notify"], self.f, self.report) if "notify" in top else None
         if reputation is None or ("notify" in top and notify is None):
             return None
+        ep = EgressParser(self.f, self.report)
+        egress = ep.egress(top["egress"]) if "egress" in top else None
+        sandbox = ep.sandbox(top["sandbox"]) if "sandbox" in top else SandboxSettings()
+        if ("egress" in top and egress is None) or sandbox is None:
+            return None
+        if egress is not None and "default_action" not in top["egress"].value:
+            # without its own default, the egress section takes the settings' default
+            egress = replace(egress, default_action=settings.egress_default_policy)
         return Policy(
             1,
             settings,
@@ -116,6 +130,8 @@ class _Parser:
             reputation=reputation,
             notify=notify or NotifySettings(),
             includes=tuple(self.includes),
+            egress=egress,
+            sandbox=sandbox,
         )
 
     def settings(self, node: YNode) -> Settings | None:

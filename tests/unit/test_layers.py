@@ -12,6 +12,7 @@ L1 = {
     "policy",
     "nft",
     "compiler",
+    "egress",
     "evaluator",
     "reconcile",
     "zones",

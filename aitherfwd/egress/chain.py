@@ -1,0 +1,201 @@
+"""The output chain of table `inet aitherfwd` (layer L1, pure).
+
+Owns: compiling the `egress:` and `sandbox:` sections into the kernel's outbound path, in
+seed 001's order: loopback · DNS to the resolvers · established/related · known_bad (drop;
+wins over everything below, sandbox grants included) · named rules in order · known_good ·
+allowlist (resolved-domain sets and IPs, constrained by its ports) · sandbox grants (hash
+and prefix sets, constrained by sandbox.allowed_ports; per-grant ports in the
+address . port sets) · (rate-limited log) · default verdict. Emitted only when the policy
+has an `egress:` section; without one, outbound is not filtered. Deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Iterator
+
+from aitherfwd.egress import names as en
+from aitherfwd.nft import builders as b
+from aitherfwd.nft import names as n
+from aitherfwd.policy.model import Action, Egress, IPNetwork, Policy, PortRange, Protocol
+
+Json = b.Json
+FAMILIES = (4, 6)
+
+
+def egress_objects(policy: Policy) -> list[Json]:
+    """Counters, sets, the output chain and its rules; [] without an `egress:` section."""
+    eg = policy.egress
+    if eg is None:
+        return []
+    counters = [
+        en.COUNTER_DEFAULT,
+        en.COUNTER_KNOWN_BAD,
+        en.COUNTER_KNOWN_GOOD,
+        en.COUNTER_ALLOWLIST,
+        en.COUNTER_SANDBOX,
+        en.COUNTER_DNS,
+        *(en.rule_counter(r.name) for r in eg.rules),
+    ]
+    out: list[Json] = [b.counter(c) for c in sorted(counters)]
+    bases = sorted({base for bases in eg.hosts().values() for base in bases} | {en.DOMAIN_BASE})
+    for base in bases:
+        for fam in FAMILIES:
+            out.append(b.set_(en.domain_set(base, fam), en.addr_type(fam), ["timeout"]))
+    for fam in FAMILIES:
+        out.append(
+            b.set_(en.PORT_SETS[fam], [en.addr_type(fam), "inet_service"], ["timeout"])
+        )
+    out.append(b.chain(en.OUTPUT_CHAIN, hook="output", prio=0, policy="accept"))
+    out += list(_rules(policy, eg))
+    return out
+
+
+def _rules(policy: Policy, eg: Egress) -> Iterator[Json]:
+    c = en.OUTPUT_CHAIN
+    yield _rule([b.match(b.meta("oif"), "lo"), b.accept()], en.RULE_LOOPBACK)
+    for fam in FAMILIES:
+        resolvers = [ipaddress.ip_network(a) for a in eg.resolvers if a.version == fam]
+        if resolvers:
+            yield _rule(
+                [
+                    _daddr_in(fam, resolvers),
+                    *_ports(Protocol.ANY, (PortRange(53, 53),)),
+                    b.named_counter(en.COUNTER_DNS),
+                    b.accept(),
+                ],
+                en.RULE_DNS,
+            )
+    yield _rule(
+        [b.match(b.ct("state"), ["established", "related"], "in"), b.accept()],
+        "builtin:established",
+    )
+    for fam in FAMILIES:
+        bad = [x for x in eg.known_bad if x.version == fam]
+        if bad:
+            yield _rule(
+                [
+                    _daddr_in(fam, bad),
+                    b.named_counter(en.COUNTER_KNOWN_BAD),
+                    *_log(policy, Action.DENY, en.RULE_KNOWN_BAD),
+                    b.drop(),
+                ],
+                en.RULE_KNOWN_BAD,
+            )
+    for r in eg.rules:
+        for fam in FAMILIES:
+            if r.host is not None:
+                dest = b.in_set(_daddr(fam), en.domain_set(en.rule_base(r.name), fam))
+            else:
+                nets = [x for x in r.destinations if x.version == fam]
+                if not nets:
+                    continue
+                dest = _daddr_in(fam, nets)
+            log = _log(policy, r.action, r.name) if r.log else []
+            for verdict in _verdicts(r.action, r.protocol):
+                yield _rule(
+                    [
+                        dest,
+                        *_ports(r.protocol, r.ports),
+                        *verdict[:-1],
+                        b.named_counter(en.rule_counter(r.name)),
+                        *log,
+                        verdict[-1],
+                    ],
+                    r.name,
+                )
+    for fam in FAMILIES:
+        good = [x for x in eg.known_good if x.version == fam]
+        if good:
+            yield _rule(
+                [_daddr_in(fam, good), b.named_counter(en.COUNTER_KNOWN_GOOD), b.accept()],
+                en.RULE_KNOWN_GOOD,
+            )
+    allow = [b.named_counter(en.COUNTER_ALLOWLIST), b.accept()]
+    for fam in FAMILIES:
+        ports = _ports(Protocol.ANY, eg.allow_ports)
+        dom = b.in_set(_daddr(fam), en.domain_set(en.DOMAIN_BASE, fam))
+        yield _rule([dom, *ports, *allow], en.RULE_ALLOWLIST)
+        ips = [x for x in eg.allow_ips if x.version == fam]
+        if ips:
+            yield _rule([_daddr_in(fam, ips), *ports, *allow], en.RULE_ALLOWLIST)
+    grant = [b.named_counter(en.COUNTER_SANDBOX), b.accept()]
+    sandbox_ports = _ports(Protocol.ANY, policy.sandbox.allowed_ports)
+    for fam in FAMILIES:
+        for name in (en.SANDBOX_HASH[fam], en.SANDBOX_NET[fam]):
+            yield _rule([b.in_set(_daddr(fam), name), *sandbox_ports, *grant], en.RULE_SANDBOX)
+        pair = {"concat": [_daddr(fam), b.payload("th", "dport")]}
+        yield _rule(
+            [
+                b.match(b.meta("l4proto"), {"set": ["tcp", "udp"]}),
+                b.in_set(pair, en.PORT_SETS[fam]),
+                *grant,
+            ],
+            en.RULE_SANDBOX,
+        )
+    action = eg.default_action
+    if policy.settings.log_denied and action is not Action.ALLOW:
+        yield _rule(_log_exprs(f"afw egress {action} default "), "egress-default:log")
+    for verdict in _verdicts(action, None):
+        yield _rule([b.named_counter(en.COUNTER_DEFAULT), *verdict], "egress-default")
+    del c
+
+
+def _rule(exprs: list[Json], label: str) -> Json:
+    """Comment: the deciding rule plus a hash of the expressions (as the input chain)."""
+    h = hashlib.sha256(repr(exprs).encode()).hexdigest()[:12]
+    return b.rule(en.OUTPUT_CHAIN, exprs, f"egress:{label} #{h}")
+
+
+def _daddr(family: int) -> Json:
+    return b.payload("ip" if family == 4 else "ip6", "daddr")
+
+
+def _daddr_in(family: int, nets: Iterable[IPNetwork]) -> Json:
+    collapsed = ipaddress.collapse_addresses(nets)  # type: ignore[type-var]
+    values = [
+        str(x.network_address)
+        if x.prefixlen == x.max_prefixlen
+        else b.prefix(str(x.network_address), x.prefixlen)
+        for x in collapsed
+    ]
+    return b.match(_daddr(family), b.anon_set(values))
+
+
+def _ports(proto: Protocol, ports: tuple[PortRange, ...]) -> list[Json]:
+    if proto is Protocol.ICMP:
+        return [b.match(b.meta("l4proto"), {"set": ["icmp", "ipv6-icmp"]})]
+    if not ports:
+        if proto in (Protocol.TCP, Protocol.UDP):
+            return [b.match(b.meta("l4proto"), str(proto))]
+        return []
+    values = b.anon_set([p.lo if p.lo == p.hi else b.range_(p.lo, p.hi) for p in ports])
+    if proto in (Protocol.TCP, Protocol.UDP):
+        return [b.match(b.payload(str(proto), "dport"), values)]
+    return [
+        b.match(b.meta("l4proto"), {"set": ["tcp", "udp"]}),
+        b.match(b.payload("th", "dport"), values),
+    ]
+
+
+def _log(policy: Policy, action: Action, rule: str) -> list[Json]:
+    if action is Action.ALLOW or not policy.settings.log_denied:
+        return []
+    return _log_exprs(f"afw egress {action} {rule} ")
+
+
+def _log_exprs(prefix: str) -> list[Json]:
+    return [b.limit(n.LOG_RATE_PER_SECOND, "second", n.LOG_BURST), b.log(prefix, n.LOG_GROUP)]
+
+
+def _verdicts(action: Action, proto: Protocol | None) -> list[list[Json]]:
+    """Reject answers TCP with a reset and the rest with ICMP, as the input path does."""
+    if action is Action.ALLOW:
+        return [[b.accept()]]
+    if action is Action.DENY:
+        return [[b.drop()]]
+    if proto is Protocol.TCP:
+        return [[b.reject_tcp_reset()]]
+    tcp = [b.match(b.meta("l4proto"), "tcp"), b.reject_tcp_reset()]
+    return [[b.reject_icmpx()]] if proto is Protocol.UDP else [tcp, [b.reject_icmpx()]]
