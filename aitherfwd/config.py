@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aitherfwd.durations import parse_duration
+
 ROLES = ("read", "report", "sandbox", "admin")
 
 Resolver = Callable[[str], int]  # name -> id; raises KeyError when unknown
@@ -26,6 +28,7 @@ class ConfigError(ValueError):
 class RoleMembers:
     uids: frozenset[int] = frozenset()
     gids: frozenset[int] = frozenset()
+    max_ttl: int | None = None  # sandbox role: the longest grant its members may ask for
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +110,18 @@ def _keys(value: Any, allowed: set[str], where: str) -> dict[str, Any]:
 
 
 def _members(value: Any, role: str, users: Resolver, groups: Resolver) -> RoleMembers:
-    table = _keys(value, {"users", "groups"}, f"roles.{role}")
+    allowed = {"users", "groups", "max_ttl"} if role == "sandbox" else {"users", "groups"}
+    table = _keys(value, allowed, f"roles.{role}")
+    max_ttl = None
+    if "max_ttl" in table:
+        try:
+            max_ttl = parse_duration(table["max_ttl"])
+        except ValueError as exc:
+            raise ConfigError(f"roles.sandbox.max_ttl: {exc}") from None
     return RoleMembers(
         frozenset(_ids(table.get("users", []), users, f"roles.{role}.users")),
         frozenset(_ids(table.get("groups", []), groups, f"roles.{role}.groups")),
+        max_ttl,
     )
 
 

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 
 from aitherfwd import zones as zoning
 from aitherfwd.compiler import RATELIMIT_SET_TIMEOUT
+from aitherfwd.egress.verdict import EgressState, outbound
 from aitherfwd.policy.model import (
     DAY_SECONDS,
     PORT_PROTOCOLS,
@@ -167,10 +168,21 @@ class Evaluator:
         now: float,
         blocked: Blocked | None = None,
         buckets: TokenBuckets | None = None,
+        egress: EgressState | None = None,
     ) -> Verdict:
         source = normalise(req.source)
         if req.direction == OUTBOUND:
-            return egress_verdict(self.policy.settings)
+            if req.dest is None or self.policy.egress is None:
+                return egress_verdict(self.policy.settings)
+            o = outbound(
+                self.policy,
+                normalise(req.dest),
+                protocol=req.protocol,
+                port=req.dest_port,
+                now=now,
+                state=egress,
+            )
+            return Verdict(o.action, o.rule, None, o.reason)
         zone, sources = self._addresses[source.version].at(int(source))
         if source.is_loopback:
             return Verdict(str(Action.ALLOW), None, zone, "loopback is always allowed")

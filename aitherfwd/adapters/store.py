@@ -23,11 +23,13 @@ from typing import Any
 
 from aitherfwd.dynamic.blocks import Block
 from aitherfwd.dynamic.reputation import Offender
+from aitherfwd.egress.sandbox import Grant
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
-# Version 1 (the first release) had no user_version and no history; v2 adds the history.
+SCHEMA_VERSION = 3
+# Version 1 (the first release) had no user_version and no history; v2 adds the history;
+# v3 adds sandbox grants (created on open, like v2's history).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     key        TEXT PRIMARY KEY,
@@ -57,6 +59,15 @@ CREATE TABLE IF NOT EXISTS block_history (
     events     TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS block_history_key ON block_history (key, started_at);
+CREATE TABLE IF NOT EXISTS sandbox_grants (
+    key        TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL,
+    scope      TEXT NOT NULL,
+    ports      TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    host       TEXT,
+    uid        INTEGER
+);
 """
 _CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"
 HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one address
@@ -226,6 +237,29 @@ class Store:
                 ],
             ),
         )
+
+    def save_grants(self, grants: Iterable[Grant]) -> bool:
+        rows = [
+            (g.key, g.expires_at, g.scope, json.dumps(g.ports), g.created_at, g.host, g.uid)
+            for g in grants
+        ]
+        return self._write(
+            "sandbox", ("INSERT OR REPLACE INTO sandbox_grants VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        )
+
+    def end_grants(self, keys: Iterable[str]) -> bool:
+        rows = [(k,) for k in keys]
+        return self._write("sandbox", ("DELETE FROM sandbox_grants WHERE key = ?", rows))
+
+    def load_grants(self, now: float) -> list[Grant]:
+        """Unexpired grants (the expired ones are deleted)."""
+        self._write("sandbox", ("DELETE FROM sandbox_grants WHERE expires_at <= ?", [(now,)]))
+        rows = self._db.execute(
+            "SELECT key, expires_at, scope, ports, created_at, host, uid FROM sandbox_grants "
+            "WHERE expires_at > ? ORDER BY key",
+            (now,),
+        ).fetchall()
+        return [Grant(k, e, s, tuple(json.loads(p)), c, h, u) for k, e, s, p, c, h, u in rows]
 
     # --- reads -----------------------------------------------------------------------------
 

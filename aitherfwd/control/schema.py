@@ -156,9 +156,11 @@ class EvaluateSpec:
     dest: IPAddress | None
     path: str | None
     authenticated: bool | None
+    dest_host: str | None = None  # outbound: a host name the daemon resolves
 
 
 EVALUATE_FIELDS = {
+    "dest_host",
     "source_ip",
     "dest_port",
     "protocol",
@@ -170,7 +172,8 @@ EVALUATE_FIELDS = {
 
 
 def parse_evaluate(body: Any) -> EvaluateSpec:
-    obj = _object(body, "body", EVALUATE_FIELDS, {"source_ip"})
+    outbound = isinstance(body, dict) and body.get("direction") == "outbound"
+    obj = _object(body, "body", EVALUATE_FIELDS, set() if outbound else {"source_ip"})
     proto_text = obj.get("protocol", "tcp")
     try:
         proto = Protocol(_string(proto_text, "protocol", 8).lower())
@@ -188,18 +191,24 @@ def parse_evaluate(body: Any) -> EvaluateSpec:
     if direction not in ("inbound", "outbound"):
         raise bad("E-SCHEMA", "direction must be inbound or outbound")
     dest = obj.get("dest_ip")
+    host = obj.get("dest_host")
+    if outbound and (dest is None) == (host is None):
+        raise bad("E-SCHEMA", "outbound: give exactly one of dest_ip and dest_host")
+    if host is not None:
+        host = _string(host, "dest_host", 253).strip().lower().removesuffix(".")
     path = obj.get("path")
     auth = obj.get("authenticated")
     if auth is not None and not isinstance(auth, bool):
         raise bad("E-SCHEMA", "authenticated must be true or false")
     return EvaluateSpec(
-        source=parse_address(obj["source_ip"], "source_ip"),
+        source=parse_address(obj.get("source_ip", "0.0.0.0"), "source_ip"),  # noqa: S104
         protocol=proto,
         dest_port=port,
         direction=direction,
         dest=parse_address(dest, "dest_ip") if dest is not None else None,
         path=_string(path, "path", 2048) if path is not None else None,
         authenticated=auth,
+        dest_host=host,
     )
 
 

@@ -27,6 +27,7 @@ from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.control.schema import ApiError, BlockSpec, EvaluateSpec, ThreatSpec
+from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.dynamic import reputation
@@ -87,6 +88,7 @@ class Daemon:
         self.threat_counts: dict[str, int] = {}
         self._cuts: asyncio.Queue[IPAddress] = asyncio.Queue(CONNTRACK_QUEUE)
         self._cutter: asyncio.Task[None] | None = None
+        self.egress = EgressRuntime(clock, writer, store, audit)  # grants, resolved domains
 
     # --- generations ---------------------------------------------------------------------
 
@@ -124,6 +126,8 @@ class Daemon:
         self.offenders = self.store.load_offenders()
         self._protect(policy)
         self.notifier.configure(policy.notify)
+        self.egress.configure(policy)
+        self.egress.load(now)
         if self.store.recovered:
             self.audit.write(now, "store_recovered", reason=self.store.recovered)
         ruleset = compile_policy(policy)
@@ -159,6 +163,7 @@ class Daemon:
         adopted = before.exists and not plan(ruleset, before).changed
         now = self.clock.now()
         restore = self.blocks.restore_commands(now)
+        restore += self.egress.restore_commands(now, domains=False)
         static = [] if adopted else transaction(ruleset, before)
         try:
             if static or restore:
@@ -256,6 +261,7 @@ class Daemon:
             return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
         self._protect(policy)
         self.notifier.configure(policy.notify)
+        self.egress.configure(policy)  # the refresher syncs the domain sets on its next turn
         self.generation = Generation(
             current.number + 1, policy, ruleset, evaluator, self.policy_path, now
         )
@@ -284,7 +290,9 @@ class Daemon:
         restores every live block with its remaining timeout."""
         before = nft.observe()
         lost = not before.exists or any(s.name not in before.sets for s in n.BLOCK_SETS)
-        extra = self.blocks.restore_commands(self.clock.now()) if lost else []
+        now = self.clock.now()
+        extra = self.blocks.restore_commands(now) if lost else []
+        extra += self.egress.restore_commands(now, domains=True) if lost else []
         nft.run(transaction(ruleset, before) + extra)
         return before
 
@@ -576,10 +584,12 @@ class Daemon:
             self.clock.now(),
             self.blocks,
             self.buckets,
+            self.egress,
         )
         latency = (time.perf_counter() - started) * 1e6
         return {
             "verdict": verdict.verdict,
+            **({"action": verdict.verdict} if spec.direction == "outbound" else {}),
             "rule": verdict.rule,
             "zone": verdict.zone,
             "reason": verdict.reason,
@@ -693,6 +703,7 @@ class Daemon:
                 "dropped": self.notifier.stats.dropped,
                 "retries": self.notifier.stats.retries,
             },
+            **self.egress.status(now),  # "sandbox" and "egress_dns"
             "uptime_seconds": round(now - self.started_at, 1),
             "start_seconds": self.start_seconds,
             "kernel": {

@@ -28,6 +28,7 @@ from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
 from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
 from aitherfwd.daemon.app import Daemon
+from aitherfwd.daemon.egress import FIRST_ROUND_TIMEOUT
 from aitherfwd.daemon.routes import Api
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.errors import AitherError
@@ -71,9 +72,12 @@ async def run(cfg: DaemonConfig) -> int:
         await writer.close()
         raise
     group = grp.getgrnam(cfg.socket_group).gr_gid if cfg.socket_group else None
+    authorizer = Authorizer(cfg.roles)
+    daemon.egress.authorizer = authorizer  # the sandbox role's max_ttl
+    await _first_dns_round(daemon)
     server = ControlServer(
         cfg.socket,
-        Api(daemon, Authorizer(cfg.roles)),
+        Api(daemon, authorizer),
         mode=cfg.socket_mode,
         group=group,
         max_body=cfg.max_body_bytes,
@@ -94,6 +98,7 @@ async def run(cfg: DaemonConfig) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _sighup(daemon, audit))
     tasks = [loop.create_task(_drift(daemon, cfg.drift_check_interval), name="drift")]
+    tasks.append(loop.create_task(daemon.egress.run(), name="egress-dns"))
     interval = sd.watchdog_interval()
     if interval:
         tasks.append(loop.create_task(_watchdog(interval), name="watchdog"))
@@ -116,6 +121,15 @@ async def run(cfg: DaemonConfig) -> int:
     audit.close()
     store.close()
     return 0
+
+
+async def _first_dns_round(daemon: Daemon) -> None:
+    """Resolve the allowlisted names before serving (bounded): a fresh table would
+    otherwise refuse them until the refresher's first turn."""
+    try:
+        await asyncio.wait_for(daemon.egress.refresh(first=True), FIRST_ROUND_TIMEOUT)
+    except (TimeoutError, AitherError) as exc:
+        log.warning("first DNS round incomplete; the refresher goes on error=%s", exc)
 
 
 def _sighup(daemon: Daemon, audit: AuditLog) -> None:

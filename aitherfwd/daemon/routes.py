@@ -17,6 +17,7 @@ from aitherfwd.adapters.control_server import HttpRequest, HttpResponse
 from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
 from aitherfwd.control.schema import ApiError
+from aitherfwd.daemon import sandbox_routes
 from aitherfwd.daemon.app import Daemon
 from aitherfwd.errors import AitherError
 
@@ -63,7 +64,10 @@ async def delete_block(d: Daemon, req: HttpRequest) -> Any:
 
 
 async def evaluate(d: Daemon, req: HttpRequest) -> Any:
-    return d.evaluate(schema.parse_evaluate(schema.decode(req.body)))
+    spec = schema.parse_evaluate(schema.decode(req.body))
+    if spec.dest_host is not None:
+        return await sandbox_routes.evaluate_host(d, spec)
+    return d.evaluate(spec)
 
 
 async def threats(d: Daemon, req: HttpRequest) -> Any:
@@ -91,6 +95,9 @@ ROUTES = (
     Route("POST", "/v1/reload", "admin", reload),
     Route("POST", "/v1/threats", "report", threats),
     Route("GET", "/v1/explain/", "read", explain),
+    Route("POST", "/v1/sandbox", "sandbox", sandbox_routes.grant),
+    Route("GET", "/v1/sandbox", "read", sandbox_routes.list_grants),
+    Route("DELETE", "/v1/sandbox/", "sandbox", sandbox_routes.revoke),
 )
 
 

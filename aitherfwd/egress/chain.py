@@ -44,29 +44,33 @@ def egress_objects(policy: Policy) -> list[Json]:
         for fam in FAMILIES:
             out.append(b.set_(en.domain_set(base, fam), en.addr_type(fam), ["timeout"]))
     for fam in FAMILIES:
-        out.append(
-            b.set_(en.PORT_SETS[fam], [en.addr_type(fam), "inet_service"], ["timeout"])
-        )
+        out.append(b.set_(en.PORT_SETS[fam], [en.addr_type(fam), "inet_service"], ["timeout"]))
     out.append(b.chain(en.OUTPUT_CHAIN, hook="output", prio=0, policy="accept"))
     out += list(_rules(policy, eg))
     return out
 
 
 def _rules(policy: Policy, eg: Egress) -> Iterator[Json]:
-    c = en.OUTPUT_CHAIN
+    yield from _head(policy, eg)
+    yield from _named(policy, eg)
+    yield from _allowed(eg)
+    yield from _sandbox(policy)
+    action = eg.default_action
+    if policy.settings.log_denied and action is not Action.ALLOW:
+        yield _rule(_log_exprs(f"afw egress {action} default "), "egress-default:log")
+    for verdict in _verdicts(action, None):
+        yield _rule([b.named_counter(en.COUNTER_DEFAULT), *verdict], "egress-default")
+
+
+def _head(policy: Policy, eg: Egress) -> Iterator[Json]:
+    """Loopback, DNS to the resolvers, established/related, known_bad."""
     yield _rule([b.match(b.meta("oif"), "lo"), b.accept()], en.RULE_LOOPBACK)
+    dns = _ports(Protocol.ANY, (PortRange(53, 53),))
     for fam in FAMILIES:
         resolvers = [ipaddress.ip_network(a) for a in eg.resolvers if a.version == fam]
         if resolvers:
-            yield _rule(
-                [
-                    _daddr_in(fam, resolvers),
-                    *_ports(Protocol.ANY, (PortRange(53, 53),)),
-                    b.named_counter(en.COUNTER_DNS),
-                    b.accept(),
-                ],
-                en.RULE_DNS,
-            )
+            exprs = [_daddr_in(fam, resolvers), *dns, b.named_counter(en.COUNTER_DNS), b.accept()]
+            yield _rule(exprs, en.RULE_DNS)
     yield _rule(
         [b.match(b.ct("state"), ["established", "related"], "in"), b.accept()],
         "builtin:established",
@@ -74,15 +78,12 @@ def _rules(policy: Policy, eg: Egress) -> Iterator[Json]:
     for fam in FAMILIES:
         bad = [x for x in eg.known_bad if x.version == fam]
         if bad:
-            yield _rule(
-                [
-                    _daddr_in(fam, bad),
-                    b.named_counter(en.COUNTER_KNOWN_BAD),
-                    *_log(policy, Action.DENY, en.RULE_KNOWN_BAD),
-                    b.drop(),
-                ],
-                en.RULE_KNOWN_BAD,
-            )
+            log = _log(policy, Action.DENY, en.RULE_KNOWN_BAD)
+            exprs = [_daddr_in(fam, bad), b.named_counter(en.COUNTER_KNOWN_BAD), *log, b.drop()]
+            yield _rule(exprs, en.RULE_KNOWN_BAD)
+
+
+def _named(policy: Policy, eg: Egress) -> Iterator[Json]:
     for r in eg.rules:
         for fam in FAMILIES:
             if r.host is not None:
@@ -94,17 +95,13 @@ def _rules(policy: Policy, eg: Egress) -> Iterator[Json]:
                 dest = _daddr_in(fam, nets)
             log = _log(policy, r.action, r.name) if r.log else []
             for verdict in _verdicts(r.action, r.protocol):
-                yield _rule(
-                    [
-                        dest,
-                        *_ports(r.protocol, r.ports),
-                        *verdict[:-1],
-                        b.named_counter(en.rule_counter(r.name)),
-                        *log,
-                        verdict[-1],
-                    ],
-                    r.name,
-                )
+                counter = b.named_counter(en.rule_counter(r.name))
+                exprs = [dest, *_ports(r.protocol, r.ports), *verdict[:-1], counter, *log]
+                yield _rule([*exprs, verdict[-1]], r.name)
+
+
+def _allowed(eg: Egress) -> Iterator[Json]:
+    """known_good, then the allowlist (resolved domains and IPs, within its ports)."""
     for fam in FAMILIES:
         good = [x for x in eg.known_good if x.version == fam]
         if good:
@@ -113,33 +110,24 @@ def _rules(policy: Policy, eg: Egress) -> Iterator[Json]:
                 en.RULE_KNOWN_GOOD,
             )
     allow = [b.named_counter(en.COUNTER_ALLOWLIST), b.accept()]
+    ports = _ports(Protocol.ANY, eg.allow_ports)
     for fam in FAMILIES:
-        ports = _ports(Protocol.ANY, eg.allow_ports)
         dom = b.in_set(_daddr(fam), en.domain_set(en.DOMAIN_BASE, fam))
         yield _rule([dom, *ports, *allow], en.RULE_ALLOWLIST)
         ips = [x for x in eg.allow_ips if x.version == fam]
         if ips:
             yield _rule([_daddr_in(fam, ips), *ports, *allow], en.RULE_ALLOWLIST)
+
+
+def _sandbox(policy: Policy) -> Iterator[Json]:
     grant = [b.named_counter(en.COUNTER_SANDBOX), b.accept()]
     sandbox_ports = _ports(Protocol.ANY, policy.sandbox.allowed_ports)
     for fam in FAMILIES:
         for name in (en.SANDBOX_HASH[fam], en.SANDBOX_NET[fam]):
             yield _rule([b.in_set(_daddr(fam), name), *sandbox_ports, *grant], en.RULE_SANDBOX)
         pair = {"concat": [_daddr(fam), b.payload("th", "dport")]}
-        yield _rule(
-            [
-                b.match(b.meta("l4proto"), {"set": ["tcp", "udp"]}),
-                b.in_set(pair, en.PORT_SETS[fam]),
-                *grant,
-            ],
-            en.RULE_SANDBOX,
-        )
-    action = eg.default_action
-    if policy.settings.log_denied and action is not Action.ALLOW:
-        yield _rule(_log_exprs(f"afw egress {action} default "), "egress-default:log")
-    for verdict in _verdicts(action, None):
-        yield _rule([b.named_counter(en.COUNTER_DEFAULT), *verdict], "egress-default")
-    del c
+        tcp_udp = b.match(b.meta("l4proto"), {"set": ["tcp", "udp"]})
+        yield _rule([tcp_udp, b.in_set(pair, en.PORT_SETS[fam]), *grant], en.RULE_SANDBOX)
 
 
 def _rule(exprs: list[Json], label: str) -> Json:

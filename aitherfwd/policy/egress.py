@@ -137,12 +137,16 @@ class EgressParser:
         m = self.f.mapping(node, path, ALLOWLIST_KEYS)
         if m is None:
             return None
-        domains = self.f.each(m["domains"], f"{path}.domains", self.domain) if "domains" in m else []
-        ips = self.f.each(m["ips"], f"{path}.ips", self.f.cidr) if "ips" in m else []
+        domains = (
+            self.f.each(m["domains"], f"{path}.domains", self.domain) if "domains" in m else []
+        )
+        ips: list[IPNetwork] | None = (
+            self.f.each(m["ips"], f"{path}.ips", self.f.cidr) if "ips" in m else []
+        )
         ports = self.ports(m["ports"], f"{path}.ports") if "ports" in m else ()
         if domains is None or ips is None or ports is None:
             return None
-        return sorted(set(domains)), ips, ports
+        return sorted(set(domains)), list(ips), ports
 
     def dns(self, node: YNode, path: str) -> DnsBounds | None:
         m = self.f.mapping(node, path, DNS_KEYS)
@@ -204,9 +208,10 @@ class EgressParser:
                     m["direction"].pos,
                 )
                 return None
-        if None in (name, action, proto, ports, log) or (dests is None and host is None):
+        if name is None or action is None or proto is None or ports is None or log is None:
             return None
-        assert name is not None and action is not None and proto is not None  # noqa: S101
+        if dests is None and host is None:
+            return None
         if ports and proto not in (Protocol.TCP, Protocol.UDP, Protocol.ANY):
             self.report.error(
                 "E-PROTOCOL",
@@ -230,7 +235,9 @@ class EgressParser:
             name = host_name(text)
             if name is not None and not text.replace(".", "").replace("/", "").isdigit():
                 return None, name
-            self.report.error("E-DESTINATION", path, f"not a host name, IP or CIDR: {exc}", node.pos)
+            self.report.error(
+                "E-DESTINATION", path, f"not a host name, IP or CIDR: {exc}", node.pos
+            )
             return None, None
 
     def sandbox(self, node: YNode) -> SandboxSettings | None:
@@ -245,9 +252,7 @@ class EgressParser:
             else min(d.default_ttl, max_ttl or d.default_ttl)
         )
         ports = (
-            self.ports(m["allowed_ports"], "sandbox.allowed_ports")
-            if "allowed_ports" in m
-            else ()
+            self.ports(m["allowed_ports"], "sandbox.allowed_ports") if "allowed_ports" in m else ()
         )
         if max_ttl is None or default is None or ports is None:
             return None

@@ -58,6 +58,6 @@ def check_egress(
 
 def _overlap(net: IPNetwork, others: tuple[IPNetwork, ...]) -> IPNetwork | None:
     for other in others:
-        if other.version == net.version and net.overlaps(other):  # type: ignore[arg-type]
+        if other.version == net.version and net.overlaps(other):
             return other
     return None

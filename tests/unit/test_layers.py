@@ -30,6 +30,7 @@ OWNERS = {  # library -> the only module allowed to import it
     "inotify_simple": {"adapters/watch.py"},
     "systemd": {"adapters/systemd.py"},
     "sqlite3": {"adapters/store.py"},
+    "dns": {"adapters/dns.py"},
     "yaml": {"policy/source.py"},
     "click": {"cli.py", "cli_client.py"},
     "subprocess": set(),

@@ -30,6 +30,7 @@ DEBIAN = {
     "click": "python3-click",
     "prometheus_client": "python3-prometheus-client",
     "inotify_simple": None,
+    "dns": "python3-dnspython",
 }
 
 

@@ -1,0 +1,348 @@
+"""The daemon's outbound state (layer L3): sandbox grants and resolved domains.
+
+Owns: the live `GrantTable` and `DomainTable`, which addresses the kernel's domain sets
+hold (`installed`), and the order of every change — validate → store → kernel (one
+transaction through the serialized writer) → bookkeeping → audit. DNS changes are applied
+as element deltas in one transaction per refresh round, never as a reload. Answers the
+evaluator's questions (`resolved`, `granted`) for outbound verdicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aitherfwd.adapters.audit import AuditLog, rfc3339
+from aitherfwd.adapters.dns import ResolveError, Resolver
+from aitherfwd.adapters.store import Store
+from aitherfwd.clock import Clock
+from aitherfwd.config import Authorizer
+from aitherfwd.control.sandbox import GrantSpec
+from aitherfwd.control.schema import ApiError
+from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.egress import names as en
+from aitherfwd.egress.dns import Change, DomainTable, element_delta
+from aitherfwd.egress.sandbox import Grant, GrantError, GrantTable, check_ports, key_of, refusal
+from aitherfwd.errors import ApplyError
+from aitherfwd.nft import builders as b
+from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, PortRange
+
+log = logging.getLogger(__name__)
+Actor = dict[str, Any]
+FIRST_ROUND_TIMEOUT = 10.0  # seconds the cold start waits for the first resolution round
+MAX_SLEEP = 5.0  # the refresher wakes at least this often (grant expiry, stale addresses)
+
+
+@dataclass
+class Caller:
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+
+
+class EgressRuntime:
+    def __init__(self, clock: Clock, writer: KernelWriter, store: Store, audit: AuditLog) -> None:
+        self.clock, self.writer, self.store, self.audit = clock, writer, store, audit
+        self.grants = GrantTable()
+        self.domains = DomainTable()
+        self.installed: dict[str, frozenset[str]] = {}
+        self.policy: Policy | None = None
+        self.resolver: Resolver | None = None
+        self.authorizer = Authorizer({})
+        self.granted_total = 0
+        self.refused_total = 0
+        self._wake = asyncio.Event()
+
+    # --- the evaluator's view ------------------------------------------------------------
+
+    def resolved(self, base: str, address: IPAddress) -> bool:
+        return self.domains.holds(base, address)
+
+    def granted(
+        self, address: IPAddress, port: int | None, allowed: tuple[PortRange, ...], now: float
+    ) -> str | None:
+        g = self.grants.lookup(address, port, allowed, now)
+        return g.scope if g is not None else None
+
+    # --- policy and start ----------------------------------------------------------------
+
+    def configure(self, policy: Policy) -> None:
+        """A policy took effect: the names to keep fresh, the sets that exist now."""
+        self.policy = policy
+        eg = policy.egress
+        hosts = eg.hosts() if eg is not None else {}
+        bounds = eg.dns if eg is not None else self.domains.bounds
+        self.domains.configure(hosts, bounds)
+        sets = {
+            en.domain_set(base, f) for bases in hosts.values() for base in bases for f in (4, 6)
+        }
+        self.installed = {k: v for k, v in self.installed.items() if k in sets}
+        servers = [str(a) for a in eg.resolvers] if eg is not None else []
+        self.resolver = Resolver(servers) if servers else None
+        self._wake.set()
+
+    def load(self, now: float) -> None:
+        self.grants.load(self.store.load_grants(now))
+
+    def restore_commands(self, now: float, *, domains: bool) -> list[Any]:
+        """Element adds for every live grant with its remaining TTL (and, after a table
+        loss, every installed domain address). Port grants need the egress sets."""
+        cmds = self.grants.restore_commands(now)
+        if self.policy is None or self.policy.egress is None:
+            port_sets = set(en.PORT_SETS.values())
+            cmds = [c for c in cmds if c["add"]["element"]["name"] not in port_sets]
+        if domains:
+            cmds += [b.add(b.element(s, sorted(v))) for s, v in sorted(self.installed.items()) if v]
+        return cmds
+
+    # --- DNS -----------------------------------------------------------------------------
+
+    async def refresh(self, *, first: bool = False) -> list[Change]:
+        """One round: resolve every due name, apply the changes as one element delta.
+        The first round after start flushes the domain sets in the same transaction (the
+        kernel may hold addresses of a previous run the daemon knows nothing about)."""
+        now = self.clock.now()
+        due = self.domains.due(now)
+        changes: list[Change] = []
+        started = time.perf_counter()
+        if due and self.resolver is not None:
+            answers = await self.resolver.resolve_many(due)
+            now = self.clock.now()
+            for name, answer in sorted(answers.items()):
+                if name not in self.domains.names:
+                    continue  # a reload dropped it meanwhile
+                if isinstance(answer, ResolveError):
+                    self.domains.failed(name, answer.message, now)
+                    log.warning(
+                        "resolution failed; keeping its addresses name=%s error=%s",
+                        name,
+                        answer.message,
+                    )
+                    self.audit.write(now, "egress_dns_failed", host=name, reason=answer.message)
+                else:
+                    changes.append(self.domains.answered(name, answer, now))
+        changes += self.domains.expire(now)
+        await self.sync(flush=first)
+        self.domains.stats.rounds += 1
+        self.domains.stats.last_round_seconds = round(time.perf_counter() - started, 4)
+        for ch in changes:
+            if ch.added or ch.removed:
+                self.domains.stats.added += len(ch.added)
+                self.domains.stats.removed += len(ch.removed)
+                self.audit.write(
+                    now,
+                    "egress_dns_changed",
+                    host=ch.name,
+                    added=list(ch.added),
+                    removed=list(ch.removed),
+                )
+        return changes
+
+    async def sync(self, *, flush: bool = False) -> int:
+        """Make the kernel's domain sets hold what the table says: one transaction."""
+        desired = self.domains.desired()
+        if flush:
+            sets = sorted(
+                {
+                    en.domain_set(base, f)
+                    for s in self.domains.names.values()
+                    for base in s.bases
+                    for f in (4, 6)
+                }
+            )
+            cmds: list[Any] = [
+                {"flush": {"set": {"family": "inet", "table": "aitherfwd", "name": s}}}
+                for s in sets
+            ]
+            cmds += element_delta({}, desired)
+        else:
+            cmds = element_delta(self.installed, desired)
+        if not cmds:
+            return 0
+        await self.writer.elements(cmds)
+        self.installed = dict(desired)
+        return len(cmds)
+
+    async def run(self) -> None:
+        """The refresher: wake when a name is due (or every MAX_SLEEP), refresh, expire."""
+        while True:
+            now = self.clock.now()
+            nxt = self.domains.next_due()
+            delay = MAX_SLEEP if nxt is None else min(MAX_SLEEP, max(0.05, nxt - now))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            try:
+                await self.refresh()
+            except ApplyError as exc:
+                log.error("domain set update refused code=%s error=%s", exc.code, exc.message)
+            self._expire_grants()
+
+    def _expire_grants(self) -> None:
+        now = self.clock.now()
+        gone = self.grants.prune(now)
+        if gone:
+            self.store.end_grants(g.key for g in gone)
+            for g in gone:
+                self.audit.write(now, "sandbox_expired", destination=g.key, scope=g.scope)
+
+    # --- sandbox grants ------------------------------------------------------------------
+
+    def _max_ttl(self, caller: Caller) -> tuple[int, bool]:
+        """The longest grant this caller may have, and whether longer asks are capped
+        (admin: capped at the policy's max_ttl) or refused (the sandbox role's limit)."""
+        policy_max = self.policy.sandbox.max_ttl if self.policy else 0
+        roles = self.authorizer.roles_of(caller.uid, caller.gid, caller.groups)
+        if "admin" in roles:
+            return policy_max, True
+        member = self.authorizer.roles.get("sandbox")
+        role_max = member.max_ttl if member is not None and member.max_ttl else policy_max
+        return min(role_max, policy_max), False
+
+    async def addresses(self, host: str) -> list[IPNetwork]:
+        """A host name's addresses: the table's when it keeps the name fresh, else asked."""
+        known = self.domains.addresses_of(host)
+        if not known:
+            if self.resolver is None:
+                raise ApiError(409, "E-NO-RESOLVERS", "the policy lists no egress.resolvers")
+            try:
+                known = [a for a, _ in await self.resolver.resolve(host)]
+            except ResolveError as exc:
+                raise ApiError(422, "E-RESOLVE", f"cannot resolve {host}: {exc.message}") from None
+        return [ipaddress.ip_network(a) for a in sorted(set(known))]
+
+    async def grant(self, spec: GrantSpec, caller: Caller, actor: Actor) -> dict[str, Any]:
+        now = self.clock.now()
+        policy = self.policy
+        if policy is None or policy.egress is None:
+            raise ApiError(
+                409, "E-NO-EGRESS", "the policy has no egress: section; outbound is not filtered"
+            )
+        targets = (
+            [spec.network] if spec.network is not None else await self.addresses(spec.host or "")
+        )
+        ttl = spec.ttl or policy.sandbox.default_ttl
+        limit, capped = self._max_ttl(caller)
+        try:
+            if ttl > limit and not capped:
+                raise GrantError(
+                    403,
+                    "E-TTL-TOO-LONG",
+                    f"ttl {ttl}s is above the {limit}s your role may grant; ask for less",
+                )
+            check_ports(spec.ports, policy.sandbox)
+            for net in targets:
+                why = refusal(net, policy.egress)
+                if why is not None:
+                    raise GrantError(403, "E-GRANT-REFUSED", why)
+                self.grants.check_overlap(net, now)
+        except GrantError as exc:
+            self.refused_total += 1
+            self.audit.write(
+                now,
+                "sandbox_refused",
+                destination=spec.host or str(spec.network),
+                scope=spec.scope,
+                reason=exc.message,
+                actor=actor,
+            )
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        given = min(ttl, limit)
+        grants = [
+            Grant(key_of(net), now + given, spec.scope, spec.ports, now, spec.host, caller.uid)
+            for net in targets
+        ]
+        previous = {g.key: self.grants.get(g.key, now) for g in grants}
+        self.store.save_grants(grants)
+        cmds = self.grants.put(grants, now)
+        try:
+            await self.writer.elements(cmds)
+        except ApplyError:
+            for g in grants:
+                self.grants.remove(g.key, now)
+            self.grants.load(p for p in previous.values() if p is not None)
+            self.store.end_grants(k for k, p in previous.items() if p is None)
+            raise
+        self.granted_total += len(grants)
+        self.audit.write(
+            now,
+            "sandbox_granted",
+            destination=spec.host or grants[0].key,
+            addresses=[g.key for g in grants],
+            scope=spec.scope,
+            ttl=given,
+            ports=list(spec.ports),
+            capped=given < ttl,
+            actor=actor,
+        )
+        return {"granted": [self.view(g, now) for g in grants], "ttl": given, "capped": given < ttl}
+
+    async def revoke(self, destination: str, actor: Actor) -> list[Grant]:
+        now = self.clock.now()
+        keys = (
+            [destination]
+            if self.grants.get(destination, now)
+            else [g.key for g in self.grants.active(now) if g.host == destination]
+        )
+        if not keys:
+            raise ApiError(404, "E-NOT-GRANTED", f"{destination} has no live sandbox grant")
+        removed: list[Grant] = []
+        cmds: list[Any] = []
+        for key in keys:
+            got = self.grants.remove(key, now)
+            if got is not None:
+                removed.append(got[0])
+                cmds += got[1]
+        try:
+            await self.writer.elements(cmds)
+        except ApplyError:
+            self.grants.load(removed)
+            raise
+        self.store.end_grants(g.key for g in removed)
+        self.audit.write(
+            now,
+            "sandbox_revoked",
+            destination=destination,
+            addresses=[g.key for g in removed],
+            actor=actor,
+        )
+        return removed
+
+    def view(self, g: Grant, now: float) -> dict[str, Any]:
+        return {
+            "destination": g.key,
+            "host": g.host,
+            "scope": g.scope,
+            "ports": list(g.ports),
+            "expires_at": rfc3339(g.expires_at),
+            "remaining_seconds": g.remaining(now),
+            "created_at": rfc3339(g.created_at),
+            "set": g.values()[0][0],
+        }
+
+    def status(self, now: float) -> dict[str, Any]:
+        counts = self.grants.counts(now)
+        st = self.domains.stats
+        return {
+            "sandbox": {
+                **counts,
+                "granted_total": self.granted_total,
+                "refused_total": self.refused_total,
+            },
+            "egress_dns": {
+                "names": len(self.domains.names),
+                "failing": sum(1 for s in self.domains.names.values() if s.failing),
+                "addresses": sum(len(v) for v in self.installed.values()),
+                "rounds": st.rounds,
+                "queries": st.queries,
+                "failures": st.failures,
+                "added": st.added,
+                "removed": st.removed,
+                "last_round_seconds": st.last_round_seconds,
+            },
+        }
