@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
 import click
 
 from aitherfwd import __version__
+from aitherfwd.adapters.dns import ResolveError, resolve_sync
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.errors import AitherError, ExitCode
-from aitherfwd.policy.diagnostics import Diagnostic, summary
+from aitherfwd.policy.diagnostics import Diagnostic, Pos, Severity, summary
 from aitherfwd.policy.model import Policy
 from aitherfwd.reconcile import plan as make_plan
 
@@ -63,9 +65,15 @@ def main(verbose: bool) -> None:
 @main.command()
 @POLICY_ARG
 @click.option("--json", "as_json", is_flag=True, help="Diagnostics as JSON.")
-def check(policy: Path, as_json: bool) -> None:
-    """Validate POLICY: exit 0 when valid, 3 with every problem listed otherwise."""
+@click.option("--no-resolve", is_flag=True, help="Do not look up the egress host names.")
+def check(policy: Path, as_json: bool, no_resolve: bool) -> None:
+    """Validate POLICY: exit 0 when valid, 3 with every problem listed otherwise. Host
+    names of the egress section that do not resolve are warnings."""
     result = load_policy(policy)
+    if result.policy is not None and not no_resolve:
+        result = replace(
+            result, diagnostics=[*result.diagnostics, *_unresolved(result.policy, str(policy))]
+        )
     if as_json:
         click.echo(
             json.dumps(
@@ -78,6 +86,27 @@ def check(policy: Path, as_json: bool) -> None:
         if result.ok:
             click.echo(f"{policy}: valid ({summary(result.diagnostics)})")
     sys.exit(int(ExitCode.OK if result.ok else ExitCode.INVALID_POLICY))
+
+
+def _unresolved(policy: Policy, filename: str) -> list[Diagnostic]:
+    eg = policy.egress
+    if eg is None or not eg.hosts() or not eg.resolvers:
+        return []
+    servers = [str(a) for a in eg.resolvers]
+    out = []
+    for name, answer in sorted(resolve_sync(servers, eg.hosts()).items()):
+        if isinstance(answer, ResolveError):
+            out.append(
+                Diagnostic(
+                    Severity.WARNING,
+                    "W-UNRESOLVED",
+                    "egress",
+                    f"'{name}' does not resolve via {', '.join(servers)} ({answer.message}); "
+                    "it stays closed until it does",
+                    Pos(filename, 1, 1),
+                )
+            )
+    return out
 
 
 @main.command("compile")

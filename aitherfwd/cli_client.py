@@ -55,7 +55,7 @@ def _out(answer: Any, as_json: bool, text: str) -> None:
 
 
 def register(main: click.Group) -> None:
-    for command in (status, block, unblock, blocks, evaluate, reload, threat, explain):
+    for command in (status, block, unblock, blocks, evaluate, reload, threat, explain, sandbox):
         main.add_command(command)
 
 
@@ -126,7 +126,7 @@ def blocks(socket_path: Path, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--source", "source_ip", required=True, help="Source address.")
+@click.option("--source", "source_ip", help="Source address (inbound).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Destination port.")
 @click.option(
     "--proto", type=click.Choice(["tcp", "udp", "icmp"]), default="tcp", show_default=True
@@ -135,28 +135,36 @@ def blocks(socket_path: Path, as_json: bool) -> None:
     "--direction", type=click.Choice(["inbound", "outbound"]), default="inbound", show_default=True
 )
 @click.option("--dest", help="Destination address.")
+@click.option("--dest-host", help="Destination host name (outbound; the daemon resolves it).")
 @socket_option
 @json_option
 def evaluate(
-    source_ip: str,
+    source_ip: str | None,
     port: int | None,
     proto: str,
     direction: str,
     dest: str | None,
+    dest_host: str | None,
     socket_path: Path,
     as_json: bool,
 ) -> None:
     """Would this connection pass, and which rule decides?"""
-    body: dict[str, Any] = {"source_ip": source_ip, "protocol": proto, "direction": direction}
+    body: dict[str, Any] = {"protocol": proto, "direction": direction}
+    if source_ip is not None:
+        body["source_ip"] = source_ip
+    elif direction == "inbound":
+        _die("--source is required for inbound", ExitCode.USAGE)
     if port is not None:
         body["dest_port"] = port
     if dest is not None:
         body["dest_ip"] = dest
+    if dest_host is not None:
+        body["dest_host"] = dest_host
     v = _call(socket_path, "POST", "/v1/evaluate", body)
     _out(
         v,
         as_json,
-        f"{v['verdict']}  rule={v['rule'] or '-'}  zone={v['zone'] or '-'}  {v['reason']}",
+        f"{v['verdict']}  rule={v['rule'] or '-'}  zone={v.get('zone') or '-'}  {v['reason']}",
     )
 
 
@@ -248,3 +256,62 @@ def _explain_text(a: dict[str, Any]) -> str:
         lines.append(f"  block {h['started_at']} {h['address']} {end}: {h['reason']}")
         lines += [f"    after {e['type']} {e['severity']} at {e['at']}" for e in h["events"]]
     return "\n".join(lines)
+
+
+@click.group()
+def sandbox() -> None:
+    """Time-bound outbound grants (the sandbox role): add, list, revoke."""
+
+
+@sandbox.command("add")
+@click.argument("destination")
+@click.option("--ttl", help="How long, e.g. 30m, 1h (default: the policy's default_ttl).")
+@click.option("--scope", default="sandbox", show_default=True, help="Who it is for.")
+@click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True, help="Only port.")
+@socket_option
+@json_option
+def sandbox_add(
+    destination: str,
+    ttl: str | None,
+    scope: str,
+    ports: tuple[int, ...],
+    socket_path: Path,
+    as_json: bool,
+) -> None:
+    """Let the host reach DESTINATION (address, CIDR or host name) for a while."""
+    body: dict[str, Any] = {"destination": destination, "scope": scope}
+    if ttl is not None:
+        body["ttl"] = ttl
+    if ports:
+        body["ports"] = list(ports)
+    a = _call(socket_path, "POST", "/v1/sandbox", body)
+    lines = [f"granted {g['destination']} until {g['expires_at']}" for g in a["granted"]]
+    if a.get("capped"):
+        lines.append(f"(ttl capped at the policy's max_ttl: {a['ttl']} s)")
+    _out(a, as_json, "\n".join(lines))
+
+
+@sandbox.command("list")
+@socket_option
+@json_option
+def sandbox_list(socket_path: Path, as_json: bool) -> None:
+    """Live grants with their scope and remaining time."""
+    a = _call(socket_path, "GET", "/v1/sandbox")
+    lines = [
+        f"{g['destination']:<40} {g['scope']:<24} {g['remaining_seconds']:>7}s "
+        f"ports={','.join(map(str, g['ports'])) or '-'}"
+        + (f" host={g['host']}" if g["host"] else "")
+        for g in a["grants"]
+    ]
+    _out(a, as_json, "\n".join(lines) or "no sandbox grants")
+
+
+@sandbox.command("revoke")
+@click.argument("destination")
+@socket_option
+@json_option
+def sandbox_revoke(destination: str, socket_path: Path, as_json: bool) -> None:
+    """End the grant(s) for DESTINATION (address, CIDR or the host name granted)."""
+    quoted = urllib.parse.quote(destination, safe="")
+    a = _call(socket_path, "DELETE", f"/v1/sandbox/{quoted}")
+    _out(a, as_json, "\n".join(f"revoked {g['destination']}" for g in a["revoked"]))

@@ -22,7 +22,7 @@ L1 = {
     "durations",
 }
 L2 = {"adapters"}
-L3 = {"daemon", "cli", "cli_client", "__main__"}
+L3 = {"daemon", "cli", "cli_client", "client", "__main__"}
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
