@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.setup-stamp
 
 # Debian packages the project needs at run time and in its tests.
 DEB_PACKAGES := nftables libnftables1 conntrack iproute2 libsystemd-dev pkg-config gcc \
-                python3-dev python3-venv nmap hping3 ncat procps util-linux curl
+                python3-dev python3-venv nmap hping3 ncat procps util-linux curl \
+                dnsmasq-base
 
 .PHONY: setup deb-deps demo test test-unit test-kernel lint typecheck bench clean deb test-systemd
 

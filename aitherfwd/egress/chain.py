@@ -1,7 +1,7 @@
 """The output chain of table `inet aitherfwd` (layer L1, pure).
 
 Owns: compiling the `egress:` and `sandbox:` sections into the kernel's outbound path, in
-seed 001's order: loopback · DNS to the resolvers · established/related · known_bad (drop;
+seed 001's order: loopback (and ICMPv6 neighbour discovery) · DNS to the resolvers · established/related · known_bad (drop;
 wins over everything below, sandbox grants included) · named rules in order · known_good ·
 allowlist (resolved-domain sets and IPs, constrained by its ports) · sandbox grants (hash
 and prefix sets, constrained by sandbox.allowed_ports; per-grant ports in the
@@ -22,6 +22,7 @@ from aitherfwd.policy.model import Action, Egress, IPNetwork, Policy, PortRange,
 
 Json = b.Json
 FAMILIES = (4, 6)
+ND_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"]
 
 
 def egress_objects(policy: Policy) -> list[Json]:
@@ -65,6 +66,8 @@ def _rules(policy: Policy, eg: Egress) -> Iterator[Json]:
 def _head(policy: Policy, eg: Egress) -> Iterator[Json]:
     """Loopback, DNS to the resolvers, established/related, known_bad."""
     yield _rule([b.match(b.meta("oif"), "lo"), b.accept()], en.RULE_LOOPBACK)
+    nd = b.match(b.payload("icmpv6", "type"), {"set": ND_TYPES})
+    yield _rule([nd, b.accept()], "builtin:icmpv6-nd")  # IPv6 needs neighbour discovery
     dns = _ports(Protocol.ANY, (PortRange(53, 53),))
     for fam in FAMILIES:
         resolvers = [ipaddress.ip_network(a) for a in eg.resolvers if a.version == fam]

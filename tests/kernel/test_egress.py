@@ -1,0 +1,258 @@
+"""Egress control and sandbox grants, end to end: the real daemon in the protected (client)
+namespace, a real DNS server (dnsmasq) and HTTP listeners in the "remote" (server)
+namespace, real outbound TCP connections from the protected namespace. IPv4 and IPv6."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from aitherfwd.adapters.nft import Nft
+from aitherfwd.client import SandboxClient, SandboxError
+from tests.daemonproc import DaemonProc
+from tests.lab import Client, Lab, must
+from tests.nsenter import inside
+
+pytestmark = pytest.mark.kernel
+
+PORT, OTHER_PORT = 8080, 9090
+NAME = "api.allowed.test"
+# remote addresses (on the server side of client 1's link)
+ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT = (f"10.77.1.{i}" for i in (10, 12, 11, 13, 66, 14))
+ALLOWED6, OTHER6, GRANTED6 = "fd77:0:0:1::10", "fd77:0:0:1::11", "fd77:0:0:1::13"
+REMOTE = [ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT, ALLOWED6, OTHER6, GRANTED6]
+
+POLICY = f"""\
+version: 1
+settings: {{default_policy: allow}}
+egress:
+  default_action: reject
+  resolvers: [10.77.1.1, "fd77:0:0:1::1"]
+  rules:
+    - {{name: block-cloud-metadata, destination: 169.254.169.254, action: deny}}
+  allowlist:
+    domains: [{NAME}]
+    ports: [{PORT}]
+  known_bad: [{BAD}, "fd77:0:0:1::66"]
+  dns: {{min_refresh: 1s, max_refresh: 1h, grace: 1s}}
+sandbox:
+  max_ttl: 1h
+  default_ttl: 10m
+  allowed_ports: [{PORT}]
+"""
+CONFIG = """\
+[control]
+mode = "0666"
+[roles]
+sandbox = {users = ["nobody"], max_ttl = "5m"}
+"""
+
+
+@dataclass
+class Dns:
+    """dnsmasq in the remote namespace, answering NAME from a hosts file with TTL 1 s."""
+
+    lab: Lab
+    tmp: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *addresses: str) -> None:
+        self.answer(*addresses, reload=False)
+        conf = self.tmp / "dnsmasq.conf"
+        conf.write_text(
+            "port=53\nlisten-address=10.77.1.1\nlisten-address=fd77:0:0:1::1\n"
+            "bind-interfaces\nno-resolv\nno-hosts\nno-daemon\nlocal-ttl=1\n"
+            f"addn-hosts={self.tmp / 'hosts'}\nuser=root\npid-file=\nlog-facility=/dev/null\n"
+        )
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.server, "dnsmasq", f"--conf-file={conf}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def answer(self, *addresses: str, reload: bool = True) -> None:
+        (self.tmp / "hosts").write_text("".join(f"{a} {NAME}\n" for a in addresses))
+        if reload and self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)  # re-reads addn-hosts
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class Env:
+    lab: Lab
+    client: Client
+    dns: Dns
+    daemon: DaemonProc
+
+    def tcp(self, addr: str, port: int = PORT) -> str:
+        return self.lab.tcp(self.client, addr, port, timeout=1.0)
+
+    def sandbox(self) -> SandboxClient:
+        return SandboxClient(self.daemon.socket, timeout=30)
+
+    def elements(self, set_name: str) -> list[object]:
+        with inside(self.client.ns):
+            return Nft().set_elements(set_name)
+
+
+def until(predicate: object, deadline_s: float, what: str) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {deadline_s}s: {what}")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("egress")
+    with Lab(clients_wanted=1) as lab:
+        client = lab.clients[0]
+        dev = f"as{os.getpid() % 100000}x1"
+        for addr in REMOTE:
+            plen, extra = ("64", ["nodad"]) if ":" in addr else ("24", [])
+            must(["ip", "-n", lab.server, "addr", "add", f"{addr}/{plen}", "dev", dev, *extra])
+        lab.listen([PORT, OTHER_PORT])
+        dns = Dns(lab, tmp)
+        dns.start(ALLOWED, ALLOWED6)
+        daemon = DaemonProc(client.ns, tmp, POLICY, CONFIG)
+        try:
+            daemon.start()
+            e = Env(lab, client, dns, daemon)
+            until(lambda: e.tcp(ALLOWED) == "ok", 15, "the allowlisted name resolved")
+            yield e
+        finally:
+            daemon.cleanup()
+            dns.stop()
+
+
+def test_allowlisted_domain_is_reachable_and_nothing_else(env: Env) -> None:
+    assert env.tcp(ALLOWED) == "ok"
+    assert env.tcp(ALLOWED6) == "ok"
+    assert env.tcp(OTHER) == "refused"  # reject: a TCP reset from our own output chain
+    assert env.tcp(OTHER6) == "refused"
+    assert env.tcp(ALLOWED, OTHER_PORT) == "refused"  # the allowlist's ports constrain it
+    assert set(map(str, env.elements("egress_dom_v4"))) == {ALLOWED}
+    counters = env.daemon.ok("GET", "/v1/status")
+    assert counters["egress_dns"]["names"] == 1 and counters["egress_dns"]["failing"] == 0
+
+
+def test_evaluate_outbound_matches_the_kernel(env: Env) -> None:
+    client = env.sandbox()
+    for addr, port in ((ALLOWED, PORT), (OTHER, PORT), (ALLOWED, OTHER_PORT), (ALLOWED6, PORT)):
+        v = client.evaluate(addr, port)
+        kernel = env.tcp(addr, port)
+        assert (v["action"] == "allow") == (kernel == "ok"), (addr, port, v, kernel)
+    by_name = client.evaluate(NAME, PORT)
+    assert by_name["action"] == "allow" and by_name["rule"] == "allowlist"
+    assert {a["address"] for a in by_name["addresses"]} == {ALLOWED, ALLOWED6}
+    meta = client.evaluate("169.254.169.254", 80)
+    assert meta["action"] == "deny" and meta["rule"] == "block-cloud-metadata"
+    bad = client.evaluate(BAD, PORT)
+    assert bad["rule"] == "known_bad" and env.tcp(BAD) != "ok"
+
+
+def test_sandbox_grant_opens_a_destination_and_the_kernel_closes_it(env: Env) -> None:
+    assert env.tcp(GRANTED) == "refused"
+    assert env.tcp(GRANTED6) == "refused"
+    client = env.sandbox()
+    client.grant(GRANTED, ttl="2s", scope="sandbox-alice")
+    client.grant(GRANTED6, ttl="2s", scope="sandbox-alice")
+    assert env.tcp(GRANTED) == "ok"
+    assert env.tcp(GRANTED6) == "ok"
+    elem = env.elements("sandbox_v4")[0]
+    assert isinstance(elem, dict) and elem["elem"]["comment"] == "sandbox-alice"
+    assert client.evaluate(GRANTED, PORT)["rule"] == "sandbox"
+    until(lambda: env.tcp(GRANTED) == "refused", 10, "the v4 grant expired in the kernel")
+    until(lambda: env.tcp(GRANTED6) == "refused", 10, "the v6 grant expired in the kernel")
+    assert client.evaluate(GRANTED, PORT)["action"] == "reject"
+
+
+def test_grant_with_ports_opens_only_those_ports_and_can_be_revoked(env: Env) -> None:
+    client = env.sandbox()
+    with pytest.raises(SandboxError) as refused:
+        client.grant(OTHER, ports=[OTHER_PORT], scope="sandbox-bob")
+    assert refused.value.status == 403 and refused.value.code == "E-PORT-NOT-ALLOWED"
+    client.grant(OTHER, ports=[PORT], scope="sandbox-bob")
+    assert env.tcp(OTHER) == "ok"
+    assert env.elements("sandbox_port_v4")
+    client.revoke(OTHER)
+    assert env.tcp(OTHER) == "refused"
+    assert client.grants() == [] or all(g["destination"] != OTHER for g in client.grants())
+
+
+def test_known_bad_and_metadata_are_refused_and_known_bad_beats_a_kernel_grant(env: Env) -> None:
+    client = env.sandbox()
+    for dest in (BAD, "169.254.169.254", "fd00:ec2::254", "10.77.1.64/28"):
+        with pytest.raises(SandboxError) as refused:
+            client.grant(dest, scope="sandbox-mallory")
+        assert refused.value.status == 403, dest
+    # even an element put into the sandbox set behind the daemon's back does not open it
+    with inside(env.client.ns):
+        Nft().add_elements("sandbox_v4", [BAD])
+    assert env.tcp(BAD) != "ok"
+    refusals = [e for e in env.daemon.audit_events() if e["event"] == "sandbox_refused"]
+    assert len(refusals) >= 4
+
+
+def test_changed_dns_answer_moves_the_allowed_address_without_a_reload(env: Env) -> None:
+    before = env.daemon.ok("GET", "/v1/status")
+    env.dns.answer(MOVED, ALLOWED6)
+    until(lambda: env.tcp(MOVED) == "ok", 15, "the new address allowed")
+    until(lambda: env.tcp(ALLOWED) == "refused", 15, "the old address gone after its grace")
+    after = env.daemon.ok("GET", "/v1/status")
+    assert after["generation"] == before["generation"]
+    assert after["reloads"] == before["reloads"]
+    assert after["egress_dns"]["added"] > before["egress_dns"]["added"]
+    assert after["egress_dns"]["removed"] > before["egress_dns"]["removed"]
+    changed = [e for e in env.daemon.audit_events() if e["event"] == "egress_dns_changed"]
+    assert any(MOVED in e["added"] for e in changed)
+    # a resolver that stops answering never removes working entries
+    env.dns.stop()
+    time.sleep(0.1)
+    until(
+        lambda: env.daemon.ok("GET", "/v1/status")["egress_dns"]["failures"] > 0,
+        20,
+        "a failed resolution",
+    )
+    assert env.tcp(MOVED) == "ok"
+    env.dns.start(MOVED, ALLOWED6)
+
+
+def test_sandbox_role_can_grant_but_not_beyond_its_max_ttl(env: Env) -> None:
+    ok = env.daemon.cli("sandbox", "add", KEPT, "--ttl", "2m", "--scope", "sb-n", user="nobody")
+    assert ok.returncode == 0, ok.stderr
+    long = env.daemon.cli("sandbox", "add", KEPT, "--ttl", "10m", user="nobody")
+    assert long.returncode == 1 and "E-TTL-TOO-LONG" in long.stderr
+    block = env.daemon.cli("block", "10.77.1.99", user="nobody")
+    assert block.returncode == 1 and "E-FORBIDDEN" in block.stderr
+    admin = env.sandbox().grant(KEPT, ttl="3h", scope="sandbox-root")
+    assert admin["capped"] and admin["ttl"] == 3600  # root: capped at the policy's max_ttl
+    listed = env.daemon.cli("sandbox", "list")
+    assert KEPT in listed.stdout and "sandbox-root" in listed.stdout
+
+
+def test_grants_survive_a_restart_with_their_remaining_ttl(env: Env) -> None:
+    env.sandbox().grant(KEPT, ttl="1h", scope="sandbox-keep")
+    assert env.daemon.stop() == 0
+    with inside(env.client.ns):
+        Nft().delete_table()  # lose the kernel state: only the store remembers the grant
+    env.daemon.start()
+    until(lambda: env.tcp(ALLOWED6) == "ok", 15, "domains resolved again after the start")
+    assert env.tcp(KEPT) == "ok"
+    elem = next(e for e in env.elements("sandbox_v4") if isinstance(e, dict))
+    assert elem["elem"]["val"] == KEPT and 3000 < elem["elem"]["expires"] <= 3600
+    grants = {g["destination"]: g for g in env.sandbox().grants()}
+    assert grants[KEPT]["scope"] == "sandbox-keep"
