@@ -1,11 +1,12 @@
 """The output chain of table `inet aitherfwd` (layer L1, pure).
 
 Owns: compiling the `egress:` and `sandbox:` sections into the kernel's outbound path, in
-seed 001's order: loopback (and ICMPv6 neighbour discovery) · DNS to the resolvers · established/related · known_bad (drop;
-wins over everything below, sandbox grants included) · named rules in order · known_good ·
-allowlist (resolved-domain sets and IPs, constrained by its ports) · sandbox grants (hash
-and prefix sets, constrained by sandbox.allowed_ports; per-grant ports in the
-address . port sets) · (rate-limited log) · default verdict. Emitted only when the policy
+seed 001's order: loopback (and ICMPv6 neighbour discovery) · DNS to the resolvers ·
+established/related · known_bad (drop; wins over everything below, sandbox grants
+included) · named rules in order · known_good · allowlist (resolved-domain sets and IPs,
+constrained by its ports) · sandbox grants (hash and prefix sets, constrained by
+sandbox.allowed_ports; per-grant ports in the address . port sets) · (rate-limited log) ·
+default verdict. Emitted only when the policy
 has an `egress:` section; without one, outbound is not filtered. Deterministic.
 """
 
