@@ -78,7 +78,7 @@ class EgressParser:
         action = get("default_action", lambda n, p: self.f.enum(n, p, Action), d.default_action)
         resolvers = get("resolvers", self.addresses, [])
         rules = get("rules", self.rules, [])
-        domains, ips, ports = get("allowlist", self.allowlist, ([], [], ()))
+        domains, ips, ports = get("allowlist", self.allowlist, ([], [], ())) or ([], [], ())
         good = get("known_good", lambda n, p: self.f.each(n, p, self.f.cidr), [])
         badl = get("known_bad", lambda n, p: self.f.each(n, p, self.f.cidr), [])
         dns = get("dns", self.dns, d.dns)
