@@ -19,6 +19,7 @@ from typing import Any
 
 from aitherfwd.adapters.audit import AuditLog, rfc3339
 from aitherfwd.adapters.dns import ResolveError, Resolver
+from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.config import Authorizer
@@ -104,8 +105,10 @@ class EgressRuntime:
 
     async def refresh(self, *, first: bool = False) -> list[Change]:
         """One round: resolve every due name, apply the changes as one element delta.
-        The first round after start flushes the domain sets in the same transaction (the
-        kernel may hold addresses of a previous run the daemon knows nothing about)."""
+        The first round after start adopts what the kernel's domain sets hold (addresses
+        of a previous run), so a restart without DNS keeps enforcing them."""
+        if first:
+            await self.adopt()
         now = self.clock.now()
         due = self.domains.due(now)
         changes: list[Change] = []
@@ -127,7 +130,7 @@ class EgressRuntime:
                 else:
                     changes.append(self.domains.answered(name, answer, now))
         changes += self.domains.expire(now)
-        await self.sync(flush=first)
+        await self.sync()
         self.domains.stats.rounds += 1
         self.domains.stats.last_round_seconds = round(time.perf_counter() - started, 4)
         for ch in changes:
@@ -143,25 +146,38 @@ class EgressRuntime:
                 )
         return changes
 
-    async def sync(self, *, flush: bool = False) -> int:
-        """Make the kernel's domain sets hold what the table says: one transaction."""
+    async def adopt(self) -> None:
+        """At start, take what the kernel's domain sets hold as installed: the first
+        delta then removes only what no name resolves to any more."""
+        sets = self._domain_sets()
+
+        def listing(nft: Nft) -> dict[str, frozenset[str]]:
+            out = {}
+            for name in sets:
+                elems = nft.set_elements(name)
+                out[name] = frozenset(
+                    e["elem"]["val"] if isinstance(e, dict) else str(e) for e in elems
+                )
+            return out
+
+        if sets:
+            self.installed = await self.writer.call(listing, writes=False)
+
+    def _domain_sets(self) -> list[str]:
+        bases = {base for s in self.domains.names.values() for base in s.bases}
+        return sorted(en.domain_set(base, f) for base in bases for f in (4, 6))
+
+    async def sync(self) -> int:
+        """Make the kernel's domain sets hold what the table says: one transaction. While
+        a name has never resolved since the start, nothing is removed (a failing resolver
+        must not empty sets the kernel filled before)."""
         desired = self.domains.desired()
-        if flush:
-            sets = sorted(
-                {
-                    en.domain_set(base, f)
-                    for s in self.domains.names.values()
-                    for base in s.bases
-                    for f in (4, 6)
-                }
-            )
-            cmds: list[Any] = [
-                {"flush": {"set": {"family": "inet", "table": "aitherfwd", "name": s}}}
-                for s in sets
-            ]
-            cmds += element_delta({}, desired)
-        else:
-            cmds = element_delta(self.installed, desired)
+        if any(s.resolved_at is None for s in self.domains.names.values()):
+            keep = set(self.installed) | set(desired)
+            desired = {
+                k: desired.get(k, frozenset()) | self.installed.get(k, frozenset()) for k in keep
+            }
+        cmds = element_delta(self.installed, desired)
         if not cmds:
             return 0
         await self.writer.elements(cmds)

@@ -256,3 +256,24 @@ def test_grants_survive_a_restart_with_their_remaining_ttl(env: Env) -> None:
     assert elem["elem"]["val"] == KEPT and 3000 < elem["elem"]["expires"] <= 3600
     grants = {g["destination"]: g for g in env.sandbox().grants()}
     assert grants[KEPT]["scope"] == "sandbox-keep"
+
+
+def test_a_deleted_table_is_repaired_with_grants_and_resolved_domains(env: Env) -> None:
+    env.sandbox().grant(KEPT, ttl="30m", scope="sandbox-drift")
+    with inside(env.client.ns):
+        Nft().delete_table()
+    # without the table nothing is filtered: wait for the repair to refuse again
+    until(lambda: env.tcp(OTHER) == "refused", 15, "the output chain repaired")
+    assert env.tcp(KEPT) == "ok"  # the grant restored in the same transaction
+    assert env.tcp(ALLOWED6) == "ok"  # and the resolved domain
+
+
+def test_a_restart_without_dns_keeps_the_resolved_addresses(env: Env) -> None:
+    assert env.tcp(ALLOWED6) == "ok"
+    assert env.daemon.stop() == 0
+    env.dns.stop()
+    env.daemon.start()
+    assert env.tcp(ALLOWED6) == "ok"
+    status = env.daemon.ok("GET", "/v1/status")["egress_dns"]
+    assert status["failing"] == 1 and status["addresses"] >= 1
+    env.dns.start(MOVED, ALLOWED6)
