@@ -382,6 +382,9 @@ def document(
         "bans are live, next to `nft -f` and raw libnftables measured in the same run. This "
         "file is written by the benchmark; the numbers below are from its last full run.",
         "",
+        "Egress (sandbox grant latency, DNS refresh of 1,000 names): "
+        "[benchmarks-egress.md](benchmarks-egress.md).",
+        "",
         "## Last run",
         "",
         f"- Command: `{command}` (as root), started {started} UTC",
