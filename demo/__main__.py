@@ -5,7 +5,8 @@ policies/default.yaml in the server's namespace with the aitherfwd CLI, then con
 the client over IPv4 (zone internal) and IPv6 (zone external) and shows for each attempt
 what happened and which rule decided — read from the kernel's own per-rule counters.
 Then runs the daemon: a ban through the control socket, evaluate, a hot reload that keeps
-the ban, the kernel lifting it on time, and a stop that leaves the table enforcing.
+the ban, the kernel lifting it on time, egress control with a sandbox grant expiring, and
+a stop that leaves the table enforcing.
 Nothing outside the namespaces it creates is touched; they are removed on exit.
 """
 
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.lab import Client, Lab
+from tests.lab import LISTENER, PROBE, Client, Lab
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(ROOT / ".venv" / "bin" / "aitherfwd")
@@ -247,6 +248,8 @@ def demo_with_daemon(
     client_cmd(workdir, "lift it by hand", ["unblock", out.split("blocked ")[-1].split()[0]])
     attempt(lab, client, client.server_v6, 443, "tcp")
     step(lab, "per-rule counters in the kernel", ["counters"])
+    if demo_egress(lab, client, workdir) != 0:
+        return 1
 
     daemon.send_signal(signal.SIGTERM)
     daemon.wait(timeout=15)
@@ -259,6 +262,68 @@ def demo_with_daemon(
     say(f"\n{DIM}namespaces removed; the host's own firewall was never touched{OFF}")
     return 0
 
+
+def outbound(lab: Lab, addr: str, port: int) -> None:
+    """A real outbound connection from the protected (server) namespace."""
+    res = lab.exec(lab.server, [sys.executable, "-c", PROBE, "tcp", addr, str(port), "1", "1", ""])
+    outcome = json.loads(res.stdout)[0] if res.returncode == 0 else "error"
+    colour = GREEN if outcome == "ok" else RED
+    say(f"  outbound tcp -> {addr}:{port}  {colour}{outcome}{OFF}")
+
+
+def demo_egress(lab: Lab, client: Client, workdir: Path) -> int:
+    say(
+        f"\n{BOLD}Egress control{OFF}: the policy gains an egress: section (outbound rejected "
+        f"unless allowed; {client.v6} is known_bad) — the client now listens on 8080"
+    )
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", client.ns, sys.executable, "-c", LISTENER, "8080", "", ""],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lab._procs.append(proc)  # the lab kills it on exit, like its own listeners
+    if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+        return 1
+    text = (workdir / "policy.yaml").read_text()
+    (workdir / "policy.yaml").write_text(text + EGRESS.format(bad=client.v6))
+    deadline = time.monotonic() + 5
+    while generation(workdir) != 3:
+        if time.monotonic() > deadline:
+            say(f"  {RED}the reload did not happen{OFF}")
+            return 1
+        time.sleep(0.05)
+    outbound(lab, client.v4, 8080)
+    client_cmd(
+        workdir,
+        "a proxy grants its agent a few seconds",
+        ["sandbox", "add", client.v4, "--ttl", "4s", "--scope", "sandbox-demo", "--port", "8080"],
+    )
+    outbound(lab, client.v4, 8080)
+    client_cmd(workdir, "live grants", ["sandbox", "list"])
+    client_cmd(workdir, "known_bad is never granted", ["sandbox", "add", client.v6])
+    started = time.monotonic()
+    while (
+        lab.exec(
+            lab.server, [sys.executable, "-c", PROBE, "tcp", client.v4, "8080", "1", "0.5", ""]
+        ).stdout.strip()
+        == '["ok"]'
+    ):
+        if time.monotonic() - started > 15:
+            say(f"  {RED}the grant did not expire{OFF}")
+            return 1
+        time.sleep(0.2)
+    say(f"  {YELLOW}the sandbox grant expired in the kernel{OFF}: the destination is closed")
+    outbound(lab, client.v4, 8080)
+    return 0
+
+
+EGRESS = """
+egress:
+  default_action: reject
+  known_bad: ["{bad}"]
+sandbox: {{max_ttl: 1h, default_ttl: 5m, allowed_ports: [8080]}}
+"""
 
 RULE_3306 = """
   - name: lan_mysql
