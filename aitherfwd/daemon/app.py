@@ -240,7 +240,13 @@ class Daemon:
             sd.status(f"generation {current.number}; last reload REJECTED: {errors[0]['message']}")
             return ReloadOutcome("rejected", current.number, errors, warnings, now, trigger)
         ruleset = compile_policy(policy)
-        if ruleset.sha256 == current.ruleset.sha256:
+        same_kernel = ruleset.sha256 == current.ruleset.sha256
+        # allowlisted names, DNS bounds and sandbox limits live outside the ruleset
+        outbound = (policy.egress, policy.sandbox) != (
+            current.policy.egress,
+            current.policy.sandbox,
+        )
+        if same_kernel and not outbound:
             return ReloadOutcome("unchanged", current.number, [], warnings, now, trigger)
         evaluator = Evaluator(policy)
         if not force:
@@ -254,7 +260,8 @@ class Daemon:
                 self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
                 return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
         try:
-            await self.writer.call(lambda nft: self._apply_delta(nft, current.ruleset, ruleset))
+            if not same_kernel:
+                await self.writer.call(lambda nft: self._apply_delta(nft, current.ruleset, ruleset))
         except ApplyError as exc:
             err = {"code": exc.code, "message": exc.message}
             self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])

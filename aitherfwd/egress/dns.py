@@ -9,7 +9,8 @@ computes element deltas. The rules:
   * an address that drops out of the answers stays allowed until its TTL plus dns.grace
     has passed since it was last seen (connections in flight, resolvers that rotate);
   * a failure (timeout, SERVFAIL, NXDOMAIN, an empty answer) never removes anything: the
-    name keeps its addresses, and is retried with a backoff bounded the same way.
+    name keeps its addresses, and is retried with a backoff from min_refresh, doubling, at
+    most every minute (or max_refresh, when shorter).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import DnsBounds
 
 Answer = tuple[tuple[str, int], ...]  # (address text, ttl seconds)
+RETRY_CAP = 60  # a failing name is asked again at least this often, whatever max_refresh
 
 
 @dataclass
@@ -106,7 +108,9 @@ class DomainTable:
         state.failures += 1
         state.last_error = error
         backoff = self.bounds.min_refresh * 2 ** min(state.failures - 1, 16)
-        state.next_refresh = now + self._clamp(backoff)
+        state.next_refresh = now + min(
+            self._clamp(backoff), max(RETRY_CAP, self.bounds.min_refresh)
+        )
 
     def expire(self, now: float) -> list[Change]:
         """Drop addresses past their TTL plus grace — only for names whose last

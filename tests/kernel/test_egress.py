@@ -24,6 +24,7 @@ pytestmark = pytest.mark.kernel
 
 PORT, OTHER_PORT = 8080, 9090
 NAME = "api.allowed.test"
+SECOND = "second.allowed.test"
 # remote addresses (on the server side of client 1's link)
 ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT = (f"10.77.1.{i}" for i in (10, 12, 11, 13, 66, 14))
 ALLOWED6, OTHER6, GRANTED6 = "fd77:0:0:1::10", "fd77:0:0:1::11", "fd77:0:0:1::13"
@@ -76,9 +77,14 @@ class Dns:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        time.sleep(0.2)
+        if self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            raise RuntimeError(f"dnsmasq exited {self.proc.returncode}: {err}")
 
-    def answer(self, *addresses: str, reload: bool = True) -> None:
-        (self.tmp / "hosts").write_text("".join(f"{a} {NAME}\n" for a in addresses))
+    def answer(self, *addresses: str, reload: bool = True, extra: str = "") -> None:
+        lines = "".join(f"{a} {NAME}\n" for a in addresses)
+        (self.tmp / "hosts").write_text(lines + (f"{OTHER} {SECOND}\n" if extra else ""))
         if reload and self.proc is not None:
             self.proc.send_signal(signal.SIGHUP)  # re-reads addn-hosts
 
@@ -212,11 +218,17 @@ def test_changed_dns_answer_moves_the_allowed_address_without_a_reload(env: Env)
     env.dns.answer(MOVED, ALLOWED6)
     until(lambda: env.tcp(MOVED) == "ok", 15, "the new address allowed")
     until(lambda: env.tcp(ALLOWED) == "refused", 15, "the old address gone after its grace")
+    removed = before["egress_dns"]["removed"]
+    # the counters follow right after the kernel transaction
+    until(
+        lambda: env.daemon.ok("GET", "/v1/status")["egress_dns"]["removed"] > removed,
+        5,
+        "the removal counted",
+    )
     after = env.daemon.ok("GET", "/v1/status")
     assert after["generation"] == before["generation"]
     assert after["reloads"] == before["reloads"]
     assert after["egress_dns"]["added"] > before["egress_dns"]["added"]
-    assert after["egress_dns"]["removed"] > before["egress_dns"]["removed"]
     changed = [e for e in env.daemon.audit_events() if e["event"] == "egress_dns_changed"]
     assert any(MOVED in e["added"] for e in changed)
     # a resolver that stops answering never removes working entries
@@ -229,6 +241,23 @@ def test_changed_dns_answer_moves_the_allowed_address_without_a_reload(env: Env)
     )
     assert env.tcp(MOVED) == "ok"
     env.dns.start(MOVED, ALLOWED6)
+
+
+def test_a_reload_that_changes_the_allowlist_moves_the_domain_sets(env: Env) -> None:
+    env.dns.answer(MOVED, ALLOWED6, extra=SECOND)
+    generation = env.daemon.ok("GET", "/v1/status")["generation"]
+    env.daemon.policy.write_text(POLICY.replace(f"domains: [{NAME}]", f"domains: [{SECOND}]"))
+    until(
+        lambda: env.daemon.ok("GET", "/v1/status")["generation"] == generation + 1,
+        10,
+        "the hot reload",
+    )
+    until(lambda: env.tcp(OTHER) == "ok", 15, "the new name resolved and allowed")
+    assert env.tcp(MOVED) == "refused"  # the dropped name's addresses left the set at once
+    assert env.tcp(ALLOWED6) == "refused"
+    env.daemon.policy.write_text(POLICY)
+    until(lambda: env.tcp(ALLOWED6) == "ok", 15, "the original allowlist back")
+    assert env.tcp(OTHER) == "refused"
 
 
 def test_sandbox_role_can_grant_but_not_beyond_its_max_ttl(env: Env) -> None:
