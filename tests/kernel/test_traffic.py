@@ -18,7 +18,7 @@ from tests.nsenter import inside
 
 pytestmark = pytest.mark.kernel
 
-TCP_PORTS = [22, 80, 443, 3306, 5432, 8000, 8111, 9999]
+TCP_PORTS = [22, 80, 443, 3306, 5432, 7000, 8000, 8111, 9999]
 UDP_PORTS = [53, 514]
 
 
@@ -43,6 +43,7 @@ rules:
   - {{name: secrets_world, zone: world, dest_services: [Secrets], action: reject}}
   - {{name: secrets_lan, zone: lan, dest_services: [Secrets], action: allow}}
   - {{name: web, dest_ports: [80, 443], protocol: tcp, action: allow}}
+  - {{name: logged, dest_ports: [7000], protocol: tcp, action: allow, log: true}}
   - {{name: narrow, dest_ports: [8000], protocol: tcp,
       source_cidrs: [10.77.1.0/24, "fd77:0:0:1::/64"], action: allow}}
   - {{name: dns, zone: lan, dest_services: [DNS], action: allow}}
@@ -86,6 +87,14 @@ def test_allowed_port_connects_over_ipv4_and_ipv6(lab: Lab) -> None:
     for client in lab.clients:
         for fam, addr in _both(client):
             assert lab.tcp(client, addr, 443) == "ok", (client.index, fam)
+
+
+def test_a_logged_rule_keeps_its_verdict_beyond_the_log_rate(lab: Lab) -> None:
+    """The log limit (10/s, burst 20) only thins the log; every connection still passes."""
+    lan = lab.clients[0]
+    for _, addr in _both(lan):
+        results = lab.probe(lan, addr, 7000, count=60, timeout=0.5)
+        assert results == ["ok"] * 60
 
 
 def test_port_without_a_rule_is_dropped_by_the_default_policy(lab: Lab) -> None:
