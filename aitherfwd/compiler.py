@@ -79,7 +79,7 @@ def compile_policy(policy: Policy) -> Ruleset:
             for fam in (4, 6):
                 objects.append(
                     b.set_(
-                        n.ratelimit_set(r.name, fam),
+                        n.ratelimit_set(r.name, fam, r.rate_limit.rate, r.rate_limit.burst),
                         _addr_type(fam),
                         ["timeout"],
                         timeout=RATELIMIT_SET_TIMEOUT,
@@ -226,7 +226,7 @@ def _rule(chain: str, rule: Rule) -> Iterator[Json]:
         if rule.rate_limit and fam is not None:
             rl = rule.rate_limit
             meter = b.update_set(
-                n.ratelimit_set(rule.name, fam),
+                n.ratelimit_set(rule.name, fam, rl.rate, rl.burst),
                 _saddr(fam),
                 b.limit(rl.rate, "second", rl.burst, over=True),
             )

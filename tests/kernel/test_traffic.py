@@ -12,7 +12,8 @@ import pytest
 
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
-from aitherfwd.compiler import compile_policy
+from aitherfwd.compiler import Ruleset, compile_policy
+from aitherfwd.policy.parse import parse_policy
 from tests.lab import Client, Lab
 from tests.nsenter import inside
 
@@ -157,6 +158,29 @@ def test_ipv6_source_rate_limited_separately(lab: Lab) -> None:
     results = lab.probe(lan, lan.server_v6, 22, count=12, timeout=0.2)
     assert results.count("ok") >= 1
     assert results.count("timeout") >= 5, results
+
+
+def test_a_changed_rate_limit_takes_effect_for_sources_already_metered(lab: Lab) -> None:
+    """A kernel meter element keeps the rate it was created with, so a new rate must not
+    inherit the old buckets: after raising the ssh limit a throttled source passes at once."""
+    lan = lab.clients[0]
+    assert lab.probe(lan, lan.server_v4, 22, count=12, timeout=0.2).count("timeout") >= 5
+    raised = _policy_text().replace(
+        "rate_limit_rps: 1, burst: 3", "rate_limit_rps: 500, burst: 500"
+    )
+    with inside(lab.server):
+        Nft().apply(_compiled(raised))
+    try:
+        assert lab.probe(lan, lan.server_v4, 22, count=12, timeout=0.5) == ["ok"] * 12
+    finally:
+        with inside(lab.server):
+            Nft().apply(_compiled(_policy_text()))
+
+
+def _compiled(text: str) -> Ruleset:
+    result = parse_policy(text, "policy.yaml")
+    assert result.policy is not None, [d.render() for d in result.diagnostics]
+    return compile_policy(result.policy)
 
 
 def test_blocked_source_is_dropped_across_a_reapply_until_its_timeout(lab: Lab) -> None:
