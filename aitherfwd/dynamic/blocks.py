@@ -12,7 +12,7 @@ import ipaddress
 import math
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.nft import builders as b
@@ -234,12 +234,14 @@ class BlockTable:
         adds: dict[str, list[Any]] = {}  # ...then everything added with its timeout
         for new in blocks:
             existing = self.get(new.key, now)
-            blk = new if existing is None else replace(new, created_at=existing.created_at)
+            name = set_for_key(new.key)
+            blk = new
             if existing is not None:
+                blk = Block(new.key, new.expires_at, new.reason, new.source, existing.created_at)
                 # the element may expire in the kernel at any moment: add, delete, add again
                 # with the new timeout is valid whatever the kernel holds right now
-                touch.setdefault(blk.set_name, []).append(blk.value())
-            adds.setdefault(blk.set_name, []).append(blk.element(now))
+                touch.setdefault(name, []).append(blk.value())
+            adds.setdefault(name, []).append(blk.element(now))
             self._store(blk)
         cmds: list[Any] = [b.add(b.element(name, v)) for name, v in sorted(touch.items())]
         cmds += [{"delete": b.element(name, v)} for name, v in sorted(touch.items())]
