@@ -259,10 +259,17 @@ class BlockTable:
     def restore_commands(self, now: float) -> list[Any]:
         """Element adds for every live block with its remaining timeout (after a table loss)."""
         self.prune(now)
-        by_set: dict[str, list[Any]] = {}
-        for blk in self._blocks.values():
-            by_set.setdefault(blk.set_name, []).append(blk.element(now))
-        return [b.add(b.element(name, elems)) for name, elems in sorted(by_set.items())]
+        by_set: dict[str, list[Any]] = {name: [] for name in BLOCK_SET_NAMES}
+        ceil = math.ceil
+        for blk in self._blocks.values():  # Block.element, inlined: 100,000 per cold start
+            key, expires = blk.key, blk.expires_at
+            value = key if "/" not in key else blk.value()
+            by_set[set_for_key(key)].append(
+                value
+                if expires is None
+                else {"elem": {"val": value, "timeout": max(1, ceil(expires - now))}}
+            )
+        return [b.add(b.element(name, elems)) for name, elems in sorted(by_set.items()) if elems]
 
     def load(self, blocks: Iterable[Block]) -> None:
         """Adopt blocks as they are (from the store or the kernel), without commands."""
