@@ -82,8 +82,9 @@ def _head(policy: Policy, eg: Egress) -> Iterator[Json]:
     for fam in FAMILIES:
         bad = [x for x in eg.known_bad if x.version == fam]
         if bad:
-            log = _log(policy, Action.DENY, en.RULE_KNOWN_BAD)
-            exprs = [_daddr_in(fam, bad), b.named_counter(en.COUNTER_KNOWN_BAD), *log, b.drop()]
+            dest = _daddr_in(fam, bad)
+            yield from _logged(policy, Action.DENY, en.RULE_KNOWN_BAD, [dest])
+            exprs = [dest, b.named_counter(en.COUNTER_KNOWN_BAD), b.drop()]
             yield _rule(exprs, en.RULE_KNOWN_BAD)
 
 
@@ -97,11 +98,12 @@ def _named(policy: Policy, eg: Egress) -> Iterator[Json]:
                 if not nets:
                     continue
                 dest = _daddr_in(fam, nets)
-            log = _log(policy, r.action, r.name) if r.log else []
+            match = [dest, *_ports(r.protocol, r.ports)]
+            if r.log:
+                yield from _logged(policy, r.action, r.name, match)
             for verdict in _verdicts(r.action, r.protocol):
                 counter = b.named_counter(en.rule_counter(r.name))
-                exprs = [dest, *_ports(r.protocol, r.ports), *verdict[:-1], counter, *log]
-                yield _rule([*exprs, verdict[-1]], r.name)
+                yield _rule([*match, *verdict[:-1], counter, verdict[-1]], r.name)
 
 
 def _allowed(eg: Egress) -> Iterator[Json]:
@@ -171,10 +173,11 @@ def _ports(proto: Protocol, ports: tuple[PortRange, ...]) -> list[Json]:
     ]
 
 
-def _log(policy: Policy, action: Action, rule: str) -> list[Json]:
-    if action is Action.ALLOW or not policy.settings.log_denied:
-        return []
-    return _log_exprs(f"afw egress {action} {rule} ")
+def _logged(policy: Policy, action: Action, rule: str, match: list[Json]) -> Iterator[Json]:
+    """The rate-limited log of a denying rule, in a rule of its own: past the log's limit
+    the packet must still meet the verdict below, never fall through to later rules."""
+    if action is not Action.ALLOW and policy.settings.log_denied:
+        yield _rule([*match, *_log_exprs(f"afw egress {action} {rule} ")], f"{rule}:log")
 
 
 def _log_exprs(prefix: str) -> list[Json]:

@@ -209,6 +209,9 @@ def test_known_bad_and_metadata_are_refused_and_known_bad_beats_a_kernel_grant(e
     with inside(env.client.ns):
         Nft().add_elements("sandbox_v4", [BAD])
     assert env.tcp(BAD) != "ok"
+    # past the log's rate limit (10/s, burst 20) known_bad still drops: no fall-through
+    burst = env.lab.probe(env.client, BAD, PORT, count=30, timeout=0.1)
+    assert "ok" not in burst and "refused" not in burst
     refusals = [e for e in env.daemon.audit_events() if e["event"] == "sandbox_refused"]
     assert len(refusals) >= 4
 
