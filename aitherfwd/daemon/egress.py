@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,9 @@ class EgressRuntime:
         self.granted_total = 0
         self.refused_total = 0
         self._wake = asyncio.Event()
+        # called with (grants_v4, grants_v6, granted_total) after every change of the grants
+        # (metrics: wire `daemon.stats.sandbox` here)
+        self.on_change: Callable[[int, int, int], None] = lambda v4, v6, total: None
 
     # --- the evaluator's view ------------------------------------------------------------
 
@@ -89,6 +93,7 @@ class EgressRuntime:
 
     def load(self, now: float) -> None:
         self.grants.load(self.store.load_grants(now))
+        self._changed(now)
 
     def restore_commands(self, now: float, *, domains: bool) -> list[Any]:
         """Element adds for every live grant with its remaining TTL (and, after a table
@@ -206,6 +211,11 @@ class EgressRuntime:
             self.store.end_grants(g.key for g in gone)
             for g in gone:
                 self.audit.write(now, "sandbox_expired", destination=g.key, scope=g.scope)
+            self._changed(now)
+
+    def _changed(self, now: float) -> None:
+        counts = self.grants.counts(now)
+        self.on_change(counts["grants_v4"], counts["grants_v6"], self.granted_total)
 
     # --- sandbox grants ------------------------------------------------------------------
 
@@ -285,6 +295,7 @@ class EgressRuntime:
             self.store.end_grants(k for k, p in previous.items() if p is None)
             raise
         self.granted_total += len(grants)
+        self._changed(now)
         self.audit.write(
             now,
             "sandbox_granted",
@@ -320,6 +331,7 @@ class EgressRuntime:
             self.grants.load(removed)
             raise
         self.store.end_grants(g.key for g in removed)
+        self._changed(now)
         self.audit.write(
             now,
             "sandbox_revoked",

@@ -270,6 +270,8 @@ def test_sandbox_role_can_grant_but_not_beyond_its_max_ttl(env: Env) -> None:
     assert long.returncode == 1 and "E-TTL-TOO-LONG" in long.stderr
     block = env.daemon.cli("block", "10.77.1.99", user="nobody")
     assert block.returncode == 1 and "E-FORBIDDEN" in block.stderr
+    stranger = env.daemon.cli("sandbox", "add", KEPT, "--ttl", "1m", user="daemon")
+    assert stranger.returncode == 1 and "E-FORBIDDEN" in stranger.stderr
     admin = env.sandbox().grant(KEPT, ttl="3h", scope="sandbox-root")
     assert admin["capped"] and admin["ttl"] == 3600  # root: capped at the policy's max_ttl
     listed = env.daemon.cli("sandbox", "list")
