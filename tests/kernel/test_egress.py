@@ -28,7 +28,9 @@ SECOND = "second.allowed.test"
 # remote addresses (on the server side of client 1's link)
 ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT = (f"10.77.1.{i}" for i in (10, 12, 11, 13, 66, 14))
 ALLOWED6, OTHER6, GRANTED6 = "fd77:0:0:1::10", "fd77:0:0:1::11", "fd77:0:0:1::13"
-REMOTE = [ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT, ALLOWED6, OTHER6, GRANTED6]
+DENIED, GIT, GIT6 = "10.77.1.20", "10.77.1.21", "fd77:0:0:1::21"  # named rules
+GIT_NAME = "git.allowed.test"
+REMOTE = [ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT, ALLOWED6, OTHER6, GRANTED6, DENIED, GIT, GIT6]
 
 POLICY = f"""\
 version: 1
@@ -38,8 +40,11 @@ egress:
   resolvers: [10.77.1.1, "fd77:0:0:1::1"]
   rules:
     - {{name: block-cloud-metadata, destination: 169.254.169.254, action: deny}}
+    - {{name: deny-one, destination: {DENIED}, action: reject}}
+    - {{name: git, destination: {GIT_NAME}, protocol: tcp, ports: [{OTHER_PORT}], action: allow}}
   allowlist:
     domains: [{NAME}]
+    ips: [{DENIED}]
     ports: [{PORT}]
   known_bad: [{BAD}, "fd77:0:0:1::66"]
   dns: {{min_refresh: 1s, max_refresh: 1h, grace: 1s}}
@@ -83,7 +88,8 @@ class Dns:
             raise RuntimeError(f"dnsmasq exited {self.proc.returncode}: {err}")
 
     def answer(self, *addresses: str, reload: bool = True, extra: str = "") -> None:
-        lines = "".join(f"{a} {NAME}\n" for a in addresses)
+        lines = "".join(f"{a} {NAME}\n" for a in addresses) + f"{GIT} {GIT_NAME}\n"
+        lines += f"{GIT6} {GIT_NAME}\n"
         (self.tmp / "hosts").write_text(lines + (f"{OTHER} {SECOND}\n" if extra else ""))
         if reload and self.proc is not None:
             self.proc.send_signal(signal.SIGHUP)  # re-reads addn-hosts
@@ -152,7 +158,16 @@ def test_allowlisted_domain_is_reachable_and_nothing_else(env: Env) -> None:
     assert env.tcp(ALLOWED, OTHER_PORT) == "refused"  # the allowlist's ports constrain it
     assert set(map(str, env.elements("egress_dom_v4"))) == {ALLOWED}
     counters = env.daemon.ok("GET", "/v1/status")
-    assert counters["egress_dns"]["names"] == 1 and counters["egress_dns"]["failing"] == 0
+    assert counters["egress_dns"]["names"] == 2 and counters["egress_dns"]["failing"] == 0
+
+
+def test_named_rules_come_before_the_allowlist_and_take_host_names(env: Env) -> None:
+    assert env.tcp(DENIED) == "refused"  # allowlisted IP, but the named rule rejects first
+    assert env.tcp(GIT, OTHER_PORT) == "ok"  # a host-name rule, on its own port
+    assert env.tcp(GIT6, OTHER_PORT) == "ok"
+    assert env.tcp(GIT, PORT) == "refused"
+    assert env.sandbox().evaluate(DENIED, PORT)["rule"] == "deny-one"
+    assert env.sandbox().evaluate(GIT_NAME, OTHER_PORT)["rule"] == "git"
 
 
 def test_evaluate_outbound_matches_the_kernel(env: Env) -> None:
@@ -192,10 +207,14 @@ def test_grant_with_ports_opens_only_those_ports_and_can_be_revoked(env: Env) ->
         client.grant(OTHER, ports=[OTHER_PORT], scope="sandbox-bob")
     assert refused.value.status == 403 and refused.value.code == "E-PORT-NOT-ALLOWED"
     client.grant(OTHER, ports=[PORT], scope="sandbox-bob")
+    client.grant(OTHER6, ports=[PORT], scope="sandbox-bob")
     assert env.tcp(OTHER) == "ok"
-    assert env.elements("sandbox_port_v4")
+    assert env.tcp(OTHER6) == "ok"
+    assert env.elements("sandbox_port_v4") and env.elements("sandbox_port_v6")
     client.revoke(OTHER)
+    client.revoke(OTHER6)
     assert env.tcp(OTHER) == "refused"
+    assert env.tcp(OTHER6) == "refused"
     assert client.grants() == [] or all(g["destination"] != OTHER for g in client.grants())
 
 
@@ -309,5 +328,6 @@ def test_a_restart_without_dns_keeps_the_resolved_addresses(env: Env) -> None:
     env.daemon.start()
     assert env.tcp(ALLOWED6) == "ok"
     status = env.daemon.ok("GET", "/v1/status")["egress_dns"]
-    assert status["failing"] == 1 and status["addresses"] >= 1
+    assert status["failing"] == 2 and status["addresses"] >= 3
+    assert env.tcp(GIT6, OTHER_PORT) == "ok"  # the host-name rule's set kept too
     env.dns.start(MOVED, ALLOWED6)
