@@ -16,7 +16,7 @@ import pytest
 
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.client import SandboxClient, SandboxError
-from tests.daemonproc import DaemonProc
+from tests.daemonproc import AITHERFWD, DaemonProc
 from tests.lab import Client, Lab, must
 from tests.nsenter import inside
 
@@ -215,6 +215,12 @@ def test_grant_with_ports_opens_only_those_ports_and_can_be_revoked(env: Env) ->
     client.revoke(OTHER6)
     assert env.tcp(OTHER) == "refused"
     assert env.tcp(OTHER6) == "refused"
+    # a host name: every address it resolves to, revoked by the name
+    granted = client.grant(GIT_NAME, ports=[PORT], scope="sandbox-bob")["granted"]
+    assert {g["destination"] for g in granted} == {GIT, GIT6}
+    assert env.tcp(GIT) == "ok" and env.tcp(GIT6) == "ok"
+    assert len(client.revoke(GIT_NAME)["revoked"]) == 2
+    assert env.tcp(GIT) == "refused"
     assert client.grants() == [] or all(g["destination"] != OTHER for g in client.grants())
 
 
@@ -331,3 +337,14 @@ def test_a_restart_without_dns_keeps_the_resolved_addresses(env: Env) -> None:
     assert status["failing"] == 2 and status["addresses"] >= 3
     assert env.tcp(GIT6, OTHER_PORT) == "ok"  # the host-name rule's set kept too
     env.dns.start(MOVED, ALLOWED6)
+
+
+def test_check_warns_about_names_that_do_not_resolve(env: Env, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace(f"domains: [{NAME}]", f"domains: [{NAME}, nowhere.test]"))
+    res = env.lab.exec(env.client.ns, [AITHERFWD, "check", str(policy)], timeout=60)
+    assert res.returncode == 0, res.stderr
+    warned = [line for line in res.stdout.splitlines() if "W-UNRESOLVED" in line]
+    assert len(warned) == 1 and "nowhere.test" in warned[0]
+    quiet = env.lab.exec(env.client.ns, [AITHERFWD, "check", "--no-resolve", str(policy)])
+    assert "W-UNRESOLVED" not in quiet.stdout
