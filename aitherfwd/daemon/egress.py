@@ -255,18 +255,9 @@ class EgressRuntime:
         ttl = spec.ttl or policy.sandbox.default_ttl
         limit, capped = self._max_ttl(caller)
         try:
-            if ttl > limit and not capped:
-                raise GrantError(
-                    403,
-                    "E-TTL-TOO-LONG",
-                    f"ttl {ttl}s is above the {limit}s your role may grant; ask for less",
-                )
-            check_ports(spec.ports, policy.sandbox)
-            for net in targets:
-                why = refusal(net, policy.egress)
-                if why is not None:
-                    raise GrantError(403, "E-GRANT-REFUSED", why)
-                self.grants.check_overlap(net, now)
+            self._vet(
+                spec, targets, policy=policy, ttl=ttl, limit=None if capped else limit, now=now
+            )
         except GrantError as exc:
             self.refused_total += 1
             self.audit.write(
@@ -283,17 +274,7 @@ class EgressRuntime:
             Grant(key_of(net), now + given, spec.scope, spec.ports, now, spec.host, caller.uid)
             for net in targets
         ]
-        previous = {g.key: self.grants.get(g.key, now) for g in grants}
-        self.store.save_grants(grants)
-        cmds = self.grants.put(grants, now)
-        try:
-            await self.writer.elements(cmds)
-        except ApplyError:
-            for g in grants:
-                self.grants.remove(g.key, now)
-            self.grants.load(p for p in previous.values() if p is not None)
-            self.store.end_grants(k for k, p in previous.items() if p is None)
-            raise
+        await self._commit(grants, now)
         self.granted_total += len(grants)
         self._changed(now)
         self.audit.write(
@@ -308,6 +289,47 @@ class EgressRuntime:
             actor=actor,
         )
         return {"granted": [self.view(g, now) for g in grants], "ttl": given, "capped": given < ttl}
+
+    def _vet(
+        self,
+        spec: GrantSpec,
+        targets: list[IPNetwork],
+        *,
+        policy: Policy,
+        ttl: int,
+        limit: int | None,
+        now: float,
+    ) -> None:
+        """Raise GrantError when the grant must not be made (`limit` None: capped, not
+        refused, when the ttl is too long)."""
+        if limit is not None and ttl > limit:
+            raise GrantError(
+                403,
+                "E-TTL-TOO-LONG",
+                f"ttl {ttl}s is above the {limit}s your role may grant; ask for less",
+            )
+        check_ports(spec.ports, policy.sandbox)
+        for net in targets:
+            why = refusal(net, policy.egress)
+            if why is not None:
+                raise GrantError(403, "E-GRANT-REFUSED", why)
+            self.grants.check_overlap(net, now)
+
+    async def _commit(self, grants: list[Grant], now: float) -> None:
+        """Store, then one kernel transaction; a refusal puts everything back."""
+        previous = {g.key: self.grants.get(g.key, now) for g in grants}
+        self.store.save_grants(grants)
+        cmds = self.grants.put(grants, now)
+        try:
+            await self.writer.elements(cmds)
+        except ApplyError:
+            for g in grants:
+                self.grants.remove(g.key, now)
+            kept = [p for p in previous.values() if p is not None]
+            self.grants.load(kept)
+            self.store.end_grants(k for k, p in previous.items() if p is None)
+            self.store.save_grants(kept)
+            raise
 
     async def revoke(self, destination: str, actor: Actor) -> list[Grant]:
         now = self.clock.now()
