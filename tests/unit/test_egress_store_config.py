@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.store import SCHEMA_VERSION, Store
+from aitherfwd.client import scope_from_headers
 from aitherfwd.config import ConfigError, parse_config
 from aitherfwd.control.sandbox import parse_grant
 from aitherfwd.control.schema import ApiError
@@ -76,3 +77,11 @@ def test_grant_requests_are_checked_strictly() -> None:
         with pytest.raises(ApiError) as exc:
             parse_grant(body)
         assert exc.value.status == 400, body
+
+
+def test_the_agent_scope_header_convention() -> None:
+    assert scope_from_headers({"x-agent-scope": " sandbox-alice "}) == "sandbox-alice"
+    assert scope_from_headers({"X-Agent-Scope": "sandbox-"}) is None
+    assert scope_from_headers({"X-Agent-Scope": "admin"}) is None
+    assert scope_from_headers({"X-Agent-Scope": "sandbox-a b"}) is None
+    assert scope_from_headers({"Host": "example"}) is None
