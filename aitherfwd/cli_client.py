@@ -79,6 +79,14 @@ def status(socket_path: Path, as_json: bool) -> None:
         for e in last.get("errors", [])
     ]
     lines.append("elements: " + ", ".join(f"{k}={v}" for k, v in st["elements"].items()))
+    if "sandbox" in st:
+        sb, dns = st["sandbox"], st["egress_dns"]
+        lines.append(
+            f"sandbox grants: v4 {sb['grants_v4']}, v6 {sb['grants_v6']} "
+            f"({sb['granted_total']} granted, {sb['refused_total']} refused since start)  "
+            f"egress names: {dns['names']} ({dns['failing']} failing), "
+            f"{dns['addresses']} addresses"
+        )
     lines.append(f"uptime {st['uptime_seconds']}s  drift repairs {st['drift_repairs']}")
     _out(st, as_json, "\n".join(lines))
 

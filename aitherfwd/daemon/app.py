@@ -679,6 +679,7 @@ class Daemon:
         now = self.clock.now()
         counts = {s.name: 0 for s in n.DYNAMIC_SETS}
         counts.update(self.blocks.counts(now))
+        counts.update(self.egress.grants.set_counts(now))
         last = self.last_reload
         return {
             "status": "ok",

@@ -202,6 +202,14 @@ class GrantTable:
                 return g
         return None
 
+    def set_counts(self, now: float) -> dict[str, int]:
+        """Live kernel elements per sandbox set (a grant with ports has one per port)."""
+        out: dict[str, int] = {}
+        for g in self.active(now):
+            for s, _ in g.values():
+                out[s] = out.get(s, 0) + 1
+        return out
+
     def counts(self, now: float) -> dict[str, int]:
         live = self.active(now)
         return {

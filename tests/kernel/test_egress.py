@@ -301,6 +301,9 @@ def test_sandbox_role_can_grant_but_not_beyond_its_max_ttl(env: Env) -> None:
     assert admin["capped"] and admin["ttl"] == 3600  # root: capped at the policy's max_ttl
     listed = env.daemon.cli("sandbox", "list")
     assert KEPT in listed.stdout and "sandbox-root" in listed.stdout
+    status = env.daemon.ok("GET", "/v1/status")
+    assert status["elements"]["sandbox_v4"] >= 1 and status["sandbox"]["grants_v4"] >= 1
+    assert "sandbox grants: v4" in env.daemon.cli("status").stdout
 
 
 def test_grants_survive_a_restart_with_their_remaining_ttl(env: Env) -> None:
