@@ -87,6 +87,12 @@ class EgressRuntime:
             en.domain_set(base, f) for bases in hosts.values() for base in bases for f in (4, 6)
         }
         self.installed = {k: v for k, v in self.installed.items() if k in sets}
+        if eg is None:  # the port sets went with the output chain: so did those grants
+            now = self.clock.now()
+            gone = [g for g in self.grants.active(now) if g.ports]
+            for g in gone:
+                self.grants.remove(g.key, now)
+            self.store.end_grants(g.key for g in gone)
         servers = [str(a) for a in eg.resolvers] if eg is not None else []
         self.resolver = Resolver(servers) if servers else None
         self._wake.set()
