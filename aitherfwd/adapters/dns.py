@@ -11,11 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Iterable, Sequence
-
-import dns.asyncresolver
-import dns.exception
-import dns.rdatatype
-import dns.resolver
+from types import ModuleType
 
 from aitherfwd.errors import AitherError
 
@@ -27,11 +23,22 @@ class ResolveError(AitherError):
     code = "E-RESOLVE"
 
 
+def _dnspython() -> ModuleType:
+    """dnspython, loaded on first use: it costs the daemon ~5 MB of RSS, spent only when
+    the policy names resolvers."""
+    import dns.asyncresolver  # noqa: PLC0415 - see the docstring
+    import dns.exception  # noqa: PLC0415
+    import dns.resolver  # noqa: PLC0415
+
+    return dns
+
+
 class Resolver:
     """A and AAAA through the given servers only (never /etc/resolv.conf)."""
 
     def __init__(self, servers: Sequence[str], *, timeout: float = 2.0, port: int = 53) -> None:
-        self._r = dns.asyncresolver.Resolver(configure=False)
+        self._dns = _dnspython()
+        self._r = self._dns.asyncresolver.Resolver(configure=False)
         self._r.nameservers = list(servers)
         self._r.port = port
         self._r.timeout = timeout  # per server try
@@ -57,9 +64,9 @@ class Resolver:
     async def _one(self, name: str, rdtype: str) -> list[tuple[str, int]]:
         try:
             answer = await self._r.resolve(name, rdtype, search=False, raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN:
+        except self._dns.resolver.NXDOMAIN:
             raise ResolveError("NXDOMAIN") from None
-        except (dns.exception.DNSException, OSError) as exc:
+        except (self._dns.exception.DNSException, OSError) as exc:
             raise ResolveError(f"{rdtype}: {type(exc).__name__}: {exc}") from exc
         if answer.rrset is None:
             return []
