@@ -299,7 +299,9 @@ def render(rows: list[tuple[str, Summary, str, str]], command: str) -> str:
         "",
         f"- Command: `{command}` (as root), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {os.cpu_count()} cores, kernel `{platform.release()}`, Python "
-        f"{platform.python_version()}",
+        f"{platform.python_version()}; load average at the end "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work shared the machine when "
+        "it is above ~0.5)",
         "",
         "| measurement | n | p50 | p90 | unit | target |",
         "|---|--:|--:|--:|---|---|",
