@@ -43,14 +43,15 @@ def test_rules_land_in_their_zones_chains_in_policy_order() -> None:
     ext = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_external")]
     internal = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_internal")]
     nozone = [r["comment"].split(" #")[0] for r in _rules(rs.objects, n.NOZONE_CHAIN)]
-    assert ext == ["first", "anyzone", "third", "builtin:default"]
+    assert ext == ["first:detect", "first", "anyzone", "third", "builtin:default"]
     assert internal == ["anyzone", "third", "builtin:default"]
     assert nozone == ["anyzone", "builtin:default"]
 
 
 def test_reject_answers_tcp_with_reset_and_the_rest_with_icmp() -> None:
     p = ok("rules:\n  - {name: r, dest_ports: [53], action: reject}\n")
-    stmts = [r["expr"][-1] for r in _rules(compile_policy(p).objects, "zone_external")[:-1]]
+    rules = _rules(compile_policy(p).objects, "zone_external")[:-1]
+    stmts = [r["expr"][-1] for r in rules if not r["comment"].startswith("r:detect")]
     assert stmts == [
         {"reject": {"type": "tcp reset"}},
         {"reject": {"type": "icmpx", "expr": "port-unreachable"}},
