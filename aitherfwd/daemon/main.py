@@ -28,6 +28,7 @@ from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
 from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
 from aitherfwd.daemon.app import Daemon
+from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.routes import Api
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.errors import AitherError
@@ -80,6 +81,8 @@ async def run(cfg: DaemonConfig) -> int:
         bulk=(("POST", "/v1/blocks", BULK_BODY_BYTES),),
     )
     await server.start()
+    daemon.detection = Detection(daemon, cfg.conntrack_resync_interval)
+    await daemon.detection.start()
     watcher = PolicyWatcher(
         lambda: [daemon.policy_path, *_includes(daemon)],
         lambda: daemon.reload(trigger="inotify"),
@@ -105,6 +108,7 @@ async def run(cfg: DaemonConfig) -> int:
     for task in tasks:
         task.cancel()
     watcher.close()
+    await daemon.detection.close()
     await server.close()
     await notifier.close()
     await writer.close()
