@@ -93,8 +93,7 @@ class NflogReader:
         except OSError as exc:
             self.sock.close()
             raise KernelUnavailableError(
-                f"cannot bind NFLOG group {group} (another logger, e.g. ulogd, may hold it): "
-                f"{exc}"
+                f"cannot bind NFLOG group {group} (another logger, e.g. ulogd, may hold it): {exc}"
             ) from exc
 
     def _request(self, seq: int, attrs: bytes) -> None:

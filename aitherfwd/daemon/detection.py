@@ -12,6 +12,7 @@ so detections climb the same reputation ladder as reported ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -83,7 +84,8 @@ class Detection:
     # --- kernel reports --------------------------------------------------------------------
 
     def _on_nflog(self) -> None:
-        assert self.nflog is not None
+        if self.nflog is None:
+            return
         denials = self.nflog.read()
         now = self.daemon.clock.now()
         for d in denials:
@@ -102,8 +104,7 @@ class Detection:
             self._wake.set()
 
     def _on_conntrack(self) -> None:
-        assert self.events is not None
-        if not self.events.read(self.table):
+        if self.events is not None and not self.events.read(self.table):
             self._resync_now.set()  # events were lost: the counts need a full dump
 
     async def _ticker(self) -> None:
@@ -143,10 +144,8 @@ class Detection:
 
     async def _resyncer(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._resync_now.wait(), self.resync_interval)
-            except TimeoutError:
-                pass
             self._resync_now.clear()
             await self._resync()
             await asyncio.sleep(MIN_RESYNC_GAP)

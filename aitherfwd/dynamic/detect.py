@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, Settings, Severity
@@ -159,9 +160,7 @@ class Detector:
     def sample(self, now: float, per_second: float = 10.0) -> bool:
         """Whether this denial goes into the audit log (a token bucket, burst 2 s' worth)."""
         burst = 2 * per_second
-        self._sample_tokens = min(
-            burst, self._sample_tokens + (now - self._sample_at) * per_second
-        )
+        self._sample_tokens = min(burst, self._sample_tokens + (now - self._sample_at) * per_second)
         self._sample_at = now
         if self._sample_tokens < 1:
             return False
@@ -177,7 +176,9 @@ class Detector:
         }
 
 
-def _touch(episodes: OrderedDict[IPAddress, _Episode], src: IPAddress, now: float, grace: float) -> None:
+def _touch(
+    episodes: OrderedDict[IPAddress, _Episode], src: IPAddress, now: float, grace: float
+) -> None:
     ep = episodes.get(src)
     if ep is None or now - ep.last > grace:
         episodes[src] = _Episode(now, now, 1)
@@ -188,6 +189,6 @@ def _touch(episodes: OrderedDict[IPAddress, _Episode], src: IPAddress, now: floa
     ep.hits += 1
 
 
-def _bound(d: OrderedDict[IPAddress, object]) -> None:  # type: ignore[type-arg]
+def _bound(d: OrderedDict[IPAddress, Any]) -> None:
     while len(d) > MAX_SOURCES:
         d.popitem(last=False)

@@ -140,7 +140,7 @@ def test_hping3_syn_flood_is_blocked_while_an_allowed_client_keeps_working(
     argv += ["-c", "500000", "-p", "443", flooder.server_v4]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.2)  # the flood is under way  # noqa: ASYNC251
+        time.sleep(0.2)  # the flood is under way
         during = lab.probe(quiet, quiet.server_v4, 443, count=20, timeout=1.0)
         until(lambda: _blocked(d, flooder.v4) is not None, 6, "the flooder blocked")
     finally:
@@ -153,7 +153,9 @@ def test_hping3_syn_flood_is_blocked_while_an_allowed_client_keeps_working(
     assert st["detection"]["syn_floods"] >= 1
 
 
-def _hold(lab: Lab, ns: str, addr: str, n: int, secs: float) -> tuple[subprocess.Popen[str], int, int]:
+def _hold(
+    lab: Lab, ns: str, addr: str, n: int, secs: float
+) -> tuple[subprocess.Popen[str], int, int]:
     argv = ["ip", "netns", "exec", ns, sys.executable, "-c", HOLD, addr, "22", str(n), str(secs)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -173,10 +175,10 @@ def test_connections_beyond_the_limit_are_refused_and_climb_the_ladder(
     try:
         assert (ok, refused) == (LIMIT, 5)
         until(
-            lambda: d.ok("GET", "/v1/status")["reputation"]["threat_events"].get(
-                "CONNTRACK_LIMIT", 0
-            )
-            >= 1,
+            lambda: (
+                d.ok("GET", "/v1/status")["reputation"]["threat_events"].get("CONNTRACK_LIMIT", 0)
+                >= 1
+            ),
             6,
             "a CONNTRACK_LIMIT threat event",
         )
@@ -204,9 +206,18 @@ for i in range(n):
 """
 
 
-def test_conntrack_counts_are_correct_after_an_event_flood(setup: tuple[Lab, DaemonProc]) -> None:
-    lab, d = setup
-    client = lab.clients[1]
+def test_conntrack_counts_are_correct_after_an_event_flood(tmp_path: Path) -> None:
+    policy = POLICY.replace(f"max_connections_per_ip: {LIMIT}", "max_connections_per_ip: 0")
+    with Lab(clients_wanted=2) as lab:
+        lab.listen([443], udp=[5353])
+        d = DaemonProc(lab.server, tmp_path, policy, CONFIG).start()
+        try:
+            _event_flood(lab, d, lab.clients[1])
+        finally:
+            d.cleanup()
+
+
+def _event_flood(lab: Lab, d: DaemonProc, client: Any) -> None:
     before = d.ok("GET", "/v1/status")["conntrack"]
     res = lab.exec(client.ns, [sys.executable, "-c", FLOOD, client.server_v4, "5000"], 60)
     assert res.returncode == 0, res.stderr
@@ -215,13 +226,12 @@ def test_conntrack_counts_are_correct_after_an_event_flood(setup: tuple[Lab, Dae
         out = lab.exec(lab.server, ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
         return int(out.stdout)
 
-    until(lambda: d.ok("GET", "/v1/status")["conntrack"]["events"] >= 5000, 10, "events read")
+    kernel = kernel_count()
+    assert kernel >= 4000  # a few of the 5,000 ephemeral source ports repeat
+    until(lambda: d.ok("GET", "/v1/status")["conntrack"]["events"] >= kernel - 5, 10, "events")
     resyncs = d.ok("GET", "/v1/status")["conntrack"]["resyncs"]
-    until(
-        lambda: d.ok("GET", "/v1/status")["conntrack"]["resyncs"] > resyncs, 10, "a resync"
-    )
+    until(lambda: d.ok("GET", "/v1/status")["conntrack"]["resyncs"] > resyncs, 10, "a resync")
     st = d.ok("GET", "/v1/status")["conntrack"]
     assert abs(st["entries"] - kernel_count()) <= 5, (st, kernel_count())
-    assert st["entries"] >= 5000 > before["entries"]
-    top = dict(st["top_sources"])
-    assert top[client.v4] >= 5000
+    assert st["entries"] > before["entries"]
+    assert dict(st["top_sources"])[client.v4] >= kernel - 10
