@@ -140,7 +140,7 @@ def apply(data: bytes, table: CtTable) -> int:
         if length < 16:
             break
         if kind in (NEW, DELETE):
-            ct_id, src, state = decode(data, pos + 20, pos + length)
+            ct_id, src, state = decode(data, pos + 20, min(pos + length, end))
             if src is not None:
                 if kind == DELETE:
                     table.remove(ct_id)
@@ -165,8 +165,8 @@ def decode(data: bytes, pos: int, end: int) -> tuple[int, bytes | None, int]:
     state = 0
     while pos + 4 <= end:
         alen, atype = unpack(data, pos)
-        if alen < 4:
-            break
+        if alen < 4 or pos + alen > end:
+            return ct_id, None, state
         atype &= 0x3FFF
         if atype == CTA_TUPLE_ORIG:
             src = _source(data, pos + 4, pos + alen)
@@ -186,7 +186,7 @@ def _source(data: bytes, pos: int, end: int) -> bytes | None:
 def _first(data: bytes, pos: int, end: int, types: tuple[int, ...]) -> bytes | None:
     while pos + 4 <= end:
         alen, atype = _ATTR.unpack_from(data, pos)
-        if alen < 4:
+        if alen < 4 or pos + alen > end:
             return None
         if atype & 0x3FFF in types:
             return data[pos + 4 : pos + alen]

@@ -146,7 +146,7 @@ def decode_into(data: bytes, out: list[Denial], stats: NflogStats) -> int:
             break
         if kind == _PACKET_TYPE:
             count += 1
-            d = decode_packet(data, pos, pos + length)
+            d = decode_packet(data, pos, min(pos + length, end))
             if d is None:
                 stats.undecodable += 1
             else:
@@ -161,7 +161,7 @@ def decode_packet(data: bytes, start: int, end: int) -> Denial | None:
     pos = start + 20
     while pos + 4 <= end:
         alen, atype = _ATTR.unpack_from(data, pos)
-        if alen < 4:
+        if alen < 4 or pos + alen > end:
             return None
         atype &= 0x3FFF
         if atype == NFULA_PREFIX:
