@@ -98,7 +98,7 @@ class Detection:
                     protocol=d.protocol,
                     dest_port=d.port,
                     kind=d.kind,
-                    rule=d.rule,
+                    rule_name=d.rule,
                 )
         if self._pending:
             self._wake.set()
