@@ -169,7 +169,16 @@ def decode(data: bytes, pos: int, end: int) -> tuple[int, bytes | None, int]:
             return ct_id, None, state
         atype &= 0x3FFF
         if atype == CTA_TUPLE_ORIG:
-            src = _source(data, pos + 4, pos + alen)
+            # fast path: the kernel puts CTA_TUPLE_IP first and the source address first in it
+            ilen, itype = unpack(data, pos + 8)
+            if (
+                itype & 0x3FFF in (CTA_IP_V4_SRC, CTA_IP_V6_SRC)
+                and unpack(data, pos + 4)[1] & 0x3FFF == CTA_TUPLE_IP
+                and pos + 8 + ilen <= end
+            ):
+                src = data[pos + 12 : pos + 8 + ilen]
+            else:
+                src = _source(data, pos + 4, pos + alen)
         elif atype == CTA_ID:
             (ct_id,) = _U32.unpack_from(data, pos + 4)
         elif atype == CTA_PROTOINFO:

@@ -134,7 +134,7 @@ class Detector:
         for src, ep in list(self._floods.items()):
             if now - ep.last > grace:
                 del self._floods[src]
-            elif now - ep.since >= grace:
+            elif ep.last - ep.since >= grace:  # still flooding a grace period after it began
                 del self._floods[src]
                 self.stats.syn_floods += 1
                 detail = (

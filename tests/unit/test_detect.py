@@ -111,3 +111,13 @@ def test_audit_sampling_is_a_token_bucket() -> None:
     assert taken == 20  # a burst of two seconds' worth
     clock.advance(1)
     assert sum(det.sample(clock.now(), 10) for _ in range(100)) == 10
+
+
+def test_a_flood_that_stopped_within_the_grace_period_is_not_a_threat() -> None:
+    clock, det = FakeClock(), Detector(SETTINGS)
+    for _ in range(4):  # one second of drops, then the source is blocked for its scan
+        det.denied(_denied(SCANNER, 443, "synflood"), clock.now())
+        clock.advance(0.25)
+    for _ in range(12):
+        assert det.tick(clock.now(), _none) == []
+        clock.advance(0.25)
