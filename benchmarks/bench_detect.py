@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -151,7 +152,7 @@ def accounting(flows: int, reps: int) -> list[Row]:
             med = statistics.median(samples)
             rows.append(
                 (
-                    f"daemon full resync, {st['entries']:,} entries, {len(st['top_sources'])}+ "
+                    f"daemon full resync, {st['entries']:,} entries, {st['sources']} "
                     "sources (its `last_resync_ms`)",
                     f"median {med:.0f} ms (n={len(samples)}, max {max(samples):.0f})",
                     "≤ 500 ms",
@@ -244,10 +245,15 @@ def scans(runs: int) -> list[Row]:
                 argv = ["ip", "netns", "exec", c.ns, "timeout", "30", "nmap", "-n", "-Pn"]
                 argv += ["-T4", "--max-retries", "0", "-sS", "-p", "1-1000", c.server_v4]
                 t0 = time.monotonic()
-                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # nmap is timeout's child: kill the whole group
+                )
                 _until(lambda: _in_kernel(lab.server, c.v4), 10)
                 kernel.append(time.monotonic() - t0)
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 seen = d.audit_events()[mark:]
                 mark += len(seen)

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from aitherfwd.adapters import ctnetlink
+from aitherfwd.adapters import ctnetlink, memory
 from aitherfwd.adapters.nflog import NflogReader
 from aitherfwd.control.schema import ThreatSpec
 from aitherfwd.dynamic.ctcount import CtTable
@@ -164,8 +164,11 @@ class Detection:
             log.warning("conntrack resync failed error=%s", exc.message)
             table = None
         if table is not None:
-            self.table = table
+            old, self.table = self.table, table
             self.resyncs += 1
+            if len(old) >= memory.LARGE_BATCH or len(table) >= memory.LARGE_BATCH:
+                del old
+                memory.trim()  # the replaced table and the dump's buffers are garbage now
         if self.events is not None:
             if not self.events.read(self.table, limit=1 << 20):
                 self._resync_now.set()

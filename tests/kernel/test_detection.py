@@ -5,6 +5,8 @@ reputation ladder, and conntrack accounting stays correct through an event flood
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,7 +85,14 @@ def _blocked(d: DaemonProc, address: str) -> dict[str, Any] | None:
 def _nmap(lab: Lab, ns: str, *args: str) -> subprocess.Popen[str]:
     argv = ["ip", "netns", "exec", ns, "timeout", "30", "nmap", "-n", "-Pn", "-T4"]
     argv += ["--max-retries", "0", *args]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    # a session of its own: nmap is timeout's child, and the whole group is killed at the end
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _scan_is_blocked(lab: Lab, d: DaemonProc, scan: list[str], v6: bool = False) -> None:
@@ -97,7 +106,7 @@ def _scan_is_blocked(lab: Lab, d: DaemonProc, scan: list[str], v6: bool = False)
         until(lambda: _blocked(d, source) is not None, 2, f"{source} blocked by its scan")
         took = time.monotonic() - started
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     blk = _blocked(d, source)
     assert blk is not None and "PORT_SCAN" in blk["reason"], blk
