@@ -47,6 +47,6 @@ def test_foreign_prefixes_and_short_payloads_are_not_denials() -> None:
 
 def test_config_message_binds_the_group() -> None:
     msg = nflog.config_message(78, 1, nflog._attr(nflog.NFULA_CFG_CMD, b"\x01"))
-    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", msg)
+    length, kind, _flags, seq, _ = struct.unpack_from("=IHHII", msg)
     assert length == len(msg) and kind == 0x0401 and seq == 1
     assert struct.unpack_from(">H", msg, 18)[0] == 78
