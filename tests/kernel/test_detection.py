@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from aitherfwd.adapters.nft import Nft
 from tests.daemonproc import DaemonProc
 from tests.kernel.test_daemon import until
 from tests.lab import Lab
+from tests.nsenter import inside
 
 pytestmark = pytest.mark.kernel
 
@@ -244,3 +246,22 @@ def _event_flood(lab: Lab, d: DaemonProc, client: Any) -> None:
     assert abs(st["entries"] - kernel_count()) <= 5, (st, kernel_count())
     assert st["entries"] > before["entries"]
     assert dict(st["top_sources"])[client.v4] >= kernel - 10
+
+
+def test_a_changed_limit_takes_effect_at_reload_with_fresh_meters(
+    setup: tuple[Lab, DaemonProc],
+) -> None:
+    lab, d = setup
+    client = lab.clients[1]
+    d.policy.write_text(
+        POLICY.replace(f"max_connections_per_ip: {LIMIT}", "max_connections_per_ip: 5")
+    )
+    assert d.ok("POST", "/v1/reload", {})["result"] == "applied"
+    with inside(lab.server):
+        sets = set(Nft().observe().sets)
+    assert {"connlimit_v4_5", "connlimit_v6_5"} <= sets
+    assert not {f"connlimit_v4_{LIMIT}", f"connlimit_v6_{LIMIT}"} & sets
+    proc, ok, refused = _hold(lab, client.ns, client.server_v4, 8, 1)
+    proc.kill()
+    proc.wait()
+    assert (ok, refused) == (5, 3)
