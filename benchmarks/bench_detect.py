@@ -65,6 +65,33 @@ for port in range(1, per + 1):
 print(time.monotonic() - t0)
 """
 Row = tuple[str, str, str, str]
+METHOD = """\
+- Everything runs against the real daemon (`aitherfwd run`) in lab namespaces
+  (tests/lab.py), with real traffic: UDP flows from a Python sender (10 source addresses
+  on one veth, distinct destination ports, so every datagram is a new conntrack entry;
+  the UDP conntrack timeout is raised to 600 s inside the namespace so the table stays
+  full), Debian's `hping3` and `nmap`.
+- Event rate: conntrack NEW events the daemon applied (its `conntrack.events`) divided by
+  the time from the first datagram sent to the daemon having applied the last one, polled
+  every 50 ms over the control socket; the sender's own rate is shown next to it (the
+  daemon cannot apply events faster than they are made). ENOBUFS: the kernel's count of
+  events the daemon's socket could not take.
+- Resync: the daemon's own `last_resync_ms` (the dump in a worker thread plus applying the
+  events queued meanwhile), with `conntrack_resync_interval = 2`. `ctnetlink.dump()` is also
+  timed in this process inside the namespace. Baseline: `conntrack -L -o id` (the CLI that
+  ANCHORS.md measured as the fastest route) with its output counted per source in Python.
+- RSS: `VmRSS` of the daemon process after the resyncs, with every entry tracked.
+- CPU: the daemon's user + system time (`/proc/PID/stat`) over the wall time of a
+  `timeout 3 hping3 -S --flood -c 2000000` run; once with the flooder blockable (the
+  daemon blocks it after `detection_grace: 1s`, the kernel then drops it before any log),
+  once with the flooder in `reputation.never_block` (the kernel keeps dropping SYNs over
+  the threshold and reporting them, bounded at 2,000 messages/s, for the whole run).
+- Scan to block: from starting `nmap -sS -T4 --max-retries 0 -p 1-1000` to the scanner's
+  address listed in the kernel set (`nft -j list set` every few ms), nmap's start-up
+  included, so an upper bound of the time from the first scan packet; between runs the
+  block is lifted through the API. The in-daemon share comes from the audit log: the first
+  sampled `denied` line of the run to the `blocked` line.
+"""
 
 
 def _status(d: DaemonProc) -> dict[str, Any]:
@@ -303,6 +330,9 @@ def render(rows: list[Row], command: str) -> str:
         "|---|---|---|---|",
         *[f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows],
         "",
+        "## Method",
+        "",
+        METHOD,
     ]
     return "\n".join(lines)
 
