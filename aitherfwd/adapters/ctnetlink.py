@@ -88,13 +88,14 @@ class CtEvents:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self, table: CtTable, limit: int = 512) -> bool:
-        """Apply queued events (at most `limit` datagrams); False when events were lost."""
+    def receive(self, limit: int = 512) -> tuple[list[bytes], bool]:
+        """Queued datagrams, undecoded (at most `limit`); False when events were lost."""
+        out: list[bytes] = []
         complete = True
         recv = self.sock.recv
         for _ in range(limit):
             try:
-                data = recv(1 << 16)
+                out.append(recv(1 << 16))
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -102,8 +103,16 @@ class CtEvents:
                     raise
                 self.stats.lost += 1
                 complete = False
-                continue
+        return out, complete
+
+    def apply(self, datagrams: list[bytes], table: CtTable) -> None:
+        for data in datagrams:
             self.stats.events += apply(data, table)
+
+    def read(self, table: CtTable, limit: int = 512) -> bool:
+        """Apply queued events (at most `limit` datagrams); False when events were lost."""
+        datagrams, complete = self.receive(limit)
+        self.apply(datagrams, table)
         return complete
 
     def close(self) -> None:

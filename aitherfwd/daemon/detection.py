@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 TICK = 0.25  # seconds between grace-period checks
 AUDIT_SAMPLES_PER_SECOND = 10.0
+HELD_EVENTS = 100_000  # events held during one dump at most (~25 MB); beyond, resync again
 MIN_RESYNC_GAP = 1.0  # seconds: sustained event loss must not turn into back-to-back dumps
 
 
@@ -50,6 +51,8 @@ class Detection:
         self._wake = asyncio.Event()
         self._resync_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._held: list[bytes] | None = None  # events read while a dump runs
+        self._held_lost = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -104,8 +107,19 @@ class Detection:
             self._wake.set()
 
     def _on_conntrack(self) -> None:
-        if self.events is not None and not self.events.read(self.table):
-            self._resync_now.set()  # events were lost: the counts need a full dump
+        if self.events is None:
+            return
+        if self._held is None:
+            if not self.events.read(self.table):
+                self._resync_now.set()  # events were lost: the counts need a full dump
+            return
+        # a dump is running: keep reading (the kernel's buffer must not overflow meanwhile)
+        # and apply these events on top of the dump once it is in
+        datagrams, complete = self.events.receive()
+        self._held += datagrams
+        if not complete or len(self._held) > HELD_EVENTS:
+            self._held_lost = True
+            self._held.clear()
 
     async def _ticker(self) -> None:
         while True:
@@ -151,28 +165,28 @@ class Detection:
             await asyncio.sleep(MIN_RESYNC_GAP)
 
     async def _resync(self) -> None:
-        """A full dump in a worker thread; meanwhile events wait in the socket's buffer and
-        are applied on top of the dump afterwards (ids make them idempotent)."""
+        """A full dump in a worker thread; events read meanwhile are held and applied on
+        top of the dump afterwards (ids make them idempotent)."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        if self.events is not None:
-            loop.remove_reader(self.events.fileno())
+        self._held, self._held_lost = [], False
         try:
             table = await asyncio.to_thread(ctnetlink.dump)
         except AitherError as exc:
             self.resync_failures += 1
             log.warning("conntrack resync failed error=%s", exc.message)
             table = None
+        held, self._held = self._held or [], None
+        if self.events is not None:
+            self.events.apply(held, table if table is not None else self.table)
+        del held
+        if self._held_lost:
+            self._resync_now.set()
         if table is not None:
             old, self.table = self.table, table
             self.resyncs += 1
             if len(old) >= memory.LARGE_BATCH or len(table) >= memory.LARGE_BATCH:
                 del old
                 memory.trim()  # the replaced table and the dump's buffers are garbage now
-        if self.events is not None:
-            if not self.events.read(self.table, limit=1 << 20):
-                self._resync_now.set()
-            loop.add_reader(self.events.fileno(), self._on_conntrack)
         if table is None:
             return
         self.last_resync_ms = round((time.perf_counter() - started) * 1000, 1)
