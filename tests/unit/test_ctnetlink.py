@@ -53,7 +53,7 @@ def test_decoder_agrees_with_pyroute2_on_recorded_kernel_messages() -> None:
     msgs = _all("dump") + _all("events")
     assert len(msgs) >= 4
     for msg in msgs:
-        ct_id, src, state = ctnetlink.decode(msg, 20, len(msg))
+        ct_id, src, state = ctnetlink.decode(msg, 0, len(msg))
         assert src is not None
         assert (ct_id, str(ipaddress.ip_address(src)), state) == _pyroute2(msg)
 
@@ -102,3 +102,18 @@ def test_half_open_connections_are_counted_until_destroyed() -> None:
     table.remove(3)
     table.remove(3)
     assert table.tracked == {} and table.half_open == {}
+
+
+def test_a_message_that_does_not_fit_its_cached_layout_is_walked_again() -> None:
+    msg = next(m for m in _all("dump") if ctnetlink.decode(m, 0, len(m))[2])  # a TCP entry
+    table = CtTable()
+    ctnetlink.apply(msg, table)  # caches the layout of this shape
+    ct_id, src, state = ctnetlink.decode(msg, 0, len(msg))
+    assert table.entries == {ct_id: src}
+    odd = bytearray(msg)
+    at = bytes(msg).find(ctnetlink._ID_HDR)
+    struct.pack_into("=HH", odd, at, 8, 0x3FF)  # same length, but no CTA_ID any more
+    other = CtTable()
+    ctnetlink.apply(bytes(odd), other)
+    assert other.entries == {0: src}  # read as "no id", not as whatever sits there
+    assert ctnetlink.decode(bytes(odd), 0, len(odd)) == (0, src, state)
