@@ -68,7 +68,7 @@ class Detection:
             loop.add_reader(self.events.fileno(), self._on_conntrack)
         except AitherError as exc:
             log.error("conntrack events unavailable error=%s", exc.message)
-        await self._resync()
+        self._resync_now.set()  # the first dump runs in the background
         self._tasks = [
             loop.create_task(self._ticker(), name="detect-tick"),
             loop.create_task(self._resyncer(), name="conntrack-resync"),
@@ -89,7 +89,12 @@ class Detection:
     def _on_nflog(self) -> None:
         if self.nflog is None:
             return
-        denials = self.nflog.read()
+        try:
+            denials = self.nflog.read()
+        except OSError as exc:  # not event loss (counted inside): the socket itself failed
+            log.error("NFLOG socket failed, scan detection stops error=%s", exc)
+            self._drop("nflog")
+            return
         now = self.daemon.clock.now()
         for d in denials:
             self._pending += self.detector.denied(d, now)
@@ -109,17 +114,33 @@ class Detection:
     def _on_conntrack(self) -> None:
         if self.events is None:
             return
+        try:
+            datagrams, complete = self.events.receive()
+        except OSError as exc:  # not event loss (counted inside): the socket itself failed
+            log.error("conntrack event socket failed, dumps only from now error=%s", exc)
+            self._drop("events")
+            return
         if self._held is None:
-            if not self.events.read(self.table):
+            self.events.apply(datagrams, self.table)
+            if not complete:
                 self._resync_now.set()  # events were lost: the counts need a full dump
             return
         # a dump is running: keep reading (the kernel's buffer must not overflow meanwhile)
         # and apply these events on top of the dump once it is in
-        datagrams, complete = self.events.receive()
         self._held += datagrams
         if not complete or len(self._held) > HELD_EVENTS:
             self._held_lost = True
             self._held.clear()
+
+    def _drop(self, which: str) -> None:
+        src = self.nflog if which == "nflog" else self.events
+        if src is not None:
+            asyncio.get_running_loop().remove_reader(src.fileno())
+            src.close()
+        if which == "nflog":
+            self.nflog = None
+        else:
+            self.events = None
 
     async def _ticker(self) -> None:
         while True:

@@ -81,8 +81,6 @@ async def run(cfg: DaemonConfig) -> int:
         bulk=(("POST", "/v1/blocks", BULK_BODY_BYTES),),
     )
     await server.start()
-    daemon.detection = Detection(daemon, cfg.conntrack_resync_interval)
-    await daemon.detection.start()
     watcher = PolicyWatcher(
         lambda: [daemon.policy_path, *_includes(daemon)],
         lambda: daemon.reload(trigger="inotify"),
@@ -97,6 +95,8 @@ async def run(cfg: DaemonConfig) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _sighup(daemon, audit))
     tasks = [loop.create_task(_drift(daemon, cfg.drift_check_interval), name="drift")]
+    daemon.detection = Detection(daemon, cfg.conntrack_resync_interval)
+    await daemon.detection.start()
     interval = sd.watchdog_interval()
     if interval:
         tasks.append(loop.create_task(_watchdog(interval), name="watchdog"))
