@@ -176,12 +176,19 @@ def _meter_sets(policy: Policy) -> list[Json]:
 def _kernel_limits(policy: Policy) -> list[Json]:
     """Line one of detection, per packet in the kernel: SYNs over `syn_flood_threshold`/s
     per source are dropped; new connections beyond `max_connections_per_ip` concurrent ones
-    per source are refused. Both jump to a chain that logs (bounded) for the daemon."""
+    per source are refused. Both jump to a chain that logs (bounded) for the daemon. Sources
+    in the management zone are exempt (anti-lockout)."""
     st = policy.settings
     c = n.INPUT_CHAIN
     out = []
+    mgmt = [net for z in policy.zones if z.name == "management" for net in z.cidrs]
     for fam in (4, 6):
         nfproto = b.match(b.meta("nfproto"), "ipv4" if fam == 4 else "ipv6")
+        fam_nets = [m for m in mgmt if m.version == fam]
+        nets = list(ipaddress.collapse_addresses(fam_nets))  # type: ignore[type-var]
+        if nets:  # anti-lockout: the management zone is never limited
+            exempt = b.anon_set([b.prefix(str(m.network_address), m.prefixlen) for m in nets])
+            nfproto = b.match(_saddr(fam), exempt, "!=")
         if st.syn_flood_threshold:
             rate = st.syn_flood_threshold
             meter = b.update_set(
