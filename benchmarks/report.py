@@ -382,8 +382,13 @@ def document(
         "bans are live, next to `nft -f` and raw libnftables measured in the same run. This "
         "file is written by the benchmark; the numbers below are from its last full run.",
         "",
+        "Detection (conntrack accounting at 100,000 entries, event rate, RSS and CPU under a "
+        "SYN flood, port scan to kernel block): [benchmarks-detect.md](benchmarks-detect.md), "
+        "written by `python -m benchmarks.bench_detect`.",
+        "",
         "Egress (sandbox grant latency, DNS refresh of 1,000 names): "
-        "[benchmarks-egress.md](benchmarks-egress.md).",
+        "[benchmarks-egress.md](benchmarks-egress.md), written by "
+        "`python -m benchmarks.bench_egress`.",
         "",
         "## Last run",
         "",

@@ -28,6 +28,7 @@ from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
 from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
 from aitherfwd.daemon.app import Daemon
+from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import FIRST_ROUND_TIMEOUT
 from aitherfwd.daemon.routes import Api
 from aitherfwd.daemon.writer import KernelWriter
@@ -99,6 +100,8 @@ async def run(cfg: DaemonConfig) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: _sighup(daemon, audit))
     tasks = [loop.create_task(_drift(daemon, cfg.drift_check_interval), name="drift")]
     tasks.append(loop.create_task(daemon.egress.run(), name="egress-dns"))
+    daemon.detection = Detection(daemon, cfg.conntrack_resync_interval)
+    await daemon.detection.start()
     interval = sd.watchdog_interval()
     if interval:
         tasks.append(loop.create_task(_watchdog(interval), name="watchdog"))
@@ -110,6 +113,7 @@ async def run(cfg: DaemonConfig) -> int:
     for task in tasks:
         task.cancel()
     watcher.close()
+    await daemon.detection.close()
     await server.close()
     await notifier.close()
     await writer.close()
