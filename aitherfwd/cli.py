@@ -187,12 +187,16 @@ def counters(as_json: bool) -> None:
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path))
 @click.option("--state-dir", type=click.Path(path_type=Path))
 @click.option("--audit-log", type=click.Path(path_type=Path))
+@click.option(
+    "--metrics", "metrics_listen", metavar="HOST:PORT", help='Prometheus endpoint; "" = off.'
+)
 def run(
     policy: Path | None,
     config_path: Path,
     socket_path: Path | None,
     state_dir: Path | None,
     audit_log: Path | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     from aitherfwd.config import ConfigError  # noqa: PLC0415
@@ -205,6 +209,7 @@ def run(
             socket=socket_path,
             state_dir=state_dir,
             audit_log=audit_log,
+            metrics_listen=metrics_listen,
         )
     except ConfigError as err:
         click.echo(f"aitherfwd: error[E-CONFIG] {err}", err=True)

@@ -1,0 +1,130 @@
+"""The daemon's state as a metrics snapshot (layer L3).
+
+Owns: turning the daemon (generation, block counts, status counters, `Stats`) and the
+kernel's named rule counters into one immutable `Snapshot` (other features report their
+gauges through `Daemon.stats.conntrack()` / `.sandbox()`). Every source is O(1) or O(rules):
+block counts are kept incrementally by the BlockTable, nothing lists a kernel set. The rule
+counters are read over netlink (adapters/nftcounters.py, ~3 ms for 1,000 counters whatever
+the sets hold) at most once per `COUNTERS_MAX_AGE`, however many scrapers ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aitherfwd import __version__
+from aitherfwd.adapters import nftcounters
+from aitherfwd.nft import names as n
+from aitherfwd.stats import RuleCounter, Snapshot
+
+if TYPE_CHECKING:
+    from aitherfwd.daemon.app import Daemon
+
+log = logging.getLogger(__name__)
+COUNTERS_MAX_AGE = 1.0  # seconds a reading of the kernel counters is served from cache
+COUNTERS_TIMEOUT = 2.0  # a scrape waits at most this long for a reading, then serves the last
+Reader = Callable[[], nftcounters.Counters]
+# (counter name, rule, action): the rules of one generation, plus the default policy
+Layout = tuple[tuple[str, str, str], ...]
+
+
+class Telemetry:
+    def __init__(
+        self,
+        daemon: Daemon,
+        read_counters: Reader = nftcounters.read,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.daemon = daemon
+        self._read = read_counters
+        self._monotonic = monotonic
+        self._counters: nftcounters.Counters = {}
+        self._read_at: float | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._layout: tuple[int, Layout, Layout] = (-1, (), ())
+
+    # --- kernel counters ---------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Read the kernel counters unless a reading is fresh; concurrent callers share one."""
+        now = self._monotonic()
+        if self._read_at is not None and now - self._read_at < COUNTERS_MAX_AGE:
+            return
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.get_running_loop().create_task(self._fetch())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reading), COUNTERS_TIMEOUT)
+        except TimeoutError:
+            log.warning("kernel counters not read in time; serving the last reading")
+
+    async def _fetch(self) -> None:
+        try:
+            self._counters = await asyncio.to_thread(self._read)
+        except OSError as exc:
+            log.warning("kernel counters unreadable error=%s", exc)
+            return
+        self._read_at = self._monotonic()
+
+    def _rules(self) -> tuple[Layout, Layout]:
+        gen = self.daemon.generation
+        if gen is None:
+            return (), ()
+        if self._layout[0] != gen.number:
+            policy = gen.policy
+            rules = tuple((n.rule_counter(r.name), r.name, str(r.action)) for r in policy.rules)
+            default = (n.DEFAULT_COUNTER, "default", str(policy.settings.default_policy))
+            limited = tuple(
+                (n.ratelimit_counter(r.name), r.name, "drop") for r in policy.rules if r.rate_limit
+            )
+            self._layout = (gen.number, (*rules, default), limited)
+        return self._layout[1], self._layout[2]
+
+    def _counter_values(self, layout: Layout) -> tuple[RuleCounter, ...]:
+        get = self._counters.get
+        out = []
+        for name, rule, action in layout:
+            packets, nbytes = get(name, (0, 0))
+            out.append(RuleCounter(rule, action, packets, nbytes))
+        return tuple(out)
+
+    # --- the snapshot ------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        d = self.daemon
+        st = d.stats
+        gen = d.generation
+        rules, limited = self._rules()
+        get = self._counters.get
+        dropped = {
+            "blocklist": get(n.BLOCKED_COUNTER, (0, 0)),
+            "invalid": get(n.INVALID_COUNTER, (0, 0)),
+        }
+        age = -1.0 if self._read_at is None else self._monotonic() - self._read_at
+        return Snapshot(
+            version=__version__,
+            events=st.events(),
+            generation=gen.number if gen else 0,
+            policy_sha256=gen.policy.sha256 if gen else "",
+            rules=self._counter_values(rules),
+            ratelimited=self._counter_values(limited),
+            dropped=tuple((k, v[0]) for k, v in sorted(dropped.items())),
+            dropped_bytes=tuple((k, v[1]) for k, v in sorted(dropped.items())),
+            counters_age_seconds=round(age, 3),
+            blocked=tuple((f, k, c) for (f, k), c in sorted(d.blocks.kinds().items())),
+            reloads=tuple(sorted(d.counters.reloads.items())),
+            drift_repairs=d.counters.drift_repairs,
+            audit_write_errors=d.audit.errors,
+            notifications_dropped=d.notifier.stats.dropped,
+            conntrack_entries=st.conntrack_entries,
+            conntrack_max_per_source=st.conntrack_max_per_source,
+            sandbox_grants=(("ipv4", st.sandbox_v4), ("ipv6", st.sandbox_v6)),
+            sandbox_grants_total=st.sandbox_granted_total,
+        )
+
+    async def fresh_snapshot(self) -> Snapshot:
+        await self.refresh()
+        return self.snapshot()
