@@ -14,12 +14,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from aitherfwd import __version__
 from aitherfwd.adapters import nftcounters
 from aitherfwd.nft import names as n
-from aitherfwd.stats import RuleCounter, Snapshot
+from aitherfwd.stats import EventValues, Pairs, RuleCounter, Snapshot
 
 if TYPE_CHECKING:
     from aitherfwd.daemon.app import Daemon
@@ -30,6 +31,10 @@ COUNTERS_TIMEOUT = 2.0  # a scrape waits at most this long for a reading, then s
 Reader = Callable[[], nftcounters.Counters]
 # (counter name, rule, action): the rules of one generation, plus the default policy
 Layout = tuple[tuple[str, str, str], ...]
+# label values exported at 0 before they first happen, so rate() and alerts see them
+RELOAD_RESULTS = ("applied", "rejected", "unchanged")
+BLOCK_REASONS = ("manual", "reputation", "detection")
+ESCALATION_TARGETS = ("temporary", "permanent")
 
 
 class Telemetry:
@@ -106,7 +111,7 @@ class Telemetry:
         age = -1.0 if self._read_at is None else self._monotonic() - self._read_at
         return Snapshot(
             version=__version__,
-            events=st.events(),
+            events=_seed(st.events()),
             generation=gen.number if gen else 0,
             policy_sha256=gen.policy.sha256 if gen else "",
             rules=self._counter_values(rules),
@@ -115,7 +120,7 @@ class Telemetry:
             dropped_bytes=tuple((k, v[1]) for k, v in sorted(dropped.items())),
             counters_age_seconds=round(age, 3),
             blocked=tuple((f, k, c) for (f, k), c in sorted(d.blocks.kinds().items())),
-            reloads=tuple(sorted(d.counters.reloads.items())),
+            reloads=_seeded(RELOAD_RESULTS, tuple(d.counters.reloads.items())),
             drift_repairs=d.counters.drift_repairs,
             audit_write_errors=d.audit.errors,
             notifications_dropped=d.notifier.stats.dropped,
@@ -128,3 +133,17 @@ class Telemetry:
     async def fresh_snapshot(self) -> Snapshot:
         await self.refresh()
         return self.snapshot()
+
+
+def _seeded(names: tuple[str, ...], pairs: Pairs) -> Pairs:
+    merged = dict.fromkeys(names, 0)
+    merged.update(pairs)
+    return tuple(sorted(merged.items()))
+
+
+def _seed(ev: EventValues) -> EventValues:
+    return replace(
+        ev,
+        blocks=_seeded(BLOCK_REASONS, ev.blocks),
+        escalations=_seeded(ESCALATION_TARGETS, ev.escalations),
+    )

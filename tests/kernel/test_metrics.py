@@ -99,9 +99,7 @@ def test_exposition_passes_promtool(setup: tuple[Lab, DaemonProc]) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_real_prometheus_scrapes_the_daemon(
-    setup: tuple[Lab, DaemonProc], tmp_path: Path
-) -> None:
+def test_real_prometheus_scrapes_the_daemon(setup: tuple[Lab, DaemonProc], tmp_path: Path) -> None:
     lab, d = setup
     assert shutil.which("prometheus"), "Debian package prometheus (make setup installs it)"
     d.ok("POST", "/v1/blocks", {"blocks": [{"address": "203.0.113.7"}, {"address": "2001:db8::9"}]})
