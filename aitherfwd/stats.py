@@ -186,11 +186,13 @@ class EventValues:
 
 
 @dataclass(frozen=True, slots=True)
-class RuleCounter:
-    rule: str  # a policy rule's name, or "default"
-    action: str
-    packets: int
-    bytes: int
+class RuleCounters:
+    """Packets and bytes per rule. `labels` is one tuple per generation, shared by every
+    snapshot of it (the exporter caches its rendered label text by identity); `values`
+    follows its order."""
+
+    labels: tuple[tuple[str, str], ...] = ()  # (rule, action); rule "default": the default
+    values: tuple[tuple[int, int], ...] = ()  # (packets, bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +204,8 @@ class Snapshot:
     events: EventValues
     generation: int = 0
     policy_sha256: str = ""
-    rules: tuple[RuleCounter, ...] = ()
-    ratelimited: tuple[RuleCounter, ...] = ()  # packets dropped by a rule's rate limit
+    rules: RuleCounters = RuleCounters()
+    ratelimited: RuleCounters = RuleCounters()  # packets dropped by a rule's rate limit
     dropped: Pairs = ()  # (reason, packets): blocklist | invalid
     dropped_bytes: Pairs = ()
     counters_age_seconds: float = -1.0  # since the kernel counters were read; -1: never

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from aitherfwd.stats import HistogramValue, Pairs, Snapshot
+from aitherfwd.stats import HistogramValue, Pairs, RuleCounters, Snapshot
 
 log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 << 10
@@ -56,29 +56,6 @@ def families(s: Snapshot) -> Iterator[Metric]:
     info = GaugeMetricFamily("aitherfwd_build_info", "Build of the daemon.", labels=["version"])
     info.add_metric([s.version], 1)
     yield info
-    packets = CounterMetricFamily(
-        "aitherfwd_rule_packets",
-        "Packets that matched a rule (kernel named counter); rule=default: the default policy.",
-        labels=["rule", "action"],
-    )
-    nbytes = CounterMetricFamily(
-        "aitherfwd_rule_bytes",
-        "Bytes that matched a rule (kernel named counter); rule=default: the default policy.",
-        labels=["rule", "action"],
-    )
-    for r in s.rules:
-        packets.add_metric([r.rule, r.action], r.packets)
-        nbytes.add_metric([r.rule, r.action], r.bytes)
-    yield packets
-    yield nbytes
-    limited = CounterMetricFamily(
-        "aitherfwd_rule_ratelimited_packets",
-        "Packets a rule's rate limit dropped.",
-        labels=["rule"],
-    )
-    for r in s.ratelimited:
-        limited.add_metric([r.rule], r.packets)
-    yield limited
     yield _counter(
         "aitherfwd_dropped_packets",
         "Packets dropped before the rules: blocklist (block sets) or invalid conntrack state.",
@@ -176,10 +153,12 @@ def families(s: Snapshot) -> Iterator[Metric]:
 
 
 class SnapshotCollector(Collector):
-    """Yields the families of the snapshot set last (by the server, on the event loop)."""
+    """Yields the families of the snapshot set last (by the server, on the event loop);
+    `rules` renders the per-rule families that follow them."""
 
     def __init__(self) -> None:
         self.current: Snapshot | None = None
+        self.rules = RuleText()
 
     def collect(self) -> Iterator[Metric]:
         if self.current is not None:
@@ -197,9 +176,58 @@ def registry() -> tuple[CollectorRegistry, SnapshotCollector]:
 def render(reg: CollectorRegistry, collector: SnapshotCollector, snap: Snapshot) -> bytes:
     collector.current = snap
     try:
-        return generate_latest(reg)
+        return generate_latest(reg) + collector.rules.render(snap.rules, snap.ratelimited)
     finally:
         collector.current = None
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class RuleText:
+    """The per-rule families (2 x (rules + 1) samples: the only part of a scrape that grows
+    with the policy) in the text format, with each sample's name and labels rendered once
+    per generation. prometheus_client's generic formatter validates and escapes every
+    label of every sample on every scrape: 14.6 ms for 1,000 rules on this machine, this
+    0.6 ms (docs/benchmarks-metrics.md). Same format, same escaping."""
+
+    HEADERS = (
+        "# HELP aitherfwd_rule_packets_total Packets that matched a rule (kernel named counter);"
+        " rule=default: the default policy.\n# TYPE aitherfwd_rule_packets_total counter\n",
+        "# HELP aitherfwd_rule_bytes_total Bytes that matched a rule (kernel named counter);"
+        " rule=default: the default policy.\n# TYPE aitherfwd_rule_bytes_total counter\n",
+        "# HELP aitherfwd_rule_ratelimited_packets_total Packets a rule's rate limit dropped."
+        "\n# TYPE aitherfwd_rule_ratelimited_packets_total counter\n",
+    )
+
+    def __init__(self) -> None:
+        self._labels: tuple[tuple[str, str], ...] | None = None
+        self._limited: tuple[tuple[str, str], ...] | None = None
+        self._prefixes: tuple[list[str], list[str], list[str]] = ([], [], [])
+
+    def _prepare(self, rules: RuleCounters, limited: RuleCounters) -> None:
+        if rules.labels is self._labels and limited.labels is self._limited:
+            return
+        sel = [f'{{action="{_escape(a)}",rule="{_escape(r)}"}} ' for r, a in rules.labels]
+        lim = [f'{{rule="{_escape(r)}"}} ' for r, _ in limited.labels]
+        self._prefixes = (
+            [f"aitherfwd_rule_packets_total{s}" for s in sel],
+            [f"aitherfwd_rule_bytes_total{s}" for s in sel],
+            [f"aitherfwd_rule_ratelimited_packets_total{s}" for s in lim],
+        )
+        self._labels, self._limited = rules.labels, limited.labels
+
+    def render(self, rules: RuleCounters, limited: RuleCounters) -> bytes:
+        self._prepare(rules, limited)
+        packets, nbytes, lim = self._prefixes
+        parts = [self.HEADERS[0]]
+        parts += [f"{p}{v[0]}.0\n" for p, v in zip(packets, rules.values, strict=True)]
+        parts.append(self.HEADERS[1])
+        parts += [f"{p}{v[1]}.0\n" for p, v in zip(nbytes, rules.values, strict=True)]
+        parts.append(self.HEADERS[2])
+        parts += [f"{p}{v[0]}.0\n" for p, v in zip(lim, limited.values, strict=True)]
+        return "".join(parts).encode()
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from aitherfwd import __version__
 from aitherfwd.adapters import nftcounters
 from aitherfwd.nft import names as n
-from aitherfwd.stats import EventValues, Pairs, RuleCounter, Snapshot
+from aitherfwd.stats import EventValues, Pairs, RuleCounters, Snapshot
 
 if TYPE_CHECKING:
     from aitherfwd.daemon.app import Daemon
@@ -29,8 +29,22 @@ log = logging.getLogger(__name__)
 COUNTERS_MAX_AGE = 1.0  # seconds a reading of the kernel counters is served from cache
 COUNTERS_TIMEOUT = 2.0  # a scrape waits at most this long for a reading, then serves the last
 Reader = Callable[[], nftcounters.Counters]
-# (counter name, rule, action): the rules of one generation, plus the default policy
-Layout = tuple[tuple[str, str, str], ...]
+ZERO = (0, 0)
+
+
+class Layout:
+    """The kernel counters of one generation's rules, and their (rule, action) labels."""
+
+    def __init__(self, entries: list[tuple[str, str, str]]) -> None:  # (counter, rule, action)
+        self.names = tuple(e[0] for e in entries)
+        self.labels = tuple((e[1], e[2]) for e in entries)
+
+    def read(self, counters: nftcounters.Counters) -> RuleCounters:
+        get = counters.get
+        return RuleCounters(self.labels, tuple([get(name, ZERO) for name in self.names]))
+
+
+EMPTY = Layout([])
 # label values exported at 0 before they first happen, so rate() and alerts see them
 RELOAD_RESULTS = ("applied", "rejected", "unchanged")
 BLOCK_REASONS = ("manual", "reputation", "detection")
@@ -50,7 +64,7 @@ class Telemetry:
         self._counters: nftcounters.Counters = {}
         self._read_at: float | None = None
         self._reading: asyncio.Task[None] | None = None
-        self._layout: tuple[int, Layout, Layout] = (-1, (), ())
+        self._layout: tuple[int, Layout, Layout] = (-1, EMPTY, EMPTY)
 
     # --- kernel counters ---------------------------------------------------------------------
 
@@ -77,24 +91,16 @@ class Telemetry:
     def _rules(self) -> tuple[Layout, Layout]:
         gen = self.daemon.generation
         if gen is None:
-            return (), ()
+            return EMPTY, EMPTY
         if self._layout[0] != gen.number:
             policy = gen.policy
-            rules = tuple((n.rule_counter(r.name), r.name, str(r.action)) for r in policy.rules)
-            default = (n.DEFAULT_COUNTER, "default", str(policy.settings.default_policy))
-            limited = tuple(
+            rules = [(n.rule_counter(r.name), r.name, str(r.action)) for r in policy.rules]
+            rules.append((n.DEFAULT_COUNTER, "default", str(policy.settings.default_policy)))
+            limited = [
                 (n.ratelimit_counter(r.name), r.name, "drop") for r in policy.rules if r.rate_limit
-            )
-            self._layout = (gen.number, (*rules, default), limited)
+            ]
+            self._layout = (gen.number, Layout(rules), Layout(limited))
         return self._layout[1], self._layout[2]
-
-    def _counter_values(self, layout: Layout) -> tuple[RuleCounter, ...]:
-        get = self._counters.get
-        out = []
-        for name, rule, action in layout:
-            packets, nbytes = get(name, (0, 0))
-            out.append(RuleCounter(rule, action, packets, nbytes))
-        return tuple(out)
 
     # --- the snapshot ------------------------------------------------------------------------
 
@@ -114,8 +120,8 @@ class Telemetry:
             events=_seed(st.events()),
             generation=gen.number if gen else 0,
             policy_sha256=gen.policy.sha256 if gen else "",
-            rules=self._counter_values(rules),
-            ratelimited=self._counter_values(limited),
+            rules=rules.read(self._counters),
+            ratelimited=limited.read(self._counters),
             dropped=tuple((k, v[0]) for k, v in sorted(dropped.items())),
             dropped_bytes=tuple((k, v[1]) for k, v in sorted(dropped.items())),
             counters_age_seconds=round(age, 3),
