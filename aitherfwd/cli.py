@@ -19,7 +19,7 @@ from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
-from aitherfwd.errors import AitherError, ExitCode
+from aitherfwd.errors import AitherError, ExitCode, KernelUnavailableError
 from aitherfwd.policy.diagnostics import Diagnostic, summary
 from aitherfwd.policy.model import Policy
 from aitherfwd.reconcile import plan as make_plan
@@ -159,10 +159,12 @@ def remove(yes: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="As a JSON object.")
 def counters(as_json: bool) -> None:
     """Packets and bytes per rule (named kernel counters), to trace verdicts to rules."""
-    try:
-        values = Nft().counters()
-    except AitherError as err:
-        _fail(err)
+    from aitherfwd.adapters import nftcounters  # noqa: PLC0415
+
+    try:  # over netlink: libnftables' `list counters` would first fetch every set element
+        values = nftcounters.read()
+    except OSError as err:
+        _fail(KernelUnavailableError(f"cannot read the kernel counters: {err}"))
     if as_json:
         click.echo(
             json.dumps(

@@ -382,6 +382,10 @@ def document(
         "bans are live, next to `nft -f` and raw libnftables measured in the same run. This "
         "file is written by the benchmark; the numbers below are from its last full run.",
         "",
+        "Other benchmarks, each with its own command: [the daemon's control socket]"
+        "(benchmarks-daemon.md), [Prometheus scrapes at 1,000,000 blocks]"
+        "(benchmarks-metrics.md).",
+        "",
         "## Last run",
         "",
         f"- Command: `{command}` (as root), started {started} UTC",

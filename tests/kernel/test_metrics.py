@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemonproc import DaemonProc
+from aitherfwd.adapters.nft import Nft
+from tests.daemonproc import AITHERFWD, DaemonProc
 from tests.kernel.test_daemon import CONFIG, POLICY, TCP_PORTS, until
 from tests.lab import Lab
 from tests.nsenter import inside
@@ -85,6 +86,11 @@ def test_denied_probe_and_ban_move_their_metrics(setup: tuple[Lab, DaemonProc]) 
     d.ok("DELETE", f"/v1/blocks/{lan.v4}")
     assert value(ns, "aitherfwd_blocked_addresses", **manual) == 0
     assert value(ns, "aitherfwd_unblocks_total") == 1
+    # `aitherfwd counters` reads the same kernel counters (netlink, like the daemon)
+    res = lab.exec(ns, [AITHERFWD, "counters", "--json"])
+    assert res.returncode == 0, res.stderr
+    with inside(ns):
+        assert json.loads(res.stdout)["rule_web"]["packets"] == Nft().counters()["rule_web"][0]
 
 
 def test_exposition_passes_promtool(setup: tuple[Lab, DaemonProc]) -> None:
