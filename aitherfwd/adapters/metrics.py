@@ -21,7 +21,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from aitherfwd.stats import HistogramValue, Pairs, RuleCounters, Snapshot
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 MAX_HEADER_BYTES = 16 << 10
 READ_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
+# what generate_latest writes (spelled out: Debian 12's prometheus_client 0.16 has no
+# CONTENT_TYPE_PLAIN_0_0_4, and newer ones mean another format by CONTENT_TYPE_LATEST)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Provider = Callable[[], Awaitable[Snapshot]]
 
 
@@ -290,4 +293,4 @@ class MetricsServer:
         path = parts[1].split(b"?", 1)[0]
         if path != b"/metrics":
             return "404 Not Found", "text/plain", b"see /metrics\n", parts[0] == b"HEAD"
-        return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, await self.body(), parts[0] == b"HEAD"
+        return "200 OK", CONTENT_TYPE, await self.body(), parts[0] == b"HEAD"
