@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -54,11 +55,18 @@ def _histogram(name: str, doc: str, h: HistogramValue) -> HistogramMetricFamily:
 
 
 def families(s: Snapshot) -> Iterator[Metric]:
-    """Every aitherfwd family of one snapshot (the process collector adds process_*)."""
-    ev = s.events
+    """Every aitherfwd family of one snapshot but the per-rule ones (`RuleText`); the
+    process collector adds process_*."""
     info = GaugeMetricFamily("aitherfwd_build_info", "Build of the daemon.", labels=["version"])
     info.add_metric([s.version], 1)
     yield info
+    yield from _drop_families(s)
+    yield from _block_families(s)
+    yield from _policy_families(s)
+    yield from _daemon_families(s)
+
+
+def _drop_families(s: Snapshot) -> Iterator[Metric]:
     yield _counter(
         "aitherfwd_dropped_packets",
         "Packets dropped before the rules: blocklist (block sets) or invalid conntrack state.",
@@ -73,6 +81,10 @@ def families(s: Snapshot) -> Iterator[Metric]:
         "Age of the kernel counter reading behind the rule families (-1: never read).",
         s.counters_age_seconds,
     )
+
+
+def _block_families(s: Snapshot) -> Iterator[Metric]:
+    ev = s.events
     blocked = GaugeMetricFamily(
         "aitherfwd_blocked_addresses",
         "Active blocks (addresses and prefixes) by family and kind.",
@@ -111,6 +123,10 @@ def families(s: Snapshot) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "aitherfwd_sandbox_grants", "Sandbox grants made.", value=s.sandbox_grants_total
     )
+
+
+def _policy_families(s: Snapshot) -> Iterator[Metric]:
+    ev = s.events
     yield _counter("aitherfwd_reloads", "Policy reloads by result.", "result", s.reloads)
     yield _histogram(
         "aitherfwd_reload_duration_seconds", "Time a policy reload took.", ev.reload_seconds
@@ -136,6 +152,9 @@ def families(s: Snapshot) -> Iterator[Metric]:
     yield _histogram(
         "aitherfwd_evaluate_seconds", "Time of one evaluate request.", ev.evaluate_seconds
     )
+
+
+def _daemon_families(s: Snapshot) -> Iterator[Metric]:
     yield _gauge("aitherfwd_conntrack_entries", "Tracked connections.", s.conntrack_entries)
     yield _gauge(
         "aitherfwd_conntrack_max_per_source",
@@ -168,11 +187,20 @@ class SnapshotCollector(Collector):
             yield from families(self.current)
 
 
+class BootTimeProcessCollector(ProcessCollector):
+    """prometheus_client's process collector, with the boot time from CLOCK_BOOTTIME: it
+    reads it from /proc/stat, which the packaged unit hides (ProcSubset=pid), and without
+    it exports nothing at all (found by the boot test)."""
+
+    def _boot_time(self) -> float:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def registry() -> tuple[CollectorRegistry, SnapshotCollector]:
     reg = CollectorRegistry(auto_describe=False)
     collector = SnapshotCollector()
     reg.register(collector)
-    ProcessCollector(registry=reg)
+    BootTimeProcessCollector(registry=reg)
     return reg, collector
 
 

@@ -11,10 +11,17 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from prometheus_client import ProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from aitherfwd.adapters import nftcounters
-from aitherfwd.adapters.metrics import MetricsServer, parse_listen, registry, render
+from aitherfwd.adapters.metrics import (
+    BootTimeProcessCollector,
+    MetricsServer,
+    parse_listen,
+    registry,
+    render,
+)
 from aitherfwd.config import ConfigError, DaemonConfig, parse_config
 from aitherfwd.daemon.app import Counters, Daemon
 from aitherfwd.daemon.state import Generation
@@ -262,3 +269,11 @@ def test_endpoint_answers_metrics_and_refuses_the_rest() -> None:
     assert b"aitherfwd_build_info" in metrics and b"text/plain; version=0.0.4" in metrics
     assert other.startswith(b"HTTP/1.1 404")
     assert post.startswith(b"HTTP/1.1 405")
+
+
+def test_process_metrics_do_not_need_proc_stat() -> None:
+    """The unit hides /proc/stat (ProcSubset=pid); the start time must not depend on it."""
+    ours = {m.name: m.samples[0].value for m in BootTimeProcessCollector(registry=None).collect()}
+    theirs = {m.name: m.samples[0].value for m in ProcessCollector(registry=None).collect()}
+    assert abs(ours["process_start_time_seconds"] - theirs["process_start_time_seconds"]) < 2
+    assert ours["process_resident_memory_bytes"] > 0
