@@ -79,7 +79,7 @@ def compile_policy(policy: Policy) -> Ruleset:
             for fam in (4, 6):
                 objects.append(
                     b.set_(
-                        n.ratelimit_set(r.name, fam),
+                        n.ratelimit_set(r.name, fam, r.rate_limit.rate, r.rate_limit.burst),
                         _addr_type(fam),
                         ["timeout"],
                         timeout=RATELIMIT_SET_TIMEOUT,
@@ -226,7 +226,7 @@ def _rule(chain: str, rule: Rule) -> Iterator[Json]:
         if rule.rate_limit and fam is not None:
             rl = rule.rate_limit
             meter = b.update_set(
-                n.ratelimit_set(rule.name, fam),
+                n.ratelimit_set(rule.name, fam, rl.rate, rl.burst),
                 _saddr(fam),
                 b.limit(rl.rate, "second", rl.burst, over=True),
             )
@@ -235,12 +235,19 @@ def _rule(chain: str, rule: Rule) -> Iterator[Json]:
                 [*matches, meter, b.named_counter(n.ratelimit_counter(rule.name)), b.drop()],
                 f"{rule.name}:ratelimit",
             )
-        log = _log_exprs(f"afw {rule.action} {rule.name} ") if rule.log else []
+        if rule.log:
+            # A rule of its own: the log's rate limit must never decide whether the verdict
+            # below matches (past the limit, packets would fall through to later rules).
+            yield _commented(
+                chain,
+                [*matches, *_log_exprs(f"afw {rule.action} {rule.name} ")],
+                f"{rule.name}:log",
+            )
         for verdict in _verdicts(rule.action, proto):
             head = verdict[:-1]
             yield _commented(
                 chain,
-                [*matches, *head, b.named_counter(n.rule_counter(rule.name)), *log, verdict[-1]],
+                [*matches, *head, b.named_counter(n.rule_counter(rule.name)), verdict[-1]],
                 rule.name,
             )
 

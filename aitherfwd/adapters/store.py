@@ -179,7 +179,7 @@ class Store:
             (
                 "INSERT INTO block_history "
                 "(key, reason, source, started_at, expires_at, events) VALUES (?, ?, ?, ?, ?, ?)",
-                [(k, r, s, c, e, json.dumps(ev.get(k, []))) for k, e, r, s, c in rows],
+                [(k, r, s, c, e, json.dumps(ev[k]) if k in ev else "[]") for k, e, r, s, c in rows],
             ),
         )
 

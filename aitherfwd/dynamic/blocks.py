@@ -12,7 +12,7 @@ import ipaddress
 import math
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.nft import builders as b
@@ -250,12 +250,14 @@ class BlockTable:
         adds: dict[str, list[Any]] = {}  # ...then everything added with its timeout
         for new in blocks:
             existing = self.get(new.key, now)
-            blk = new if existing is None else replace(new, created_at=existing.created_at)
+            name = set_for_key(new.key)
+            blk = new
             if existing is not None:
+                blk = Block(new.key, new.expires_at, new.reason, new.source, existing.created_at)
                 # the element may expire in the kernel at any moment: add, delete, add again
                 # with the new timeout is valid whatever the kernel holds right now
-                touch.setdefault(blk.set_name, []).append(blk.value())
-            adds.setdefault(blk.set_name, []).append(blk.element(now))
+                touch.setdefault(name, []).append(blk.value())
+            adds.setdefault(name, []).append(blk.element(now))
             self._store(blk)
         cmds: list[Any] = [b.add(b.element(name, v)) for name, v in sorted(touch.items())]
         cmds += [{"delete": b.element(name, v)} for name, v in sorted(touch.items())]
@@ -273,10 +275,17 @@ class BlockTable:
     def restore_commands(self, now: float) -> list[Any]:
         """Element adds for every live block with its remaining timeout (after a table loss)."""
         self.prune(now)
-        by_set: dict[str, list[Any]] = {}
-        for blk in self._blocks.values():
-            by_set.setdefault(blk.set_name, []).append(blk.element(now))
-        return [b.add(b.element(name, elems)) for name, elems in sorted(by_set.items())]
+        by_set: dict[str, list[Any]] = {name: [] for name in BLOCK_SET_NAMES}
+        ceil = math.ceil
+        for blk in self._blocks.values():  # Block.element, inlined: 100,000 per cold start
+            key, expires = blk.key, blk.expires_at
+            value = key if "/" not in key else blk.value()
+            by_set[set_for_key(key)].append(
+                value
+                if expires is None
+                else {"elem": {"val": value, "timeout": max(1, ceil(expires - now))}}
+            )
+        return [b.add(b.element(name, elems)) for name, elems in sorted(by_set.items()) if elems]
 
     def load(self, blocks: Iterable[Block]) -> None:
         """Adopt blocks as they are (from the store or the kernel), without commands."""

@@ -70,5 +70,7 @@ def ratelimit_counter(rule: str) -> str:
     return f"ratelimit_{rule}"
 
 
-def ratelimit_set(rule: str, family: int) -> str:
-    return f"rl_{rule}_v{family}"
+def ratelimit_set(rule: str, family: int, rate: int, burst: int) -> str:
+    """The per-source meter; its rate is part of the name, because a kernel element keeps the
+    limit it was created with: a changed rate must start a fresh set, not inherit old buckets."""
+    return f"rl_{rule}_v{family}_{rate}r{burst}"

@@ -256,7 +256,7 @@ def test_delta_from_the_previous_ruleset_reaches_the_same_kernel_state(
         nft = Nft()
         nft.apply(a)
         nft.add_elements("block_v4", [b.timed("10.77.9.9", 3600)])
-        nft.run([b.add(b.element("rl_web_v4", ["10.77.1.1"]))])
+        nft.run([b.add(b.element("rl_web_v4_5r5", ["10.77.1.1"]))])
         counters_before = nft.counters()["rule_ssh"]
         steps = [(a, bb), (bb, zones), (zones, nozone), (nozone, a), (a, a)]
         for old, new in steps:

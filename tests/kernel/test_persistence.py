@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
+from aitherfwd.adapters.nft import Nft
 from tests.daemonproc import DaemonProc
 from tests.kernel.test_daemon import CONFIG, POLICY, TCP_PORTS, until
 from tests.lab import Lab
@@ -161,6 +163,57 @@ def test_explain_tells_the_story_of_a_block(lab: Lab, daemon: DaemonProc) -> Non
     assert "BLOCKED" in cli.stdout and "SENTRY_INJECTION" in cli.stdout
     bad = daemon.request("GET", "/v1/explain/not-an-ip")
     assert bad[0] == 400
+
+
+def test_a_reboot_restores_every_live_block_with_its_remaining_timeout(
+    lab: Lab, daemon: DaemonProc
+) -> None:
+    """SIGKILL, the table gone (what a reboot leaves), start again: the live blocks are back
+    in the kernel with their remaining timeouts (±2 s), the expired one is not, and a
+    reload afterwards keeps them."""
+    daemon.start()
+    lan, other = lab.clients
+    blocks = [
+        {"address": lan.v4, "ttl": "60s"},
+        {"address": f"fd77:0:0:{lan.index}::/64", "ttl": "1h"},
+        {"address": other.v4, "ttl": "2s"},  # expires while the daemon is down
+        {"address": "10.77.250.9"},  # permanent
+    ]
+    daemon.ok("POST", "/v1/blocks", {"blocks": blocks})
+    killed_at = time.time()
+    daemon.stop(signal.SIGKILL)
+    with inside(lab.server):
+        Nft().delete_table()
+    until(lambda: time.time() > killed_at + 3, 10, "the short block to expire")
+    daemon.start()
+    restored_at = time.time()
+    with inside(lab.server):
+        nft = Nft()
+        v4 = {
+            e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e: e
+            for e in nft.set_elements("block_v4")
+        }
+        v6 = nft.set_elements("block_v6_net")
+    assert set(v4) == {lan.v4, "10.77.250.9"}
+    remaining = 60 - (restored_at - killed_at)
+    assert abs(v4[lan.v4]["elem"]["expires"] - remaining) <= 2, v4[lan.v4]
+    assert v4["10.77.250.9"] == "10.77.250.9"  # permanent: no timeout at all
+    (prefix,) = v6
+    assert abs(prefix["elem"]["expires"] - (3600 - (restored_at - killed_at))) <= 2
+    listed = {b["address"] for b in daemon.ok("GET", "/v1/blocks")["blocks"]}
+    assert other.v4 not in listed and lan.v4 in listed
+    assert lab.tcp(lan, lan.server_v4, 443, timeout=0.5) == "timeout"
+    assert lab.tcp(lan, lan.server_v6, 443, timeout=0.5) == "timeout"
+    assert lab.tcp(other, other.server_v4, 443) == "ok"
+    assert daemon.ok("POST", "/v1/reload", {"force": False})["result"] in {"applied", "unchanged"}
+    extra = "rules:\n  - {name: extra, dest_ports: [7070], protocol: tcp, action: allow}\n"
+    daemon.policy.write_text(daemon.policy.read_text().replace("rules:\n", extra, 1))
+    reloaded = daemon.ok("POST", "/v1/reload", {})  # or inotify got there first
+    assert reloaded["result"] in {"applied", "unchanged"} and reloaded["generation"] == 2
+    with inside(lab.server):
+        after = {e["elem"]["val"] for e in Nft().set_elements("block_v4") if isinstance(e, dict)}
+    assert lan.v4 in after
+    assert lab.tcp(lan, lan.server_v4, 443, timeout=0.5) == "timeout"
 
 
 def test_a_corrupt_database_is_moved_aside_and_the_kernel_keeps_every_ban(

@@ -12,13 +12,14 @@ import pytest
 
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
-from aitherfwd.compiler import compile_policy
+from aitherfwd.compiler import Ruleset, compile_policy
+from aitherfwd.policy.parse import parse_policy
 from tests.lab import Client, Lab
 from tests.nsenter import inside
 
 pytestmark = pytest.mark.kernel
 
-TCP_PORTS = [22, 80, 443, 3306, 5432, 8000, 8111, 9999]
+TCP_PORTS = [22, 80, 443, 3306, 5432, 7000, 8000, 8111, 9999]
 UDP_PORTS = [53, 514]
 
 
@@ -43,6 +44,7 @@ rules:
   - {{name: secrets_world, zone: world, dest_services: [Secrets], action: reject}}
   - {{name: secrets_lan, zone: lan, dest_services: [Secrets], action: allow}}
   - {{name: web, dest_ports: [80, 443], protocol: tcp, action: allow}}
+  - {{name: logged, dest_ports: [7000], protocol: tcp, action: allow, log: true}}
   - {{name: narrow, dest_ports: [8000], protocol: tcp,
       source_cidrs: [10.77.1.0/24, "fd77:0:0:1::/64"], action: allow}}
   - {{name: dns, zone: lan, dest_services: [DNS], action: allow}}
@@ -86,6 +88,14 @@ def test_allowed_port_connects_over_ipv4_and_ipv6(lab: Lab) -> None:
     for client in lab.clients:
         for fam, addr in _both(client):
             assert lab.tcp(client, addr, 443) == "ok", (client.index, fam)
+
+
+def test_a_logged_rule_keeps_its_verdict_beyond_the_log_rate(lab: Lab) -> None:
+    """The log limit (10/s, burst 20) only thins the log; every connection still passes."""
+    lan = lab.clients[0]
+    for _, addr in _both(lan):
+        results = lab.probe(lan, addr, 7000, count=60, timeout=0.5)
+        assert results == ["ok"] * 60
 
 
 def test_port_without_a_rule_is_dropped_by_the_default_policy(lab: Lab) -> None:
@@ -148,6 +158,29 @@ def test_ipv6_source_rate_limited_separately(lab: Lab) -> None:
     results = lab.probe(lan, lan.server_v6, 22, count=12, timeout=0.2)
     assert results.count("ok") >= 1
     assert results.count("timeout") >= 5, results
+
+
+def test_a_changed_rate_limit_takes_effect_for_sources_already_metered(lab: Lab) -> None:
+    """A kernel meter element keeps the rate it was created with, so a new rate must not
+    inherit the old buckets: after raising the ssh limit a throttled source passes at once."""
+    lan = lab.clients[0]
+    assert lab.probe(lan, lan.server_v4, 22, count=12, timeout=0.2).count("timeout") >= 5
+    raised = _policy_text().replace(
+        "rate_limit_rps: 1, burst: 3", "rate_limit_rps: 500, burst: 500"
+    )
+    with inside(lab.server):
+        Nft().apply(_compiled(raised))
+    try:
+        assert lab.probe(lan, lan.server_v4, 22, count=12, timeout=0.5) == ["ok"] * 12
+    finally:
+        with inside(lab.server):
+            Nft().apply(_compiled(_policy_text()))
+
+
+def _compiled(text: str) -> Ruleset:
+    result = parse_policy(text, "policy.yaml")
+    assert result.policy is not None, [d.render() for d in result.diagnostics]
+    return compile_policy(result.policy)
 
 
 def test_blocked_source_is_dropped_across_a_reapply_until_its_timeout(lab: Lab) -> None:

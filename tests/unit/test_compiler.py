@@ -88,7 +88,7 @@ def test_rate_limited_rule_gets_per_family_meters_before_its_accept() -> None:
         "action: allow}\n"
     )
     rs = compile_policy(p)
-    assert {"rl_web_v4", "rl_web_v6"} <= set(rs.names("set"))
+    assert {"rl_web_v4_20r20", "rl_web_v6_20r20"} <= set(rs.names("set"))
     labels = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_external")]
     assert labels == ["web:ratelimit", "web", "web:ratelimit", "web", "builtin:default"]
 
