@@ -19,7 +19,11 @@ from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork
 
 BLOCK_SET_NAMES = ("block_v4", "block_v6", "block_v4_net", "block_v6_net")
-KINDS = tuple((f, k) for f in ("ipv4", "ipv6") for k in ("temporary", "permanent", "manual"))
+# (family, kind) keys of the metrics' block counts, indexed by "is IPv6" (no tuple per block)
+MANUAL = (("ipv4", "manual"), ("ipv6", "manual"))
+PERMANENT = (("ipv4", "permanent"), ("ipv6", "permanent"))
+TEMPORARY = (("ipv4", "temporary"), ("ipv6", "temporary"))
+KINDS = (*MANUAL, *PERMANENT, *TEMPORARY)
 LOOPBACK: tuple[IPNetwork, ...] = (
     ipaddress.IPv4Network("127.0.0.0/8"),
     ipaddress.IPv6Network("::1/128"),
@@ -75,10 +79,10 @@ class Block:
     def kind(self) -> tuple[str, str]:
         """(family, kind) for metrics: kind is manual (an operator's), else permanent or
         temporary by its expiry."""
-        family = "ipv6" if ":" in self.key else "ipv4"
+        v6 = ":" in self.key
         if self.source == "manual":
-            return family, "manual"
-        return family, "permanent" if self.expires_at is None else "temporary"
+            return MANUAL[v6]
+        return PERMANENT[v6] if self.expires_at is None else TEMPORARY[v6]
 
     def remaining(self, now: float) -> int | None:
         """Whole seconds left (at least 1), or None when permanent."""
@@ -297,7 +301,11 @@ class BlockTable:
                 counts[set_for_key(key)] += 1
             else:
                 kinds[old.kind] -= 1
-            kinds[blk.kind] += 1
+            v6 = ":" in key  # blk.kind, inlined
+            if blk.source == "manual":
+                kinds[MANUAL[v6]] += 1
+            else:
+                kinds[PERMANENT[v6] if blk.expires_at is None else TEMPORARY[v6]] += 1
             table[key] = blk
             if "/" in key:
                 prefixes.add(key)
