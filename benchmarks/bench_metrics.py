@@ -117,7 +117,44 @@ def run(quick: bool) -> dict[str, Any]:
             out["rss_mb"] = d.rss_mb()
         finally:
             d.stop()
+    out["in_process"] = in_process(blocks, reps)
     return out
+
+
+def in_process(blocks: int, reps: int) -> list[float]:
+    """The server-side work of one scrape without the network or the counter read:
+    snapshot + render, with the same policy, `blocks` blocks in a BlockTable and a
+    reading for every counter (the daemon's objects, outside the daemon)."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from aitherfwd.adapters.metrics import registry, render  # noqa: PLC0415
+    from aitherfwd.daemon.app import Counters  # noqa: PLC0415
+    from aitherfwd.daemon.state import Generation  # noqa: PLC0415
+    from aitherfwd.daemon.telemetry import Telemetry  # noqa: PLC0415
+    from aitherfwd.dynamic.blocks import Block, BlockTable  # noqa: PLC0415
+    from aitherfwd.nft import names as nm  # noqa: PLC0415
+    from aitherfwd.policy.parse import parse_policy  # noqa: PLC0415
+    from aitherfwd.stats import Stats  # noqa: PLC0415
+
+    policy = parse_policy(generate_policy(1000), "gen1000.yaml").policy
+    assert policy is not None
+    now = time.time()
+    table = BlockTable()
+    table.load(Block(_v4(0x0B000000 + i), now + 3600, "b", "manual", now) for i in range(blocks))
+    none: Any = None
+    daemon: Any = SimpleNamespace(
+        generation=Generation(1, policy, none, none, Path("p"), now),
+        stats=Stats(),
+        blocks=table,
+        counters=Counters(),
+        audit=SimpleNamespace(errors=0),
+        notifier=SimpleNamespace(stats=SimpleNamespace(dropped=0)),
+    )
+    reading = {nm.rule_counter(r.name): (123_456, 98_765_432) for r in policy.rules}
+    telemetry = Telemetry(daemon, lambda: reading)
+    telemetry._counters = reading  # as after a read
+    reg, collector = registry()
+    return measure(lambda i: render(reg, collector, telemetry.snapshot()), reps * 2)
 
 
 def render(r: dict[str, Any], command: str) -> str:
@@ -137,6 +174,12 @@ def render(r: dict[str, Any], command: str) -> str:
         (f"**GET /metrics, {n} active blocks, counters from the cache**", f_cached, ""),
         ("of which: netlink read of the kernel counters, no block", e_read, ""),
         (f"of which: netlink read of the kernel counters, {n} blocks", f_read, ""),
+        (
+            f"server side without network or counter read: snapshot + render in-process, {n} "
+            "blocks",
+            Summary.of(r["in_process"]),
+            "",
+        ),
     ]
     lines = [
         "# Metrics benchmark",
