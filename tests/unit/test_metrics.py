@@ -23,6 +23,7 @@ from aitherfwd.adapters.metrics import (
     render,
 )
 from aitherfwd.config import ConfigError, DaemonConfig, parse_config
+from aitherfwd.daemon import main as daemon_main
 from aitherfwd.daemon.app import Counters, Daemon
 from aitherfwd.daemon.state import Generation
 from aitherfwd.daemon.telemetry import Telemetry
@@ -277,3 +278,17 @@ def test_process_metrics_do_not_need_proc_stat() -> None:
     theirs = {m.name: m.samples[0].value for m in ProcessCollector(registry=None).collect()}
     assert abs(ours["process_start_time_seconds"] - theirs["process_start_time_seconds"]) < 2
     assert ours["process_resident_memory_bytes"] > 0
+
+
+def test_an_endpoint_that_cannot_listen_is_logged_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    telemetry = Telemetry(fake_daemon(), dict, FakeClock())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        assert asyncio.run(daemon_main._metrics(busy, telemetry)) is None
+    assert asyncio.run(daemon_main._metrics("", telemetry)) is None  # off
+    assert asyncio.run(daemon_main._metrics("nonsense", telemetry)) is None
+    assert "metrics endpoint not started" in caplog.text
