@@ -70,10 +70,12 @@ def compile_policy(policy: Policy) -> Ruleset:
     objects: list[Json] = [b.table()]
     rules = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
     counters = [n.DEFAULT_COUNTER, n.BLOCKED_COUNTER, n.INVALID_COUNTER]
+    counters += [n.CONNLIMIT_COUNTER, n.SYNFLOOD_COUNTER]
     counters += [n.rule_counter(r.name) for r in policy.rules]
     counters += [n.ratelimit_counter(r.name) for r in rules if r.rate_limit]
     objects += [b.counter(c) for c in sorted(counters)]
     objects += [b.set_(s.name, s.type, s.flags) for s in n.DYNAMIC_SETS]
+    objects += _meter_sets(policy)
     for r in rules:
         if r.rate_limit:
             for fam in (4, 6):
@@ -89,6 +91,7 @@ def compile_policy(policy: Policy) -> Ruleset:
     zone_names = [z.name for z in policy.zones]
     objects.append(b.chain(n.INPUT_CHAIN, hook="input", prio=0, policy="accept"))
     objects += [b.chain(c) for c in [n.FINAL_CHAIN, n.NOZONE_CHAIN, n.META_CHAIN]]
+    objects += [b.chain(c) for c in [n.CONNLIMIT_CHAIN, n.SYNFLOOD_CHAIN]]
     objects += [b.chain(n.zone_chain(z)) for z in zone_names]
     for fam, map_name in ((4, n.ZONE_MAP_V4), (6, n.ZONE_MAP_V6)):
         elements = [
@@ -96,7 +99,8 @@ def compile_policy(policy: Policy) -> Ruleset:
             for first, last, zone in zoning.partition(policy.zones, fam)
         ]
         objects.append(b.vmap_(map_name, _addr_type(fam), elements))
-    objects += _input_chain()
+    objects += _input_chain(policy)
+    objects += _detect_chains()
     for zone in zone_names:
         chain = n.zone_chain(zone)
         objects += [
@@ -147,7 +151,88 @@ def _commented(chain: str, exprs: list[Json], label: str) -> Json:
     return b.rule(chain, exprs, f"{label} #{h}")
 
 
-def _input_chain() -> list[Json]:
+def _meter_sets(policy: Policy) -> list[Json]:
+    """The kernel's per-source meters: concurrent connections (`ct count`; no timeout, the
+    kernel drops an element when its count reaches zero) and SYN rate (`limit rate`)."""
+    st = policy.settings
+    out = []
+    for fam in (4, 6):
+        if st.max_connections_per_ip:
+            name = n.connlimit_set(fam, st.max_connections_per_ip)
+            out.append(b.set_(name, _addr_type(fam), [], size=RATELIMIT_SET_SIZE))
+        if st.syn_flood_threshold:
+            out.append(
+                b.set_(
+                    n.synrate_set(fam, st.syn_flood_threshold),
+                    _addr_type(fam),
+                    ["timeout"],
+                    timeout=RATELIMIT_SET_TIMEOUT,
+                    size=RATELIMIT_SET_SIZE,
+                )
+            )
+    return out
+
+
+def _kernel_limits(policy: Policy) -> list[Json]:
+    """Line one of detection, per packet in the kernel: SYNs over `syn_flood_threshold`/s
+    per source are dropped; new connections beyond `max_connections_per_ip` concurrent ones
+    per source are refused. Both jump to a chain that logs (bounded) for the daemon. Sources
+    in the management zone are exempt (anti-lockout)."""
+    st = policy.settings
+    c = n.INPUT_CHAIN
+    out = []
+    mgmt = [net for z in policy.zones if z.name == "management" for net in z.cidrs]
+    for fam in (4, 6):
+        nfproto = b.match(b.meta("nfproto"), "ipv4" if fam == 4 else "ipv6")
+        fam_nets = [m for m in mgmt if m.version == fam]
+        nets = list(ipaddress.collapse_addresses(fam_nets))  # type: ignore[type-var]
+        if nets:  # anti-lockout: the management zone is never limited
+            exempt = b.anon_set([b.prefix(str(m.network_address), m.prefixlen) for m in nets])
+            nfproto = b.match(_saddr(fam), exempt, "!=")
+        if st.syn_flood_threshold:
+            rate = st.syn_flood_threshold
+            meter = b.update_set(
+                n.synrate_set(fam, rate), _saddr(fam), b.limit(rate, "second", rate, over=True)
+            )
+            exprs = [nfproto, b.tcp_syn(), meter, b.jump(n.SYNFLOOD_CHAIN)]
+            out.append(_commented(c, exprs, "builtin:synflood"))
+        if st.max_connections_per_ip:
+            limit = st.max_connections_per_ip
+            count = b.add_set(n.connlimit_set(fam, limit), _saddr(fam), b.ct_count_over(limit))
+            new = b.match(b.ct("state"), ["new"], "in")
+            exprs = [nfproto, new, count, b.jump(n.CONNLIMIT_CHAIN)]
+            out.append(_commented(c, exprs, "builtin:connlimit"))
+    return out
+
+
+def _detect_log(kind: str, rule: str = "-") -> list[Json]:
+    return [
+        b.limit(n.DETECT_LOG_RATE, "second", n.DETECT_LOG_RATE),
+        b.log(n.detect_prefix(kind, rule), n.DETECT_GROUP),
+    ]
+
+
+def _denied_log(chain: str, matches: list[Json], rule: str) -> Json:
+    """A denied new connection, reported to the daemon's scan detector (no verdict here)."""
+    new = b.match(b.ct("state"), ["new"], "in")
+    return _commented(chain, [*matches, new, *_detect_log(n.KIND_DENIED, rule)], f"{rule}:detect")
+
+
+def _detect_chains() -> list[Json]:
+    out = [
+        _commented(n.SYNFLOOD_CHAIN, _detect_log(n.KIND_SYNFLOOD), "synflood:log"),
+        _commented(
+            n.SYNFLOOD_CHAIN, [b.named_counter(n.SYNFLOOD_COUNTER), b.drop()], "synflood:drop"
+        ),
+        _commented(n.CONNLIMIT_CHAIN, _detect_log(n.KIND_CONNLIMIT), "connlimit:log"),
+    ]
+    for v in _verdicts(Action.REJECT, None):
+        exprs = [*v[:-1], b.named_counter(n.CONNLIMIT_COUNTER), v[-1]]
+        out.append(_commented(n.CONNLIMIT_CHAIN, exprs, "connlimit:reject"))
+    return out
+
+
+def _input_chain(policy: Policy) -> list[Json]:
     c = n.INPUT_CHAIN
     out = [_commented(c, [b.match(b.meta("iif"), "lo"), b.accept()], "builtin:loopback")]
     for s in n.BLOCK_SETS:
@@ -177,6 +262,7 @@ def _input_chain() -> list[Json]:
             "builtin:invalid",
         )
     )
+    out += _kernel_limits(policy)
     out.append(
         _commented(
             c,
@@ -200,6 +286,8 @@ def _final_chain(policy: Policy) -> list[Json]:
     out: list[Json] = []
     if policy.settings.log_denied and action is not Action.ALLOW:
         out.append(_commented(n.FINAL_CHAIN, _log_exprs(f"afw {action} default "), "default:log"))
+    if action is not Action.ALLOW:
+        out.append(_denied_log(n.FINAL_CHAIN, [], "default"))
     exprs.append(b.named_counter(n.DEFAULT_COUNTER))
     out += [_commented(n.FINAL_CHAIN, [*exprs, *v], "default") for v in _verdicts(action, None)]
     return out
@@ -243,6 +331,8 @@ def _rule(chain: str, rule: Rule) -> Iterator[Json]:
                 [*matches, *_log_exprs(f"afw {rule.action} {rule.name} ")],
                 f"{rule.name}:log",
             )
+        if rule.action is not Action.ALLOW:
+            yield _denied_log(chain, matches, rule.name)
         for verdict in _verdicts(rule.action, proto):
             head = verdict[:-1]
             yield _commented(

@@ -41,6 +41,7 @@ class DaemonConfig:
     metrics_listen: str = "127.0.0.1:9466"  # Prometheus /metrics; "" turns it off
     max_body_bytes: int = 1 << 20
     drift_check_interval: float = 2.0
+    conntrack_resync_interval: float = 30.0  # full conntrack dump; also after event loss
     roles: dict[str, RoleMembers] = field(default_factory=dict)
 
 
@@ -52,6 +53,7 @@ _DAEMON_KEYS = {
     "audit_max_bytes",
     "audit_keep",
     "drift_check_interval",
+    "conntrack_resync_interval",
 }
 _METRICS_KEYS = {"listen"}
 
@@ -83,6 +85,9 @@ def parse_config(text: str, users: Resolver, groups: Resolver) -> DaemonConfig:
         metrics_listen=_listen(metrics.get("listen", d.metrics_listen)),
         max_body_bytes=int(control.get("max_body_bytes", d.max_body_bytes)),
         drift_check_interval=float(daemon.get("drift_check_interval", d.drift_check_interval)),
+        conntrack_resync_interval=_seconds(
+            daemon, "conntrack_resync_interval", d.conntrack_resync_interval
+        ),
         roles={name: _members(roles_raw[name], name, users, groups) for name in roles_raw},
     )
 
@@ -104,6 +109,13 @@ def _positive(section: dict[str, Any], key: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"daemon.{key} must be a positive integer, got {value!r}")
     return value
+
+
+def _seconds(section: dict[str, Any], key: str, default: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"daemon.{key} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _keys(value: Any, allowed: set[str], where: str) -> dict[str, Any]:

@@ -382,6 +382,10 @@ def document(
         "bans are live, next to `nft -f` and raw libnftables measured in the same run. This "
         "file is written by the benchmark; the numbers below are from its last full run.",
         "",
+        "Detection (conntrack accounting at 100,000 entries, event rate, RSS and CPU under a "
+        "SYN flood, port scan to kernel block): [benchmarks-detect.md](benchmarks-detect.md), "
+        "written by `python -m benchmarks.bench_detect`.",
+        "",
         "Other benchmarks, each with its own command: [the daemon's control socket]"
         "(benchmarks-daemon.md), [Prometheus scrapes at 1,000,000 blocks]"
         "(benchmarks-metrics.md).",

@@ -5,13 +5,15 @@ policies/default.yaml in the server's namespace with the aitherfwd CLI, then con
 the client over IPv4 (zone internal) and IPv6 (zone external) and shows for each attempt
 what happened and which rule decided — read from the kernel's own per-rule counters.
 Then runs the daemon: a ban through the control socket, evaluate, a hot reload that keeps
-the ban, the kernel lifting it on time, and a stop that leaves the table enforcing.
+the ban, the kernel lifting it on time, reported threats climbing the reputation ladder, a
+real nmap scan auto-blocked, and a stop that leaves the table enforcing.
 Nothing outside the namespaces it creates is touched; they are removed on exit.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from aitherfwd.adapters.control_client import ControlClient
 from tests.lab import Client, Lab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,6 +249,8 @@ def demo_with_daemon(
     )
     client_cmd(workdir, "lift it by hand", ["unblock", out.split("blocked ")[-1].split()[0]])
     attempt(lab, client, client.server_v6, 443, "tcp")
+    if not scan_is_blocked(lab, client, workdir):
+        return 1
     step(lab, "per-rule counters in the kernel", ["counters"])
 
     daemon.send_signal(signal.SIGTERM)
@@ -258,6 +263,37 @@ def demo_with_daemon(
     attempt(lab, client, client.server_v6, 3306, "tcp")
     say(f"\n{DIM}namespaces removed; the host's own firewall was never touched{OFF}")
     return 0
+
+
+def scan_is_blocked(lab: Lab, client: Client, workdir: Path) -> bool:
+    """A real `nmap -sS` from the client: the kernel reports the denied ports, the daemon
+    sees a port scan and blocks the scanner through the reputation ladder."""
+    say(f"\n{BOLD}Detection{OFF}: a real port scan, `nmap -sS -p 1-1000` from {client.v4}")
+    argv = ["ip", "netns", "exec", client.ns, "timeout", "20", "nmap", "-n", "-Pn", "-T4"]
+    argv += ["--max-retries", "0", "-sS", "-p", "1-1000", client.server_v4]
+    api = ControlClient(workdir / "control.sock", timeout=10)
+    started = time.monotonic()
+    # its own session: nmap is timeout's child, and the whole group is killed afterwards
+    scan = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        while not any(
+            b["address"] == client.v4 for b in api.request("GET", "/v1/blocks")[1]["blocks"]
+        ):
+            if time.monotonic() - started > 10:
+                say(f"  {RED}the scanner was not blocked{OFF}")
+                return False
+            time.sleep(0.05)
+    finally:
+        os.killpg(scan.pid, signal.SIGKILL)
+        scan.wait()
+    took = time.monotonic() - started
+    say(f"  {YELLOW}auto-blocked {took:.2f} s after nmap started{OFF} (nmap's start-up included)")
+    attempt(lab, client, client.server_v4, 443, "tcp")
+    client_cmd(workdir, "why?", ["explain", client.v4, "--port", "443"], lines=14)
+    client_cmd(workdir, "lift it by hand", ["unblock", client.v4])
+    return True
 
 
 RULE_3306 = """

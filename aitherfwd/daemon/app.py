@@ -89,6 +89,7 @@ class Daemon:
         self.threat_counts: dict[str, int] = {}
         self._cuts: asyncio.Queue[IPAddress] = asyncio.Queue(CONNTRACK_QUEUE)
         self._cutter: asyncio.Task[None] | None = None
+        self.detection: Any = None  # daemon.detection.Detection, wired by daemon.main
 
     # --- generations ---------------------------------------------------------------------
 
@@ -709,6 +710,7 @@ class Daemon:
                 "transactions_ok": self.writer.stats.transactions_ok,
                 "transactions_failed": self.writer.stats.transactions_failed,
             },
+            **(self.detection.status() if self.detection is not None else {}),
         }
 
     def status_line(self) -> str:

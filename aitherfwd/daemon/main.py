@@ -29,6 +29,7 @@ from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
 from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
 from aitherfwd.daemon.app import Daemon
+from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.routes import Api
 from aitherfwd.daemon.telemetry import Telemetry
 from aitherfwd.daemon.writer import KernelWriter
@@ -98,6 +99,8 @@ async def run(cfg: DaemonConfig) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _sighup(daemon, audit))
     tasks = [loop.create_task(_drift(daemon, cfg.drift_check_interval), name="drift")]
+    daemon.detection = Detection(daemon, cfg.conntrack_resync_interval)
+    await daemon.detection.start()
     interval = sd.watchdog_interval()
     if interval:
         tasks.append(loop.create_task(_watchdog(interval), name="watchdog"))
@@ -109,6 +112,7 @@ async def run(cfg: DaemonConfig) -> int:
     for task in tasks:
         task.cancel()
     watcher.close()
+    await daemon.detection.close()
     await server.close()
     if metrics is not None:
         await metrics.close()

@@ -139,6 +139,25 @@ def update_set(set_name: str, key: Expr, stmt: Expr) -> Expr:
     return {"set": {"op": "update", "elem": key, "set": f"@{set_name}", "stmt": [stmt]}}
 
 
+def add_set(set_name: str, key: Expr, stmt: Expr) -> Expr:
+    return {"set": {"op": "add", "elem": key, "set": f"@{set_name}", "stmt": [stmt]}}
+
+
+def ct_count_over(limit: int) -> Expr:
+    return {"ct count": {"val": limit, "inv": True}}
+
+
+def tcp_syn() -> Expr:
+    """`tcp flags & (fin|syn|rst|ack) == syn`: a connection's opening SYN."""
+    flags = {"payload": {"protocol": "tcp", "field": "flags"}}
+    mask = {"&": [flags, ["fin", "syn", "rst", "ack"]]}
+    return {"match": {"op": "==", "left": mask, "right": "syn"}}
+
+
+def jump(target: str) -> Expr:
+    return {"jump": {"target": target}}
+
+
 def log(prefix_text: str, group: int) -> Expr:
     return {"log": {"prefix": prefix_text, "group": group}}
 

@@ -29,6 +29,20 @@ LOG_GROUP = 77  # NFLOG group for denied packets (read by the detection componen
 LOG_RATE_PER_SECOND = 10
 LOG_BURST = 20
 
+# Detection (dynamic/detect.py reads it through adapters/nflog.py): every denied new
+# connection, connection-limit refusal and SYN-flood drop, bounded in the kernel by one
+# token bucket per kind so a flood cannot turn into a flood of log messages.
+DETECT_GROUP = 78
+DETECT_LOG_RATE = 2000  # messages per second per kind, burst the same
+CONNLIMIT_CHAIN = "connlimit"  # refusals beyond settings.max_connections_per_ip
+SYNFLOOD_CHAIN = "synflood"  # SYNs beyond settings.syn_flood_threshold per second
+CONNLIMIT_COUNTER = "connlimit"
+SYNFLOOD_COUNTER = "synflood"
+DETECT_PREFIX = "afwd"  # NFLOG prefix "afwd <kind> <rule>"; kinds below
+KIND_DENIED = "denied"
+KIND_CONNLIMIT = "connlimit"
+KIND_SYNFLOOD = "synflood"
+
 
 @dataclass(frozen=True, slots=True)
 class DynamicSet:
@@ -74,3 +88,18 @@ def ratelimit_set(rule: str, family: int, rate: int, burst: int) -> str:
     """The per-source meter; its rate is part of the name, because a kernel element keeps the
     limit it was created with: a changed rate must start a fresh set, not inherit old buckets."""
     return f"rl_{rule}_v{family}_{rate}r{burst}"
+
+
+def detect_prefix(kind: str, rule: str = "-") -> str:
+    """The NFLOG prefix of a detection message: the kind and the policy rule behind it."""
+    return f"{DETECT_PREFIX} {kind} {rule}"
+
+
+def connlimit_set(family: int, limit: int) -> str:
+    """Per-source `ct count` meter; named with its limit so a changed limit starts fresh."""
+    return f"connlimit_v{family}_{limit}"
+
+
+def synrate_set(family: int, rate: int) -> str:
+    """Per-source SYN `limit rate` meter; named with its rate for the same reason."""
+    return f"synrate_v{family}_{rate}"

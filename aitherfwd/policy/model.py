@@ -156,6 +156,14 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class ScanSettings:
+    """A port scan: one source touching `ports` distinct denied ports within `window` s."""
+
+    ports: int = 10
+    window: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     default_policy: Action = Action.DENY
     egress_default_policy: Action = Action.ALLOW
@@ -166,6 +174,10 @@ class Settings:
     connection_idle_timeout: int = 300
     rule_reload_interval: int = 30
     admin_ports: tuple[int, ...] = (22,)
+    scan: ScanSettings = field(default_factory=ScanSettings)
+    # seconds a source stays over a connection limit or keeps flooding before it becomes a
+    # threat event (a burst that ends within the grace period is only refused by the kernel)
+    detection_grace: int = 2
 
 
 class Severity(StrEnum):

@@ -23,6 +23,7 @@ from aitherfwd.policy.model import (
     Protocol,
     ReputationSettings,
     Rule,
+    ScanSettings,
     Service,
     Settings,
     Severity,
@@ -134,6 +135,8 @@ class _Parser:
             "connection_idle_timeout": lambda n, p: self.f.integer(n, p, 1, 86_400 * 7),
             "rule_reload_interval": lambda n, p: self.f.integer(n, p, 1, 86_400),
             "admin_ports": self.port_numbers,
+            "scan": self.scan,
+            "detection_grace": self.duration,
         }
         ok = True
         for key, child in m.items():
@@ -144,6 +147,17 @@ class _Parser:
         if not ok:
             return None
         return Settings(**{**{k: getattr(defaults, k) for k in SETTINGS_KEYS}, **values})
+
+    def scan(self, node: YNode, path: str) -> ScanSettings | None:
+        m = self.f.mapping(node, path, {"ports", "window"})
+        if m is None:
+            return None
+        d = ScanSettings()
+        ports = self.f.integer(m["ports"], f"{path}.ports", 2, 65535) if "ports" in m else d.ports
+        window = self.duration(m["window"], f"{path}.window") if "window" in m else d.window
+        if ports is None or window is None:
+            return None
+        return ScanSettings(ports, window)
 
     def reputation(self, node: YNode) -> ReputationSettings | None:
         m = self.f.mapping(node, "reputation", REPUTATION_KEYS)

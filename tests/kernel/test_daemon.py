@@ -22,7 +22,7 @@ pytestmark = pytest.mark.kernel
 
 POLICY = """\
 version: 1
-settings: {default_policy: deny, admin_ports: [22]}
+settings: {default_policy: deny, admin_ports: [22], syn_flood_threshold: 100000}
 zones:
   - {name: management, cidrs: [10.77.9.0/24]}
   - {name: lan, cidrs: [10.77.1.0/24, "fd77:0:0:1::/64"]}

@@ -28,4 +28,5 @@ def test_demo_runs_end_to_end() -> None:
     assert "decided by: blocked" in out
     assert "the kernel lifted the ban on its own" in out
     assert "reputation: temporary block #1 after SENTRY_PORT_SCAN" in out
+    assert "auto-blocked" in out and "after PORT_SCAN" in out
     assert "fail-static" in out

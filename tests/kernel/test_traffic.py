@@ -33,7 +33,7 @@ def _policy_text() -> str:
     sec = now.hour * 3600 + now.minute * 60
     return f"""\
 version: 1
-settings: {{default_policy: deny, log_denied: true}}
+settings: {{default_policy: deny, log_denied: true, syn_flood_threshold: 100000}}
 zones:
   - {{name: lan, cidrs: [10.77.1.0/24, "fd77:0:0:1::/64"]}}
   - {{name: world, cidrs: [0.0.0.0/0, "::/0"]}}

@@ -9,7 +9,7 @@ from aitherfwd import zones as zoning
 from aitherfwd.compiler import compile_policy
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import TimeWindow
-from tests.unit.helpers import ok
+from tests.unit.helpers import ok, parse
 
 
 def _rules(objects: tuple[dict[str, Any], ...], chain: str) -> list[dict[str, Any]]:
@@ -43,14 +43,15 @@ def test_rules_land_in_their_zones_chains_in_policy_order() -> None:
     ext = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_external")]
     internal = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_internal")]
     nozone = [r["comment"].split(" #")[0] for r in _rules(rs.objects, n.NOZONE_CHAIN)]
-    assert ext == ["first", "anyzone", "third", "builtin:default"]
+    assert ext == ["first:detect", "first", "anyzone", "third", "builtin:default"]
     assert internal == ["anyzone", "third", "builtin:default"]
     assert nozone == ["anyzone", "builtin:default"]
 
 
 def test_reject_answers_tcp_with_reset_and_the_rest_with_icmp() -> None:
     p = ok("rules:\n  - {name: r, dest_ports: [53], action: reject}\n")
-    stmts = [r["expr"][-1] for r in _rules(compile_policy(p).objects, "zone_external")[:-1]]
+    rules = _rules(compile_policy(p).objects, "zone_external")[:-1]
+    stmts = [r["expr"][-1] for r in rules if not r["comment"].startswith("r:detect")]
     assert stmts == [
         {"reject": {"type": "tcp reset"}},
         {"reject": {"type": "icmpx", "expr": "port-unreachable"}},
@@ -122,3 +123,35 @@ def test_overlapping_source_cidrs_are_collapsed_for_the_kernel() -> None:
     )
     (rule, _) = _rules(compile_policy(p).objects, "zone_external")
     assert rule["expr"][0]["match"]["right"] == {"prefix": {"addr": "10.0.0.0", "len": 7}}
+
+
+def test_kernel_limits_come_from_settings_and_skip_the_management_zone() -> None:
+    p = parse(
+        """
+    version: 1
+    settings: {max_connections_per_ip: 7, syn_flood_threshold: 30}
+    zones:
+      - {name: management, cidrs: [192.0.2.0/25, 192.0.2.128/25]}
+      - {name: external, cidrs: [0.0.0.0/0, "::/0"]}
+    rules: []
+    """,
+        base=False,
+    ).policy
+    assert p is not None
+    rs = compile_policy(p)
+    assert {"connlimit_v4_7", "connlimit_v6_7", "synrate_v4_30", "synrate_v6_30"} <= set(
+        rs.names("set")
+    )
+    limits = [
+        r
+        for r in _rules(rs.objects, n.INPUT_CHAIN)
+        if r["comment"].startswith(("builtin:synflood", "builtin:connlimit"))
+    ]
+    assert len(limits) == 4
+    v4 = [r for r in limits if "@synrate_v4_30" in repr(r) or "@connlimit_v4_7" in repr(r)]
+    for r in v4:  # collapsed into one prefix, excluded
+        assert r["expr"][0]["match"]["op"] == "!="
+        assert r["expr"][0]["match"]["right"] == {"prefix": {"addr": "192.0.2.0", "len": 24}}
+    off = ok("settings: {max_connections_per_ip: 0, syn_flood_threshold: 0}\nrules: []\n")
+    names = compile_policy(off).names("set")
+    assert not [s for s in names if s.startswith(("connlimit", "synrate"))]

@@ -47,3 +47,12 @@ def test_roles_root_is_admin_and_admin_implies_all() -> None:
     assert auth.roles_of(2000, 2000, (900,)) == {"read"}
     assert auth.roles_of(1001, 1001, ()) == {"sandbox"}
     assert auth.roles_of(3000, 3000, ()) == set()
+
+
+def test_conntrack_resync_interval_is_a_positive_number_of_seconds() -> None:
+    cfg = parse_config(
+        "[daemon]\nconntrack_resync_interval = 5\n", USERS.__getitem__, GROUPS.__getitem__
+    )
+    assert cfg.conntrack_resync_interval == 5.0
+    with pytest.raises(ConfigError, match="conntrack_resync_interval"):
+        _parse("[daemon]\nconntrack_resync_interval = 0\n")

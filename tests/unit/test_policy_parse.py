@@ -227,3 +227,17 @@ def test_services_file_is_read_relative_to_the_policy_and_merged() -> None:
     bad = parse_policy(text, "p.yaml", lambda rel: (rel, "services:\n  Vault: {ports: [0]}\n"))
     (d,) = [d for d in bad.diagnostics if d.code == "E-PORT-RANGE"]
     assert d.pos is not None and d.pos.file == "svc.yaml" and d.pos.line == 2
+
+
+def test_detection_settings_parse_with_durations_and_defaults() -> None:
+    p = ok("settings: {scan: {ports: 20, window: 1m}, detection_grace: 5s}\nrules: []\n")
+    assert (p.settings.scan.ports, p.settings.scan.window) == (20, 60)
+    assert p.settings.detection_grace == 5
+    d = ok("rules: []\n").settings
+    assert (d.scan.ports, d.scan.window, d.detection_grace) == (10, 10, 2)
+
+
+def test_detection_settings_mistakes_are_located() -> None:
+    assert "E-UNKNOWN-KEY" in codes("settings: {scan: {port: 5}}\nrules: []\n")
+    assert "E-DURATION" in codes("settings: {scan: {window: 0s}}\nrules: []\n")
+    assert codes("settings: {scan: {ports: 1}}\nrules: []\n")

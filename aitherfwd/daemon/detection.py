@@ -1,0 +1,253 @@
+"""Detection wiring (layer L3): kernel reports and conntrack accounting → the daemon's
+threat path.
+
+Owns: the NFLOG reader and the conntrack event socket on the event loop (add_reader), the
+periodic tick (grace periods, half-open floods, settings picked up after a reload), the
+full conntrack resync (every `conntrack_resync_interval` seconds and after event loss, in a
+worker thread), sampled audit lines for denied packets, and the `detection`/`conntrack`
+sections of GET /v1/status. Threat events go through `Daemon.threats`, one batch at a time,
+so detections climb the same reputation ladder as reported ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aitherfwd.adapters import ctnetlink, memory
+from aitherfwd.adapters.nflog import NflogReader
+from aitherfwd.control.schema import ThreatSpec
+from aitherfwd.dynamic.ctcount import CtTable
+from aitherfwd.dynamic.detect import Detector, Threat
+from aitherfwd.errors import AitherError
+from aitherfwd.nft import names as n
+
+if TYPE_CHECKING:
+    from aitherfwd.daemon.app import Daemon
+
+log = logging.getLogger(__name__)
+TICK = 0.25  # seconds between grace-period checks
+AUDIT_SAMPLES_PER_SECOND = 10.0
+HELD_EVENTS = 100_000  # events held during one dump at most (~25 MB); beyond, resync again
+MIN_RESYNC_GAP = 1.0  # seconds: sustained event loss must not turn into back-to-back dumps
+
+
+class Detection:
+    def __init__(self, daemon: Daemon, resync_interval: float) -> None:
+        self.daemon = daemon
+        self.resync_interval = resync_interval
+        self.detector = Detector(daemon.current().policy.settings)
+        self.table = CtTable()
+        self.nflog: NflogReader | None = None
+        self.events: ctnetlink.CtEvents | None = None
+        self.resyncs = 0
+        self.resync_failures = 0
+        self.last_resync_ms = 0.0
+        self.threats_sent = 0
+        self._pending: list[Threat] = []
+        self._wake = asyncio.Event()
+        self._resync_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._held: list[bytes] | None = None  # events read while a dump runs
+        self._held_lost = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.nflog = NflogReader(n.DETECT_GROUP)
+            loop.add_reader(self.nflog.fileno(), self._on_nflog)
+        except AitherError as exc:
+            log.error("port-scan and flood reports unavailable error=%s", exc.message)
+        try:
+            self.events = ctnetlink.CtEvents()
+            loop.add_reader(self.events.fileno(), self._on_conntrack)
+        except AitherError as exc:
+            log.error("conntrack events unavailable error=%s", exc.message)
+        self._resync_now.set()  # the first dump runs in the background
+        self._tasks = [
+            loop.create_task(self._ticker(), name="detect-tick"),
+            loop.create_task(self._resyncer(), name="conntrack-resync"),
+            loop.create_task(self._submitter(), name="detect-threats"),
+        ]
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for task in self._tasks:
+            task.cancel()
+        for src in (self.nflog, self.events):
+            if src is not None:
+                loop.remove_reader(src.fileno())
+                src.close()
+
+    # --- kernel reports --------------------------------------------------------------------
+
+    def _on_nflog(self) -> None:
+        if self.nflog is None:
+            return
+        try:
+            denials = self.nflog.read()
+        except OSError as exc:  # not event loss (counted inside): the socket itself failed
+            log.error("NFLOG socket failed, scan detection stops error=%s", exc)
+            self._drop("nflog")
+            return
+        now = self.daemon.clock.now()
+        for d in denials:
+            self._pending += self.detector.denied(d, now)
+            if self.detector.sample(now, AUDIT_SAMPLES_PER_SECOND):
+                self.daemon.audit.write(
+                    now,
+                    "denied",
+                    source_ip=str(d.source),
+                    protocol=d.protocol,
+                    dest_port=d.port,
+                    kind=d.kind,
+                    rule_name=d.rule,
+                )
+        if self._pending:
+            self._wake.set()
+
+    def _on_conntrack(self) -> None:
+        if self.events is None:
+            return
+        try:
+            datagrams, complete = self.events.receive()
+        except OSError as exc:  # not event loss (counted inside): the socket itself failed
+            log.error("conntrack event socket failed, dumps only from now error=%s", exc)
+            self._drop("events")
+            return
+        if self._held is None:
+            self.events.apply(datagrams, self.table)
+            if not complete:
+                self._resync_now.set()  # events were lost: the counts need a full dump
+            return
+        # a dump is running: keep reading (the kernel's buffer must not overflow meanwhile)
+        # and apply these events on top of the dump once it is in
+        self._held += datagrams
+        if not complete or len(self._held) > HELD_EVENTS:
+            self._held_lost = True
+            self._held.clear()
+
+    def _drop(self, which: str) -> None:
+        src = self.nflog if which == "nflog" else self.events
+        if src is not None:
+            asyncio.get_running_loop().remove_reader(src.fileno())
+            src.close()
+        if which == "nflog":
+            self.nflog = None
+        else:
+            self.events = None
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            gen = self.daemon.generation
+            if gen is not None:
+                self.detector.settings = gen.policy.settings
+            settings = self.detector.settings
+            threats = self.detector.tick(
+                self.daemon.clock.now(),
+                self.table.count,
+                self.table.half_open_over(settings.syn_flood_threshold),
+            )
+            if threats:
+                self._pending += threats
+                self._wake.set()
+
+    async def _submitter(self) -> None:
+        """One `threats` call per batch of detections: they queue while a block is applied."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            specs = [ThreatSpec(t.type, t.source, t.severity, t.detail) for t in batch]
+            self.threats_sent += len(specs)
+            try:
+                await self.daemon.threats(specs)
+            except AitherError as exc:
+                log.error("detected threats not applied code=%s error=%s", exc.code, exc.message)
+            except Exception:
+                log.exception("detected threats not applied")
+
+    # --- conntrack resync ------------------------------------------------------------------
+
+    async def _resyncer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync_now.wait(), self.resync_interval)
+            self._resync_now.clear()
+            await self._resync()
+            await asyncio.sleep(MIN_RESYNC_GAP)
+
+    async def _resync(self) -> None:
+        """A full dump in a worker thread; events read meanwhile are held and applied on
+        top of the dump afterwards (ids make them idempotent)."""
+        started = time.perf_counter()
+        self._held, self._held_lost = [], False
+        try:
+            table = await asyncio.to_thread(ctnetlink.dump)
+        except AitherError as exc:
+            self.resync_failures += 1
+            log.warning("conntrack resync failed error=%s", exc.message)
+            table = None
+        held, self._held = self._held or [], None
+        if self.events is not None:
+            self.events.apply(held, table if table is not None else self.table)
+        del held
+        if self._held_lost:
+            self._resync_now.set()
+        if table is not None:
+            old, self.table = self.table, table
+            self.resyncs += 1
+            if len(old) >= memory.LARGE_BATCH or len(table) >= memory.LARGE_BATCH:
+                del old
+                memory.trim()  # the replaced table and the dump's buffers are garbage now
+        if table is None:
+            return
+        self.last_resync_ms = round((time.perf_counter() - started) * 1000, 1)
+
+    # --- status ----------------------------------------------------------------------------
+
+    def entries(self) -> int:
+        """Tracked connections in the daemon's accounting (metrics read this)."""
+        return len(self.table)
+
+    def max_per_source(self) -> int:
+        """The largest number of tracked connections of one source (metrics read this)."""
+        return self.table.max_per_source()
+
+    def status(self) -> dict[str, Any]:
+        st = self.detector.stats
+        return {
+            "conntrack": {
+                "entries": self.entries(),
+                "max_per_source": self.max_per_source(),
+                "sources": len(self.table.tracked),
+                "half_open": sum(self.table.half_open.values()),
+                "top_sources": self.table.top(5),
+                "resyncs": self.resyncs,
+                "resync_failures": self.resync_failures,
+                "last_resync_ms": self.last_resync_ms,
+                "events": self.events.stats.events if self.events else 0,
+                "events_lost": self.events.stats.lost if self.events else 0,
+                "listening": self.events is not None,
+            },
+            "detection": {
+                "listening": self.nflog is not None,
+                "reports": self.nflog.stats.messages if self.nflog else 0,
+                "reports_lost": self.nflog.stats.lost if self.nflog else 0,
+                "denials": st.denials,
+                "port_scans": st.port_scans,
+                "syn_floods": st.syn_floods,
+                "conntrack_limits": st.conntrack_limits,
+                "audited_denials": st.sampled,
+                "threats_sent": self.threats_sent,
+                **self.detector.following(),
+            },
+        }
