@@ -1,8 +1,9 @@
 """The daemon's state as a metrics snapshot (layer L3).
 
 Owns: turning the daemon (generation, block counts, status counters, `Stats`) and the
-kernel's named rule counters into one immutable `Snapshot` (other features report their
-gauges through `Daemon.stats.conntrack()` / `.sandbox()`). Every source is O(1) or O(rules):
+kernel's named rule counters into one immutable `Snapshot` (conntrack gauges come from
+`Daemon.detection` when it runs; other features report theirs through
+`Daemon.stats.conntrack()` / `.sandbox()`). Every source is O(1) or O(rules):
 block counts are kept incrementally by the BlockTable, nothing lists a kernel set. The rule
 counters are read over netlink (adapters/nftcounters.py, ~3 ms for 1,000 counters whatever
 the sets hold) at most once per `COUNTERS_MAX_AGE`, however many scrapers ask.
@@ -115,6 +116,10 @@ class Telemetry:
             "invalid": get(n.INVALID_COUNTER, (0, 0)),
         }
         age = -1.0 if self._read_at is None else self._monotonic() - self._read_at
+        entries, peak = st.conntrack_entries, st.conntrack_max_per_source
+        detection = getattr(d, "detection", None)  # O(sources) for the peak, not O(blocks)
+        if detection is not None:
+            entries, peak = detection.entries(), detection.max_per_source()
         return Snapshot(
             version=__version__,
             events=_seed(st.events()),
@@ -130,8 +135,8 @@ class Telemetry:
             drift_repairs=d.counters.drift_repairs,
             audit_write_errors=d.audit.errors,
             notifications_dropped=d.notifier.stats.dropped,
-            conntrack_entries=st.conntrack_entries,
-            conntrack_max_per_source=st.conntrack_max_per_source,
+            conntrack_entries=entries,
+            conntrack_max_per_source=peak,
             sandbox_grants=(("ipv4", st.sandbox_v4), ("ipv6", st.sandbox_v6)),
             sandbox_grants_total=st.sandbox_granted_total,
         )

@@ -93,6 +93,15 @@ def test_denied_probe_and_ban_move_their_metrics(setup: tuple[Lab, DaemonProc]) 
         assert json.loads(res.stdout)["rule_web"]["packets"] == Nft().counters()["rule_web"][0]
 
 
+def test_held_connections_show_in_the_conntrack_gauges(setup: tuple[Lab, DaemonProc]) -> None:
+    lab, _ = setup
+    lan = lab.clients[0]
+    for _ in range(3):
+        lab.hold_connection(lan, lan.server_v4, 443, seconds=60)
+    until(lambda: value(lab.server, "aitherfwd_conntrack_entries") >= 3, 15, "entries")
+    until(lambda: value(lab.server, "aitherfwd_conntrack_max_per_source") >= 3, 15, "per source")
+
+
 def test_exposition_passes_promtool(setup: tuple[Lab, DaemonProc]) -> None:
     lab, d = setup
     d.ok("POST", "/v1/blocks", {"address": lab.clients[0].v4, "ttl": 60})

@@ -292,3 +292,13 @@ def test_an_endpoint_that_cannot_listen_is_logged_not_fatal(
     assert asyncio.run(daemon_main._metrics("", telemetry)) is None  # off
     assert asyncio.run(daemon_main._metrics("nonsense", telemetry)) is None
     assert "metrics endpoint not started" in caplog.text
+
+
+def test_conntrack_gauges_come_from_detection_when_it_runs() -> None:
+    daemon = fake_daemon()
+    telemetry = Telemetry(daemon, dict, FakeClock())
+    daemon.stats.conntrack(3, 2)
+    assert telemetry.snapshot().conntrack_entries == 3
+    cast(Any, daemon).detection = SimpleNamespace(entries=lambda: 40, max_per_source=lambda: 7)
+    snap = telemetry.snapshot()
+    assert (snap.conntrack_entries, snap.conntrack_max_per_source) == (40, 7)
