@@ -11,8 +11,13 @@ STAMP  := $(VENV)/.setup-stamp
 DEB_PACKAGES := nftables libnftables1 conntrack iproute2 libsystemd-dev pkg-config gcc \
                 python3-dev python3-venv nmap hping3 ncat procps util-linux curl \
                 dnsmasq-base
+# Only the tests need these: promtool and a real Prometheus server (tests/kernel/test_metrics.py).
+# Installed without recommends (Debian's prometheus would otherwise pull in a web UI stack).
+TEST_PACKAGES := prometheus
+APT_FLAGS     ?=
 
-.PHONY: setup deb-deps demo test test-unit test-kernel lint typecheck bench clean deb test-systemd
+.PHONY: setup deb-deps test-deps demo test test-unit test-kernel lint typecheck bench clean deb \
+        test-systemd
 
 setup: $(STAMP)
 
@@ -22,7 +27,8 @@ deb-deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	    echo "setup: installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq $(APT_FLAGS) $$missing >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml | deb-deps
@@ -44,10 +50,14 @@ typecheck: setup
 test-unit: setup
 	$(PY) -m pytest -q tests/unit tests/golden
 
-test-kernel: setup
+test-deps:
+	@$(MAKE) --no-print-directory deb-deps DEB_PACKAGES="$(TEST_PACKAGES)" \
+	    APT_FLAGS=--no-install-recommends
+
+test-kernel: setup test-deps
 	$(PY) -m pytest -q tests/kernel
 
-test: setup lint typecheck
+test: setup test-deps lint typecheck
 	$(PY) -m pytest -q
 
 # The Debian package (packaging/build-deb.sh; its build dependencies come from

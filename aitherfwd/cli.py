@@ -21,7 +21,7 @@ from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
-from aitherfwd.errors import AitherError, ExitCode
+from aitherfwd.errors import AitherError, ExitCode, KernelUnavailableError
 from aitherfwd.policy.diagnostics import Diagnostic, Pos, Severity, summary
 from aitherfwd.policy.model import Policy
 from aitherfwd.reconcile import plan as make_plan
@@ -188,10 +188,12 @@ def remove(yes: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="As a JSON object.")
 def counters(as_json: bool) -> None:
     """Packets and bytes per rule (named kernel counters), to trace verdicts to rules."""
-    try:
-        values = Nft().counters()
-    except AitherError as err:
-        _fail(err)
+    from aitherfwd.adapters import nftcounters  # noqa: PLC0415
+
+    try:  # over netlink: libnftables' `list counters` would first fetch every set element
+        values = nftcounters.read()
+    except OSError as err:
+        _fail(KernelUnavailableError(f"cannot read the kernel counters: {err}"))
     if as_json:
         click.echo(
             json.dumps(
@@ -216,12 +218,16 @@ def counters(as_json: bool) -> None:
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path))
 @click.option("--state-dir", type=click.Path(path_type=Path))
 @click.option("--audit-log", type=click.Path(path_type=Path))
+@click.option(
+    "--metrics", "metrics_listen", metavar="HOST:PORT", help='Prometheus endpoint; "" = off.'
+)
 def run(
     policy: Path | None,
     config_path: Path,
     socket_path: Path | None,
     state_dir: Path | None,
     audit_log: Path | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run the daemon in the foreground (systemd: Type=notify)."""
     from aitherfwd.config import ConfigError  # noqa: PLC0415
@@ -234,6 +240,7 @@ def run(
             socket=socket_path,
             state_dir=state_dir,
             audit_log=audit_log,
+            metrics_listen=metrics_listen,
         )
     except ConfigError as err:
         click.echo(f"aitherfwd: error[E-CONFIG] {err}", err=True)

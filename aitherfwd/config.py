@@ -41,7 +41,7 @@ class DaemonConfig:
     audit_log: Path = Path("/var/log/aitherfwd/audit.jsonl")
     audit_max_bytes: int = 50 << 20  # rotate the audit log at this size
     audit_keep: int = 5  # rotated files kept (audit.jsonl.1 … .5)
-    metrics_listen: str = ""
+    metrics_listen: str = "127.0.0.1:9466"  # Prometheus /metrics; "" turns it off
     max_body_bytes: int = 1 << 20
     drift_check_interval: float = 2.0
     conntrack_resync_interval: float = 30.0  # full conntrack dump; also after event loss
@@ -85,7 +85,7 @@ def parse_config(text: str, users: Resolver, groups: Resolver) -> DaemonConfig:
         audit_log=Path(daemon.get("audit_log", d.audit_log)),
         audit_max_bytes=_positive(daemon, "audit_max_bytes", d.audit_max_bytes),
         audit_keep=_positive(daemon, "audit_keep", d.audit_keep),
-        metrics_listen=str(metrics.get("listen", d.metrics_listen)),
+        metrics_listen=_listen(metrics.get("listen", d.metrics_listen)),
         max_body_bytes=int(control.get("max_body_bytes", d.max_body_bytes)),
         drift_check_interval=float(daemon.get("drift_check_interval", d.drift_check_interval)),
         conntrack_resync_interval=_seconds(
@@ -93,6 +93,18 @@ def parse_config(text: str, users: Resolver, groups: Resolver) -> DaemonConfig:
         ),
         roles={name: _members(roles_raw[name], name, users, groups) for name in roles_raw},
     )
+
+
+def _listen(value: Any) -> str:
+    """ "" (off), or HOST:PORT with a bracketed IPv6 host: `[::1]:9466`."""
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if text and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ConfigError(
+            f'metrics.listen must be "HOST:PORT" (e.g. "127.0.0.1:9466", "[::1]:9466") '
+            f'or "" to turn metrics off, got {text!r}'
+        )
+    return text
 
 
 def _positive(section: dict[str, Any], key: str, default: int) -> int:

@@ -390,6 +390,11 @@ def document(
         "[benchmarks-egress.md](benchmarks-egress.md), written by "
         "`python -m benchmarks.bench_egress`.",
         "",
+        "Other benchmarks, each with its own command: [the daemon's control socket]"
+        "(benchmarks-daemon.md), [restoring persisted blocks and threat ingestion]"
+        "(benchmarks-persistence.md), [Prometheus scrapes at 1,000,000 blocks]"
+        "(benchmarks-metrics.md).",
+        "",
         "## Last run",
         "",
         f"- Command: `{command}` (as root), started {started} UTC",

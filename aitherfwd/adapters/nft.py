@@ -8,6 +8,8 @@ terse listing of our table, and translating failures into `ApplyError` /
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aitherfwd.adapters import memory
@@ -38,13 +40,19 @@ class Nft:
             raise KernelUnavailableError(f"cannot load libnftables: {exc}") from exc
         self._ctx.set_json_output(True)
         self._ctx.set_handle_output(False)
+        # told of every transaction that changes something: (accepted, seconds, elements)
+        self.observer: Callable[[bool, float, int], None] | None = None
 
     def run(self, commands: list[Json]) -> list[Json]:
         """Run commands as ONE transaction: all of it is applied or none of it."""
         if not commands:
             return []
+        started = time.perf_counter()
         rc, output, error = self._ctx.json_cmd(b.batch(commands))
-        if _elements(commands) >= memory.LARGE_BATCH:
+        elements = _elements(commands)
+        if self.observer is not None and any("list" not in c for c in commands):
+            self.observer(rc == 0, time.perf_counter() - started, elements)
+        if elements >= memory.LARGE_BATCH:
             memory.trim()
         if rc != 0:
             raise ApplyError(_first_errors(error))

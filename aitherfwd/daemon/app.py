@@ -39,6 +39,7 @@ from aitherfwd.nft import names as n
 from aitherfwd.policy.diagnostics import Severity
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, Protocol
 from aitherfwd.reconcile import Observed, delta, plan, transaction
+from aitherfwd.stats import Stats
 
 log = logging.getLogger(__name__)
 # Conntrack cuts queued at most: each costs ~12 ms of pyroute2 work, done one at a time in
@@ -80,6 +81,7 @@ class Daemon:
         self.generation: Generation | None = None
         self.last_reload: ReloadOutcome | None = None
         self.counters = Counters()
+        self.stats = Stats()  # for metrics only (daemon/telemetry.py)
         self.started_at = clock.now()
         self.start_seconds = 0.0  # load + restore at the cold start
         self._next_reconcile = 0.0  # monotonic time before which elements are not re-listed
@@ -218,11 +220,13 @@ class Daemon:
     async def reload(self, *, force: bool = False, trigger: str = "api") -> ReloadOutcome:
         async with self._reload_lock:
             sd.reloading()
+            started = time.perf_counter()
             try:
                 outcome = await self._reload(force, trigger)
                 self.last_reload = outcome
             finally:
                 sd.ready(self.status_line())
+            self.stats.reload(time.perf_counter() - started)
             self.counters.reloads[outcome.result] = self.counters.reloads.get(outcome.result, 0) + 1
             return outcome
 
@@ -370,6 +374,7 @@ class Daemon:
         now = self.clock.now()
         expired = self.blocks.prune(now)
         if expired:
+            self.stats.expired(len(expired))
             self.store.end_blocks((b.key for b in expired), now, "expired")
             for blk in expired:
                 self.audit.write(
@@ -411,6 +416,7 @@ class Daemon:
         except ApplyError:
             self._revert(blocks, previous)
             raise
+        self.stats.blocked(source, len(blocks))
         if len(blocks) >= memory.LARGE_BATCH:
             del commands
             memory.trim()  # the request's JSON and the batch are garbage now
@@ -469,6 +475,7 @@ class Daemon:
         changed: dict[str, Offender] = {}
         for ev in events:
             self.threat_counts[ev.type] = self.threat_counts.get(ev.type, 0) + 1
+            self.stats.threat(ev.type)
             net = offender_key(ev.source, settings)
             key = address_text(net)
             off, decision = reputation.step(self.offenders.get(key), ev.severity, now, settings)
@@ -488,6 +495,7 @@ class Daemon:
             reason = f"reputation: {decision.kind} block #{decision.block_number} after {ev.type}"
             specs.append(BlockSpec(key, decision.ttl, reason))
             led_to[key] = list(self.recent.pop(key, ()))
+            self.stats.escalated(decision.kind)
             self.audit.write(
                 now,
                 f"escalation_{decision.kind}",
@@ -564,6 +572,7 @@ class Daemon:
             self.blocks.load([blk])
             raise
         self.store.end_blocks([key], now, "unblocked")
+        self.stats.unblocked()
         if key in self.offenders:
             self.offenders[key] = reputation.lifted(self.offenders[key])
             self.store.save_offenders({key: self.offenders[key]})
@@ -595,6 +604,7 @@ class Daemon:
             self.egress,
         )
         latency = (time.perf_counter() - started) * 1e6
+        self.stats.evaluated(latency / 1e6)
         return {
             "verdict": verdict.verdict,
             **({"action": verdict.verdict} if spec.direction == "outbound" else {}),

@@ -21,6 +21,7 @@ from pathlib import Path
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.control_server import ControlServer
+from aitherfwd.adapters.metrics import MetricsServer
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
@@ -31,6 +32,7 @@ from aitherfwd.daemon.app import Daemon
 from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import FIRST_ROUND_TIMEOUT
 from aitherfwd.daemon.routes import Api
+from aitherfwd.daemon.telemetry import Telemetry
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.errors import AitherError
 
@@ -67,6 +69,7 @@ async def run(cfg: DaemonConfig) -> int:
     audit = AuditLog(cfg.audit_log, cfg.audit_max_bytes, cfg.audit_keep)
     notifier = Notifier()
     daemon = Daemon(cfg.policy, clock, writer, store, audit, notifier)
+    writer.nft.observer = daemon.stats.transaction
     try:
         gen = await daemon.cold_start()
     except AitherError:
@@ -85,6 +88,7 @@ async def run(cfg: DaemonConfig) -> int:
         bulk=(("POST", "/v1/blocks", BULK_BODY_BYTES),),
     )
     await server.start()
+    metrics = await _metrics(cfg.metrics_listen, Telemetry(daemon))
     watcher = PolicyWatcher(
         lambda: [daemon.policy_path, *_includes(daemon)],
         lambda: daemon.reload(trigger="inotify"),
@@ -115,6 +119,8 @@ async def run(cfg: DaemonConfig) -> int:
     watcher.close()
     await daemon.detection.close()
     await server.close()
+    if metrics is not None:
+        await metrics.close()
     await notifier.close()
     await writer.close()
     audit.write(
@@ -134,6 +140,19 @@ async def _first_dns_round(daemon: Daemon) -> None:
         await asyncio.wait_for(daemon.egress.refresh(first=True), FIRST_ROUND_TIMEOUT)
     except (TimeoutError, AitherError) as exc:
         log.warning("first DNS round incomplete; the refresher goes on error=%s", exc)
+
+
+async def _metrics(listen: str, telemetry: Telemetry) -> MetricsServer | None:
+    """The Prometheus endpoint; one that cannot listen is logged, never fatal."""
+    if not listen:
+        return None
+    try:
+        metrics = MetricsServer(listen, telemetry.fresh_snapshot)
+        await metrics.start()
+    except (OSError, ValueError) as exc:
+        log.error("metrics endpoint not started listen=%s error=%s", listen, exc)
+        return None
+    return metrics
 
 
 def _sighup(daemon: Daemon, audit: AuditLog) -> None:

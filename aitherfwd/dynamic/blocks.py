@@ -19,6 +19,11 @@ from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork
 
 BLOCK_SET_NAMES = ("block_v4", "block_v6", "block_v4_net", "block_v6_net")
+# (family, kind) keys of the metrics' block counts, indexed by "is IPv6" (no tuple per block)
+MANUAL = (("ipv4", "manual"), ("ipv6", "manual"))
+PERMANENT = (("ipv4", "permanent"), ("ipv6", "permanent"))
+TEMPORARY = (("ipv4", "temporary"), ("ipv6", "temporary"))
+KINDS = (*MANUAL, *PERMANENT, *TEMPORARY)
 LOOPBACK: tuple[IPNetwork, ...] = (
     ipaddress.IPv4Network("127.0.0.0/8"),
     ipaddress.IPv6Network("::1/128"),
@@ -69,6 +74,15 @@ class Block:
     @property
     def single(self) -> bool:
         return "/" not in self.key
+
+    @property
+    def kind(self) -> tuple[str, str]:
+        """(family, kind) for metrics: kind is manual (an operator's), else permanent or
+        temporary by its expiry."""
+        v6 = ":" in self.key
+        if self.source == "manual":
+            return MANUAL[v6]
+        return PERMANENT[v6] if self.expires_at is None else TEMPORARY[v6]
 
     def remaining(self, now: float) -> int | None:
         """Whole seconds left (at least 1), or None when permanent."""
@@ -130,6 +144,7 @@ class BlockTable:
         self._blocks: dict[str, Block] = {}
         self._prefixes: set[str] = set()  # keys of prefix blocks: few, scanned on lookup
         self._counts = dict.fromkeys(BLOCK_SET_NAMES, 0)
+        self._kinds: dict[tuple[str, str], int] = dict.fromkeys(KINDS, 0)
         self.protected = LOOPBACK + tuple(protected)
 
     @property
@@ -161,13 +176,18 @@ class BlockTable:
         return gone
 
     def _drop(self, key: str) -> None:
-        del self._blocks[key]
+        blk = self._blocks.pop(key)
         self._prefixes.discard(key)
         self._counts[set_for_key(key)] -= 1
+        self._kinds[blk.kind] -= 1
 
     def _store(self, blk: Block) -> None:
-        if blk.key not in self._blocks:
+        old = self._blocks.get(blk.key)
+        if old is None:
             self._counts[blk.set_name] += 1
+        else:
+            self._kinds[old.kind] -= 1
+        self._kinds[blk.kind] += 1
         self._blocks[blk.key] = blk
         if not blk.single:
             self._prefixes.add(blk.key)
@@ -273,11 +293,19 @@ class BlockTable:
 
     def load(self, blocks: Iterable[Block]) -> None:
         """Adopt blocks as they are (from the store or the kernel), without commands."""
-        table, counts, prefixes = self._blocks, self._counts, self._prefixes
+        table, counts, prefixes, kinds = self._blocks, self._counts, self._prefixes, self._kinds
         for blk in blocks:  # _store, inlined: a cold start loads 100,000 of them
             key = blk.key
-            if key not in table:
+            old = table.get(key)
+            if old is None:
                 counts[set_for_key(key)] += 1
+            else:
+                kinds[old.kind] -= 1
+            v6 = ":" in key  # blk.kind, inlined
+            if blk.source == "manual":
+                kinds[MANUAL[v6]] += 1
+            else:
+                kinds[PERMANENT[v6] if blk.expires_at is None else TEMPORARY[v6]] += 1
             table[key] = blk
             if "/" in key:
                 prefixes.add(key)
@@ -288,6 +316,11 @@ class BlockTable:
         if now is not None:
             self.prune(now)
         return dict(self._counts)
+
+    def kinds(self) -> dict[tuple[str, str], int]:
+        """Blocks per (family, kind), kept as blocks come and go: O(1), no pruning (expired
+        blocks leave at the next prune, within the drift-check interval)."""
+        return dict(self._kinds)
 
 
 def _delete(set_name: str, value: Any) -> Any:

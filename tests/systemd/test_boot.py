@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 import tomllib
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(900)]
 UNIT = "aitherfwd.service"
 POLICY = "/etc/aitherfwd/policy.yaml"
 WATCHDOG_DROPIN = "/etc/systemd/system/aitherfwd.service.d/50-test-watchdog.conf"
+METRICS = "http://127.0.0.1:9466/metrics"  # the packaged config's [metrics] listen
 SERVER_PORTS = [22, 8080]  # the default policy allows 22 and drops everything else
 
 
@@ -134,6 +136,16 @@ def test_cli_works_as_root_and_is_refused_for_unprivileged_users(box: Box) -> No
     assert denied.returncode != 0
     assert "E-FORBIDDEN" in denied.stderr
     assert box.tcp(22) == "ok"  # the refused block did not happen
+
+
+def test_prometheus_metrics_are_served_on_loopback_by_the_packaged_unit(box: Box) -> None:
+    """Debian's prometheus_client (0.16) and the unit's sandbox (IPAddressAllow=localhost)."""
+    box.started()
+    with inside(box.lab.server), urllib.request.urlopen(METRICS, timeout=10) as resp:
+        text = resp.read().decode()
+    assert "aitherfwd_policy_generation 1.0" in text
+    assert 'aitherfwd_rule_packets_total{action="allow",rule=' in text
+    assert "process_resident_memory_bytes" in text
 
 
 def test_systemctl_reload_applies_a_changed_policy(box: Box) -> None:
