@@ -91,6 +91,7 @@ class Daemon:
         self._cuts: asyncio.Queue[IPAddress] = asyncio.Queue(CONNTRACK_QUEUE)
         self._cutter: asyncio.Task[None] | None = None
         self.egress = EgressRuntime(clock, writer, store, audit)  # grants, resolved domains
+        self.egress.on_change = self.stats.sandbox  # live grants for the metrics
         self.detection: Any = None  # daemon.detection.Detection, wired by daemon.main
 
     # --- generations ---------------------------------------------------------------------

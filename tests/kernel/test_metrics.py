@@ -164,3 +164,27 @@ def test_real_prometheus_scrapes_the_daemon(setup: tuple[Lab, DaemonProc], tmp_p
         except subprocess.TimeoutExpired:
             prom.kill()
             prom.wait(timeout=5)
+
+
+def test_sandbox_grants_move_their_gauge_and_counter(tmp_path: Path) -> None:
+    egress = "egress:\n  default_action: deny\nsandbox: {max_ttl: 2h, default_ttl: 1h}\n"
+    with Lab(clients_wanted=1) as lab:
+        d = DaemonProc(lab.server, tmp_path, POLICY + egress, CONFIG).start()
+        try:
+            _grants_move_the_metrics(lab.server, d)
+        finally:
+            d.cleanup()
+
+
+def _grants_move_the_metrics(ns: str, d: DaemonProc) -> None:
+    labels = {"family": "ipv4"}
+    assert value(ns, "aitherfwd_sandbox_grants", **labels) == 0
+    d.ok("POST", "/v1/sandbox", {"destination": "10.77.200.1", "ttl": "1h", "scope": "m"})
+    d.ok("POST", "/v1/sandbox", {"destination": "fd77:0:0:200::1", "ttl": "1h", "scope": "m"})
+    got = samples(get(ns, METRICS))
+    assert got[("aitherfwd_sandbox_grants", (("family", "ipv4"),))] == 1
+    assert got[("aitherfwd_sandbox_grants", (("family", "ipv6"),))] == 1
+    assert got[("aitherfwd_sandbox_grants_total", ())] == 2
+    d.ok("DELETE", "/v1/sandbox/10.77.200.1")
+    assert value(ns, "aitherfwd_sandbox_grants", **labels) == 0
+    assert value(ns, "aitherfwd_sandbox_grants_total") == 2
