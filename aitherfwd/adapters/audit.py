@@ -38,6 +38,7 @@ ACTIONS = {
     "reload_rejected": "reject",
     "request_rejected": "reject",
     "access_denied": "deny",
+    "egress_denied": "deny",
     "daemon_started": "start",
     "daemon_stopped": "stop",
     "drift_repaired": "repair",

@@ -179,18 +179,19 @@ def decode_packet(data: bytes, start: int, end: int) -> Denial | None:
 
 def _denial(family: int, p: bytes, kind: str, rule: str) -> Denial | None:
     src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if family == socket.AF_INET and len(p) >= 20:
         ihl = (p[0] & 0x0F) * 4
         proto = p[9]
-        src = ipaddress.IPv4Address(p[12:16])
+        src, dst = ipaddress.IPv4Address(p[12:16]), ipaddress.IPv4Address(p[16:20])
         transport = ihl
     elif family == socket.AF_INET6 and len(p) >= 40:
         proto = p[6]
-        src = ipaddress.IPv6Address(p[8:24])
+        src, dst = ipaddress.IPv6Address(p[8:24]), ipaddress.IPv6Address(p[24:40])
         transport = 40
     else:
         return None
     port = 0
     if proto in (6, 17, 132, 136) and len(p) >= transport + 4:  # tcp udp sctp udplite
         (port,) = struct.unpack_from(">H", p, transport + 2)
-    return Denial(src, proto, port, kind, rule)
+    return Denial(src, proto, port, kind, rule, dst)

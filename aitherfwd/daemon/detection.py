@@ -97,6 +97,17 @@ class Detection:
             return
         now = self.daemon.clock.now()
         for d in denials:
+            if d.kind == n.KIND_EGRESS:  # the kernel's log limit (per rule) bounds these
+                self.daemon.audit.write(
+                    now,
+                    "egress_denied",
+                    source_ip=str(d.source),
+                    dest_ip=str(d.dest),
+                    protocol=d.protocol,
+                    dest_port=d.port,
+                    rule_name=d.rule,
+                )
+                continue
             self._pending += self.detector.denied(d, now)
             if self.detector.sample(now, AUDIT_SAMPLES_PER_SECOND):
                 self.daemon.audit.write(

@@ -40,8 +40,9 @@ class Denial:
     source: IPAddress
     protocol: int  # IP protocol number (6 tcp, 17 udp, ...)
     port: int  # destination port; 0 when the protocol has none
-    kind: str  # names.KIND_DENIED | KIND_CONNLIMIT | KIND_SYNFLOOD
+    kind: str  # names.KIND_DENIED | KIND_CONNLIMIT | KIND_SYNFLOOD | KIND_EGRESS
     rule: str  # the policy rule that denied it ("default", "-" for the kernel meters)
+    dest: IPAddress | None = None  # the destination address (what egress audit lines name)
 
 
 @dataclass(frozen=True, slots=True)

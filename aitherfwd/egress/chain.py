@@ -59,7 +59,7 @@ def _rules(policy: Policy, eg: Egress) -> Iterator[Json]:
     yield from _sandbox(policy)
     action = eg.default_action
     if policy.settings.log_denied and action is not Action.ALLOW:
-        yield _rule(_log_exprs(f"afw egress {action} default "), "egress-default:log")
+        yield _rule(_log_exprs(f"afwd {n.KIND_EGRESS} default"), "egress-default:log")
     for verdict in _verdicts(action, None):
         yield _rule([b.named_counter(en.COUNTER_DEFAULT), *verdict], "egress-default")
 
@@ -177,11 +177,12 @@ def _logged(policy: Policy, action: Action, rule: str, match: list[Json]) -> Ite
     """The rate-limited log of a denying rule, in a rule of its own: past the log's limit
     the packet must still meet the verdict below, never fall through to later rules."""
     if action is not Action.ALLOW and policy.settings.log_denied:
-        yield _rule([*match, *_log_exprs(f"afw egress {action} {rule} ")], f"{rule}:log")
+        yield _rule([*match, *_log_exprs(f"afwd {n.KIND_EGRESS} {rule}")], f"{rule}:log")
 
 
 def _log_exprs(prefix: str) -> list[Json]:
-    return [b.limit(n.LOG_RATE_PER_SECOND, "second", n.LOG_BURST), b.log(prefix, n.LOG_GROUP)]
+    """To the group the daemon reads (daemon/detection.py), which audits each report."""
+    return [b.limit(n.LOG_RATE_PER_SECOND, "second", n.LOG_BURST), b.log(prefix, n.DETECT_GROUP)]
 
 
 def _verdicts(action: Action, proto: Protocol | None) -> list[list[Json]]:

@@ -25,7 +25,7 @@ DEFAULT_COUNTER = "default"
 BLOCKED_COUNTER = "blocked"
 INVALID_COUNTER = "invalid"
 
-LOG_GROUP = 77  # NFLOG group for denied packets (read by the detection component)
+LOG_GROUP = 77  # NFLOG group of `log: true` rules and `log_denied` (for ulogd and the like)
 LOG_RATE_PER_SECOND = 10
 LOG_BURST = 20
 
@@ -42,6 +42,7 @@ DETECT_PREFIX = "afwd"  # NFLOG prefix "afwd <kind> <rule>"; kinds below
 KIND_DENIED = "denied"
 KIND_CONNLIMIT = "connlimit"
 KIND_SYNFLOOD = "synflood"
+KIND_EGRESS = "egress"  # an outbound packet a rule of the output chain refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,6 +156,16 @@ def test_allowlisted_domain_is_reachable_and_nothing_else(env: Env) -> None:
     assert env.tcp(OTHER) == "refused"  # reject: a TCP reset from our own output chain
     assert env.tcp(OTHER6) == "refused"
     assert env.tcp(ALLOWED, OTHER_PORT) == "refused"  # the allowlist's ports constrain it
+
+    def denied() -> set[tuple[str, int, str]]:
+        return {
+            (e["dest_ip"], e["dest_port"], e["rule_name"])
+            for e in env.daemon.audit_events()
+            if e["event"] == "egress_denied"
+        }
+
+    want = {(OTHER, PORT, "default"), (OTHER6, PORT, "default")}
+    until(lambda: want <= denied(), 5, "kernel drops of denied egress in the audit log")
     assert set(map(str, env.elements("egress_dom_v4"))) == {ALLOWED}
     counters = env.daemon.ok("GET", "/v1/status")
     assert counters["egress_dns"]["names"] == 2 and counters["egress_dns"]["failing"] == 0

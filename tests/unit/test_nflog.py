@@ -22,8 +22,9 @@ def _decode(data: bytes) -> list[Denial]:
 
 def test_denied_packets_decode_to_source_port_kind_and_rule() -> None:
     out = [d for hexdata in FIXTURES["nflog"] for d in _decode(bytes.fromhex(hexdata))]
-    assert Denial(ipaddress.ip_address("10.77.1.2"), 6, 9999, "denied", "default") in out
-    assert Denial(ipaddress.ip_address("fd77:0:0:1::2"), 6, 8111, "denied", "default") in out
+    seen = {(str(d.source), d.protocol, d.port, d.kind, d.rule, str(d.dest)) for d in out}
+    assert ("10.77.1.2", 6, 9999, "denied", "default", "10.77.1.1") in seen
+    assert ("fd77:0:0:1::2", 6, 8111, "denied", "default", "fd77:0:0:1::1") in seen
 
 
 def _packet(prefix: bytes, payload: bytes, family: int = socket.AF_INET) -> bytes:
@@ -35,11 +36,19 @@ def _packet(prefix: bytes, payload: bytes, family: int = socket.AF_INET) -> byte
 
 
 def test_foreign_prefixes_and_short_payloads_are_not_denials() -> None:
-    ip = bytes([0x45]) + bytes(8) + bytes([6]) + bytes(2) + bytes([10, 0, 0, 1]) + bytes(4)
+    ip = bytes([0x45]) + bytes(8) + bytes([6]) + bytes(2) + bytes([10, 0, 0, 1, 10, 0, 0, 2])
     tcp = struct.pack(">HH", 40000, 25)
     assert _decode(_packet(b"afwd denied web", ip + tcp)) == [
-        Denial(ipaddress.ip_address("10.0.0.1"), 6, 25, "denied", "web")
+        Denial(
+            ipaddress.ip_address("10.0.0.1"),
+            6,
+            25,
+            "denied",
+            "web",
+            ipaddress.ip_address("10.0.0.2"),
+        )
     ]
+    assert _decode(_packet(b"afwd egress default", ip + tcp))[0].kind == "egress"
     assert _decode(_packet(b"someone else", ip + tcp)) == []
     assert _decode(_packet(b"afwd denied web", ip[:10])) == []
     assert _decode(_packet(b"afwd denied web", ip + tcp)[:25]) == []
