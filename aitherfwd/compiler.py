@@ -28,6 +28,7 @@ from aitherfwd import zones as zoning
 from aitherfwd.egress.chain import egress_objects
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
+from aitherfwd.nft.verdicts import log_exprs, verdicts
 from aitherfwd.policy.model import (
     DAY_SECONDS,
     Action,
@@ -228,7 +229,7 @@ def _detect_chains() -> list[Json]:
         ),
         _commented(n.CONNLIMIT_CHAIN, _detect_log(n.KIND_CONNLIMIT), "connlimit:log"),
     ]
-    for v in _verdicts(Action.REJECT, None):
+    for v in verdicts(Action.REJECT, None):
         exprs = [*v[:-1], b.named_counter(n.CONNLIMIT_COUNTER), v[-1]]
         out.append(_commented(n.CONNLIMIT_CHAIN, exprs, "connlimit:reject"))
     return out
@@ -287,28 +288,12 @@ def _final_chain(policy: Policy) -> list[Json]:
     exprs: list[Json] = []
     out: list[Json] = []
     if policy.settings.log_denied and action is not Action.ALLOW:
-        out.append(_commented(n.FINAL_CHAIN, _log_exprs(f"afw {action} default "), "default:log"))
+        out.append(_commented(n.FINAL_CHAIN, _log(f"afw {action} default "), "default:log"))
     if action is not Action.ALLOW:
         out.append(_denied_log(n.FINAL_CHAIN, [], "default"))
     exprs.append(b.named_counter(n.DEFAULT_COUNTER))
-    out += [_commented(n.FINAL_CHAIN, [*exprs, *v], "default") for v in _verdicts(action, None)]
+    out += [_commented(n.FINAL_CHAIN, [*exprs, *v], "default") for v in verdicts(action, None)]
     return out
-
-
-def _log_exprs(prefix: str) -> list[Json]:
-    return [b.limit(n.LOG_RATE_PER_SECOND, "second", n.LOG_BURST), b.log(prefix, n.LOG_GROUP)]
-
-
-def _verdicts(action: Action, proto: Protocol | None) -> list[list[Json]]:
-    """The closing statements; reject answers TCP with a reset and the rest with ICMP."""
-    if action is Action.ALLOW:
-        return [[b.accept()]]
-    if action is Action.DENY:
-        return [[b.drop()]]
-    if proto is Protocol.TCP:
-        return [[b.reject_tcp_reset()]]
-    tcp = [b.match(b.meta("l4proto"), "tcp"), b.reject_tcp_reset()]
-    return [[b.reject_icmpx()]] if proto is Protocol.UDP else [tcp, [b.reject_icmpx()]]
 
 
 def _rule(chain: str, rule: Rule) -> Iterator[Json]:
@@ -330,12 +315,12 @@ def _rule(chain: str, rule: Rule) -> Iterator[Json]:
             # below matches (past the limit, packets would fall through to later rules).
             yield _commented(
                 chain,
-                [*matches, *_log_exprs(f"afw {rule.action} {rule.name} ")],
+                [*matches, *_log(f"afw {rule.action} {rule.name} ")],
                 f"{rule.name}:log",
             )
         if rule.action is not Action.ALLOW:
             yield _denied_log(chain, matches, rule.name)
-        for verdict in _verdicts(rule.action, proto):
+        for verdict in verdicts(rule.action, proto):
             head = verdict[:-1]
             yield _commented(
                 chain,
@@ -405,3 +390,7 @@ def _windows(window: TimeWindow | None) -> Iterator[list[Json]]:
             exprs.append(b.match(b.meta("day"), b.anon_set(sorted(days))))
         exprs.append(b.match(b.meta("hour"), b.range_(start, end - 1)))
         yield exprs
+
+
+def _log(prefix: str) -> list[Json]:
+    return log_exprs(prefix, n.LOG_GROUP)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from aitherfwd.egress import names as en
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
+from aitherfwd.nft.verdicts import log_exprs, verdicts
 from aitherfwd.policy.model import Action, Egress, IPNetwork, Policy, PortRange, Protocol
 
 Json = b.Json
@@ -60,7 +61,7 @@ def _rules(policy: Policy, eg: Egress) -> Iterator[Json]:
     action = eg.default_action
     if policy.settings.log_denied and action is not Action.ALLOW:
         yield _rule(_log_exprs(f"afwd {n.KIND_EGRESS} default"), "egress-default:log")
-    for verdict in _verdicts(action, None):
+    for verdict in verdicts(action, None):
         yield _rule([b.named_counter(en.COUNTER_DEFAULT), *verdict], "egress-default")
 
 
@@ -101,7 +102,7 @@ def _named(policy: Policy, eg: Egress) -> Iterator[Json]:
             match = [dest, *_ports(r.protocol, r.ports)]
             if r.log:
                 yield from _logged(policy, r.action, r.name, match)
-            for verdict in _verdicts(r.action, r.protocol):
+            for verdict in verdicts(r.action, r.protocol):
                 counter = b.named_counter(en.rule_counter(r.name))
                 yield _rule([*match, *verdict[:-1], counter, verdict[-1]], r.name)
 
@@ -182,16 +183,4 @@ def _logged(policy: Policy, action: Action, rule: str, match: list[Json]) -> Ite
 
 def _log_exprs(prefix: str) -> list[Json]:
     """To the group the daemon reads (daemon/detection.py), which audits each report."""
-    return [b.limit(n.LOG_RATE_PER_SECOND, "second", n.LOG_BURST), b.log(prefix, n.DETECT_GROUP)]
-
-
-def _verdicts(action: Action, proto: Protocol | None) -> list[list[Json]]:
-    """Reject answers TCP with a reset and the rest with ICMP, as the input path does."""
-    if action is Action.ALLOW:
-        return [[b.accept()]]
-    if action is Action.DENY:
-        return [[b.drop()]]
-    if proto is Protocol.TCP:
-        return [[b.reject_tcp_reset()]]
-    tcp = [b.match(b.meta("l4proto"), "tcp"), b.reject_tcp_reset()]
-    return [[b.reject_icmpx()]] if proto is Protocol.UDP else [tcp, [b.reject_icmpx()]]
+    return log_exprs(prefix, n.DETECT_GROUP)
