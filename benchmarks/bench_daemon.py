@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from aitherfwd.adapters.control_client import ControlClient
@@ -29,6 +26,7 @@ from aitherfwd.errors import AitherError
 from aitherfwd.evaluator import Evaluator, Request
 from aitherfwd.policy.model import Protocol
 from aitherfwd.policy.parse import parse_policy
+from benchmarks import doc
 from benchmarks.netns import REPO, namespace
 from benchmarks.policygen import generate_policy
 from benchmarks.stats import Summary, measure
@@ -294,21 +292,7 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
 
 
 def render(rows: list[tuple[str, Summary, str, str]], command: str) -> str:
-    lines = [
-        "# Daemon benchmarks",
-        "",
-        f"- Command: `{command}` (as root), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {os.cpu_count()} cores, kernel `{platform.release()}`, Python "
-        f"{platform.python_version()}; load average at the end "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work shared the machine when "
-        "it is above ~0.5)",
-        "",
-        "| measurement | n | p50 | p90 | unit | target |",
-        "|---|--:|--:|--:|---|---|",
-    ]
-    for name, s, unit, target in rows:
-        lines.append(f"| {name} | {s.n} | {s.p50:,.3f} | {s.p90:,.3f} | {unit} | {target} |")
-    return "\n".join(lines) + "\n"
+    return doc.table("Daemon benchmarks", rows, command)
 
 
 def main(argv: list[str] | None = None) -> int:

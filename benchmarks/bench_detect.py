@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import struct
@@ -26,12 +25,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aitherfwd.adapters import ctnetlink
 from aitherfwd.dynamic.ctcount import CtTable
+from benchmarks import doc
 from benchmarks.netns import REPO
 from tests.daemonproc import DaemonProc
 from tests.lab import Lab
@@ -358,15 +358,8 @@ def _seconds(rfc3339: str) -> float:
 
 
 def render(rows: list[Row], command: str) -> str:
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     lines = [
-        "# Detection benchmarks",
-        "",
-        f"- Command: `{command}` (as root), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {os.cpu_count()} cores, kernel `{platform.release()}`, Python "
-        f"{platform.python_version()}; load average at the end {load}. The machine is shared "
-        "with other work while this runs: absolute times move, the ratios hold better.",
-        "",
+        *doc.header("Detection benchmarks", command),
         "| measurement | result | target | |",
         "|---|---|---|---|",
         *[f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows],

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -25,9 +24,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks import doc
 from benchmarks.bench_daemon import Daemon, KeepAlive
 from benchmarks.netns import REPO
 from benchmarks.stats import Summary, measure
@@ -264,21 +263,7 @@ def inner(ns: str, hosts: Path, dns_pid: int, reps: int) -> None:
 
 
 def render(rows: list[tuple[str, Summary, str, str]], command: str) -> str:
-    load = os.getloadavg()
-    lines = [
-        "# Egress benchmarks",
-        "",
-        f"- Command: `{command}` (as root), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {os.cpu_count()} cores, kernel `{platform.release()}`, Python "
-        f"{platform.python_version()}; load average at the end {load[0]:.2f} {load[1]:.2f} "
-        "(the machine is shared with other work: absolute times move, ratios hold better)",
-        "",
-        "| measurement | n | p50 | p90 | unit | target |",
-        "|---|--:|--:|--:|---|---|",
-    ]
-    for name, s, unit, target in rows:
-        lines.append(f"| {name} | {s.n} | {s.p50:,.3f} | {s.p90:,.3f} | {unit} | {target} |")
-    return "\n".join(lines) + "\n"
+    return doc.table("Egress benchmarks", rows, command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from aitherfwd.adapters.store import Store
 from aitherfwd.dynamic.blocks import Block
+from benchmarks import doc
 from benchmarks.bench_daemon import Daemon, KeepAlive, _addresses, nft_f_baseline
 from benchmarks.netns import REPO, namespace
 from benchmarks.stats import Summary
@@ -160,21 +158,7 @@ def ingestion(batches: int, batch: int) -> list[Row]:
 
 
 def render(rows: list[Row], command: str) -> str:
-    lines = [
-        "# Persistence and reputation benchmarks",
-        "",
-        f"- Command: `{command}` (as root), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"- Machine: {os.cpu_count()} cores, kernel `{platform.release()}`, Python "
-        f"{platform.python_version()}; load average at the end "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (other work shared the machine when "
-        "it is above ~0.5)",
-        "",
-        "| measurement | n | p50 | p90 | unit | target |",
-        "|---|--:|--:|--:|---|---|",
-    ]
-    for name, s, unit, target in rows:
-        lines.append(f"| {name} | {s.n} | {s.p50:,.3f} | {s.p90:,.3f} | {unit} | {target} |")
-    return "\n".join(lines) + "\n"
+    return doc.table("Persistence and reputation benchmarks", rows, command)
 
 
 def main(argv: list[str] | None = None) -> int:
