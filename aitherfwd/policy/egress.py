@@ -9,12 +9,10 @@ live in `egress_checks`. Must not resolve names or do any other I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any
 
 from aitherfwd.durations import parse_duration
 from aitherfwd.policy.diagnostics import Reporter
-from aitherfwd.policy.fields import Fields, parse_cidr
+from aitherfwd.policy.fields import Fields, Section, parse_cidr
 from aitherfwd.policy.model import (
     Action,
     DnsBounds,
@@ -64,15 +62,8 @@ class EgressParser:
         m = self.f.mapping(node, "egress", EGRESS_KEYS)
         if m is None:
             return None
-        ok = True
-
-        def get(key: str, read: Callable[[YNode, str], Any], default: Any) -> Any:
-            nonlocal ok
-            if key not in m:
-                return default
-            value = read(m[key], f"egress.{key}")
-            ok = ok and value is not None
-            return value
+        section = Section(m, "egress")
+        get = section.get
 
         d = Egress()
         action = get("default_action", lambda n, p: self.f.enum(n, p, Action), d.default_action)
@@ -82,7 +73,7 @@ class EgressParser:
         good = get("known_good", lambda n, p: self.f.each(n, p, self.f.cidr), [])
         badl = get("known_bad", lambda n, p: self.f.each(n, p, self.f.cidr), [])
         dns = get("dns", self.dns, d.dns)
-        if not ok:
+        if not section.ok:
             return None
         return Egress(
             action,

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aitherfwd.policy.diagnostics import Reporter, did_you_mean
 from aitherfwd.policy.model import IPNetwork, PortRange
@@ -21,6 +21,22 @@ T = TypeVar("T")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 NAME_RULE = "1-63 characters of letters, digits, '_', '.', '-', not starting with '.' or '-'"
+
+
+class Section:
+    """The optional keys of one mapping, read one by one: `get` gives the default for an
+    absent key, and `ok` stays True only while every present key read cleanly (each reader
+    reports its own diagnostics and returns None on error)."""
+
+    def __init__(self, mapping: dict[str, YNode], prefix: str) -> None:
+        self.mapping, self.prefix, self.ok = mapping, prefix, True
+
+    def get(self, key: str, read: Callable[[YNode, str], object], default: object) -> Any:
+        if key not in self.mapping:
+            return default
+        value = read(self.mapping[key], f"{self.prefix}.{key}")
+        self.ok = self.ok and value is not None
+        return value
 
 
 class Fields:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from aitherfwd.durations import parse_duration
 from aitherfwd.policy.diagnostics import Diagnostic, Reporter
 from aitherfwd.policy.egress import EgressParser
 from aitherfwd.policy.egress_checks import check_egress
-from aitherfwd.policy.fields import Fields
+from aitherfwd.policy.fields import Fields, Section
 from aitherfwd.policy.model import (
     Action,
     IPNetwork,
@@ -180,15 +179,8 @@ class _Parser:
         if m is None:
             return None
         d = ReputationSettings()
-        ok = True
-
-        def get(key: str, read: Callable[[YNode, str], object], default: object) -> Any:
-            nonlocal ok
-            if key not in m:
-                return default
-            value = read(m[key], f"reputation.{key}")
-            ok = ok and value is not None
-            return value
+        section = Section(m, "reputation")
+        get = section.get
 
         r = ReputationSettings(
             threshold=get(
@@ -208,7 +200,7 @@ class _Parser:
                 get("never_block", lambda n, p: self.f.each(n, p, self.f.cidr), list(d.never_block))
             ),
         )
-        return r if ok else None
+        return r if section.ok else None
 
     def duration(self, node: YNode, path: str) -> int | None:
         try:
