@@ -3,7 +3,7 @@ threat-event ingestion over the socket, and the daemon's RSS holding 100,000 blo
 
 Owns: writing N blocks into a state store, starting the real daemon (`aitherfwd run`) in a
 fresh `afwb-` namespace with no table (what a reboot leaves) and timing the restore — the
-daemon's own `start_seconds` (store load + one kernel transaction) and the wall time from
+daemon's own `start_seconds` (store load + the kernel transactions) and the wall time from
 spawn to a healthy socket — against `nft -f` of the same elements in the same run;
 threat events in batches over one kept-alive connection; RSS after the restore. Writes
 docs/benchmarks-persistence.md. Run: `sudo .venv/bin/python -m benchmarks.bench_persistence
@@ -84,7 +84,7 @@ def restore(count: int, reps: int, verify: bool) -> list[Row]:
     ratio = Summary.of(own).p50 / Summary.of(base).p50
     rows: list[Row] = [
         (
-            f"restore {name} persisted blocks: store load + one kernel transaction "
+            f"restore {name} persisted blocks: store load + kernel transactions of 50,000 "
             f"(daemon's start_seconds; {ratio:.1f}x `nft -f`)",
             Summary.of(own),
             "ms",
@@ -182,16 +182,18 @@ def main(argv: list[str] | None = None) -> int:
 
 NOTES = """\
 What the numbers say:
-- A "reboot" (no table in the kernel) restores every persisted block in the same
-  transaction that creates the table: the store load (SQLite, one row per block, each
-  block kept as its canonical text) and one libnftables JSON batch. fail2ban re-bans one
-  by one: 30 to 40 minutes for 20,000 bans (ANCHORS.md).
-- Where a cold start's time goes (in-process profile, 1,000,000 blocks, loaded machine):
-  libnftables parsing and applying the JSON batch ≈ 5.5 s (`nft -f` of the same elements
-  as text ≈ 3.9 s), `json.dumps` of the batch ≈ 0.7 s, the SQLite load ≈ 2 s, building
-  the element commands ≈ 1 s. At 100,000 the same split gives ≈ 0.5 + 0.2 + 0.1 s. The
-  1,000,000 case sits at the 10 s target; below it needs either libnftables' text input
-  (string-built commands, which we do not do) or element batches built as netlink messages.
+- A "reboot" (no table in the kernel) restores every persisted block with the table: the
+  store load (SQLite, one row per block, each block kept as its canonical text), then the
+  elements as libnftables JSON, 50,000 per transaction — the first batch in the very
+  transaction that creates the table, the rest right behind it. fail2ban re-bans one by
+  one: 30 to 40 minutes for 20,000 bans (ANCHORS.md).
+- Why batches: libnftables' JSON input slows down superlinearly with the size of one call
+  (measured here: 1,000,000 elements in one call 7.7 s, in ten calls of 100,000 3.5 s, as
+  `nft -f` text 3.5 s), and until that one call returned the host would have no table.
+- Where the rest of a cold start's time goes (in-process, 1,000,000 blocks): the SQLite
+  load ≈ 2 s, building the element commands ≈ 1 s, `json.dumps` of the batches ≈ 0.7 s.
+- RSS holding 100,000 blocks is close to its 60 MB bound: the blocks themselves are
+  ≈ 20 MB, the rest is the interpreter, libnftables and the daemon's modules.
 - Threat events are validated, scored on the reputation ladder and persisted (offenders
   table) per batch; the blocks they cause go out as one kernel transaction per batch.
 """

@@ -36,6 +36,7 @@ from aitherfwd.dynamic.reputation import Decision, Offender, offender_key
 from aitherfwd.errors import AitherError, ApplyError, PolicyError
 from aitherfwd.evaluator import Evaluator, Request, TokenBuckets
 from aitherfwd.nft import names as n
+from aitherfwd.nft.builders import element_batches
 from aitherfwd.policy.diagnostics import Severity
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, Protocol
 from aitherfwd.reconcile import Observed, delta, plan, transaction
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 # Conntrack cuts queued at most: each costs ~12 ms of pyroute2 work, done one at a time in
 # the background; beyond this, bans rely on the drop-before-established rule alone.
 CONNTRACK_QUEUE = 256
+RESTORE_BATCH = 50_000  # elements per cold-start transaction (see _adopt_or_apply)
 CONNTRACK_CUT_PAUSE = 0.05
 # Threat events remembered per offender until a block takes them into its history: the
 # last few per address, for the addresses seen most recently (bounded memory).
@@ -159,19 +161,27 @@ class Daemon:
 
     def _adopt_or_apply(self, nft: Nft, ruleset: Ruleset) -> bool:
         """Adopt a table that already enforces this ruleset (no gap), else apply it — in
-        the same transaction as every stored block with its remaining timeout (`add` is a
-        no-op for an element the kernel still has). Kernel blocks the store does not know
-        (its database was lost, or another tool added them) are listed and adopted only
-        when the store cannot be complete: listing 100,000 elements costs half a second."""
+        the same transaction as the stored blocks with their remaining timeouts (`add` is a
+        no-op for an element the kernel still has), RESTORE_BATCH elements per transaction:
+        beyond that, the first batch comes with the table and the rest follow at once
+        (one 1,000,000-element call would leave the host without a table twice as long).
+        Kernel blocks the store does not know (its database was lost, or another tool
+        added them) are listed and adopted only when the store cannot be complete: listing
+        100,000 elements costs half a second."""
         before = nft.observe()
         adopted = before.exists and not plan(ruleset, before).changed
         now = self.clock.now()
         restore = self.blocks.restore_commands(now)
         restore += self.egress.restore_commands(now, domains=False)
         static = [] if adopted else transaction(ruleset, before)
+        batches = element_batches(restore, RESTORE_BATCH) or [[]]
+        del restore
         try:
-            if static or restore:
-                nft.run(static + restore)
+            if static or batches[0]:
+                nft.run(static + batches[0])
+            static = []  # in force now
+            for batch in batches[1:]:
+                nft.run(batch)
         except ApplyError as exc:  # e.g. a kernel prefix overlapping a stored one
             log.warning("restore refused, reconciling element by element error=%s", exc.message)
             if static:

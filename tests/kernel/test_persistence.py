@@ -19,6 +19,8 @@ from urllib.parse import quote
 import pytest
 
 from aitherfwd.adapters.nft import Nft
+from aitherfwd.adapters.store import Store
+from aitherfwd.dynamic.blocks import Block
 from tests.daemonproc import DaemonProc
 from tests.kernel.test_daemon import CONFIG, POLICY, TCP_PORTS, until
 from tests.lab import Lab
@@ -214,6 +216,27 @@ def test_a_reboot_restores_every_live_block_with_its_remaining_timeout(
         after = {e["elem"]["val"] for e in Nft().set_elements("block_v4") if isinstance(e, dict)}
     assert lan.v4 in after
     assert lab.tcp(lan, lan.server_v4, 443, timeout=0.5) == "timeout"
+
+
+def test_a_large_restore_reaches_the_kernel_in_full_across_its_batches(
+    lab: Lab, daemon: DaemonProc
+) -> None:
+    """60,000 stored blocks (more than one restore batch) after a "reboot": every one is
+    in the kernel, the last batch's too, and a client in it is dropped."""
+    lan, other = lab.clients
+    now = time.time()
+    keys = [f"10.{78 + i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(60_000 - 1)]
+    keys.append(lan.v4)  # restored in the last batch
+    store = Store(daemon.state)
+    store.save_blocks([Block(k, now + 3600, "seeded", "manual", now) for k in keys])
+    store.close()
+    daemon.start()
+    with inside(lab.server):
+        in_kernel = Nft().set_elements("block_v4")
+    assert len(in_kernel) == len(keys)
+    assert lab.tcp(lan, lan.server_v4, 443, timeout=0.5) == "timeout"
+    assert lab.tcp(other, other.server_v4, 443) == "ok"
+    assert daemon.ok("GET", "/v1/status")["elements"]["block_v4"] == len(keys)
 
 
 def test_a_corrupt_database_is_moved_aside_and_the_kernel_keeps_every_ban(
