@@ -30,6 +30,9 @@ ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT = (f"10.77.1.{i}" for i in (10, 12, 11
 ALLOWED6, OTHER6, GRANTED6 = "fd77:0:0:1::10", "fd77:0:0:1::11", "fd77:0:0:1::13"
 DENIED, GIT, GIT6 = "10.77.1.20", "10.77.1.21", "fd77:0:0:1::21"  # named rules
 GIT_NAME = "git.allowed.test"
+# the cloud metadata address, made to exist in the remote namespace (and routed to it), so
+# a real connection attempt stays inside the lab
+METADATA = "169.254.169.254"
 REMOTE = [ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT, ALLOWED6, OTHER6, GRANTED6, DENIED, GIT, GIT6]
 
 POLICY = f"""\
@@ -136,6 +139,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         for addr in REMOTE:
             plen, extra = ("64", ["nodad"]) if ":" in addr else ("24", [])
             must(["ip", "-n", lab.server, "addr", "add", f"{addr}/{plen}", "dev", dev, *extra])
+        must(["ip", "-n", lab.server, "addr", "add", f"{METADATA}/32", "dev", dev])
+        must(["ip", "-n", client.ns, "route", "add", f"{METADATA}/32", "via", client.server_v4])
         lab.listen([PORT, OTHER_PORT])
         dns = Dns(lab, tmp)
         dns.start(ALLOWED, ALLOWED6)
@@ -169,6 +174,17 @@ def test_allowlisted_domain_is_reachable_and_nothing_else(env: Env) -> None:
     assert set(map(str, env.elements("egress_dom_v4"))) == {ALLOWED}
     counters = env.daemon.ok("GET", "/v1/status")
     assert counters["egress_dns"]["names"] == 2 and counters["egress_dns"]["failing"] == 0
+
+
+def test_the_metadata_address_is_denied_to_real_connections(env: Env) -> None:
+    with inside(env.client.ns):
+        before = Nft().counters()["egress_rule_block-cloud-metadata"][0]
+    assert env.tcp(METADATA) == "timeout"  # deny: dropped, not answered
+    assert env.tcp(METADATA, 80) == "timeout"
+    with inside(env.client.ns):
+        assert Nft().counters()["egress_rule_block-cloud-metadata"][0] >= before + 2
+    refused = env.daemon.request("POST", "/v1/sandbox", {"destination": METADATA, "ttl": "1m"})
+    assert refused[0] == 403
 
 
 def test_named_rules_come_before_the_allowlist_and_take_host_names(env: Env) -> None:
