@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aitherfwd.control.schema import ApiError, bad, parse_network
+from aitherfwd.control.schema import bad, parse_network
 from aitherfwd.durations import parse_duration
 from aitherfwd.policy.egress import host_name
 from aitherfwd.policy.model import IPNetwork
@@ -70,11 +70,4 @@ def parse_grant(body: Any) -> GrantSpec:
     for p in ports:
         if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
             raise bad("E-SCHEMA", "ports must be integers 1-65535")
-    if ports and net is not None and net.prefixlen != net.max_prefixlen:
-        raise ApiError(
-            400,
-            "E-GRANT-PORTS",
-            "per-grant ports need a single address; grant the prefix without ports "
-            "(sandbox.allowed_ports apply) or grant addresses one by one",
-        )
     return GrantSpec(net, host, ttl, scope, tuple(sorted(set(ports))))

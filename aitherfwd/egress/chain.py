@@ -47,7 +47,10 @@ def egress_objects(policy: Policy) -> list[Json]:
         for fam in FAMILIES:
             out.append(b.set_(en.domain_set(base, fam), en.addr_type(fam), ["timeout"]))
     for fam in FAMILIES:
-        out.append(b.set_(en.PORT_SETS[fam], [en.addr_type(fam), "inet_service"], ["timeout"]))
+        # interval: a grant's destination may be a prefix (address . port ranges, pipapo)
+        out.append(
+            b.set_(en.PORT_SETS[fam], [en.addr_type(fam), "inet_service"], ["interval", "timeout"])
+        )
     out.append(b.chain(en.OUTPUT_CHAIN, hook="output", prio=0, policy="accept"))
     out += list(_rules(policy, eg))
     return out

@@ -2,7 +2,8 @@
 
 Owns: the output chain, its counters, the sets the daemon fills with resolved addresses
 (`egress_dom_v4/v6` for the allowlist, `erule_<rule>_v4/v6` for rules with a host name)
-and the per-grant port sets of sandbox grants (`sandbox_port_v4/v6`, address . port).
+and the per-grant port sets of sandbox grants (`sandbox_port_v4/v6`, address or prefix .
+port, interval sets).
 """
 
 from __future__ import annotations

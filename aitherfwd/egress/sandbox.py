@@ -4,8 +4,9 @@ Owns: `Grant`, `GrantTable` (what is granted, to which scope, until when, on whi
 the refusals (known_bad and cloud-metadata destinations, ports the policy does not allow,
 overlapping prefixes) and the element commands for each change. A grant without ports goes
 into `sandbox_v4/v6` (prefixes: `sandbox_v4_net/v6_net`), where the rule applies
-sandbox.allowed_ports; a grant with ports becomes one `address . port` element per port in
-`sandbox_port_v4/v6`. Every element carries the kernel timeout and the scope as comment.
+sandbox.allowed_ports; a grant with ports becomes one `address . port` (or `prefix . port`)
+element per port in `sandbox_port_v4/v6`. Every element carries the kernel timeout and the
+scope as comment.
 Time is an argument; nothing here talks to the kernel or the disk.
 """
 
@@ -64,12 +65,15 @@ class Grant:
     def values(self) -> list[tuple[str, Any]]:
         """(set, element key) pairs this grant occupies in the kernel."""
         fam = self.family
+        target: Any = self.key
+        if not self.single:
+            addr, length = self.key.split("/")
+            target = b.prefix(addr, int(length))
         if self.ports:
-            return [(en.PORT_SETS[fam], {"concat": [self.key, p]}) for p in self.ports]
+            return [(en.PORT_SETS[fam], {"concat": [target, p]}) for p in self.ports]
         if self.single:
             return [(en.SANDBOX_HASH[fam], self.key)]
-        addr, length = self.key.split("/")
-        return [(en.SANDBOX_NET[fam], b.prefix(addr, int(length)))]
+        return [(en.SANDBOX_NET[fam], target)]
 
     def elements(self, now: float) -> list[tuple[str, Any]]:
         t = self.remaining(now)

@@ -239,6 +239,13 @@ def test_grant_with_ports_opens_only_those_ports_and_can_be_revoked(env: Env) ->
     client.revoke(OTHER6)
     assert env.tcp(OTHER) == "refused"
     assert env.tcp(OTHER6) == "refused"
+    # a prefix with ports: `prefix . port` elements in the same (interval) sets
+    client.grant("10.77.1.8/30", ports=[PORT], scope="sandbox-bob")
+    client.grant("fd77:0:0:1::10/124", ports=[PORT], scope="sandbox-bob")
+    assert env.tcp(OTHER) == "ok" and env.tcp(OTHER6) == "ok"
+    client.revoke("10.77.1.8/30")
+    client.revoke("fd77:0:0:1::10/124")
+    assert env.tcp(OTHER) == "refused" and env.tcp(OTHER6) == "refused"
     # a host name: every address it resolves to, revoked by the name
     granted = client.grant(GIT_NAME, ports=[PORT], scope="sandbox-bob")["granted"]
     assert {g["destination"] for g in granted} == {GIT, GIT6}
