@@ -367,15 +367,21 @@ class Daemon:
 
     async def _repair_elements(self, number: int) -> bool:
         """Someone else changed nftables and our static part is intact: did they touch our
-        block sets (`nft flush set`, a deleted element)? Listing costs ~5 µs per element,
-        so this runs at most once per 20 listing-times (at least 3 s apart)."""
+        block, sandbox or domain sets (`nft flush set`, a deleted element)? Listing costs
+        ~5 µs per element, so this runs at most once per 20 listing-times (at least 3 s
+        apart)."""
         started = time.monotonic()
-        restored = await self.writer.call(lambda nft: self._reconcile_blocks(nft, self.clock.now()))
+
+        def repair(nft: Nft) -> int:
+            now = self.clock.now()
+            return self._reconcile_blocks(nft, now) + self.egress.repair(nft, now)
+
+        restored = await self.writer.call(repair)
         self._next_reconcile = time.monotonic() + max(3.0, 20 * (time.monotonic() - started))
         if not restored:
             return False
         self.counters.drift_repairs += 1
-        log.warning("drift repaired: %d blocks were missing from the kernel's sets", restored)
+        log.warning("drift repaired: %d elements were missing from the kernel's sets", restored)
         self.audit.write(
             self.clock.now(), "drift_repaired", generation=number, elements_restored=restored
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -111,6 +112,27 @@ class EgressRuntime:
         if domains:
             cmds += [b.add(b.element(s, sorted(v))) for s, v in sorted(self.installed.items()) if v]
         return cmds
+
+    def repair(self, nft: Nft, now: float) -> int:
+        """After someone else changed nftables: put back the grants and resolved addresses
+        missing from the kernel's sets (a flushed set, a deleted element). These sets are
+        small, so they are listed in full. Returns how many elements were put back."""
+        wanted: dict[str, list[Any]] = {}
+        for command in self.restore_commands(now, domains=True):
+            element = command["add"]["element"]
+            wanted.setdefault(element["name"], []).extend(element["elem"])
+        commands: list[Any] = []
+        for name, elems in sorted(wanted.items()):
+            try:
+                present = {_element_key(e) for e in nft.set_elements(name)}
+            except ApplyError:
+                continue  # the set itself is gone: the static repair recreates it
+            lost = [e for e in elems if _element_key(e) not in present]
+            if lost:
+                commands.append(b.add(b.element(name, lost)))
+        if commands:
+            nft.run(commands)
+        return sum(len(c["add"]["element"]["elem"]) for c in commands)
 
     # --- DNS -----------------------------------------------------------------------------
 
@@ -402,3 +424,10 @@ class EgressRuntime:
                 "last_round_seconds": st.last_round_seconds,
             },
         }
+
+
+def _element_key(element: Any) -> str:
+    """An element's value (what identifies it in its set), comparable between what we add
+    and what the kernel lists: timeouts, expiry and comments left out."""
+    value = element["elem"]["val"] if isinstance(element, dict) and "elem" in element else element
+    return json.dumps(value, sort_keys=True)

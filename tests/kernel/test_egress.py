@@ -362,6 +362,24 @@ def test_a_deleted_table_is_repaired_with_grants_and_resolved_domains(env: Env) 
     assert env.tcp(ALLOWED6) == "ok"  # and the resolved domain
 
 
+def test_flushed_sandbox_and_domain_sets_are_refilled(env: Env) -> None:
+    env.sandbox().grant(KEPT, ttl="30m", scope="sandbox-drift")
+    env.sandbox().grant("10.77.1.8/30", ports=[PORT], ttl="30m", scope="sandbox-drift")
+    assert env.tcp(KEPT) == "ok" and env.tcp(OTHER) == "ok"
+    flush = [
+        {"flush": {"set": {"family": "inet", "table": "aitherfwd", "name": name}}}
+        for name in ("sandbox_v4", "sandbox_port_v4", "egress_dom_v6")
+    ]
+    with inside(env.client.ns):
+        Nft().run(flush)  # another tool empties our sets; the table itself is intact
+    assert env.tcp(KEPT) == "refused" and env.tcp(OTHER) == "refused"
+    until(lambda: env.tcp(KEPT) == "ok", 15, "the grant put back")
+    assert env.tcp(OTHER) == "ok"  # the prefix . port grant too
+    assert env.tcp(ALLOWED6) == "ok"  # and the resolved address
+    env.sandbox().revoke("10.77.1.8/30")
+    assert any(e["event"] == "drift_repaired" for e in env.daemon.audit_events())
+
+
 def test_a_restart_without_dns_keeps_the_resolved_addresses(env: Env) -> None:
     assert env.tcp(ALLOWED6) == "ok"
     assert env.daemon.stop() == 0
