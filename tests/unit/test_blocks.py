@@ -34,6 +34,22 @@ def test_block_expires_at_its_time_and_lookup_sees_prefixes() -> None:
     assert [b.key for b in table.active(NOW + 61)] == ["198.51.100.7"]
 
 
+def test_prune_finds_every_expiry_in_order_whatever_was_added_when() -> None:
+    table = BlockTable()
+    table.load([_block("192.0.2.1/32", 20), _block("192.0.2.2/32", None)])
+    table.put([_block("192.0.2.3/32", 10)], NOW)
+    assert table.prune(NOW + 5) == []
+    assert [b.key for b in table.prune(NOW + 10)] == ["192.0.2.3"]
+    table.put([_block("192.0.2.4/32", 12)], NOW)  # earlier than anything left
+    assert [b.key for b in table.prune(NOW + 12)] == ["192.0.2.4"]
+    assert table.prune(NOW + 19) == []
+    table.load([_block("192.0.2.5/32", 15)])  # loaded in bulk, already due
+    assert [b.key for b in table.prune(NOW + 19)] == ["192.0.2.5"]
+    assert [b.key for b in table.prune(NOW + 20)] == ["192.0.2.1"]
+    assert table.prune(NOW + 10**9) == [] and len(table) == 1
+    assert table.counts()["block_v4"] == 1
+
+
 def test_protected_ranges_and_overlapping_prefixes_are_refused() -> None:
     table = BlockTable(protected=[ipaddress.ip_network("192.0.2.10/32")])
     for bad in ["127.0.0.1/32", "::1/128", "192.0.2.0/24", "0.0.0.0/0"]:
