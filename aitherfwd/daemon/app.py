@@ -187,6 +187,7 @@ class Daemon:
             if static:
                 nft.run(static)
             self._reconcile_blocks(nft, now)
+            self.egress.repair(nft, now)  # the grants, which were in the refused batch too
             return adopted
         if before.exists and (self.store.recovered is not None or not len(self.blocks)):
             self._reconcile_blocks(nft, now)
