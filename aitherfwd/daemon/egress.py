@@ -59,6 +59,7 @@ class EgressRuntime:
         self.authorizer = Authorizer({})
         self.granted_total = 0
         self.refused_total = 0
+        self._hosts_due = 0.0  # when host-name grants are next asked again
         self._wake = asyncio.Event()
         # called with (grants_v4, grants_v6, granted_total) after every change of the grants
         # (metrics: wire `daemon.stats.sandbox` here)
@@ -228,9 +229,52 @@ class EgressRuntime:
                 await asyncio.wait_for(self._wake.wait(), delay)
             try:
                 await self.refresh()
+                await self.follow_granted_hosts()
             except ApplyError as exc:
                 log.error("domain set update refused code=%s error=%s", exc.code, exc.message)
             self._expire_grants()
+
+    async def follow_granted_hosts(self) -> int:
+        """A grant given for a host name follows the name while it lasts: every
+        `dns.min_refresh` seconds the name is asked again and addresses it has gained are
+        granted too, with the same scope, ports and end (the ones it lost stay until then:
+        open connections and caches may still use them). Returns how many were added."""
+        policy, now = self.policy, self.clock.now()
+        if policy is None or policy.egress is None or self.resolver is None:
+            return 0
+        if now < self._hosts_due:
+            return 0
+        self._hosts_due = now + policy.egress.dns.min_refresh
+        by_host: dict[str, list[Grant]] = {}
+        for g in self.grants.active(now):
+            if g.host:
+                by_host.setdefault(g.host, []).append(g)
+        added: list[Grant] = []
+        for host, grants in sorted(by_host.items()):
+            try:
+                answer = await self.resolver.resolve(host)
+            except ResolveError:
+                continue  # keep what was granted; try again next time
+            have = {g.key for g in grants}
+            first = max(grants, key=lambda g: g.expires_at)
+            for addr, _ in answer:
+                net = ipaddress.ip_network(addr)
+                key = key_of(net)
+                if key in have or refusal(net, policy.egress) is not None:
+                    continue  # known_bad still wins over a name that moved onto it
+                if self.grants.get(key, now) is not None:
+                    continue  # granted on its own: leave that grant as it is
+                have.add(key)
+                added.append(
+                    Grant(key, first.expires_at, first.scope, first.ports, now, host, first.uid)
+                )
+        if not added:
+            return 0
+        await self._commit(added, now)
+        self._changed(now)
+        for g in added:
+            self.audit.write(now, "sandbox_followed", destination=g.key, host=g.host, scope=g.scope)
+        return len(added)
 
     def _expire_grants(self) -> None:
         now = self.clock.now()

@@ -29,11 +29,15 @@ SECOND = "second.allowed.test"
 ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT = (f"10.77.1.{i}" for i in (10, 12, 11, 13, 66, 14))
 ALLOWED6, OTHER6, GRANTED6 = "fd77:0:0:1::10", "fd77:0:0:1::11", "fd77:0:0:1::13"
 DENIED, GIT, GIT6 = "10.77.1.20", "10.77.1.21", "fd77:0:0:1::21"  # named rules
+FOLLOW = "10.77.1.22"  # where GIT_NAME moves to while a grant for it lasts
 GIT_NAME = "git.allowed.test"
 # the cloud metadata address, made to exist in the remote namespace (and routed to it), so
 # a real connection attempt stays inside the lab
 METADATA = "169.254.169.254"
-REMOTE = [ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT, ALLOWED6, OTHER6, GRANTED6, DENIED, GIT, GIT6]
+REMOTE = [
+    *(ALLOWED, MOVED, OTHER, GRANTED, BAD, KEPT, ALLOWED6, OTHER6, GRANTED6),
+    *(DENIED, GIT, GIT6, FOLLOW),
+]
 
 POLICY = f"""\
 version: 1
@@ -90,9 +94,15 @@ class Dns:
             err = self.proc.stderr.read().decode() if self.proc.stderr else ""
             raise RuntimeError(f"dnsmasq exited {self.proc.returncode}: {err}")
 
-    def answer(self, *addresses: str, reload: bool = True, extra: str = "") -> None:
-        lines = "".join(f"{a} {NAME}\n" for a in addresses) + f"{GIT} {GIT_NAME}\n"
-        lines += f"{GIT6} {GIT_NAME}\n"
+    def answer(
+        self,
+        *addresses: str,
+        reload: bool = True,
+        extra: str = "",
+        git: tuple[str, ...] = (GIT, GIT6),
+    ) -> None:
+        lines = "".join(f"{a} {NAME}\n" for a in addresses)
+        lines += "".join(f"{a} {GIT_NAME}\n" for a in git)
         (self.tmp / "hosts").write_text(lines + (f"{OTHER} {SECOND}\n" if extra else ""))
         if reload and self.proc is not None:
             self.proc.send_signal(signal.SIGHUP)  # re-reads addn-hosts
@@ -253,6 +263,24 @@ def test_grant_with_ports_opens_only_those_ports_and_can_be_revoked(env: Env) ->
     assert len(client.revoke(GIT_NAME)["revoked"]) == 2
     assert env.tcp(GIT) == "refused"
     assert client.grants() == [] or all(g["destination"] != OTHER for g in client.grants())
+
+
+def test_a_host_name_grant_follows_the_name_while_it_lasts(env: Env) -> None:
+    client = env.sandbox()
+    assert env.tcp(FOLLOW) == "refused"
+    client.grant(GIT_NAME, ports=[PORT], ttl="1m", scope="sandbox-follow")
+    env.dns.answer(ALLOWED, ALLOWED6, git=(GIT, GIT6, FOLLOW))
+    try:
+        until(lambda: env.tcp(FOLLOW) == "ok", 20, "the name's new address granted")
+        grants = {g["destination"]: g for g in client.grants()}
+        assert grants[FOLLOW]["host"] == GIT_NAME and grants[FOLLOW]["scope"] == "sandbox-follow"
+        assert grants[FOLLOW]["ports"] == [PORT]
+        assert grants[FOLLOW]["expires_at"] == grants[GIT]["expires_at"]
+    finally:
+        env.dns.answer(ALLOWED, ALLOWED6)
+        client.revoke(GIT_NAME)
+    assert env.tcp(FOLLOW) == "refused"
+    assert any(e["event"] == "sandbox_followed" for e in env.daemon.audit_events())
 
 
 def test_known_bad_and_metadata_are_refused_and_known_bad_beats_a_kernel_grant(env: Env) -> None:
