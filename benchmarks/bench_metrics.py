@@ -225,10 +225,11 @@ NOTES = """\
   NFT_MSG_GETOBJ dump filtered to our table's counters, which never touches a set: the
   read and the in-process snapshot + render cost the same with a million blocks as with
   none. What a scrape of the loaded daemon adds (its medians and tails) is time spent
-  waiting for the event loop: the daemon's drift check prunes expired blocks by walking
-  the whole block table every 2 s (about 32 ms at 1,000,000 blocks, measured in-process),
-  and the kernel's garbage collection of a million timed elements competes for the two
-  cores.
+  waiting for the event loop and the CPU: the kernel's garbage collection of a million
+  timed elements competes for the two cores, and once a minute the drift backstop lists the
+  table (libnftables fetches every element for that). Expired blocks are no longer pruned
+  by walking the whole table every 2 s (about 32 ms at 1,000,000 blocks): the walk now
+  waits until something is due.
 - libnftables' `list counters` fills its whole cache first, set elements included: with a
   million elements that is tens of seconds and hundreds of MB in the lister, which is why
   aitherfwd reads counters over netlink (aitherfwd/adapters/nftcounters.py).
