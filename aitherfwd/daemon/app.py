@@ -29,6 +29,7 @@ from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.control.schema import ApiError, BlockSpec, EvaluateSpec, ThreatSpec
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
+from aitherfwd.daemon.views import block_view
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, address_text
@@ -535,7 +536,7 @@ class Daemon:
             self.notifier.send(kind, self._event("FIREWALL_IP_BLOCKED", blk, now, led_to))
         return {
             "accepted": len(events),
-            "blocked": [self.block_view(b) for b in blocked],
+            "blocked": [block_view(b) for b in blocked],
             "protected": refused,
         }
 
@@ -630,124 +631,6 @@ class Daemon:
             "zone": verdict.zone,
             "reason": verdict.reason,
             "latency_us": round(latency, 1),
-        }
-
-    def explain(
-        self, address: IPAddress, ports: Sequence[int], protocol: Protocol
-    ) -> dict[str, Any]:
-        """Everything the firewall knows about one address: verdicts now, the block that
-        stops it, its reputation and the events that led to each of its blocks."""
-        gen = self.current()
-        now = self.clock.now()
-        settings = gen.policy.reputation
-        key = str(address)
-        okey = address_text(offender_key(address, settings))
-        verdicts = []
-        for port in ports or gen.policy.settings.admin_ports:
-            v = gen.evaluator.evaluate(Request(address, protocol, port), now, self.blocks)
-            verdicts.append(
-                {
-                    "port": port,
-                    "protocol": str(protocol),
-                    "verdict": v.verdict,
-                    "rule": v.rule,
-                    "zone": v.zone,
-                    "reason": v.reason,
-                }
-            )
-        current = self.blocks.covering(address, now)
-        off = self.offenders.get(okey)
-        keys = sorted({key, okey} | ({current.key} if current else set()))
-        return {
-            "address": key,
-            "zone": verdicts[0]["zone"] if verdicts else None,
-            "verdicts": verdicts,
-            "blocked": current is not None,
-            "block": None
-            if current is None
-            else {
-                **self.block_view(current),
-                "remaining_seconds": current.remaining(now),
-            },
-            "reputation": {
-                "key": okey,
-                "score": round(reputation.decayed(off, now, settings), 3) if off else 0.0,
-                "threshold": settings.threshold,
-                "events": off.events if off else 0,
-                "blocks_in_memory": len(off.blocks) if off else 0,
-                "permanent": off.permanent if off else False,
-                "recent_events": list(self.recent.get(okey, ())),
-            },
-            "history": [
-                {
-                    "address": h.key,
-                    "reason": h.reason,
-                    "source": h.source,
-                    "started_at": rfc3339(h.started_at),
-                    "expires_at": rfc3339(h.expires_at) if h.expires_at is not None else None,
-                    "ended_at": rfc3339(h.ended_at) if h.ended_at is not None else None,
-                    "end_reason": h.end_reason,
-                    "events": h.events,
-                }
-                for h in self.store.history(keys)
-            ],
-        }
-
-    def block_view(self, blk: Block) -> dict[str, Any]:
-        return {
-            "address": blk.key,
-            "expires_at": rfc3339(blk.expires_at) if blk.expires_at is not None else None,
-            "reason": blk.reason,
-            "source": blk.source,
-            "created_at": rfc3339(blk.created_at),
-            "set": blk.set_name,
-        }
-
-    def status(self) -> dict[str, Any]:
-        gen = self.current()
-        now = self.clock.now()
-        counts = {s.name: 0 for s in n.DYNAMIC_SETS}
-        counts.update(self.blocks.counts(now))
-        counts.update(self.egress.grants.set_counts(now))
-        last = self.last_reload
-        return {
-            "status": "ok",
-            "generation": gen.number,
-            "policy_path": str(gen.path),
-            "policy_sha256": gen.policy.sha256,
-            "ruleset_sha256": gen.ruleset.sha256,
-            "rules": len(gen.policy.rules),
-            "applied_at": rfc3339(gen.applied_at),
-            "last_reload": None
-            if last is None
-            else {**last.as_dict(), "at": rfc3339(last.at), "trigger": last.trigger},
-            "elements": counts,
-            "drift_repairs": self.counters.drift_repairs,
-            "reloads": dict(sorted(self.counters.reloads.items())),
-            "reputation": {
-                "offenders": len(self.offenders),
-                "threat_events": dict(sorted(self.threat_counts.items())),
-            },
-            "store": {
-                "write_errors": self.store.write_errors,
-                "disk_full": self.store.disk_full,
-                "recovered": self.store.recovered,
-            },
-            "audit": {"write_errors": self.audit.errors, "rotations": self.audit.rotations},
-            "notifications": {
-                "sent": self.notifier.stats.sent,
-                "failed": self.notifier.stats.failed,
-                "dropped": self.notifier.stats.dropped,
-                "retries": self.notifier.stats.retries,
-            },
-            **self.egress.status(now),  # "sandbox" and "egress_dns"
-            "uptime_seconds": round(now - self.started_at, 1),
-            "start_seconds": self.start_seconds,
-            "kernel": {
-                "transactions_ok": self.writer.stats.transactions_ok,
-                "transactions_failed": self.writer.stats.transactions_failed,
-            },
-            **(self.detection.status() if self.detection is not None else {}),
         }
 
     def status_line(self) -> str:

@@ -17,7 +17,7 @@ from aitherfwd.adapters.control_server import HttpRequest, HttpResponse
 from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
 from aitherfwd.control.schema import ApiError
-from aitherfwd.daemon import sandbox_routes
+from aitherfwd.daemon import sandbox_routes, views
 from aitherfwd.daemon.app import Daemon
 from aitherfwd.errors import AitherError
 
@@ -34,17 +34,17 @@ class Route:
 
 
 async def health(d: Daemon, req: HttpRequest) -> Any:
-    st = d.status()
-    return {"status": "ok", "generation": st["generation"], "policy_sha256": st["policy_sha256"]}
+    gen = d.current()
+    return {"status": "ok", "generation": gen.number, "policy_sha256": gen.policy.sha256}
 
 
 async def status(d: Daemon, req: HttpRequest) -> Any:
-    return d.status()
+    return views.status(d)
 
 
 async def list_blocks(d: Daemon, req: HttpRequest) -> Any:
     active = d.blocks.active(d.clock.now())
-    return {"count": len(active), "blocks": [d.block_view(b) for b in active]}
+    return {"count": len(active), "blocks": [views.block_view(b) for b in active]}
 
 
 def actor(req: HttpRequest) -> dict[str, int]:
@@ -54,13 +54,13 @@ def actor(req: HttpRequest) -> dict[str, int]:
 async def add_blocks(d: Daemon, req: HttpRequest) -> Any:
     specs = schema.parse_blocks(schema.decode(req.body))
     blocks = await d.block(specs, actor=actor(req))
-    return {"count": len(blocks), "blocked": [d.block_view(b) for b in blocks[:1000]]}
+    return {"count": len(blocks), "blocked": [views.block_view(b) for b in blocks[:1000]]}
 
 
 async def delete_block(d: Daemon, req: HttpRequest) -> Any:
     segment = req.path.removeprefix("/v1/blocks/")
     blk = await d.unblock(schema.network_from_path(segment), actor=actor(req))
-    return {"unblocked": d.block_view(blk)}
+    return {"unblocked": views.block_view(blk)}
 
 
 async def evaluate(d: Daemon, req: HttpRequest) -> Any:
@@ -77,7 +77,7 @@ async def threats(d: Daemon, req: HttpRequest) -> Any:
 async def explain(d: Daemon, req: HttpRequest) -> Any:
     address = schema.parse_address(req.path.removeprefix("/v1/explain/"), "address")
     ports, protocol = schema.parse_explain_query(req.query)
-    return d.explain(address, ports, protocol)
+    return views.explain(d, address, ports, protocol)
 
 
 async def reload(d: Daemon, req: HttpRequest) -> Any:
