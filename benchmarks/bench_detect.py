@@ -32,7 +32,7 @@ from typing import Any
 from aitherfwd.adapters import ctnetlink
 from aitherfwd.dynamic.ctcount import CtTable
 from benchmarks import doc
-from benchmarks.netns import REPO
+from benchmarks.netns import REPO, block_v4_elements
 from tests.daemonproc import DaemonProc
 from tests.lab import Lab
 from tests.nsenter import inside
@@ -289,14 +289,10 @@ def flood(blockable: bool) -> Row:
 
 
 def _in_kernel(ns: str, address: str) -> bool:
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "-j", "list", "set", "inet", "aitherfwd", "block_v4"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    ).stdout
-    return address in out
+    return any(
+        (e["elem"]["val"] if isinstance(e, dict) else e) == address
+        for e in block_v4_elements(ns, timeout=30)
+    )
 
 
 def scans(runs: int) -> list[Row]:

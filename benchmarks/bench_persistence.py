@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from aitherfwd.adapters.store import Store
 from aitherfwd.dynamic.blocks import Block
 from benchmarks import doc
 from benchmarks.bench_daemon import Daemon, KeepAlive, _addresses, nft_f_baseline
-from benchmarks.netns import REPO, namespace
+from benchmarks.netns import REPO, block_v4_elements, namespace
 from benchmarks.stats import Summary
 
 OUT = REPO / "docs" / "benchmarks-persistence.md"
@@ -42,19 +41,7 @@ def _seed_store(state: Path, addresses: list[str]) -> None:
 
 
 def _kernel_count(ns: str) -> int:
-    """Elements in block_v4, read with `nft` inside the benchmark's own namespace (the
-    benchmark checks the daemon's work; the daemon itself never runs nft)."""
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, "nft", "-j", "list", "set", "inet", "aitherfwd", "block_v4"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    ).stdout
-    for item in json.loads(out)["nftables"]:
-        if "set" in item:
-            return len(item["set"].get("elem", []))
-    return 0
+    return len(block_v4_elements(ns))
 
 
 def restore(count: int, reps: int, verify: bool) -> list[Row]:

@@ -94,3 +94,23 @@ def leftover_namespaces() -> list[str]:
     )
     names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
     return [n for n in names if n.startswith(f"{PREFIX}-")]
+
+
+def block_v4_elements(ns: str, timeout: float = 300) -> list[Any]:
+    """The elements of `block_v4` in namespace `ns`, read with `nft -j` (the benchmarks
+    check the daemon's work from outside; the daemon itself never runs nft). [] when the
+    table or set is not there."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-j", "list", "set", "inet", "aitherfwd", "block_v4"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    ).stdout
+    if not out:
+        return []
+    for item in json.loads(out)["nftables"]:
+        if "set" in item:
+            elems: list[Any] = item["set"].get("elem", [])
+            return elems
+    return []
