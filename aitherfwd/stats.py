@@ -102,15 +102,9 @@ class Stats:
         self.escalations = BoundedCounts()  # by target: temporary | permanent
         self.threat_events = BoundedCounts()  # by type, capped
         # gauges other features set (0 until they do)
-        self.conntrack_entries = 0
-        self.conntrack_max_per_source = 0
         self.sandbox_v4 = 0
         self.sandbox_v6 = 0
         self.sandbox_granted_total = 0
-
-    def conntrack(self, entries: int, max_per_source: int) -> None:
-        """Tracked connections now, and the most any one source holds."""
-        self.conntrack_entries, self.conntrack_max_per_source = entries, max_per_source
 
     def sandbox(self, v4: int, v6: int, granted_total: int) -> None:
         """Live sandbox grants per family, and grants made since the start."""

@@ -125,16 +125,15 @@ def in_process(blocks: int, reps: int) -> list[float]:
     """The server-side work of one scrape without the network or the counter read:
     snapshot + render, with the same policy, `blocks` blocks in a BlockTable and a
     reading for every counter (the daemon's objects, outside the daemon)."""
-    from types import SimpleNamespace  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
 
     from aitherfwd.adapters.metrics import registry, render  # noqa: PLC0415
-    from aitherfwd.daemon.app import Counters  # noqa: PLC0415
     from aitherfwd.daemon.state import Generation  # noqa: PLC0415
     from aitherfwd.daemon.telemetry import Telemetry  # noqa: PLC0415
     from aitherfwd.dynamic.blocks import Block, BlockTable  # noqa: PLC0415
     from aitherfwd.nft import names as nm  # noqa: PLC0415
     from aitherfwd.policy.parse import parse_policy  # noqa: PLC0415
-    from aitherfwd.stats import Stats  # noqa: PLC0415
+    from aitherfwd.testing import fake_daemon  # noqa: PLC0415
 
     policy = parse_policy(generate_policy(1000), "gen1000.yaml").policy
     assert policy is not None
@@ -142,16 +141,12 @@ def in_process(blocks: int, reps: int) -> list[float]:
     table = BlockTable()
     table.load(Block(_v4(0x0B000000 + i), now + 3600, "b", "manual", now) for i in range(blocks))
     none: Any = None
-    daemon: Any = SimpleNamespace(
-        generation=Generation(1, policy, none, none, Path("p"), now),
-        stats=Stats(),
-        blocks=table,
-        counters=Counters(),
-        audit=SimpleNamespace(errors=0),
-        notifier=SimpleNamespace(stats=SimpleNamespace(dropped=0)),
-    )
+    with tempfile.TemporaryDirectory(prefix="afw-bench-") as tmp:
+        services = fake_daemon(Path(tmp), "version: 1\n").services
+    services.generations.generation = Generation(1, policy, none, none, Path("p"), now)
+    services.blocks.table = table
     reading = {nm.rule_counter(r.name): (123_456, 98_765_432) for r in policy.rules}
-    telemetry = Telemetry(daemon, lambda: reading)
+    telemetry = Telemetry(services, lambda: reading)
     telemetry._counters = reading  # as after a read
     reg, collector = registry()
     return measure(lambda i: render(reg, collector, telemetry.snapshot()), reps * 2)

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Collection
 from typing import Any
 
-from aitherfwd.errors import KernelUnavailableError
+from aitherfwd.errors import AitherError, KernelUnavailableError
 from aitherfwd.policy.model import IPAddress
 
 log = logging.getLogger(__name__)
@@ -76,3 +76,31 @@ def delete_source(address: IPAddress) -> int:
     finally:
         ct.close()
     return deleted
+
+
+class PyrouteConntrack:
+    """The daemon's conntrack port (daemon/ports.py) over the functions above. pyroute2's
+    own exceptions (NetlinkError for an errno the kernel answers, e.g. EINVAL for a filter
+    it does not support) are translated here into `ConntrackError`."""
+
+    def established_peers(self, ports: Collection[int]) -> set[tuple[IPAddress, int]]:
+        try:
+            return established_peers(ports)
+        except (AitherError, OSError):
+            raise
+        except Exception as exc:  # pyroute2.netlink.exceptions.NetlinkError and kin
+            raise ConntrackError(f"conntrack query failed: {exc}") from exc
+
+    def delete_source(self, address: IPAddress) -> int:
+        try:
+            return delete_source(address)
+        except (AitherError, OSError):
+            raise
+        except Exception as exc:
+            raise ConntrackError(f"conntrack delete of {address} failed: {exc}") from exc
+
+
+class ConntrackError(AitherError):
+    """The kernel refused a conntrack request (pyroute2 reported a netlink error)."""
+
+    code = "E-CONNTRACK"

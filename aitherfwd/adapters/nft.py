@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aitherfwd.adapters import memory
+from aitherfwd.adapters import memory, nftgen
 from aitherfwd.compiler import Ruleset
 from aitherfwd.errors import ApplyError, KernelUnavailableError
 from aitherfwd.nft import builders as b
@@ -113,6 +113,13 @@ class Nft:
             for c in items
             if "counter" in c and c["counter"].get("table") == n.TABLE
         }
+
+    def generation(self) -> int | None:
+        """The namespace's nftables generation (adapters/nftgen.py), None if unreadable."""
+        try:
+            return nftgen.current()
+        except OSError:
+            return None
 
     def add_elements(self, set_name: str, elements: list[Any]) -> None:
         self.run([b.add(b.element(set_name, elements))])

@@ -55,6 +55,25 @@ def watchdog_interval() -> float | None:
         return None
 
 
+class SystemdNotify:
+    """The daemon's systemd port (daemon/ports.py) over the functions above."""
+
+    def ready(self, status: str) -> None:
+        ready(status)
+
+    def reloading(self) -> None:
+        reloading()
+
+    def status(self, text: str) -> None:
+        status(text)
+
+    def stopping(self) -> None:
+        stopping()
+
+    def watchdog(self) -> None:
+        watchdog()
+
+
 def journal_handler() -> logging.Handler | None:
     """A journald handler with priorities when stderr is connected to the journal."""
     if not os.environ.get("JOURNAL_STREAM"):

@@ -5,8 +5,8 @@ Owns: the NFLOG reader and the conntrack event socket on the event loop (add_rea
 periodic tick (grace periods, half-open floods, settings picked up after a reload), the
 full conntrack resync (every `conntrack_resync_interval` seconds and after event loss, in a
 worker thread), sampled audit lines for denied packets, and the `detection`/`conntrack`
-sections of GET /v1/status. Threat events go through `Daemon.threats`, one batch at a time,
-so detections climb the same reputation ladder as reported ones.
+sections of GET /v1/status. Threat events go to the reputation service (`threats`, injected),
+one batch at a time, so detections climb the same reputation ladder as reported ones.
 """
 
 from __future__ import annotations
@@ -15,18 +15,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aitherfwd.adapters import ctnetlink, memory
+from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.nflog import NflogReader
+from aitherfwd.clock import Clock
 from aitherfwd.control.schema import ThreatSpec
 from aitherfwd.dynamic.ctcount import CtTable
 from aitherfwd.dynamic.detect import Detector, Threat
 from aitherfwd.errors import AitherError
 from aitherfwd.nft import names as n
-
-if TYPE_CHECKING:
-    from aitherfwd.daemon.app import Daemon
+from aitherfwd.policy.model import Policy, Settings
 
 log = logging.getLogger(__name__)
 TICK = 0.25  # seconds between grace-period checks
@@ -35,11 +36,24 @@ HELD_EVENTS = 100_000  # events held during one dump at most (~25 MB); beyond, r
 MIN_RESYNC_GAP = 1.0  # seconds: sustained event loss must not turn into back-to-back dumps
 
 
+ThreatSink = Callable[[Sequence[ThreatSpec]], Awaitable[object]]
+
+
 class Detection:
-    def __init__(self, daemon: Daemon, resync_interval: float) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        clock: Clock,
+        audit: AuditLog,
+        threats: ThreatSink,
+        resync_interval: float,
+        settings: Settings | None = None,
+        *,
+        listen: bool = True,
+    ) -> None:
+        self.clock, self.audit, self.threats = clock, audit, threats
+        self.listen = listen  # False: no kernel sockets, no dumps (fake ports in tests)
         self.resync_interval = resync_interval
-        self.detector = Detector(daemon.current().policy.settings)
+        self.detector = Detector(settings or Settings())
         self.table = CtTable()
         self.nflog: NflogReader | None = None
         self.events: ctnetlink.CtEvents | None = None
@@ -56,8 +70,24 @@ class Detection:
 
     # --- lifecycle -------------------------------------------------------------------------
 
+    def configure(self, policy: Policy) -> None:
+        """A policy took effect: thresholds and grace periods from its settings."""
+        self.detector.settings = policy.settings
+
+    async def run(self) -> None:
+        """Listen and run the loops until cancelled; then close the sockets. A loop that
+        crashes ends this task (and so the daemon's task group)."""
+        await self.start()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.close()
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if not self.listen:
+            self._tasks = [loop.create_task(self._submitter(), name="detect-threats")]
+            return
         try:
             self.nflog = NflogReader(n.DETECT_GROUP)
             loop.add_reader(self.nflog.fileno(), self._on_nflog)
@@ -79,10 +109,12 @@ class Detection:
         loop = asyncio.get_running_loop()
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for src in (self.nflog, self.events):
             if src is not None:
                 loop.remove_reader(src.fileno())
                 src.close()
+        self.nflog = self.events = None
 
     # --- kernel reports --------------------------------------------------------------------
 
@@ -95,10 +127,10 @@ class Detection:
             log.error("NFLOG socket failed, scan detection stops error=%s", exc)
             self._drop("nflog")
             return
-        now = self.daemon.clock.now()
+        now = self.clock.now()
         for d in denials:
             if d.kind == n.KIND_EGRESS:  # the kernel's log limit (per rule) bounds these
-                self.daemon.audit.write(
+                self.audit.write(
                     now,
                     "egress_denied",
                     source_ip=str(d.source),
@@ -110,7 +142,7 @@ class Detection:
                 continue
             self._pending += self.detector.denied(d, now)
             if self.detector.sample(now, AUDIT_SAMPLES_PER_SECOND):
-                self.daemon.audit.write(
+                self.audit.write(
                     now,
                     "denied",
                     source_ip=str(d.source),
@@ -156,12 +188,9 @@ class Detection:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(TICK)
-            gen = self.daemon.generation
-            if gen is not None:
-                self.detector.settings = gen.policy.settings
             settings = self.detector.settings
             threats = self.detector.tick(
-                self.daemon.clock.now(),
+                self.clock.now(),
                 self.table.count,
                 self.table.half_open_over(settings.syn_flood_threshold),
             )
@@ -180,7 +209,7 @@ class Detection:
             specs = [ThreatSpec(t.type, t.source, t.severity, t.detail) for t in batch]
             self.threats_sent += len(specs)
             try:
-                await self.daemon.threats(specs)
+                await self.threats(specs)
             except AitherError as exc:
                 log.error("detected threats not applied code=%s error=%s", exc.code, exc.message)
             except Exception:

@@ -21,12 +21,12 @@ from typing import Any
 
 from aitherfwd.adapters.audit import AuditLog, rfc3339
 from aitherfwd.adapters.dns import ResolveError, Resolver
-from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.config import Authorizer
 from aitherfwd.control.sandbox import GrantSpec
 from aitherfwd.control.schema import ApiError
+from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
 from aitherfwd.egress.dns import Change, DomainTable, element_delta
@@ -114,7 +114,7 @@ class EgressRuntime:
             cmds += [b.add(b.element(s, sorted(v))) for s, v in sorted(self.installed.items()) if v]
         return cmds
 
-    def repair(self, nft: Nft, now: float) -> int:
+    def repair(self, nft: Kernel, now: float) -> int:
         """After someone else changed nftables: put back the grants and resolved addresses
         missing from the kernel's sets (a flushed set, a deleted element). These sets are
         small, so they are listed in full. Returns how many elements were put back."""
@@ -185,7 +185,7 @@ class EgressRuntime:
         delta then removes only what no name resolves to any more."""
         sets = self._domain_sets()
 
-        def listing(nft: Nft) -> dict[str, frozenset[str]]:
+        def listing(nft: Kernel) -> dict[str, frozenset[str]]:
             out = {}
             for name in sets:
                 elems = nft.set_elements(name)

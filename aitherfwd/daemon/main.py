@@ -1,9 +1,14 @@
-"""The composition root (layer L3): wires adapters and the daemon, runs the event loop.
+"""The composition root (layer L3): builds the adapters, wires the services, runs them.
 
-Owns: building every component from the daemon config and command-line overrides, the
-startup order (adopt/apply the kernel table → control socket → READY=1), the timers
-(drift repair, watchdog), signals (SIGHUP reload, SIGTERM/SIGINT stop) and fail-static
-shutdown: stopping never touches the kernel table.
+Owns: building every adapter from the daemon config and command-line overrides, handing
+them to `services.wire` as ports, the startup order (adopt/apply the kernel table →
+control socket → READY=1), and supervision: every background loop (the kernel writer,
+housekeeping and drift repair, DNS refresh, detection, conntrack cuts, the watchdog,
+reloads from signals) runs in ONE `asyncio.TaskGroup`. A loop that crashes ends the group
+and the process with a non-zero exit and a log line naming it, so systemd restarts the
+daemon; nothing hangs silently. The watchdog is pinged only while the kernel writer is
+alive and making progress. Signals: SIGHUP reload, SIGTERM/SIGINT stop. Stopping never
+touches the kernel table (fail-static).
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ import logging
 import os
 import pwd
 import signal
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.conntrack import PyrouteConntrack
 from aitherfwd.adapters.control_server import ControlServer
+from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.metrics import MetricsServer
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.notify import Notifier
@@ -28,13 +37,12 @@ from aitherfwd.adapters.store import Store
 from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
 from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
-from aitherfwd.daemon.app import Daemon
-from aitherfwd.daemon.detection import Detection
+from aitherfwd.daemon.api import Api
 from aitherfwd.daemon.egress import FIRST_ROUND_TIMEOUT
-from aitherfwd.daemon.routes import Api
+from aitherfwd.daemon.services import Ports, Services, wire
 from aitherfwd.daemon.telemetry import Telemetry
-from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.errors import AitherError
+from aitherfwd.errors import AitherError, PolicyError
+from aitherfwd.policy.model import Settings
 
 log = logging.getLogger(__name__)
 BULK_BODY_BYTES = 32 << 20  # POST /v1/blocks takes up to 200,000 blocks in one request
@@ -61,83 +69,158 @@ def with_overrides(cfg: DaemonConfig, **overrides: object) -> DaemonConfig:
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 
 
-async def run(cfg: DaemonConfig) -> int:
-    clock = SystemClock()
-    writer = KernelWriter(Nft())
-    writer.start()
-    store = Store(cfg.state_dir)
-    audit = AuditLog(cfg.audit_log, cfg.audit_max_bytes, cfg.audit_keep)
-    notifier = Notifier()
-    daemon = Daemon(cfg.policy, clock, writer, store, audit, notifier)
-    writer.nft.observer = daemon.stats.transaction
+def adapters(cfg: DaemonConfig) -> Ports:
+    """The real adapters behind the daemon's ports."""
+    nft = Nft()
+    return Ports(
+        kernel=nft,
+        conntrack=PyrouteConntrack(),
+        systemd=sd.SystemdNotify(),
+        notifier=Notifier(),
+        clock=SystemClock(),
+        store=Store(cfg.state_dir),
+        audit=AuditLog(cfg.audit_log, cfg.audit_max_bytes, cfg.audit_keep),
+        load_policy=load_policy,
+    )
+
+
+async def run(cfg: DaemonConfig, ports: Ports | None = None) -> int:
+    """The daemon until SIGTERM (0) or until a background task fails (1); an invalid
+    policy at the cold start raises PolicyError. `ports` defaults to the real adapters;
+    tests pass fakes."""
+    ports = ports or adapters(cfg)
+    s = wire(ports, cfg.policy, Authorizer(cfg.roles), cfg.conntrack_resync_interval)
+    if isinstance(ports.kernel, Nft):
+        ports.kernel.observer = s.stats.transaction
     try:
-        gen = await daemon.cold_start()
-    except AitherError:
-        await writer.close()
-        raise
-    group = grp.getgrnam(cfg.socket_group).gr_gid if cfg.socket_group else None
-    authorizer = Authorizer(cfg.roles)
-    daemon.egress.authorizer = authorizer  # the sandbox role's max_ttl
-    await _first_dns_round(daemon)
-    server = ControlServer(
-        cfg.socket,
-        Api(daemon, authorizer),
-        mode=cfg.socket_mode,
-        group=group,
-        max_body=cfg.max_body_bytes,
-        bulk=(("POST", "/v1/blocks", BULK_BODY_BYTES),),
-    )
-    await server.start()
-    metrics = await _metrics(cfg.metrics_listen, Telemetry(daemon))
-    watcher = PolicyWatcher(
-        lambda: [daemon.policy_path, *_includes(daemon)],
-        lambda: daemon.reload(trigger="inotify"),
-        lambda: float(
-            daemon.generation.policy.settings.rule_reload_interval if daemon.generation else 30
-        ),
-    )
-    watcher.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _sighup(daemon, audit))
-    tasks = [loop.create_task(_drift(daemon, cfg.drift_check_interval), name="drift")]
-    tasks.append(loop.create_task(daemon.egress.run(), name="egress-dns"))
-    daemon.detection = Detection(daemon, cfg.conntrack_resync_interval)
-    await daemon.detection.start()
-    interval = sd.watchdog_interval()
-    if interval:
-        tasks.append(loop.create_task(_watchdog(interval), name="watchdog"))
-    log.info("aitherfwd ready generation=%d socket=%s pid=%d", gen.number, cfg.socket, os.getpid())
-    sd.ready(daemon.status_line())
-    await stop.wait()
-    sd.stopping()
-    log.info("stopping; table inet aitherfwd stays in force (fail-static)")
-    for task in tasks:
-        task.cancel()
-    watcher.close()
-    await daemon.detection.close()
-    await server.close()
-    if metrics is not None:
-        await metrics.close()
-    await notifier.close()
-    await writer.close()
-    audit.write(
-        clock.now(),
-        "daemon_stopped",
-        generation=daemon.generation.number if daemon.generation else 0,
-    )
-    audit.close()
-    store.close()
+        async with asyncio.TaskGroup() as tg:
+            await Supervisor(cfg, s, tg).serve()
+    except BaseExceptionGroup as group:
+        return _failed(group)
+    finally:
+        await s.writer.close()
+        close = getattr(ports.notifier, "close", None)
+        if close is not None:
+            await close()
+        ports.store.close()
     return 0
 
 
-async def _first_dns_round(daemon: Daemon) -> None:
+def _failed(group: BaseExceptionGroup[BaseException]) -> int:
+    """What ended the task group: an invalid policy at the cold start is re-raised (exit 3,
+    the kernel keeps what it enforces); anything else is logged and exits 1, so systemd
+    restarts the daemon."""
+    invalid, rest = group.split(PolicyError)
+    if invalid is not None:
+        raise invalid.exceptions[0] from None
+    for exc in rest.exceptions if rest is not None else ():
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise exc
+        log.critical(
+            "a background task failed; exiting so systemd restarts the daemon error=%r",
+            exc,
+            exc_info=exc,
+        )
+    return 1
+
+
+class Supervisor:
+    """The daemon's life inside its task group: start, serve until told to stop, stop."""
+
+    def __init__(self, cfg: DaemonConfig, services: Services, tg: asyncio.TaskGroup) -> None:
+        self.cfg, self.s, self.tg = cfg, services, tg
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.stopping = asyncio.Event()
+
+    def spawn(self, name: str, coro: Awaitable[Any]) -> None:
+        self.tasks.append(self.tg.create_task(_named(name, coro), name=name))
+
+    async def serve(self) -> None:
+        cfg, s = self.cfg, self.s
+        self.spawn("kernel-writer", s.writer.run())
+        gen = await s.generations.cold_start()
+        await _first_dns_round(s)
+        group = grp.getgrnam(cfg.socket_group).gr_gid if cfg.socket_group else None
+        server = ControlServer(
+            cfg.socket,
+            Api(s, s.authorizer),
+            mode=cfg.socket_mode,
+            group=group,
+            max_body=cfg.max_body_bytes,
+            bulk=(("POST", "/v1/blocks", BULK_BODY_BYTES),),
+        )
+        await server.start()
+        metrics = await _metrics(cfg.metrics_listen, Telemetry(s))
+        watcher = PolicyWatcher(
+            lambda: [s.generations.policy_path, *_includes(s)],
+            lambda: s.generations.reload(trigger="inotify"),
+            lambda: float(gen_settings(s).rule_reload_interval),
+        )
+        watcher.start()
+        self._signals()
+        self.spawn("housekeeping", _housekeeping(s, cfg.drift_check_interval))
+        self.spawn("egress-dns", s.egress.run())
+        self.spawn("detection", s.detection.run())
+        self.spawn("conntrack-cuts", s.blocks.run_cuts())
+        interval = sd.watchdog_interval()
+        if interval:
+            self.spawn("watchdog", _watchdog(s, interval))
+        log.info(
+            "aitherfwd ready generation=%d socket=%s pid=%d", gen.number, cfg.socket, os.getpid()
+        )
+        s.ports.systemd.ready(s.generations.status_line())
+        try:
+            await self.stopping.wait()
+        finally:
+            s.ports.systemd.stopping()
+            log.info("stopping; table inet aitherfwd stays in force (fail-static)")
+            watcher.close()
+            await server.close()
+            if metrics is not None:
+                await metrics.close()
+            for task in self.tasks:
+                task.cancel()
+            gen_now = s.generations.generation
+            s.ports.audit.write(
+                s.ports.clock.now(), "daemon_stopped", generation=gen_now.number if gen_now else 0
+            )
+            s.ports.audit.close()
+
+    def _signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+
+    def _sighup(self) -> None:
+        """Reload the policy and reopen the audit log (logrotate moved it); the reload is
+        a task of the group like every other."""
+        self.s.ports.audit.reopen()
+        if not self.stopping.is_set():
+            self.spawn("sighup-reload", self.s.generations.reload(trigger="sighup"))
+
+
+async def _named(name: str, coro: Awaitable[Any]) -> Any:
+    """Run a loop; if it fails, say which one before the group ends the process."""
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.critical("task failed task=%s", name)
+        raise
+
+
+def gen_settings(s: Services) -> Any:
+    gen = s.generations.generation
+    return gen.policy.settings if gen is not None else _DEFAULT_SETTINGS
+
+
+async def _first_dns_round(s: Services) -> None:
     """Resolve the allowlisted names before serving (bounded): a fresh table would
     otherwise refuse them until the refresher's first turn."""
     try:
-        await asyncio.wait_for(daemon.egress.refresh(first=True), FIRST_ROUND_TIMEOUT)
+        await asyncio.wait_for(s.egress.refresh(first=True), FIRST_ROUND_TIMEOUT)
     except (TimeoutError, AitherError) as exc:
         log.warning("first DNS round incomplete; the refresher goes on error=%s", exc)
 
@@ -155,37 +238,41 @@ async def _metrics(listen: str, telemetry: Telemetry) -> MetricsServer | None:
     return metrics
 
 
-def _sighup(daemon: Daemon, audit: AuditLog) -> None:
-    """Reload the policy and reopen the audit log (logrotate moved it)."""
-    audit.reopen()
-    asyncio.get_running_loop().create_task(daemon.reload(trigger="sighup"))
-
-
-def _includes(daemon: Daemon) -> list[Path]:
-    gen = daemon.generation
+def _includes(s: Services) -> list[Path]:
+    gen = s.generations.generation
     return [Path(p) for p in gen.policy.includes] if gen else []
 
 
+_DEFAULT_SETTINGS = Settings()
 FULL_CHECK_EVERY = 60.0  # seconds: a listing-based check even when the generation says "ours"
 
 
-async def _drift(daemon: Daemon, interval: float) -> None:
-    last_full = asyncio.get_running_loop().time()
+async def _housekeeping(s: Services, interval: float) -> None:
+    """Expire blocks the kernel has expired, then check for drift (cheap unless someone
+    else changed nftables). A refused repair is logged and tried again next turn; any
+    other failure ends the daemon (supervision)."""
+    loop = asyncio.get_running_loop()
+    last_full = loop.time()
     while True:
         await asyncio.sleep(interval)
-        now = asyncio.get_running_loop().time()
+        now = loop.time()
         full = now - last_full >= FULL_CHECK_EVERY
         last_full = now if full else last_full
+        s.blocks.expire()
         try:
-            await daemon.check_drift(full=full)
+            await s.generations.check_drift(full=full)
         except AitherError as exc:
             log.error("drift check failed code=%s error=%s", exc.code, exc.message)
 
 
-async def _watchdog(interval: float) -> None:
-    """WATCHDOG=1 only while the event loop turns: a stalled loop gets restarted."""
+async def _watchdog(s: Services, interval: float) -> None:
+    """WATCHDOG=1 only while the event loop turns AND the kernel writer is alive and
+    making progress: a stalled loop or a stuck writer gets the daemon restarted."""
     while True:
-        sd.watchdog()
+        if s.writer.healthy():
+            s.ports.systemd.watchdog()
+        else:
+            log.error("kernel writer stalled or dead; withholding the watchdog ping")
         await asyncio.sleep(interval)
 
 

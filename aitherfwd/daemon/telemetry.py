@@ -1,10 +1,10 @@
 """The daemon's state as a metrics snapshot (layer L3).
 
-Owns: turning the daemon (generation, block counts, status counters, `Stats`) and the
-kernel's named rule counters into one immutable `Snapshot` (conntrack gauges come from
-`Daemon.detection` when it runs; other features report theirs through
-`Daemon.stats.conntrack()` / `.sandbox()`). Every source is O(1) or O(rules):
-block counts are kept incrementally by the BlockTable, nothing lists a kernel set. The rule
+Owns: turning the services' snapshots (generation, block counts, status counters, `Stats`)
+and the kernel's named rule counters into one immutable `Snapshot` (conntrack gauges come
+from the detection service; other features report theirs through `Stats.sandbox()`).
+Every source is O(1) or O(rules): block counts are kept incrementally by the BlockTable,
+nothing lists a kernel set. The rule
 counters are read over netlink (adapters/nftcounters.py, ~3 ms for 1,000 counters whatever
 the sets hold) at most once per `COUNTERS_MAX_AGE`, however many scrapers ask.
 """
@@ -16,15 +16,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from aitherfwd import __version__
 from aitherfwd.adapters import nftcounters
+from aitherfwd.daemon.services import Services
 from aitherfwd.nft import names as n
 from aitherfwd.stats import EventValues, Pairs, RuleCounters, Snapshot
-
-if TYPE_CHECKING:
-    from aitherfwd.daemon.app import Daemon
 
 log = logging.getLogger(__name__)
 COUNTERS_MAX_AGE = 1.0  # seconds a reading of the kernel counters is served from cache
@@ -55,11 +52,11 @@ ESCALATION_TARGETS = ("temporary", "permanent")
 class Telemetry:
     def __init__(
         self,
-        daemon: Daemon,
+        services: Services,
         read_counters: Reader = nftcounters.read,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.daemon = daemon
+        self.services = services
         self._read = read_counters
         self._monotonic = monotonic
         self._counters: nftcounters.Counters = {}
@@ -90,7 +87,7 @@ class Telemetry:
         self._read_at = self._monotonic()
 
     def _rules(self) -> tuple[Layout, Layout]:
-        gen = self.daemon.generation
+        gen = self.services.generations.generation
         if gen is None:
             return EMPTY, EMPTY
         if self._layout[0] != gen.number:
@@ -106,9 +103,10 @@ class Telemetry:
     # --- the snapshot ------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        d = self.daemon
+        d = self.services
         st = d.stats
-        gen = d.generation
+        g = d.generations.status()
+        gen = g.generation
         rules, limited = self._rules()
         get = self._counters.get
         dropped = {
@@ -116,10 +114,8 @@ class Telemetry:
             "invalid": get(n.INVALID_COUNTER, (0, 0)),
         }
         age = -1.0 if self._read_at is None else self._monotonic() - self._read_at
-        entries, peak = st.conntrack_entries, st.conntrack_max_per_source
-        detection = getattr(d, "detection", None)  # O(sources) for the peak, not O(blocks)
-        if detection is not None:
-            entries, peak = detection.entries(), detection.max_per_source()
+        # O(sources) for the peak, not O(blocks)
+        entries, peak = d.detection.entries(), d.detection.max_per_source()
         return Snapshot(
             version=__version__,
             events=_seed(st.events()),
@@ -130,11 +126,11 @@ class Telemetry:
             dropped=tuple((k, v[0]) for k, v in sorted(dropped.items())),
             dropped_bytes=tuple((k, v[1]) for k, v in sorted(dropped.items())),
             counters_age_seconds=round(age, 3),
-            blocked=tuple((f, k, c) for (f, k), c in sorted(d.blocks.kinds().items())),
-            reloads=_seeded(RELOAD_RESULTS, tuple(d.counters.reloads.items())),
-            drift_repairs=d.counters.drift_repairs,
-            audit_write_errors=d.audit.errors,
-            notifications_dropped=d.notifier.stats.dropped,
+            blocked=tuple((f, k, c) for (f, k), c in sorted(d.blocks.table.kinds().items())),
+            reloads=_seeded(RELOAD_RESULTS, tuple(g.reloads.items())),
+            drift_repairs=g.drift_repairs,
+            audit_write_errors=d.ports.audit.errors,
+            notifications_dropped=d.ports.notifier.stats.dropped,
             conntrack_entries=entries,
             conntrack_max_per_source=peak,
             sandbox_grants=(("ipv4", st.sandbox_v4), ("ipv6", st.sandbox_v6)),

@@ -1,14 +1,17 @@
-"""What the daemon answers about itself (layer L3): the status document, a block as the API
-shows it, and `explain` (everything known about one address). Reads the daemon's state;
-changes nothing.
+"""What the daemon answers about itself (layer L3): the status document assembled from the
+services' `status()` snapshots, a block and a verdict as the API shows them, and `explain`
+(everything known about one address). Reads; changes nothing; knows no HTTP.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aitherfwd.adapters.audit import rfc3339
+from aitherfwd.daemon.queries import Judgement
+from aitherfwd.daemon.reputation import ThreatOutcome
+from aitherfwd.daemon.services import Services
 from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, address_text
 from aitherfwd.dynamic.reputation import offender_key
@@ -16,23 +19,21 @@ from aitherfwd.evaluator import Request
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, Protocol
 
-if TYPE_CHECKING:
-    from aitherfwd.daemon.app import Daemon
-
 
 def explain(
-    d: Daemon, address: IPAddress, ports: Sequence[int], protocol: Protocol
+    d: Services, address: IPAddress, ports: Sequence[int], protocol: Protocol
 ) -> dict[str, Any]:
     """Everything the firewall knows about one address: verdicts now, the block that
     stops it, its reputation and the events that led to each of its blocks."""
-    gen = d.current()
-    now = d.clock.now()
+    gen = d.generations.current()
+    now = d.ports.clock.now()
+    table = d.blocks.table
     settings = gen.policy.reputation
     key = str(address)
     okey = address_text(offender_key(address, settings))
     verdicts = []
     for port in ports or gen.policy.settings.admin_ports:
-        v = gen.evaluator.evaluate(Request(address, protocol, port), now, d.blocks)
+        v = gen.evaluator.evaluate(Request(address, protocol, port), now, table)
         verdicts.append(
             {
                 "port": port,
@@ -43,8 +44,8 @@ def explain(
                 "reason": v.reason,
             }
         )
-    current = d.blocks.covering(address, now)
-    off = d.offenders.get(okey)
+    current = table.covering(address, now)
+    off = d.reputation.offenders.get(okey)
     keys = sorted({key, okey} | ({current.key} if current else set()))
     return {
         "address": key,
@@ -64,7 +65,7 @@ def explain(
             "events": off.events if off else 0,
             "blocks_in_memory": len(off.blocks) if off else 0,
             "permanent": off.permanent if off else False,
-            "recent_events": list(d.recent.get(okey, ())),
+            "recent_events": list(d.reputation.recent.get(okey, ())),
         },
         "history": [
             {
@@ -77,7 +78,7 @@ def explain(
                 "end_reason": h.end_reason,
                 "events": h.events,
             }
-            for h in d.store.history(keys)
+            for h in d.ports.store.history(keys)
         ],
     }
 
@@ -93,13 +94,37 @@ def block_view(blk: Block) -> dict[str, Any]:
     }
 
 
-def status(d: Daemon) -> dict[str, Any]:
-    gen = d.current()
-    now = d.clock.now()
+def judgement_view(j: Judgement, *, outbound: bool) -> dict[str, Any]:
+    v = j.verdict
+    return {
+        "verdict": v.verdict,
+        **({"action": v.verdict} if outbound else {}),
+        "rule": v.rule,
+        "zone": v.zone,
+        "reason": v.reason,
+        "latency_us": j.latency_us,
+    }
+
+
+def threats_view(outcome: ThreatOutcome) -> dict[str, Any]:
+    return {
+        "accepted": outcome.accepted,
+        "blocked": [block_view(b) for b in outcome.blocked],
+        "protected": outcome.protected,
+    }
+
+
+def status(d: Services) -> dict[str, Any]:
+    """GET /v1/status: one section per service, from its snapshot."""
+    g = d.generations.status()
+    gen = d.generations.current()
+    now = d.ports.clock.now()
     counts = {s.name: 0 for s in n.DYNAMIC_SETS}
-    counts.update(d.blocks.counts(now))
+    counts.update(d.blocks.status().counts)
     counts.update(d.egress.grants.set_counts(now))
-    last = d.last_reload
+    rep = d.reputation.status()
+    store, audit, notes = d.ports.store, d.ports.audit, d.ports.notifier.stats
+    last = g.last_reload
     return {
         "status": "ok",
         "generation": gen.number,
@@ -112,30 +137,33 @@ def status(d: Daemon) -> dict[str, Any]:
         if last is None
         else {**last.as_dict(), "at": rfc3339(last.at), "trigger": last.trigger},
         "elements": counts,
-        "drift_repairs": d.counters.drift_repairs,
-        "reloads": dict(sorted(d.counters.reloads.items())),
-        "reputation": {
-            "offenders": len(d.offenders),
-            "threat_events": dict(sorted(d.threat_counts.items())),
-        },
+        "drift_repairs": g.drift_repairs,
+        "reloads": g.reloads,
+        "reputation": {"offenders": rep.offenders, "threat_events": rep.threat_events},
         "store": {
-            "write_errors": d.store.write_errors,
-            "disk_full": d.store.disk_full,
-            "recovered": d.store.recovered,
+            "write_errors": store.write_errors,
+            "disk_full": store.disk_full,
+            "recovered": store.recovered,
         },
-        "audit": {"write_errors": d.audit.errors, "rotations": d.audit.rotations},
+        "audit": {"write_errors": audit.errors, "rotations": audit.rotations},
         "notifications": {
-            "sent": d.notifier.stats.sent,
-            "failed": d.notifier.stats.failed,
-            "dropped": d.notifier.stats.dropped,
-            "retries": d.notifier.stats.retries,
+            "sent": notes.sent,
+            "failed": notes.failed,
+            "dropped": notes.dropped,
+            "retries": notes.retries,
         },
         **d.egress.status(now),  # "sandbox" and "egress_dns"
         "uptime_seconds": round(now - d.started_at, 1),
-        "start_seconds": d.start_seconds,
+        "start_seconds": g.start_seconds,
         "kernel": {
-            "transactions_ok": d.writer.stats.transactions_ok,
-            "transactions_failed": d.writer.stats.transactions_failed,
+            # every nftables transaction sent (the metric aitherfwd_kernel_transactions_total)
+            "transactions_ok": d.stats.kernel_transactions["ok"],
+            "transactions_failed": d.stats.kernel_transactions["failed"],
+            # jobs of the serialized writer (one coalesced batch of element changes may
+            # carry many requests' changes; one cold start may be many transactions)
+            "writer_jobs_ok": d.writer.stats.jobs_ok,
+            "writer_jobs_failed": d.writer.stats.jobs_failed,
+            "writer_healthy": d.writer.healthy(),
         },
-        **(d.detection.status() if d.detection is not None else {}),
+        **d.detection.status(),
     }

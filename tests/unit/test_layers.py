@@ -23,7 +23,7 @@ L1 = {
     "stats",
 }
 L2 = {"adapters"}
-L3 = {"daemon", "cli", "cli_client", "client", "__main__"}
+L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing"}
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},

@@ -4,8 +4,10 @@ decoder and the HTTP endpoint (on loopback). Time is faked where it matters."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import struct
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -24,11 +26,12 @@ from aitherfwd.adapters.metrics import (
 )
 from aitherfwd.config import ConfigError, DaemonConfig, parse_config
 from aitherfwd.daemon import main as daemon_main
-from aitherfwd.daemon.app import Counters, Daemon
+from aitherfwd.daemon.services import Services
 from aitherfwd.daemon.state import Generation
 from aitherfwd.daemon.telemetry import Telemetry
 from aitherfwd.dynamic.blocks import Block, BlockTable
 from aitherfwd.stats import MAX_LABEL_VALUES, OTHER, Histogram, Stats
+from aitherfwd.testing import fake_daemon as wired
 from tests.unit.helpers import ok
 
 NOW = 1_700_000_000.0
@@ -51,20 +54,23 @@ class FakeClock:
         self.t += seconds
 
 
-def fake_daemon(stats: Stats | None = None, blocks: BlockTable | None = None) -> Daemon:
+def fake_daemon(stats: Stats | None = None, blocks: BlockTable | None = None) -> Services:
+    """The daemon's services on fakes, in the state these tests read: generation 3 of
+    POLICY, two applied reloads, one audit write error, four dropped notifications."""
+    fake = wired(Path(tempfile.mkdtemp(prefix="afw-metrics-")), "version: 1\n")
+    s = fake.services
     policy = ok(POLICY)
-    gen = Generation(3, policy, cast(Any, None), cast(Any, None), Path("p.yaml"), NOW)
-    return cast(
-        Daemon,
-        SimpleNamespace(
-            generation=gen,
-            stats=Stats() if stats is None else stats,
-            blocks=BlockTable() if blocks is None else blocks,
-            counters=Counters(reloads={"applied": 2}),
-            audit=SimpleNamespace(errors=1),
-            notifier=SimpleNamespace(stats=SimpleNamespace(dropped=4)),
-        ),
+    s.generations.generation = Generation(
+        3, policy, cast(Any, None), cast(Any, None), Path("p.yaml"), NOW
     )
+    s.generations.reloads = {"applied": 2}
+    s.ports.audit.errors = 1
+    fake.notifier.stats.dropped = 4
+    if blocks is not None:
+        s.blocks.table = blocks
+    if stats is not None:
+        s = dataclasses.replace(s, stats=stats)
+    return s
 
 
 def exposition(telemetry: Telemetry) -> str:
@@ -294,11 +300,9 @@ def test_an_endpoint_that_cannot_listen_is_logged_not_fatal(
     assert "metrics endpoint not started" in caplog.text
 
 
-def test_conntrack_gauges_come_from_detection_when_it_runs() -> None:
+def test_conntrack_gauges_come_from_detection() -> None:
     daemon = fake_daemon()
-    telemetry = Telemetry(daemon, dict, FakeClock())
-    daemon.stats.conntrack(3, 2)
-    assert telemetry.snapshot().conntrack_entries == 3
-    cast(Any, daemon).detection = SimpleNamespace(entries=lambda: 40, max_per_source=lambda: 7)
+    detection = SimpleNamespace(entries=lambda: 40, max_per_source=lambda: 7)
+    telemetry = Telemetry(dataclasses.replace(daemon, detection=detection), dict, FakeClock())
     snap = telemetry.snapshot()
     assert (snap.conntrack_entries, snap.conntrack_max_per_source) == (40, 7)

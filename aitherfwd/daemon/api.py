@@ -1,9 +1,11 @@
-"""The control API: a table of small handlers, each guarded by a role (layer L3).
+"""The control API, the only module of the daemon that knows HTTP (layer L3).
 
-Owns: mapping `(method, path)` to a handler and the role it needs, authorising the peer
-(SO_PEERCRED uid/gid/groups) before anything is parsed, turning request bodies into typed
-specs (control.schema) and results into JSON. Errors become
-`{"error": {"code", "message"}}` with a 4xx status; a denial is audited.
+Owns: a table of small handlers, each guarded by a role; mapping `(method, path)` to a
+handler; authorising the peer (SO_PEERCRED uid/gid/groups) before anything is parsed;
+turning request bodies into typed specs (control.schema), calling the services, and
+rendering their results (daemon/views.py). Errors become `{"error": {"code", "message"}}`
+with a 4xx status; a denial is audited. Sandbox grants and outbound evaluation by host
+name live in daemon/sandbox_api.py, in the same table.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from aitherfwd.adapters.control_server import HttpRequest, HttpResponse
 from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
 from aitherfwd.control.schema import ApiError
-from aitherfwd.daemon import sandbox_routes, views
-from aitherfwd.daemon.app import Daemon
+from aitherfwd.daemon import sandbox_api, views
+from aitherfwd.daemon.services import Services
 from aitherfwd.errors import AitherError
 
 log = logging.getLogger(__name__)
-Handler = Callable[[Daemon, HttpRequest], Awaitable[Any]]
+Handler = Callable[[Services, HttpRequest], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +35,17 @@ class Route:
     handler: Handler
 
 
-async def health(d: Daemon, req: HttpRequest) -> Any:
-    gen = d.current()
+async def health(d: Services, req: HttpRequest) -> Any:
+    gen = d.generations.current()
     return {"status": "ok", "generation": gen.number, "policy_sha256": gen.policy.sha256}
 
 
-async def status(d: Daemon, req: HttpRequest) -> Any:
+async def status(d: Services, req: HttpRequest) -> Any:
     return views.status(d)
 
 
-async def list_blocks(d: Daemon, req: HttpRequest) -> Any:
-    active = d.blocks.active(d.clock.now())
+async def list_blocks(d: Services, req: HttpRequest) -> Any:
+    active = d.blocks.table.active(d.ports.clock.now())
     return {"count": len(active), "blocks": [views.block_view(b) for b in active]}
 
 
@@ -51,38 +53,39 @@ def actor(req: HttpRequest) -> dict[str, int]:
     return {"uid": req.peer.uid, "gid": req.peer.gid, "pid": req.peer.pid}
 
 
-async def add_blocks(d: Daemon, req: HttpRequest) -> Any:
+async def add_blocks(d: Services, req: HttpRequest) -> Any:
     specs = schema.parse_blocks(schema.decode(req.body))
-    blocks = await d.block(specs, actor=actor(req))
+    blocks = await d.blocks.block(specs, actor=actor(req))
     return {"count": len(blocks), "blocked": [views.block_view(b) for b in blocks[:1000]]}
 
 
-async def delete_block(d: Daemon, req: HttpRequest) -> Any:
+async def delete_block(d: Services, req: HttpRequest) -> Any:
     segment = req.path.removeprefix("/v1/blocks/")
-    blk = await d.unblock(schema.network_from_path(segment), actor=actor(req))
+    blk = await d.blocks.unblock(schema.network_from_path(segment), actor=actor(req))
     return {"unblocked": views.block_view(blk)}
 
 
-async def evaluate(d: Daemon, req: HttpRequest) -> Any:
+async def evaluate(d: Services, req: HttpRequest) -> Any:
     spec = schema.parse_evaluate(schema.decode(req.body))
     if spec.dest_host is not None:
-        return await sandbox_routes.evaluate_host(d, spec)
-    return d.evaluate(spec)
+        return await sandbox_api.evaluate_host(d, spec)
+    return views.judgement_view(d.queries.evaluate(spec), outbound=spec.direction == "outbound")
 
 
-async def threats(d: Daemon, req: HttpRequest) -> Any:
-    return await d.threats(schema.parse_threats(schema.decode(req.body)), actor=actor(req))
+async def threats(d: Services, req: HttpRequest) -> Any:
+    specs = schema.parse_threats(schema.decode(req.body))
+    return views.threats_view(await d.reputation.threats(specs, actor=actor(req)))
 
 
-async def explain(d: Daemon, req: HttpRequest) -> Any:
+async def explain(d: Services, req: HttpRequest) -> Any:
     address = schema.parse_address(req.path.removeprefix("/v1/explain/"), "address")
     ports, protocol = schema.parse_explain_query(req.query)
     return views.explain(d, address, ports, protocol)
 
 
-async def reload(d: Daemon, req: HttpRequest) -> Any:
+async def reload(d: Services, req: HttpRequest) -> Any:
     force = schema.parse_flag_body(schema.decode(req.body), "force")
-    return (await d.reload(force=force, trigger="api")).as_dict()
+    return (await d.generations.reload(force=force, trigger="api")).as_dict()
 
 
 ROUTES = (
@@ -95,9 +98,9 @@ ROUTES = (
     Route("POST", "/v1/reload", "admin", reload),
     Route("POST", "/v1/threats", "report", threats),
     Route("GET", "/v1/explain/", "read", explain),
-    Route("POST", "/v1/sandbox", "sandbox", sandbox_routes.grant),
-    Route("GET", "/v1/sandbox", "read", sandbox_routes.list_grants),
-    Route("DELETE", "/v1/sandbox/", "sandbox", sandbox_routes.revoke),
+    Route("POST", "/v1/sandbox", "sandbox", sandbox_api.grant),
+    Route("GET", "/v1/sandbox", "read", sandbox_api.list_grants),
+    Route("DELETE", "/v1/sandbox/", "sandbox", sandbox_api.revoke),
 )
 
 
@@ -119,17 +122,19 @@ def _find(method: str, path: str) -> Route:
 
 
 class Api:
-    def __init__(self, daemon: Daemon, authorizer: Authorizer) -> None:
-        self.daemon = daemon
+    def __init__(self, services: Services, authorizer: Authorizer) -> None:
+        self.services = services
         self.authorizer = authorizer
+        self.audit = services.ports.audit
+        self.clock = services.ports.clock
 
     async def __call__(self, req: HttpRequest) -> HttpResponse:
         try:
             route = _find(req.method, req.path)
             peer = req.peer
             if not self.authorizer.allows(route.role, peer.uid, peer.gid, peer.groups):
-                self.daemon.audit.write(
-                    self.daemon.clock.now(),
+                self.audit.write(
+                    self.clock.now(),
                     "access_denied",
                     verdict="deny",
                     actor=actor(req),
@@ -142,11 +147,11 @@ class Api:
                     "E-FORBIDDEN",
                     f"uid {peer.uid} lacks the role '{route.role}' for {req.method} {route.path}",
                 )
-            return HttpResponse(200, await route.handler(self.daemon, req))
+            return HttpResponse(200, await route.handler(self.services, req))
         except ApiError as exc:
             if exc.status != 403:  # a denial was audited above
-                self.daemon.audit.write(
-                    self.daemon.clock.now(),
+                self.audit.write(
+                    self.clock.now(),
                     "request_rejected",
                     method=req.method,
                     path=req.path[:256],

@@ -1,0 +1,238 @@
+"""The blocks service (layer L3): block, unblock, expiry, revert, conntrack cuts.
+
+Owns: the live `BlockTable` and the order of every block change — check → store → kernel
+(through the one writer) → bookkeeping → audit; a refused write is reverted in the table
+and the store. Also the block sets' part of a cold start and of drift repair: their
+restore commands and the reconciliation of the kernel's block sets with the store
+(adopting what the kernel holds and the store does not know). Knows nothing of HTTP,
+generations or reputation: those call in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aitherfwd.adapters import memory
+from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.store import Store
+from aitherfwd.clock import Clock
+from aitherfwd.control.schema import ApiError, BlockSpec
+from aitherfwd.daemon.ports import Conntrack, Kernel
+from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, address_text
+from aitherfwd.errors import AitherError, ApplyError
+from aitherfwd.nft import names as n
+from aitherfwd.policy.model import IPAddress, IPNetwork, Policy
+from aitherfwd.stats import Stats
+
+log = logging.getLogger(__name__)
+# Conntrack cuts queued at most: each costs ~12 ms of pyroute2 work, done one at a time in
+# the background; beyond this, bans rely on the drop-before-established rule alone.
+CONNTRACK_QUEUE = 256
+CONNTRACK_CUT_PAUSE = 0.05
+Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
+Events = dict[str, list[dict[str, Any]]]  # threat events that led to a block, by address
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksStatus:
+    counts: dict[str, int]  # blocks per kernel set
+    total: int
+
+
+class BlockService:
+    def __init__(  # noqa: PLR0917 - the ports, wired in daemon/services.py
+        self,
+        clock: Clock,
+        writer: KernelWriter,
+        store: Store,
+        audit: AuditLog,
+        conntrack: Conntrack,
+        stats: Stats,
+    ) -> None:
+        self.clock, self.writer, self.store, self.audit = clock, writer, store, audit
+        self.conntrack, self.stats = conntrack, stats
+        self.table = BlockTable()
+        self._cuts: asyncio.Queue[IPAddress] = asyncio.Queue(CONNTRACK_QUEUE)
+        self._cut_wake = asyncio.Event()
+        # told of every block that expired or was lifted (reputation follows its blocks)
+        self.on_expired: Callable[[Block, float], None] = lambda blk, now: None
+        self.on_unblocked: Callable[[Block, float], None] = lambda blk, now: None
+
+    def configure(self, policy: Policy) -> None:
+        """A policy took effect: the management zone and never_block are protected."""
+        mgmt = [c for z in policy.zones if z.name == "management" for c in z.cidrs]
+        never = policy.reputation.never_block
+        self.table.protected = self.table.protected[:2] + tuple(mgmt) + never
+
+    def load(self, now: float) -> None:
+        """Cold start: the store's live blocks."""
+        self.table.load(self.store.load_blocks(now))
+
+    def status(self) -> BlocksStatus:
+        now = self.clock.now()
+        return BlocksStatus(self.table.counts(now), len(self.table))
+
+    # --- changes -----------------------------------------------------------------------------
+
+    async def block(
+        self,
+        specs: Sequence[BlockSpec],
+        source: str = "manual",
+        actor: Actor | None = None,
+        events: Events | None = None,
+    ) -> list[Block]:
+        """Store first (a failing disk is reported, not fatal), then one kernel transaction."""
+        now = self.clock.now()
+        seen: set[str] = set()
+        blocks = []
+        expiry: dict[int, float] = {}  # one float per distinct TTL, shared by its blocks
+        for spec in specs:
+            if spec.key in seen:
+                continue
+            try:
+                self.table.check(spec.key, now)
+            except BlockError as exc:
+                raise ApiError(exc.status, exc.code, exc.message) from None
+            expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
+            seen.add(spec.key)
+            blocks.append(Block(spec.key, expires, spec.reason, source, now))
+        previous = {blk.key: self.table.get(blk.key, now) for blk in blocks}
+        replaced = [k for k, p in previous.items() if p is not None]
+        self.store.save_blocks(blocks, replaced=replaced, events=events)
+        commands = self.table.put(blocks, now)
+        try:
+            await self.writer.elements(commands)
+        except ApplyError:
+            self._revert(blocks, previous)
+            raise
+        self.stats.blocked(source, len(blocks))
+        if len(blocks) >= memory.LARGE_BATCH:
+            del commands
+            memory.trim()  # the request's JSON and the batch are garbage now
+        self.audit.write(
+            now,
+            "blocked",
+            source_ip=blocks[0].key if blocks else None,
+            count=len(blocks),
+            source=source,
+            addresses=[b.key for b in blocks[:100]],
+            ttl=specs[0].ttl if specs else None,
+            reason=specs[0].reason if specs else None,
+            actor=actor,
+        )
+        self._queue_cuts(blocks)
+        return blocks
+
+    def _revert(self, blocks: list[Block], previous: dict[str, Block | None]) -> None:
+        now = self.clock.now()
+        for blk in blocks:
+            self.table.remove(blk.key, now)
+        self.table.load(p for p in previous.values() if p is not None)
+        self.store.end_blocks((k for k, p in previous.items() if p is None), now, "kernel refused")
+        self.store.save_blocks(
+            [p for p in previous.values() if p is not None],
+            replaced=[k for k, p in previous.items() if p is not None],
+        )
+
+    async def unblock(self, network: IPNetwork, actor: Actor | None = None) -> Block:
+        now = self.clock.now()
+        key = address_text(network)
+        removed = self.table.remove(key, now)
+        if removed is None:
+            raise ApiError(404, "E-NOT-BLOCKED", f"{key} is not blocked")
+        blk, commands = removed
+        try:
+            await self.writer.elements(commands)
+        except ApplyError:
+            self.table.load([blk])
+            raise
+        self.store.end_blocks([key], now, "unblocked")
+        self.stats.unblocked()
+        self.audit.write(
+            now, "unblocked", source_ip=key, reason=blk.reason, source=blk.source, actor=actor
+        )
+        self.on_unblocked(blk, now)
+        return blk
+
+    def expire(self) -> int:
+        """Forget blocks past their expiry (the kernel expired their elements itself)."""
+        now = self.clock.now()
+        expired = self.table.prune(now)
+        if not expired:
+            return 0
+        self.stats.expired(len(expired))
+        self.store.end_blocks((b.key for b in expired), now, "expired")
+        for blk in expired:
+            self.audit.write(
+                now, "block_expired", source_ip=blk.key, reason=blk.reason, source=blk.source
+            )
+            self.on_expired(blk, now)
+        return len(expired)
+
+    # --- conntrack cuts ----------------------------------------------------------------------
+
+    def _queue_cuts(self, blocks: list[Block]) -> None:
+        for blk in blocks:
+            if not blk.single or self._cuts.full():
+                continue
+            self._cuts.put_nowait(blk.network.network_address)
+            self._cut_wake.set()
+
+    async def run_cuts(self) -> None:
+        """Delete the blocked sources' conntrack entries, one at a time, in the background
+        (their packets are already dropped before the established rule; this frees the
+        tracking state that would otherwise linger for the established timeout)."""
+        while True:
+            address = await self._cuts.get()
+            try:
+                await asyncio.to_thread(self.conntrack.delete_source, address)
+            except (AitherError, OSError) as exc:
+                log.debug("conntrack flush failed address=%s error=%s", address, exc)
+            # paced: pyroute2 spends ~12 ms of CPU per dump, which must not starve requests
+            await asyncio.sleep(CONNTRACK_CUT_PAUSE)
+
+    # --- the kernel's block sets (run in the writer's thread) --------------------------------
+
+    def restore_commands(self, now: float) -> list[Any]:
+        return self.table.restore_commands(now)
+
+    def reconcile(self, kernel: Kernel, now: float) -> int:
+        """List the kernel's block sets: adopt what the store does not know, add what the
+        kernel lacks (but not blocks about to expire: the kernel may just have expired
+        them). Returns how many were added."""
+        in_kernel: set[str] = set()
+        found: list[Block] = []  # in the kernel, unknown to the store
+        for s in n.BLOCK_SETS:
+            for elem in kernel.set_elements(s.name):
+                in_kernel.add(self._adopt_element(elem, now, found))
+        self.store.restore_history(found)
+        missing = [
+            blk
+            for blk in self.table.active(now)
+            if blk.key not in in_kernel and (blk.expires_at is None or blk.expires_at > now + 2)
+        ]
+        if missing:
+            restore = BlockTable()
+            restore.load(missing)
+            kernel.run(restore.restore_commands(now))
+        return len(missing)
+
+    def _adopt_element(self, elem: Any, now: float, found: list[Block]) -> str:
+        body = elem["elem"] if isinstance(elem, dict) and "elem" in elem else {"val": elem}
+        val = body["val"]
+        text = f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) else val
+        key = address_text(ipaddress.ip_network(text))
+        if self.table.get(key, now) is None:
+            expires = body.get("expires")
+            blk = Block(
+                key, now + expires if expires else None, "found in the kernel", "kernel", now
+            )
+            self.table.load([blk])
+            found.append(blk)
+        return key

@@ -1,0 +1,348 @@
+"""The generations service (layer L3): cold start, reload, anti-lockout, drift repair.
+
+Owns: the current `Generation` (a validated policy, its ruleset and evaluator), swapped
+only after the kernel accepted it; what the last reload did; the counters of reloads and
+drift repairs; and the order of a policy change: load → compile → anti-lockout → kernel
+(through the one writer) → tell every service (`listeners`) → swap → audit. A generation
+is the whole policy, not only its kernel projection: a reload that changes only daemon-side
+settings (reputation, detection, egress defaults) makes a new generation without a kernel
+write. Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.store import Store
+from aitherfwd.clock import Clock
+from aitherfwd.compiler import Ruleset, compile_policy
+from aitherfwd.daemon.blocking import BlockService
+from aitherfwd.daemon.egress import EgressRuntime
+from aitherfwd.daemon.ports import Conntrack, Kernel, Systemd
+from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
+from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.errors import AitherError, ApplyError, PolicyError
+from aitherfwd.evaluator import Evaluator, Request
+from aitherfwd.nft import names as n
+from aitherfwd.nft.builders import element_batches
+from aitherfwd.policy.diagnostics import Severity
+from aitherfwd.policy.model import Policy, Protocol
+from aitherfwd.policy.parse import ParseResult
+from aitherfwd.reconcile import Observed, delta, plan, transaction
+from aitherfwd.stats import Stats
+
+log = logging.getLogger(__name__)
+RESTORE_BATCH = 50_000  # elements per cold-start transaction (see _adopt_or_apply)
+Loader = Callable[[Path], ParseResult]
+Listener = Callable[[Policy], None]
+
+
+@dataclass
+class GenerationStatus:
+    generation: Generation | None
+    last_reload: ReloadOutcome | None
+    reloads: dict[str, int] = field(default_factory=dict)
+    drift_repairs: int = 0
+    start_seconds: float = 0.0
+
+
+class Generations:
+    def __init__(  # noqa: PLR0917 - the ports, wired in daemon/services.py
+        self,
+        policy_path: Path,
+        load: Loader,
+        clock: Clock,
+        writer: KernelWriter,
+        store: Store,
+        audit: AuditLog,
+        systemd: Systemd,
+        conntrack: Conntrack,
+        blocks: BlockService,
+        egress: EgressRuntime,
+        stats: Stats,
+    ) -> None:
+        self.policy_path, self._load_policy, self.clock = policy_path, load, clock
+        self.writer, self.store, self.audit = writer, store, audit
+        self.systemd, self.conntrack = systemd, conntrack
+        self.blocks, self.egress, self.stats = blocks, egress, stats
+        self.listeners: list[Listener] = []  # told of every policy that takes effect
+        self.generation: Generation | None = None
+        self.last_reload: ReloadOutcome | None = None
+        self.reloads: dict[str, int] = {}
+        self.drift_repairs = 0
+        self.start_seconds = 0.0  # load + restore at the cold start
+        self._next_reconcile = 0.0  # monotonic time before which elements are not re-listed
+        self._reload_lock = asyncio.Lock()
+
+    def current(self) -> Generation:
+        if self.generation is None:
+            raise RuntimeError("the daemon has no generation before its cold start")
+        return self.generation
+
+    def status(self) -> GenerationStatus:
+        return GenerationStatus(
+            self.generation,
+            self.last_reload,
+            dict(sorted(self.reloads.items())),
+            self.drift_repairs,
+            self.start_seconds,
+        )
+
+    def _load(self) -> tuple[Policy | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        result = self._load_policy(self.policy_path)
+        errors = [d.as_dict() for d in result.diagnostics if d.severity is Severity.ERROR]
+        warnings = [d.as_dict() for d in result.diagnostics if d.severity is Severity.WARNING]
+        return result.policy, errors, warnings
+
+    def _take_effect(self, policy: Policy) -> None:
+        for listener in self.listeners:
+            listener(policy)
+
+    # --- cold start ----------------------------------------------------------------------
+
+    async def cold_start(self) -> Generation:
+        """Load, adopt or apply, restore blocks. Raises PolicyError (kernel untouched)."""
+        policy, errors, _ = self._load()
+        if policy is None:
+            lines = [describe(e) for e in errors]
+            raise PolicyError(
+                "invalid policy; the kernel keeps what it enforces now\n" + "\n".join(lines)
+            )
+        started = time.perf_counter()
+        now = self.clock.now()
+        self.blocks.load(now)
+        self._take_effect(policy)
+        self.egress.load(now)
+        if self.store.recovered:
+            self.audit.write(now, "store_recovered", reason=self.store.recovered)
+        ruleset = compile_policy(policy)
+        adopted = await self.writer.call(lambda k: self._adopt_or_apply(k, ruleset))
+        self.start_seconds = round(time.perf_counter() - started, 4)
+        log.info(
+            "started: %d blocks restored in %.3f s (adopted=%s)",
+            len(self.blocks.table),
+            self.start_seconds,
+            adopted,
+        )
+        self.generation = Generation(1, policy, ruleset, Evaluator(policy), self.policy_path, now)
+        self.last_reload = ReloadOutcome(
+            "adopted" if adopted else "applied", 1, at=now, trigger="start"
+        )
+        self.audit.write(
+            now,
+            "daemon_started",
+            generation=1,
+            policy_sha256=policy.sha256,
+            adopted=adopted,
+            blocks=len(self.blocks.table),
+        )
+        return self.generation
+
+    def _adopt_or_apply(self, kernel: Kernel, ruleset: Ruleset) -> bool:
+        """Adopt a table that already enforces this ruleset (no gap), else apply it — in
+        the same transaction as the stored blocks with their remaining timeouts (`add` is a
+        no-op for an element the kernel still has), RESTORE_BATCH elements per transaction:
+        beyond that, the first batch comes with the table and the rest follow at once
+        (one 1,000,000-element call would leave the host without a table twice as long).
+        Kernel blocks the store does not know (its database was lost, or another tool
+        added them) are listed and adopted only when the store cannot be complete: listing
+        100,000 elements costs half a second."""
+        before = kernel.observe()
+        adopted = before.exists and not plan(ruleset, before).changed
+        now = self.clock.now()
+        restore = self.blocks.restore_commands(now)
+        restore += self.egress.restore_commands(now, domains=False)
+        static = [] if adopted else transaction(ruleset, before)
+        batches = element_batches(restore, RESTORE_BATCH) or [[]]
+        del restore
+        try:
+            if static or batches[0]:
+                kernel.run(static + batches[0])
+            static = []  # in force now
+            for batch in batches[1:]:
+                kernel.run(batch)
+        except ApplyError as exc:  # e.g. a kernel prefix overlapping a stored one
+            log.warning("restore refused, reconciling element by element error=%s", exc.message)
+            if static:
+                kernel.run(static)
+            self.blocks.reconcile(kernel, now)
+            self.egress.repair(kernel, now)  # the grants, which were in the refused batch too
+            return adopted
+        if before.exists and (self.store.recovered is not None or not len(self.blocks.table)):
+            self.blocks.reconcile(kernel, now)
+        return adopted
+
+    # --- reload --------------------------------------------------------------------------
+
+    async def reload(self, *, force: bool = False, trigger: str = "api") -> ReloadOutcome:
+        async with self._reload_lock:
+            self.systemd.reloading()
+            started = time.perf_counter()
+            try:
+                outcome = await self._reload(force, trigger)
+                self.last_reload = outcome
+            finally:
+                self.systemd.ready(self.status_line())
+            self.stats.reload(time.perf_counter() - started)
+            self.reloads[outcome.result] = self.reloads.get(outcome.result, 0) + 1
+            return outcome
+
+    async def _reload(self, force: bool, trigger: str) -> ReloadOutcome:
+        now = self.clock.now()
+        current = self.current()
+        policy, errors, warnings = self._load()
+        if policy is None:
+            log.error(
+                "reload rejected: invalid policy errors=%d path=%s first=%s",
+                len(errors),
+                self.policy_path,
+                describe(errors[0]),
+            )
+            self.audit.write(now, "reload_rejected", trigger=trigger, errors=errors)
+            return ReloadOutcome("rejected", current.number, errors, warnings, now, trigger)
+        if policy.sha256 == current.policy.sha256:
+            return ReloadOutcome("unchanged", current.number, [], warnings, now, trigger)
+        ruleset = compile_policy(policy)
+        same_kernel = ruleset.sha256 == current.ruleset.sha256
+        evaluator = Evaluator(policy)
+        if not force:
+            cut = await self._lockout(policy, evaluator)
+            if cut:
+                msg = (
+                    f"refused: the new policy would lock out live admin sessions from "
+                    f"{', '.join(cut)}; fix the policy or force the reload"
+                )
+                err = {"code": "E-LOCKOUT", "message": msg}
+                self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
+                return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
+        try:
+            if not same_kernel:
+                await self.writer.call(lambda k: self._apply_delta(k, current.ruleset, ruleset))
+        except ApplyError as exc:
+            err = {"code": exc.code, "message": exc.message}
+            self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
+            return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
+        self._take_effect(policy)
+        number = current.number + 1
+        self.generation = Generation(number, policy, ruleset, evaluator, self.policy_path, now)
+        self.audit.write(
+            now,
+            "reload_applied",
+            trigger=trigger,
+            generation=number,
+            policy_sha256=policy.sha256,
+            ruleset_sha256=ruleset.sha256,
+            kernel_changed=not same_kernel,
+        )
+        log.info(
+            "reload applied generation=%d trigger=%s kernel=%s", number, trigger, not same_kernel
+        )
+        return ReloadOutcome("applied", number, [], warnings, now, trigger)
+
+    def _apply_delta(self, kernel: Kernel, previous: Ruleset, ruleset: Ruleset) -> None:
+        """Only what changed since the generation we applied; if the kernel drifted and
+        refuses, fall back to the full, listing-based transaction."""
+        try:
+            kernel.run(delta(previous, ruleset))
+        except ApplyError as exc:
+            log.warning("delta refused, applying in full error=%s", exc.message)
+            self._apply(kernel, ruleset)
+
+    def _apply(self, kernel: Kernel, ruleset: Ruleset) -> Observed:
+        """One transaction; when the table or a block set was lost, the same transaction
+        restores every live block with its remaining timeout."""
+        before = kernel.observe()
+        lost = not before.exists or any(s.name not in before.sets for s in n.BLOCK_SETS)
+        now = self.clock.now()
+        extra = self.blocks.restore_commands(now) if lost else []
+        extra += self.egress.restore_commands(now, domains=True) if lost else []
+        kernel.run(transaction(ruleset, before) + extra)
+        return before
+
+    async def _lockout(self, policy: Policy, evaluator: Evaluator) -> list[str]:
+        ports = policy.settings.admin_ports
+        try:
+            peers = await asyncio.to_thread(self.conntrack.established_peers, ports)
+        except (AitherError, OSError) as exc:
+            log.warning("anti-lockout check skipped: conntrack unavailable error=%s", exc)
+            return []
+        now = self.clock.now()
+        cut = []
+        for peer, port in sorted(peers, key=str):
+            v = evaluator.evaluate(Request(peer, Protocol.TCP, port), now, self.blocks.table)
+            if v.verdict not in ("allow", "rate_limited"):
+                cut.append(f"{peer} (port {port}: {v.verdict} by {v.rule or 'default'})")
+        return cut
+
+    # --- drift -----------------------------------------------------------------------------
+
+    async def check_drift(self, *, full: bool = False) -> bool:
+        """Cheap when nothing happened: compare the namespace's nftables generation with the
+        one after our last write; list and compare the table only when it moved (or when
+        `full`, the periodic backstop)."""
+        gen = self.generation
+        if gen is None:
+            return False
+        kernel_gen = self.writer.nft.generation()
+        if not full and kernel_gen is not None and kernel_gen == self.writer.own_generation:
+            return False
+        observed = await self.writer.call(lambda k: k.observe(), writes=False)
+        if observed.exists and not plan(gen.ruleset, observed).changed:
+            if kernel_gen is not None and self.writer.own_generation is not None:
+                self.writer.own_generation = kernel_gen  # someone else's table changed
+            if full or self.clock.monotonic() < self._next_reconcile:
+                return False
+            return await self._repair_elements(gen.number)
+        await self.writer.call(lambda k: self._apply(k, gen.ruleset))
+        self.drift_repairs += 1
+        log.warning("drift repaired: table inet aitherfwd differed from generation=%d", gen.number)
+        self.audit.write(
+            self.clock.now(), "drift_repaired", generation=gen.number, table_existed=observed.exists
+        )
+        return True
+
+    async def _repair_elements(self, number: int) -> bool:
+        """Someone else changed nftables and our static part is intact: did they touch our
+        block, sandbox or domain sets (`nft flush set`, a deleted element)? Listing costs
+        ~5 µs per element, so this runs at most once per 20 listing-times (at least 3 s
+        apart)."""
+        started = self.clock.monotonic()
+
+        def repair(kernel: Kernel) -> int:
+            now = self.clock.now()
+            return self.blocks.reconcile(kernel, now) + self.egress.repair(kernel, now)
+
+        restored = await self.writer.call(repair)
+        spent = self.clock.monotonic() - started
+        self._next_reconcile = self.clock.monotonic() + max(3.0, 20 * spent)
+        if not restored:
+            return False
+        self.drift_repairs += 1
+        log.warning("drift repaired: %d elements were missing from the kernel's sets", restored)
+        self.audit.write(
+            self.clock.now(), "drift_repaired", generation=number, elements_restored=restored
+        )
+        return True
+
+    # --- the one-line status -------------------------------------------------------------
+
+    def status_line(self) -> str:
+        gen = self.generation
+        if gen is None:
+            return "starting"
+        blocks = len(self.blocks.table)
+        line = f"generation {gen.number}, policy {gen.policy.sha256[:12]}, {blocks} blocks"
+        if self.store.disk_full:
+            line += "; STATE NOT PERSISTED: disk full"
+        last = self.last_reload
+        if last is not None and last.result == "rejected" and last.errors:
+            # READY=1 after a rejected reload must not hide why (`systemctl status` shows it)
+            line += f"; last reload REJECTED: {describe(last.errors[0])}"
+        return line

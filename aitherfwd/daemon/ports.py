@@ -1,0 +1,68 @@
+"""What the daemon's services need from the outside world, as small Protocols (layer L3).
+
+Owns: the ports — `Kernel` (one libnftables context plus the namespace's nftables
+generation), `Conntrack`, `Systemd`, `Notifications` — that the composition root fills with
+adapters (daemon/main.py) and unit tests fill with the shipped fakes (aitherfwd/testing.py).
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, Protocol
+
+from aitherfwd.policy.model import IPAddress, NotifySettings
+from aitherfwd.reconcile import Observed
+
+Json = dict[str, Any]
+
+
+class Kernel(Protocol):
+    """The nftables table, as the kernel writer's thread sees it. `run` is one transaction:
+    all of it is applied or it raises ApplyError and nothing is."""
+
+    def run(self, commands: list[Json]) -> list[Json]: ...
+
+    def observe(self) -> Observed: ...
+
+    def set_elements(self, set_name: str) -> list[Any]: ...
+
+    def generation(self) -> int | None:
+        """The namespace's nftables generation (bumped by every committed transaction,
+        ours or anyone's), or None when it cannot be read."""
+
+
+class Conntrack(Protocol):
+    def established_peers(self, ports: Collection[int]) -> set[tuple[IPAddress, int]]: ...
+
+    def delete_source(self, address: IPAddress) -> int: ...
+
+
+class Systemd(Protocol):
+    def ready(self, status: str) -> None: ...
+
+    def reloading(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+    def stopping(self) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+
+class NotifyCounters(Protocol):
+    sent: int
+    failed: int
+    dropped: int
+    retries: int
+
+
+class Notifications(Protocol):
+    """Outbound webhooks (adapters/notify.py): fire and forget, bounded."""
+
+    @property
+    def stats(self) -> NotifyCounters: ...
+
+    def configure(self, settings: NotifySettings) -> None: ...
+
+    def send(self, kind: str, event: dict[str, Any]) -> None: ...

@@ -1,0 +1,175 @@
+"""The reputation service (layer L3): threat events → decisions → blocks.
+
+Owns: the offenders (scores, escalation history) and their persistence, the per-type
+threat counters, the recent events remembered per address until a block takes them into
+its history, the escalation audit lines and the outbound notifications of blocks it made.
+Blocks go out through the blocks service, like manual ones. Returns typed results; the API
+renders them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aitherfwd.adapters.audit import AuditLog, rfc3339
+from aitherfwd.adapters.store import Store
+from aitherfwd.clock import Clock
+from aitherfwd.control.schema import BlockSpec, ThreatSpec
+from aitherfwd.daemon.blocking import Actor, BlockService
+from aitherfwd.daemon.ports import Notifications
+from aitherfwd.dynamic import reputation
+from aitherfwd.dynamic.blocks import Block, BlockError, address_text
+from aitherfwd.dynamic.reputation import Decision, Offender, offender_key
+from aitherfwd.policy.model import IPNetwork, Policy, ReputationSettings
+from aitherfwd.stats import Stats
+
+# Threat events remembered per offender until a block takes them into its history: the
+# last few per address, for the addresses seen most recently (bounded memory).
+RECENT_EVENTS = 10
+RECENT_ADDRESSES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ThreatOutcome:
+    accepted: int
+    blocked: list[Block]
+    protected: list[str]  # offenders a decision would have blocked, but they are protected
+
+
+@dataclass(frozen=True, slots=True)
+class ReputationStatus:
+    offenders: int
+    threat_events: dict[str, int]
+
+
+class ReputationService:
+    def __init__(  # noqa: PLR0917 - the ports, wired in daemon/services.py
+        self,
+        clock: Clock,
+        blocks: BlockService,
+        store: Store,
+        audit: AuditLog,
+        notifier: Notifications,
+        stats: Stats,
+    ) -> None:
+        self.clock, self.blocks, self.store, self.audit = clock, blocks, store, audit
+        self.notifier, self.stats = notifier, stats
+        self.settings = ReputationSettings()
+        self.offenders: dict[str, Offender] = {}
+        self.threat_counts: dict[str, int] = {}
+        self.recent: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        blocks.on_expired = self._block_expired
+        blocks.on_unblocked = self._block_lifted
+
+    def configure(self, policy: Policy) -> None:
+        self.settings = policy.reputation
+        self.notifier.configure(policy.notify)
+
+    def load(self) -> None:
+        self.offenders = self.store.load_offenders()
+
+    def status(self) -> ReputationStatus:
+        return ReputationStatus(len(self.offenders), dict(sorted(self.threat_counts.items())))
+
+    async def threats(
+        self, events: Sequence[ThreatSpec], actor: Actor | None = None
+    ) -> ThreatOutcome:
+        """Feed threat events to the ladder; blocks it decides on go out through the same
+        path as manual ones (store, then one kernel transaction), with one audit line per
+        escalation."""
+        now = self.clock.now()
+        settings = self.settings
+        decisions: dict[str, tuple[IPNetwork, Decision, ThreatSpec]] = {}
+        changed: dict[str, Offender] = {}
+        for ev in events:
+            self.threat_counts[ev.type] = self.threat_counts.get(ev.type, 0) + 1
+            self.stats.threat(ev.type)
+            net = offender_key(ev.source, settings)
+            key = address_text(net)
+            off, decision = reputation.step(self.offenders.get(key), ev.severity, now, settings)
+            self.offenders[key] = changed[key] = off
+            self._remember(key, ev, now)
+            if decision is not None:
+                decisions[key] = (net, decision, ev)
+        self.store.save_offenders(changed)
+        specs, refused, led_to = [], [], {}
+        for key, (net, decision, ev) in sorted(decisions.items()):
+            try:
+                self.blocks.table.check(net, now)
+            except BlockError:
+                refused.append(key)
+                self.offenders[key] = reputation.lifted(self.offenders[key])
+                continue
+            reason = f"reputation: {decision.kind} block #{decision.block_number} after {ev.type}"
+            specs.append(BlockSpec(key, decision.ttl, reason))
+            led_to[key] = list(self.recent.pop(key, ()))
+            self.stats.escalated(decision.kind)
+            self.audit.write(
+                now,
+                f"escalation_{decision.kind}",
+                source_ip=key,
+                threat=ev.type,
+                severity=str(ev.severity),
+                block_number=decision.block_number,
+                ttl=decision.ttl,
+                reason=reason,
+                actor=actor,
+            )
+        blocked = (
+            await self.blocks.block(specs, source="reputation", actor=actor, events=led_to)
+            if specs
+            else []
+        )
+        for blk in blocked:
+            kind = "permanent" if blk.expires_at is None else "block"
+            self.notifier.send(kind, self._event("FIREWALL_IP_BLOCKED", blk, now, led_to))
+        return ThreatOutcome(len(events), blocked, refused)
+
+    def _remember(self, key: str, ev: ThreatSpec, now: float) -> None:
+        recent = self.recent.get(key)
+        if recent is None:
+            recent = self.recent[key] = deque(maxlen=RECENT_EVENTS)
+            if len(self.recent) > RECENT_ADDRESSES:
+                self.recent.popitem(last=False)
+        else:
+            self.recent.move_to_end(key)
+        recent.append(
+            {"type": ev.type, "severity": str(ev.severity), "at": rfc3339(now), "detail": ev.detail}
+        )
+
+    def _block_lifted(self, blk: Block, now: float) -> None:
+        """An administrator lifted a block: the offender starts over below the threshold."""
+        off = self.offenders.get(blk.key)
+        if off is not None:
+            self.offenders[blk.key] = reputation.lifted(off)
+            self.store.save_offenders({blk.key: self.offenders[blk.key]})
+        if blk.source == "reputation":
+            self.notifier.send("unblock", self._event("FIREWALL_IP_UNBLOCKED", blk, now))
+
+    def _block_expired(self, blk: Block, now: float) -> None:
+        if blk.source == "reputation":
+            self.notifier.send("expire", self._event("FIREWALL_IP_UNBLOCKED", blk, now))
+
+    def _event(
+        self,
+        kind: str,
+        blk: Block,
+        now: float,
+        led_to: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> dict[str, Any]:
+        """The outbound notification: shaped like a threat event, so Sentry can ingest it."""
+        return {
+            "type": kind,
+            "source_ip": blk.key,
+            "severity": "critical" if blk.expires_at is None else "high",
+            "detail": blk.reason,
+            "observed_at": rfc3339(now),
+            "block": {
+                "kind": "permanent" if blk.expires_at is None else "temporary",
+                "expires_at": rfc3339(blk.expires_at) if blk.expires_at is not None else None,
+                "events": (led_to or {}).get(blk.key, []),
+            },
+        }

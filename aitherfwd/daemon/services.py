@@ -1,0 +1,114 @@
+"""Wiring the daemon's services from their ports (layer L3).
+
+Owns: `Ports` (everything from outside: kernel, conntrack, systemd, notifier, clock, store,
+audit log, policy loader) and `wire(ports, …) -> Services`, which builds the services —
+blocks, reputation, egress, generations, queries, detection — injects each one's
+dependencies and subscribes them to policy changes. The composition root (daemon/main.py)
+calls it with the real adapters, unit tests with the fakes of aitherfwd/testing.py: both
+get the same graph. `Services` is a plain record of the services; it holds no logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.store import Store
+from aitherfwd.clock import Clock
+from aitherfwd.config import Authorizer
+from aitherfwd.daemon.blocking import BlockService
+from aitherfwd.daemon.detection import Detection
+from aitherfwd.daemon.egress import EgressRuntime
+from aitherfwd.daemon.generations import Generations, Loader
+from aitherfwd.daemon.ports import Conntrack, Kernel, Notifications, Systemd
+from aitherfwd.daemon.queries import Queries
+from aitherfwd.daemon.reputation import ReputationService
+from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.stats import Stats
+
+DEFAULT_RESYNC_INTERVAL = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    kernel: Kernel
+    conntrack: Conntrack
+    systemd: Systemd
+    notifier: Notifications
+    clock: Clock
+    store: Store
+    audit: AuditLog
+    load_policy: Loader
+    # NFLOG and conntrack sockets of the namespace the daemon runs in (detection); the
+    # fakes turn them off so a unit test never listens to its host's kernel
+    listen_kernel: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    ports: Ports
+    stats: Stats
+    writer: KernelWriter
+    authorizer: Authorizer
+    blocks: BlockService
+    reputation: ReputationService
+    egress: EgressRuntime
+    generations: Generations
+    queries: Queries
+    detection: Detection
+    started_at: float
+
+
+def wire(
+    ports: Ports,
+    policy_path: Path,
+    authorizer: Authorizer | None = None,
+    resync_interval: float = DEFAULT_RESYNC_INTERVAL,
+) -> Services:
+    stats = Stats()  # for metrics only (daemon/telemetry.py)
+    clock, store, audit = ports.clock, ports.store, ports.audit
+    writer = KernelWriter(ports.kernel, monotonic=clock.monotonic)
+    authorizer = authorizer or Authorizer({})
+    blocks = BlockService(clock, writer, store, audit, ports.conntrack, stats)
+    reputation = ReputationService(clock, blocks, store, audit, ports.notifier, stats)
+    egress = EgressRuntime(clock, writer, store, audit)
+    egress.on_change = stats.sandbox  # live grants for the metrics
+    egress.authorizer = authorizer  # the sandbox role's max_ttl
+    generations = Generations(
+        policy_path,
+        ports.load_policy,
+        clock,
+        writer,
+        store,
+        audit,
+        ports.systemd,
+        ports.conntrack,
+        blocks,
+        egress,
+        stats,
+    )
+    detection = Detection(
+        clock, audit, reputation.threats, resync_interval, listen=ports.listen_kernel
+    )
+    generations.listeners += [
+        blocks.configure,
+        reputation.configure,
+        egress.configure,
+        detection.configure,
+    ]
+    reputation.load()
+    queries = Queries(clock, generations, blocks, egress, stats)
+    return Services(
+        ports,
+        stats,
+        writer,
+        authorizer,
+        blocks,
+        reputation,
+        egress,
+        generations,
+        queries,
+        detection,
+        clock.now(),
+    )

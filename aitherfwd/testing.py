@@ -1,0 +1,362 @@
+"""In-memory fakes of the daemon's ports, shipped for tests (in the spirit of httpcore's mock
+backend and structlog's `testing` module).
+
+Owns: `FakeKernel` (our table as the kernel would hold it after libnftables JSON batches:
+chains and their rules, sets, maps, counters, set elements with their timeouts, a
+generation; every batch recorded; any batch can be refused), `FakeConntrack`,
+`FakeSystemd`, `FakeNotifier`, the one `FakeClock` (re-exported from aitherfwd.clock), and
+`fake_daemon`, which wires the daemon's real services to these fakes (plus a real SQLite
+store and audit log in a directory the caller gives). With them the whole control plane
+runs in unit tests without privilege.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aitherfwd.clock import Clock, FakeClock
+from aitherfwd.errors import ApplyError
+from aitherfwd.policy.model import IPAddress, NotifySettings
+from aitherfwd.reconcile import Observed
+
+if TYPE_CHECKING:
+    from aitherfwd.config import Authorizer
+    from aitherfwd.daemon.services import Services
+
+__all__ = [
+    "FakeClock",
+    "FakeConntrack",
+    "FakeDaemon",
+    "FakeKernel",
+    "FakeNotifier",
+    "FakeSystemd",
+    "fake_daemon",
+]
+
+Json = dict[str, Any]
+_OBJECTS = ("chain", "set", "map", "counter")
+
+
+def element_key(element: Any) -> str:
+    """An element's identity in its set: its value, without timeout or comment."""
+    value = element["elem"]["val"] if isinstance(element, dict) and "elem" in element else element
+    return json.dumps(value, sort_keys=True)
+
+
+@dataclass
+class _Element:
+    value: Any
+    expires_at: float | None
+    comment: str | None = None
+
+
+@dataclass
+class _Table:
+    objects: dict[str, dict[str, Json]] = field(default_factory=lambda: {k: {} for k in _OBJECTS})
+    rules: dict[str, list[Json]] = field(default_factory=dict)
+    elements: dict[str, dict[str, _Element]] = field(default_factory=dict)
+
+
+class FakeKernel:
+    """Implements the `Kernel` port (daemon/ports.py). A batch is applied to a copy and
+    swapped in only when every command succeeded: refusals apply nothing, as the kernel's."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or FakeClock()
+        self.table: _Table | None = None
+        self.batches: list[list[Json]] = []  # every batch run, accepted or refused
+        self.refusals: dict[int, str] = {}  # batch index (0-based, over all batches) -> error
+        self.refuse_elements_of: set[str] = set()  # element adds to these sets are refused
+        self.gen = 1
+        self.generation_readable = True
+
+    # --- test controls ---------------------------------------------------------------------
+
+    def refuse_next(self, message: str = "Operation not permitted", *, after: int = 0) -> None:
+        """Refuse the batch `after` batches from now (0: the next one)."""
+        self.refusals[len(self.batches) + after] = message
+
+    def touch(self) -> None:
+        """Someone else committed a transaction in the namespace."""
+        self.gen += 1
+
+    def elements(self, set_name: str) -> dict[str, float | None]:
+        """Live elements of a set: key (JSON of the value) -> expiry (None: no timeout)."""
+        if self.table is None:
+            return {}
+        now = self.clock.now()
+        elems = self.table.elements.get(set_name, {})
+        return {
+            k: e.expires_at for k, e in elems.items() if e.expires_at is None or e.expires_at > now
+        }
+
+    def values(self, set_name: str) -> set[Any]:
+        """Live element values of a set, as libnftables spells them (address text, prefix
+        objects as `a/len` text)."""
+        out: set[Any] = set()
+        for key in self.elements(set_name):
+            v = json.loads(key)
+            if isinstance(v, dict) and "prefix" in v:
+                v = f"{v['prefix']['addr']}/{v['prefix']['len']}"
+            out.add(v if isinstance(v, str | int) else json.dumps(v, sort_keys=True))
+        return out
+
+    # --- the Kernel port -------------------------------------------------------------------
+
+    def generation(self) -> int | None:
+        return self.gen if self.generation_readable else None
+
+    def run(self, commands: list[Json]) -> list[Json]:
+        index = len(self.batches)
+        self.batches.append(copy.deepcopy(commands))
+        if index in self.refusals:
+            raise ApplyError(self.refusals.pop(index))
+        work = copy.deepcopy(self.table)
+        out: list[Json] = []
+        for command in commands:
+            ((verb, body),) = command.items()
+            work = self._one(work, verb, body, out)
+        if any(next(iter(c)) != "list" for c in commands):
+            self.table = work
+            self.gen += 1
+        return out
+
+    def observe(self) -> Observed:
+        t = self.table
+        if t is None:
+            return Observed(False)
+        listing: list[Json] = [{"table": {"name": "aitherfwd"}}]
+        for kind in _OBJECTS:
+            listing += [{kind: dict(body)} for body in t.objects[kind].values()]
+        for chain, rules in t.rules.items():
+            listing += [{"rule": {"chain": chain, "comment": r.get("comment", "")}} for r in rules]
+        return Observed.from_listing(listing)
+
+    def set_elements(self, set_name: str) -> list[Any]:
+        if self.table is None or set_name not in self.table.objects["set"]:
+            raise ApplyError(f"Could not process rule: No such file or directory: {set_name}")
+        now = self.clock.now()
+        out: list[Any] = []
+        for e in self.table.elements.get(set_name, {}).values():
+            if e.expires_at is None:
+                out.append(e.value)
+            elif e.expires_at > now:
+                remaining = max(1, math.ceil(e.expires_at - now))
+                out.append({"elem": {"val": e.value, "timeout": remaining, "expires": remaining}})
+        return out
+
+    # --- interpretation ----------------------------------------------------------------------
+
+    def _one(  # noqa: PLR0912 - one branch per libnftables verb and object kind
+        self, t: _Table | None, verb: str, body: Json, out: list[Json]
+    ) -> _Table | None:
+        ((kind, obj),) = body.items()
+        if kind == "table":
+            if verb in ("add", "create"):
+                return t or _Table()
+            if verb == "delete":
+                if t is None:
+                    raise ApplyError("Could not process rule: No such file or directory")
+                return None
+            return t
+        if t is None:
+            raise ApplyError(f"Could not process rule: No such file or directory ({kind})")
+        if verb == "list":
+            out.append({kind: {**obj, "elem": self.set_elements(obj["name"])}})
+        elif kind == "element":
+            self._element(t, verb, obj)
+        elif kind == "rule":
+            if obj["chain"] not in t.objects["chain"]:
+                raise ApplyError(f"Could not process rule: No such file or directory: {obj}")
+            t.rules.setdefault(obj["chain"], []).append(obj)
+        elif verb in ("add", "create"):
+            self._add_object(t, kind, obj, create=verb == "create")
+        elif verb == "flush":
+            self._exists(t, kind, obj["name"])
+            if kind == "chain":
+                t.rules[obj["name"]] = []
+            else:
+                t.elements[obj["name"]] = {}
+        elif verb == "delete":
+            self._exists(t, kind, obj["name"])
+            del t.objects[kind][obj["name"]]
+            t.rules.pop(obj["name"], None) if kind == "chain" else None
+            t.elements.pop(obj["name"], None)
+        return t
+
+    @staticmethod
+    def _exists(t: _Table, kind: str, name: str) -> None:
+        if name not in t.objects[kind]:
+            raise ApplyError(f"Could not process rule: No such file or directory: {kind} {name}")
+
+    def _add_object(self, t: _Table, kind: str, obj: Json, *, create: bool) -> None:
+        name = obj["name"]
+        if name in t.objects[kind]:
+            if create:
+                raise ApplyError(f"Could not process rule: File exists: {kind} {name}")
+            return  # `add` of an existing object keeps it (and a set its elements)
+        t.objects[kind][name] = {k: v for k, v in obj.items() if k != "elem"}
+        if kind in ("set", "map"):
+            t.elements[name] = {}
+            if obj.get("elem"):
+                self._element(t, "add", {"name": name, "elem": obj["elem"]})
+
+    def _element(self, t: _Table, verb: str, obj: Json) -> None:
+        name = obj["name"]
+        if name not in t.objects["set"] and name not in t.objects["map"]:
+            raise ApplyError(f"Could not process rule: No such file or directory: set {name}")
+        if verb == "add" and name in self.refuse_elements_of:
+            raise ApplyError(f"Could not process rule: Operation not supported: set {name}")
+        elems = t.elements.setdefault(name, {})
+        now = self.clock.now()
+        for e in obj["elem"]:
+            key = element_key(e)
+            live = elems.get(key)
+            if live is not None and live.expires_at is not None and live.expires_at <= now:
+                del elems[key]
+                live = None
+            if verb == "delete":
+                if live is None:
+                    raise ApplyError("Could not process rule: No such file or directory: element")
+                del elems[key]
+                continue
+            if live is not None:
+                continue  # `add` of a present element changes nothing (like kernel 6.1)
+            body = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
+            timeout = body.get("timeout")
+            elems[key] = _Element(
+                body["val"], now + timeout if timeout else None, body.get("comment")
+            )
+
+
+class FakeConntrack:
+    """Implements the `Conntrack` port: `peers` are the established admin sessions."""
+
+    def __init__(self) -> None:
+        self.peers: set[tuple[IPAddress, int]] = set()
+        self.deleted: list[IPAddress] = []
+        self.fail = False
+
+    def established_peers(self, ports: Collection[int]) -> set[tuple[IPAddress, int]]:
+        if self.fail:
+            raise OSError("conntrack unavailable")
+        return {(a, p) for a, p in self.peers if p in ports}
+
+    def delete_source(self, address: IPAddress) -> int:
+        self.deleted.append(address)
+        return 1
+
+
+class FakeSystemd:
+    """Implements the `Systemd` port: records every notification."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def ready(self, status: str) -> None:
+        self.messages.append(f"READY=1 STATUS={status}")
+
+    def reloading(self) -> None:
+        self.messages.append("RELOADING=1")
+
+    def status(self, text: str) -> None:
+        self.messages.append(f"STATUS={text}")
+
+    def stopping(self) -> None:
+        self.messages.append("STOPPING=1")
+
+    def watchdog(self) -> None:
+        self.messages.append("WATCHDOG=1")
+
+    @property
+    def last_status(self) -> str:
+        return next(
+            (m.split("STATUS=", 1)[1] for m in reversed(self.messages) if "STATUS=" in m), ""
+        )
+
+
+@dataclass
+class FakeNotifyStats:
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    retries: int = 0
+
+
+class FakeNotifier:
+    """Implements the `Notifications` port: keeps what would have been sent."""
+
+    def __init__(self) -> None:
+        self.settings = NotifySettings()
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self._stats = FakeNotifyStats()
+
+    @property
+    def stats(self) -> FakeNotifyStats:
+        return self._stats
+
+    def configure(self, settings: NotifySettings) -> None:
+        self.settings = settings
+
+    def send(self, kind: str, event: dict[str, Any]) -> None:
+        self.sent.append((kind, event))
+        self._stats.sent += 1
+
+
+@dataclass
+class FakeDaemon:
+    """The daemon's services wired to fakes, and the fakes, for a test to drive."""
+
+    services: Services
+    kernel: FakeKernel
+    clock: FakeClock
+    conntrack: FakeConntrack
+    systemd: FakeSystemd
+    notifier: FakeNotifier
+    policy_path: Path
+    audit_path: Path
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audit line written so far (the log writes unbuffered)."""
+        lines = self.audit_path.read_text().splitlines() if self.audit_path.exists() else []
+        return [json.loads(line) for line in lines]
+
+
+def fake_daemon(
+    workdir: Path, policy_text: str, *, authorizer: Authorizer | None = None
+) -> FakeDaemon:
+    """Services as the daemon wires them, on fakes; the policy, the SQLite store and the
+    audit log live under `workdir`. Nothing is started: call
+    `services.generations.cold_start()` inside a running event loop whose task runs
+    `services.writer.run()` (or `services.writer.start()`)."""
+    from aitherfwd.adapters.audit import AuditLog  # noqa: PLC0415
+    from aitherfwd.adapters.files import load_policy  # noqa: PLC0415
+    from aitherfwd.adapters.store import Store  # noqa: PLC0415
+    from aitherfwd.daemon.services import Ports, wire  # noqa: PLC0415
+
+    clock = FakeClock()
+    kernel, conntrack = FakeKernel(clock), FakeConntrack()
+    systemd, notifier = FakeSystemd(), FakeNotifier()
+    policy_path, audit_path = workdir / "policy.yaml", workdir / "audit.jsonl"
+    policy_path.write_text(policy_text)
+    ports = Ports(
+        kernel=kernel,
+        conntrack=conntrack,
+        systemd=systemd,
+        notifier=notifier,
+        clock=clock,
+        store=Store(workdir / "state"),
+        audit=AuditLog(audit_path, 10 << 20, 2),
+        load_policy=load_policy,
+        listen_kernel=False,
+    )
+    services = wire(ports, policy_path, authorizer)
+    return FakeDaemon(
+        services, kernel, clock, conntrack, systemd, notifier, policy_path, audit_path
+    )
