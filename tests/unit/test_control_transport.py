@@ -227,6 +227,7 @@ def test_handler_exception_becomes_500_and_server_survives(sock_path: Path) -> N
     assert after[0] == 200
 
 
+@pytest.mark.kernel  # chown to another group needs CAP_CHOWN (CI runs as root)
 def test_socket_file_is_mode_0660_with_requested_group_and_removed_on_close(
     sock_path: Path,
 ) -> None:
