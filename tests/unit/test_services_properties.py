@@ -6,6 +6,7 @@ fakes; no privilege."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import tempfile
 from pathlib import Path
@@ -54,16 +55,12 @@ async def apply(fake: FakeDaemon, kind: str, target: str | None, arg: object) ->
         assert target is not None
         if kind == "refuse":
             fake.kernel.refuse_next("Could not process rule: No buffer space available")
-        try:
+        with contextlib.suppress(ApiError, ApplyError):
             await s.blocks.block([BlockSpec(target, arg if isinstance(arg, int) else None, "p")])
-        except (ApiError, ApplyError):
-            pass
         fake.kernel.refusals.clear()  # a protected target never reached the kernel
     elif kind == "unblock":
-        try:
+        with contextlib.suppress(ApiError):
             await s.blocks.unblock(ipaddress.ip_network(target or ""))
-        except ApiError:
-            pass
     elif kind == "advance":
         fake.clock.advance(float(arg))  # type: ignore[arg-type]
         s.blocks.expire()
