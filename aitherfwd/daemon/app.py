@@ -26,7 +26,7 @@ from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
-from aitherfwd.control.schema import ApiError, BlockSpec, EvaluateSpec, ThreatSpec
+from aitherfwd.control.schema import BlockSpec, EvaluateSpec, ThreatSpec
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
 from aitherfwd.daemon.views import block_view
@@ -34,7 +34,7 @@ from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, address_text
 from aitherfwd.dynamic.reputation import Decision, Offender, offender_key
-from aitherfwd.errors import AitherError, ApplyError, PolicyError
+from aitherfwd.errors import AitherError, ApplyError, PolicyError, RequestError
 from aitherfwd.evaluator import Evaluator, Request, TokenBuckets
 from aitherfwd.nft import names as n
 from aitherfwd.nft.builders import element_batches
@@ -119,11 +119,7 @@ class Daemon:
         """Load, adopt or apply, restore blocks. Raises PolicyError (kernel untouched)."""
         policy, errors, _ = self._load()
         if policy is None:
-            lines = [
-                f"{e['file']}:{e['line']}:{e['column']}: error[{e['code']}] {e['path']}: "
-                f"{e['message']}"
-                for e in errors
-            ]
+            lines = [describe(e) for e in errors]
             raise PolicyError(
                 "invalid policy; the kernel keeps what it enforces now\n" + "\n".join(lines)
             )
@@ -419,10 +415,7 @@ class Daemon:
         for spec in specs:
             if spec.key in seen:
                 continue
-            try:
-                self.blocks.check(spec.key, now)
-            except BlockError as exc:
-                raise ApiError(exc.status, exc.code, exc.message) from None
+            self.blocks.check(spec.key, now)  # BlockError: E-PROTECTED, E-BLOCK-OVERLAP
             expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
             seen.add(spec.key)
             blocks.append(Block(spec.key, expires, spec.reason, source, now))
@@ -583,7 +576,7 @@ class Daemon:
         key = address_text(network)
         removed = self.blocks.remove(key, now)
         if removed is None:
-            raise ApiError(404, "E-NOT-BLOCKED", f"{key} is not blocked")
+            raise RequestError(f"{key} is not blocked", code="E-NOT-BLOCKED")
         blk, commands = removed
         try:
             await self.writer.elements(commands)
