@@ -31,7 +31,7 @@ class Code:
 
 
 _POLICY = ExitCode.INVALID_POLICY
-_CONFIG = ExitCode.USAGE  # the daemon config (aitherfwd/config.py)
+_CONFIG = ExitCode.USAGE
 _FAIL = ExitCode.FAILURE
 
 
@@ -78,7 +78,16 @@ _POLICY_WARNINGS = (
     ("W-KNOWN-BAD-WINS", "an egress allowance overlapping known_bad, which always wins"),
     ("W-UNRESOLVED", "`check`: an egress host name does not resolve now"),
 )
-_CONFIG_ERRORS: tuple[tuple[str, str], ...] = ()
+_CONFIG_ERRORS = (
+    ("E-CONFIG", "the daemon config is invalid or cannot be read; its diagnostics say why"),
+    ("E-CONFIG-FILE", "the daemon config file cannot be read"),
+    ("E-CONFIG-TOML", "the daemon config is not valid TOML"),
+    ("E-CONFIG-UNKNOWN-KEY", "a key the daemon config does not know (with a did-you-mean)"),
+    ("E-CONFIG-TYPE", "a config value has the wrong type"),
+    ("E-CONFIG-RANGE", "a config number is out of its allowed range"),
+    ("E-CONFIG-VALUE", "a config value is malformed (mode, listen address, duration)"),
+    ("E-CONFIG-UNKNOWN-ID", "a role names a user or group that does not exist"),
+)
 # (code, meaning, HTTP status): what a control request gets back
 _REQUEST_ERRORS = (
     ("E-JSON", "the request body is not valid JSON", 400),

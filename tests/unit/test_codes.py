@@ -62,6 +62,7 @@ def test_unknown_codes_are_internal_errors_with_status_500() -> None:
     assert codes.http_status("E-POLICY") == 500  # never an API answer's own code
     assert codes.http_status("E-KERNEL-REFUSED") == 409
     assert codes.exit_code("E-PORT-RANGE") is ExitCode.INVALID_POLICY
+    assert codes.exit_code("E-CONFIG-RANGE") is ExitCode.USAGE
 
 
 def test_one_code_per_method_not_allowed() -> None:
