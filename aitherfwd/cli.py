@@ -1,4 +1,4 @@
-"""The `aitherfwd` command line (layer L3): check, compile, plan, apply, remove.
+"""The `aitherfwd` command line (layer L3): check, check-config, compile, plan, apply, remove.
 
 Owns: argument parsing (click), wiring the file reader, the pure core and the kernel
 adapter together, output formats and exit codes. No policy logic lives here.
@@ -21,8 +21,16 @@ from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
+from aitherfwd.config import ConfigError
 from aitherfwd.errors import AitherError, ExitCode, KernelUnavailableError
-from aitherfwd.policy.diagnostics import Diagnostic, Pos, Severity, summary
+from aitherfwd.policy.diagnostics import (
+    Diagnostic,
+    Pos,
+    Severity,
+    render_fields,
+    report_lines,
+    summary,
+)
 from aitherfwd.policy.model import Policy
 from aitherfwd.reconcile import plan as make_plan
 
@@ -30,15 +38,19 @@ POLICY_ARG = click.argument("policy", type=click.Path(path_type=Path, dir_okay=F
 
 
 def _fail(err: AitherError) -> NoReturn:
-    click.echo(f"aitherfwd: error[{err.code}] {err.message}", err=True)
+    """An error's located diagnostics when it has them, else one `error[CODE]` line."""
+    if isinstance(err, ConfigError) and err.diagnostics:
+        _print_diagnostics(err.diagnostics, to_err=True)
+    else:
+        click.echo(
+            "aitherfwd: " + render_fields({"code": err.code, "message": err.message}), err=True
+        )
     sys.exit(int(err.exit_code))
 
 
 def _print_diagnostics(diags: list[Diagnostic], *, to_err: bool) -> None:
-    for d in diags:
-        click.echo(d.render(), err=to_err)
-    if diags:
-        click.echo(summary(diags), err=to_err)
+    for line in report_lines(diags):
+        click.echo(line, err=to_err)
 
 
 def _load(path: Path, *, quiet_warnings: bool = False) -> Policy:
@@ -229,8 +241,8 @@ def run(
     audit_log: Path | None,
     metrics_listen: str | None,
 ) -> None:
-    """Run the daemon in the foreground (systemd: Type=notify)."""
-    from aitherfwd.config import ConfigError  # noqa: PLC0415
+    """Run the daemon in the foreground (systemd: Type=notify). An invalid config exits 64
+    with every problem located, as `check-config` prints them."""
     from aitherfwd.daemon import main as daemon_main  # noqa: PLC0415
 
     try:
@@ -243,13 +255,28 @@ def run(
             metrics_listen=metrics_listen,
         )
     except ConfigError as err:
-        click.echo(f"aitherfwd: error[E-CONFIG] {err}", err=True)
-        sys.exit(int(ExitCode.USAGE))
+        _fail(err)
     logging.getLogger().setLevel(logging.INFO)
     try:
         sys.exit(daemon_main.main(cfg))
     except AitherError as err:
         _fail(err)
+
+
+@main.command("check-config")
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+def check_config(config: Path) -> None:
+    """Validate the daemon config CONFIG (TOML): exit 0 when valid, 64 with every problem
+    located (types, ranges, unknown keys, user and group names)."""
+    from aitherfwd.daemon import main as daemon_main  # noqa: PLC0415
+
+    try:
+        if not config.is_file():
+            raise ConfigError.unreadable(str(config), "no such file")
+        daemon_main.load_config(config)
+    except ConfigError as err:
+        _fail(err)
+    click.echo(f"{config}: valid")
 
 
 register_client_commands(main)

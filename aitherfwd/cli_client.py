@@ -15,8 +15,10 @@ from typing import Any, NoReturn
 
 import click
 
+from aitherfwd import codes
 from aitherfwd.adapters.control_client import ControlClient
 from aitherfwd.errors import AitherError, ExitCode
+from aitherfwd.policy.diagnostics import Diagnostic, render_fields, report_lines
 
 DEFAULT_SOCKET = Path("/run/aitherfwd/control.sock")
 
@@ -36,12 +38,13 @@ def _call(socket_path: Path, method: str, path: str, body: Any = None) -> Any:
     try:
         status, answer = ControlClient(socket_path).request(method, path, body)
     except AitherError as err:
-        _die(f"error[{err.code}] {err.message}", err.exit_code)
+        _die(render_fields({"code": err.code, "message": err.message}), err.exit_code)
     if status >= 400:
-        error = answer.get("error", {}) if isinstance(answer, dict) else {}
-        _die(
-            f"error[{error.get('code', 'E-HTTP')}] {error.get('message', status)}", ExitCode.FAILURE
-        )
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if not isinstance(error, dict):
+            error = {"code": "E-HTTP", "message": f"HTTP {status}"}
+        code = str(error.get("code") or "E-HTTP")
+        _die(render_fields({**error, "code": code}), codes.exit_code(code))
     return answer
 
 
@@ -72,12 +75,7 @@ def status(socket_path: Path, as_json: bool) -> None:
         f"last reload: {last.get('result', '-')} ({last.get('trigger', '-')}) "
         f"at {last.get('at', '-')}",
     ]
-    lines += [
-        f"  {e['file']}:{e['line']}: {e['code']} {e['message']}"
-        if e.get("file")
-        else f"  {e['code']} {e['message']}"
-        for e in last.get("errors", [])
-    ]
+    lines += [f"  {render_fields(e)}" for e in last.get("errors", [])]
     lines.append("elements: " + ", ".join(f"{k}={v}" for k, v in st["elements"].items()))
     if "sandbox" in st:
         sb, dns = st["sandbox"], st["egress_dns"]
@@ -184,7 +182,8 @@ def reload(force: bool, socket_path: Path, as_json: bool) -> None:
     """Reload the policy now; exit 3 when the daemon rejected it."""
     answer = _call(socket_path, "POST", "/v1/reload", {"force": force})
     lines = [f"{answer['result']} (generation {answer['generation']})"]
-    lines += [f"  error[{e['code']}] {e['message']}" for e in answer.get("errors", [])]
+    found = [*answer.get("errors", []), *answer.get("warnings", [])]
+    lines += [f"  {line}" for line in report_lines([Diagnostic.from_dict(d) for d in found])]
     _out(answer, as_json, "\n".join(lines))
     if answer["result"] == "rejected":
         sys.exit(int(ExitCode.INVALID_POLICY))

@@ -1,6 +1,10 @@
 """Error types with stable codes and the process exit codes they map to (layer L0).
 
-Owns: the exception hierarchy every layer raises and the CLI turns into exit codes.
+Owns: the exception hierarchy every layer raises and the CLI turns into exit codes. One
+constructor everywhere: `SomeError(message, *, code=..., **context)` — the class names the
+kind of failure and carries a default code; a raise site that means something more precise
+passes `code=` (every code is registered in `aitherfwd.codes`, which also says which HTTP
+status the control API answers with — statuses live there, never on an exception).
 Must not import anything from aitherfwd.
 """
 
@@ -17,7 +21,7 @@ class ExitCode(IntEnum):
     CHANGES = 2  # `plan`: the kernel differs from the policy
     INVALID_POLICY = 3
     KERNEL = 4  # the kernel refused a transaction, or libnftables is unusable
-    USAGE = 64
+    USAGE = 64  # bad command line or an invalid daemon config
 
 
 class AitherError(Exception):
@@ -26,9 +30,12 @@ class AitherError(Exception):
     code = "E-INTERNAL"
     exit_code = ExitCode.FAILURE
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, code: str | None = None, **context: object) -> None:
         super().__init__(message)
         self.message = message
+        if code is not None:
+            self.code = code
+        self.context = context  # structured details for logs and audit (never HTTP statuses)
 
 
 class PolicyError(AitherError):
@@ -50,3 +57,10 @@ class KernelUnavailableError(AitherError):
 
     code = "E-KERNEL-UNAVAILABLE"
     exit_code = ExitCode.KERNEL
+
+
+class RequestError(AitherError):
+    """A control request that is malformed, names nothing, or may not be done; the code
+    says which (`E-SCHEMA`, `E-NOT-BLOCKED`, `E-FORBIDDEN`, …)."""
+
+    code = "E-SCHEMA"

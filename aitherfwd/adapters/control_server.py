@@ -8,7 +8,8 @@ handler raises, becomes a JSON error response `{"error": {"code": ..., "message"
 
 The only importer of h11 on the server side. Must not import anything of the firewall (policy,
 compiler, dynamic state, daemon): routing, authorisation and handlers live in the daemon, which
-passes one `Handler` in. Imports only `aitherfwd.errors` from the package.
+passes one `Handler` in. Imports only `aitherfwd.errors` and `aitherfwd.codes` (the status
+of each transport error code) from the package.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
+from aitherfwd import codes
 from aitherfwd.errors import AitherError
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,10 @@ _MAX_QUERY_FIELDS = 100
 _NO_BODY_STATUSES = frozenset({204, 304})
 _LINGER_SECONDS = 1.0  # how long a refused connection may take to send its request
 
-_STATUS_CODES = {
+# h11 suggests a status for what it cannot parse; its code (the status comes back from codes)
+_H11_CODES = {
     400: "E-HTTP-BAD-REQUEST",
-    405: "E-HTTP-METHOD",
+    405: "E-METHOD",
     408: "E-HTTP-TIMEOUT",
     413: "E-HTTP-BODY-TOO-LARGE",
     431: "E-HTTP-HEADERS-TOO-LARGE",
@@ -100,14 +103,14 @@ class ControlSocketError(AitherError):
     code = "E-CONTROL-SOCKET"
 
 
-class _HttpError(Exception):
+class _HttpError(AitherError):
     """A request the transport answers itself with an error and then closes the connection."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = _STATUS_CODES.get(status, "E-HTTP-BAD-REQUEST")
-        self.message = message
+    code = "E-HTTP-BAD-REQUEST"
+
+
+def _code_for(status: int) -> str:
+    return _H11_CODES.get(status, "E-HTTP-BAD-REQUEST")
 
 
 class _Idle(Exception):
@@ -144,8 +147,8 @@ def _encode(body: object) -> bytes:
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def _error_reply(status: int, code: str, message: str) -> _Reply:
-    return _Reply(status, _encode(error_body(code, message)))
+def _error_reply(code: str, message: str) -> _Reply:
+    return _Reply(codes.http_status(code), _encode(error_body(code, message)))
 
 
 class _SockOpts(Protocol):
@@ -216,11 +219,13 @@ def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
             parts.query, keep_blank_values=True, errors="strict", max_num_fields=_MAX_QUERY_FIELDS
         )
     except ValueError as exc:  # UnicodeDecodeError is a ValueError
-        raise _HttpError(400, f"malformed request target: {exc}") from None
+        raise _HttpError(f"malformed request target: {exc}", code="E-HTTP-BAD-REQUEST") from None
     query: dict[str, str] = {}
     for name, value in pairs:
         if name in query:
-            raise _HttpError(400, f"query parameter {name!r} is given more than once")
+            raise _HttpError(
+                f"query parameter {name!r} is given more than once", code="E-HTTP-BAD-REQUEST"
+            )
         query[name] = value
     return path, query
 
@@ -263,7 +268,7 @@ class _Session:
                 return
             except _HttpError as err:
                 if not self._eof:  # a peer that hung up mid-request gets no answer
-                    await self._send(_error_reply(err.status, err.code, err.message), close=True)
+                    await self._send(_error_reply(err.code, err.message), close=True)
                 return
             if request is None:
                 return
@@ -281,7 +286,9 @@ class _Session:
         if isinstance(event, h11.ConnectionClosed):
             return None
         if not isinstance(event, h11.Request):
-            raise _HttpError(400, f"expected a request, got {type(event).__name__}")
+            raise _HttpError(
+                f"expected a request, got {type(event).__name__}", code="E-HTTP-BAD-REQUEST"
+            )
         self._method = event.method
         self._body_limit = self._limits.body_limit(event.method, event.target)
         self._check_head(event)
@@ -304,11 +311,11 @@ class _Session:
 
     def _check_head(self, request: h11.Request) -> None:
         if request.method == b"CONNECT":
-            raise _HttpError(405, "CONNECT is not supported on the control socket")
+            raise _HttpError("CONNECT is not supported on the control socket", code="E-METHOD")
         for name, value in request.headers:
             # h11 has checked that Content-Length is digits and not contradicted.
             if name == b"content-length" and int(value) > self._body_limit:
-                raise _HttpError(413, self._too_large())
+                raise _HttpError(self._too_large(), code="E-HTTP-BODY-TOO-LARGE")
 
     def _too_large(self) -> str:
         return f"request body is larger than {self._body_limit} bytes"
@@ -320,21 +327,28 @@ class _Session:
             if isinstance(event, h11.EndOfMessage):
                 return bytes(body)
             if not isinstance(event, h11.Data):
-                raise _HttpError(400, f"unexpected {type(event).__name__} in request body")
+                raise _HttpError(
+                    f"unexpected {type(event).__name__} in request body", code="E-HTTP-BAD-REQUEST"
+                )
             body += event.data
             if len(body) > self._body_limit:  # only chunked bodies get here
-                raise _HttpError(413, self._too_large())
+                raise _HttpError(self._too_large(), code="E-HTTP-BODY-TOO-LARGE")
 
     async def _next_event(self) -> h11.Event:
         while True:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
-                raise _HttpError(exc.error_status_hint, f"malformed HTTP request: {exc}") from None
+                raise _HttpError(
+                    f"malformed HTTP request: {exc}", code=_code_for(exc.error_status_hint)
+                ) from None
             if isinstance(event, h11.Event):
                 return event
             if event is h11.PAUSED:  # cannot happen: we never read ahead of our response
-                raise _HttpError(400, "request arrived while the previous one was unanswered")
+                raise _HttpError(
+                    "request arrived while the previous one was unanswered",
+                    code="E-HTTP-BAD-REQUEST",
+                )
             await self._receive()
 
     async def _receive(self) -> None:
@@ -350,7 +364,9 @@ class _Session:
             if waiting:
                 raise _Idle from None
             limit = self._limits.read_timeout
-            raise _HttpError(408, f"request not complete within {limit:g} s") from None
+            raise _HttpError(
+                f"request not complete within {limit:g} s", code="E-HTTP-TIMEOUT"
+            ) from None
         if waiting:
             self._deadline = loop.time() + self._limits.read_timeout
         self._eof = not data
@@ -364,7 +380,7 @@ class _Session:
             return _Reply(response.status, _encode(response.body))
         except Exception:
             log.exception("control handler failed method=%s path=%s", request.method, request.path)
-            return _error_reply(500, "E-INTERNAL", "internal error; see the daemon log")
+            return _error_reply("E-INTERNAL", "internal error; see the daemon log")
 
     async def _send(self, reply: _Reply, *, close: bool) -> None:
         await self._write(_render(self._h11, reply, close=close, head=self._method == b"HEAD"))
@@ -518,7 +534,7 @@ class ControlServer:
         self._refusing.add(task)
         try:
             limit = self._max_connections
-            busy = _error_reply(503, "E-HTTP-BUSY", f"too many connections (limit {limit})")
+            busy = _error_reply("E-HTTP-BUSY", f"too many connections (limit {limit})")
             writer.write(_render(h11.Connection(h11.SERVER), busy, close=True))
             writer.write_eof()
             async with asyncio.timeout(_LINGER_SECONDS):

@@ -2,7 +2,7 @@
 
 Owns: `POST /v1/sandbox` bodies — `{"destination": address, CIDR or host name, "ttl": "1h",
 "scope": "sandbox-alice", "ports": [443]}` — turned into a typed `GrantSpec`, and the
-destination in `DELETE /v1/sandbox/{destination}`. Errors are `ApiError`s with a 4xx status.
+destination in `DELETE /v1/sandbox/{destination}`. Errors are coded `RequestError`s.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aitherfwd.control.schema import bad, parse_network
+from aitherfwd.control.schema import parse_network
 from aitherfwd.durations import parse_duration
+from aitherfwd.errors import RequestError
 from aitherfwd.policy.egress import host_name
 from aitherfwd.policy.model import IPNetwork
 
@@ -31,43 +32,49 @@ class GrantSpec:
 
 def destination(value: Any, what: str = "destination") -> tuple[IPNetwork | None, str | None]:
     if not isinstance(value, str) or not value or len(value) > 253:
-        raise bad("E-SCHEMA", f"{what} must be an address, a CIDR or a host name")
+        raise RequestError(f"{what} must be an address, a CIDR or a host name", code="E-SCHEMA")
     if set(value) <= set("0123456789./") or ":" in value:
         return parse_network(value, what), None
     name = host_name(value)
     if name is None:
-        raise bad("E-SCHEMA", f"{what}: '{value[:64]}' is not an address, a CIDR or a host name")
+        raise RequestError(
+            f"{what}: '{value[:64]}' is not an address, a CIDR or a host name", code="E-SCHEMA"
+        )
     return None, name
 
 
 def parse_grant(body: Any) -> GrantSpec:
     if not isinstance(body, dict):
-        raise bad("E-SCHEMA", "body must be a JSON object")
+        raise RequestError("body must be a JSON object", code="E-SCHEMA")
     unknown = sorted(set(body) - GRANT_FIELDS)
     if unknown:
-        raise bad(
-            "E-SCHEMA",
+        raise RequestError(
             f"body: unknown field(s) {', '.join(unknown)}; "
             f"allowed: {', '.join(sorted(GRANT_FIELDS))}",
+            code="E-SCHEMA",
         )
     if "destination" not in body:
-        raise bad("E-SCHEMA", "body: missing field destination")
+        raise RequestError("body: missing field destination", code="E-SCHEMA")
     net, host = destination(body["destination"])
     ttl = body.get("ttl")
     if ttl is not None:
         if isinstance(ttl, bool) or not isinstance(ttl, str | int):
-            raise bad("E-TTL", 'ttl must be a duration such as "1h" or seconds')
+            raise RequestError('ttl must be a duration such as "1h" or seconds', code="E-TTL")
         try:
             ttl = parse_duration(ttl)
         except ValueError as exc:
-            raise bad("E-TTL", f"ttl: {exc}") from None
+            raise RequestError(f"ttl: {exc}", code="E-TTL") from None
     scope = body.get("scope", "sandbox")
     if not isinstance(scope, str) or not 1 <= len(scope) <= 64 or set(scope) - SCOPE_CHARS:
-        raise bad("E-SCHEMA", "scope must be 1-64 letters, digits or _.:@- (e.g. sandbox-alice)")
+        raise RequestError(
+            "scope must be 1-64 letters, digits or _.:@- (e.g. sandbox-alice)", code="E-SCHEMA"
+        )
     ports = body.get("ports", [])
     if not isinstance(ports, list) or len(ports) > MAX_PORTS:
-        raise bad("E-SCHEMA", f"ports must be a list of at most {MAX_PORTS} port numbers")
+        raise RequestError(
+            f"ports must be a list of at most {MAX_PORTS} port numbers", code="E-SCHEMA"
+        )
     for p in ports:
         if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
-            raise bad("E-SCHEMA", "ports must be integers 1-65535")
+            raise RequestError("ports must be integers 1-65535", code="E-SCHEMA")
     return GrantSpec(net, host, ttl, scope, tuple(sorted(set(ports))))

@@ -1,7 +1,8 @@
 """Strict schemas for control-socket request bodies (layer L1, pure).
 
 Owns: turning decoded JSON into typed requests — unknown fields, wrong types, bad
-addresses and bad durations become `ApiError`s with stable codes and a 4xx status.
+addresses and bad durations become `RequestError`s with stable codes (the API layer looks
+up their HTTP status in `aitherfwd.codes`; nothing here knows HTTP).
 Addresses are parsed with `ipaddress` (`::ffff:a.b.c.d` → IPv4; zone ids, leading zeros and
 junk rejected). Must not import adapters or daemon code.
 """
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 from aitherfwd.durations import parse_duration
 from aitherfwd.dynamic.blocks import address_text, canonical_v4
+from aitherfwd.errors import RequestError
 from aitherfwd.policy.fields import parse_cidr
 from aitherfwd.policy.model import IPAddress, IPNetwork, Protocol, Severity
 
@@ -26,52 +28,39 @@ MAX_BLOCKS_PER_REQUEST = 200_000
 MAX_REASON = 512
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
-
-
-def bad(code: str, message: str) -> ApiError:
-    return ApiError(400, code, message)
-
-
 def decode(body: bytes) -> Any:
     if not body:
         return {}
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise bad("E-JSON", f"the body is not valid JSON: {exc}") from None
+        raise RequestError(f"the body is not valid JSON: {exc}", code="E-JSON") from None
 
 
 def _object(
     value: Any, what: str, allowed: AbstractSet[str], required: AbstractSet[str] = frozenset()
 ) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise bad("E-SCHEMA", f"{what} must be a JSON object")
+        raise RequestError(f"{what} must be a JSON object", code="E-SCHEMA")
     if value.keys() <= allowed and value.keys() >= required:  # the common case, cheaply
         return value
     unknown = sorted(set(value) - set(allowed))
     if unknown:
-        raise bad(
-            "E-SCHEMA",
+        raise RequestError(
             f"{what}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
+            code="E-SCHEMA",
         )
     missing = sorted(set(required) - set(value))
     if missing:
-        raise bad("E-SCHEMA", f"{what}: missing field(s) {', '.join(missing)}")
+        raise RequestError(f"{what}: missing field(s) {', '.join(missing)}", code="E-SCHEMA")
     return value
 
 
 def _string(value: Any, what: str, limit: int = MAX_REASON) -> str:
     if not isinstance(value, str):
-        raise bad("E-SCHEMA", f"{what} must be a string")
+        raise RequestError(f"{what} must be a string", code="E-SCHEMA")
     if len(value) > limit or not value.isprintable():  # no control chars, no U+2028
-        raise bad("E-SCHEMA", f"{what} must be at most {limit} printable characters")
+        raise RequestError(f"{what} must be at most {limit} printable characters", code="E-SCHEMA")
     return value
 
 
@@ -80,9 +69,9 @@ def parse_address(value: Any, what: str = "address") -> IPAddress:
     try:
         net = parse_cidr(text)
     except ValueError as exc:
-        raise bad("E-ADDRESS", f"{what}: {exc}") from None
+        raise RequestError(f"{what}: {exc}", code="E-ADDRESS") from None
     if net.prefixlen != net.max_prefixlen:
-        raise bad("E-ADDRESS", f"{what}: '{text}' is a prefix; give one address")
+        raise RequestError(f"{what}: '{text}' is a prefix; give one address", code="E-ADDRESS")
     return net.network_address
 
 
@@ -91,7 +80,7 @@ def parse_network(value: Any, what: str = "address") -> IPNetwork:
     try:
         return parse_cidr(text)
     except ValueError as exc:
-        raise bad("E-ADDRESS", f"{what}: {exc}") from None
+        raise RequestError(f"{what}: {exc}", code="E-ADDRESS") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +105,13 @@ def parse_block(value: Any, what: str = "block") -> BlockSpec:
     ttl = obj.get("ttl")
     if ttl is not None:
         if isinstance(ttl, bool) or not isinstance(ttl, str | int):
-            raise bad("E-TTL", f'{what}.ttl must be a duration such as "15m" or seconds')
+            raise RequestError(
+                f'{what}.ttl must be a duration such as "15m" or seconds', code="E-TTL"
+            )
         try:
             ttl = _ttl(ttl)
         except ValueError as exc:
-            raise bad("E-TTL", f"{what}.ttl: {exc}") from None
+            raise RequestError(f"{what}.ttl: {exc}", code="E-TTL") from None
     reason = sys.intern(_string(obj.get("reason", "manual"), f"{what}.reason"))
     address = obj["address"]
     key = canonical_v4(address) if isinstance(address, str) else None
@@ -135,9 +126,9 @@ def _one_or_many(body: Any, key: str, limit: int, parse: Callable[[Any, str], T]
         _object(body, "body", {key})
         items = body[key]
         if not isinstance(items, list) or not items:
-            raise bad("E-SCHEMA", f"{key} must be a non-empty list")
+            raise RequestError(f"{key} must be a non-empty list", code="E-SCHEMA")
         if len(items) > limit:
-            raise ApiError(413, "E-TOO-MANY", f"at most {limit} {key} a request")
+            raise RequestError(f"at most {limit} {key} a request", code="E-TOO-MANY")
         return [parse(item, f"{key}[{i}]") for i, item in enumerate(items)]
     return [parse(body, "body")]
 
@@ -178,28 +169,28 @@ def parse_evaluate(body: Any) -> EvaluateSpec:
     try:
         proto = Protocol(_string(proto_text, "protocol", 8).lower())
     except ValueError:
-        raise bad("E-SCHEMA", "protocol must be tcp, udp or icmp") from None
+        raise RequestError("protocol must be tcp, udp or icmp", code="E-SCHEMA") from None
     if proto is Protocol.ANY:
-        raise bad("E-SCHEMA", "protocol must be tcp, udp or icmp")
+        raise RequestError("protocol must be tcp, udp or icmp", code="E-SCHEMA")
     port = obj.get("dest_port")
     if proto is Protocol.ICMP:
         if port is not None:
-            raise bad("E-SCHEMA", "dest_port makes no sense with icmp")
+            raise RequestError("dest_port makes no sense with icmp", code="E-SCHEMA")
     elif isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise bad("E-SCHEMA", "dest_port must be an integer 1-65535")
+        raise RequestError("dest_port must be an integer 1-65535", code="E-SCHEMA")
     direction = _string(obj.get("direction", "inbound"), "direction", 16)
     if direction not in ("inbound", "outbound"):
-        raise bad("E-SCHEMA", "direction must be inbound or outbound")
+        raise RequestError("direction must be inbound or outbound", code="E-SCHEMA")
     dest = obj.get("dest_ip")
     host = obj.get("dest_host")
     if outbound and (dest is None) == (host is None):
-        raise bad("E-SCHEMA", "outbound: give exactly one of dest_ip and dest_host")
+        raise RequestError("outbound: give exactly one of dest_ip and dest_host", code="E-SCHEMA")
     if host is not None:
         host = _string(host, "dest_host", 253).strip().lower().removesuffix(".")
     path = obj.get("path")
     auth = obj.get("authenticated")
     if auth is not None and not isinstance(auth, bool):
-        raise bad("E-SCHEMA", "authenticated must be true or false")
+        raise RequestError("authenticated must be true or false", code="E-SCHEMA")
     return EvaluateSpec(
         source=parse_address(obj.get("source_ip", "0.0.0.0"), "source_ip"),  # noqa: S104
         protocol=proto,
@@ -217,7 +208,7 @@ def parse_flag_body(body: Any, flag: str) -> bool:
     obj = _object(body, "body", {flag})
     value = obj.get(flag, False)
     if not isinstance(value, bool):
-        raise bad("E-SCHEMA", f"{flag} must be true or false")
+        raise RequestError(f"{flag} must be true or false", code="E-SCHEMA")
     return value
 
 
@@ -242,11 +233,13 @@ def parse_threat(value: Any, what: str = "event") -> ThreatSpec:
     obj = _object(value, what, THREAT_FIELDS, {"type", "source_ip"})
     kind = _string(obj["type"], f"{what}.type", 64)
     if not kind or not all(c.isalnum() or c in "_-." for c in kind):
-        raise bad("E-SCHEMA", f"{what}.type must be letters, digits, '_', '-', '.'")
+        raise RequestError(f"{what}.type must be letters, digits, '_', '-', '.'", code="E-SCHEMA")
     try:
         severity = Severity(_string(obj.get("severity", "medium"), f"{what}.severity", 16))
     except ValueError:
-        raise bad("E-SCHEMA", f"{what}.severity must be low, medium, high or critical") from None
+        raise RequestError(
+            f"{what}.severity must be low, medium, high or critical", code="E-SCHEMA"
+        ) from None
     if "observed_at" in obj:
         _string(obj["observed_at"], f"{what}.observed_at", 64)
     return ThreatSpec(
@@ -270,18 +263,20 @@ def parse_explain_query(query: dict[str, str]) -> tuple[list[int], Protocol]:
     """`?port=22,443&protocol=tcp`: the ports to give verdicts for (default: admin ports)."""
     unknown = sorted(set(query) - EXPLAIN_QUERY)
     if unknown:
-        raise bad("E-SCHEMA", f"unknown query parameter {unknown[0]!r}: use port and protocol")
+        raise RequestError(
+            f"unknown query parameter {unknown[0]!r}: use port and protocol", code="E-SCHEMA"
+        )
     try:
         proto = Protocol(query.get("protocol", "tcp").lower())
     except ValueError:
-        raise bad("E-SCHEMA", "protocol must be tcp or udp") from None
+        raise RequestError("protocol must be tcp or udp", code="E-SCHEMA") from None
     if proto not in (Protocol.TCP, Protocol.UDP):
-        raise bad("E-SCHEMA", "protocol must be tcp or udp")
+        raise RequestError("protocol must be tcp or udp", code="E-SCHEMA")
     ports: list[int] = []
     for text in filter(None, query.get("port", "").split(",")):
         if not text.isdigit() or not 1 <= int(text) <= 65535:
-            raise bad("E-SCHEMA", f"port {text[:16]!r} must be an integer 1-65535")
+            raise RequestError(f"port {text[:16]!r} must be an integer 1-65535", code="E-SCHEMA")
         ports.append(int(text))
     if len(ports) > MAX_EXPLAIN_PORTS:
-        raise bad("E-SCHEMA", f"at most {MAX_EXPLAIN_PORTS} ports")
+        raise RequestError(f"at most {MAX_EXPLAIN_PORTS} ports", code="E-SCHEMA")
     return ports, proto

@@ -4,8 +4,9 @@ Owns: a table of small handlers, each guarded by a role; mapping `(method, path)
 handler; authorising the peer (SO_PEERCRED uid/gid/groups) before anything is parsed;
 turning request bodies into typed specs (control.schema), calling the services, and
 rendering their results (daemon/views.py). Errors become `{"error": {"code", "message"}}`
-with a 4xx status; a denial is audited. Sandbox grants and outbound evaluation by host
-name live in daemon/sandbox_api.py, in the same table.
+with the status `aitherfwd.codes` registers for the code — the only place a coded
+error meets HTTP; a rejected request or a denial is audited. Sandbox grants and outbound
+evaluation by host name live in daemon/sandbox_api.py, in the same table.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aitherfwd import codes
 from aitherfwd.adapters.control_server import HttpRequest, HttpResponse
 from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
-from aitherfwd.control.schema import ApiError
 from aitherfwd.daemon import sandbox_api, views
 from aitherfwd.daemon.services import Services
-from aitherfwd.errors import AitherError
+from aitherfwd.errors import AitherError, ApplyError, RequestError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Services, HttpRequest], Awaitable[Any]]
@@ -117,8 +118,8 @@ def _find(method: str, path: str) -> Route:
             if route.method == method:
                 return route
     if known_path:
-        raise ApiError(405, "E-METHOD", f"{method} is not allowed on {path}")
-    raise ApiError(404, "E-NOT-FOUND", f"no such endpoint: {path}")
+        raise RequestError(f"{method} is not allowed on {path}", code="E-METHOD")
+    raise RequestError(f"no such endpoint: {path}", code="E-NOT-FOUND")
 
 
 class Api:
@@ -142,25 +143,37 @@ class Api:
                     path=req.path,
                     role=route.role,
                 )
-                raise ApiError(
-                    403,
-                    "E-FORBIDDEN",
+                raise RequestError(
                     f"uid {peer.uid} lacks the role '{route.role}' for {req.method} {route.path}",
+                    code="E-FORBIDDEN",
                 )
             return HttpResponse(200, await route.handler(self.services, req))
-        except ApiError as exc:
-            if exc.status != 403:  # a denial was audited above
-                self.audit.write(
-                    self.clock.now(),
-                    "request_rejected",
-                    method=req.method,
-                    path=req.path[:256],
-                    status=exc.status,
-                    code=exc.code,
-                    reason=exc.message[:512],
-                    actor=actor(req),
-                )
-            return HttpResponse(exc.status, exc.body())
+        except ApplyError as exc:  # an element write of this request, refused by the kernel
+            message = f"the kernel refused the change: {exc.message}"
+            return self._rejected(req, RequestError(message, code="E-KERNEL-REFUSED"))
         except AitherError as exc:
-            log.error("request failed path=%s code=%s error=%s", req.path, exc.code, exc.message)
-            return HttpResponse(500, {"error": {"code": exc.code, "message": exc.message}})
+            if codes.lookup(exc.code).http is None:  # not meant for an answer: a daemon fault
+                log.error(
+                    "request failed path=%s code=%s error=%s", req.path, exc.code, exc.message
+                )
+                return _error(500, exc)
+            return self._rejected(req, exc)
+
+    def _rejected(self, req: HttpRequest, exc: AitherError) -> HttpResponse:
+        status = codes.http_status(exc.code)
+        if exc.code != "E-FORBIDDEN":  # a denial was audited as access_denied
+            self.audit.write(
+                self.clock.now(),
+                "request_rejected",
+                method=req.method,
+                path=req.path[:256],
+                status=status,
+                code=exc.code,
+                reason=exc.message[:512],
+                actor=actor(req),
+            )
+        return _error(status, exc)
+
+
+def _error(status: int, exc: AitherError) -> HttpResponse:
+    return HttpResponse(status, {"error": {"code": exc.code, "message": exc.message}})

@@ -21,11 +21,11 @@ from aitherfwd.adapters import memory
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
-from aitherfwd.control.schema import ApiError, BlockSpec
+from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.ports import Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, address_text
-from aitherfwd.errors import AitherError, ApplyError
+from aitherfwd.dynamic.blocks import Block, BlockTable, address_text
+from aitherfwd.errors import AitherError, ApplyError, RequestError
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy
 from aitherfwd.stats import Stats
@@ -95,10 +95,7 @@ class BlockService:
         for spec in specs:
             if spec.key in seen:
                 continue
-            try:
-                self.table.check(spec.key, now)
-            except BlockError as exc:
-                raise ApiError(exc.status, exc.code, exc.message) from None
+            self.table.check(spec.key, now)  # BlockError: E-PROTECTED, E-BLOCK-OVERLAP
             expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
             seen.add(spec.key)
             blocks.append(Block(spec.key, expires, spec.reason, source, now))
@@ -145,7 +142,7 @@ class BlockService:
         key = address_text(network)
         removed = self.table.remove(key, now)
         if removed is None:
-            raise ApiError(404, "E-NOT-BLOCKED", f"{key} is not blocked")
+            raise RequestError(f"{key} is not blocked", code="E-NOT-BLOCKED")
         blk, commands = removed
         try:
             await self.writer.elements(commands)

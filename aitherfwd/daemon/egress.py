@@ -25,13 +25,12 @@ from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.config import Authorizer
 from aitherfwd.control.sandbox import GrantSpec
-from aitherfwd.control.schema import ApiError
 from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
 from aitherfwd.egress.dns import Change, DomainTable, element_delta
 from aitherfwd.egress.sandbox import Grant, GrantError, GrantTable, check_ports, key_of, refusal
-from aitherfwd.errors import ApplyError
+from aitherfwd.errors import ApplyError, RequestError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, PortRange
 
@@ -307,19 +306,21 @@ class EgressRuntime:
         known = self.domains.addresses_of(host)
         if not known:
             if self.resolver is None:
-                raise ApiError(409, "E-NO-RESOLVERS", "the policy lists no egress.resolvers")
+                raise RequestError("the policy lists no egress.resolvers", code="E-NO-RESOLVERS")
             try:
                 known = [a for a, _ in await self.resolver.resolve(host)]
             except ResolveError as exc:
-                raise ApiError(422, "E-RESOLVE", f"cannot resolve {host}: {exc.message}") from None
+                raise RequestError(
+                    f"cannot resolve {host}: {exc.message}", code="E-RESOLVE"
+                ) from None
         return [ipaddress.ip_network(a) for a in sorted(set(known))]
 
     async def grant(self, spec: GrantSpec, caller: Caller, actor: Actor) -> dict[str, Any]:
         now = self.clock.now()
         policy = self.policy
         if policy is None or policy.egress is None:
-            raise ApiError(
-                409, "E-NO-EGRESS", "the policy has no egress: section; outbound is not filtered"
+            raise RequestError(
+                "the policy has no egress: section; outbound is not filtered", code="E-NO-EGRESS"
             )
         targets = (
             [spec.network] if spec.network is not None else await self.addresses(spec.host or "")
@@ -340,7 +341,7 @@ class EgressRuntime:
                 reason=exc.message,
                 actor=actor,
             )
-            raise ApiError(exc.status, exc.code, exc.message) from None
+            raise
         given = min(ttl, limit)
         grants = [
             Grant(key_of(net), now + given, spec.scope, spec.ports, now, spec.host, caller.uid)
@@ -376,15 +377,14 @@ class EgressRuntime:
         refused, when the ttl is too long)."""
         if limit is not None and ttl > limit:
             raise GrantError(
-                403,
-                "E-TTL-TOO-LONG",
                 f"ttl {ttl}s is above the {limit}s your role may grant; ask for less",
+                code="E-TTL-TOO-LONG",
             )
         check_ports(spec.ports, policy.sandbox)
         for net in targets:
             why = refusal(net, policy.egress)
             if why is not None:
-                raise GrantError(403, "E-GRANT-REFUSED", why)
+                raise GrantError(why, code="E-GRANT-REFUSED")
             self.grants.check_overlap(net, now)
 
     async def _commit(self, grants: list[Grant], now: float) -> None:
@@ -411,7 +411,7 @@ class EgressRuntime:
             else [g.key for g in self.grants.active(now) if g.host == destination]
         )
         if not keys:
-            raise ApiError(404, "E-NOT-GRANTED", f"{destination} has no live sandbox grant")
+            raise RequestError(f"{destination} has no live sandbox grant", code="E-NOT-GRANTED")
         removed: list[Grant] = []
         cmds: list[Any] = []
         for key in keys:

@@ -49,20 +49,20 @@ BULK_BODY_BYTES = 32 << 20  # POST /v1/blocks takes up to 200,000 blocks in one 
 
 
 def load_config(path: Path | None) -> DaemonConfig:
+    """The validated config; ConfigError with every problem located. The default path
+    may be absent (defaults apply); a path given on the command line must exist."""
     if path is None or not path.exists():
         if path is not None and path != Path("/etc/aitherfwd/aitherfwd.toml"):
-            raise ConfigError(f"{path}: no such file")
+            raise ConfigError.unreadable(str(path), "no such file")
         return DaemonConfig()
     try:
         text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
-    try:
-        return parse_config(
-            text, lambda n: pwd.getpwnam(n).pw_uid, lambda n: grp.getgrnam(n).gr_gid
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError.unreadable(str(path), reason) from None
+    return parse_config(
+        text, lambda n: pwd.getpwnam(n).pw_uid, lambda n: grp.getgrnam(n).gr_gid, str(path)
+    )
 
 
 def with_overrides(cfg: DaemonConfig, **overrides: object) -> DaemonConfig:

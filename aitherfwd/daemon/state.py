@@ -13,6 +13,7 @@ from typing import Any
 
 from aitherfwd.compiler import Ruleset
 from aitherfwd.evaluator import Evaluator
+from aitherfwd.policy.diagnostics import render_fields
 from aitherfwd.policy.model import Policy
 
 
@@ -39,14 +40,11 @@ class ReloadOutcome:
         return {
             "result": self.result,
             "generation": self.generation,
-            "errors": self.errors,
-            "warnings": self.warnings,
+            "errors": [{**e, "rendered": render_fields(e)} for e in self.errors],
+            "warnings": [{**w, "rendered": render_fields(w)} for w in self.warnings],
         }
 
 
 def describe(error: dict[str, Any]) -> str:
-    """One diagnostic as a line: `file:line:col: [CODE] path: message` (parts it has)."""
-    where = ":".join(str(error[k]) for k in ("file", "line", "column") if error.get(k) is not None)
-    subject = f"{error['path']}: " if error.get("path") else ""
-    text = f"[{error.get('code', '?')}] {subject}{error.get('message', '')}"
-    return f"{where}: {text}" if where else text
+    """One diagnostic as a line: `file:line:col: error[CODE] path: message` (parts it has)."""
+    return render_fields(error)

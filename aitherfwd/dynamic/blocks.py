@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aitherfwd.errors import AitherError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork
 
@@ -30,14 +31,11 @@ LOOPBACK: tuple[IPNetwork, ...] = (
 )
 
 
-class BlockError(ValueError):
-    """A block that must not or cannot be made; `code` is the API error code."""
+class BlockError(AitherError):
+    """A block that must not be made: a protected address (`E-PROTECTED`) or a prefix
+    overlapping another (`E-BLOCK-OVERLAP`)."""
 
-    def __init__(self, code: str, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+    code = "E-PROTECTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,9 +241,9 @@ class BlockTable:
         for p, (v, plo, phi) in zip(self.protected, self._protected_ranges, strict=True):
             if v == version and lo <= phi and plo <= hi:  # the two ranges overlap
                 raise BlockError(
-                    "E-PROTECTED",
                     f"{key} overlaps {p}, which is "
                     "never blocked (loopback, the management zone, never_block)",
+                    code="E-PROTECTED",
                 )
         if "/" not in key:
             return
@@ -256,9 +254,9 @@ class BlockTable:
                 continue
             if net.overlaps(o):
                 raise BlockError(
-                    "E-BLOCK-OVERLAP",
                     f"{address_text(net)} overlaps the existing "
                     f"prefix block {o}; unblock it first or block a disjoint prefix",
+                    code="E-BLOCK-OVERLAP",
                 )
 
     def put(self, blocks: Iterable[Block], now: float) -> list[Any]:

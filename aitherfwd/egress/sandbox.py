@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.egress import names as en
+from aitherfwd.errors import AitherError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import Egress, IPAddress, IPNetwork, PortRange, SandboxSettings
 
@@ -29,12 +30,11 @@ METADATA: tuple[IPNetwork, ...] = (
 MAX_SCOPE = 64
 
 
-class GrantError(ValueError):
-    """A grant that must not or cannot be made; `code` and `status` are the API's."""
+class GrantError(AitherError):
+    """A grant that must not be made: a destination never granted, a port outside
+    sandbox.allowed_ports, a prefix overlapping another, a ttl above the role's limit."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+    code = "E-GRANT-REFUSED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +113,9 @@ def check_ports(ports: tuple[int, ...], settings: SandboxSettings) -> None:
     for port in ports:
         if allowed and not any(port in r for r in allowed):
             raise GrantError(
-                403,
-                "E-PORT-NOT-ALLOWED",
                 f"port {port} is not in sandbox.allowed_ports "
                 f"({', '.join(str(r) for r in allowed)})",
+                code="E-PORT-NOT-ALLOWED",
             )
 
 
@@ -151,9 +150,8 @@ class GrantTable:
             same = other.version == net.version and g.key != key_of(net)
             if not g.single and same and net.overlaps(other):
                 raise GrantError(
-                    409,
-                    "E-GRANT-OVERLAP",
                     f"{net} overlaps the granted prefix {other}; revoke it first",
+                    code="E-GRANT-OVERLAP",
                 )
 
     def put(self, grants: Iterable[Grant], now: float) -> list[Any]:

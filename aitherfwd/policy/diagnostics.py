@@ -1,15 +1,20 @@
 """Located, coded diagnostics and the reporter that collects them (layer L1, pure).
 
-Owns: `Pos`, `Diagnostic`, `Reporter`, did-you-mean suggestions and the summary line.
-Must not import adapters or anything that does I/O.
+Owns: `Pos`, `Diagnostic`, `Reporter`, did-you-mean suggestions, the summary line and THE
+renderer of a diagnostic, `file:line:col: error[CODE] path: message` — used by the CLI
+(check, check-config, reload, status), the API (each diagnostic dict carries its `rendered`
+line), systemd STATUS= and the log. `render_fields` renders the dict form (what travels over
+the control socket), so every consumer prints the same line. Used for the policy and the
+daemon config alike. Must not import adapters or anything that does I/O.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Severity(StrEnum):
@@ -51,7 +56,42 @@ class Diagnostic:
             "file": self.pos.file if self.pos else None,
             "line": self.pos.line if self.pos else None,
             "column": self.pos.col if self.pos else None,
+            "rendered": self.render(),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Diagnostic:
+        """The inverse of `as_dict`, tolerant of the parts a plain error lacks (a reload
+        refusal is `{"code", "message"}`; a position needs file, line and column)."""
+        try:
+            severity = Severity(data.get("severity") or "error")
+        except ValueError:
+            severity = Severity.ERROR
+        file, line, col = data.get("file"), data.get("line"), data.get("column")
+        pos = (
+            Pos(file, line, col)
+            if isinstance(file, str) and isinstance(line, int) and isinstance(col, int)
+            else None
+        )
+        return cls(
+            severity,
+            str(data.get("code") or "E-INTERNAL"),
+            str(data.get("path") or ""),
+            str(data.get("message") or ""),
+            pos,
+        )
+
+
+def render_fields(data: Mapping[str, Any]) -> str:
+    """A diagnostic or error in its dict form, rendered exactly as `Diagnostic.render`."""
+    return Diagnostic.from_dict(data).render()
+
+
+def report_lines(diagnostics: Sequence[Diagnostic]) -> list[str]:
+    """Every diagnostic on its own line, then the summary (nothing when there are none)."""
+    if not diagnostics:
+        return []
+    return [*(d.render() for d in diagnostics), summary(diagnostics)]
 
 
 @dataclass

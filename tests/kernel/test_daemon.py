@@ -117,6 +117,25 @@ def test_loopback_and_management_can_never_be_blocked(daemon: DaemonProc) -> Non
     assert daemon.ok("GET", "/v1/blocks")["count"] == 0
 
 
+def test_a_block_the_kernel_refuses_is_409_with_the_kernels_message(
+    lab: Lab, daemon: DaemonProc
+) -> None:
+    """Another tool put a prefix in our set behind the daemon's back: an overlapping block
+    passes the daemon's own checks, the kernel refuses it, and the request (not the daemon)
+    is at fault: 409, the kernel's words, nothing stored."""
+    elem = {"prefix": {"addr": "10.77.50.0", "len": 24}}
+    target = {"family": "inet", "table": "aitherfwd", "name": "block_v4_net", "elem": [elem]}
+    with inside(lab.server):
+        Nft().run([{"add": {"element": target}}])
+    status, answer = daemon.request("POST", "/v1/blocks", {"address": "10.77.50.0/25"})
+    assert status == 409, answer
+    assert answer["error"]["code"] == "E-KERNEL-REFUSED"
+    assert answer["error"]["message"].startswith("the kernel refused the change: ")
+    assert daemon.ok("GET", "/v1/blocks")["count"] == 0
+    res = daemon.cli("block", "10.77.50.0/26")
+    assert res.returncode == 1 and "error[E-KERNEL-REFUSED]" in res.stderr
+
+
 def test_many_blocks_in_one_request_are_one_transaction(lab: Lab, daemon: DaemonProc) -> None:
     before = daemon.ok("GET", "/v1/status")["kernel"]["transactions_ok"]
     addrs = [f"10.77.{200 + i // 250}.{i % 250 + 1}" for i in range(1000)]

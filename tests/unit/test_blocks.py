@@ -6,10 +6,11 @@ import ipaddress
 
 import pytest
 
+from aitherfwd.codes import http_status
 from aitherfwd.control import schema
-from aitherfwd.control.schema import ApiError
 from aitherfwd.durations import format_duration, parse_duration
 from aitherfwd.dynamic.blocks import Block, BlockError, BlockTable, canonical_v4
+from aitherfwd.errors import RequestError
 
 NOW = 1_700_000_000.0
 
@@ -100,9 +101,9 @@ def test_block_schema_is_strict() -> None:
         {"blocks": "x"},
         [],
     ]:
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(RequestError) as info:
             schema.parse_blocks(body)
-        assert 400 <= info.value.status < 500
+        assert 400 <= http_status(info.value.code) < 500
 
 
 def test_evaluate_schema() -> None:
@@ -114,7 +115,7 @@ def test_evaluate_schema() -> None:
         {"source_ip": "10.0.0.1", "protocol": "icmp", "dest_port": 5},
         {"source_ip": "10.0.0.1", "dest_port": True},
     ]:
-        with pytest.raises(ApiError):
+        with pytest.raises(RequestError):
             schema.parse_evaluate(body)
 
 
@@ -124,5 +125,5 @@ def test_the_ipv4_fast_path_takes_only_canonical_text() -> None:
         assert canonical_v4(text) is None
     # whatever the fast path refuses, the strict parser decides
     for text in ["010.0.0.1", "\x00", "1.2.3.4%eth0"]:
-        with pytest.raises(ApiError):
+        with pytest.raises(RequestError):
             schema.parse_blocks({"address": text})

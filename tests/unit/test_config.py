@@ -28,7 +28,7 @@ def test_shipped_example_config_parses() -> None:
 def test_unknown_keys_and_unknown_users_are_errors() -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         _parse("[control]\nsockett = '/x'\n")
-    with pytest.raises(ConfigError, match="no such user or group 'bob'"):
+    with pytest.raises(ConfigError, match="no such user 'bob'"):
         _parse("[roles]\nadmin = {users = ['bob']}\n")
     with pytest.raises(ConfigError, match="octal"):
         _parse("[control]\nmode = 'rw'\n")

@@ -8,6 +8,7 @@ import ipaddress
 import pytest
 
 from aitherfwd.clock import FakeClock
+from aitherfwd.codes import http_status
 from aitherfwd.egress.sandbox import Grant, GrantError, GrantTable, check_ports, refusal
 from aitherfwd.evaluator import Evaluator, Request
 from aitherfwd.policy.model import PortRange, Protocol
@@ -97,7 +98,7 @@ def test_grants_for_known_bad_or_metadata_are_refused() -> None:
     assert refusal(ipaddress.ip_network("198.18.0.1"), eg) is None
     with pytest.raises(GrantError) as exc:
         check_ports((22,), ok(POLICY).sandbox)
-    assert exc.value.status == 403
+    assert exc.value.code == "E-PORT-NOT-ALLOWED" and http_status(exc.value.code) == 403
 
 
 def test_grant_elements_carry_timeout_and_scope_and_a_regrant_replaces() -> None:

@@ -10,10 +10,11 @@ import pytest
 
 from aitherfwd.adapters.store import SCHEMA_VERSION, Store
 from aitherfwd.client import scope_from_headers
+from aitherfwd.codes import http_status
 from aitherfwd.config import ConfigError, parse_config
 from aitherfwd.control.sandbox import parse_grant
-from aitherfwd.control.schema import ApiError
 from aitherfwd.egress.sandbox import Grant
+from aitherfwd.errors import RequestError
 
 NOW = 1_800_000_000.0
 
@@ -74,9 +75,9 @@ def test_grant_requests_are_checked_strictly() -> None:
         {"destination": "not a host"},
         {"destination": "198.18.0.1", "extra": 1},
     ):
-        with pytest.raises(ApiError) as exc:
+        with pytest.raises(RequestError) as exc:
             parse_grant(body)
-        assert exc.value.status == 400, body
+        assert http_status(exc.value.code) == 400, body
 
 
 def test_the_agent_scope_header_convention() -> None:

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "aitherfwd"
-L0 = {"errors", "clock"}
+L0 = {"errors", "codes", "clock"}
 L1 = {
     "policy",
     "nft",

@@ -236,7 +236,7 @@ def test_metrics_listen_is_checked_and_on_by_default() -> None:
     assert DaemonConfig().metrics_listen == "127.0.0.1:9466"
     assert parse_config('[metrics]\nlisten = ""\n', int, int).metrics_listen == ""
     assert parse_config('[metrics]\nlisten = "[::1]:9500"\n', int, int).metrics_listen
-    with pytest.raises(ConfigError, match=r"metrics\.listen must be"):
+    with pytest.raises(ConfigError, match=r"metrics\.listen: must be"):
         parse_config('[metrics]\nlisten = "9466"\n', int, int)
     assert parse_listen("[::1]:9466") == ("::1", 9466)
 

@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from aitherfwd.control.schema import ApiError, BlockSpec, EvaluateSpec, ThreatSpec
-from aitherfwd.errors import ApplyError, PolicyError
+from aitherfwd import codes
+from aitherfwd.control.schema import BlockSpec, EvaluateSpec, ThreatSpec
+from aitherfwd.errors import AitherError, ApplyError, PolicyError
 from aitherfwd.policy.model import Protocol, Severity
 from aitherfwd.testing import FakeDaemon, fake_daemon
 
@@ -243,9 +244,9 @@ def test_unblocking_what_is_not_blocked_is_a_404(fake: FakeDaemon) -> None:
     s = fake.services
 
     async def unblock() -> None:
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(AitherError) as err:
             await s.blocks.unblock(net("203.0.113.13/32"))
-        assert err.value.status == 404
+        assert codes.http_status(err.value.code) == 404
 
     run(fake, unblock)
 
@@ -254,9 +255,9 @@ def test_the_management_zone_is_never_blocked(fake: FakeDaemon) -> None:
     s = fake.services
 
     async def protected() -> None:
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(AitherError) as err:
             await s.blocks.block([BlockSpec("10.77.9.5", 600, "x")])
-        assert err.value.status == 409
+        assert codes.http_status(err.value.code) == 409
 
     run(fake, protected)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aitherfwd.control.schema import ApiError, BlockSpec
+from aitherfwd.control.schema import BlockSpec
 from aitherfwd.dynamic.blocks import address_text
-from aitherfwd.errors import ApplyError
+from aitherfwd.errors import AitherError
 from aitherfwd.testing import FakeDaemon, fake_daemon
 
 POLICY = """\
@@ -55,11 +55,11 @@ async def apply(fake: FakeDaemon, kind: str, target: str | None, arg: object) ->
         assert target is not None
         if kind == "refuse":
             fake.kernel.refuse_next("Could not process rule: No buffer space available")
-        with contextlib.suppress(ApiError, ApplyError):
+        with contextlib.suppress(AitherError):
             await s.blocks.block([BlockSpec(target, arg if isinstance(arg, int) else None, "p")])
         fake.kernel.refusals.clear()  # a protected target never reached the kernel
     elif kind == "unblock":
-        with contextlib.suppress(ApiError):
+        with contextlib.suppress(AitherError):
             await s.blocks.unblock(ipaddress.ip_network(target or ""))
     elif kind == "advance":
         fake.clock.advance(float(arg))  # type: ignore[arg-type]
