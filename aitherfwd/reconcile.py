@@ -103,7 +103,7 @@ def transaction(desired: Ruleset, observed: Observed) -> list[Json]:
             for c in observed.counters
             if c not in want_counters
         ]
-    return cmds + [c for c in desired.commands() if c["add"].get("set", {}).get("name") not in kept]
+    return cmds + [c for c in desired.commands() if b.added_set_name(c) not in kept]
 
 
 @dataclass(frozen=True, slots=True)

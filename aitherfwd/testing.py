@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aitherfwd.clock import Clock, FakeClock
 from aitherfwd.errors import ApplyError
+from aitherfwd.nft.builders import element_fields, element_key
 from aitherfwd.policy.model import IPAddress, NotifySettings
 from aitherfwd.reconcile import Observed
 
@@ -41,12 +42,6 @@ __all__ = [
 
 Json = dict[str, Any]
 _OBJECTS = ("chain", "set", "map", "counter")
-
-
-def element_key(element: Any) -> str:
-    """An element's identity in its set: its value, without timeout or comment."""
-    value = element["elem"]["val"] if isinstance(element, dict) and "elem" in element else element
-    return json.dumps(value, sort_keys=True)
 
 
 @dataclass
@@ -228,7 +223,7 @@ class FakeKernel:
                 continue
             if live is not None:
                 continue  # `add` of a present element changes nothing (like kernel 6.1)
-            body = e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e}
+            body = element_fields(e)
             timeout = body.get("timeout")
             elems[key] = _Element(
                 body["val"], now + timeout if timeout else None, body.get("comment")

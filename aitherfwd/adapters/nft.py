@@ -137,10 +137,4 @@ def _first_errors(error: str) -> str:
 
 def _elements(commands: list[Json]) -> int:
     """Set elements carried by element commands (add/delete/create of `element`)."""
-    count = 0
-    for command in commands:
-        for body in command.values():
-            elem = body.get("element", {}).get("elem") if isinstance(body, dict) else None
-            if isinstance(elem, list):
-                count += len(elem)
-    return count
+    return sum(len(ec.elements) for c in commands if (ec := b.element_command(c)))

@@ -26,6 +26,7 @@ from aitherfwd.daemon.ports import Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.dynamic.blocks import Block, BlockTable, address_text
 from aitherfwd.errors import AitherError, ApplyError, RequestError
+from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy
 from aitherfwd.stats import Stats
@@ -221,7 +222,7 @@ class BlockService:
         return len(missing)
 
     def _adopt_element(self, elem: Any, now: float, found: list[Block]) -> str:
-        body = elem["elem"] if isinstance(elem, dict) and "elem" in elem else {"val": elem}
+        body = b.element_fields(elem)
         val = body["val"]
         text = f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) else val
         key = address_text(ipaddress.ip_network(text))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -108,7 +107,7 @@ class EgressRuntime:
         cmds = self.grants.restore_commands(now)
         if self.policy is None or self.policy.egress is None:
             port_sets = set(en.PORT_SETS.values())
-            cmds = [c for c in cmds if c["add"]["element"]["name"] not in port_sets]
+            cmds = [c for c in cmds if _set_of(c) not in port_sets]
         if domains:
             cmds += [b.add(b.element(s, sorted(v))) for s, v in sorted(self.installed.items()) if v]
         return cmds
@@ -119,20 +118,21 @@ class EgressRuntime:
         small, so they are listed in full. Returns how many elements were put back."""
         wanted: dict[str, list[Any]] = {}
         for command in self.restore_commands(now, domains=True):
-            element = command["add"]["element"]
-            wanted.setdefault(element["name"], []).extend(element["elem"])
+            ec = b.element_command(command)
+            if ec is not None:
+                wanted.setdefault(ec.set_name, []).extend(ec.elements)
         commands: list[Any] = []
         for name, elems in sorted(wanted.items()):
             try:
-                present = {_element_key(e) for e in nft.set_elements(name)}
+                present = {b.element_key(e) for e in nft.set_elements(name)}
             except ApplyError:
                 continue  # the set itself is gone: the static repair recreates it
-            lost = [e for e in elems if _element_key(e) not in present]
+            lost = [e for e in elems if b.element_key(e) not in present]
             if lost:
                 commands.append(b.add(b.element(name, lost)))
         if commands:
             nft.run(commands)
-        return sum(len(c["add"]["element"]["elem"]) for c in commands)
+        return sum(len(ec.elements) for c in commands if (ec := b.element_command(c)))
 
     # --- DNS -----------------------------------------------------------------------------
 
@@ -188,9 +188,7 @@ class EgressRuntime:
             out = {}
             for name in sets:
                 elems = nft.set_elements(name)
-                out[name] = frozenset(
-                    e["elem"]["val"] if isinstance(e, dict) else str(e) for e in elems
-                )
+                out[name] = frozenset(str(b.element_value(e)) for e in elems)
             return out
 
         if sets:
@@ -470,8 +468,6 @@ class EgressRuntime:
         }
 
 
-def _element_key(element: Any) -> str:
-    """An element's value (what identifies it in its set), comparable between what we add
-    and what the kernel lists: timeouts, expiry and comments left out."""
-    value = element["elem"]["val"] if isinstance(element, dict) and "elem" in element else element
-    return json.dumps(value, sort_keys=True)
+def _set_of(command: Any) -> str | None:
+    ec = b.element_command(command)
+    return ec.set_name if ec is not None else None

@@ -6,6 +6,8 @@ them out. Must not import the nftables binding: building is pure, applying is an
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.nft.names import FAMILY, TABLE
@@ -70,6 +72,52 @@ def rule(chain_name: str, exprs: list[Expr], comment: str) -> Json:
 
 def element(set_name: str, elements: list[Any]) -> Json:
     return {"element": {**_t(), "name": set_name, "elem": elements}}
+
+
+# --- reading commands and listed elements back (the only place that indexes their JSON) -----
+
+
+@dataclass(frozen=True, slots=True)
+class ElementCommand:
+    """An element command as data: `verb` (add, delete, …), the set and its elements."""
+
+    verb: str
+    set_name: str
+    elements: list[Any]
+
+
+def element_command(command: Json) -> ElementCommand | None:
+    """`command` read back as an element command; None for anything else."""
+    ((verb, body),) = command.items()
+    elem = body.get("element") if isinstance(body, dict) else None
+    if not isinstance(elem, dict) or not isinstance(elem.get("elem"), list):
+        return None
+    return ElementCommand(verb, str(elem["name"]), elem["elem"])
+
+
+def added_set_name(command: Json) -> str | None:
+    """The set an `add set` command creates, else None."""
+    body = command.get("add", {}).get("set")
+    return str(body["name"]) if isinstance(body, dict) else None
+
+
+def element_fields(element: Any) -> Json:
+    """An element as added or listed, as `{"val": …, "timeout"?, "expires"?, "comment"?}`
+    (a bare value has only `val`)."""
+    if isinstance(element, dict) and "elem" in element:
+        fields: Json = element["elem"]
+        return fields
+    return {"val": element}
+
+
+def element_value(element: Any) -> Any:
+    """What identifies an element in its set: its value, without timeout or comment."""
+    return element_fields(element)["val"]
+
+
+def element_key(element: Any) -> str:
+    """`element_value` as text, comparable between what we add and what the kernel lists."""
+    return json.dumps(element_value(element), sort_keys=True)
 
 
 def element_batches(commands: list[Json], limit: int) -> list[list[Json]]:
