@@ -22,30 +22,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import doc
-from benchmarks.bench_daemon import Daemon, KeepAlive
+from benchmarks.bench_daemon import KeepAlive, start_daemon
 from benchmarks.netns import REPO
 from benchmarks.stats import Summary, measure
+from lab import netns
 
 OUT = REPO / "docs" / "benchmarks-egress.md"
 NAMES = 1000
 RESOLVER = "127.0.0.53"
 MARK = "AFWE-RESULT "
-
-
-@contextmanager
-def namespace() -> Iterator[str]:
-    name = f"afwe-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=30)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, timeout=60)
 
 
 def names() -> list[str]:
@@ -90,10 +78,10 @@ def policy_text() -> str:
 def outer(quick: bool) -> list[tuple[str, Summary, str, str]]:
     rows: list[tuple[str, Summary, str, str]] = []
     reps = 50 if quick else 300
-    with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwe-b-") as tmpdir:
+    with netns.namespace() as ns, tempfile.TemporaryDirectory(prefix="afwe-b-") as tmpdir:
         tmp = Path(tmpdir)
         dns = start_dns(ns, tmp)
-        daemon = Daemon(ns, tmp, policy_text())
+        daemon = start_daemon(ns, tmp, policy_text())
         try:
             conn = KeepAlive(daemon.socket)
             grant = measure(
@@ -143,7 +131,7 @@ def outer(quick: bool) -> list[tuple[str, Summary, str, str]]:
                 )
             )
         finally:
-            daemon.stop()
+            daemon.cleanup()
         inner = subprocess.run(
             [
                 "ip",
