@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks import doc
 from benchmarks.bench_daemon import KeepAlive, start_daemon
-from benchmarks.netns import REPO
+from benchmarks.netns import PREFIX, REPO
 from benchmarks.stats import Summary, measure
 from lab import netns
 
@@ -78,7 +78,7 @@ def policy_text() -> str:
 def outer(quick: bool) -> list[tuple[str, Summary, str, str]]:
     rows: list[tuple[str, Summary, str, str]] = []
     reps = 50 if quick else 300
-    with netns.namespace() as ns, tempfile.TemporaryDirectory(prefix="afwe-b-") as tmpdir:
+    with netns.namespace(PREFIX) as ns, tempfile.TemporaryDirectory(prefix="afwe-b-") as tmpdir:
         tmp = Path(tmpdir)
         dns = start_dns(ns, tmp)
         daemon = start_daemon(ns, tmp, policy_text())
