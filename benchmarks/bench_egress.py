@@ -1,7 +1,7 @@
 """Egress benchmarks: a sandbox grant through the socket until the kernel enforces it, and
 a DNS refresh round of 1,000 allowlisted names applied as one transaction.
 
-Owns: an `afwe-<pid>` namespace with loopback only, dnsmasq in it (127.0.0.53, a hosts file
+Owns: an `afwb-<pid>-<n>` namespace with loopback only, dnsmasq in it (127.0.0.53, a hosts file
 of 1,000 names, TTL 1 s) and the real daemon (`aitherfwd run`) with those names allowlisted.
 Measured in the same run: a grant over a kept-alive socket connection (baseline: a single
 block, the same path into another set), and inside the namespace (`--inner`) the pieces
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmarks import doc
 from benchmarks.bench_daemon import KeepAlive, start_daemon
-from benchmarks.netns import PREFIX, REPO
+from benchmarks.netns import PREFIX, REPO, require_own_namespace
 from benchmarks.stats import Summary, measure
 from lab import netns
 
@@ -170,9 +170,7 @@ def outer(quick: bool) -> list[tuple[str, Summary, str, str]]:
 
 def inner(ns: str, hosts: Path, dns_pid: int, reps: int) -> None:
     """Inside the namespace: time the parts of a refresh round where every name moved."""
-    here = os.stat("/proc/self/ns/net").st_ino
-    if not ns.startswith("afwe-") or here != os.stat(f"/run/netns/{ns}").st_ino:
-        raise SystemExit(f"refusing to benchmark: not inside network namespace {ns!r}")
+    require_own_namespace(ns)
     from aitherfwd.adapters.dns import Resolver  # noqa: PLC0415 - only inside the namespace
     from aitherfwd.adapters.nft import Nft  # noqa: PLC0415
     from aitherfwd.egress.dns import DomainTable, element_delta  # noqa: PLC0415
