@@ -41,8 +41,8 @@ demo: setup
 	$(PY) -m demo
 
 lint: setup
-	$(VENV)/bin/ruff check aitherfwd tests benchmarks demo
-	$(VENV)/bin/ruff format --check aitherfwd tests benchmarks demo
+	$(VENV)/bin/ruff check aitherfwd lab tests benchmarks demo
+	$(VENV)/bin/ruff format --check aitherfwd lab tests benchmarks demo
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -20,9 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aitherfwd.adapters.control_client import ControlClient
 from aitherfwd.compiler import compile_policy
-from aitherfwd.errors import AitherError
 from aitherfwd.evaluator import Evaluator, Request
 from aitherfwd.policy.model import Protocol
 from aitherfwd.policy.parse import parse_policy
@@ -30,65 +28,16 @@ from benchmarks import doc
 from benchmarks.netns import REPO, namespace
 from benchmarks.policygen import generate_policy
 from benchmarks.stats import Summary, measure
+from lab.daemon import DaemonProc
 
-CLI = str(REPO / ".venv" / "bin" / "aitherfwd")
 OUT = REPO / "docs" / "benchmarks-daemon.md"
 
 
-class Daemon:
-    def __init__(self, ns: str, workdir: Path, policy_text: str) -> None:
-        self.workdir = workdir
-        (workdir / "policy.yaml").write_text(policy_text)
-        (workdir / "aitherfwd.toml").write_text("")
-        self.socket = workdir / "control.sock"
-        argv = [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            CLI,
-            "run",
-            "--policy",
-            str(workdir / "policy.yaml"),
-            "--config",
-            str(workdir / "aitherfwd.toml"),
-            "--socket",
-            str(self.socket),
-            "--state-dir",
-            str(workdir / "state"),
-            "--audit-log",
-            str(workdir / "audit"),
-        ]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.client = ControlClient(self.socket, timeout=120)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.socket.exists() and self._healthy():
-                return
-            time.sleep(0.05)
-        raise RuntimeError("daemon did not start")
-
-    def _healthy(self) -> bool:
-        try:
-            return self.client.request("GET", "/v1/health")[0] == 200
-        except AitherError:
-            return False  # not listening yet
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def post(self, path: str, body: object) -> object:
-        status, answer = self.client.request("POST", path, body)
-        if status != 200:
-            raise RuntimeError(f"{path}: {status} {answer}")
-        return answer
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
+def start_daemon(ns: str, workdir: Path, policy_text: str) -> DaemonProc:
+    """The real daemon for a benchmark (lab/daemon.py): output discarded, slow requests
+    (100,000 blocks in one) allowed; `cleanup()` kills it."""
+    daemon = DaemonProc(ns, workdir, policy_text, quiet=True, client_timeout=120)
+    return daemon.start(deadline_s=60)
 
 
 class KeepAlive:
@@ -150,7 +99,7 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
     # evaluate first: tearing down a namespace that held 400,000 set elements keeps the
     # kernel busy for seconds afterwards, which would be measured as socket latency
     with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwb-d-") as tmp:
-        d = Daemon(ns, Path(tmp), big_policy)
+        d = start_daemon(ns, Path(tmp), big_policy)
         try:
             req = {"source_ip": "203.0.113.9", "dest_port": 443, "protocol": "tcp"}
             samples = measure(lambda i: d.post("/v1/evaluate", req), reps)
@@ -176,9 +125,9 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
             )
             conn.close()
         finally:
-            d.stop()
+            d.cleanup()
     with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwb-d-") as tmp:
-        d = Daemon(ns, Path(tmp), default)
+        d = start_daemon(ns, Path(tmp), default)
         try:
             time.sleep(2)
             rows.append(
@@ -263,7 +212,7 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
                 )
             )
         finally:
-            d.stop()
+            d.cleanup()
     policy = parse_policy(big_policy, "gen1000.yaml").policy
     assert policy is not None
     compile_policy(policy)

@@ -1,7 +1,7 @@
 """Egress benchmarks: a sandbox grant through the socket until the kernel enforces it, and
 a DNS refresh round of 1,000 allowlisted names applied as one transaction.
 
-Owns: an `afwe-<pid>` namespace with loopback only, dnsmasq in it (127.0.0.53, a hosts file
+Owns: an `afwb-<pid>-<n>` namespace with loopback only, dnsmasq in it (127.0.0.53, a hosts file
 of 1,000 names, TTL 1 s) and the real daemon (`aitherfwd run`) with those names allowlisted.
 Measured in the same run: a grant over a kept-alive socket connection (baseline: a single
 block, the same path into another set), and inside the namespace (`--inner`) the pieces
@@ -22,30 +22,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks import doc
-from benchmarks.bench_daemon import Daemon, KeepAlive
-from benchmarks.netns import REPO
+from benchmarks.bench_daemon import KeepAlive, start_daemon
+from benchmarks.netns import PREFIX, REPO, require_own_namespace
 from benchmarks.stats import Summary, measure
+from lab import netns
 
 OUT = REPO / "docs" / "benchmarks-egress.md"
 NAMES = 1000
 RESOLVER = "127.0.0.53"
 MARK = "AFWE-RESULT "
-
-
-@contextmanager
-def namespace() -> Iterator[str]:
-    name = f"afwe-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=30)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False, timeout=60)
 
 
 def names() -> list[str]:
@@ -90,10 +78,10 @@ def policy_text() -> str:
 def outer(quick: bool) -> list[tuple[str, Summary, str, str]]:
     rows: list[tuple[str, Summary, str, str]] = []
     reps = 50 if quick else 300
-    with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwe-b-") as tmpdir:
+    with netns.namespace(PREFIX) as ns, tempfile.TemporaryDirectory(prefix="afwe-b-") as tmpdir:
         tmp = Path(tmpdir)
         dns = start_dns(ns, tmp)
-        daemon = Daemon(ns, tmp, policy_text())
+        daemon = start_daemon(ns, tmp, policy_text())
         try:
             conn = KeepAlive(daemon.socket)
             grant = measure(
@@ -143,7 +131,7 @@ def outer(quick: bool) -> list[tuple[str, Summary, str, str]]:
                 )
             )
         finally:
-            daemon.stop()
+            daemon.cleanup()
         inner = subprocess.run(
             [
                 "ip",
@@ -182,9 +170,7 @@ def outer(quick: bool) -> list[tuple[str, Summary, str, str]]:
 
 def inner(ns: str, hosts: Path, dns_pid: int, reps: int) -> None:
     """Inside the namespace: time the parts of a refresh round where every name moved."""
-    here = os.stat("/proc/self/ns/net").st_ino
-    if not ns.startswith("afwe-") or here != os.stat(f"/run/netns/{ns}").st_ino:
-        raise SystemExit(f"refusing to benchmark: not inside network namespace {ns!r}")
+    require_own_namespace(ns)
     from aitherfwd.adapters.dns import Resolver  # noqa: PLC0415 - only inside the namespace
     from aitherfwd.adapters.nft import Nft  # noqa: PLC0415
     from aitherfwd.egress.dns import DomainTable, element_delta  # noqa: PLC0415

@@ -26,10 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_daemon import Daemon
+from benchmarks.bench_daemon import start_daemon
 from benchmarks.netns import REPO, emit, namespace, require_own_namespace, run_inner
 from benchmarks.policygen import generate_policy
 from benchmarks.stats import Summary, measure, timed
+from lab.daemon import DaemonProc
 
 OUT = REPO / "docs" / "benchmarks-metrics.md"
 ADDRESS = ("127.0.0.1", 9466)
@@ -79,7 +80,7 @@ def inner(reps: int, with_libnftables: bool) -> None:
     emit(result)
 
 
-def load_blocks(d: Daemon, count: int) -> float:
+def load_blocks(d: DaemonProc, count: int) -> float:
     """`count` distinct IPv4 blocks (1 h) over the control socket; seconds it took."""
     started = time.monotonic()
     base = 0x0B000000
@@ -104,7 +105,7 @@ def run(quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"blocks": blocks, "rules": 1000, "reps": reps}
     with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwb-m-") as tmp:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=30)
-        d = Daemon(ns, Path(tmp), generate_policy(1000))
+        d = start_daemon(ns, Path(tmp), generate_policy(1000))
         try:
             args = ["--reps", str(reps)]
             out["empty"] = run_inner(ns, "benchmarks.bench_metrics", args, timeout=600)
@@ -116,7 +117,7 @@ def run(quick: bool) -> dict[str, Any]:
             )
             out["rss_mb"] = d.rss_mb()
         finally:
-            d.stop()
+            d.cleanup()
     out["in_process"] = in_process(blocks, reps)
     return out
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from aitherfwd.adapters.store import Store
 from aitherfwd.dynamic.blocks import Block
 from benchmarks import doc
-from benchmarks.bench_daemon import Daemon, KeepAlive, _addresses, nft_f_baseline
+from benchmarks.bench_daemon import KeepAlive, _addresses, nft_f_baseline, start_daemon
 from benchmarks.netns import REPO, block_v4_elements, namespace
 from benchmarks.stats import Summary
 
@@ -52,7 +52,7 @@ def restore(count: int, reps: int, verify: bool) -> list[Row]:
             work = Path(tmp)
             _seed_store(work / "state", addresses)
             started = time.perf_counter_ns()
-            d = Daemon(ns, work, (REPO / "policies" / "default.yaml").read_text())
+            d = start_daemon(ns, work, (REPO / "policies" / "default.yaml").read_text())
             try:
                 wall.append((time.perf_counter_ns() - started) / 1e6)
                 status = d.client.request("GET", "/v1/status")[1]
@@ -64,7 +64,7 @@ def restore(count: int, reps: int, verify: bool) -> list[Row]:
                 time.sleep(1)
                 rss.append(d.rss_mb())
             finally:
-                d.stop()
+                d.cleanup()
     base = nft_f_baseline(addresses, reps)
     name = f"{count:,}"
     target = "≤ 1,000 ms" if count <= 100_000 else "≤ 10,000 ms"
@@ -98,7 +98,7 @@ def ingestion(batches: int, batch: int) -> list[Row]:
     sources = _addresses(10_000, 0x0D000000)
     rows: list[Row] = []
     with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwb-p-") as tmp:
-        d = Daemon(ns, Path(tmp), (REPO / "policies" / "default.yaml").read_text())
+        d = start_daemon(ns, Path(tmp), (REPO / "policies" / "default.yaml").read_text())
         try:
             conn = KeepAlive(d.socket)
             bodies = [
@@ -140,7 +140,7 @@ def ingestion(batches: int, batch: int) -> list[Row]:
             rows.append((f"one batch of {batch:,} threat events", Summary.of(per_batch), "ms", ""))
             rows.append(("daemon RSS after the ingestion run", Summary.of([d.rss_mb()]), "MB", ""))
         finally:
-            d.stop()
+            d.cleanup()
     return rows
 
 

@@ -1,6 +1,6 @@
 """Network namespaces for the kernel benchmarks, and re-executing a module inside one.
 
-Owns: creating and always deleting `afwb-<pid>-<n>` namespaces, running
+Owns: `afwb-<pid>-<n>` namespaces (created and always deleted by lab/netns.py), running
 `ip netns exec NS python -m benchmarks.<module> --inner ...` (argument lists, no shell,
 bounded by a timeout) and reading the one JSON result line it prints, and the guard every
 inner process calls before touching nftables: refuse to run outside its own namespace.
@@ -9,20 +9,19 @@ The root namespace's firewall is never touched here or by any inner process.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from lab import ROOT, netns
+
+REPO = ROOT
 PREFIX = "afwb"
 RESULT_MARK = "AFWB-RESULT "
-_seq = itertools.count(1)
 
 
 class BenchError(RuntimeError):
@@ -32,25 +31,19 @@ class BenchError(RuntimeError):
 @contextmanager
 def namespace() -> Iterator[str]:
     """A fresh, empty network namespace, deleted on exit whatever happens."""
-    name = f"{PREFIX}-{os.getpid()}-{next(_seq)}"
-    _ip("netns", "add", name)
+    try:
+        name = netns.create(PREFIX, loopback=False)
+    except netns.LabError as exc:
+        raise BenchError(str(exc)) from exc
     try:
         yield name
     finally:
-        subprocess.run(
-            ["ip", "netns", "delete", name], capture_output=True, check=False, timeout=60
-        )
-
-
-def _ip(*args: str) -> None:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=60)
-    if proc.returncode != 0:
-        raise BenchError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+        netns.delete(name)
 
 
 def run_inner(ns: str, module: str, args: list[str], *, timeout: float) -> dict[str, Any]:
     """Run `python -m module --inner --netns NS args...` inside `ns`; return its result."""
-    cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", module, "--inner", "--netns", ns, *args]
+    cmd = netns.exec_argv(ns, [sys.executable, "-m", module, "--inner", "--netns", ns, *args])
     env = {**os.environ, "TZ": "UTC", "PYTHONPATH": str(REPO)}
     try:
         proc = subprocess.run(
@@ -89,11 +82,7 @@ def require_own_namespace(ns: str) -> None:
 
 def leftover_namespaces() -> list[str]:
     """Benchmark namespaces that still exist (there should be none after a run)."""
-    proc = subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True, check=False, timeout=30
-    )
-    names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
-    return [n for n in names if n.startswith(f"{PREFIX}-")]
+    return netns.listing(PREFIX)
 
 
 def block_v4_elements(ns: str, timeout: float = 300) -> list[Any]:

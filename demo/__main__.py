@@ -1,6 +1,6 @@
 """`sudo make demo`: the default policy, applied in a throwaway namespace, under real traffic.
 
-Builds a server namespace and a client namespace (tests/lab.py), applies
+Builds a server namespace and a client namespace (lab/network.py), applies
 policies/default.yaml in the server's namespace with the aitherfwd CLI, then connects from
 the client over IPv4 (zone internal) and IPv6 (zone external) and shows for each attempt
 what happened and which rule decided — read from the kernel's own per-rule counters.
@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aitherfwd.adapters.control_client import ControlClient
-from tests.lab import LISTENER, PROBE, Client, Lab
+from lab import AITHERFWD as CLI
+from lab import ROOT
+from lab.daemon import DaemonProc
+from lab.network import LISTENER, PROBE, Client, Lab
+from lab.wait import until
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI = str(ROOT / ".venv" / "bin" / "aitherfwd")
-POLICY = str(ROOT / "policies" / "default.yaml")
+POLICY = ROOT / "policies" / "default.yaml"
 TCP = [22, 80, 443, 3306, 8000, 8111, 9100]
 UDP = [53]
 _COLOURS = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[33m", "\033[0m")
@@ -73,62 +75,29 @@ def step(lab: Lab, title: str, argv: list[str]) -> str:
     return out
 
 
-def start_daemon(lab: Lab, workdir: Path) -> subprocess.Popen[bytes]:
-    (workdir / "aitherfwd.toml").write_text("")
-    argv = [
-        "ip",
-        "netns",
-        "exec",
-        lab.server,
-        CLI,
-        "run",
-        "--policy",
-        str(workdir / "policy.yaml"),
-        "--config",
-        str(workdir / "aitherfwd.toml"),
-        "--socket",
-        str(workdir / "control.sock"),
-        "--state-dir",
-        str(workdir / "state"),
-        "--audit-log",
-        str(workdir / "audit.jsonl"),
-    ]
-    log = (workdir / "daemon.log").open("wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        res = subprocess.run(
-            [CLI, "status", "--socket", str(workdir / "control.sock")],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if res.returncode == 0:
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError(f"the daemon did not start: {(workdir / 'daemon.log').read_text()}")
+def generation(d: DaemonProc) -> int:
+    status, answer = d.request("GET", "/v1/status")
+    return int(answer["generation"]) if status == 200 else 0
 
 
-def generation(workdir: Path) -> int:
-    res = subprocess.run(
-        [CLI, "status", "--json", "--socket", str(workdir / "control.sock")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return int(json.loads(res.stdout)["generation"]) if res.returncode == 0 else 0
+def within(predicate: Callable[[], object], deadline_s: float, failure: str) -> bool:
+    """Whether `predicate` came true in time; says `failure` in red when it did not."""
+    try:
+        until(predicate, deadline_s, failure)
+    except TimeoutError:
+        say(f"  {RED}{failure}{OFF}")
+        return False
+    return True
 
 
-def client_cmd(workdir: Path, title: str, argv: list[str], lines: int = 8) -> str:
+def reloaded(d: DaemonProc, expected: int) -> bool:
+    """Whether the daemon picked up the edited policy file (its generation moved) in time."""
+    return within(lambda: generation(d) == expected, 5, "the reload did not happen")
+
+
+def client_cmd(d: DaemonProc, title: str, argv: list[str], lines: int = 8) -> str:
     say(f"\n{BOLD}$ aitherfwd {' '.join(argv)}{OFF}  {DIM}# {title}{OFF}")
-    res = subprocess.run(
-        [CLI, *argv, "--socket", str(workdir / "control.sock")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    res = d.cli(*argv)
     out = (res.stdout + res.stderr).strip()
     for line in out.splitlines()[-lines:]:
         say(f"  {line}")
@@ -138,8 +107,6 @@ def client_cmd(workdir: Path, title: str, argv: list[str], lines: int = 8) -> st
 def main() -> int:
     say(f"{BOLD}aitherfwd demo{OFF}: policies/default.yaml in a throwaway network namespace\n")
     with Lab(clients_wanted=1) as lab, tempfile.TemporaryDirectory(prefix="afw-demo-") as tmp:
-        workdir = Path(tmp)
-        shutil.copy(POLICY, workdir / "policy.yaml")
         client = lab.clients[0]
         lab.listen(TCP, UDP)
         say(
@@ -150,25 +117,22 @@ def main() -> int:
             f"client namespace {client.ns}: {client.v4} (zone internal, inside 10.0.0.0/8) and "
             f"{client.v6} (zone external)"
         )
-        step(lab, "validate", ["check", POLICY])
-        step(lab, "what would change", ["plan", POLICY])
+        step(lab, "validate", ["check", str(POLICY)])
+        step(lab, "what would change", ["plan", str(POLICY)])
         say(
             f"\n{BOLD}$ aitherfwd run --policy policy.yaml ...{OFF}  {DIM}# the daemon, in the "
             f"server namespace: one transaction, then the control socket{OFF}"
         )
-        daemon = start_daemon(lab, workdir)
-        try:
-            return demo_with_daemon(lab, client, workdir, daemon)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(timeout=10)
+        with DaemonProc(lab.server, Path(tmp), POLICY.read_text()) as daemon:
+            try:
+                daemon.start()
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"the daemon did not start: {exc}") from exc
+            return demo_with_daemon(lab, client, daemon)
 
 
-def demo_with_daemon(
-    lab: Lab, client: Client, workdir: Path, daemon: subprocess.Popen[bytes]
-) -> int:
-    client_cmd(workdir, "the running daemon", ["status"])
+def demo_with_daemon(lab: Lab, client: Client, daemon: DaemonProc) -> int:
+    client_cmd(daemon, "the running daemon", ["status"])
     say(f"\n{BOLD}Real connections from the client{OFF}")
     for port, proto in [
         (22, "tcp"),
@@ -189,7 +153,7 @@ def demo_with_daemon(
     ]:
         attempt(lab, client, client.server_v6, port, proto)
     client_cmd(
-        workdir,
+        daemon,
         "the same question, answered by the daemon's evaluator",
         ["evaluate", "--source", client.v6, "--port", "8111"],
     )
@@ -205,36 +169,32 @@ def demo_with_daemon(
 
     say(f"\n{BOLD}A ban with a kernel timeout{OFF}")
     client_cmd(
-        workdir,
+        daemon,
         "block through the control socket",
         ["block", client.v4, "--ttl", "8s", "--reason", "demo"],
     )
     attempt(lab, client, client.server_v4, 443, "tcp")
-    client_cmd(workdir, "why?", ["evaluate", "--source", client.v4, "--port", "443"])
+    client_cmd(daemon, "why?", ["evaluate", "--source", client.v4, "--port", "443"])
 
     say(f"\n{BOLD}Hot reload{OFF}: the policy file gains a rule opening 3306 to the LAN")
-    text = (workdir / "policy.yaml").read_text()
-    (workdir / "policy.yaml").write_text(text + RULE_3306)
-    deadline = time.monotonic() + 5
-    while generation(workdir) != 2:
-        if time.monotonic() > deadline:
-            say(f"  {RED}the reload did not happen{OFF}")
-            return 1
-        time.sleep(0.05)
-    client_cmd(workdir, "inotify picked it up within a second", ["status"])
-    client_cmd(workdir, "the ban survived the reload, with its remaining time", ["blocks"])
+    daemon.policy.write_text(daemon.policy.read_text() + RULE_3306)
+    if not reloaded(daemon, 2):
+        return 1
+    client_cmd(daemon, "inotify picked it up within a second", ["status"])
+    client_cmd(daemon, "the ban survived the reload, with its remaining time", ["blocks"])
     attempt(lab, client, client.server_v4, 443, "tcp")
-    started = time.monotonic()
-    while lab.tcp(client, client.server_v4, 443, timeout=0.3) != "ok":
-        if time.monotonic() - started > 15:
-            say(f"  {RED}the ban did not expire{OFF}")
-            return 1
+    if not within(
+        lambda: lab.tcp(client, client.server_v4, 443, timeout=0.3) == "ok",
+        15,
+        "the ban did not expire",
+    ):
+        return 1
     say(f"  {YELLOW}the kernel lifted the ban on its own{OFF}: {client.v4} connects again")
     attempt(lab, client, client.server_v4, 3306, "tcp")
     say(f"\n{BOLD}Auto-block{OFF}: a sensor reports port scans from {client.v6}")
     for i in range(5):
         out = client_cmd(
-            workdir,
+            daemon,
             f"threat event {i + 1} of 5",
             ["threat", "--type", "SENTRY_PORT_SCAN", "--source", client.v6, "--severity", "low"],
         )
@@ -243,59 +203,56 @@ def demo_with_daemon(
         return 1
     attempt(lab, client, client.server_v6, 443, "tcp")
     client_cmd(
-        workdir,
+        daemon,
         "the whole story: verdicts, the block, the score and the events behind it",
         ["explain", client.v6, "--port", "443"],
         lines=20,
     )
-    client_cmd(workdir, "lift it by hand", ["unblock", out.split("blocked ")[-1].split()[0]])
+    client_cmd(daemon, "lift it by hand", ["unblock", out.split("blocked ")[-1].split()[0]])
     attempt(lab, client, client.server_v6, 443, "tcp")
-    if not scan_is_blocked(lab, client, workdir):
+    if not scan_is_blocked(lab, client, daemon):
         return 1
     step(lab, "per-rule counters in the kernel", ["counters"])
-    if demo_egress(lab, client, workdir) != 0:
+    if demo_egress(lab, client, daemon) != 0:
         return 1
 
-    daemon.send_signal(signal.SIGTERM)
-    daemon.wait(timeout=15)
-    say(
-        f"\n{BOLD}daemon stopped{OFF} (exit {daemon.returncode}); fail-static: the table keeps "
-        "enforcing"
-    )
+    code = daemon.stop(signal.SIGTERM)
+    say(f"\n{BOLD}daemon stopped{OFF} (exit {code}); fail-static: the table keeps enforcing")
     attempt(lab, client, client.server_v4, 3306, "tcp")
     attempt(lab, client, client.server_v6, 3306, "tcp")
     say(f"\n{DIM}namespaces removed; the host's own firewall was never touched{OFF}")
     return 0
 
 
-def scan_is_blocked(lab: Lab, client: Client, workdir: Path) -> bool:
+def scan_is_blocked(lab: Lab, client: Client, daemon: DaemonProc) -> bool:
     """A real `nmap -sS` from the client: the kernel reports the denied ports, the daemon
     sees a port scan and blocks the scanner through the reputation ladder."""
     say(f"\n{BOLD}Detection{OFF}: a real port scan, `nmap -sS -p 1-1000` from {client.v4}")
     argv = ["ip", "netns", "exec", client.ns, "timeout", "20", "nmap", "-n", "-Pn", "-T4"]
     argv += ["--max-retries", "0", "-sS", "-p", "1-1000", client.server_v4]
-    api = ControlClient(workdir / "control.sock", timeout=10)
+    api = ControlClient(daemon.socket, timeout=10)
     started = time.monotonic()
     # its own session: nmap is timeout's child, and the whole group is killed afterwards
     scan = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        while not any(
-            b["address"] == client.v4 for b in api.request("GET", "/v1/blocks")[1]["blocks"]
+        if not within(
+            lambda: any(
+                b["address"] == client.v4 for b in api.request("GET", "/v1/blocks")[1]["blocks"]
+            ),
+            10,
+            "the scanner was not blocked",
         ):
-            if time.monotonic() - started > 10:
-                say(f"  {RED}the scanner was not blocked{OFF}")
-                return False
-            time.sleep(0.05)
+            return False
     finally:
         os.killpg(scan.pid, signal.SIGKILL)
         scan.wait()
     took = time.monotonic() - started
     say(f"  {YELLOW}auto-blocked {took:.2f} s after nmap started{OFF} (nmap's start-up included)")
     attempt(lab, client, client.server_v4, 443, "tcp")
-    client_cmd(workdir, "why?", ["explain", client.v4, "--port", "443"], lines=14)
-    client_cmd(workdir, "lift it by hand", ["unblock", client.v4])
+    client_cmd(daemon, "why?", ["explain", client.v4, "--port", "443"], lines=14)
+    client_cmd(daemon, "lift it by hand", ["unblock", client.v4])
     return True
 
 
@@ -307,7 +264,7 @@ def outbound(lab: Lab, addr: str, port: int) -> None:
     say(f"  outbound tcp -> {addr}:{port}  {colour}{outcome}{OFF}")
 
 
-def demo_egress(lab: Lab, client: Client, workdir: Path) -> int:
+def demo_egress(lab: Lab, client: Client, daemon: DaemonProc) -> int:
     say(
         f"\n{BOLD}Egress control{OFF}: the policy gains an egress: section (outbound rejected "
         f"unless allowed; {client.v6} is known_bad) — the client now listens on 8080"
@@ -321,34 +278,25 @@ def demo_egress(lab: Lab, client: Client, workdir: Path) -> int:
     lab._procs.append(proc)  # the lab kills it on exit, like its own listeners
     if proc.stdout is None or proc.stdout.readline().strip() != "ready":
         return 1
-    text = (workdir / "policy.yaml").read_text()
-    (workdir / "policy.yaml").write_text(text + EGRESS.format(bad=client.v6))
-    deadline = time.monotonic() + 5
-    while generation(workdir) != 3:
-        if time.monotonic() > deadline:
-            say(f"  {RED}the reload did not happen{OFF}")
-            return 1
-        time.sleep(0.05)
+    daemon.policy.write_text(daemon.policy.read_text() + EGRESS.format(bad=client.v6))
+    if not reloaded(daemon, 3):
+        return 1
     outbound(lab, client.v4, 8080)
     client_cmd(
-        workdir,
+        daemon,
         "a proxy grants its agent a few seconds",
         ["sandbox", "add", client.v4, "--ttl", "4s", "--scope", "sandbox-demo", "--port", "8080"],
     )
     outbound(lab, client.v4, 8080)
-    client_cmd(workdir, "live grants", ["sandbox", "list"])
-    client_cmd(workdir, "known_bad is never granted", ["sandbox", "add", client.v6])
-    started = time.monotonic()
-    while (
-        lab.exec(
-            lab.server, [sys.executable, "-c", PROBE, "tcp", client.v4, "8080", "1", "0.5", ""]
-        ).stdout.strip()
-        == '["ok"]'
+    client_cmd(daemon, "live grants", ["sandbox", "list"])
+    client_cmd(daemon, "known_bad is never granted", ["sandbox", "add", client.v6])
+    probe = [sys.executable, "-c", PROBE, "tcp", client.v4, "8080", "1", "0.5", ""]
+    if not within(
+        lambda: lab.exec(lab.server, probe).stdout.strip() != '["ok"]',
+        15,
+        "the grant did not expire",
     ):
-        if time.monotonic() - started > 15:
-            say(f"  {RED}the grant did not expire{OFF}")
-            return 1
-        time.sleep(0.2)
+        return 1
     say(f"  {YELLOW}the sandbox grant expired in the kernel{OFF}: the destination is closed")
     outbound(lab, client.v4, 8080)
     return 0

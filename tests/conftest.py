@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from lab import ROOT
+
 POLICIES = ROOT / "policies"
 
 
@@ -39,13 +40,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Remove lab namespaces left by test processes that died without cleaning up."""
     if os.geteuid() != 0:
         return
-    import re  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
+    from lab import netns  # noqa: PLC0415
 
-    listing = subprocess.run(
-        ["ip", "netns", "list"], capture_output=True, text=True, check=False
-    ).stdout
-    for name in re.findall(r"^(afw-(\d+)-\S+)", listing, re.MULTILINE):
-        ns, pid = name
-        if not Path(f"/proc/{pid}").exists():
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+    netns.sweep()

@@ -16,15 +16,13 @@ Event loss (ENOBUFS) is counted and reported to the caller, who resynchronises w
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 from dataclasses import dataclass
 
+from aitherfwd.adapters import netlink as nl
 from aitherfwd.dynamic.ctcount import CtTable
 from aitherfwd.errors import KernelUnavailableError
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_GET = 1
 IPCTNL_MSG_CT_DELETE = 2
@@ -40,16 +38,10 @@ CTA_IP_V4_SRC = 1
 CTA_IP_V6_SRC = 3
 CTA_PROTOINFO_TCP = 1
 CTA_PROTOINFO_TCP_STATE = 1
-NLM_F_REQUEST = 1
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
-DELETE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+NEW = nl.nfnl_type(nl.NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW)
+DELETE = nl.nfnl_type(nl.NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE)
 RCVBUF = 16 << 20
-SO_RCVBUFFORCE = 33
-_HDR = struct.Struct("=IHHII")
-_ATTR = struct.Struct("=HH")
+_ATTR = struct.Struct("=HH")  # the attribute headers the fixed-offset decoder verifies
 _U32 = struct.Struct(">I")
 
 
@@ -59,23 +51,11 @@ class EventStats:
     lost: int = 0  # ENOBUFS reports: the kernel dropped events; a resync follows
 
 
-def _socket(groups: int) -> socket.socket:
+def _channel(groups: int) -> nl.Channel:
     try:
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
-        )
+        return nl.Channel(groups, rcvbuf=RCVBUF)
     except OSError as exc:
-        raise KernelUnavailableError(f"no netfilter netlink socket: {exc}") from exc
-    try:
-        sock.bind((0, groups))
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-    except OSError as exc:
-        sock.close()
-        raise KernelUnavailableError(f"cannot subscribe to conntrack events: {exc}") from exc
-    return sock
+        raise KernelUnavailableError(f"no conntrack netlink socket: {exc}") from exc
 
 
 class CtEvents:
@@ -83,7 +63,8 @@ class CtEvents:
 
     def __init__(self) -> None:
         groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
-        self.sock = _socket(groups)
+        self.channel = _channel(groups)
+        self.sock = self.channel.sock
         self.sock.setblocking(False)
         self.stats = EventStats()
 
@@ -118,26 +99,24 @@ class CtEvents:
         return complete
 
     def close(self) -> None:
-        self.sock.close()
+        self.channel.close()
 
 
 def dump() -> CtTable:
     """The whole conntrack table of this network namespace, IPv4 and IPv6, decoded."""
     table = CtTable()
-    sock = _socket(0)
+    channel = _channel(0)
     try:
-        sock.settimeout(10.0)
-        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
-        kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
-        sock.send(_HDR.pack(16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
-        while True:
-            data = sock.recv(1 << 20)
-            if apply(data, table) < 0:
-                return table
+        channel.sock.settimeout(10.0)  # per datagram: a dump of a million entries takes longer
+        kind = nl.nfnl_type(nl.NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET)
+        channel.send(nl.message(kind, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, channel.next_seq()))
+        while apply(channel.sock.recv(1 << 20), table) >= 0:
+            pass
     except OSError as exc:
         raise KernelUnavailableError(f"conntrack dump failed: {exc}") from exc
     finally:
-        sock.close()
+        channel.close()
+    return table
 
 
 def apply(data: bytes, table: CtTable) -> int:
@@ -182,12 +161,12 @@ def apply(data: bytes, table: CtTable) -> int:
                 else:
                     table.add(ct_id, src, data[pos + lay[6] + 4] if lay[6] >= 0 else 0)
                 count += 1
-        elif kind == NLMSG_DONE:
+        elif kind == nl.NLMSG_DONE:
             return -1
-        elif kind == NLMSG_ERROR and pos + 20 <= end:
-            (code,) = struct.unpack_from("=i", data, pos + 16)
+        elif kind == nl.NLMSG_ERROR and stop <= end:
+            code, text = nl.error_code(data, pos, stop)
             if code:
-                raise OSError(-code, f"ctnetlink error {code}")
+                raise nl.error(code, "ctnetlink", kernel=text)
         pos += (length + 3) & ~3
     return count
 
@@ -217,26 +196,27 @@ def decode(data: bytes, start: int, end: int) -> tuple[int, bytes | None, int]:
 
 
 def _layout(data: bytes, start: int, end: int) -> Layout | None:
+    try:
+        return _walk(data, start, end)
+    except nl.NetlinkError:
+        return None
+
+
+def _walk(data: bytes, start: int, end: int) -> Layout | None:
     src = proto = id_at = state_at = None
-    pos = start + 20
-    while pos + 4 <= end:
-        alen, atype = _ATTR.unpack_from(data, pos)
-        if alen < 4 or pos + alen > end:
-            return None
-        atype &= 0x3FFF
+    for atype, pos, stop in nl.spans(data, start + nl.NFNL_HEADER, end):
         if atype == CTA_TUPLE_ORIG:
-            ip = _find(data, pos + 4, pos + alen, (CTA_TUPLE_IP,))
-            l4 = _find(data, pos + 4, pos + alen, (CTA_TUPLE_PROTO,))
-            src = ip and _find(data, ip[0] + 4, ip[1], (CTA_IP_V4_SRC, CTA_IP_V6_SRC))
-            proto = l4 and _find(data, l4[0] + 4, l4[1], (CTA_PROTO_NUM,))
-        elif atype == CTA_ID and alen == 8:
+            ip = _find(data, pos, stop, CTA_TUPLE_IP)
+            l4 = _find(data, pos, stop, CTA_TUPLE_PROTO)
+            src = ip and (_find(data, *ip, CTA_IP_V4_SRC) or _find(data, *ip, CTA_IP_V6_SRC))
+            proto = l4 and _find(data, *l4, CTA_PROTO_NUM)
+        elif atype == CTA_ID and stop - pos == 8:
             id_at = pos
         elif atype == CTA_PROTOINFO:
-            tcp = _find(data, pos + 4, pos + alen, (CTA_PROTOINFO_TCP,))
-            st = tcp and _find(data, tcp[0] + 4, tcp[1], (CTA_PROTOINFO_TCP_STATE,))
+            tcp = _find(data, pos, stop, CTA_PROTOINFO_TCP)
+            st = tcp and _find(data, *tcp, CTA_PROTOINFO_TCP_STATE)
             if st and st[1] - st[0] == 5:
                 state_at = st[0]
-        pos += (alen + 3) & ~3
     if not src or not proto or src[1] - src[0] not in (8, 20) or proto[1] - proto[0] != 5:
         return None
     return (
@@ -250,13 +230,10 @@ def _layout(data: bytes, start: int, end: int) -> Layout | None:
     )
 
 
-def _find(data: bytes, pos: int, end: int, types: tuple[int, ...]) -> tuple[int, int] | None:
-    """(header offset, end) of the first attribute of one of `types` in [pos, end)."""
-    while pos + 4 <= end:
-        alen, atype = _ATTR.unpack_from(data, pos)
-        if alen < 4 or pos + alen > end:
-            return None
-        if atype & 0x3FFF in types:
-            return pos, pos + alen
-        pos += (alen + 3) & ~3
+def _find(data: bytes, pos: int, end: int, kind: int) -> tuple[int, int] | None:
+    """(header offset, end) of the first attribute of `kind` nested in the attribute at
+    [pos, end)."""
+    for atype, at, stop in nl.spans(data, pos + 4, end):
+        if atype == kind:
+            return at, stop
     return None

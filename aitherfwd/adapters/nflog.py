@@ -8,7 +8,8 @@ the log prefix `afwd <kind> <rule>`).
 
 Why a hand decoder: pyroute2 0.9.x has no NFLOG support at all, and its generic netlink
 decoding is far too slow on hot paths (ANCHORS.md: ~5,000 messages/s); here only two
-attributes (prefix, payload) of each message are read, with `struct` at fixed offsets.
+attributes (prefix, payload) of each message are read, through the codec
+(adapters/netlink.py).
 Non-blocking: the daemon calls `read()` when the socket is readable. Lost messages
 (ENOBUFS: the socket buffer overflowed) are counted, never fatal.
 """
@@ -17,16 +18,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import struct
 from dataclasses import dataclass
 
+from aitherfwd.adapters import netlink as nl
 from aitherfwd.dynamic.detect import Denial
 from aitherfwd.errors import KernelUnavailableError
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
 NFULA_PAYLOAD = 9
@@ -37,15 +36,10 @@ NFULA_CFG_TIMEOUT = 3
 NFULA_CFG_QTHRESH = 4
 NFULNL_CFG_CMD_BIND = 1
 NFULNL_COPY_PACKET = 2
-NLM_F_REQUEST = 1
-NLM_F_ACK = 4
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 COPY_RANGE = 80  # IPv6 header (40) + the transport ports, with room for IPv4 options
 RCVBUF = 4 << 20
-_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
-_ATTR = struct.Struct("=HH")
-_PACKET_TYPE = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
+_PACKET_TYPE = nl.nfnl_type(nl.NFNL_SUBSYS_ULOG, NFULNL_MSG_PACKET)
+_CONFIG_TYPE = nl.nfnl_type(nl.NFNL_SUBSYS_ULOG, NFULNL_MSG_CONFIG)
 
 
 @dataclass
@@ -55,15 +49,9 @@ class NflogStats:
     undecodable: int = 0
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return _ATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
-
-
 def config_message(group: int, seq: int, attrs: bytes) -> bytes:
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(group)) + attrs
-    kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
-    return _HDR.pack(16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+    flags = nl.NLM_F_REQUEST | nl.NLM_F_ACK
+    return nl.message(_CONFIG_TYPE, flags, seq, attrs, res_id=group)
 
 
 class NflogReader:
@@ -71,39 +59,29 @@ class NflogReader:
         self.group = group
         self.stats = NflogStats()
         try:
-            self.sock = socket.socket(
-                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
-            )
+            self.channel = nl.Channel(rcvbuf=RCVBUF, timeout=2.0)
         except OSError as exc:
             raise KernelUnavailableError(f"no netfilter netlink socket: {exc}") from exc
+        self.sock = self.channel.sock
         try:
-            self.sock.bind((0, 0))
-            _big_buffer(self.sock)
-            self.sock.settimeout(2.0)
-            self._request(1, _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])))
+            self._request(nl.attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])))
             mode = struct.pack(">IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)
             # batch up to 64 packets or 10 ms: few wake-ups under load, low latency when idle
             self._request(
-                2,
-                _attr(NFULA_CFG_MODE, mode)
-                + _attr(NFULA_CFG_TIMEOUT, struct.pack(">I", 1))
-                + _attr(NFULA_CFG_QTHRESH, struct.pack(">I", 64)),
+                nl.attr(NFULA_CFG_MODE, mode)
+                + nl.attr_u32(NFULA_CFG_TIMEOUT, 1)
+                + nl.attr_u32(NFULA_CFG_QTHRESH, 64)
             )
             self.sock.setblocking(False)
         except OSError as exc:
-            self.sock.close()
+            self.channel.close()
             raise KernelUnavailableError(
                 f"cannot bind NFLOG group {group} (another logger, e.g. ulogd, may hold it): {exc}"
             ) from exc
 
-    def _request(self, seq: int, attrs: bytes) -> None:
-        self.sock.send(config_message(self.group, seq, attrs))
-        data = self.sock.recv(65536)
-        _, kind, _, _, _ = _HDR.unpack_from(data)
-        if kind == NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", data, 16)
-            if code:
-                raise OSError(-code, os.strerror(-code))
+    def _request(self, attrs: bytes) -> None:
+        msg = config_message(self.group, self.channel.next_seq(), attrs)
+        self.channel.request(msg, "NFLOG configuration")
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -125,50 +103,37 @@ class NflogReader:
         return out
 
     def close(self) -> None:
-        self.sock.close()
-
-
-def _big_buffer(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
-    except OSError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        self.channel.close()
 
 
 def decode_into(data: bytes, out: list[Denial], stats: NflogStats) -> int:
     """Decode every NFULNL packet message of one datagram into `out`; returns how many."""
     count = 0
-    pos = 0
-    end = len(data)
-    while pos + 20 <= end:
-        length, kind, _, _, _ = _HDR.unpack_from(data, pos)
-        if length < 16:
-            break
-        if kind == _PACKET_TYPE:
-            count += 1
-            d = decode_packet(data, pos, min(pos + length, end))
-            if d is None:
-                stats.undecodable += 1
-            else:
-                out.append(d)
-        pos += (length + 3) & ~3
+    try:
+        for msg in nl.messages(data):
+            if msg.type == _PACKET_TYPE:
+                count += 1
+                d = decode_packet(msg)
+                if d is None:
+                    stats.undecodable += 1
+                else:
+                    out.append(d)
+    except nl.NetlinkError:  # a truncated message ends the datagram
+        stats.undecodable += 1
     return count
 
 
-def decode_packet(data: bytes, start: int, end: int) -> Denial | None:
-    family = data[start + 16]
+def decode_packet(msg: nl.Message) -> Denial | None:
     prefix = payload = None
-    pos = start + 20
-    while pos + 4 <= end:
-        alen, atype = _ATTR.unpack_from(data, pos)
-        if alen < 4 or pos + alen > end:
-            return None
-        atype &= 0x3FFF
-        if atype == NFULA_PREFIX:
-            prefix = data[pos + 4 : pos + alen].rstrip(b"\0").decode("ascii", "replace")
-        elif atype == NFULA_PAYLOAD:
-            payload = data[pos + 4 : pos + alen]
-        pos += (alen + 3) & ~3
+    try:
+        family = msg.family
+        for kind, value in msg.attrs():
+            if kind == NFULA_PREFIX:
+                prefix = value.rstrip(b"\0").decode("ascii", "replace")
+            elif kind == NFULA_PAYLOAD:
+                payload = value
+    except nl.NetlinkError:
+        return None
     if prefix is None or payload is None:
         return None
     parts = prefix.split()

@@ -105,10 +105,6 @@ def address_text(net: IPNetwork) -> str:
     return str(net.network_address) if single else str(net)
 
 
-def set_for(net: IPNetwork) -> str:
-    return set_for_key(address_text(net))
-
-
 def set_for_key(key: str) -> str:
     if ":" in key:
         return "block_v6_net" if "/" in key else "block_v6"

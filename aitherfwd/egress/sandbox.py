@@ -27,7 +27,6 @@ METADATA: tuple[IPNetwork, ...] = (
     ipaddress.IPv4Network("169.254.169.254/32"),
     ipaddress.IPv6Network("fd00:ec2::254/128"),
 )
-MAX_SCOPE = 64
 
 
 class GrantError(AitherError):

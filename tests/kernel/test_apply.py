@@ -4,9 +4,7 @@ half-applied, `plan` accurate, and the table confined to the namespace it was ap
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,22 +17,16 @@ from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.errors import ApplyError
 from aitherfwd.nft import builders as b
 from aitherfwd.reconcile import plan
-from tests.nsenter import inside
+from lab import AITHERFWD, ROOT, netns
+from lab.netns import inside
 
 pytestmark = pytest.mark.kernel
-ROOT = Path(__file__).resolve().parents[2]
-AITHERFWD = ROOT / ".venv" / "bin" / "aitherfwd"
-_seq = itertools.count()
 
 
 @pytest.fixture
 def ns() -> Iterator[str]:
-    name = f"afw-{os.getpid()}-a{next(_seq)}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with netns.namespace(loopback=False) as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _policy(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
@@ -146,7 +138,7 @@ def test_zone_change_shows_up_in_plan_as_the_zone_map(ns: str, tmp_path: Path) -
 
 def _cli(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", "netns", "exec", ns, str(AITHERFWD), *args],
+        ["ip", "netns", "exec", ns, AITHERFWD, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -219,7 +211,7 @@ def test_every_shipped_and_golden_policy_is_accepted_by_the_kernel(ns: str) -> N
 
 def test_compile_format_nft_is_rendered_by_the_kernel_and_loads_back(ns: str) -> None:
     res = subprocess.run(
-        [str(AITHERFWD), "compile", "--format", "nft", str(ROOT / "policies" / "default.yaml")],
+        [AITHERFWD, "compile", "--format", "nft", str(ROOT / "policies" / "default.yaml")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -228,7 +220,7 @@ def test_compile_format_nft_is_rendered_by_the_kernel_and_loads_back(ns: str) ->
     assert res.stdout.startswith("table inet aitherfwd {")
     assert 'comment "ssh #' in res.stdout
     again = subprocess.run(
-        [str(AITHERFWD), "compile", "--format", "nft", str(ROOT / "policies" / "default.yaml")],
+        [AITHERFWD, "compile", "--format", "nft", str(ROOT / "policies" / "default.yaml")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -275,7 +267,7 @@ def test_nft_text_rendering_loads_back_into_the_same_table(ns: str) -> None:
     ):
         rs = _compile(path)
         text = subprocess.run(
-            [str(AITHERFWD), "compile", "--format", "nft", str(path)],
+            [AITHERFWD, "compile", "--format", "nft", str(path)],
             capture_output=True,
             text=True,
             timeout=60,

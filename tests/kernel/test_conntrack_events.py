@@ -17,8 +17,8 @@ from aitherfwd.adapters.nft import Nft
 from aitherfwd.compiler import compile_policy
 from aitherfwd.dynamic.ctcount import CtTable
 from aitherfwd.reconcile import transaction
-from tests.lab import Lab
-from tests.nsenter import inside
+from lab.netns import inside
+from lab.network import Lab
 
 pytestmark = pytest.mark.kernel
 

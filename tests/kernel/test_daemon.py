@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.nft import Nft
-from tests.daemonproc import DaemonProc
-from tests.lab import Lab
-from tests.nsenter import inside
+from lab.daemon import DaemonProc
+from lab.netns import inside
+from lab.network import Lab
+from lab.wait import until
 
 pytestmark = pytest.mark.kernel
 
@@ -42,15 +43,6 @@ group = "nogroup"
 read = {users = ["nobody"]}
 """
 TCP_PORTS = [22, 443, 8111, 8443, 9999]
-
-
-def until(predicate: object, deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {deadline_s}s: {what}")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.daemonproc import ROOT
+from lab import ROOT
 
 pytestmark = pytest.mark.kernel
 

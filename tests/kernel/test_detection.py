@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from aitherfwd.adapters.nft import Nft
-from tests.daemonproc import DaemonProc
-from tests.kernel.test_daemon import until
-from tests.lab import Lab
-from tests.nsenter import inside
+from lab.daemon import DaemonProc
+from lab.netns import inside
+from lab.network import Lab
+from lab.wait import until
 
 pytestmark = pytest.mark.kernel
 

@@ -4,7 +4,6 @@ namespace, real outbound TCP connections from the protected namespace. IPv4 and 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -16,9 +15,11 @@ import pytest
 
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.client import SandboxClient, SandboxError
-from tests.daemonproc import AITHERFWD, DaemonProc
-from tests.lab import Client, Lab, must
-from tests.nsenter import inside
+from lab import AITHERFWD
+from lab.daemon import DaemonProc
+from lab.netns import inside, must
+from lab.network import Client, Lab
+from lab.wait import until
 
 pytestmark = pytest.mark.kernel
 
@@ -131,21 +132,12 @@ class Env:
             return Nft().set_elements(set_name)
 
 
-def until(predicate: object, deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {deadline_s}s: {what}")
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("egress")
     with Lab(clients_wanted=1) as lab:
         client = lab.clients[0]
-        dev = f"as{os.getpid() % 100000}x1"
+        dev = client.server_dev
         for addr in REMOTE:
             plen, extra = ("64", ["nodad"]) if ":" in addr else ("24", [])
             must(["ip", "-n", lab.server, "addr", "add", f"{addr}/{plen}", "dev", dev, *extra])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -17,10 +16,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aitherfwd.adapters.nft import Nft
-from tests.daemonproc import AITHERFWD, DaemonProc
-from tests.kernel.test_daemon import CONFIG, POLICY, TCP_PORTS, until
-from tests.lab import Lab
-from tests.nsenter import inside
+from lab import AITHERFWD
+from lab.daemon import DaemonProc
+from lab.netns import inside
+from lab.network import Lab
+from lab.wait import until
+from tests.kernel.test_daemon import CONFIG, POLICY, TCP_PORTS
 
 pytestmark = pytest.mark.kernel
 
@@ -150,11 +151,11 @@ def test_real_prometheus_scrapes_the_daemon(setup: tuple[Lab, DaemonProc], tmp_p
             result = body["data"]["result"]
             return bool(result) and result[0]["value"][1] == "2"
 
-        end = time.monotonic() + 60
-        while time.monotonic() < end and not answered():
+        def scraped() -> bool:
             assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            time.sleep(0.5)
-        assert answered(), (tmp_path / "prometheus.log").read_text()[-2000:]
+            return answered()
+
+        until(scraped, 60, "Prometheus to scrape the daemon", interval=0.5)
         up = json.loads(get(lab.server, api + urllib.parse.quote('up{job="aitherfwd"}')))
         assert up["data"]["result"][0]["value"][1] == "1"
     finally:

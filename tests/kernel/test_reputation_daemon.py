@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.nft import Nft
-from tests.daemonproc import DaemonProc
-from tests.kernel.test_daemon import CONFIG, POLICY, TCP_PORTS, until
-from tests.lab import Lab
-from tests.nsenter import inside
+from lab.daemon import DaemonProc
+from lab.netns import inside
+from lab.network import Lab
+from lab.wait import until
+from tests.kernel.test_daemon import CONFIG, POLICY, TCP_PORTS
 
 pytestmark = pytest.mark.kernel
 

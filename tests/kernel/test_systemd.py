@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemonproc import ROOT, DaemonProc
+from lab import ROOT
+from lab.daemon import DaemonProc
+from lab.network import Lab
 from tests.kernel.test_daemon import POLICY
-from tests.lab import Lab
 
 pytestmark = pytest.mark.kernel
 

@@ -14,8 +14,9 @@ from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.policy.parse import parse_policy
-from tests.lab import Client, Lab
-from tests.nsenter import inside
+from lab.netns import inside
+from lab.network import Client, Lab
+from lab.wait import until
 
 pytestmark = pytest.mark.kernel
 
@@ -200,7 +201,9 @@ def test_blocked_source_is_dropped_across_a_reapply_until_its_timeout(lab: Lab) 
         nft = Nft()
         nft.apply(compile_policy(policy))
         assert lab.tcp(world, world.server_v4, 443, timeout=0.5) == "timeout"
-    deadline = time.monotonic() + 10
-    while lab.tcp(world, world.server_v4, 443, timeout=0.3) != "ok":
-        assert time.monotonic() < deadline, "the kernel timeout never released the block"
+    until(
+        lambda: lab.tcp(world, world.server_v4, 443, timeout=0.3) == "ok",
+        10,
+        "the kernel timeout to release the block",
+    )
     assert lab.tcp(world, world.server_v6, 443) == "ok"

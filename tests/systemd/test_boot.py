@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.nft import Nft
-from tests.daemonproc import ROOT
-from tests.lab import Client, Lab
-from tests.nsenter import inside
+from lab import ROOT
+from lab.netns import inside
+from lab.network import Client, Lab
 from tests.systemd.container import Container
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(900)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import socket
 import struct
 import tempfile
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client import ProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from aitherfwd.adapters import netlink as nl
 from aitherfwd.adapters import nftcounters
 from aitherfwd.adapters.metrics import (
     BootTimeProcessCollector,
@@ -201,35 +203,32 @@ def test_block_kinds_follow_puts_replacements_removals_and_expiry() -> None:
 
 
 def _newobj(table: str, name: str, packets: int, nbytes: int) -> bytes:
-    def attr(kind: int, payload: bytes) -> bytes:
-        raw = struct.pack("=HH", 4 + len(payload), kind) + payload
-        return raw + b"\0" * (-len(raw) % 4)
-
-    data = attr(nftcounters.NFTA_COUNTER_BYTES, struct.pack("!Q", nbytes)) + attr(
+    data = nl.attr(nftcounters.NFTA_COUNTER_BYTES, struct.pack("!Q", nbytes)) + nl.attr(
         nftcounters.NFTA_COUNTER_PACKETS, struct.pack("!Q", packets)
     )
     attrs = (
-        attr(nftcounters.NFTA_OBJ_TABLE, table.encode() + b"\0")
-        + attr(nftcounters.NFTA_OBJ_NAME, name.encode() + b"\0")
-        + attr(nftcounters.NFTA_OBJ_TYPE, struct.pack("!I", 1))
-        + attr(nftcounters.NFTA_OBJ_DATA | 0x8000, data)  # NLA_F_NESTED
+        nl.attr(nftcounters.NFTA_OBJ_TABLE, table.encode() + b"\0")
+        + nl.attr(nftcounters.NFTA_OBJ_NAME, name.encode() + b"\0")
+        + nl.attr(nftcounters.NFTA_OBJ_TYPE, struct.pack("!I", 1))
+        + nl.attr(nftcounters.NFTA_OBJ_DATA | 0x8000, data)  # NLA_F_NESTED
     )
-    head = struct.pack("=IHHII", 20 + len(attrs), (10 << 8) | nftcounters.NFT_MSG_NEWOBJ, 2, 1, 0)
-    return head + struct.pack("=BBH", 1, 0, 0) + attrs
+    msg_type = nl.nfnl_type(nl.NFNL_SUBSYS_NFTABLES, nl.NFT_MSG_NEWOBJ)
+    return nl.message(msg_type, nl.NLM_F_MULTI, 1, attrs, family=nl.NFPROTO_INET)
 
 
 def test_netlink_counter_dump_is_decoded_and_other_tables_ignored() -> None:
-    done = struct.pack("=IHHII", 20, nftcounters.NLMSG_DONE, 2, 1, 0) + bytes(4)
+    done = nl.message(nl.NLMSG_DONE, nl.NLM_F_MULTI, 1)
     out: nftcounters.Counters = {}
     first = _newobj("aitherfwd", "rule_web", 3, 180) + _newobj("other", "rule_x", 1, 1)
     assert not nftcounters.parse(first, "aitherfwd", out)
     assert nftcounters.parse(_newobj("aitherfwd", "default", 2**40, 7) + done, "aitherfwd", out)
     assert out == {"rule_web": (3, 180), "default": (2**40, 7)}
-    error = struct.pack("=IHHIIi", 36, nftcounters.NLMSG_ERROR, 0, 1, 0, -2) + bytes(16)
-    with pytest.raises(FileNotFoundError):
+    error = struct.pack("=IHHIIi", 36, nl.NLMSG_ERROR, 0, 1, 0, -errno.ENOENT) + bytes(16)
+    with pytest.raises(nl.NetlinkError) as refused:
         nftcounters.parse(error, "aitherfwd", {})
+    assert refused.value.errno == errno.ENOENT
     request = nftcounters.request()
-    assert struct.unpack_from("=IH", request) == (len(request), (10 << 8) | 19)
+    assert struct.unpack_from("=IH", request) == (len(request), (10 << 8) | nl.NFT_MSG_GETOBJ)
 
 
 def test_metrics_listen_is_checked_and_on_by_default() -> None:

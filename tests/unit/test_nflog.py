@@ -8,6 +8,7 @@ import socket
 import struct
 from pathlib import Path
 
+from aitherfwd.adapters import netlink as nl
 from aitherfwd.adapters import nflog
 from aitherfwd.dynamic.detect import Denial
 
@@ -28,11 +29,8 @@ def test_denied_packets_decode_to_source_port_kind_and_rule() -> None:
 
 
 def _packet(prefix: bytes, payload: bytes, family: int = socket.AF_INET) -> bytes:
-    attrs = nflog._attr(nflog.NFULA_PREFIX, prefix + b"\0") + nflog._attr(
-        nflog.NFULA_PAYLOAD, payload
-    )
-    body = struct.pack("=BBH", family, 0, socket.htons(78)) + attrs
-    return struct.pack("=IHHII", 16 + len(body), nflog._PACKET_TYPE, 0, 0, 0) + body
+    attrs = nl.attr(nflog.NFULA_PREFIX, prefix + b"\0") + nl.attr(nflog.NFULA_PAYLOAD, payload)
+    return nl.message(nflog._PACKET_TYPE, 0, 0, attrs, family=family, res_id=78)
 
 
 def test_foreign_prefixes_and_short_payloads_are_not_denials() -> None:
@@ -55,7 +53,7 @@ def test_foreign_prefixes_and_short_payloads_are_not_denials() -> None:
 
 
 def test_config_message_binds_the_group() -> None:
-    msg = nflog.config_message(78, 1, nflog._attr(nflog.NFULA_CFG_CMD, b"\x01"))
+    msg = nflog.config_message(78, 1, nl.attr(nflog.NFULA_CFG_CMD, b"\x01"))
     length, kind, _flags, seq, _ = struct.unpack_from("=IHHII", msg)
     assert length == len(msg) and kind == 0x0401 and seq == 1
     assert struct.unpack_from(">H", msg, 18)[0] == 78

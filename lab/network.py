@@ -1,24 +1,23 @@
-"""A small network lab for kernel tests and the demo: namespaces, veth pairs, listeners,
-and probes that send real packets.
+"""A small network lab for kernel tests, benchmarks and the demo: veth pairs between
+namespaces, listeners, and probes that send real packets.
 
-Owns: creating `afw-<pid>-<n>` namespaces (a server and N clients, each client on its own
-veth link: 10.77.<i>.2 / fd77:0:0:<i>::2, the server side .1 / ::1), TCP/UDP listeners in
-the server namespace, and TCP/UDP probes from clients. Every namespace and process is
+Owns: a server namespace and N client namespaces (from lab/netns.py), each client on its
+own veth link (10.77.<i>.2 / fd77:0:0:<i>::2, the server side .1 / ::1), TCP/UDP listeners
+in the server namespace, and TCP/UDP probes from clients. Every namespace and process is
 removed on exit, also on failure. Only 10.77.0.0/16 and fd77::/16 are ever used.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-_seq = itertools.count()
+from lab import netns
+from lab.netns import must, run
 
 LISTENER = r"""
 import selectors, socket, sys
@@ -84,25 +83,6 @@ print(json.dumps(out))
 """
 
 
-def run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def must(argv: list[str]) -> None:
-    res = run(argv)
-    if res.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {res.stderr.strip()}")
-
-
-def wait_until(predicate: object, deadline_s: float, what: str) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out after {deadline_s}s waiting for {what}")
-
-
 @dataclass
 class Client:
     ns: str
@@ -123,6 +103,16 @@ class Client:
     @property
     def server_v6(self) -> str:
         return f"fd77:0:0:{self.index}::1"
+
+    @property
+    def dev(self) -> str:
+        """The client's end of its veth link (in the client namespace)."""
+        return f"ac{os.getpid() % 100000}x{self.index}"
+
+    @property
+    def server_dev(self) -> str:
+        """The server's end of the client's veth link (in the server namespace)."""
+        return f"as{os.getpid() % 100000}x{self.index}"
 
 
 @dataclass
@@ -155,18 +145,15 @@ class Lab:
             proc.kill()
             proc.wait(timeout=10)
         for ns in self._namespaces:
-            run(["ip", "netns", "del", ns])
+            netns.delete(ns)
 
     def _netns(self) -> str:
-        name = f"afw-{os.getpid()}-{next(_seq)}"
-        must(["ip", "netns", "add", name])
+        name = netns.create()
         self._namespaces.append(name)
-        must(["ip", "-n", name, "link", "set", "lo", "up"])
         return name
 
     def _link(self, c: Client) -> Client:
-        tag = f"{os.getpid() % 100000}x{c.index}"
-        srv_if, cli_if = f"as{tag}", f"ac{tag}"
+        srv_if, cli_if = c.server_dev, c.dev
         must(
             [
                 "ip",
@@ -195,41 +182,39 @@ class Lab:
 
     def add_address(self, client: Client, address: str) -> None:
         """An extra source address on a client (same /24 or /64 as its link)."""
-        dev = f"ac{os.getpid() % 100000}x{client.index}"
         extra = ["nodad"] if ":" in address else []
-        must(["ip", "-n", client.ns, "addr", "add", address, "dev", dev, *extra])
+        must(["ip", "-n", client.ns, "addr", "add", address, "dev", client.dev, *extra])
 
     def exec(
         self, ns: str, argv: list[str], timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        return run(["ip", "netns", "exec", ns, *argv], timeout=timeout)
+        return run(netns.exec_argv(ns, argv), timeout=timeout)
 
     def listen(
         self, tcp: list[int], udp: list[int] | None = None, hold: list[int] | None = None
     ) -> None:
         """TCP/UDP listeners in the server namespace; connections to `hold` ports stay open."""
         proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
+            netns.exec_argv(
                 self.server,
-                sys.executable,
-                "-c",
-                LISTENER,
-                ",".join(map(str, tcp)),
-                ",".join(map(str, udp or [])),
-                ",".join(map(str, hold or [])),
-            ],
+                [
+                    sys.executable,
+                    "-c",
+                    LISTENER,
+                    ",".join(map(str, tcp)),
+                    ",".join(map(str, udp or [])),
+                    ",".join(map(str, hold or [])),
+                ],
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         self._procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # the listener prints "ready" once bound, or dies
+        # the listener prints "ready" once bound, or dies
+        line = proc.stdout.readline() if proc.stdout is not None else ""
         if line.strip() != "ready":
-            raise RuntimeError(f"listener failed: {proc.stderr.read() if proc.stderr else ''}")
+            raise netns.LabError(f"listener failed: {proc.stderr.read() if proc.stderr else ''}")
 
     def hold_connection(self, client: Client, addr: str, port: int, seconds: float = 60) -> None:
         """A TCP connection from the client that stays ESTABLISHED (killed on exit)."""
@@ -241,15 +226,14 @@ class Lab:
         )
         argv = [sys.executable, "-c", script, addr, str(port), str(seconds)]
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", client.ns, *argv],
+            netns.exec_argv(client.ns, argv),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         self._procs.append(proc)
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "up":
-            raise RuntimeError(f"could not connect: {proc.stderr.read() if proc.stderr else ''}")
+        if proc.stdout is None or proc.stdout.readline().strip() != "up":
+            raise netns.LabError(f"could not connect: {proc.stderr.read() if proc.stderr else ''}")
 
     def probe(
         self,
@@ -270,7 +254,7 @@ class Lab:
             timeout=count * timeout + 30,
         )
         if res.returncode != 0:
-            raise RuntimeError(res.stderr)
+            raise netns.LabError(res.stderr)
         result: list[str] = json.loads(res.stdout)
         return result
 
