@@ -6,10 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from lab import ROOT
 
 POLICIES = ROOT / "policies"
+
+# Property-based tests stay within the unit suite's seconds: 50 examples by default (a test
+# may ask for fewer), no per-example deadline (2 shared cores make timings noisy). In CI the
+# examples are derandomized and no example database is written, so a run is reproducible.
+settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile("ci", settings.get_profile("dev"), derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

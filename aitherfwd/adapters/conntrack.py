@@ -25,12 +25,14 @@ TCP_CONNTRACK_ESTABLISHED = 3
 logging.getLogger("pyroute2.netlink.rtnl.tcmsg.common").setLevel(logging.ERROR)
 
 
-def _conntrack() -> Any:
+def _conntrack(family: int) -> Any:
+    """A conntrack socket for ONE address family: the nfgenmsg family of every request
+    follows the socket, and an IPv6 filter on an AF_INET socket is refused with EINVAL."""
     try:
         from pyroute2.conntrack import Conntrack  # noqa: PLC0415
     except ImportError as exc:
         raise KernelUnavailableError(f"pyroute2 is not installed: {exc}") from exc
-    return Conntrack()
+    return Conntrack(nfgen_family=family)
 
 
 def _tuple(family: int, **fields: Any) -> Any:
@@ -46,24 +48,24 @@ def established_peers(ports: Collection[int]) -> set[tuple[IPAddress, int]]:
     so the cost follows the number of admin sessions, not the size of the conntrack table
     (pyroute2 decodes ~5,000 entries/s: a full dump of a busy host would take seconds)."""
     out: set[tuple[IPAddress, int]] = set()
-    ct = _conntrack()
-    try:
-        for family in (socket.AF_INET, socket.AF_INET6):
+    for family in (socket.AF_INET, socket.AF_INET6):
+        ct = _conntrack(family)
+        try:
             for port in sorted(set(ports)):
                 wanted = _tuple(family, proto=socket.IPPROTO_TCP, dport=port)
                 for entry in ct.dump_entries(tuple_orig=wanted):
                     orig, info = entry.tuple_orig, entry.protoinfo
                     if info is not None and info.state == TCP_CONNTRACK_ESTABLISHED:
                         out.add((ipaddress.ip_address(orig.saddr), int(orig.dport)))
-    finally:
-        ct.close()
+        finally:
+            ct.close()
     return out
 
 
 def delete_source(address: IPAddress) -> int:
     """Delete every tracked connection whose original source is `address`; return how many."""
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    ct = _conntrack()
+    ct = _conntrack(family)
     deleted = 0
     try:
         entries = list(ct.dump_entries(tuple_orig=_tuple(family, saddr=str(address))))

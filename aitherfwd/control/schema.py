@@ -33,7 +33,7 @@ def decode(body: bytes) -> Any:
         return {}
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested too deep: a 400
         raise RequestError(f"the body is not valid JSON: {exc}", code="E-JSON") from None
 
 
