@@ -89,3 +89,44 @@ def test_each_library_has_one_importer() -> None:
             lib = name.split(".")[0]
             if lib in OWNERS:
                 assert rel in OWNERS[lib], f"{rel} imports {lib}; only {OWNERS[lib]} may"
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Modules imported when `path` is imported: top-level statements only (imports inside
+    functions and under `if TYPE_CHECKING:` do not run at import time)."""
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_no_import_cycles_between_modules() -> None:
+    modules = {
+        "aitherfwd."
+        + str(p.relative_to(PKG).with_suffix("")).replace("/", ".").removesuffix(".__init__"): p
+        for p in PKG.rglob("*.py")
+    }
+    graph = {
+        name: {i for i in _runtime_imports(path) if i in modules and i != name}
+        for name, path in modules.items()
+    }
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt) :], nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])

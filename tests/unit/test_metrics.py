@@ -33,6 +33,7 @@ from aitherfwd.daemon.state import Generation
 from aitherfwd.daemon.telemetry import Telemetry
 from aitherfwd.dynamic.blocks import Block, BlockTable
 from aitherfwd.stats import MAX_LABEL_VALUES, OTHER, Histogram, Stats
+from aitherfwd.testing import FakeClock
 from aitherfwd.testing import fake_daemon as wired
 from tests.unit.helpers import ok
 
@@ -43,17 +44,6 @@ rules:
   - {name: api, dest_ports: [8443], protocol: tcp, action: allow, rate_limit_rps: 10}
   - {name: secrets, zone: external, dest_services: [Secrets], action: reject}
 """
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def fake_daemon(stats: Stats | None = None, blocks: BlockTable | None = None) -> Services:
@@ -125,7 +115,7 @@ def test_rule_counters_map_to_rules_actions_and_the_default() -> None:
         "ratelimit_api": (7, 420),
         "blocked": (11, 660),
     }
-    telemetry = Telemetry(fake_daemon(), lambda: reads, FakeClock())
+    telemetry = Telemetry(fake_daemon(), lambda: reads, FakeClock().monotonic)
     asyncio.run(telemetry.refresh())
     got = values(exposition(telemetry))
     assert got[("aitherfwd_rule_packets_total", (("action", "allow"), ("rule", "web")))] == 3
@@ -144,10 +134,10 @@ def test_counters_are_read_at_most_once_per_max_age() -> None:
     clock, reads = FakeClock(), []
 
     def reader() -> nftcounters.Counters:
-        reads.append(clock())
+        reads.append(clock.monotonic())
         return {}
 
-    telemetry = Telemetry(fake_daemon(), reader, clock)
+    telemetry = Telemetry(fake_daemon(), reader, clock.monotonic)
 
     async def scrapes() -> None:
         await asyncio.gather(*(telemetry.refresh() for _ in range(5)))
@@ -156,12 +146,12 @@ def test_counters_are_read_at_most_once_per_max_age() -> None:
         await telemetry.refresh()
 
     asyncio.run(scrapes())
-    assert reads == [100.0, 101.5]
+    assert reads == [1000.0, 1001.5]
 
 
 def test_hundred_thousand_distinct_offenders_add_no_series() -> None:
     stats, blocks = Stats(), BlockTable()
-    telemetry = Telemetry(fake_daemon(stats, blocks), dict, FakeClock())
+    telemetry = Telemetry(fake_daemon(stats, blocks), dict, FakeClock().monotonic)
     before = exposition(telemetry)
     offenders = [f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(100_000)]
     blocks.put([Block(a, NOW + 60, "reputation", "reputation", NOW) for a in offenders], NOW)
@@ -248,7 +238,7 @@ def _free_port() -> int:
 
 
 def test_endpoint_answers_metrics_and_refuses_the_rest() -> None:
-    telemetry = Telemetry(fake_daemon(), dict, FakeClock())
+    telemetry = Telemetry(fake_daemon(), dict, FakeClock().monotonic)
     port = _free_port()
 
     async def exchange(request: bytes) -> bytes:
@@ -288,7 +278,7 @@ def test_process_metrics_do_not_need_proc_stat() -> None:
 def test_an_endpoint_that_cannot_listen_is_logged_not_fatal(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    telemetry = Telemetry(fake_daemon(), dict, FakeClock())
+    telemetry = Telemetry(fake_daemon(), dict, FakeClock().monotonic)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -302,6 +292,8 @@ def test_an_endpoint_that_cannot_listen_is_logged_not_fatal(
 def test_conntrack_gauges_come_from_detection() -> None:
     daemon = fake_daemon()
     detection = SimpleNamespace(entries=lambda: 40, max_per_source=lambda: 7)
-    telemetry = Telemetry(dataclasses.replace(daemon, detection=detection), dict, FakeClock())
+    telemetry = Telemetry(
+        dataclasses.replace(daemon, detection=detection), dict, FakeClock().monotonic
+    )
     snap = telemetry.snapshot()
     assert (snap.conntrack_entries, snap.conntrack_max_per_source) == (40, 7)
