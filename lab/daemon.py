@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from aitherfwd.adapters.control_client import ControlClient
+from aitherfwd.audit_records import validate_line
 from aitherfwd.errors import AitherError
 from lab import AITHERFWD, netns
 from lab.wait import until
@@ -136,9 +137,15 @@ class DaemonProc:
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
     def audit_events(self) -> list[dict[str, Any]]:
+        """Every audit line so far, each checked against the record schema
+        (aitherfwd/audit_records.py): a line the schema does not describe fails the test."""
         if not self.audit.exists():
             return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        lines = [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        for line in lines:
+            problems = validate_line(line)
+            assert not problems, f"audit line off its schema: {line}: {problems}"
+        return lines
 
     def rss_mb(self) -> float:
         """Resident memory of the daemon process, in MiB (0 when it is not running)."""

@@ -6,9 +6,8 @@ interleaved), size-based rotation (`audit.jsonl` → `.1` … `.keep`), reopenin
 (SIGHUP, for logrotate), and counting write errors instead of failing the operation that
 is being audited.
 
-Every record has `timestamp` (RFC 3339, UTC), `event` (what happened, e.g. `blocked`)
-and the OCSF-style `action`; callers add `source_ip`, `rule_name`, `zone`, `reason`,
-`actor` ({uid, gid, pid} for API calls), `latency_us` where they apply. JSON escaping
+What a line holds is `aitherfwd.audit_records`: one typed record per kind of line, with
+`timestamp` (RFC 3339, UTC), `event` and the OCSF-style `action` first. JSON escaping
 (`ensure_ascii`) turns control characters, newlines and U+2028/U+2029 into `\\uXXXX`, so
 no field can break a line.
 """
@@ -18,42 +17,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from aitherfwd.audit_records import AuditRecord, as_json, rfc3339
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_KEEP", "DEFAULT_MAX_BYTES", "AuditLog", "encode", "rfc3339"]
 
 DEFAULT_MAX_BYTES = 50 << 20
 DEFAULT_KEEP = 5
 
-# event → OCSF-style action
-ACTIONS = {
-    "blocked": "block",
-    "unblocked": "unblock",
-    "block_expired": "expire",
-    "escalation_temporary": "escalate",
-    "escalation_permanent": "permanent",
-    "reload_applied": "reload",
-    "reload_rejected": "reject",
-    "request_rejected": "reject",
-    "access_denied": "deny",
-    "egress_denied": "deny",
-    "daemon_started": "start",
-    "daemon_stopped": "stop",
-    "drift_repaired": "repair",
-    "store_recovered": "recover",
-}
 
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def encode(now: float, event: str, fields: dict[str, Any]) -> bytes:
-    record = {"timestamp": rfc3339(now), "event": event, "action": ACTIONS.get(event, event)}
-    record.update(fields)
-    return (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("ascii")
+def encode(now: float, record: AuditRecord) -> bytes:
+    return (json.dumps(as_json(record, now), separators=(",", ":"), default=str) + "\n").encode(
+        "ascii"
+    )
 
 
 class AuditLog:
@@ -75,10 +54,10 @@ class AuditLog:
             self._size = os.fstat(self._fd).st_size
         return self._fd
 
-    def write(self, now: float, event: str, **fields: Any) -> None:
+    def write(self, now: float, record: AuditRecord) -> None:
         if self.path is None:
             return
-        line = encode(now, event, fields)
+        line = encode(now, record)
         try:
             if self._size + len(line) > self.max_bytes and self._size > 0:
                 self._rotate(self.path)

@@ -18,6 +18,7 @@ from typing import Any
 
 from aitherfwd import codes
 from aitherfwd.adapters.control_server import HttpRequest, HttpResponse
+from aitherfwd.audit_records import AccessDenied, RequestRejected
 from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
 from aitherfwd.daemon import sandbox_api, views
@@ -136,12 +137,13 @@ class Api:
             if not self.authorizer.allows(route.role, peer.uid, peer.gid, peer.groups):
                 self.audit.write(
                     self.clock.now(),
-                    "access_denied",
-                    verdict="deny",
-                    actor=actor(req),
-                    method=req.method,
-                    path=req.path,
-                    role=route.role,
+                    AccessDenied(
+                        verdict="deny",
+                        actor=actor(req),
+                        method=req.method,
+                        path=req.path,
+                        role=route.role,
+                    ),
                 )
                 raise RequestError(
                     f"uid {peer.uid} lacks the role '{route.role}' for {req.method} {route.path}",
@@ -164,13 +166,14 @@ class Api:
         if exc.code != "E-FORBIDDEN":  # a denial was audited as access_denied
             self.audit.write(
                 self.clock.now(),
-                "request_rejected",
-                method=req.method,
-                path=req.path[:256],
-                status=status,
-                code=exc.code,
-                reason=exc.message[:512],
-                actor=actor(req),
+                RequestRejected(
+                    method=req.method,
+                    path=req.path[:256],
+                    status=status,
+                    code=exc.code,
+                    reason=exc.message[:512],
+                    actor=actor(req),
+                ),
             )
         return _error(status, exc)
 

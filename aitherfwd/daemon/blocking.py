@@ -20,6 +20,7 @@ from typing import Any
 from aitherfwd.adapters import memory
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.store import Store
+from aitherfwd.audit_records import Blocked, BlockExpired, Unblocked
 from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.ports import Conntrack, Kernel
@@ -115,14 +116,15 @@ class BlockService:
             memory.trim()  # the request's JSON and the batch are garbage now
         self.audit.write(
             now,
-            "blocked",
-            source_ip=blocks[0].key if blocks else None,
-            count=len(blocks),
-            source=source,
-            addresses=[b.key for b in blocks[:100]],
-            ttl=specs[0].ttl if specs else None,
-            reason=specs[0].reason if specs else None,
-            actor=actor,
+            Blocked(
+                source_ip=blocks[0].key if blocks else None,
+                count=len(blocks),
+                source=source,
+                addresses=tuple(b.key for b in blocks[:100]),
+                ttl=specs[0].ttl if specs else None,
+                reason=specs[0].reason if specs else None,
+                actor=actor,
+            ),
         )
         self._queue_cuts(blocks)
         return blocks
@@ -153,7 +155,7 @@ class BlockService:
         self.store.end_blocks([key], now, "unblocked")
         self.stats.unblocked()
         self.audit.write(
-            now, "unblocked", source_ip=key, reason=blk.reason, source=blk.source, actor=actor
+            now, Unblocked(source_ip=key, reason=blk.reason, source=blk.source, actor=actor)
         )
         self.on_unblocked(blk, now)
         return blk
@@ -168,7 +170,7 @@ class BlockService:
         self.store.end_blocks((b.key for b in expired), now, "expired")
         for blk in expired:
             self.audit.write(
-                now, "block_expired", source_ip=blk.key, reason=blk.reason, source=blk.source
+                now, BlockExpired(source_ip=blk.key, reason=blk.reason, source=blk.source)
             )
             self.on_expired(blk, now)
         return len(expired)

@@ -21,6 +21,7 @@ from typing import Any
 from aitherfwd.adapters import ctnetlink, memory
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.nflog import NflogReader
+from aitherfwd.audit_records import Denied, EgressDenied
 from aitherfwd.clock import Clock
 from aitherfwd.control.schema import ThreatSpec
 from aitherfwd.dynamic.ctcount import CtTable
@@ -132,24 +133,26 @@ class Detection:
             if d.kind == n.KIND_EGRESS:  # the kernel's log limit (per rule) bounds these
                 self.audit.write(
                     now,
-                    "egress_denied",
-                    source_ip=str(d.source),
-                    dest_ip=str(d.dest),
-                    protocol=d.protocol,
-                    dest_port=d.port,
-                    rule_name=d.rule,
+                    EgressDenied(
+                        source_ip=str(d.source),
+                        dest_ip=str(d.dest),
+                        protocol=d.protocol,
+                        dest_port=d.port,
+                        rule_name=d.rule,
+                    ),
                 )
                 continue
             self._pending += self.detector.denied(d, now)
             if self.detector.sample(now, AUDIT_SAMPLES_PER_SECOND):
                 self.audit.write(
                     now,
-                    "denied",
-                    source_ip=str(d.source),
-                    protocol=d.protocol,
-                    dest_port=d.port,
-                    kind=d.kind,
-                    rule_name=d.rule,
+                    Denied(
+                        source_ip=str(d.source),
+                        protocol=d.protocol,
+                        dest_port=d.port,
+                        kind=d.kind,
+                        rule_name=d.rule,
+                    ),
                 )
         if self._pending:
             self._wake.set()

@@ -21,6 +21,15 @@ from typing import Any
 from aitherfwd.adapters.audit import AuditLog, rfc3339
 from aitherfwd.adapters.dns import ResolveError, Resolver
 from aitherfwd.adapters.store import Store
+from aitherfwd.audit_records import (
+    EgressDnsChanged,
+    EgressDnsFailed,
+    SandboxExpired,
+    SandboxFollowed,
+    SandboxGranted,
+    SandboxRefused,
+    SandboxRevoked,
+)
 from aitherfwd.clock import Clock
 from aitherfwd.config import Authorizer
 from aitherfwd.control.sandbox import GrantSpec
@@ -159,7 +168,7 @@ class EgressRuntime:
                         name,
                         answer.message,
                     )
-                    self.audit.write(now, "egress_dns_failed", host=name, reason=answer.message)
+                    self.audit.write(now, EgressDnsFailed(host=name, reason=answer.message))
                 else:
                     changes.append(self.domains.answered(name, answer, now))
         changes += self.domains.expire(now)
@@ -172,10 +181,9 @@ class EgressRuntime:
                 self.domains.stats.removed += len(ch.removed)
                 self.audit.write(
                     now,
-                    "egress_dns_changed",
-                    host=ch.name,
-                    added=list(ch.added),
-                    removed=list(ch.removed),
+                    EgressDnsChanged(
+                        host=ch.name, added=tuple(ch.added), removed=tuple(ch.removed)
+                    ),
                 )
         return changes
 
@@ -270,7 +278,7 @@ class EgressRuntime:
         await self._commit(added, now)
         self._changed(now)
         for g in added:
-            self.audit.write(now, "sandbox_followed", destination=g.key, host=g.host, scope=g.scope)
+            self.audit.write(now, SandboxFollowed(destination=g.key, host=g.host, scope=g.scope))
         return len(added)
 
     def _expire_grants(self) -> None:
@@ -279,7 +287,7 @@ class EgressRuntime:
         if gone:
             self.store.end_grants(g.key for g in gone)
             for g in gone:
-                self.audit.write(now, "sandbox_expired", destination=g.key, scope=g.scope)
+                self.audit.write(now, SandboxExpired(destination=g.key, scope=g.scope))
             self._changed(now)
 
     def _changed(self, now: float) -> None:
@@ -333,11 +341,12 @@ class EgressRuntime:
             self.refused_total += 1
             self.audit.write(
                 now,
-                "sandbox_refused",
-                destination=spec.host or str(spec.network),
-                scope=spec.scope,
-                reason=exc.message,
-                actor=actor,
+                SandboxRefused(
+                    destination=spec.host or str(spec.network),
+                    scope=spec.scope,
+                    reason=exc.message,
+                    actor=actor,
+                ),
             )
             raise
         given = min(ttl, limit)
@@ -350,14 +359,15 @@ class EgressRuntime:
         self._changed(now)
         self.audit.write(
             now,
-            "sandbox_granted",
-            destination=spec.host or grants[0].key,
-            addresses=[g.key for g in grants],
-            scope=spec.scope,
-            ttl=given,
-            ports=list(spec.ports),
-            capped=given < ttl,
-            actor=actor,
+            SandboxGranted(
+                destination=spec.host or grants[0].key,
+                addresses=tuple(g.key for g in grants),
+                scope=spec.scope,
+                ttl=given,
+                ports=tuple(spec.ports),
+                capped=given < ttl,
+                actor=actor,
+            ),
         )
         return {"granted": [self.view(g, now) for g in grants], "ttl": given, "capped": given < ttl}
 
@@ -426,10 +436,9 @@ class EgressRuntime:
         self._changed(now)
         self.audit.write(
             now,
-            "sandbox_revoked",
-            destination=destination,
-            addresses=[g.key for g in removed],
-            actor=actor,
+            SandboxRevoked(
+                destination=destination, addresses=tuple(g.key for g in removed), actor=actor
+            ),
         )
         return removed
 

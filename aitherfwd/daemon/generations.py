@@ -21,6 +21,14 @@ from typing import Any
 
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.store import Store
+from aitherfwd.audit_records import (
+    DaemonStarted,
+    DriftRepaired,
+    ElementsRepaired,
+    ReloadApplied,
+    ReloadRejected,
+    StoreRecovered,
+)
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.daemon.blocking import BlockService
@@ -121,7 +129,7 @@ class Generations:
         self._take_effect(policy)
         self.egress.load(now)
         if self.store.recovered:
-            self.audit.write(now, "store_recovered", reason=self.store.recovered)
+            self.audit.write(now, StoreRecovered(reason=self.store.recovered))
         ruleset = compile_policy(policy)
         adopted = await self.writer.call(lambda k: self._adopt_or_apply(k, ruleset))
         self.start_seconds = round(time.perf_counter() - started, 4)
@@ -137,11 +145,12 @@ class Generations:
         )
         self.audit.write(
             now,
-            "daemon_started",
-            generation=1,
-            policy_sha256=policy.sha256,
-            adopted=adopted,
-            blocks=len(self.blocks.table),
+            DaemonStarted(
+                generation=1,
+                policy_sha256=policy.sha256,
+                adopted=adopted,
+                blocks=len(self.blocks.table),
+            ),
         )
         return self.generation
 
@@ -205,7 +214,7 @@ class Generations:
                 self.policy_path,
                 describe(errors[0]),
             )
-            self.audit.write(now, "reload_rejected", trigger=trigger, errors=errors)
+            self.audit.write(now, ReloadRejected(trigger=trigger, errors=tuple(errors)))
             return ReloadOutcome("rejected", current.number, errors, warnings, now, trigger)
         if policy.sha256 == current.policy.sha256:
             return ReloadOutcome("unchanged", current.number, [], warnings, now, trigger)
@@ -220,26 +229,27 @@ class Generations:
                     f"{', '.join(cut)}; fix the policy or force the reload"
                 )
                 err = {"code": "E-LOCKOUT", "message": msg}
-                self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
+                self.audit.write(now, ReloadRejected(trigger=trigger, errors=(err,)))
                 return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
         try:
             if not same_kernel:
                 await self.writer.call(lambda k: self._apply_delta(k, current.ruleset, ruleset))
         except ApplyError as exc:
             err = {"code": exc.code, "message": exc.message}
-            self.audit.write(now, "reload_rejected", trigger=trigger, errors=[err])
+            self.audit.write(now, ReloadRejected(trigger=trigger, errors=(err,)))
             return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
         self._take_effect(policy)
         number = current.number + 1
         self.generation = Generation(number, policy, ruleset, evaluator, self.policy_path, now)
         self.audit.write(
             now,
-            "reload_applied",
-            trigger=trigger,
-            generation=number,
-            policy_sha256=policy.sha256,
-            ruleset_sha256=ruleset.sha256,
-            kernel_changed=not same_kernel,
+            ReloadApplied(
+                trigger=trigger,
+                generation=number,
+                policy_sha256=policy.sha256,
+                ruleset_sha256=ruleset.sha256,
+                kernel_changed=not same_kernel,
+            ),
         )
         log.info(
             "reload applied generation=%d trigger=%s kernel=%s", number, trigger, not same_kernel
@@ -304,7 +314,7 @@ class Generations:
         self.drift_repairs += 1
         log.warning("drift repaired: table inet aitherfwd differed from generation=%d", gen.number)
         self.audit.write(
-            self.clock.now(), "drift_repaired", generation=gen.number, table_existed=observed.exists
+            self.clock.now(), DriftRepaired(generation=gen.number, table_existed=observed.exists)
         )
         return True
 
@@ -327,7 +337,7 @@ class Generations:
         self.drift_repairs += 1
         log.warning("drift repaired: %d elements were missing from the kernel's sets", restored)
         self.audit.write(
-            self.clock.now(), "drift_repaired", generation=number, elements_restored=restored
+            self.clock.now(), ElementsRepaired(generation=number, elements_restored=restored)
         )
         return True
 

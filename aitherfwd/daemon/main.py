@@ -35,6 +35,7 @@ from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
 from aitherfwd.adapters.watch import PolicyWatcher
+from aitherfwd.audit_records import DaemonStopped
 from aitherfwd.clock import SystemClock
 from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
 from aitherfwd.daemon.api import Api
@@ -182,7 +183,7 @@ class Supervisor:
                 task.cancel()
             gen_now = s.generations.generation
             s.ports.audit.write(
-                s.ports.clock.now(), "daemon_stopped", generation=gen_now.number if gen_now else 0
+                s.ports.clock.now(), DaemonStopped(generation=gen_now.number if gen_now else 0)
             )
             s.ports.audit.close()
 

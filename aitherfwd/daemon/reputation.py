@@ -16,6 +16,7 @@ from typing import Any
 
 from aitherfwd.adapters.audit import AuditLog, rfc3339
 from aitherfwd.adapters.store import Store
+from aitherfwd.audit_records import escalation
 from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec, ThreatSpec
 from aitherfwd.daemon.blocking import Actor, BlockService
@@ -109,14 +110,15 @@ class ReputationService:
             self.stats.escalated(decision.kind)
             self.audit.write(
                 now,
-                f"escalation_{decision.kind}",
-                source_ip=key,
-                threat=ev.type,
-                severity=str(ev.severity),
-                block_number=decision.block_number,
-                ttl=decision.ttl,
-                reason=reason,
-                actor=actor,
+                escalation(decision.kind)(
+                    source_ip=key,
+                    threat=ev.type,
+                    severity=str(ev.severity),
+                    block_number=decision.block_number,
+                    ttl=decision.ttl,
+                    reason=reason,
+                    actor=actor,
+                ),
             )
         blocked = (
             await self.blocks.block(specs, source="reputation", actor=actor, events=led_to)

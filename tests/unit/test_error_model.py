@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from aitherfwd import cli_client
 from aitherfwd.adapters.control_server import HttpRequest, Peer
+from aitherfwd.audit_records import AuditRecord, as_json
 from aitherfwd.cli import main
 from aitherfwd.config import Authorizer
 from aitherfwd.control.schema import parse_blocks
@@ -114,10 +115,10 @@ def test_cli_prints_an_error_answer_with_its_code(monkeypatch: pytest.MonkeyPatc
 
 class _Audit:
     def __init__(self) -> None:
-        self.lines: list[tuple[str, dict[str, Any]]] = []
+        self.lines: list[tuple[str, dict[str, object]]] = []
 
-    def write(self, now: float, event: str, **fields: Any) -> None:
-        self.lines.append((event, fields))
+    def write(self, now: float, record: AuditRecord) -> None:
+        self.lines.append((record.event, as_json(record, now)))
 
 
 def _api(monkeypatch: pytest.MonkeyPatch, raises: Exception | None) -> tuple[routes.Api, _Audit]:

@@ -21,6 +21,7 @@ L1 = {
     "config",
     "durations",
     "stats",
+    "audit_records",
 }
 L2 = {"adapters"}
 L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing"}

@@ -13,6 +13,7 @@ import pytest
 
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.store import SCHEMA_VERSION, Store
+from aitherfwd.audit_records import Blocked, DaemonStarted, DaemonStopped
 from aitherfwd.dynamic.blocks import Block
 
 NOW = 1_800_000_000.0
@@ -105,11 +106,25 @@ INJECTIONS = [
 ]
 
 
+def _blocked(
+    address: str, *, count: int = 1, reason: str = "test", actor: dict[str, int] | None = None
+) -> Blocked:
+    return Blocked(
+        source_ip=address,
+        count=count,
+        source="manual",
+        addresses=(address,),
+        ttl=None,
+        reason=reason,
+        actor=actor,
+    )
+
+
 def test_every_field_stays_on_one_line_whatever_it_holds(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path)
     for text in INJECTIONS:
-        log.write(NOW, "blocked", source_ip=text, reason=text, actor={"uid": 0, "gid": 0, "pid": 1})
+        log.write(NOW, _blocked(text, reason=text, actor={"uid": 0, "gid": 0, "pid": 1}))
     log.close()
     raw = path.read_bytes()
     lines = raw.split(b"\n")
@@ -125,14 +140,14 @@ def test_rotation_keeps_n_files_and_no_line_is_split(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, max_bytes=2000, keep=3)
     for i in range(200):
-        log.write(NOW, "blocked", source_ip=f"10.0.0.{i % 250}", n=i)
+        log.write(NOW, _blocked(f"10.0.0.{i % 250}", count=i))
     log.close()
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
     numbers = []
     for name in reversed(files[1:]):
-        numbers += [json.loads(x)["n"] for x in (tmp_path / name).read_text().splitlines()]
-    numbers += [json.loads(x)["n"] for x in path.read_text().splitlines()]
+        numbers += [json.loads(x)["count"] for x in (tmp_path / name).read_text().splitlines()]
+    numbers += [json.loads(x)["count"] for x in path.read_text().splitlines()]
     assert numbers == sorted(numbers) and numbers[-1] == 199  # newest kept, in order
     assert all((tmp_path / f).stat().st_size <= 2000 for f in files)
 
@@ -140,10 +155,10 @@ def test_rotation_keeps_n_files_and_no_line_is_split(tmp_path: Path) -> None:
 def test_reopen_follows_logrotate(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path)
-    log.write(NOW, "daemon_started")
+    log.write(NOW, DaemonStarted(generation=1, policy_sha256="0" * 64, adopted=False, blocks=0))
     path.rename(tmp_path / "audit.jsonl.old")  # what logrotate does
     log.reopen()
-    log.write(NOW, "daemon_stopped")
+    log.write(NOW, DaemonStopped(generation=1))
     log.close()
     assert json.loads(path.read_text())["event"] == "daemon_stopped"
     assert json.loads((tmp_path / "audit.jsonl.old").read_text())["event"] == "daemon_started"
@@ -152,5 +167,5 @@ def test_reopen_follows_logrotate(tmp_path: Path) -> None:
 def test_an_audit_write_error_is_counted(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     log = AuditLog(tmp_path / "dir")  # a directory cannot be opened for writing
-    log.write(NOW, "blocked")
+    log.write(NOW, _blocked("10.0.0.1"))
     assert log.errors == 1

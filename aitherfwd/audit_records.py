@@ -1,0 +1,437 @@
+"""Every record the audit trail holds, as one typed schema (layer L1, pure).
+
+Owns: one frozen, slotted dataclass per kind of audit line, each with a class-level
+`event` (the line's `event`) and `action` (the OCSF-style `action`); `as_json(record,
+now)`, the JSON object written for it (`timestamp`, `event`, `action`, then the record's
+fields in declaration order — the order docs/daemon.md and the kernel tests read); and
+`validate_line(obj)`, which checks one parsed JSONL line against these types.
+
+Two record types may share an event name when the daemon writes two shapes of it
+(`drift_repaired` after a table repair or an element repair).
+
+Must not import: adapters, the daemon, or anything that does I/O.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import ClassVar, Union
+
+Actor = Mapping[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
+Problem = Mapping[str, object]  # one policy diagnostic, as `Diagnostic.as_dict()` gives it
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """The base of every record; never written itself."""
+
+    event: ClassVar[str]
+    action: ClassVar[str]
+
+
+# --- the daemon's life ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStarted(AuditRecord):
+    event: ClassVar[str] = "daemon_started"
+    action: ClassVar[str] = "start"
+    generation: int
+    policy_sha256: str
+    adopted: bool
+    blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStopped(AuditRecord):
+    event: ClassVar[str] = "daemon_stopped"
+    action: ClassVar[str] = "stop"
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRecovered(AuditRecord):
+    event: ClassVar[str] = "store_recovered"
+    action: ClassVar[str] = "recover"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadApplied(AuditRecord):
+    event: ClassVar[str] = "reload_applied"
+    action: ClassVar[str] = "reload"
+    trigger: str
+    generation: int
+    policy_sha256: str
+    ruleset_sha256: str
+    kernel_changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRejected(AuditRecord):
+    event: ClassVar[str] = "reload_rejected"
+    action: ClassVar[str] = "reject"
+    trigger: str
+    errors: tuple[Problem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DriftRepaired(AuditRecord):
+    """The table differed from the generation and was applied again."""
+
+    event: ClassVar[str] = "drift_repaired"
+    action: ClassVar[str] = "repair"
+    generation: int
+    table_existed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ElementsRepaired(AuditRecord):
+    """The static table was intact but set elements were missing and were restored."""
+
+    event: ClassVar[str] = "drift_repaired"
+    action: ClassVar[str] = "repair"
+    generation: int
+    elements_restored: int
+
+
+# --- blocks --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked(AuditRecord):
+    event: ClassVar[str] = "blocked"
+    action: ClassVar[str] = "block"
+    source_ip: str | None  # the first address of the batch
+    count: int
+    source: str
+    addresses: tuple[str, ...]  # at most the first 100
+    ttl: int | None
+    reason: str | None
+    actor: Actor | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unblocked(AuditRecord):
+    event: ClassVar[str] = "unblocked"
+    action: ClassVar[str] = "unblock"
+    source_ip: str
+    reason: str
+    source: str
+    actor: Actor | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockExpired(AuditRecord):
+    event: ClassVar[str] = "block_expired"
+    action: ClassVar[str] = "expire"
+    source_ip: str
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Escalation(AuditRecord):
+    source_ip: str
+    threat: str
+    severity: str
+    block_number: int
+    ttl: int | None
+    reason: str
+    actor: Actor | None
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationTemporary(_Escalation):
+    event: ClassVar[str] = "escalation_temporary"
+    action: ClassVar[str] = "escalate"
+
+
+@dataclass(frozen=True, slots=True)
+class EscalationPermanent(_Escalation):
+    event: ClassVar[str] = "escalation_permanent"
+    action: ClassVar[str] = "permanent"
+
+
+def escalation(kind: str) -> type[_Escalation]:
+    """The record for a reputation decision's kind ("temporary" | "permanent")."""
+    return EscalationPermanent if kind == "permanent" else EscalationTemporary
+
+
+# --- the control socket --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessDenied(AuditRecord):
+    event: ClassVar[str] = "access_denied"
+    action: ClassVar[str] = "deny"
+    verdict: str  # always "deny"
+    actor: Actor
+    method: str
+    path: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRejected(AuditRecord):
+    event: ClassVar[str] = "request_rejected"
+    action: ClassVar[str] = "reject"
+    method: str
+    path: str  # at most 256 characters
+    status: int
+    code: str
+    reason: str  # at most 512 characters
+    actor: Actor
+
+
+# --- kernel denials ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Denied(AuditRecord):
+    """A sampled inbound denial."""
+
+    event: ClassVar[str] = "denied"
+    action: ClassVar[str] = "denied"
+    source_ip: str
+    protocol: int
+    dest_port: int
+    kind: str
+    rule_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class EgressDenied(AuditRecord):
+    event: ClassVar[str] = "egress_denied"
+    action: ClassVar[str] = "deny"
+    source_ip: str
+    dest_ip: str
+    protocol: int
+    dest_port: int
+    rule_name: str
+
+
+# --- egress: names and sandbox grants ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EgressDnsChanged(AuditRecord):
+    event: ClassVar[str] = "egress_dns_changed"
+    action: ClassVar[str] = "egress_dns_changed"
+    host: str
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EgressDnsFailed(AuditRecord):
+    event: ClassVar[str] = "egress_dns_failed"
+    action: ClassVar[str] = "egress_dns_failed"
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxGranted(AuditRecord):
+    event: ClassVar[str] = "sandbox_granted"
+    action: ClassVar[str] = "sandbox_granted"
+    destination: str
+    addresses: tuple[str, ...]
+    scope: str
+    ttl: int
+    ports: tuple[int, ...]
+    capped: bool
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRefused(AuditRecord):
+    event: ClassVar[str] = "sandbox_refused"
+    action: ClassVar[str] = "sandbox_refused"
+    destination: str
+    scope: str
+    reason: str
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRevoked(AuditRecord):
+    event: ClassVar[str] = "sandbox_revoked"
+    action: ClassVar[str] = "sandbox_revoked"
+    destination: str
+    addresses: tuple[str, ...]
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxFollowed(AuditRecord):
+    """A granted host name resolved to a new address, which was granted too."""
+
+    event: ClassVar[str] = "sandbox_followed"
+    action: ClassVar[str] = "sandbox_followed"
+    destination: str
+    host: str | None
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxExpired(AuditRecord):
+    event: ClassVar[str] = "sandbox_expired"
+    action: ClassVar[str] = "sandbox_expired"
+    destination: str
+    scope: str
+
+
+RECORDS: tuple[type[AuditRecord], ...] = (
+    DaemonStarted,
+    DaemonStopped,
+    StoreRecovered,
+    ReloadApplied,
+    ReloadRejected,
+    DriftRepaired,
+    ElementsRepaired,
+    Blocked,
+    Unblocked,
+    BlockExpired,
+    EscalationTemporary,
+    EscalationPermanent,
+    AccessDenied,
+    RequestRejected,
+    Denied,
+    EgressDenied,
+    EgressDnsChanged,
+    EgressDnsFailed,
+    SandboxGranted,
+    SandboxRefused,
+    SandboxRevoked,
+    SandboxFollowed,
+    SandboxExpired,
+)
+
+BY_EVENT: dict[str, tuple[type[AuditRecord], ...]] = {}
+for _cls in RECORDS:
+    BY_EVENT[_cls.event] = (*BY_EVENT.get(_cls.event, ()), _cls)
+
+HEADER = ("timestamp", "event", "action")
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def as_json(record: AuditRecord, now: float) -> dict[str, object]:
+    """The JSON object of one audit line: the header, then the fields in their order."""
+    obj: dict[str, object] = {
+        "timestamp": rfc3339(now),
+        "event": record.event,
+        "action": record.action,
+    }
+    for f in fields(record):
+        obj[f.name] = _plain(getattr(record, f.name))
+    return obj
+
+
+# --- validation of written lines -----------------------------------------------------------
+
+
+def _type_problems(value: object, hint: object, where: str) -> list[str]:
+    """Does a parsed JSON value fit a field's type? (tuples are JSON lists, Mappings
+    objects, an int fits a float, a bool fits no int.)"""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is object or (hint is type(None) and value is None):
+        return []
+    if hint is type(None):
+        return [f"{where}: expected null, got {value!r:.60}"]
+    if origin in (Union, types.UnionType):
+        found = [_type_problems(value, a, where) for a in args]
+        return [] if any(not p for p in found) else [f"{where}: {value!r:.60} fits no {hint}"]
+    if origin in (tuple, Mapping):
+        item = args[0] if origin is tuple else args[1]  # tuple[X, ...], Mapping[K, X]
+        return _container_problems(value, origin, item, where)
+    return _scalar_problems(value, hint, where)
+
+
+def _container_problems(value: object, origin: object, item: object, where: str) -> list[str]:
+    if origin is tuple:
+        if not isinstance(value, list):
+            return [f"{where}: expected a list, got {value!r:.60}"]
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        if not isinstance(value, dict):
+            return [f"{where}: expected an object, got {value!r:.60}"]
+        items = [(f"{where}.{k}", v) for k, v in value.items()]
+    out: list[str] = []
+    for at, v in items:
+        out += _type_problems(v, item, at)
+    return out
+
+
+SCALARS: dict[object, tuple[type, ...]] = {
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+}
+
+
+def _scalar_problems(value: object, hint: object, where: str) -> list[str]:
+    wanted = SCALARS.get(hint)
+    if wanted is None:
+        return [f"{where}: no check for type {hint}"]
+    if isinstance(value, wanted) and (hint is bool or not isinstance(value, bool)):
+        return []
+    return [f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r:.60}"]
+
+
+def _problems_as(cls: type[AuditRecord], obj: Mapping[str, object]) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    out: list[str] = []
+    if obj.get("action") != cls.action:
+        out.append(f"action: expected {cls.action!r}, got {obj.get('action')!r:.60}")
+    keys = [k for k in obj if k not in HEADER]
+    missing = [n for n in names if n not in obj]
+    extra = [k for k in keys if k not in names]
+    if missing:
+        out.append(f"{cls.event}: missing {', '.join(missing)}")
+    if extra:
+        out.append(f"{cls.event}: unexpected {', '.join(extra)}")
+    if not missing and not extra and keys != names:
+        out.append(f"{cls.event}: fields out of order: {', '.join(keys)}")
+    for n in names:
+        if n in obj:
+            out += _type_problems(obj[n], hints[n], n)
+    return out
+
+
+def validate_line(obj: Mapping[str, object]) -> list[str]:
+    """The problems of one parsed audit line against the schema; [] when it is valid. When
+    several record types share the event, the line is valid if it fits one of them (the
+    problems reported are those of the closest)."""
+    out: list[str] = []
+    ts = obj.get("timestamp")
+    if not isinstance(ts, str) or not ts.endswith("Z"):
+        out.append(f"timestamp: expected RFC 3339 UTC text, got {ts!r:.60}")
+    else:
+        try:
+            datetime.fromisoformat(ts.removesuffix("Z") + "+00:00")
+        except ValueError:
+            out.append(f"timestamp: not RFC 3339: {ts!r:.60}")
+    event = obj.get("event")
+    candidates = BY_EVENT.get(event, ()) if isinstance(event, str) else ()
+    if not candidates:
+        return [*out, f"event: unknown {event!r:.60}"]
+    found = sorted((_problems_as(c, obj) for c in candidates), key=len)
+    return out + found[0]
