@@ -144,7 +144,8 @@ class DaemonProc:
         lines = [json.loads(line) for line in self.audit.read_text().splitlines() if line]
         for line in lines:
             problems = validate_line(line)
-            assert not problems, f"audit line off its schema: {line}: {problems}"
+            if problems:
+                raise AssertionError(f"audit line off its schema: {line}: {problems}")
         return lines
 
     def rss_mb(self) -> float:
