@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from aitherfwd.adapters import netlink as nl
+from aitherfwd.adapters import nlchannel as nlc
 from aitherfwd.dynamic.ctcount import CtTable
 from aitherfwd.errors import KernelUnavailableError
 
@@ -51,9 +52,9 @@ class EventStats:
     lost: int = 0  # ENOBUFS reports: the kernel dropped events; a resync follows
 
 
-def _channel(groups: int) -> nl.Channel:
+def _channel(groups: int) -> nlc.Channel:
     try:
-        return nl.Channel(groups, rcvbuf=RCVBUF)
+        return nlc.Channel(groups, rcvbuf=RCVBUF)
     except OSError as exc:
         raise KernelUnavailableError(f"no conntrack netlink socket: {exc}") from exc
 

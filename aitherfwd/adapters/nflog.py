@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 
 from aitherfwd.adapters import netlink as nl
+from aitherfwd.adapters import nlchannel as nlc
 from aitherfwd.dynamic.detect import Denial
 from aitherfwd.errors import KernelUnavailableError
 
@@ -59,7 +60,7 @@ class NflogReader:
         self.group = group
         self.stats = NflogStats()
         try:
-            self.channel = nl.Channel(rcvbuf=RCVBUF, timeout=2.0)
+            self.channel = nlc.Channel(rcvbuf=RCVBUF, timeout=2.0)
         except OSError as exc:
             raise KernelUnavailableError(f"no netfilter netlink socket: {exc}") from exc
         self.sock = self.channel.sock

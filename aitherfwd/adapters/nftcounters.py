@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 
 from aitherfwd.adapters import netlink as nl
+from aitherfwd.adapters import nlchannel as nlc
 from aitherfwd.nft import names as n
 
 NFT_OBJECT_COUNTER = 1
@@ -72,7 +73,7 @@ def read(table: str = n.TABLE, timeout: float = 2.0) -> Counters:
     """Every named counter of `inet <table>`: {} when the table does not exist. Raises
     OSError (netlink.NetlinkError) when netlink is unavailable."""
     out: Counters = {}
-    with nl.Channel(rcvbuf=1 << 20, timeout=timeout) as channel:
+    with nlc.Channel(rcvbuf=1 << 20, timeout=timeout) as channel:
         try:
             replies = channel.request(request(table, channel.next_seq()), WHAT)
         except nl.NetlinkError as exc:

@@ -11,6 +11,7 @@ answer go through our own codec (adapters/netlink.py).
 from __future__ import annotations
 
 from aitherfwd.adapters import netlink as nl
+from aitherfwd.adapters import nlchannel as nlc
 
 NFTA_GEN_ID = 1
 WHAT = "NFT_MSG_GETGEN"
@@ -24,7 +25,7 @@ def request(seq: int = 1) -> bytes:
 
 def current() -> int:
     """Raises OSError (netlink.NetlinkError) when netlink is unavailable."""
-    with nl.Channel(timeout=2.0) as channel:
+    with nlc.Channel(timeout=2.0) as channel:
         return generation(channel.request(request(channel.next_seq()), WHAT))
 
 

@@ -1,10 +1,10 @@
-"""The daemon's outbound state (layer L3): sandbox grants and resolved domains.
+"""The daemon's outbound state (layer L3): sandbox grants, and the refresher loop.
 
-Owns: the live `GrantTable` and `DomainTable`, which addresses the kernel's domain sets
-hold (`installed`), and the order of every change — validate → store → kernel (one
-transaction through the serialized writer) → bookkeeping → audit. DNS changes are applied
-as element deltas in one transaction per refresh round, never as a reload. Answers the
-evaluator's questions (`resolved`, `granted`) for outbound verdicts.
+Owns: the live `GrantTable` and the order of every grant change — validate → store →
+kernel (one transaction through the serialized writer) → bookkeeping → audit; grants for
+host names following their names; the repair of the grant and domain sets after drift; the
+refresher loop (DNS rounds of daemon/domains.py, grant expiry). Answers the evaluator's
+questions (`resolved`, `granted`) for outbound verdicts.
 """
 
 from __future__ import annotations
@@ -13,17 +13,14 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.adapters.audit import AuditLog, rfc3339
-from aitherfwd.adapters.dns import ResolveError, Resolver
+from aitherfwd.adapters.dns import ResolveError
 from aitherfwd.adapters.store import Store
 from aitherfwd.audit_records import (
-    EgressDnsChanged,
-    EgressDnsFailed,
     SandboxExpired,
     SandboxFollowed,
     SandboxGranted,
@@ -33,10 +30,10 @@ from aitherfwd.audit_records import (
 from aitherfwd.clock import Clock
 from aitherfwd.config import Authorizer
 from aitherfwd.control.sandbox import GrantSpec
+from aitherfwd.daemon.domains import DomainSync
 from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
-from aitherfwd.egress.dns import Change, DomainTable, element_delta
 from aitherfwd.egress.sandbox import Grant, GrantError, GrantTable, check_ports, key_of, refusal
 from aitherfwd.errors import ApplyError, RequestError
 from aitherfwd.nft import builders as b
@@ -59,10 +56,8 @@ class EgressRuntime:
     def __init__(self, clock: Clock, writer: KernelWriter, store: Store, audit: AuditLog) -> None:
         self.clock, self.writer, self.store, self.audit = clock, writer, store, audit
         self.grants = GrantTable()
-        self.domains = DomainTable()
-        self.installed: dict[str, frozenset[str]] = {}
+        self.dns = DomainSync(clock, writer, audit)  # allowlisted names, kept fresh
         self.policy: Policy | None = None
-        self.resolver: Resolver | None = None
         self.authorizer = Authorizer({})
         self.granted_total = 0
         self.refused_total = 0
@@ -75,7 +70,7 @@ class EgressRuntime:
     # --- the evaluator's view ------------------------------------------------------------
 
     def resolved(self, base: str, address: IPAddress) -> bool:
-        return self.domains.holds(base, address)
+        return self.dns.domains.holds(base, address)
 
     def granted(
         self, address: IPAddress, port: int | None, allowed: tuple[PortRange, ...], now: float
@@ -89,21 +84,13 @@ class EgressRuntime:
         """A policy took effect: the names to keep fresh, the sets that exist now."""
         self.policy = policy
         eg = policy.egress
-        hosts = eg.hosts() if eg is not None else {}
-        bounds = eg.dns if eg is not None else self.domains.bounds
-        self.domains.configure(hosts, bounds)
-        sets = {
-            en.domain_set(base, f) for bases in hosts.values() for base in bases for f in (4, 6)
-        }
-        self.installed = {k: v for k, v in self.installed.items() if k in sets}
+        self.dns.configure(policy)
         if eg is None:  # the port sets went with the output chain: so did those grants
             now = self.clock.now()
             gone = [g for g in self.grants.active(now) if g.ports]
             for g in gone:
                 self.grants.remove(g.key, now)
             self.store.end_grants(g.key for g in gone)
-        servers = [str(a) for a in eg.resolvers] if eg is not None else []
-        self.resolver = Resolver(servers) if servers else None
         self._wake.set()
 
     def load(self, now: float) -> None:
@@ -118,7 +105,7 @@ class EgressRuntime:
             port_sets = set(en.PORT_SETS.values())
             cmds = [c for c in cmds if _set_of(c) not in port_sets]
         if domains:
-            cmds += [b.add(b.element(s, sorted(v))) for s, v in sorted(self.installed.items()) if v]
+            cmds += self.dns.restore_commands()
         return cmds
 
     def repair(self, nft: Kernel, now: float) -> int:
@@ -143,97 +130,19 @@ class EgressRuntime:
             nft.run(commands)
         return sum(len(ec.elements) for c in commands if (ec := b.element_command(c)))
 
-    # --- DNS -----------------------------------------------------------------------------
-
-    async def refresh(self, *, first: bool = False) -> list[Change]:
-        """One round: resolve every due name, apply the changes as one element delta.
-        The first round after start adopts what the kernel's domain sets hold (addresses
-        of a previous run), so a restart without DNS keeps enforcing them."""
-        if first:
-            await self.adopt()
-        now = self.clock.now()
-        due = self.domains.due(now)
-        changes: list[Change] = []
-        started = time.perf_counter()
-        if due and self.resolver is not None:
-            answers = await self.resolver.resolve_many(due)
-            now = self.clock.now()
-            for name, answer in sorted(answers.items()):
-                if name not in self.domains.names:
-                    continue  # a reload dropped it meanwhile
-                if isinstance(answer, ResolveError):
-                    self.domains.failed(name, answer.message, now)
-                    log.warning(
-                        "resolution failed; keeping its addresses name=%s error=%s",
-                        name,
-                        answer.message,
-                    )
-                    self.audit.write(now, EgressDnsFailed(host=name, reason=answer.message))
-                else:
-                    changes.append(self.domains.answered(name, answer, now))
-        changes += self.domains.expire(now)
-        await self.sync()
-        self.domains.stats.rounds += 1
-        self.domains.stats.last_round_seconds = round(time.perf_counter() - started, 4)
-        for ch in changes:
-            if ch.added or ch.removed:
-                self.domains.stats.added += len(ch.added)
-                self.domains.stats.removed += len(ch.removed)
-                self.audit.write(
-                    now,
-                    EgressDnsChanged(
-                        host=ch.name, added=tuple(ch.added), removed=tuple(ch.removed)
-                    ),
-                )
-        return changes
-
-    async def adopt(self) -> None:
-        """At start, take what the kernel's domain sets hold as installed: the first
-        delta then removes only what no name resolves to any more."""
-        sets = self._domain_sets()
-
-        def listing(nft: Kernel) -> dict[str, frozenset[str]]:
-            out = {}
-            for name in sets:
-                elems = nft.set_elements(name)
-                out[name] = frozenset(str(b.element_value(e)) for e in elems)
-            return out
-
-        if sets:
-            self.installed = await self.writer.call(listing, writes=False)
-
-    def _domain_sets(self) -> list[str]:
-        bases = {base for s in self.domains.names.values() for base in s.bases}
-        return sorted(en.domain_set(base, f) for base in bases for f in (4, 6))
-
-    async def sync(self) -> int:
-        """Make the kernel's domain sets hold what the table says: one transaction. While
-        a name has never resolved since the start, nothing is removed (a failing resolver
-        must not empty sets the kernel filled before)."""
-        desired = self.domains.desired()
-        if any(s.resolved_at is None for s in self.domains.names.values()):
-            keep = set(self.installed) | set(desired)
-            desired = {
-                k: desired.get(k, frozenset()) | self.installed.get(k, frozenset()) for k in keep
-            }
-        cmds = element_delta(self.installed, desired)
-        if not cmds:
-            return 0
-        await self.writer.elements(cmds)
-        self.installed = dict(desired)
-        return len(cmds)
+    # --- the refresher ---------------------------------------------------------------------
 
     async def run(self) -> None:
         """The refresher: wake when a name is due (or every MAX_SLEEP), refresh, expire."""
         while True:
             now = self.clock.now()
-            nxt = self.domains.next_due()
+            nxt = self.dns.domains.next_due()
             delay = MAX_SLEEP if nxt is None else min(MAX_SLEEP, max(0.05, nxt - now))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
             try:
-                await self.refresh()
+                await self.dns.refresh()
                 await self.follow_granted_hosts()
             except ApplyError as exc:
                 log.error("domain set update refused code=%s error=%s", exc.code, exc.message)
@@ -245,7 +154,8 @@ class EgressRuntime:
         granted too, with the same scope, ports and end (the ones it lost stay until then:
         open connections and caches may still use them). Returns how many were added."""
         policy, now = self.policy, self.clock.now()
-        if policy is None or policy.egress is None or self.resolver is None:
+        resolver = self.dns.resolver
+        if policy is None or policy.egress is None or resolver is None:
             return 0
         if now < self._hosts_due:
             return 0
@@ -257,7 +167,7 @@ class EgressRuntime:
         added: list[Grant] = []
         for host, grants in sorted(by_host.items()):
             try:
-                answer = await self.resolver.resolve(host)
+                answer = await resolver.resolve(host)
             except ResolveError:
                 continue  # keep what was granted; try again next time
             have = {g.key for g in grants}
@@ -307,20 +217,6 @@ class EgressRuntime:
         role_max = member.max_ttl if member is not None and member.max_ttl else policy_max
         return min(role_max, policy_max), False
 
-    async def addresses(self, host: str) -> list[IPNetwork]:
-        """A host name's addresses: the table's when it keeps the name fresh, else asked."""
-        known = self.domains.addresses_of(host)
-        if not known:
-            if self.resolver is None:
-                raise RequestError("the policy lists no egress.resolvers", code="E-NO-RESOLVERS")
-            try:
-                known = [a for a, _ in await self.resolver.resolve(host)]
-            except ResolveError as exc:
-                raise RequestError(
-                    f"cannot resolve {host}: {exc.message}", code="E-RESOLVE"
-                ) from None
-        return [ipaddress.ip_network(a) for a in sorted(set(known))]
-
     async def grant(self, spec: GrantSpec, caller: Caller, actor: Actor) -> dict[str, Any]:
         now = self.clock.now()
         policy = self.policy
@@ -329,7 +225,9 @@ class EgressRuntime:
                 "the policy has no egress: section; outbound is not filtered", code="E-NO-EGRESS"
             )
         targets = (
-            [spec.network] if spec.network is not None else await self.addresses(spec.host or "")
+            [spec.network]
+            if spec.network is not None
+            else await self.dns.addresses(spec.host or "")
         )
         ttl = spec.ttl or policy.sandbox.default_ttl
         limit, capped = self._max_ttl(caller)
@@ -456,24 +354,13 @@ class EgressRuntime:
 
     def status(self, now: float) -> dict[str, Any]:
         counts = self.grants.counts(now)
-        st = self.domains.stats
         return {
             "sandbox": {
                 **counts,
                 "granted_total": self.granted_total,
                 "refused_total": self.refused_total,
             },
-            "egress_dns": {
-                "names": len(self.domains.names),
-                "failing": sum(1 for s in self.domains.names.values() if s.failing),
-                "addresses": sum(len(v) for v in self.installed.values()),
-                "rounds": st.rounds,
-                "queries": st.queries,
-                "failures": st.failures,
-                "added": st.added,
-                "removed": st.removed,
-                "last_round_seconds": st.last_round_seconds,
-            },
+            "egress_dns": self.dns.status(),
         }
 
 

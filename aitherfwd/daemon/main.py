@@ -221,7 +221,7 @@ async def _first_dns_round(s: Services) -> None:
     """Resolve the allowlisted names before serving (bounded): a fresh table would
     otherwise refuse them until the refresher's first turn."""
     try:
-        await asyncio.wait_for(s.egress.refresh(first=True), FIRST_ROUND_TIMEOUT)
+        await asyncio.wait_for(s.egress.dns.refresh(first=True), FIRST_ROUND_TIMEOUT)
     except (TimeoutError, AitherError) as exc:
         log.warning("first DNS round incomplete; the refresher goes on error=%s", exc)
 

@@ -49,7 +49,7 @@ async def evaluate_host(d: Services, spec: EvaluateSpec) -> Any:
     """Every address of the name: the connection may go to any of them, so the answer is
     allow only when all of them are allowed (else the first that is not)."""
     host = spec.dest_host or ""
-    nets = await d.egress.addresses(host)
+    nets = await d.egress.dns.addresses(host)
     answers = []
     for net in nets:
         address = ipaddress.ip_address(net.network_address)

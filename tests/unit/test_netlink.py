@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters import netlink as nl
+from aitherfwd.adapters import nlchannel as nlc
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "netlink.json").read_text())
 RECORDED = [bytes.fromhex(d) for kind in ("dump", "events", "nflog") for d in FIXTURES[kind]]
@@ -81,7 +82,7 @@ def test_dump_replies_are_collected_until_done_and_other_sequences_ignored() -> 
     )
     done = nl.message(nl.NLMSG_DONE, nl.NLM_F_MULTI, 5)
     flags = nl.NLM_F_REQUEST | nl.NLM_F_DUMP
-    replies = nl.collect([first, done, _error(errno.EPERM, 5)], 5, flags, "dump")
+    replies = nlc.collect([first, done, _error(errno.EPERM, 5)], 5, flags, "dump")
     assert [m.seq for m in replies] == [5]
     assert nl.attr_map(replies[0].data, replies[0].start + nl.NFNL_HEADER, replies[0].end) == {
         1: b"a\0"
@@ -90,19 +91,19 @@ def test_dump_replies_are_collected_until_done_and_other_sequences_ignored() -> 
 
 def test_acked_request_ends_at_its_ack_and_a_single_answer_ends_at_itself() -> None:
     ack = _error(0, 3)
-    assert nl.collect([ack], 3, nl.NLM_F_REQUEST | nl.NLM_F_ACK, "config") == []
+    assert nlc.collect([ack], 3, nl.NLM_F_REQUEST | nl.NLM_F_ACK, "config") == []
     with pytest.raises(nl.NetlinkError) as refused:
-        nl.collect([_error(errno.EBUSY, 3)], 3, nl.NLM_F_REQUEST | nl.NLM_F_ACK, "config")
+        nlc.collect([_error(errno.EBUSY, 3)], 3, nl.NLM_F_REQUEST | nl.NLM_F_ACK, "config")
     assert refused.value.errno == errno.EBUSY
     gen = nl.message(0x0A10, 0, 3, nl.attr_u32(1, 77))
-    (answer,) = nl.collect([gen, ack], 3, nl.NLM_F_REQUEST, "getgen")
+    (answer,) = nlc.collect([gen, ack], 3, nl.NLM_F_REQUEST, "getgen")
     assert nl.u32(dict(answer.attrs())[1]) == 77
     with pytest.raises(nl.NetlinkError, match="ended early"):
-        nl.collect([], 3, nl.NLM_F_REQUEST, "getgen")
+        nlc.collect([], 3, nl.NLM_F_REQUEST, "getgen")
 
 
 def test_batch_is_framed_by_begin_and_end_for_nftables_and_every_message_asks_an_ack() -> None:
-    batch = nl.Batch(100)
+    batch = nlc.Batch(100)
     a = batch.add(nl.NFT_MSG_NEWSETELEM, nl.attr_str(1, "aitherfwd"), family=nl.NFPROTO_INET)
     b = batch.add(nl.NFT_MSG_DELSETELEM, b"", family=nl.NFPROTO_INET, flags=nl.NLM_F_CREATE)
     assert (batch.begin_seq, a, b, batch.end_seq, batch.next_seq()) == (100, 101, 102, 103, 104)
@@ -124,9 +125,9 @@ def test_batch_is_framed_by_begin_and_end_for_nftables_and_every_message_asks_an
 
 
 def test_batch_acks_map_each_sequence_to_its_errno() -> None:
-    batch = nl.Batch(10)
+    batch = nlc.Batch(10)
     seqs = [batch.add(nl.NFT_MSG_NEWSETELEM, b"", family=nl.NFPROTO_INET) for _ in range(3)]
-    acks = nl.Acks(batch)
+    acks = nlc.Acks(batch)
     acks.feed(_error(0, seqs[0]) + _error(errno.EEXIST, seqs[1], text="element exists"))
     assert not acks.complete
     acks.feed(_error(0, 99) + _error(0, seqs[2]))  # a stray answer is ignored
@@ -137,10 +138,10 @@ def test_batch_acks_map_each_sequence_to_its_errno() -> None:
 
 
 def test_a_refused_batch_begin_refuses_the_whole_batch() -> None:
-    batch = nl.Batch(1)
+    batch = nlc.Batch(1)
     batch.add(nl.NFT_MSG_NEWSETELEM, b"", family=nl.NFPROTO_INET)
     with pytest.raises(nl.NetlinkError) as refused:
-        nl.Acks(batch).feed(_error(errno.EINVAL, batch.begin_seq))
+        nlc.Acks(batch).feed(_error(errno.EINVAL, batch.begin_seq))
     assert refused.value.errno == errno.EINVAL and refused.value.seq == 1
 
 
@@ -153,7 +154,7 @@ def _decode_everything(data: bytes) -> None:
             with contextlib.suppress(nl.NetlinkError):  # not every payload is nested
                 for _, inner in nl.attributes(payload):
                     nl.attr_map(inner)
-        nl.Acks(nl.Batch(1)).feed(data)
+        nlc.Acks(nlc.Batch(1)).feed(data)
 
 
 def test_truncated_or_corrupted_input_raises_only_the_codecs_error() -> None:
