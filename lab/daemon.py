@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from aitherfwd.adapters.control_client import ControlClient
-from aitherfwd.audit_records import validate_line
+from aitherfwd.audit_check import validate_line
 from aitherfwd.errors import AitherError
 from lab import AITHERFWD, netns
 from lab.wait import until

@@ -15,6 +15,7 @@ import pytest
 
 from aitherfwd import audit_records as ar
 from aitherfwd.adapters.audit import AuditLog, encode
+from aitherfwd.audit_check import validate_line
 from aitherfwd.control.schema import BlockSpec, ThreatSpec
 from aitherfwd.policy.model import Severity
 from aitherfwd.testing import fake_daemon
@@ -282,7 +283,7 @@ def test_a_record_writes_the_same_line_as_before(
 @pytest.mark.parametrize(("record", "event", "fields"), SAMPLES, ids=lambda x: str(x)[:30])
 def test_a_written_line_validates(record: ar.AuditRecord, event: str, fields: object) -> None:
     line = json.loads(encode(NOW, record))
-    assert ar.validate_line(line) == []
+    assert validate_line(line) == []
 
 
 def test_records_are_frozen_and_slotted() -> None:
@@ -300,26 +301,24 @@ def _line(record: ar.AuditRecord) -> dict[str, object]:
 
 def test_validate_line_names_each_problem() -> None:
     good = _line(SAMPLES[7][0])  # a blocked line
-    assert ar.validate_line({**good, "event": "forged"}) == ["event: unknown 'forged'"]
-    assert ar.validate_line({**good, "action": "drop"}) == ["action: expected 'block', got 'drop'"]
+    assert validate_line({**good, "event": "forged"}) == ["event: unknown 'forged'"]
+    assert validate_line({**good, "action": "drop"}) == ["action: expected 'block', got 'drop'"]
     missing = {k: v for k, v in good.items() if k != "ttl"}
-    assert ar.validate_line(missing) == ["blocked: missing ttl"]
-    assert ar.validate_line({**good, "n": 1}) == ["blocked: unexpected n"]
-    assert ar.validate_line({**good, "count": True}) == ["count: expected int, got True"]
-    assert ar.validate_line({**good, "addresses": ["x", 1]}) == [
-        "addresses[1]: expected str, got 1"
-    ]
-    assert ar.validate_line({**good, "actor": {"uid": "root"}}) != []
-    assert ar.validate_line({**good, "timestamp": "yesterday"}) != []
+    assert validate_line(missing) == ["blocked: missing ttl"]
+    assert validate_line({**good, "n": 1}) == ["blocked: unexpected n"]
+    assert validate_line({**good, "count": True}) == ["count: expected int, got True"]
+    assert validate_line({**good, "addresses": ["x", 1]}) == ["addresses[1]: expected str, got 1"]
+    assert validate_line({**good, "actor": {"uid": "root"}}) != []
+    assert validate_line({**good, "timestamp": "yesterday"}) != []
     reordered = {"count": good["count"], **good}
-    assert ar.validate_line(reordered) != []  # the order is part of the format
+    assert validate_line(reordered) != []  # the order is part of the format
 
 
 def test_validate_line_accepts_either_shape_of_a_shared_event() -> None:
     table = _line(ar.DriftRepaired(generation=2, table_existed=True))
     elements = _line(ar.ElementsRepaired(generation=2, elements_restored=4))
-    assert ar.validate_line(table) == ar.validate_line(elements) == []
-    assert ar.validate_line({**table, "elements_restored": 1}) != []
+    assert validate_line(table) == validate_line(elements) == []
+    assert validate_line({**table, "elements_restored": 1}) != []
 
 
 def test_every_line_the_services_write_validates(tmp_path: Path) -> None:
@@ -358,7 +357,7 @@ def test_every_line_the_services_write_validates(tmp_path: Path) -> None:
     for wanted in ("daemon_started", "blocked", "unblocked", "reload_rejected", "reload_applied"):
         assert wanted in events
     assert any(e.startswith("escalation_") for e in events)
-    assert [p for x in lines for p in ar.validate_line(json.loads(x))] == []
+    assert [p for x in lines for p in validate_line(json.loads(x))] == []
 
 
 def _audit_writes(tree: ast.AST) -> list[ast.Call]:

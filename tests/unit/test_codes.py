@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from aitherfwd import codes
-from aitherfwd.adapters import control_server
+from aitherfwd.adapters import control_http
 from aitherfwd.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_one_code_per_method_not_allowed() -> None:
 
 
 def test_transport_codes_answer_with_the_status_h11_suggested() -> None:
-    for status, code in control_server._H11_CODES.items():
+    for status, code in control_http._H11_CODES.items():
         assert codes.http_status(code) == status, code
 
 

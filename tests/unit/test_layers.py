@@ -22,13 +22,14 @@ L1 = {
     "durations",
     "stats",
     "audit_records",
+    "audit_check",
 }
 L2 = {"adapters"}
 L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing"}
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
-    "h11": {"adapters/control_server.py"},
+    "h11": {"adapters/control_http.py"},
     "inotify_simple": {"adapters/watch.py"},
     "systemd": {"adapters/systemd.py"},
     "sqlite3": {"adapters/store.py"},

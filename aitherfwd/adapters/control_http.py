@@ -1,0 +1,379 @@
+"""Control-socket transport, HTTP side (layer L2): one connection's HTTP/1.1 + JSON session.
+
+Owns: the request and response types the daemon's handler sees (`Peer`, `HttpRequest`,
+`HttpResponse`, `Handler`), the peer's credentials (SO_PEERCRED and SO_PEERGROUPS, read once
+per connection), HTTP framing with h11 (keep-alive, Content-Length and chunked request bodies
+up to the limit, read and idle timeouts) and the JSON encoding of responses. Every transport
+failure, and any exception a handler raises, becomes a JSON error response
+`{"error": {"code": ..., "message": ...}}`. The listening socket and the connection cap are
+adapters/control_server.py's.
+
+The only importer of h11 on the server side. Must not import anything of the firewall; imports
+only `aitherfwd.errors` and `aitherfwd.codes` from the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+
+from aitherfwd import codes
+from aitherfwd.errors import AitherError
+
+log = logging.getLogger(__name__)
+
+# Not exported by the socket module; Linux >= 4.13 (include/uapi/asm-generic/socket.h).
+SO_PEERGROUPS: int = getattr(socket, "SO_PEERGROUPS", 59)
+# `struct ucred { pid_t pid; uid_t uid; gid_t gid; }`: three 32-bit C ints on every Linux ABI.
+# The stdlib has no decoder for it and ctypes would be a heavier dependency for 12 bytes, so we
+# unpack it by hand; uid_t and gid_t are unsigned, hence "iII" (same size as "3i").
+_UCRED = struct.Struct("iII")
+_GID = struct.Struct("I")
+# CPython refuses a getsockopt() buffer above 1024 bytes, so at most 256 supplementary groups.
+_MAX_GROUPS_BYTES = 1024
+_MAX_HEAD_BYTES = 16 * 1024  # request line plus headers; more is a 431
+_READ_CHUNK = 64 * 1024
+_MAX_QUERY_FIELDS = 100
+_NO_BODY_STATUSES = frozenset({204, 304})
+_LINGER_SECONDS = 1.0  # how long a refused connection may take to send its request
+
+# h11 suggests a status for what it cannot parse; its code (the status comes back from codes)
+_H11_CODES = {
+    400: "E-HTTP-BAD-REQUEST",
+    405: "E-METHOD",
+    408: "E-HTTP-TIMEOUT",
+    413: "E-HTTP-BODY-TOO-LARGE",
+    431: "E-HTTP-HEADERS-TOO-LARGE",
+    501: "E-HTTP-NOT-IMPLEMENTED",
+    503: "E-HTTP-BUSY",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end: SO_PEERCRED at connect time plus supplementary groups."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One request: `path` is percent-decoded and has no query; header names are lower-case."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What a handler returns; `body` must be JSON-serialisable and is sent as JSON."""
+
+    status: int
+    body: object
+
+
+Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+class _HttpError(AitherError):
+    """A request the transport answers itself with an error and then closes the connection."""
+
+    code = "E-HTTP-BAD-REQUEST"
+
+
+def _code_for(status: int) -> str:
+    return _H11_CODES.get(status, "E-HTTP-BAD-REQUEST")
+
+
+class _Idle(Exception):
+    """The connection stayed silent between requests for the idle timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_body: int
+    idle_timeout: float
+    read_timeout: float
+    bulk: tuple[tuple[str, str, int], ...] = ()  # (method, path, larger body limit)
+
+    def body_limit(self, method: bytes, target: bytes) -> int:
+        for m, path, limit in self.bulk:
+            if method == m.encode() and target.split(b"?", 1)[0] == path.encode():
+                return limit
+        return self.max_body
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    payload: bytes
+
+
+def error_body(code: str, message: str) -> dict[str, object]:
+    """The JSON shape of every error response."""
+    return {"error": {"code": code, "message": message}}
+
+
+def _encode(body: object) -> bytes:
+    # allow_nan=False: NaN and Infinity are not JSON; a handler returning them is a bug (500).
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _error_reply(code: str, message: str) -> _Reply:
+    return _Reply(codes.http_status(code), _encode(error_body(code, message)))
+
+
+class _SockOpts(Protocol):
+    """What we need of a socket: `socket.socket` or asyncio's TransportSocket wrapper."""
+
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+def _render(conn: h11.Connection, reply: _Reply, *, close: bool, head: bool = False) -> bytes:
+    """The response's bytes: JSON type and length (none on a 204, as RFC 9110 asks), and no
+    body where HTTP forbids one (HEAD, 204, 304)."""
+    headers = [("content-type", "application/json")]
+    if reply.status != 204:
+        headers.append(("content-length", str(len(reply.payload))))
+    if close:
+        headers.append(("connection", "close"))
+    response = h11.Response(status_code=reply.status, headers=headers, reason=_reason(reply.status))
+    data = conn.send(response) or b""
+    if not head and reply.status not in _NO_BODY_STATUSES:
+        data += conn.send(h11.Data(data=reply.payload)) or b""
+    return data + (conn.send(h11.EndOfMessage()) or b"")
+
+
+def read_peer(sock: _SockOpts) -> Peer:
+    """The credentials of the process that connected `sock` (a connected AF_UNIX socket)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = _UCRED.unpack(raw)
+    return Peer(pid=pid, uid=uid, gid=gid, groups=_peer_groups(sock))
+
+
+def _peer_groups(sock: _SockOpts) -> tuple[int, ...]:
+    """Supplementary groups; empty (fail closed for group roles) when the kernel cannot say."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _MAX_GROUPS_BYTES)
+    except OSError as exc:
+        if exc.errno == errno.ERANGE:
+            log.warning("peer has too many supplementary groups limit=%d", _MAX_GROUPS_BYTES // 4)
+            return ()
+        if exc.errno == errno.ENOPROTOOPT:  # kernel older than 4.13
+            return ()
+        raise
+    return tuple(gid for (gid,) in _GID.iter_unpack(raw[: len(raw) - len(raw) % _GID.size]))
+
+
+def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
+    """Percent-decoded path and query parameters; a repeated parameter is a 400."""
+    try:
+        parts = urlsplit(target.decode("ascii"))
+        path = unquote(parts.path or "/", errors="strict")
+        pairs = parse_qsl(
+            parts.query, keep_blank_values=True, errors="strict", max_num_fields=_MAX_QUERY_FIELDS
+        )
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+        raise _HttpError(f"malformed request target: {exc}", code="E-HTTP-BAD-REQUEST") from None
+    query: dict[str, str] = {}
+    for name, value in pairs:
+        if name in query:
+            raise _HttpError(
+                f"query parameter {name!r} is given more than once", code="E-HTTP-BAD-REQUEST"
+            )
+        query[name] = value
+    return path, query
+
+
+def _header_dict(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        result[name] = f"{result[name]}, {value}" if name in result else value
+    return result
+
+
+class _Session:
+    """One client connection: a loop of read request, call handler, write response."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handler: Handler,
+        limits: _Limits,
+        peer: Peer,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._handler = handler
+        self._limits = limits
+        self._peer = peer
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
+        self._deadline: float | None = None  # set by the first byte of a request
+        self._eof = False
+        self._method = b""
+        self._body_limit = limits.max_body
+
+    async def run(self) -> None:
+        while True:
+            try:
+                request = await self._read_request()
+            except _Idle:
+                return
+            except _HttpError as err:
+                if not self._eof:  # a peer that hung up mid-request gets no answer
+                    await self._send(_error_reply(err.code, err.message), close=True)
+                return
+            if request is None:
+                return
+            await self._send(await self._call_handler(request), close=False)
+            if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
+                return
+            self._h11.start_next_cycle()
+
+    async def _read_request(self) -> HttpRequest | None:
+        loop = asyncio.get_running_loop()
+        pipelined, _ = self._h11.trailing_data
+        self._deadline = loop.time() + self._limits.read_timeout if pipelined else None
+        self._method = b""
+        event = await self._next_event()
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if not isinstance(event, h11.Request):
+            raise _HttpError(
+                f"expected a request, got {type(event).__name__}", code="E-HTTP-BAD-REQUEST"
+            )
+        self._method = event.method
+        self._body_limit = self._limits.body_limit(event.method, event.target)
+        self._check_head(event)
+        path, query = _parse_target(event.target)
+        if self._h11.they_are_waiting_for_100_continue:
+            await self._write(
+                self._h11.send(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=_reason(100))
+                )
+            )
+        body = await self._read_body()
+        return HttpRequest(
+            method=event.method.decode("ascii"),
+            path=path,
+            query=query,
+            headers=_header_dict(event.headers),
+            body=body,
+            peer=self._peer,
+        )
+
+    def _check_head(self, request: h11.Request) -> None:
+        if request.method == b"CONNECT":
+            raise _HttpError("CONNECT is not supported on the control socket", code="E-METHOD")
+        for name, value in request.headers:
+            # h11 has checked that Content-Length is digits and not contradicted.
+            if name == b"content-length" and int(value) > self._body_limit:
+                raise _HttpError(self._too_large(), code="E-HTTP-BODY-TOO-LARGE")
+
+    def _too_large(self) -> str:
+        return f"request body is larger than {self._body_limit} bytes"
+
+    async def _read_body(self) -> bytes:
+        body = bytearray()
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            if not isinstance(event, h11.Data):
+                raise _HttpError(
+                    f"unexpected {type(event).__name__} in request body", code="E-HTTP-BAD-REQUEST"
+                )
+            body += event.data
+            if len(body) > self._body_limit:  # only chunked bodies get here
+                raise _HttpError(self._too_large(), code="E-HTTP-BODY-TOO-LARGE")
+
+    async def _next_event(self) -> h11.Event:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _HttpError(
+                    f"malformed HTTP request: {exc}", code=_code_for(exc.error_status_hint)
+                ) from None
+            if isinstance(event, h11.Event):
+                return event
+            if event is h11.PAUSED:  # cannot happen: we never read ahead of our response
+                raise _HttpError(
+                    "request arrived while the previous one was unanswered",
+                    code="E-HTTP-BAD-REQUEST",
+                )
+            await self._receive()
+
+    async def _receive(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline
+        waiting = deadline is None
+        timeout = self._limits.idle_timeout if deadline is None else deadline - loop.time()
+        try:
+            # asyncio.timeout, not wait_for: no task per read (a third of a request's cost)
+            async with asyncio.timeout(max(timeout, 0.0)):
+                data = await self._reader.read(_READ_CHUNK)
+        except TimeoutError:
+            if waiting:
+                raise _Idle from None
+            limit = self._limits.read_timeout
+            raise _HttpError(
+                f"request not complete within {limit:g} s", code="E-HTTP-TIMEOUT"
+            ) from None
+        if waiting:
+            self._deadline = loop.time() + self._limits.read_timeout
+        self._eof = not data
+        self._h11.receive_data(data)
+
+    async def _call_handler(self, request: HttpRequest) -> _Reply:
+        try:
+            response = await self._handler(request)
+            if not 200 <= response.status <= 599:
+                raise ValueError(f"handler returned HTTP status {response.status}")
+            return _Reply(response.status, _encode(response.body))
+        except Exception:
+            log.exception("control handler failed method=%s path=%s", request.method, request.path)
+            return _error_reply("E-INTERNAL", "internal error; see the daemon log")
+
+    async def _send(self, reply: _Reply, *, close: bool) -> None:
+        await self._write(_render(self._h11, reply, close=close, head=self._method == b"HEAD"))
+
+    async def _write(self, data: bytes | None) -> None:
+        if data:
+            self._writer.write(data)
+            if self._writer.transport.get_write_buffer_size() == 0:
+                return  # the kernel took it all: nothing to wait for
+            async with asyncio.timeout(self._limits.read_timeout):
+                await self._writer.drain()
+
+
+def busy_bytes(message: str) -> bytes:
+    """A complete 503 `E-HTTP-BUSY` answer that closes the connection."""
+    return _render(h11.Connection(h11.SERVER), _error_reply("E-HTTP-BUSY", message), close=True)
