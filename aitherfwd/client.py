@@ -22,18 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from aitherfwd.adapters.control_client import ControlClient
+from aitherfwd.errors import AitherError
 
 DEFAULT_SOCKET = Path("/run/aitherfwd/control.sock")
 SCOPE_HEADER = "X-Agent-Scope"
 SCOPE_RE = re.compile(r"^sandbox-[A-Za-z0-9_.@:-]{1,56}$")
 
 
-class SandboxError(Exception):
-    """The daemon refused: `status` (403 refused, 400 bad request, ...), `code`, `message`."""
+class SandboxError(AitherError):
+    """The daemon refused: `code` and `message` as the daemon answered them, and the HTTP
+    `status` it answered with (403 refused, 400 bad request, …; what a proxy may pass on)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
+    def __init__(self, message: str, *, code: str = "E-HTTP", status: int = 0) -> None:
+        super().__init__(message, code=code, status=status)
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
 
 
 def scope_from_headers(headers: Mapping[str, str]) -> str | None:
@@ -54,7 +59,8 @@ class SandboxClient:
         status, answer = self._client.request(method, path, body)
         if status >= 400:
             err = answer.get("error", {}) if isinstance(answer, dict) else {}
-            raise SandboxError(status, err.get("code", "E-HTTP"), err.get("message", ""))
+            code = str(err.get("code", "E-HTTP"))
+            raise SandboxError(str(err.get("message", "")), code=code, status=status)
         return answer
 
     def grant(
