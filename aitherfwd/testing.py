@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from aitherfwd.daemon.services import Services
 
 __all__ = [
+    "FailingWrites",
     "FakeClock",
     "FakeConntrack",
     "FakeDaemon",
@@ -228,6 +229,34 @@ class FakeKernel:
             elems[key] = _Element(
                 body["val"], now + timeout if timeout else None, body.get("comment")
             )
+
+
+class FailingWrites:
+    """A `Kernel` that passes everything to `inner` but fails the first element write with
+    an unexpected exception (a bug behind the port): the failpoint behind
+    `AITHERFWD_FAILPOINT=kernel-writer`, with which the boot test shows that systemd brings
+    back a daemon whose writer died."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def run(self, commands: list[Json]) -> list[Json]:
+        if any("element" in body for c in commands for body in c.values()):
+            raise RuntimeError("failpoint kernel-writer: an element write failed unexpectedly")
+        result: list[Json] = self.inner.run(commands)
+        return result
+
+    def observe(self) -> Observed:
+        observed: Observed = self.inner.observe()
+        return observed
+
+    def set_elements(self, set_name: str) -> list[Any]:
+        elements: list[Any] = self.inner.set_elements(set_name)
+        return elements
+
+    def generation(self) -> int | None:
+        gen: int | None = self.inner.generation()
+        return gen
 
 
 class FakeConntrack:

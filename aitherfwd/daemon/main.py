@@ -40,6 +40,7 @@ from aitherfwd.clock import SystemClock
 from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
 from aitherfwd.daemon.api import Api
 from aitherfwd.daemon.egress import FIRST_ROUND_TIMEOUT
+from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.services import Ports, Services, wire
 from aitherfwd.daemon.telemetry import Telemetry
 from aitherfwd.errors import AitherError, PolicyError
@@ -70,11 +71,13 @@ def with_overrides(cfg: DaemonConfig, **overrides: object) -> DaemonConfig:
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 
 
+FAILPOINT_ENV = "AITHERFWD_FAILPOINT"  # a test switch; see _kernel
+
+
 def adapters(cfg: DaemonConfig) -> Ports:
     """The real adapters behind the daemon's ports."""
-    nft = Nft()
     return Ports(
-        kernel=nft,
+        kernel=_kernel(Nft()),
         conntrack=PyrouteConntrack(),
         systemd=sd.SystemdNotify(),
         notifier=Notifier(),
@@ -85,14 +88,29 @@ def adapters(cfg: DaemonConfig) -> Ports:
     )
 
 
+def _kernel(nft: Nft) -> Kernel:
+    """libnftables, unless the environment (only root sets a unit's) asks for the
+    `kernel-writer` failpoint: the first element write then fails unexpectedly, which must
+    end the process so systemd restarts it (tests/systemd shows that it does)."""
+    if os.environ.get(FAILPOINT_ENV) != "kernel-writer":
+        return nft
+    from aitherfwd.testing import FailingWrites  # noqa: PLC0415
+
+    log.warning(
+        "failpoint %s=kernel-writer is set: the first element write will fail", FAILPOINT_ENV
+    )
+    return FailingWrites(nft)
+
+
 async def run(cfg: DaemonConfig, ports: Ports | None = None) -> int:
     """The daemon until SIGTERM (0) or until a background task fails (1); an invalid
     policy at the cold start raises PolicyError. `ports` defaults to the real adapters;
     tests pass fakes."""
     ports = ports or adapters(cfg)
     s = wire(ports, cfg.policy, Authorizer(cfg.roles), cfg.conntrack_resync_interval)
-    if isinstance(ports.kernel, Nft):
-        ports.kernel.observer = s.stats.transaction
+    inner = getattr(ports.kernel, "inner", ports.kernel)
+    if isinstance(inner, Nft):
+        inner.observer = s.stats.transaction
     try:
         async with asyncio.TaskGroup() as tg:
             await Supervisor(cfg, s, tg).serve()

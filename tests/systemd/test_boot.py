@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.timeout(900)]
 UNIT = "aitherfwd.service"
 POLICY = "/etc/aitherfwd/policy.yaml"
 WATCHDOG_DROPIN = "/etc/systemd/system/aitherfwd.service.d/50-test-watchdog.conf"
+FAILPOINT_DROPIN = "/etc/systemd/system/aitherfwd.service.d/50-test-failpoint.conf"
 METRICS = "http://127.0.0.1:9466/metrics"  # the packaged config's [metrics] listen
 SERVER_PORTS = [22, 8080]  # the default policy allows 22 and drops everything else
 
@@ -240,6 +241,33 @@ def test_a_stalled_daemon_is_restarted_by_the_watchdog(box: Box) -> None:
     box.ct.ok("systemctl", "daemon-reload")
     box.ct.ok("systemctl", "restart", UNIT)
     wait_for(lambda: box.ct.prop("ActiveState") == "active", 30, "aitherfwd active")
+
+
+def test_a_daemon_whose_kernel_writer_dies_exits_and_is_restarted_by_systemd(box: Box) -> None:
+    """Supervision end to end: the writer fails unexpectedly (the kernel-writer failpoint),
+    the task group ends the process with exit 1, `Restart=on-failure` brings it back, and
+    the block that was being written when it died (stored first) is enforced after all."""
+    dropin = box.ct.root / FAILPOINT_DROPIN.lstrip("/")
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text("[Service]\nEnvironment=AITHERFWD_FAILPOINT=kernel-writer\n")
+    box.ct.ok("systemctl", "daemon-reload")
+    box.ct.ok("systemctl", "restart", UNIT)
+    wait_for(lambda: box.ct.prop("ActiveState") == "active", 30, "aitherfwd active")
+    dropin.unlink()  # the running daemon keeps the failpoint; its successor will not have it
+    box.ct.ok("systemctl", "daemon-reload")
+    old_pid, restarts = box.ct.prop("MainPID"), int(box.ct.prop("NRestarts"))
+
+    box.ct.sh("aitherfwd", "block", box.client.v4, "--ttl", "1h", "--reason", "writer dies")
+    restarted_after(box, old_pid, 40)
+
+    assert int(box.ct.prop("NRestarts")) == restarts + 1
+    journal = box.ct.ok("journalctl", "-u", UNIT, "--no-pager", "-o", "cat")
+    assert "kernel writer failed; the daemon exits" in journal
+    assert "status=1/FAILURE" in journal
+    assert box.client.v4 in box.ct.ok("aitherfwd", "blocks")
+    assert box.tcp(22) == "timeout"
+    box.ct.ok("aitherfwd", "unblock", box.client.v4)
+    assert box.tcp(22) == "ok"
 
 
 def test_systemd_analyze_security_scores_at_most_2(box: Box) -> None:
