@@ -1,8 +1,10 @@
-"""Conntrack accounting over ctnetlink: NEW/DESTROY events and full dumps (layer L2).
+"""Conntrack accounting over ctnetlink: NEW/UPDATE/DESTROY events and full dumps (layer L2).
 
-Owns: a non-blocking NETLINK_NETFILTER socket subscribed to the conntrack NEW and DESTROY
-groups, the full-table dump (IPCTNL_MSG_CT_GET with NLM_F_DUMP, all families), and a lean
-decoder of exactly three attributes per message — the original source address, CTA_ID and
+Owns: a non-blocking NETLINK_NETFILTER socket subscribed to the conntrack NEW, UPDATE and
+DESTROY groups (UPDATE carries the TCP state changes that end a handshake: without it a
+completed connection would count as half-open until the next dump), the full-table dump
+(IPCTNL_MSG_CT_GET with NLM_F_DUMP, all families), and a lean decoder of exactly three
+attributes per message — the original source address, CTA_ID and
 the TCP state — applied straight into a `CtTable`.
 
 Why not pyroute2 here (it stays the owner of netlink in adapters/conntrack.py, for the
@@ -28,6 +30,7 @@ IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_GET = 1
 IPCTNL_MSG_CT_DELETE = 2
 NFNLGRP_CONNTRACK_NEW = 1
+NFNLGRP_CONNTRACK_UPDATE = 2
 NFNLGRP_CONNTRACK_DESTROY = 3
 CTA_TUPLE_ORIG = 1
 CTA_PROTOINFO = 4
@@ -39,7 +42,7 @@ CTA_IP_V4_SRC = 1
 CTA_IP_V6_SRC = 3
 CTA_PROTOINFO_TCP = 1
 CTA_PROTOINFO_TCP_STATE = 1
-NEW = nl.nfnl_type(nl.NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW)
+NEW = nl.nfnl_type(nl.NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW)  # NEW and UPDATE events
 DELETE = nl.nfnl_type(nl.NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE)
 RCVBUF = 16 << 20
 _ATTR = struct.Struct("=HH")  # the attribute headers the fixed-offset decoder verifies
@@ -60,10 +63,13 @@ def _channel(groups: int) -> nlc.Channel:
 
 
 class CtEvents:
-    """Conntrack NEW/DESTROY events; `read(table)` when the socket is readable."""
+    """Conntrack NEW/UPDATE/DESTROY events; `read(table)` when the socket is readable."""
 
     def __init__(self) -> None:
-        groups = (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))
+        groups = sum(
+            1 << (g - 1)
+            for g in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_UPDATE, NFNLGRP_CONNTRACK_DESTROY)
+        )
         self.channel = _channel(groups)
         self.sock = self.channel.sock
         self.sock.setblocking(False)

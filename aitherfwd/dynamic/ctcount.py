@@ -2,12 +2,13 @@
 
 Owns: `CtTable`, the daemon's picture of the kernel's connection tracking table: each
 tracked connection's id → its original source address (packed bytes, shared per source),
-per-source counts of tracked connections, and per-source counts of half-open ones
-(SYN_SENT / SYN_RECV; a connection counts as half-open as the last full dump saw it, until
-it is destroyed). Conntrack NEW/DESTROY events keep the
-tracked counts current between dumps; half-open counts change only with a dump (following
-every TCP state change would cost four more events per connection). Ids make events
-idempotent: a NEW for a known id or a DESTROY for an unknown one changes nothing.
+per-source counts of tracked connections, and per-source counts of half-open ones: TCP
+connections whose last known state is SYN_SENT, SYN_RECV or SYN_SENT2 (the handshake has
+not completed). Conntrack NEW/UPDATE/DESTROY events keep both current between dumps: a NEW
+(state SYN_SENT) counts as half-open, the UPDATE that carries the next state (ESTABLISHED,
+or CLOSE after a reset) takes it out again, a DESTROY removes the connection. Ids make events
+idempotent: a NEW for a known id or a DESTROY for an unknown one changes nothing; a message
+for a known id only updates its TCP state (messages without one change nothing).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from aitherfwd.policy.model import IPAddress
 # TCP conntrack states (include/uapi/linux/netfilter/nf_conntrack_tcp.h)
 TCP_SYN_SENT = 1
 TCP_SYN_RECV = 2
+TCP_ESTABLISHED = 3
+TCP_CLOSE = 7
 TCP_SYN_SENT2 = 9
 HALF_OPEN = frozenset({TCP_SYN_SENT, TCP_SYN_RECV, TCP_SYN_SENT2})
 
@@ -33,7 +36,11 @@ class CtTable:
     _sources: dict[bytes, bytes] = field(default_factory=dict)  # one bytes object per source
 
     def add(self, ct_id: int, source: bytes, tcp_state: int = 0) -> None:
-        if ct_id in self.entries:
+        """A NEW event, an UPDATE event or a dumped entry (whichever comes first adds)."""
+        known = self.entries.get(ct_id)
+        if known is not None:
+            if tcp_state:
+                self._state(ct_id, known, tcp_state in HALF_OPEN)
             return
         src = self._sources.setdefault(source, source)
         self.entries[ct_id] = src
@@ -42,17 +49,25 @@ class CtTable:
             self._half_ids.add(ct_id)
             self.half_open[src] = self.half_open.get(src, 0) + 1
 
+    def _state(self, ct_id: int, src: bytes, half_open: bool) -> None:
+        if half_open == (ct_id in self._half_ids):
+            return
+        if half_open:
+            self._half_ids.add(ct_id)
+            self.half_open[src] = self.half_open.get(src, 0) + 1
+            return
+        self._half_ids.discard(ct_id)
+        half = self.half_open[src] - 1
+        if half:
+            self.half_open[src] = half
+        else:
+            del self.half_open[src]
+
     def remove(self, ct_id: int) -> None:
         src = self.entries.pop(ct_id, None)
         if src is None:
             return
-        if ct_id in self._half_ids:
-            self._half_ids.discard(ct_id)
-            half = self.half_open[src] - 1
-            if half:
-                self.half_open[src] = half
-            else:
-                del self.half_open[src]
+        self._state(ct_id, src, False)
         left = self.tracked[src] - 1
         if left:
             self.tracked[src] = left

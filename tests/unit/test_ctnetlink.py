@@ -12,7 +12,13 @@ from pathlib import Path
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
 
 from aitherfwd.adapters import ctnetlink
-from aitherfwd.dynamic.ctcount import TCP_SYN_RECV, CtTable
+from aitherfwd.dynamic.ctcount import (
+    TCP_CLOSE,
+    TCP_ESTABLISHED,
+    TCP_SYN_RECV,
+    TCP_SYN_SENT,
+    CtTable,
+)
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "netlink.json").read_text())
 
@@ -117,3 +123,37 @@ def test_a_message_that_does_not_fit_its_cached_layout_is_walked_again() -> None
     ctnetlink.apply(bytes(odd), other)
     assert other.entries == {0: src}  # read as "no id", not as whatever sits there
     assert ctnetlink.decode(bytes(odd), 0, len(odd)) == (0, src, state)
+
+
+def test_a_handshake_that_completes_is_no_longer_half_open() -> None:
+    table = CtTable()
+    src = ipaddress.ip_address("10.0.0.1")
+    for ct_id in range(1, 4):
+        table.add(ct_id, src.packed, TCP_SYN_SENT)  # NEW events
+    assert table.half_open == {src.packed: 3}
+    table.add(1, src.packed, TCP_SYN_RECV)  # UPDATE: still in the handshake
+    table.add(1, src.packed, TCP_ESTABLISHED)  # UPDATE: done
+    table.add(2, src.packed, TCP_CLOSE)  # UPDATE: reset during the handshake
+    table.add(3, src.packed, 0)  # an UPDATE without TCP state changes nothing
+    assert table.half_open == {src.packed: 1} and table.count(src) == 3
+    table.add(1, src.packed, TCP_SYN_SENT)  # a state can come back (a dump taken earlier)
+    assert table.half_open == {src.packed: 2}
+    for ct_id in range(1, 4):
+        table.remove(ct_id)
+    assert table.half_open == {} and table.tracked == {} and not table._half_ids
+
+
+def test_an_update_event_carries_the_tcp_state_that_ends_the_handshake() -> None:
+    new = next(m for m in _all("events") if ctnetlink.decode(m, 0, len(m))[2])  # a TCP NEW
+    ct_id, src, state = ctnetlink.decode(new, 0, len(new))
+    assert state == TCP_SYN_SENT
+    update = bytearray(new)
+    struct.pack_into("=H", update, 6, 0)  # UPDATE events are IPCTNL_MSG_CT_NEW without flags
+    layout = ctnetlink._layout(new, 0, len(new))
+    assert layout is not None and layout[6] > 0
+    update[layout[6] + 4] = TCP_ESTABLISHED
+    table = CtTable()
+    ctnetlink.apply(new, table)
+    assert table.half_open_over(0) == [] and sum(table.half_open.values()) == 1
+    ctnetlink.apply(bytes(update), table)
+    assert table.half_open == {} and table.entries == {ct_id: src}
