@@ -83,5 +83,12 @@ test-systemd: setup deb
 bench: setup
 	$(PY) -m benchmarks.run
 
+# The false-positive suite (tests/kernel/test_false_positives.py) with every legitimate
+# traffic pattern running FP_SECONDS (default 5 minutes) instead of `make test`'s 60 s.
+.PHONY: soak-fp
+FP_SECONDS ?= 300
+soak-fp: setup
+	AITHERFWD_FP_SECONDS=$(FP_SECONDS) $(PY) -m pytest -q -s tests/kernel/test_false_positives.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

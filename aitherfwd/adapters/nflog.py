@@ -157,7 +157,7 @@ def _denial(family: int, p: bytes, kind: str, rule: str) -> Denial | None:
         transport = 40
     else:
         return None
-    port = 0
+    sport = port = 0
     if proto in (6, 17, 132, 136) and len(p) >= transport + 4:  # tcp udp sctp udplite
-        (port,) = struct.unpack_from(">H", p, transport + 2)
-    return Denial(src, proto, port, kind, rule, dst)
+        sport, port = struct.unpack_from(">HH", p, transport)
+    return Denial(src, proto, port, kind, rule, dst, sport)

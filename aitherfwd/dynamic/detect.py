@@ -8,8 +8,13 @@ into `Threat`s for the reputation ladder:
 
 - PORT_SCAN (high): one source touching `settings.scan.ports` distinct denied ports within
   `settings.scan.window` seconds.
-- SYN_FLOOD (high): a source whose SYNs the kernel keeps dropping over `syn_flood_threshold`
-  (or whose half-open connections exceed it) for longer than `detection_grace`.
+- SYN_FLOOD (high): a source whose NEW connection attempts the kernel keeps dropping over
+  `syn_flood_threshold` SYNs/s (or whose half-open connections exceed it) for longer than
+  `detection_grace`. A retry of a dropped SYN (the same source and destination port, which
+  every TCP stack resends 1, 2, 3… s later) is not a new attempt: it neither starts nor
+  prolongs a flood, so a client that opened many connections at one moment (a keep-alive
+  pool) is the kernel's business, while a flood's ever new source ports are caught as fast
+  as before.
 - CONNTRACK_LIMIT (medium): a source refused beyond `max_connections_per_ip` that is still
   at its limit, or still being refused, `detection_grace` seconds later.
 A burst that ends within the grace period stays the kernel's business. Memory is bounded:
@@ -28,6 +33,7 @@ from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, Settings, Severity
 
 MAX_SOURCES = 10_000
+MAX_ATTEMPTS = 1024  # connection attempts remembered per flooding source (retries told apart)
 PORT_SCAN = "PORT_SCAN"
 SYN_FLOOD = "SYN_FLOOD"
 CONNTRACK_LIMIT = "CONNTRACK_LIMIT"
@@ -43,6 +49,7 @@ class Denial:
     kind: str  # names.KIND_DENIED | KIND_CONNLIMIT | KIND_SYNFLOOD | KIND_EGRESS
     rule: str  # the policy rule that denied it ("default", "-" for the kernel meters)
     dest: IPAddress | None = None  # the destination address (what egress audit lines name)
+    sport: int = 0  # source port; 0 when unknown (then every SYN report is a new attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,7 @@ class _Episode:
     since: float
     last: float
     hits: int = 0
+    attempts: set[int] = field(default_factory=set)  # floods: (sport, dport) seen, bounded
 
 
 @dataclass(slots=True)
@@ -87,12 +95,32 @@ class Detector:
         """One kernel report; a port scan is decided at once, floods and limits by `tick`."""
         self.stats.denials += 1
         if d.kind == n.KIND_SYNFLOOD:
-            _touch(self._floods, d.source, now, self.settings.detection_grace)
+            self._syn_dropped(d, now)
         elif d.kind == n.KIND_CONNLIMIT:
             _touch(self._limits, d.source, now, self.settings.detection_grace)
         elif d.kind == n.KIND_DENIED and d.port:
             return self._scan(d, now)
         return []
+
+    def _syn_dropped(self, d: Denial, now: float) -> None:
+        """A SYN over the meter: a new attempt starts or prolongs an episode, a retry of
+        one already seen in it only counts as a report."""
+        if not d.sport:
+            _touch(self._floods, d.source, now, self.settings.detection_grace)
+            return
+        key = d.sport << 16 | d.port
+        ep = self._floods.get(d.source)
+        if ep is not None and now - ep.last <= self.settings.detection_grace:
+            ep.hits += 1
+            if key in ep.attempts:
+                return
+            if len(ep.attempts) >= MAX_ATTEMPTS:
+                ep.attempts.clear()  # forget; a flood keeps coming with new ports anyway
+            ep.attempts.add(key)
+            ep.last = now
+            return
+        _touch(self._floods, d.source, now, self.settings.detection_grace)
+        self._floods[d.source].attempts.add(key)
 
     def _scan(self, d: Denial, now: float) -> list[Threat]:
         scan = self.settings.scan
@@ -139,8 +167,8 @@ class Detector:
                 del self._floods[src]
                 self.stats.syn_floods += 1
                 detail = (
-                    f"SYNs over {self.settings.syn_flood_threshold}/s for {now - ep.since:.1f}s "
-                    f"({ep.hits} kernel drops reported)"
+                    f"new connection attempts over {self.settings.syn_flood_threshold} SYNs/s "
+                    f"for {now - ep.since:.1f}s ({ep.hits} kernel drops reported)"
                 )
                 out.append(Threat(SYN_FLOOD, src, Severity.HIGH, detail))
         limit = self.settings.max_connections_per_ip

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,3 +114,122 @@ def test_short_connections_at_ten_per_second_are_never_blocked(
     assert summary == {"ok": 200}, summary
     assert client.v4 not in _blocked(daemon)
     assert _threats(daemon) == {"port_scans": 0, "syn_floods": 0, "conntrack_limits": 0}
+
+
+def _lossy(client: Client, loss: int) -> None:
+    """Drop `loss` % of the client's outgoing SYNs (an nft table in ITS namespace: this
+    kernel has no netem), so connections need SYN retries like on a lossy link."""
+    rules = (
+        "add table inet lossy\n"
+        "add chain inet lossy out { type filter hook output priority 0; }\n"
+        f"add rule inet lossy out tcp flags & (syn | ack) == syn numgen random mod 100 < {loss}"
+        " counter drop\n"
+    )
+    res = subprocess.run(
+        netns.exec_argv(client.ns, ["nft", "-f", "-"]),
+        input=rules,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def _dropped_syns(client: Client) -> int:
+    res = subprocess.run(
+        netns.exec_argv(client.ns, ["nft", "-j", "list", "table", "inet", "lossy"]),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    for item in json.loads(res.stdout)["nftables"]:
+        for expr in item.get("rule", {}).get("expr", []):
+            if "counter" in expr:
+                return int(expr["counter"]["packets"])
+    return 0
+
+
+def _attack(argv: list[str], client: Client) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        netns.exec_argv(client.ns, argv),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # timeout's children go with the group
+    )
+
+
+def _blocked_within(d: DaemonProc, source: str, deadline: float, what: str) -> float:
+    started = time.monotonic()
+    until(lambda: source in _blocked(d), deadline, what)
+    return time.monotonic() - started
+
+
+def test_legitimate_traffic_is_never_blocked_while_a_flood_and_a_scan_are(
+    lab: Lab, daemon: DaemonProc
+) -> None:
+    short10, short20, pool, browser, nat, lossy = lab.clients[:6]
+    attacker = lab.clients[6]
+    lab.add_address(attacker, "10.77.7.3/24")  # the scanner: a second attacker address
+    _lossy(lossy, 30)
+    secs = SECONDS
+    legit = [
+        _start(short10, "short 10/s", "short", secs, 10),
+        _start(short20, "short 20/s", "short", secs, 20),
+        _start(pool, "200 keep-alive connections", "pool", secs, 200),
+        _start(browser, "browser bursts of 30", "browser", secs),
+        _start(nat, "NAT gateway", "nat", secs, 100, 15),
+        _start(lossy, "lossy link 5/s", "short", secs, 5),
+    ]
+    sources = {t.source: t.name for t in legit}
+    try:
+        started = time.monotonic()
+
+        def never_blocked() -> bool:
+            wrong = {sources[a] for a in _blocked(daemon) if a in sources}
+            assert not wrong, (wrong, _threats(daemon))
+            return time.monotonic() - started > min(20.0, secs / 3)
+
+        until(never_blocked, secs, "the legitimate traffic under way", interval=0.5)
+        flood = _attack(
+            ["timeout", "3", "hping3", "-S", "--flood", "-p", "443", attacker.server_v4], attacker
+        )
+        flood_s = _blocked_within(daemon, attacker.v4, 6, "the SYN flooder blocked")
+        flood.wait(10)
+        scan = _attack(
+            [
+                *["timeout", "30", "nmap", "-n", "-Pn", "-T4", "--max-retries", "0", "-sS"],
+                *["-S", "10.77.7.3", "-e", attacker.dev, "-p", "1-1000", attacker.server_v4],
+            ],
+            attacker,
+        )
+        try:
+            scan_s = _blocked_within(daemon, "10.77.7.3", 3, "the port scanner blocked")
+        finally:
+            os.killpg(scan.pid, signal.SIGKILL)
+            scan.wait()
+        print(f"flood blocked after {flood_s:.2f} s, scan after {scan_s:.2f} s")
+
+        def all_done() -> bool:
+            never_blocked()
+            return all(t.proc.poll() is not None for t in legit)
+
+        until(all_done, secs + 60, "the legitimate traffic finished", interval=0.5)
+    finally:
+        for t in legit:
+            if t.proc.poll() is None:
+                os.killpg(t.proc.pid, signal.SIGKILL)
+    results = {t.name: t.summary(30) for t in legit}
+    print(json.dumps(results))
+    for name, summary in results.items():
+        failed = sum(v for k, v in summary.items() if k not in ("ok", "opened", "request"))
+        assert summary.get("ok", 0) > 0 and failed == 0, (name, summary)
+    assert results["200 keep-alive connections"]["ok"] == 200, results
+    assert not set(sources) & _blocked(daemon)
+    assert _dropped_syns(lossy) > 0  # the lossy link did need SYN retries
+    kernel_drops = {e["source_ip"] for e in daemon.audit_events() if e.get("kind") == "synflood"}
+    assert pool.v4 in kernel_drops  # the kernel's meter dropped the pool's burst: not a flood
+    threats = _threats(daemon)
+    assert threats["conntrack_limits"] == 0 and threats["syn_floods"] >= 1, threats

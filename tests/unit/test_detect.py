@@ -121,3 +121,42 @@ def test_a_flood_that_stopped_within_the_grace_period_is_not_a_threat() -> None:
     for _ in range(12):
         assert det.tick(clock.now(), _none) == []
         clock.advance(0.25)
+
+
+def _syn(src: IPAddress, sport: int, port: int = 443) -> Denial:
+    return Denial(src, 6, port, "synflood", "-", sport=sport)
+
+
+def test_syn_retries_of_connections_the_kernel_dropped_are_not_a_flood() -> None:
+    """200 connections opened at once (a keep-alive pool): the kernel drops the 150 SYNs
+    over its meter, and again their retries 1, 2 and 3 s later; nothing new was tried
+    after the first moment, so no flood (issue 14, false-positive suite)."""
+    clock, det = FakeClock(), Detector(SETTINGS)
+    for dropped in (150, 100, 50, 0):
+        for sport in range(40_000 + 200 - dropped, 40_200):
+            assert det.denied(_syn(SCANNER, sport), clock.now()) == []
+        for _ in range(4):
+            assert det.tick(clock.now(), _none) == []
+            clock.advance(0.25)
+    assert det.following()["flooding_sources"] == 0 and det.stats.syn_floods == 0
+
+
+def test_new_connection_attempts_over_the_meter_past_the_grace_period_are_a_flood() -> None:
+    clock, det = FakeClock(), Detector(SETTINGS)
+    sport = 1024
+    out: list[detect.Threat] = []
+    for _ in range(10):  # 2.25 s of drops of ever new source ports (hping3 --flood)
+        for _ in range(20):
+            sport += 1
+            det.denied(_syn(SCANNER, sport), clock.now())
+        out += det.tick(clock.now(), _none)
+        clock.advance(0.25)
+    (threat,) = out
+    assert threat.type == detect.SYN_FLOOD and "new connection attempts" in threat.detail
+
+
+def test_the_memory_of_attempts_is_bounded_per_source() -> None:
+    clock, det = FakeClock(), Detector(SETTINGS)
+    for sport in range(3 * detect.MAX_ATTEMPTS):
+        det.denied(_syn(SCANNER, sport), clock.now())
+    assert 0 < len(det._floods[SCANNER].attempts) <= detect.MAX_ATTEMPTS

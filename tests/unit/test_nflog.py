@@ -44,6 +44,7 @@ def test_foreign_prefixes_and_short_payloads_are_not_denials() -> None:
             "denied",
             "web",
             ipaddress.ip_address("10.0.0.2"),
+            sport=40000,
         )
     ]
     assert _decode(_packet(b"afwd egress default", ip + tcp))[0].kind == "egress"
