@@ -144,7 +144,8 @@ class FakeKernel:
                 out.append(e.value)
             elif e.expires_at > now:
                 remaining = max(1, math.ceil(e.expires_at - now))
-                out.append({"elem": {"val": e.value, "timeout": remaining, "expires": remaining}})
+                elem = {"val": e.value, "timeout": remaining, "expires": remaining}
+                out.append({"elem": elem | ({"comment": e.comment} if e.comment else {})})
         return out
 
     # --- interpretation ----------------------------------------------------------------------

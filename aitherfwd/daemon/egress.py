@@ -34,6 +34,7 @@ from aitherfwd.daemon.domains import DomainSync
 from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
+from aitherfwd.egress.adopt import SANDBOX_SETS, grants_from_elements
 from aitherfwd.egress.sandbox import Grant, GrantError, GrantTable, check_ports, key_of, refusal
 from aitherfwd.errors import ApplyError, RequestError
 from aitherfwd.nft import builders as b
@@ -107,6 +108,23 @@ class EgressRuntime:
         if domains:
             cmds += self.dns.restore_commands()
         return cmds
+
+    def reconcile(self, nft: Kernel, now: float) -> int:
+        """Cold start with a store that may be incomplete: adopt the grants the kernel's
+        sandbox sets hold and the store does not know (revocable like any), then `repair`."""
+        listed = []
+        for name in SANDBOX_SETS:
+            with contextlib.suppress(ApplyError):  # a set the policy does not have
+                listed.append((name, nft.set_elements(name)))
+        found = [
+            g for k, g in grants_from_elements(listed, now).items() if not self.grants.get(k, now)
+        ]
+        if found:
+            log.warning("adopted %d sandbox grants found in the kernel", len(found))
+            self.grants.load(found)
+            self.store.save_grants(found)
+            self._changed(now)
+        return self.repair(nft, now)
 
     def repair(self, nft: Kernel, now: float) -> int:
         """After someone else changed nftables: put back the grants and resolved addresses
