@@ -125,9 +125,12 @@ class ReputationService:
         self.store.save_offenders({k: o for k, o in changed.items() if k in self.offenders})
         self.store.forget_offenders(gone)
         specs, refused, led_to = [], [], {}
+        guarded = await self.blocks.lockout([net for net, _, _ in decisions.values()])
         for key, (net, decision, ev) in sorted(decisions.items()):
             try:
                 self.blocks.table.check(net, now)
+                if key in guarded:
+                    raise BlockError(f"{key}: {guarded[key]}", code="E-PROTECTED")
             except BlockError:
                 refused.append(key)
                 if (held := self.offenders.get(key)) is not None:

@@ -1,6 +1,8 @@
 """Reputation state is bounded (issue 14, item 8): offenders whose score decayed to nothing
 are forgotten in memory and on disk, the table is capped, threat types beyond a few are
-counted as "other", and /v1/status stays small whatever report-role clients send."""
+counted as "other", and /v1/status stays small whatever report-role clients send. And
+what report-role clients may get blocked (item 13): never a live admin session nor a
+resolver."""
 
 from __future__ import annotations
 
@@ -117,3 +119,56 @@ def test_an_offender_with_a_block_to_remember_is_not_forgotten(fake: FakeDaemon)
 
     run(fake, escalate)
     assert "203.0.113.9" in r.offenders  # the ladder remembers its block within `memory`
+
+
+# --- anti-lockout on the block path (issue 14, item 13) ------------------------------------
+
+LOCKOUT_POLICY = """\
+version: 1
+settings: {default_policy: allow, admin_ports: [22]}
+reputation: {threshold: 5}
+egress: {default_action: reject, resolvers: [10.77.0.53]}
+"""
+
+
+def burst(source: str) -> list[ThreatSpec]:
+    return [ThreatSpec("SCAN", ipaddress.ip_address(source), Severity.HIGH, "")] * 5
+
+
+def test_reported_threats_never_block_a_live_admin_session_or_a_resolver(
+    tmp_path: Path,
+) -> None:
+    fake = fake_daemon(tmp_path, LOCKOUT_POLICY)
+    r = fake.services.reputation
+    fake.conntrack.peers = {(ipaddress.ip_address("198.51.100.4"), 22)}
+
+    async def report() -> None:
+        out = await r.threats(burst("198.51.100.4") + burst("10.77.0.53") + burst("192.0.2.1"))
+        assert [b.key for b in out.blocked] == ["192.0.2.1"]
+        assert sorted(out.protected) == ["10.77.0.53", "198.51.100.4"]
+        fake.conntrack.peers = set()  # the session ended: after the cache, blockable
+        fake.clock.advance(3)
+        out = await r.threats(burst("198.51.100.4"))
+        assert [b.key for b in out.blocked] == ["198.51.100.4"]
+
+    try:
+        run(fake, report)
+    finally:
+        fake.services.ports.store.close()
+    assert fake.kernel.values("block_v4") == {"192.0.2.1", "198.51.100.4"}
+
+
+def test_an_admin_may_still_block_a_live_admin_session_by_hand(tmp_path: Path) -> None:
+    from aitherfwd.control.schema import BlockSpec  # noqa: PLC0415
+
+    fake = fake_daemon(tmp_path, LOCKOUT_POLICY)
+    fake.conntrack.peers = {(ipaddress.ip_address("198.51.100.4"), 22)}
+
+    async def block() -> None:
+        await fake.services.blocks.block([BlockSpec("198.51.100.4", 60, "intruder")])
+
+    try:
+        run(fake, block)
+    finally:
+        fake.services.ports.store.close()
+    assert fake.kernel.values("block_v4") == {"198.51.100.4"}
