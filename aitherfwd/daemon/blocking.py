@@ -26,7 +26,7 @@ from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.ports import Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.dynamic.blocks import Block, BlockTable, address_text
+from aitherfwd.dynamic.blocks import Block, BlockTable, address_text, check_batch
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
@@ -94,9 +94,7 @@ class BlockService:
         if self._admin_ports and mono - self._admin_peers_at >= ADMIN_PEERS_TTL:
             self._admin_peers_at = mono
             try:
-                peers = await asyncio.to_thread(
-                    self.conntrack.established_peers, self._admin_ports
-                )
+                peers = await asyncio.to_thread(self.conntrack.established_peers, self._admin_ports)
                 self._admin_peers = {p for p, _ in peers}
             except (AitherError, OSError) as exc:
                 log.warning("anti-lockout: conntrack unavailable error=%s", exc)
@@ -139,6 +137,7 @@ class BlockService:
             expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
             seen.add(spec.key)
             blocks.append(Block(spec.key, expires, spec.reason, source, now))
+        check_batch(seen)
         previous = {blk.key: self.table.get(blk.key, now) for blk in blocks}
         replaced = [k for k, p in previous.items() if p is not None]
         self.store.save_blocks(blocks, replaced=replaced, events=events)

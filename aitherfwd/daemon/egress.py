@@ -35,7 +35,8 @@ from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
 from aitherfwd.egress.adopt import SANDBOX_SETS, grants_from_elements
-from aitherfwd.egress.sandbox import Grant, GrantError, GrantTable, check_ports, key_of, refusal
+from aitherfwd.egress.grants import GrantTable
+from aitherfwd.egress.sandbox import Grant, GrantError, check_ports, key_of, refusal
 from aitherfwd.errors import ApplyError, RequestError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, PortRange
@@ -197,6 +198,10 @@ class EgressRuntime:
                     continue  # known_bad still wins over a name that moved onto it
                 if self.grants.get(key, now) is not None:
                     continue  # granted on its own: leave that grant as it is
+                try:  # inside a prefix granted on the same port: the kernel would refuse
+                    self.grants.check_overlap(net, now, first.ports)
+                except GrantError:
+                    continue
                 have.add(key)
                 added.append(
                     Grant(key, first.expires_at, first.scope, first.ports, now, host, first.uid)
@@ -248,10 +253,10 @@ class EgressRuntime:
             else await self.dns.addresses(spec.host or "")
         )
         ttl = spec.ttl or policy.sandbox.default_ttl
-        limit, capped = self._max_ttl(caller)
+        limit, admin = self._max_ttl(caller)
         try:
             self._vet(
-                spec, targets, policy=policy, ttl=ttl, limit=None if capped else limit, now=now
+                spec, targets, policy=policy, ttl=ttl, limit=None if admin else limit, now=now
             )
         except GrantError as exc:
             self.refused_total += 1
@@ -297,19 +302,42 @@ class EgressRuntime:
         limit: int | None,
         now: float,
     ) -> None:
-        """Raise GrantError when the grant must not be made (`limit` None: capped, not
-        refused, when the ttl is too long)."""
+        """Raise GrantError when the grant must not be made (`limit` None: an admin caller,
+        whose ttl is capped, not refused, and who may grant prefixes of any length)."""
         if limit is not None and ttl > limit:
             raise GrantError(
                 f"ttl {ttl}s is above the {limit}s your role may grant; ask for less",
                 code="E-TTL-TOO-LONG",
             )
-        check_ports(spec.ports, policy.sandbox)
+        sb = policy.sandbox
+        check_ports(spec.ports, sb)
         for net in targets:
+            shortest, name = (
+                (sb.min_prefix_v4, "min_prefix_v4")
+                if net.version == 4
+                else (sb.min_prefix_v6, "min_prefix_v6")
+            )
+            if limit is not None and net.prefixlen < shortest:
+                raise GrantError(
+                    f"{net} is wider than sandbox.{name} ({shortest}) allows a non-admin caller",
+                    code="E-GRANT-TOO-WIDE",
+                )
             why = refusal(net, policy.egress)
             if why is not None:
                 raise GrantError(why, code="E-GRANT-REFUSED")
-            self.grants.check_overlap(net, now)
+            self.grants.check_overlap(net, now, spec.ports)
+        new = sum(1 for net in targets if self.grants.get(key_of(net), now) is None)
+        if len(self.grants) + new > sb.max_grants:
+            raise GrantError(
+                f"sandbox.max_grants ({sb.max_grants}) live grants reached; revoke some or wait",
+                code="E-GRANT-LIMIT",
+            )
+        if self.grants.scope_count(spec.scope) + new > sb.max_grants_per_scope:
+            raise GrantError(
+                f"sandbox.max_grants_per_scope ({sb.max_grants_per_scope}) live grants of scope "
+                f"{spec.scope!r} reached; revoke some or wait",
+                code="E-GRANT-LIMIT",
+            )
 
     async def _commit(self, grants: list[Grant], now: float) -> None:
         """Store, then one kernel transaction; a refusal puts everything back."""
