@@ -178,3 +178,16 @@ def test_the_20000th_grant_costs_what_the_first_did_and_evaluate_stays_fast(
 
     run(fake, body)
     assert fake.services.egress.grants.counts(fake.clock.now())["grants_v4"] == 20_000
+
+
+def test_sandbox_limits_in_the_policy_are_validated_with_located_errors(tmp_path: Path) -> None:
+    from aitherfwd.adapters.files import load_policy  # noqa: PLC0415
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.replace("max_grants: 30000", "max_grants: 0, min_prefix_v6: 129"))
+    result = load_policy(path)
+    assert result.policy is None
+    found = {(d.code, d.path) for d in result.diagnostics}
+    assert ("E-RANGE", "sandbox.max_grants") in found
+    assert ("E-RANGE", "sandbox.min_prefix_v6") in found
+    assert all(d.pos is not None for d in result.diagnostics)
