@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from aitherfwd.clock import Clock, FakeClock
 from aitherfwd.errors import ApplyError
-from aitherfwd.nft import builders as b
 from aitherfwd.nft.builders import element_fields, element_key
 from aitherfwd.policy.model import IPAddress, NotifySettings
 from aitherfwd.reconcile import Observed
@@ -114,7 +113,7 @@ class FakeKernel:
         self.batches.append(copy.deepcopy(commands))
         if index in self.refusals:
             raise ApplyError(self.refusals.pop(index))
-        if self.table is not None and all(_element_change(c) for c in commands):
+        if self.table is not None and all("element" in next(iter(c.values())) for c in commands):
             return self._run_elements(self.table, commands)
         work = copy.deepcopy(self.table)
         out: list[Json] = []
@@ -127,24 +126,17 @@ class FakeKernel:
         return out
 
     def _run_elements(self, t: _Table, commands: list[Json]) -> list[Json]:
-        """Element adds and deletes only: applied in place with an undo log (no copy of
-        the table, so a batch costs the same with 20,000 elements loaded as with none)."""
-        undo: list[tuple[str, dict[str, _Element], str, _Element | None]] = []
+        """Element changes only: in place with an undo log (cost independent of the size)."""
+        undo: list[tuple[dict[str, _Element], str, _Element | None]] = []
         try:
             for command in commands:
-                ((verb, body),) = command.items()
-                obj = body["element"]
+                obj = next(iter(command.values()))["element"]
                 elems = t.elements.setdefault(obj["name"], {})
-                before = {b.element_key(e): elems.get(b.element_key(e)) for e in obj["elem"]}
-                for key, old in before.items():
-                    undo.append((obj["name"], elems, key, old))
-                self._element(t, verb, obj)
+                undo += [(elems, k, elems.get(k)) for k in map(element_key, obj["elem"])]
+                self._element(t, next(iter(command)), obj)
         except ApplyError:
-            for _, elems, key, old in reversed(undo):
-                if old is None:
-                    elems.pop(key, None)
-                else:
-                    elems[key] = old
+            for elems, key, old in reversed(undo):
+                elems.pop(key, None) if old is None else elems.__setitem__(key, old)
             raise
         self.gen += 1
         return []
@@ -256,11 +248,6 @@ class FakeKernel:
             elems[key] = _Element(
                 body["val"], now + timeout if timeout else None, body.get("comment")
             )
-
-
-def _element_change(command: Json) -> bool:
-    ((verb, body),) = command.items()
-    return verb in ("add", "delete") and isinstance(body, dict) and "element" in body
 
 
 class FailingWrites:

@@ -34,7 +34,8 @@ from aitherfwd.daemon.domains import DomainSync
 from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
-from aitherfwd.egress.adopt import SANDBOX_SETS, grants_from_elements
+from aitherfwd.egress import sandbox
+from aitherfwd.egress.adopt import grants_from_elements, list_sets
 from aitherfwd.egress.grants import GrantTable
 from aitherfwd.egress.sandbox import Grant, GrantError, check_ports, key_of, refusal
 from aitherfwd.errors import ApplyError, RequestError
@@ -113,13 +114,8 @@ class EgressRuntime:
     def reconcile(self, nft: Kernel, now: float) -> int:
         """Cold start with a store that may be incomplete: adopt the grants the kernel's
         sandbox sets hold and the store does not know (revocable like any), then `repair`."""
-        listed = []
-        for name in SANDBOX_SETS:
-            with contextlib.suppress(ApplyError):  # a set the policy does not have
-                listed.append((name, nft.set_elements(name)))
-        found = [
-            g for k, g in grants_from_elements(listed, now).items() if not self.grants.get(k, now)
-        ]
+        listed = grants_from_elements(list_sets(nft.set_elements), now)
+        found = [g for k, g in listed.items() if not self.grants.get(k, now)]
         if found:
             log.warning("adopted %d sandbox grants found in the kernel", len(found))
             self.grants.load(found)
@@ -312,32 +308,16 @@ class EgressRuntime:
         sb = policy.sandbox
         check_ports(spec.ports, sb)
         for net in targets:
-            shortest, name = (
-                (sb.min_prefix_v4, "min_prefix_v4")
-                if net.version == 4
-                else (sb.min_prefix_v6, "min_prefix_v6")
-            )
-            if limit is not None and net.prefixlen < shortest:
-                raise GrantError(
-                    f"{net} is wider than sandbox.{name} ({shortest}) allows a non-admin caller",
-                    code="E-GRANT-TOO-WIDE",
-                )
+            if limit is not None:  # not an admin
+                sandbox.check_width(net, sb)
             why = refusal(net, policy.egress)
             if why is not None:
                 raise GrantError(why, code="E-GRANT-REFUSED")
             self.grants.check_overlap(net, now, spec.ports)
         new = sum(1 for net in targets if self.grants.get(key_of(net), now) is None)
-        if len(self.grants) + new > sb.max_grants:
-            raise GrantError(
-                f"sandbox.max_grants ({sb.max_grants}) live grants reached; revoke some or wait",
-                code="E-GRANT-LIMIT",
-            )
-        if self.grants.scope_count(spec.scope) + new > sb.max_grants_per_scope:
-            raise GrantError(
-                f"sandbox.max_grants_per_scope ({sb.max_grants_per_scope}) live grants of scope "
-                f"{spec.scope!r} reached; revoke some or wait",
-                code="E-GRANT-LIMIT",
-            )
+        sandbox.check_caps(
+            len(self.grants) + new, self.grants.scope_count(spec.scope) + new, spec.scope, sb
+        )
 
     async def _commit(self, grants: list[Grant], now: float) -> None:
         """Store, then one kernel transaction; a refusal puts everything back."""

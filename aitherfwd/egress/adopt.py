@@ -11,11 +11,12 @@ Elements of a shape we never write are skipped. Nothing here talks to the kernel
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aitherfwd.egress import names as en
 from aitherfwd.egress.sandbox import Grant, key_of
+from aitherfwd.errors import ApplyError
 from aitherfwd.nft import builders as b
 
 SANDBOX_SETS = (
@@ -24,6 +25,18 @@ SANDBOX_SETS = (
     *en.PORT_SETS.values(),
 )
 ADOPTED_SCOPE = "kernel"  # the scope of an adopted element without a comment
+
+
+def list_sets(set_elements: Callable[[str], list[Any]]) -> list[tuple[str, list[Any]]]:
+    """(name, elements) of every sandbox set the kernel has, through the Kernel port's
+    `set_elements` (a set the policy does not have is skipped)."""
+    listed = []
+    for name in SANDBOX_SETS:
+        try:
+            listed.append((name, set_elements(name)))
+        except ApplyError:
+            continue
+    return listed
 
 
 def _key(value: Any) -> str | None:

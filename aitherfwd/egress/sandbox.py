@@ -137,3 +137,29 @@ def check_ports(ports: tuple[int, ...], settings: SandboxSettings) -> None:
                 f"({', '.join(str(r) for r in allowed)})",
                 code="E-PORT-NOT-ALLOWED",
             )
+
+
+def check_width(net: IPNetwork, settings: SandboxSettings) -> None:
+    """A caller without the admin role gets no prefix shorter than min_prefix_v4/v6."""
+    name = "min_prefix_v4" if net.version == 4 else "min_prefix_v6"
+    shortest: int = getattr(settings, name)
+    if net.prefixlen < shortest:
+        raise GrantError(
+            f"{net} is wider than sandbox.{name} ({shortest}) allows a non-admin caller",
+            code="E-GRANT-TOO-WIDE",
+        )
+
+
+def check_caps(total: int, in_scope: int, scope: str, settings: SandboxSettings) -> None:
+    """Live grants after this request, in total and in its scope, against the caps."""
+    if total > settings.max_grants:
+        raise GrantError(
+            f"sandbox.max_grants ({settings.max_grants}) live grants reached; revoke some or wait",
+            code="E-GRANT-LIMIT",
+        )
+    if in_scope > settings.max_grants_per_scope:
+        raise GrantError(
+            f"sandbox.max_grants_per_scope ({settings.max_grants_per_scope}) live grants of "
+            f"scope {scope!r} reached; revoke some or wait",
+            code="E-GRANT-LIMIT",
+        )
