@@ -113,6 +113,8 @@ class FakeKernel:
         self.batches.append(copy.deepcopy(commands))
         if index in self.refusals:
             raise ApplyError(self.refusals.pop(index))
+        if self.table is not None and all("element" in next(iter(c.values())) for c in commands):
+            return self._run_elements(self.table, commands)
         work = copy.deepcopy(self.table)
         out: list[Json] = []
         for command in commands:
@@ -122,6 +124,22 @@ class FakeKernel:
             self.table = work
             self.gen += 1
         return out
+
+    def _run_elements(self, t: _Table, commands: list[Json]) -> list[Json]:
+        """Element changes only: in place with an undo log (cost independent of the size)."""
+        undo: list[tuple[dict[str, _Element], str, _Element | None]] = []
+        try:
+            for command in commands:
+                obj = next(iter(command.values()))["element"]
+                elems = t.elements.setdefault(obj["name"], {})
+                undo += [(elems, k, elems.get(k)) for k in map(element_key, obj["elem"])]
+                self._element(t, next(iter(command)), obj)
+        except ApplyError:
+            for elems, key, old in reversed(undo):
+                elems.pop(key, None) if old is None else elems.__setitem__(key, old)
+            raise
+        self.gen += 1
+        return []
 
     def observe(self) -> Observed:
         t = self.table
@@ -144,7 +162,8 @@ class FakeKernel:
                 out.append(e.value)
             elif e.expires_at > now:
                 remaining = max(1, math.ceil(e.expires_at - now))
-                out.append({"elem": {"val": e.value, "timeout": remaining, "expires": remaining}})
+                elem = {"val": e.value, "timeout": remaining, "expires": remaining}
+                out.append({"elem": elem | ({"comment": e.comment} if e.comment else {})})
         return out
 
     # --- interpretation ----------------------------------------------------------------------

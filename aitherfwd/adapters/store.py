@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aitherfwd.adapters.marker import Marker
 from aitherfwd.dynamic.blocks import Block
 from aitherfwd.dynamic.reputation import Offender
 from aitherfwd.egress.sandbox import Grant
@@ -92,6 +93,8 @@ class Store:
         self.write_errors = 0
         self.disk_full = False
         self.recovered: str | None = None  # why the previous database was moved aside
+        # set when a write fails, cleared after a cold start reconciled the kernel's sets
+        self.incomplete = Marker(state_dir / "incomplete")
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
@@ -157,6 +160,7 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             self.write_errors += 1
+            self.incomplete.set()  # the kernel may now hold what the store does not know
             full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
             self.disk_full = self.disk_full or full
             log.error(
@@ -238,6 +242,12 @@ class Store:
             ),
         )
 
+    def forget_offenders(self, keys: Iterable[str]) -> bool:
+        """Offenders pruned from memory (their score decayed, no block): gone on disk too."""
+        return self._write(
+            "offenders", ("DELETE FROM offenders WHERE key = ?", [(k,) for k in keys])
+        )
+
     def save_grants(self, grants: Iterable[Grant]) -> bool:
         rows = [
             (g.key, g.expires_at, g.scope, json.dumps(g.ports), g.created_at, g.host, g.uid)
@@ -311,3 +321,4 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+        self.incomplete.close()

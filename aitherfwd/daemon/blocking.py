@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.ports import Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.dynamic.blocks import Block, BlockTable, address_text
+from aitherfwd.dynamic.blocks import Block, BlockTable, address_text, check_batch
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 # the background; beyond this, bans rely on the drop-before-established rule alone.
 CONNTRACK_QUEUE = 256
 CONNTRACK_CUT_PAUSE = 0.05
+# Live admin sessions (conntrack, established to settings.admin_ports) are asked at most
+# this often for the anti-lockout of automatic blocks: one dump costs ~12 ms.
+ADMIN_PEERS_TTL = 2.0
 Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
 Events = dict[str, list[dict[str, Any]]]  # threat events that led to a block, by address
 
@@ -65,12 +69,44 @@ class BlockService:
         # told of every block that expired or was lifted (reputation follows its blocks)
         self.on_expired: Callable[[Block, float], None] = lambda blk, now: None
         self.on_unblocked: Callable[[Block, float], None] = lambda blk, now: None
+        self._admin_ports: tuple[int, ...] = ()
+        self._resolvers: tuple[IPAddress, ...] = ()
+        self._admin_peers: set[IPAddress] = set()
+        self._admin_peers_at = -math.inf  # monotonic time of the last conntrack dump
 
     def configure(self, policy: Policy) -> None:
         """A policy took effect: the management zone and never_block are protected."""
         mgmt = [c for z in policy.zones if z.name == "management" for c in z.cidrs]
         never = policy.reputation.never_block
         self.table.protected = self.table.protected[:2] + tuple(mgmt) + never
+        self._admin_ports = tuple(policy.settings.admin_ports)
+        self._resolvers = policy.egress.resolvers if policy.egress is not None else ()
+        self._admin_peers_at = -math.inf
+
+    async def lockout(self, nets: Sequence[IPNetwork]) -> dict[str, str]:
+        """Anti-lockout of automatic blocks (reputation, detection): the targets that hold
+        a live admin session (established to an admin port, asked of conntrack at most
+        every ADMIN_PEERS_TTL seconds) or are an egress resolver, with why. Manual blocks
+        by an administrator are not checked: blocking a session is their explicit choice."""
+        if not nets:
+            return {}
+        mono = self.clock.monotonic()
+        if self._admin_ports and mono - self._admin_peers_at >= ADMIN_PEERS_TTL:
+            self._admin_peers_at = mono
+            try:
+                peers = await asyncio.to_thread(self.conntrack.established_peers, self._admin_ports)
+                self._admin_peers = {p for p, _ in peers}
+            except (AitherError, OSError) as exc:
+                log.warning("anti-lockout: conntrack unavailable error=%s", exc)
+        guarded = [(a, "holds a live admin session") for a in sorted(self._admin_peers, key=str)]
+        guarded += [(a, "is an egress resolver") for a in self._resolvers]
+        out: dict[str, str] = {}
+        for net in nets:
+            for address, why in guarded:
+                if address.version == net.version and address in net:
+                    out[address_text(net)] = f"{address} {why}"
+                    break
+        return out
 
     def load(self, now: float) -> None:
         """Cold start: the store's live blocks."""
@@ -101,6 +137,7 @@ class BlockService:
             expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
             seen.add(spec.key)
             blocks.append(Block(spec.key, expires, spec.reason, source, now))
+        check_batch(seen)
         previous = {blk.key: self.table.get(blk.key, now) for blk in blocks}
         replaced = [k for k, p in previous.items() if p is not None]
         self.store.save_blocks(blocks, replaced=replaced, events=events)

@@ -34,7 +34,10 @@ from aitherfwd.daemon.domains import DomainSync
 from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
-from aitherfwd.egress.sandbox import Grant, GrantError, GrantTable, check_ports, key_of, refusal
+from aitherfwd.egress import sandbox
+from aitherfwd.egress.adopt import grants_from_elements, list_sets
+from aitherfwd.egress.grants import GrantTable
+from aitherfwd.egress.sandbox import Grant, GrantError, check_ports, key_of, refusal
 from aitherfwd.errors import ApplyError, RequestError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, PortRange
@@ -108,6 +111,18 @@ class EgressRuntime:
             cmds += self.dns.restore_commands()
         return cmds
 
+    def reconcile(self, nft: Kernel, now: float) -> int:
+        """Cold start with a store that may be incomplete: adopt the grants the kernel's
+        sandbox sets hold and the store does not know (revocable like any), then `repair`."""
+        listed = grants_from_elements(list_sets(nft.set_elements), now)
+        found = [g for k, g in listed.items() if not self.grants.get(k, now)]
+        if found:
+            log.warning("adopted %d sandbox grants found in the kernel", len(found))
+            self.grants.load(found)
+            self.store.save_grants(found)
+            self._changed(now)
+        return self.repair(nft, now)
+
     def repair(self, nft: Kernel, now: float) -> int:
         """After someone else changed nftables: put back the grants and resolved addresses
         missing from the kernel's sets (a flushed set, a deleted element). These sets are
@@ -179,6 +194,10 @@ class EgressRuntime:
                     continue  # known_bad still wins over a name that moved onto it
                 if self.grants.get(key, now) is not None:
                     continue  # granted on its own: leave that grant as it is
+                try:  # inside a prefix granted on the same port: the kernel would refuse
+                    self.grants.check_overlap(net, now, first.ports)
+                except GrantError:
+                    continue
                 have.add(key)
                 added.append(
                     Grant(key, first.expires_at, first.scope, first.ports, now, host, first.uid)
@@ -230,10 +249,10 @@ class EgressRuntime:
             else await self.dns.addresses(spec.host or "")
         )
         ttl = spec.ttl or policy.sandbox.default_ttl
-        limit, capped = self._max_ttl(caller)
+        limit, admin = self._max_ttl(caller)
         try:
             self._vet(
-                spec, targets, policy=policy, ttl=ttl, limit=None if capped else limit, now=now
+                spec, targets, policy=policy, ttl=ttl, limit=None if admin else limit, now=now
             )
         except GrantError as exc:
             self.refused_total += 1
@@ -279,19 +298,26 @@ class EgressRuntime:
         limit: int | None,
         now: float,
     ) -> None:
-        """Raise GrantError when the grant must not be made (`limit` None: capped, not
-        refused, when the ttl is too long)."""
+        """Raise GrantError when the grant must not be made (`limit` None: an admin caller,
+        whose ttl is capped, not refused, and who may grant prefixes of any length)."""
         if limit is not None and ttl > limit:
             raise GrantError(
                 f"ttl {ttl}s is above the {limit}s your role may grant; ask for less",
                 code="E-TTL-TOO-LONG",
             )
-        check_ports(spec.ports, policy.sandbox)
+        sb = policy.sandbox
+        check_ports(spec.ports, sb)
         for net in targets:
+            if limit is not None:  # not an admin
+                sandbox.check_width(net, sb)
             why = refusal(net, policy.egress)
             if why is not None:
                 raise GrantError(why, code="E-GRANT-REFUSED")
-            self.grants.check_overlap(net, now)
+            self.grants.check_overlap(net, now, spec.ports)
+        new = sum(1 for net in targets if self.grants.get(key_of(net), now) is None)
+        sandbox.check_caps(
+            len(self.grants) + new, self.grants.scope_count(spec.scope) + new, spec.scope, sb
+        )
 
     async def _commit(self, grants: list[Grant], now: float) -> None:
         """Store, then one kernel transaction; a refusal puts everything back."""

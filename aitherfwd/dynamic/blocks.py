@@ -131,6 +131,21 @@ def _span(key: str) -> tuple[int, int, int]:
     return net.version, int(net.network_address), int(net.broadcast_address)
 
 
+def check_batch(keys: Iterable[str]) -> None:
+    """Raise BlockError (E-BLOCK-OVERLAP, naming the pair) when two prefixes of one request
+    overlap: in one interval set the kernel would refuse the whole batch. O(p log p)."""
+    spans = sorted((*_span(k), k) for k in keys if "/" in k)
+    reach: tuple[int, int, str] | None = None  # (version, last, key) reaching furthest
+    for version, lo, hi, key in spans:
+        if reach is not None and reach[0] == version and lo <= reach[1]:
+            raise BlockError(
+                f"{key} overlaps {reach[2]} in the same request; block disjoint prefixes",
+                code="E-BLOCK-OVERLAP",
+            )
+        if reach is None or reach[0] != version or hi > reach[1]:
+            reach = (version, hi, key)
+
+
 class BlockTable:
     """Active blocks keyed by their address text. Expired entries are pruned lazily."""
 

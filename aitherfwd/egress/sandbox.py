@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +22,30 @@ from aitherfwd.errors import AitherError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import Egress, IPAddress, IPNetwork, PortRange, SandboxSettings
 
+# Cloud metadata services: AWS, Azure, GCP, OpenStack, DigitalOcean… (169.254.169.254,
+# AWS's IPv6 fd00:ec2::254), AWS ECS task metadata (169.254.170.2), Alibaba
+# (100.100.100.200), Oracle (192.0.0.192), Tencent (169.254.0.23).
+METADATA_V4 = ("169.254.169.254", "169.254.170.2", "100.100.100.200", "192.0.0.192", "169.254.0.23")
+
+
+def _v4_forms(text: str) -> list[IPNetwork]:
+    """An IPv4 address and the IPv6 addresses that reach it: IPv4-mapped (::ffff:a.b.c.d),
+    IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/96),
+    and its 6to4 prefix (2002:aabb:ccdd::/48)."""
+    v4 = ipaddress.IPv4Address(text)
+    n = int(v4)
+    return [
+        ipaddress.IPv4Network(f"{v4}/32"),
+        ipaddress.IPv6Network(f"::ffff:{v4}/128"),
+        ipaddress.IPv6Network(f"::{v4}/128"),
+        ipaddress.IPv6Network((int(ipaddress.IPv6Address("64:ff9b::")) | n, 128)),
+        ipaddress.IPv6Network((int(ipaddress.IPv6Address("64:ff9b:1::")) | n, 128)),
+        ipaddress.IPv6Network(((0x2002 << 112) | (n << 80), 48)),
+    ]
+
+
 METADATA: tuple[IPNetwork, ...] = (
-    ipaddress.IPv4Network("169.254.169.254/32"),
+    *(net for text in METADATA_V4 for net in _v4_forms(text)),
     ipaddress.IPv6Network("fd00:ec2::254/128"),
 )
 
@@ -98,7 +119,7 @@ def refusal(net: IPNetwork, egress: Egress | None) -> str | None:
     """Why a grant for `net` is never allowed, or None."""
     for meta in METADATA:
         if meta.version == net.version and net.overlaps(meta):
-            return f"{key_of(net)} covers the cloud metadata address {meta.network_address}"
+            return f"{key_of(net)} covers the cloud metadata address {key_of(meta)}"
     for bad in egress.known_bad if egress else ():
         if bad.version == net.version and net.overlaps(bad):
             return f"{key_of(net)} overlaps known_bad {bad}, which always wins"
@@ -118,102 +139,27 @@ def check_ports(ports: tuple[int, ...], settings: SandboxSettings) -> None:
             )
 
 
-class GrantTable:
-    """Live grants by key. Expired ones are pruned lazily (the kernel expires its own)."""
+def check_width(net: IPNetwork, settings: SandboxSettings) -> None:
+    """A caller without the admin role gets no prefix shorter than min_prefix_v4/v6."""
+    name = "min_prefix_v4" if net.version == 4 else "min_prefix_v6"
+    shortest: int = getattr(settings, name)
+    if net.prefixlen < shortest:
+        raise GrantError(
+            f"{net} is wider than sandbox.{name} ({shortest}) allows a non-admin caller",
+            code="E-GRANT-TOO-WIDE",
+        )
 
-    def __init__(self) -> None:
-        self._grants: dict[str, Grant] = {}
 
-    def __len__(self) -> int:
-        return len(self._grants)
-
-    def get(self, key: str, now: float) -> Grant | None:
-        g = self._grants.get(key)
-        return g if g is not None and g.expires_at > now else None
-
-    def prune(self, now: float) -> list[Grant]:
-        gone = [g for g in self._grants.values() if g.expires_at <= now]
-        for g in gone:
-            del self._grants[g.key]
-        return gone
-
-    def active(self, now: float) -> list[Grant]:
-        self.prune(now)
-        return sorted(self._grants.values(), key=lambda g: g.key)
-
-    def check_overlap(self, net: IPNetwork, now: float) -> None:
-        if net.prefixlen == net.max_prefixlen:
-            return
-        for g in self.active(now):
-            other = g.network
-            same = other.version == net.version and g.key != key_of(net)
-            if not g.single and same and net.overlaps(other):
-                raise GrantError(
-                    f"{net} overlaps the granted prefix {other}; revoke it first",
-                    code="E-GRANT-OVERLAP",
-                )
-
-    def put(self, grants: Iterable[Grant], now: float) -> list[Any]:
-        """Record grants (replacing earlier ones for the same key); the kernel commands."""
-        touch: dict[str, list[Any]] = {}
-        adds: dict[str, list[Any]] = {}
-        for g in grants:
-            old = self.get(g.key, now)
-            if old is not None:  # it may expire in the kernel any moment: add, delete, add
-                for s, v in old.values():
-                    touch.setdefault(s, []).append(v)
-            for s, e in g.elements(now):
-                adds.setdefault(s, []).append(e)
-            self._grants[g.key] = g
-        cmds: list[Any] = [b.add(b.element(s, v)) for s, v in sorted(touch.items())]
-        cmds += [{"delete": b.element(s, v)} for s, v in sorted(touch.items())]
-        cmds += [b.add(b.element(s, v)) for s, v in sorted(adds.items())]
-        return cmds
-
-    def remove(self, key: str, now: float) -> tuple[Grant, list[Any]] | None:
-        g = self.get(key, now)
-        if g is None:
-            return None
-        del self._grants[key]
-        cmds: list[Any] = []
-        for s, v in g.values():
-            cmds += [b.add(b.element(s, [v])), {"delete": b.element(s, [v])}]
-        return g, cmds
-
-    def restore_commands(self, now: float) -> list[Any]:
-        by_set: dict[str, list[Any]] = {}
-        for g in self.active(now):
-            for s, e in g.elements(now):
-                by_set.setdefault(s, []).append(e)
-        return [b.add(b.element(s, v)) for s, v in sorted(by_set.items())]
-
-    def load(self, grants: Iterable[Grant]) -> None:
-        for g in grants:
-            self._grants[g.key] = g
-
-    def lookup(
-        self, address: IPAddress, port: int | None, allowed: tuple[PortRange, ...], now: float
-    ) -> Grant | None:
-        """The live grant that lets this connection out, if any."""
-        g = self.get(str(address), now)
-        if g is not None and g.covers(address, port, allowed):
-            return g
-        for g in self.active(now):
-            if not g.single and g.covers(address, port, allowed):
-                return g
-        return None
-
-    def set_counts(self, now: float) -> dict[str, int]:
-        """Live kernel elements per sandbox set (a grant with ports has one per port)."""
-        out: dict[str, int] = {}
-        for g in self.active(now):
-            for s, _ in g.values():
-                out[s] = out.get(s, 0) + 1
-        return out
-
-    def counts(self, now: float) -> dict[str, int]:
-        live = self.active(now)
-        return {
-            "grants_v4": sum(1 for g in live if g.family == 4),
-            "grants_v6": sum(1 for g in live if g.family == 6),
-        }
+def check_caps(total: int, in_scope: int, scope: str, settings: SandboxSettings) -> None:
+    """Live grants after this request, in total and in its scope, against the caps."""
+    if total > settings.max_grants:
+        raise GrantError(
+            f"sandbox.max_grants ({settings.max_grants}) live grants reached; revoke some or wait",
+            code="E-GRANT-LIMIT",
+        )
+    if in_scope > settings.max_grants_per_scope:
+        raise GrantError(
+            f"sandbox.max_grants_per_scope ({settings.max_grants_per_scope}) live grants of "
+            f"scope {scope!r} reached; revoke some or wait",
+            code="E-GRANT-LIMIT",
+        )

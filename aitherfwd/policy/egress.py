@@ -39,7 +39,22 @@ EGRESS_KEYS = {
 RULE_KEYS = {"name", "destination", "protocol", "ports", "action", "direction", "log"}
 ALLOWLIST_KEYS = {"domains", "ips", "ports"}
 DNS_KEYS = {"min_refresh", "max_refresh", "grace"}
-SANDBOX_KEYS = {"max_ttl", "default_ttl", "allowed_ports"}
+SANDBOX_KEYS = {
+    "max_ttl",
+    "default_ttl",
+    "allowed_ports",
+    "min_prefix_v4",
+    "min_prefix_v6",
+    "max_grants",
+    "max_grants_per_scope",
+}
+# name -> (lowest, highest) of the sandbox section's whole-number settings
+SANDBOX_LIMITS = {
+    "min_prefix_v4": (0, 32),
+    "min_prefix_v6": (0, 128),
+    "max_grants": (1, 1_000_000),
+    "max_grants_per_scope": (1, 1_000_000),
+}
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 HOST_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
@@ -245,6 +260,12 @@ class EgressParser:
         ports = (
             self.ports(m["allowed_ports"], "sandbox.allowed_ports") if "allowed_ports" in m else ()
         )
-        if max_ttl is None or default is None or ports is None:
+        limits: dict[str, int | None] = {
+            k: self.f.integer(m[k], f"sandbox.{k}", lo, hi) if k in m else getattr(d, k)
+            for k, (lo, hi) in SANDBOX_LIMITS.items()
+        }
+        if max_ttl is None or default is None or ports is None or None in limits.values():
             return None
-        return SandboxSettings(max_ttl, default, ports)
+        return SandboxSettings(
+            max_ttl, default, ports, **{k: v for k, v in limits.items() if v is not None}
+        )

@@ -286,6 +286,12 @@ class SandboxSettings:
     max_ttl: int = 86_400
     default_ttl: int = 3600
     allowed_ports: tuple[PortRange, ...] = ()  # () = any port
+    # the shortest prefix a caller without the admin role may be granted, per family
+    min_prefix_v4: int = 24
+    min_prefix_v6: int = 48
+    # live grants at most, in total and per scope (one address or prefix is one grant)
+    max_grants: int = 10_000
+    max_grants_per_scope: int = 1_000
 
 
 @dataclass(frozen=True, slots=True)

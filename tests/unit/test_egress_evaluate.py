@@ -9,7 +9,8 @@ import pytest
 
 from aitherfwd.clock import FakeClock
 from aitherfwd.codes import http_status
-from aitherfwd.egress.sandbox import Grant, GrantError, GrantTable, check_ports, refusal
+from aitherfwd.egress.grants import GrantTable
+from aitherfwd.egress.sandbox import Grant, GrantError, check_ports, refusal
 from aitherfwd.evaluator import Evaluator, Request
 from aitherfwd.policy.model import PortRange, Protocol
 from tests.unit.helpers import ok
