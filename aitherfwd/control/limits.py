@@ -61,7 +61,7 @@ def check_limits(check: _Check, control: dict[str, Any]) -> ControlLimits:
     values = {
         key: check.integer(control, f"control.{key}", getattr(d, key), _RANGES[key]) for key in KEYS
     }
-    limits = ControlLimits(**values)
+    limits, ok = ControlLimits(**values), True
     if limits.admin_connections >= limits.max_connections:
         check.error(
             "E-CONFIG-RANGE",
@@ -69,7 +69,7 @@ def check_limits(check: _Check, control: dict[str, Any]) -> ControlLimits:
             f"{limits.admin_connections} must be below max_connections "
             f"({limits.max_connections}): non-admin peers need some room",
         )
-        return d
+        ok = False
     largest_user = max(limits.body_limit(r) for r in ("read", "report", "sandbox"))
     if limits.user_body_bytes < largest_user:
         check.error(
@@ -78,5 +78,5 @@ def check_limits(check: _Check, control: dict[str, Any]) -> ControlLimits:
             f"{limits.body_bytes_in_flight} must be at least body_bytes_admin plus the "
             f"largest other body limit ({limits.body_bytes_admin + largest_user})",
         )
-        return d
-    return limits
+        ok = False
+    return limits if ok else d
