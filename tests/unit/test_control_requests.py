@@ -138,9 +138,10 @@ def test_deeply_nested_json_is_a_400_without_a_traceback(
 
 
 def test_json_nesting_up_to_the_limit_is_parsed_and_strings_do_not_count() -> None:
-    assert decode(b"[" * 32 + b"]" * 32) == [
-        [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
-    ]
+    nested: Any = []
+    for _ in range(31):
+        nested = [nested]
+    assert decode(b"[" * 32 + b"]" * 32) == nested
     assert decode(json.dumps({"a": "[" * 100, "b": '\\"[' * 50}).encode())["a"] == "[" * 100
     with pytest.raises(RequestError, match="deeper than 32"):
         decode(b"[" * 33 + b"]" * 33)
