@@ -205,9 +205,7 @@ class _Checker:
                 daemon, "daemon.audit_max_bytes", d.audit_max_bytes, AUDIT_MAX_BYTES
             ),
             audit_keep=self.integer(daemon, "daemon.audit_keep", d.audit_keep, AUDIT_KEEP),
-            requests_log=self.path(daemon, "daemon.requests_log", Path("requests.jsonl"))
-            if "requests_log" in daemon
-            else None,
+            requests_log=self.optional_path(daemon, "daemon.requests_log"),
             audit_reject_interval=self.seconds(
                 daemon, "daemon.audit_reject_interval", 10.0, AUDIT_REJECT_INTERVAL
             ),
@@ -251,6 +249,9 @@ class _Checker:
             self.error("E-CONFIG-TYPE", path, f"must be a file path, got {_kind(value)}")
             return default
         return Path(value)
+
+    def optional_path(self, section: dict[str, Any], path: str) -> Path | None:
+        return self.path(section, path, Path()) if _last(path) in section else None
 
     def integer(
         self, section: dict[str, Any], path: str, default: int, bounds: tuple[int, int]
@@ -353,11 +354,10 @@ class _Checker:
         for i, item in enumerate(items):
             if isinstance(item, bool) or not isinstance(item, int | str):
                 self.error("E-CONFIG-TYPE", f"{path}[{i}]", f"{item!r} is neither a name nor an id")
+            elif isinstance(item, int) and item < 0:
+                self.error("E-CONFIG-RANGE", f"{path}[{i}]", f"{item} is not a valid id")
             elif isinstance(item, int):
-                if item < 0:
-                    self.error("E-CONFIG-RANGE", f"{path}[{i}]", f"{item} is not a valid id")
-                else:
-                    out.append(item)
+                out.append(item)
             else:
                 try:
                     out.append(resolve(item))
@@ -379,10 +379,8 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     kinds = ((str, "a string"), (int, "an integer"), (float, "a float"), (dict, "a table"))
-    for kind, name in kinds:
-        if isinstance(value, kind):
-            return name
-    return "an array" if isinstance(value, list) else f"a {type(value).__name__}"
+    other = "an array" if isinstance(value, list) else f"a {type(value).__name__}"
+    return next((name for kind, name in kinds if isinstance(value, kind)), other)
 
 
 class Authorizer:

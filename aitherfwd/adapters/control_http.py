@@ -1,15 +1,17 @@
 """Control-socket transport, HTTP side (layer L2): one connection's HTTP/1.1 + JSON session.
 
-Owns: the request and response types the daemon's handler sees (`Peer`, `HttpRequest`,
-`HttpResponse`, `Handler`), the peer's credentials (SO_PEERCRED and SO_PEERGROUPS, read once
-per connection), HTTP framing with h11 (keep-alive, Content-Length and chunked request bodies
-up to the limit, read and idle timeouts) and the JSON encoding of responses. Every transport
-failure, and any exception a handler raises, becomes a JSON error response
-`{"error": {"code": ..., "message": ...}}`. The listening socket and the connection cap are
-adapters/control_server.py's.
+Owns: the request and response types the daemon's handler sees (`HttpRequest`,
+`HttpResponse`, `Handler`; `Peer` is adapters/control_peer.py's), HTTP framing with h11
+(keep-alive, Content-Length and chunked request bodies, read and idle timeouts, a head of at
+most 16 KiB in all, Content-Length with Transfer-Encoding refused), asking the gate about
+each request head before reading its body (the answer is the body limit), taking body bytes
+from the shared in-flight budget and giving them back once answered, and the JSON encoding
+of responses. Every transport failure, and any exception a handler raises, becomes a JSON
+error response `{"error": {"code": ..., "message": ...}}`. The listening socket, the accept
+loop and the connection budgets are adapters/control_server.py's.
 
 The only importer of h11 on the server side. Must not import anything of the firewall; imports
-only `aitherfwd.errors` and `aitherfwd.codes` from the package.
+only `aitherfwd.errors`, `aitherfwd.codes` and the other control-socket adapters.
 """
 
 from __future__ import annotations
