@@ -167,15 +167,21 @@ def escalation(kind: str) -> type[_Escalation]:
 # --- the control socket --------------------------------------------------------------------
 
 
+# Both are aggregated per peer (daemon/rejections.py): a line stands for `count` refusals of
+# its actor's uid, the last of which it describes. access_denied is a security event and
+# goes to the audit trail; request_rejected is request noise and goes to its own file.
+
+
 @dataclass(frozen=True, slots=True)
 class AccessDenied(AuditRecord):
     event: ClassVar[str] = "access_denied"
     action: ClassVar[str] = "deny"
     verdict: str  # always "deny"
     actor: Actor
-    method: str
-    path: str
-    role: str
+    method: str  # "" when the peer, having no role at all, was refused at connect
+    path: str  # at most 128 characters
+    role: str  # the role the route needs; "any" for a peer with no role
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,11 +189,12 @@ class RequestRejected(AuditRecord):
     event: ClassVar[str] = "request_rejected"
     action: ClassVar[str] = "reject"
     method: str
-    path: str  # at most 256 characters
+    path: str  # at most 128 characters
     status: int
     code: str
-    reason: str  # at most 512 characters
+    reason: str  # at most 200 characters
     actor: Actor
+    count: int = 1
 
 
 # --- kernel denials ------------------------------------------------------------------------

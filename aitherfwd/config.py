@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aitherfwd.control.limits import KEYS as LIMIT_KEYS
+from aitherfwd.control.limits import ControlLimits, check_limits
 from aitherfwd.durations import parse_duration
 from aitherfwd.errors import AitherError, ExitCode
 from aitherfwd.policy.diagnostics import Diagnostic, Pos, Reporter, did_you_mean, report_lines
@@ -72,21 +74,26 @@ class DaemonConfig:
     audit_log: Path = Path("/var/log/aitherfwd/audit.jsonl")
     audit_max_bytes: int = 50 << 20  # rotate the audit log at this size
     audit_keep: int = 5  # rotated files kept (audit.jsonl.1 … .5)
+    requests_log: Path | None = None  # rejected-request noise; None: requests.jsonl beside audit
+    audit_reject_interval: float = 10.0  # at most one rejection line per peer per interval
     metrics_listen: str = "127.0.0.1:9466"  # Prometheus /metrics; "" turns it off
     max_body_bytes: int = 1 << 20
+    limits: ControlLimits = field(default_factory=ControlLimits)
     drift_check_interval: float = 2.0
     conntrack_resync_interval: float = 30.0  # full conntrack dump; also after event loss
     roles: dict[str, RoleMembers] = field(default_factory=dict)
 
 
 SECTIONS = {
-    "control": ("socket", "mode", "group", "max_body_bytes"),
+    "control": ("socket", "mode", "group", "max_body_bytes", *LIMIT_KEYS),
     "daemon": (
         "policy",
         "state_dir",
         "audit_log",
         "audit_max_bytes",
         "audit_keep",
+        "requests_log",
+        "audit_reject_interval",
         "drift_check_interval",
         "conntrack_resync_interval",
     ),
@@ -99,6 +106,7 @@ AUDIT_MAX_BYTES = (1, 1 << 40)
 AUDIT_KEEP = (1, 1000)
 DRIFT_CHECK_INTERVAL = (0.1, 3600.0)
 CONNTRACK_RESYNC_INTERVAL = (1.0, 86_400.0)
+AUDIT_REJECT_INTERVAL = (1.0, 3600.0)
 MODE_MAX = 0o777
 _TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
@@ -197,10 +205,15 @@ class _Checker:
                 daemon, "daemon.audit_max_bytes", d.audit_max_bytes, AUDIT_MAX_BYTES
             ),
             audit_keep=self.integer(daemon, "daemon.audit_keep", d.audit_keep, AUDIT_KEEP),
+            requests_log=self.optional_path(daemon, "daemon.requests_log"),
+            audit_reject_interval=self.seconds(
+                daemon, "daemon.audit_reject_interval", 10.0, AUDIT_REJECT_INTERVAL
+            ),
             metrics_listen=self.listen(metrics, "metrics.listen", d.metrics_listen),
             max_body_bytes=self.integer(
                 control, "control.max_body_bytes", d.max_body_bytes, MAX_BODY_BYTES
             ),
+            limits=check_limits(self, control),
             drift_check_interval=self.seconds(
                 daemon,
                 "daemon.drift_check_interval",
@@ -237,6 +250,9 @@ class _Checker:
             return default
         return Path(value)
 
+    def optional_path(self, section: dict[str, Any], path: str) -> Path | None:
+        return self.path(section, path, Path()) if _last(path) in section else None
+
     def integer(
         self, section: dict[str, Any], path: str, default: int, bounds: tuple[int, int]
     ) -> int:
@@ -266,20 +282,17 @@ class _Checker:
     def mode(self, section: dict[str, Any], path: str, default: int) -> int:
         """An octal string such as "0660", or a TOML integer such as 0o660."""
         value = section.get(_last(path), default)
+        want = 'must be an octal string like "0660", got'
         if isinstance(value, str):
             try:
                 mode = int(value, 8)
             except ValueError:
-                self.error(
-                    "E-CONFIG-VALUE", path, f'must be an octal string like "0660", got {value!r}'
-                )
+                self.error("E-CONFIG-VALUE", path, f"{want} {value!r}")
                 return default
         elif isinstance(value, int) and not isinstance(value, bool):
             mode = value
         else:
-            self.error(
-                "E-CONFIG-TYPE", path, f'must be an octal string like "0660", got {_kind(value)}'
-            )
+            self.error("E-CONFIG-TYPE", path, f"{want} {_kind(value)}")
             return default
         if not 0 <= mode <= MODE_MAX:
             self.error("E-CONFIG-RANGE", path, f"{mode:#o} is out of range 0o0-0o777")
@@ -341,11 +354,10 @@ class _Checker:
         for i, item in enumerate(items):
             if isinstance(item, bool) or not isinstance(item, int | str):
                 self.error("E-CONFIG-TYPE", f"{path}[{i}]", f"{item!r} is neither a name nor an id")
+            elif isinstance(item, int) and item < 0:
+                self.error("E-CONFIG-RANGE", f"{path}[{i}]", f"{item} is not a valid id")
             elif isinstance(item, int):
-                if item < 0:
-                    self.error("E-CONFIG-RANGE", f"{path}[{i}]", f"{item} is not a valid id")
-                else:
-                    out.append(item)
+                out.append(item)
             else:
                 try:
                     out.append(resolve(item))
@@ -367,10 +379,8 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     kinds = ((str, "a string"), (int, "an integer"), (float, "a float"), (dict, "a table"))
-    for kind, name in kinds:
-        if isinstance(value, kind):
-            return name
-    return "an array" if isinstance(value, list) else f"a {type(value).__name__}"
+    other = "an array" if isinstance(value, list) else f"a {type(value).__name__}"
+    return next((name for kind, name in kinds if isinstance(value, kind)), other)
 
 
 class Authorizer:

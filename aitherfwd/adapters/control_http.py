@@ -1,53 +1,42 @@
 """Control-socket transport, HTTP side (layer L2): one connection's HTTP/1.1 + JSON session.
 
-Owns: the request and response types the daemon's handler sees (`Peer`, `HttpRequest`,
-`HttpResponse`, `Handler`), the peer's credentials (SO_PEERCRED and SO_PEERGROUPS, read once
-per connection), HTTP framing with h11 (keep-alive, Content-Length and chunked request bodies
-up to the limit, read and idle timeouts) and the JSON encoding of responses. Every transport
-failure, and any exception a handler raises, becomes a JSON error response
-`{"error": {"code": ..., "message": ...}}`. The listening socket and the connection cap are
-adapters/control_server.py's.
+Owns: the request and response types the daemon's handler sees (`HttpRequest`,
+`HttpResponse`, `Handler`; `Peer` is adapters/control_peer.py's), HTTP framing with h11
+(keep-alive, Content-Length and chunked request bodies, read and idle timeouts, a head of at
+most 16 KiB in all, Content-Length with Transfer-Encoding refused), asking the gate about
+each request head before reading its body (the answer is the body limit), taking body bytes
+from the shared in-flight budget and giving them back once answered, and the JSON encoding
+of responses. Every transport failure, and any exception a handler raises, becomes a JSON
+error response `{"error": {"code": ..., "message": ...}}`. The listening socket, the accept
+loop and the connection budgets are adapters/control_server.py's.
 
 The only importer of h11 on the server side. Must not import anything of the firewall; imports
-only `aitherfwd.errors` and `aitherfwd.codes` from the package.
+only `aitherfwd.errors`, `aitherfwd.codes` and the other control-socket adapters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
-import socket
-import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
 from aitherfwd import codes
+from aitherfwd.adapters.control_budget import Admission, BodyBudget, Gate
+from aitherfwd.adapters.control_peer import Peer
 from aitherfwd.errors import AitherError
 
 log = logging.getLogger(__name__)
 
-# Not exported by the socket module; Linux >= 4.13 (include/uapi/asm-generic/socket.h).
-SO_PEERGROUPS: int = getattr(socket, "SO_PEERGROUPS", 59)
-# `struct ucred { pid_t pid; uid_t uid; gid_t gid; }`: three 32-bit C ints on every Linux ABI.
-# The stdlib has no decoder for it and ctypes would be a heavier dependency for 12 bytes, so we
-# unpack it by hand; uid_t and gid_t are unsigned, hence "iII" (same size as "3i").
-_UCRED = struct.Struct("iII")
-_GID = struct.Struct("I")
-# CPython refuses a getsockopt() buffer above 1024 bytes, so at most 256 supplementary groups.
-_MAX_GROUPS_BYTES = 1024
 _MAX_HEAD_BYTES = 16 * 1024  # request line plus headers; more is a 431
 _READ_CHUNK = 64 * 1024
 _MAX_QUERY_FIELDS = 100
 _NO_BODY_STATUSES = frozenset({204, 304})
-_LINGER_SECONDS = 1.0  # how long a refused connection may take to send its request
-
 # h11 suggests a status for what it cannot parse; its code (the status comes back from codes)
 _H11_CODES = {
     400: "E-HTTP-BAD-REQUEST",
@@ -58,16 +47,6 @@ _H11_CODES = {
     501: "E-HTTP-NOT-IMPLEMENTED",
     503: "E-HTTP-BUSY",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """Who is on the other end: SO_PEERCRED at connect time plus supplementary groups."""
-
-    pid: int
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +88,8 @@ class _Idle(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Limits:
-    max_body: int
     idle_timeout: float
     read_timeout: float
-    bulk: tuple[tuple[str, str, int], ...] = ()  # (method, path, larger body limit)
-
-    def body_limit(self, method: bytes, target: bytes) -> int:
-        for m, path, limit in self.bulk:
-            if method == m.encode() and target.split(b"?", 1)[0] == path.encode():
-                return limit
-        return self.max_body
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +110,6 @@ def _encode(body: object) -> bytes:
 
 def _error_reply(code: str, message: str) -> _Reply:
     return _Reply(codes.http_status(code), _encode(error_body(code, message)))
-
-
-class _SockOpts(Protocol):
-    """What we need of a socket: `socket.socket` or asyncio's TransportSocket wrapper."""
-
-    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
 
 
 def _reason(status: int) -> bytes:
@@ -169,27 +134,6 @@ def _render(conn: h11.Connection, reply: _Reply, *, close: bool, head: bool = Fa
     return data + (conn.send(h11.EndOfMessage()) or b"")
 
 
-def read_peer(sock: _SockOpts) -> Peer:
-    """The credentials of the process that connected `sock` (a connected AF_UNIX socket)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = _UCRED.unpack(raw)
-    return Peer(pid=pid, uid=uid, gid=gid, groups=_peer_groups(sock))
-
-
-def _peer_groups(sock: _SockOpts) -> tuple[int, ...]:
-    """Supplementary groups; empty (fail closed for group roles) when the kernel cannot say."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _MAX_GROUPS_BYTES)
-    except OSError as exc:
-        if exc.errno == errno.ERANGE:
-            log.warning("peer has too many supplementary groups limit=%d", _MAX_GROUPS_BYTES // 4)
-            return ()
-        if exc.errno == errno.ENOPROTOOPT:  # kernel older than 4.13
-            return ()
-        raise
-    return tuple(gid for (gid,) in _GID.iter_unpack(raw[: len(raw) - len(raw) % _GID.size]))
-
-
 def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
     """Percent-decoded path and query parameters; a repeated parameter is a 400."""
     try:
@@ -210,6 +154,26 @@ def _parse_target(target: bytes) -> tuple[str, dict[str, str]]:
     return path, query
 
 
+def _check_head(request: h11.Request) -> None:
+    """What h11 lets through and we do not: CONNECT, a head over the limit that arrived in
+    one read (h11 bounds only incomplete heads), Content-Length together with chunked."""
+    if request.method == b"CONNECT":
+        raise _HttpError("CONNECT is not supported on the control socket", code="E-METHOD")
+    size = len(request.method) + len(request.target) + 12  # request line, CRLFs
+    size += sum(len(name) + len(value) + 4 for name, value in request.headers)
+    if size > _MAX_HEAD_BYTES:
+        raise _HttpError(
+            f"request line and headers are over {_MAX_HEAD_BYTES} bytes",
+            code="E-HTTP-HEADERS-TOO-LARGE",
+        )
+    names = {name for name, _ in request.headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        raise _HttpError(
+            "Content-Length and Transfer-Encoding together are ambiguous; send one",
+            code="E-HTTP-BAD-REQUEST",
+        )
+
+
 def _header_dict(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     result: dict[str, str] = {}
     for raw_name, raw_value in headers:
@@ -218,8 +182,19 @@ def _header_dict(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A connection the server has let in: who, as what, and the shared body budget."""
+
+    peer: Peer
+    admission: Admission
+    gate: Gate
+    bodies: BodyBudget
+
+
 class _Session:
-    """One client connection: a loop of read request, call handler, write response."""
+    """One client connection: a loop of read request head, authorise it (the gate), read the
+    body within the peer's limit and the shared budget, call handler, write response."""
 
     def __init__(
         self,
@@ -227,20 +202,32 @@ class _Session:
         writer: asyncio.StreamWriter,
         handler: Handler,
         limits: _Limits,
-        peer: Peer,
+        who: Admitted,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._handler = handler
         self._limits = limits
-        self._peer = peer
+        self._who = who
+        self._peer = who.peer
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
         self._deadline: float | None = None  # set by the first byte of a request
         self._eof = False
         self._method = b""
-        self._body_limit = limits.max_body
+        self._body_limit = 0
+        self._held = 0  # body bytes taken from the shared budget
 
     async def run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._who.bodies.give(self._held, admin=self._who.admission.admin)
+        self._held = 0
+
+    async def _loop(self) -> None:
         while True:
             try:
                 request = await self._read_request()
@@ -252,7 +239,10 @@ class _Session:
                 return
             if request is None:
                 return
-            await self._send(await self._call_handler(request), close=False)
+            reply = await self._call_handler(request)
+            del request
+            self._release()
+            await self._send(reply, close=False)
             if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
                 return
             self._h11.start_next_cycle()
@@ -270,9 +260,13 @@ class _Session:
                 f"expected a request, got {type(event).__name__}", code="E-HTTP-BAD-REQUEST"
             )
         self._method = event.method
-        self._body_limit = self._limits.body_limit(event.method, event.target)
-        self._check_head(event)
+        _check_head(event)
         path, query = _parse_target(event.target)
+        try:  # authorisation on the head: nothing of the body is read before it
+            self._body_limit = self._who.gate.head(self._peer, event.method.decode(), path)
+        except AitherError as exc:
+            raise _HttpError(exc.message, code=exc.code) from None
+        self._check_length(event)
         if self._h11.they_are_waiting_for_100_continue:
             await self._write(
                 self._h11.send(
@@ -289,9 +283,7 @@ class _Session:
             peer=self._peer,
         )
 
-    def _check_head(self, request: h11.Request) -> None:
-        if request.method == b"CONNECT":
-            raise _HttpError("CONNECT is not supported on the control socket", code="E-METHOD")
+    def _check_length(self, request: h11.Request) -> None:
         for name, value in request.headers:
             # h11 has checked that Content-Length is digits and not contradicted.
             if name == b"content-length" and int(value) > self._body_limit:
@@ -310,9 +302,15 @@ class _Session:
                 raise _HttpError(
                     f"unexpected {type(event).__name__} in request body", code="E-HTTP-BAD-REQUEST"
                 )
-            body += event.data
-            if len(body) > self._body_limit:  # only chunked bodies get here
+            if len(body) + len(event.data) > self._body_limit:  # only chunked bodies get here
                 raise _HttpError(self._too_large(), code="E-HTTP-BODY-TOO-LARGE")
+            if not self._who.bodies.take(len(event.data), admin=self._who.admission.admin):
+                raise _HttpError(
+                    "the daemon holds too many request bodies now; retry later",
+                    code="E-HTTP-BUSY",
+                )
+            self._held += len(event.data)
+            body += event.data
 
     async def _next_event(self) -> h11.Event:
         while True:
@@ -374,6 +372,7 @@ class _Session:
                 await self._writer.drain()
 
 
-def busy_bytes(message: str) -> bytes:
-    """A complete 503 `E-HTTP-BUSY` answer that closes the connection."""
-    return _render(h11.Connection(h11.SERVER), _error_reply("E-HTTP-BUSY", message), close=True)
+def refusal_bytes(code: str, message: str) -> bytes:
+    """A complete error answer (`E-HTTP-BUSY` 503, `E-FORBIDDEN` 403 ...) that closes the
+    connection, for connections refused at accept."""
+    return _render(h11.Connection(h11.SERVER), _error_reply(code, message), close=True)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aitherfwd.control.schema import parse_network
-from aitherfwd.durations import parse_duration
+from aitherfwd.control.schema import parse_network, parse_ttl
 from aitherfwd.errors import RequestError
 from aitherfwd.policy.egress import host_name
 from aitherfwd.policy.model import IPNetwork
@@ -58,12 +57,7 @@ def parse_grant(body: Any) -> GrantSpec:
     net, host = destination(body["destination"])
     ttl = body.get("ttl")
     if ttl is not None:
-        if isinstance(ttl, bool) or not isinstance(ttl, str | int):
-            raise RequestError('ttl must be a duration such as "1h" or seconds', code="E-TTL")
-        try:
-            ttl = parse_duration(ttl)
-        except ValueError as exc:
-            raise RequestError(f"ttl: {exc}", code="E-TTL") from None
+        ttl = parse_ttl(ttl, "ttl", "1h")
     scope = body.get("scope", "sandbox")
     if not isinstance(scope, str) or not 1 <= len(scope) <= 64 or set(scope) - SCOPE_CHARS:
         raise RequestError(

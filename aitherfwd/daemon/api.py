@@ -1,11 +1,14 @@
 """The control API, the only module of the daemon that knows HTTP (layer L3).
 
 Owns: a table of small handlers, each guarded by a role; mapping `(method, path)` to a
-handler; authorising the peer (SO_PEERCRED uid/gid/groups) before anything is parsed;
-turning request bodies into typed specs (control.schema), calling the services, and
+handler; authorising the peer (SO_PEERCRED uid/gid/groups) — as the transport's gate at
+accept (a peer without any role is refused before anything is read) and on the request head
+(route and role, then the body limit of that role, before the body is read); turning
+request bodies into typed specs (control.schema), calling the services, and
 rendering their results (daemon/views.py). Errors become `{"error": {"code", "message"}}`
 with the status `aitherfwd.codes` registers for the code — the only place a coded
-error meets HTTP; a rejected request or a denial is audited. Sandbox grants and outbound
+error meets HTTP; a rejected request or a denial is audited, aggregated per peer
+(daemon/rejections.py). Sandbox grants and outbound
 evaluation by host name live in daemon/sandbox_api.py, in the same table.
 """
 
@@ -17,11 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd import codes
-from aitherfwd.adapters.control_server import HttpRequest, HttpResponse
+from aitherfwd.adapters.control_budget import Admission
+from aitherfwd.adapters.control_server import HttpRequest, HttpResponse, Peer
 from aitherfwd.audit_records import AccessDenied, RequestRejected
 from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
+from aitherfwd.control.limits import ControlLimits
 from aitherfwd.daemon import sandbox_api, views
+from aitherfwd.daemon.rejections import Rejections, Sink
 from aitherfwd.daemon.services import Services
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 
@@ -35,6 +41,7 @@ class Route:
     path: str  # exact, or a prefix ending in "/" followed by one argument (which may be a CIDR)
     role: str
     handler: Handler
+    bulk: bool = False  # the body may use the role's whole limit, beyond max_body_bytes
 
 
 async def health(d: Services, req: HttpRequest) -> Any:
@@ -94,7 +101,7 @@ ROUTES = (
     Route("GET", "/v1/health", "read", health),
     Route("GET", "/v1/status", "read", status),
     Route("GET", "/v1/blocks", "read", list_blocks),
-    Route("POST", "/v1/blocks", "admin", add_blocks),
+    Route("POST", "/v1/blocks", "admin", add_blocks, bulk=True),
     Route("DELETE", "/v1/blocks/", "admin", delete_block),
     Route("POST", "/v1/evaluate", "read", evaluate),
     Route("POST", "/v1/reload", "admin", reload),
@@ -123,32 +130,67 @@ def _find(method: str, path: str) -> Route:
     raise RequestError(f"no such endpoint: {path}", code="E-NOT-FOUND")
 
 
+def _actor(peer: Peer) -> dict[str, int]:
+    return {"uid": peer.uid, "gid": peer.gid, "pid": peer.pid}
+
+
 class Api:
-    def __init__(self, services: Services, authorizer: Authorizer) -> None:
+    """The handler of the control socket, and its gate (`admit`, `head`)."""
+
+    def __init__(
+        self,
+        services: Services,
+        authorizer: Authorizer,
+        *,
+        limits: ControlLimits | None = None,
+        max_body: int = 1 << 20,
+        noise: Sink | None = None,
+        reject_interval: float = 10.0,
+    ) -> None:
         self.services = services
         self.authorizer = authorizer
-        self.audit = services.ports.audit
+        self.limits = limits or ControlLimits()
+        self.max_body = max_body
         self.clock = services.ports.clock
+        self.rejections = Rejections(
+            services.ports.audit, noise or services.ports.audit, reject_interval
+        )
+
+    def admit(self, peer: Peer) -> Admission | None:
+        """At accept: None (refused before any read) for a peer without any role."""
+        roles = self.authorizer.roles_of(peer.uid, peer.gid, peer.groups)
+        if not roles:
+            denial = AccessDenied("deny", _actor(peer), method="", path="", role="any")
+            self.rejections.denied(self.clock.now(), denial)
+            return None
+        return Admission(admin="admin" in roles)
+
+    def head(self, peer: Peer, method: str, path: str) -> int:
+        """On the request head, before its body: the body limit, or a coded refusal
+        (audited like any other)."""
+        try:
+            route = self._authorised(peer, method, path)
+        except RequestError as exc:
+            if exc.code != "E-FORBIDDEN":
+                self._audit_rejected(peer, method, path, exc)
+            raise
+        limit = self.limits.body_limit(route.role)
+        return limit if route.bulk else min(limit, self.max_body)
+
+    def _authorised(self, peer: Peer, method: str, path: str) -> Route:
+        route = _find(method, path)
+        if not self.authorizer.allows(route.role, peer.uid, peer.gid, peer.groups):
+            denial = AccessDenied("deny", _actor(peer), method, path, route.role)
+            self.rejections.denied(self.clock.now(), denial)
+            raise RequestError(
+                f"uid {peer.uid} lacks the role '{route.role}' for {method} {route.path}",
+                code="E-FORBIDDEN",
+            )
+        return route
 
     async def __call__(self, req: HttpRequest) -> HttpResponse:
         try:
-            route = _find(req.method, req.path)
-            peer = req.peer
-            if not self.authorizer.allows(route.role, peer.uid, peer.gid, peer.groups):
-                self.audit.write(
-                    self.clock.now(),
-                    AccessDenied(
-                        verdict="deny",
-                        actor=actor(req),
-                        method=req.method,
-                        path=req.path,
-                        role=route.role,
-                    ),
-                )
-                raise RequestError(
-                    f"uid {peer.uid} lacks the role '{route.role}' for {req.method} {route.path}",
-                    code="E-FORBIDDEN",
-                )
+            route = self._authorised(req.peer, req.method, req.path)
             return HttpResponse(200, await route.handler(self.services, req))
         except ApplyError as exc:  # an element write of this request, refused by the kernel
             message = f"the kernel refused the change: {exc.message}"
@@ -162,20 +204,20 @@ class Api:
             return self._rejected(req, exc)
 
     def _rejected(self, req: HttpRequest, exc: AitherError) -> HttpResponse:
-        status = codes.http_status(exc.code)
         if exc.code != "E-FORBIDDEN":  # a denial was audited as access_denied
-            self.audit.write(
-                self.clock.now(),
-                RequestRejected(
-                    method=req.method,
-                    path=req.path[:256],
-                    status=status,
-                    code=exc.code,
-                    reason=exc.message[:512],
-                    actor=actor(req),
-                ),
-            )
-        return _error(status, exc)
+            self._audit_rejected(req.peer, req.method, req.path, exc)
+        return _error(codes.http_status(exc.code), exc)
+
+    def _audit_rejected(self, peer: Peer, method: str, path: str, exc: AitherError) -> None:
+        record = RequestRejected(
+            method=method[:16],
+            path=path,
+            status=codes.http_status(exc.code),
+            code=exc.code,
+            reason=exc.message,
+            actor=_actor(peer),
+        )
+        self.rejections.rejected(self.clock.now(), record)
 
 
 def _error(status: int, exc: AitherError) -> HttpResponse:

@@ -19,6 +19,7 @@ import grp
 import logging
 import os
 import pwd
+import resource
 import signal
 from collections.abc import Awaitable
 from dataclasses import replace
@@ -28,6 +29,7 @@ from typing import Any
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.conntrack import PyrouteConntrack
+from aitherfwd.adapters.control_budget import ConnectionLimits, connection_cap
 from aitherfwd.adapters.control_server import ControlServer
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.metrics import MetricsServer
@@ -47,7 +49,21 @@ from aitherfwd.errors import AitherError, PolicyError
 from aitherfwd.policy.model import Settings
 
 log = logging.getLogger(__name__)
-BULK_BODY_BYTES = 32 << 20  # POST /v1/blocks takes up to 200,000 blocks in one request
+
+
+def raise_nofile() -> int:
+    """Raise the soft descriptor limit to the hard one (a unit's LimitNOFILE=, else 1024
+    soft / 4096+ hard by default); the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard not in (soft, resource.RLIM_INFINITY):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning(
+                "cannot raise the descriptor limit soft=%d hard=%d error=%s", soft, hard, exc
+            )
+    return soft
 
 
 def load_config(path: Path | None) -> DaemonConfig:
@@ -150,6 +166,9 @@ class Supervisor:
         self.cfg, self.s, self.tg = cfg, services, tg
         self.tasks: list[asyncio.Task[Any]] = []
         self.stopping = asyncio.Event()
+        # rejected-request noise, apart from the audit trail (daemon/rejections.py)
+        noise = cfg.requests_log or cfg.audit_log.with_name("requests.jsonl")
+        self.noise = AuditLog(noise, cfg.audit_max_bytes, cfg.audit_keep)
 
     def spawn(self, name: str, coro: Awaitable[Any]) -> None:
         self.tasks.append(self.tg.create_task(_named(name, coro), name=name))
@@ -159,15 +178,7 @@ class Supervisor:
         self.spawn("kernel-writer", s.writer.run())
         gen = await s.generations.cold_start()
         await _first_dns_round(s)
-        group = grp.getgrnam(cfg.socket_group).gr_gid if cfg.socket_group else None
-        server = ControlServer(
-            cfg.socket,
-            Api(s, s.authorizer),
-            mode=cfg.socket_mode,
-            group=group,
-            max_body=cfg.max_body_bytes,
-            bulk=(("POST", "/v1/blocks", BULK_BODY_BYTES),),
-        )
+        server, api = self._control_server()
         await server.start()
         metrics = await _metrics(cfg.metrics_listen, Telemetry(s))
         watcher = PolicyWatcher(
@@ -181,6 +192,7 @@ class Supervisor:
         self.spawn("egress-dns", s.egress.run())
         self.spawn("detection", s.detection.run())
         self.spawn("conntrack-cuts", s.blocks.run_cuts())
+        self.spawn("audit-rejections", _flush_rejections(api, s))
         interval = sd.watchdog_interval()
         if interval:
             self.spawn("watchdog", _watchdog(s, interval))
@@ -199,11 +211,51 @@ class Supervisor:
                 await metrics.close()
             for task in self.tasks:
                 task.cancel()
+            api.rejections.flush(s.ports.clock.now(), final=True)
+            self.noise.close()
             gen_now = s.generations.generation
             s.ports.audit.write(
                 s.ports.clock.now(), DaemonStopped(generation=gen_now.number if gen_now else 0)
             )
             s.ports.audit.close()
+
+    def _control_server(self) -> tuple[ControlServer, Api]:
+        """The API as handler and gate, with the connection budgets the descriptor limit
+        allows and the body budgets of the config."""
+        cfg, s, lim = self.cfg, self.s, self.cfg.limits
+        api = Api(
+            s,
+            s.authorizer,
+            limits=lim,
+            max_body=cfg.max_body_bytes,
+            noise=self.noise,
+            reject_interval=cfg.audit_reject_interval,
+        )
+        wanted = ConnectionLimits(
+            lim.max_connections, lim.connections_per_uid, lim.admin_connections
+        )
+        nofile = raise_nofile()
+        conns = connection_cap(wanted, nofile)
+        if conns != wanted:
+            log.warning(
+                "control connections lowered to fit the descriptor limit nofile=%d "
+                "max_connections=%d admin_connections=%d",
+                nofile,
+                conns.total,
+                conns.admin_reserve,
+            )
+        group = grp.getgrnam(cfg.socket_group).gr_gid if cfg.socket_group else None
+        server = ControlServer(
+            cfg.socket,
+            api,
+            mode=cfg.socket_mode,
+            group=group,
+            gate=api,
+            connections=conns,
+            body_budget=lim.body_bytes_in_flight,
+            body_admin_reserve=lim.body_bytes_admin,
+        )
+        return server, api
 
     def _signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -215,6 +267,7 @@ class Supervisor:
         """Reload the policy and reopen the audit log (logrotate moved it); the reload is
         a task of the group like every other."""
         self.s.ports.audit.reopen()
+        self.noise.reopen()
         if not self.stopping.is_set():
             self.spawn("sighup-reload", self.s.generations.reload(trigger="sighup"))
 
@@ -282,6 +335,13 @@ async def _housekeeping(s: Services, interval: float) -> None:
             await s.generations.check_drift(full=full)
         except AitherError as exc:
             log.error("drift check failed code=%s error=%s", exc.code, exc.message)
+
+
+async def _flush_rejections(api: Api, s: Services) -> None:
+    """Write the per-peer counts of refused requests whose interval is over."""
+    while True:
+        await asyncio.sleep(1.0)
+        api.rejections.flush(s.ports.clock.now())
 
 
 async def _watchdog(s: Services, interval: float) -> None:

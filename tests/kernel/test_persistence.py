@@ -310,16 +310,19 @@ def test_audit_lines_follow_logrotate_rotate_and_survive_injection(
     lan = lab.clients[0]
     hostile = 'x"}\n{"event":"forged"}\u2028; nft flush ruleset\r\x1b[2J'
     daemon.ok("POST", "/v1/blocks", {"address": lan.v4, "ttl": "1m", "reason": "a; flush ruleset"})
-    assert daemon.request("POST", "/v1/blocks", {"address": hostile})[0] == 400
     assert daemon.request("DELETE", "/v1/blocks/" + quote(hostile, safe=""))[0] == 400
+    assert daemon.request("POST", "/v1/blocks", {"address": hostile})[0] == 400
     events = daemon.audit_events()
     blocked = [e for e in events if e["event"] == "blocked"]
     assert blocked[0]["reason"] == "a; flush ruleset" and blocked[0]["action"] == "block"
     assert blocked[0]["actor"]["uid"] == 0 and blocked[0]["source_ip"] == lan.v4
     assert not any(e.get("event") == "forged" for e in events)
-    rejected = [e for e in events if e["event"] == "request_rejected"]
-    assert [r["status"] for r in rejected] == [400, 400] and rejected[0]["actor"]["uid"] == 0
-    assert rejected[1]["path"] == "/v1/blocks/" + hostile  # kept verbatim, on one line
+    # rejected requests: in their own file, the second within 10 s only counted (for now)
+    noise = daemon.audit.with_name("requests.jsonl").read_text().splitlines()
+    rejected = [json.loads(line) for line in noise]
+    assert [(r["status"], r["count"]) for r in rejected] == [(400, 1)]
+    assert rejected[0]["actor"]["uid"] == 0
+    assert rejected[0]["path"] == "/v1/blocks/" + hostile  # kept verbatim, on one line
     # logrotate: move the file, SIGHUP, the next line goes to a new file
     shutil.move(daemon.audit, daemon.audit.with_name("audit.jsonl.logrotate"))
     daemon.send(signal.SIGHUP)

@@ -164,6 +164,7 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "method": "POST",
             "path": "/v1/blocks",
             "role": "admin",
+            "count": 1,
         },
     ),
     (
@@ -178,6 +179,7 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "code": "E-SCHEMA",
             "reason": "bad",
             "actor": ACTOR,
+            "count": 1,
         },
     ),
     (
