@@ -350,7 +350,9 @@ class Generations:
             return "starting"
         blocks = len(self.blocks.table)
         line = f"generation {gen.number}, policy {gen.policy.sha256[:12]}, {blocks} blocks"
-        if self.store.disk_full:
+        if self.store.unpersisted is not None:  # running from memory: say it where admins look
+            line += f"; STATE NOT PERSISTED ({self.store.unpersisted.split(':')[0]})"
+        elif self.store.disk_full:
             line += "; STATE NOT PERSISTED: disk full"
         last = self.last_reload
         if last is not None and last.result == "rejected" and last.errors:

@@ -176,3 +176,16 @@ def test_watcher_keeps_the_event_loop_turning_with_a_fifo_at_the_policy_path(
     worst = asyncio.run(main())
     assert changes == ["changed"]
     assert worst < 0.5
+
+
+def test_a_store_without_persistence_is_said_in_status_and_status_line(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")  # the state directory cannot be created
+    fake = fake_daemon(tmp_path, POLICY)
+    s = fake.services
+
+    async def nothing() -> None:
+        return None
+
+    run(fake, nothing)
+    assert "STATE NOT PERSISTED (unwritable)" in s.generations.status_line()
+    assert not s.ports.store.persistent
