@@ -4,7 +4,10 @@ Owns: appending one JSON object per line to the audit file with one `write(2)` o
 `O_APPEND` descriptor (a crash loses at most the line being written, and no line is ever
 interleaved), size-based rotation (`audit.jsonl` → `.1` … `.keep`), reopening on demand
 (SIGHUP, for logrotate), and counting write errors instead of failing the operation that
-is being audited.
+is being audited. The file is opened as root: never through a symbolic link at its path
+(`O_NOFOLLOW`: a link planted there would make root append to whatever it points at),
+never a FIFO or device (`O_NONBLOCK`, then `fstat`), created 0600 whatever the umask (an
+existing one loses its bits for others); rotation renames, so it never follows a link.
 
 What a line holds is `aitherfwd.audit_records`: one typed record per kind of line, with
 `timestamp` (RFC 3339, UTC), `event` and the OCSF-style `action` first. JSON escaping
@@ -14,9 +17,11 @@ no field can break a line.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 
 from aitherfwd.audit_records import AuditRecord, as_json, rfc3339
@@ -27,6 +32,16 @@ __all__ = ["DEFAULT_KEEP", "DEFAULT_MAX_BYTES", "AuditLog", "encode", "rfc3339"]
 
 DEFAULT_MAX_BYTES = 50 << 20
 DEFAULT_KEEP = 5
+MODE = 0o600
+_FLAGS = (
+    os.O_WRONLY
+    | os.O_APPEND
+    | os.O_CREAT
+    | os.O_CLOEXEC
+    | os.O_NOFOLLOW
+    | os.O_NOCTTY
+    | os.O_NONBLOCK
+)
 
 
 def encode(now: float, record: AuditRecord) -> bytes:
@@ -46,11 +61,12 @@ class AuditLog:
         self.rotations = 0
         self._fd: int | None = None
         self._size = 0
+        self._last_error = ""  # logged once until it changes or a write succeeds
 
     def _open(self, path: Path) -> int:
         if self._fd is None:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._fd = _open_regular(path)
             self._size = os.fstat(self._fd).st_size
         return self._fd
 
@@ -63,17 +79,21 @@ class AuditLog:
                 self._rotate(self.path)
             os.write(self._open(self.path), line)
             self._size += len(line)
+            self._last_error = ""
         except OSError as exc:
             self.errors += 1
-            log.error("audit write failed path=%s error=%s", self.path, exc)
+            if str(exc) != self._last_error:  # a refused path would log at every line
+                self._last_error = str(exc)
+                log.error("audit write failed path=%s error=%s", self.path, exc)
 
     def _rotate(self, path: Path) -> None:
+        """Shift the files up by renaming (a rename moves a link, never its target)."""
         self.close()
         for i in range(self.keep - 1, 0, -1):
             older = path.with_name(f"{path.name}.{i}")
-            if older.exists():
+            if os.path.lexists(older):
                 older.rename(path.with_name(f"{path.name}.{i + 1}"))
-        if path.exists():
+        if os.path.lexists(path):
             path.rename(path.with_name(f"{path.name}.1"))
         self.rotations += 1
 
@@ -85,3 +105,25 @@ class AuditLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _open_regular(path: Path) -> int:
+    """An O_APPEND descriptor on the regular file at `path` (created 0600), refusing a
+    symbolic link, a FIFO, a device or a directory there."""
+    try:
+        fd = os.open(path, _FLAGS, MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, "is a symbolic link; refused (remove it)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file; refused")
+        if st.st_mode & 0o007:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o770)
+            log.warning("audit log was readable by others; mode tightened path=%s", path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

@@ -4,10 +4,14 @@ Owns: the database file under the state directory, its schema and version, and l
 and saving blocks, block history and offenders. The kernel is a projection of this; on
 start the daemon restores the kernel from here.
 
-Two promises: a database that cannot be trusted (garbage, truncated, a schema from a
-newer aitherfwd) is moved aside with a clear log line and a fresh one started — the
-daemon then rebuilds from what the kernel holds; and a write that fails (a full disk, an
-I/O error) is counted and logged, never raised, because enforcement must go on.
+Three promises: a database that is only locked by another process is waited for, never
+moved aside; one that cannot be trusted (garbage, truncated, a schema from a newer
+aitherfwd) is moved aside with a clear log line and a fresh one started — the daemon then
+rebuilds from what the kernel holds; one that cannot be written at all (a read-only or
+full file system, still locked after the wait) makes the daemon run WITHOUT PERSISTENCE
+from an in-memory copy, saying so (`unpersisted`: log, status, STATUS=). A write that fails
+later (a full disk, an I/O error) is counted and logged, never raised, because enforcement
+must go on. How the file is opened, and its modes: `store_open`.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aitherfwd.adapters import store_open
 from aitherfwd.adapters.marker import Marker
+from aitherfwd.adapters.store_open import Corrupt, Unusable
 from aitherfwd.dynamic.blocks import Block
 from aitherfwd.dynamic.reputation import Offender
 from aitherfwd.egress.sandbox import Grant
@@ -74,6 +79,25 @@ _CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AN
 HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one address
 
 
+def _prepare(db: sqlite3.Connection) -> None:
+    """Check a freshly opened database and bring its schema up to date, in a write
+    transaction (so a lock held by another process shows here, as SQLITE_BUSY)."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this aitherfwd understands ({SCHEMA_VERSION})"
+        )
+    check = db.execute("PRAGMA quick_check").fetchone()[0]
+    if check != "ok":
+        raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+    # a version-1 database may hold rows of another shape: read one of each to be sure
+    db.execute("SELECT key, expires_at, reason, source, created_at FROM blocks LIMIT 1")
+    db.execute("SELECT key, score, updated, blocks FROM offenders LIMIT 1")
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     key: str
@@ -87,59 +111,48 @@ class HistoryEntry:
 
 
 class Store:
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    def __init__(self, state_dir: Path, *, lock_wait: float = store_open.LOCK_WAIT) -> None:
         self.path = state_dir / "state.sqlite3"
         self.write_errors = 0
         self.disk_full = False
         self.recovered: str | None = None  # why the previous database was moved aside
-        # set when a write fails, cleared after a cold start reconciled the kernel's sets
+        self.unpersisted: str | None = None  # why nothing is persisted (None: all is)
+        try:
+            self._db = self._open_file(state_dir, lock_wait)
+        except Unusable as exc:
+            self.unpersisted = f"{exc.kind}: {exc.reason}"
+            log.error(
+                "state store unusable; running WITHOUT PERSISTENCE (blocks, offenders and "
+                "grants live in memory only until a restart finds it usable) kind=%s error=%s",
+                exc.kind,
+                exc.reason,
+            )
+            self._db = store_open.in_memory(self.path, _prepare, kind=exc.kind)
+        # set when a write fails (or nothing is persisted), cleared after a cold start
+        # reconciled the kernel's sets; created after the directory exists
         self.incomplete = Marker(state_dir / "incomplete")
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as exc:
-            self.recovered = self._move_aside(str(exc))
-            self._db = self._open()
+        if self.unpersisted is not None:
+            self.incomplete.set()
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"schema version {version} is newer than this aitherfwd understands "
-                    f"({SCHEMA_VERSION})"
-                )
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            # a version-1 database may hold rows of another shape: read one of each to be sure
-            db.execute("SELECT key, expires_at, reason, source, created_at FROM blocks LIMIT 1")
-            db.execute("SELECT key, score, updated, blocks FROM offenders LIMIT 1")
-        except sqlite3.DatabaseError:
-            db.close()
-            raise
-        return db
+    @property
+    def persistent(self) -> bool:
+        return self.unpersisted is None
 
-    def _move_aside(self, why: str) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.path.with_name(f"{self.path.name}.bad-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                src.rename(Path(str(target) + suffix))
-        log.error(
-            "state database unusable, moved aside; starting a new one from what the kernel "
-            "holds path=%s moved_to=%s error=%s",
-            self.path,
-            target,
-            why,
-        )
-        return f"{why}; moved to {target}"
+    def _open_file(self, state_dir: Path, lock_wait: float) -> sqlite3.Connection:
+        try:
+            store_open.prepare_dir(state_dir)
+            store_open.private_file(self.path)
+        except OSError as exc:
+            raise Unusable("unwritable", f"{self.path}: {exc.strerror or exc}") from exc
+        try:
+            return store_open.open_waiting(self.path, _prepare, lock_wait)
+        except Corrupt as exc:
+            try:
+                self.recovered = store_open.move_aside(self.path, str(exc))
+                store_open.private_file(self.path)
+            except OSError as err:
+                raise Unusable("unwritable", f"{self.path}: {err.strerror or err}") from err
+            return store_open.open_waiting(self.path, _prepare, lock_wait)
 
     # --- writes never raise ----------------------------------------------------------------
 

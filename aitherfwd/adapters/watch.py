@@ -4,6 +4,8 @@ Owns: inotify on the directories of the policy and its services file (editors re
 files by rename, so the directory is what to watch), a short debounce, a SHA-256 check of
 the files' bytes so only real changes trigger, and a slow poll as a fallback for
 filesystems without inotify. Calls `on_change()`; what a reload means is not its business.
+Files are read through `adapters.files` (regular files only, bounded: a FIFO or a 768 MB
+file at the policy path is never read, only noted) and off the event loop.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from inotify_simple import INotify, flags
+
+from aitherfwd.adapters.files import read_bytes
 
 log = logging.getLogger(__name__)
 DEBOUNCE = 0.05
@@ -29,12 +33,15 @@ MASK = (
 
 
 def digest(paths: list[Path]) -> str:
+    """A hash of the files' bytes; a file that cannot be read (missing, not a regular file,
+    too large) counts as the reason it cannot, so it changes the digest once, not at every
+    poll. Blocking: call it off the event loop."""
     h = hashlib.sha256()
     for p in paths:
         try:
-            h.update(p.read_bytes())
-        except OSError:
-            h.update(b"\0missing\0")
+            h.update(read_bytes(p))
+        except OSError as exc:
+            h.update(f"\0unreadable: {type(exc).__name__} {exc.strerror or exc}\0".encode())
         h.update(b"\0")
     return h.hexdigest()
 
@@ -83,7 +90,7 @@ class PolicyWatcher:
         self._tasks.append(asyncio.get_running_loop().create_task(self._check("inotify")))
 
     async def _check(self, why: str) -> None:
-        now = digest(self.files())
+        now = await asyncio.to_thread(digest, self.files())
         if now == self._last:
             return
         self._last = now

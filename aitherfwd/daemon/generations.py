@@ -103,8 +103,9 @@ class Generations:
             self.start_seconds,
         )
 
-    def _load(self) -> tuple[Policy | None, list[dict[str, Any]], list[dict[str, Any]]]:
-        result = self._load_policy(self.policy_path)
+    async def _load(self) -> tuple[Policy | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        # off the event loop: a slow disk or a large file never stalls the socket
+        result = await asyncio.to_thread(self._load_policy, self.policy_path)
         errors = [d.as_dict() for d in result.diagnostics if d.severity is Severity.ERROR]
         warnings = [d.as_dict() for d in result.diagnostics if d.severity is Severity.WARNING]
         return result.policy, errors, warnings
@@ -117,7 +118,7 @@ class Generations:
 
     async def cold_start(self) -> Generation:
         """Load, adopt or apply, restore blocks. Raises PolicyError (kernel untouched)."""
-        policy, errors, _ = self._load()
+        policy, errors, _ = await self._load()
         if policy is None:
             lines = [describe(e) for e in errors]
             raise PolicyError(
@@ -220,7 +221,7 @@ class Generations:
     async def _reload(self, force: bool, trigger: str) -> ReloadOutcome:
         now = self.clock.now()
         current = self.current()
-        policy, errors, warnings = self._load()
+        policy, errors, warnings = await self._load()
         if policy is None:
             log.error(
                 "reload rejected: invalid policy errors=%d path=%s first=%s",
@@ -363,7 +364,9 @@ class Generations:
             return "starting"
         blocks = len(self.blocks.table)
         line = f"generation {gen.number}, policy {gen.policy.sha256[:12]}, {blocks} blocks"
-        if self.store.disk_full:
+        if self.store.unpersisted is not None:  # running from memory: say it where admins look
+            line += f"; STATE NOT PERSISTED ({self.store.unpersisted.split(':')[0]})"
+        elif self.store.disk_full:
             line += "; STATE NOT PERSISTED: disk full"
         last = self.last_reload
         if last is not None and last.result == "rejected" and last.errors:

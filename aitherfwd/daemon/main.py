@@ -31,7 +31,7 @@ from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.conntrack import PyrouteConntrack
 from aitherfwd.adapters.control_budget import ConnectionLimits, connection_cap
 from aitherfwd.adapters.control_server import ControlServer
-from aitherfwd.adapters.files import load_policy
+from aitherfwd.adapters.files import MAX_CONFIG_BYTES, load_policy, read_text
 from aitherfwd.adapters.metrics import MetricsServer
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.notify import Notifier
@@ -74,7 +74,7 @@ def load_config(path: Path | None) -> DaemonConfig:
             raise ConfigError.unreadable(str(path), "no such file")
         return DaemonConfig()
     try:
-        text = path.read_text()
+        text = read_text(path, MAX_CONFIG_BYTES)  # a regular file, bounded
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError.unreadable(str(path), reason) from None

@@ -144,6 +144,8 @@ def status(d: Services) -> dict[str, Any]:
             "write_errors": store.write_errors,
             "disk_full": store.disk_full,
             "recovered": store.recovered,
+            "persistent": store.unpersisted is None,
+            "unpersisted": store.unpersisted,
         },
         "audit": {"write_errors": audit.errors, "rotations": audit.rotations},
         "notifications": {

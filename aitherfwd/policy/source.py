@@ -1,9 +1,14 @@
 """YAML text to a tree of located nodes (layer L1, pure).
 
 Owns: `YNode` (a value plus the position it was written at), duplicate-key and alias-bomb
-detection. PyYAML's composer gives us positions; we keep each plain scalar's text as
-written, because YAML 1.1 turns `18:00` into the integer 1080 and `no` into False.
-Must not import adapters or read files.
+detection, and the bounds checked BEFORE composing: the text's size and its nesting depth.
+libyaml's C composer recurses once per level and segfaults at `[` x 100,000 (a 200 KB
+file); Python's composer raises RecursionError at ~1,000 levels. The depth pass walks the
+parser's events (libyaml's parser keeps an explicit stack, it does not recurse) and stops
+at the first collection deeper than MAX_DEPTH, so it costs microseconds on a hostile file
+and a fraction of the composition on a valid one. PyYAML's composer gives us positions;
+we keep each plain scalar's text as written, because YAML 1.1 turns `18:00` into the
+integer 1080 and `no` into False. Must not import adapters or read files.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from aitherfwd.policy.diagnostics import Pos, Reporter
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAX_NODES = 100_000  # nodes reached again through aliases: bounds "billion laughs"
+MAX_DEPTH = 64  # nested collections (block or flow); a real policy needs about 6
+MAX_TEXT = 4 << 20  # characters; the file reader refuses larger files before reading them
+_OPEN = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_CLOSE = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,37 +56,83 @@ class _Budget:
 
 
 def parse_yaml(text: str, filename: str, report: Reporter) -> YNode | None:
-    """Compose `text`; on a syntax error report it with its position and return None."""
+    """Compose `text`; on a syntax error, or text too large or too deeply nested to
+    compose safely, report it with its position and return None."""
+    try:
+        return _compose(text, filename, report)
+    except _Refused as exc:
+        report.error("E-YAML", "", exc.message, exc.pos or Pos(filename, 1, 1))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        pos = Pos(filename, mark.line + 1, mark.column + 1) if mark else Pos(filename, 1, 1)
+        problem = exc.problem or exc.context or "malformed YAML"
+        report.error("E-YAML", "", f"{problem}; fix the YAML syntax here", pos)
+    except yaml.YAMLError as exc:
+        report.error("E-YAML", "", f"malformed YAML: {exc}", Pos(filename, 1, 1))
+    except RecursionError:  # the depth pass makes this unreachable; never a traceback
+        msg = "collections nested too deeply to compose; flatten them"
+        report.error("E-YAML", "", msg, Pos(filename, 1, 1))
+    return None
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, pos: Pos | None = None) -> None:
+        super().__init__(message)
+        self.message, self.pos = message, pos
+
+
+def _compose(text: str, filename: str, report: Reporter) -> YNode:
+    """Size, then depth (from the parser's events), and only then the composer."""
+    if len(text) > MAX_TEXT:
+        raise _Refused(
+            f"the text is longer than {MAX_TEXT} characters; split it or remove what is not policy"
+        )
+    deep = _too_deep(text)
+    if deep is not None:
+        raise _Refused(
+            f"collections nested deeper than {MAX_DEPTH} levels; a policy needs a handful, "
+            "flatten this",
+            Pos(filename, deep[0] + 1, deep[1] + 1),
+        )
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return YNode({}, Pos(filename, 1, 1))
         return _convert(loader, node, filename, report, _Budget())
-    except _TooLarge:
-        report.error(
-            "E-YAML",
-            "",
-            f"aliases expand to more than {MAX_NODES} nodes; "
-            "write the values out instead of nesting aliases",
-            Pos(filename, 1, 1),
-        )
-        return None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        pos = Pos(filename, mark.line + 1, mark.column + 1) if mark else Pos(filename, 1, 1)
-        problem = exc.problem or exc.context or "malformed YAML"
-        report.error("E-YAML", "", f"{problem}; fix the YAML syntax here", pos)
-        return None
-    except yaml.YAMLError as exc:
-        report.error("E-YAML", "", f"malformed YAML: {exc}", Pos(filename, 1, 1))
-        return None
     finally:
         loader.dispose()
 
 
-class _TooLarge(Exception):
-    pass
+def _too_deep(text: str) -> tuple[int, int] | None:
+    """Where (line, column; 0-based) the first collection deeper than MAX_DEPTH starts,
+    from the parser's events (libyaml's parser keeps an explicit stack: it does not
+    recurse, and this stops after MAX_DEPTH + 1 openings); None when the text is shallow
+    enough. YAML errors propagate, located."""
+    events = _Loader(text)
+    try:
+        depth = 0
+        while (event := events.get_event()) is not None:
+            if isinstance(event, _OPEN):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    return (mark.line, mark.column) if mark is not None else (0, 0)
+            elif isinstance(event, _CLOSE):
+                depth -= 1
+            elif isinstance(event, yaml.StreamEndEvent):
+                return None
+        return None
+    finally:
+        events.dispose()
+
+
+class _TooLarge(_Refused):
+    def __init__(self) -> None:
+        super().__init__(
+            f"aliases expand to more than {MAX_NODES} nodes; "
+            "write the values out instead of nesting aliases"
+        )
 
 
 def _pos(filename: str, node: yaml.Node) -> Pos:

@@ -79,9 +79,11 @@ class Table:
         return out
 
     def static(self) -> tuple[dict[tuple[str, str], tuple[Json, list[Any]]], dict[str, list[Json]]]:
-        """Definitions, elements (none for the dynamic sets) and rules: what the policy decides."""
+        """Definitions, elements (none for the dynamic sets) and rules: what the policy decides.
+        The `dynamic` flag is the kernel's, not the policy's: a meter set keeps it after the
+        rules that updated it are gone (reconcile compares sets without it too)."""
         objs = {
-            key: (o.body, [] if key[1] in n.DYNAMIC_SET_NAMES else o.elems)
+            key: (_undynamic(o.body), [] if key[1] in n.DYNAMIC_SET_NAMES else o.elems)
             for key, o in self.objs.items()
         }
         return objs, {c: [r for _, r in rules] for c, rules in self.rules.items()}
@@ -207,3 +209,11 @@ def _updated_sets(exprs: list[Json]) -> set[str]:
         and isinstance(v.get("set"), dict)
         and v["set"].get("op") in ("add", "update")
     }
+
+
+def _undynamic(body: Json) -> Json:
+    flags = body.get("flags")
+    if not isinstance(flags, list) or "dynamic" not in flags:
+        return body
+    rest = [f for f in flags if f != "dynamic"]
+    return {**{k: v for k, v in body.items() if k != "flags"}, **({"flags": rest} if rest else {})}

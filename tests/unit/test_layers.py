@@ -32,7 +32,7 @@ OWNERS = {  # library -> the only module allowed to import it
     "h11": {"adapters/control_http.py"},
     "inotify_simple": {"adapters/watch.py"},
     "systemd": {"adapters/systemd.py"},
-    "sqlite3": {"adapters/store.py"},
+    "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
     "dns": {"adapters/dns.py"},
     "yaml": {"policy/source.py"},
     "click": {"cli.py", "cli_client.py"},
