@@ -16,7 +16,7 @@ DEB_PACKAGES := nftables libnftables1 conntrack iproute2 libsystemd-dev pkg-conf
 TEST_PACKAGES := prometheus
 APT_FLAGS     ?=
 
-.PHONY: setup deb-deps test-deps demo test test-unit test-unprivileged test-kernel lint typecheck bench clean deb \
+.PHONY: setup deb-deps test-deps demo test test-unit test-unprivileged test-kernel soak lint typecheck bench clean deb \
         test-systemd
 
 setup: $(STAMP)
@@ -79,6 +79,10 @@ deb:
 test-systemd: setup deb
 	@$(MAKE) --no-print-directory deb-deps DEB_PACKAGES="$(SYSTEMD_TEST_TOOLS)"
 	$(PY) -m pytest -q tests/systemd
+
+# The 10-minute soak of issue 14 (tests/kernel/test_soak.py; `make test` runs it for 40 s).
+soak: setup test-deps
+	AITHERFWD_SOAK_SECONDS=600 $(PY) -m pytest -q tests/kernel/test_soak.py
 
 bench: setup
 	$(PY) -m benchmarks.run

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,12 @@ CREATE TABLE IF NOT EXISTS sandbox_grants (
 """
 _CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"
 HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one address
+# Rows of writes that failed (a full disk), kept in memory and retried in order until they
+# go through: a block lifted while the disk was full must not come back at the next start.
+# Beyond this many rows the oldest are dropped (counted; the next start reconciles the
+# kernel's sets because the incomplete marker is set).
+MAX_PENDING_ROWS = 200_000
+Statements = tuple[tuple[str, Sequence[tuple[Any, ...]]], ...]
 
 
 def _prepare(db: sqlite3.Connection) -> None:
@@ -114,6 +121,9 @@ class Store:
     def __init__(self, state_dir: Path, *, lock_wait: float = store_open.LOCK_WAIT) -> None:
         self.path = state_dir / "state.sqlite3"
         self.write_errors = 0
+        self.pending: deque[tuple[str, Statements]] = deque()  # failed writes, oldest first
+        self.pending_rows = 0
+        self.dropped_rows = 0  # pending rows given up on (MAX_PENDING_ROWS)
         self.disk_full = False
         self.recovered: str | None = None  # why the previous database was moved aside
         self.unpersisted: str | None = None  # why nothing is persisted (None: all is)
@@ -157,10 +167,39 @@ class Store:
     # --- writes never raise ----------------------------------------------------------------
 
     def _write(self, what: str, *statements: tuple[str, Sequence[tuple[Any, ...]]]) -> bool:
-        """Run the statements in one transaction; on failure count, log and return False."""
+        """Run the statements in one transaction, after any earlier writes still pending; on
+        failure count, log, keep them to retry (`flush_pending`) and return False."""
         statements = tuple((sql, rows) for sql, rows in statements if rows)
         if not statements:
             return True
+        if not self.pending and self._commit(what, statements, quiet=False):
+            return True
+        self.pending.append((what, statements))
+        self.pending_rows += sum(len(rows) for _, rows in statements)
+        while self.pending_rows > MAX_PENDING_ROWS and len(self.pending) > 1:
+            _, old = self.pending.popleft()
+            lost = sum(len(rows) for _, rows in old)
+            self.pending_rows -= lost
+            self.dropped_rows += lost
+            log.error("state store gave up on old unwritten rows rows=%d", lost)
+        return self.flush_pending() if len(self.pending) > 1 else False
+
+    def flush_pending(self) -> bool:
+        """Retry the writes that failed, in order; True when none is left. Called by every
+        write and by the daemon's housekeeping, so a disk that has room again catches up."""
+        retried = 0
+        while self.pending:
+            what, statements = self.pending[0]
+            if not self._commit(what, statements, quiet=True):
+                return False
+            self.pending.popleft()
+            self.pending_rows -= sum(len(rows) for _, rows in statements)
+            retried += 1
+        if retried:
+            log.warning("state store caught up: %d delayed writes persisted", retried)
+        return True
+
+    def _commit(self, what: str, statements: Statements, *, quiet: bool) -> bool:
         try:
             self._db.execute("BEGIN")
             try:
@@ -176,9 +215,11 @@ class Store:
             self.incomplete.set()  # the kernel may now hold what the store does not know
             full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
             self.disk_full = self.disk_full or full
+            if quiet:  # a retry of a write already reported
+                return False
             log.error(
-                "state store write failed; the kernel keeps enforcing but this change is "
-                "not persisted what=%s rows=%d disk_full=%s error=%s",
+                "state store write failed; the kernel keeps enforcing and the change is kept "
+                "in memory until it can be written what=%s rows=%d disk_full=%s error=%s",
                 what,
                 sum(len(rows) for _, rows in statements),
                 full,
@@ -333,5 +374,11 @@ class Store:
         ]
 
     def close(self) -> None:
+        if self.pending and not self.flush_pending():
+            log.error(
+                "state store closed with unwritten changes rows=%d (the next start reconciles "
+                "the kernel's sets with what the store holds)",
+                self.pending_rows,
+            )
         self._db.close()
         self.incomplete.close()

@@ -146,6 +146,8 @@ def status(d: Services) -> dict[str, Any]:
             "recovered": store.recovered,
             "persistent": store.unpersisted is None,
             "unpersisted": store.unpersisted,
+            "pending_rows": store.pending_rows,  # failed writes kept to retry, in order
+            "dropped_rows": store.dropped_rows,
         },
         "audit": {"write_errors": audit.errors, "rotations": audit.rotations},
         "notifications": {

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +163,43 @@ def test_a_shared_state_directory_is_left_alone_but_the_database_is_private(
     Store(tmp_path).close()
     assert _mode(tmp_path) == 0o755
     assert _mode(tmp_path / "state.sqlite3") == 0o600
+
+
+def test_writes_that_fail_on_a_full_disk_are_retried_in_order_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """A block lifted while the disk was full must not come back at the next start."""
+    store = Store(tmp_path / "state")
+    net = ipaddress.ip_network("198.51.100.7")
+    assert store.save_blocks([Block.of(net, None, "manual", "manual", NOW)])
+    real = store._db
+    store._db = _FullDisk(real)  # every statement fails with SQLITE_FULL
+    assert not store.end_blocks(["198.51.100.7"], NOW, "unblocked")
+    assert not store.save_blocks(
+        [Block.of(ipaddress.ip_network("198.51.100.8"), None, "m", "m", NOW)]
+    )
+    assert store.disk_full and len(store.pending) == 2 and store.pending_rows > 0
+    assert not store.flush_pending()  # still full
+    store._db = real  # room again
+    assert store.flush_pending()
+    assert store.pending_rows == 0 and not store.disk_full
+    store.close()
+    again = Store(tmp_path / "state")
+    assert [b.key for b in again.load_blocks(NOW)] == ["198.51.100.8"]
+    again.close()
+
+
+class _FullDisk:
+    """A sqlite3 connection whose every statement fails as on a full disk."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.in_transaction = False
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        err = sqlite3.OperationalError("database or disk is full")
+        err.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        raise err
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.execute(sql)
