@@ -9,7 +9,7 @@ import functools
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_PART = re.compile(r"(\d+)([smhdw])")
+_PART = re.compile(r"(\d+)([smhdw])", re.ASCII)  # other scripts' digits are no duration
 MAX_SECONDS = 10 * 365 * 86_400
 
 
@@ -22,6 +22,8 @@ def parse_duration(value: object) -> int:
         seconds = value
     elif isinstance(value, str):
         text = value.strip().lower()
+        if not text.isascii():
+            raise ValueError(f"'{value}' is not a duration; write e.g. 30s, 15m, 1h, 7d")
         if text.isdigit():
             seconds = int(text)
         else:

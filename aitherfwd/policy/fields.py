@@ -171,6 +171,9 @@ def parse_cidr(text: str) -> IPNetwork:
     """An address or prefix; `::ffff:a.b.c.d` becomes IPv4. Raises ValueError with a fix."""
     if "%" in text:
         raise ValueError(f"'{text}': zone ids (%...) are not allowed in addresses")
+    _, slash, length = text.strip().partition("/")
+    if slash and not (length.isascii() and length.isdigit() and str(int(length)) == length):
+        raise ValueError(f"'{text}': the prefix length must be plain digits without a leading zero")
     try:
         net = ipaddress.ip_network(text.strip(), strict=True)
     except ValueError as exc:

@@ -241,3 +241,22 @@ def test_detection_settings_mistakes_are_located() -> None:
     assert "E-UNKNOWN-KEY" in codes("settings: {scan: {port: 5}}\nrules: []\n")
     assert "E-DURATION" in codes("settings: {scan: {window: 0s}}\nrules: []\n")
     assert codes("settings: {scan: {ports: 1}}\nrules: []\n")
+
+
+def test_prefix_lengths_and_durations_are_plain_ascii() -> None:
+    """Issue 14, item 18, on the policy side: `/032` and Arabic-Indic digits are refused."""
+    import pytest  # noqa: PLC0415
+
+    from aitherfwd.durations import parse_duration  # noqa: PLC0415
+    from aitherfwd.policy.fields import parse_cidr  # noqa: PLC0415
+
+    arabic_24 = "\u0662\u0664"  # Arabic-Indic digits: isdigit() says yes
+    for text in ("10.0.0.0/032", "10.0.0.0/+8", f"10.0.0.0/{arabic_24}"):
+        with pytest.raises(ValueError, match="plain digits"):
+            parse_cidr(text)
+    assert str(parse_cidr("10.0.0.0/8")) == "10.0.0.0/8"
+    arabic_15 = "\u0661\u0665"
+    for value in (f"{arabic_15}m", arabic_15):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_duration(value)
+    assert parse_duration("15m") == 900
