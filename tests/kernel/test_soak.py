@@ -86,7 +86,7 @@ def memory_max_mb() -> float:
 
 
 @contextlib.contextmanager
-def small_disk(path: Path, size: str = "8m") -> Iterator[Path]:
+def small_disk(path: Path, size: str = "64m") -> Iterator[Path]:
     """A tmpfs for the state directory, so the test can fill it; unmounted even on failure."""
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -152,7 +152,7 @@ class Chaos:
         filler = self.disk / "filler"
         while self.running():
             with contextlib.suppress(OSError), filler.open("wb") as f:
-                for _ in range(64):
+                for _ in range(128):  # more than the tmpfs holds: full until unlinked
                     f.write(b"\0" * (1 << 20))
             self.stop.wait(3.0)
             filler.unlink(missing_ok=True)
@@ -296,7 +296,13 @@ def test_soak_hostile_clients_bad_files_and_a_full_disk(tmp_path: Path) -> None:
             ]
             assert len(reload_lines) >= sum(r != "unchanged" for r in admin.reloads)
 
-            # after a restart (the disk is empty again), store, API and kernel agree
+            # the disk has room again: the writes it refused are caught up within seconds
+            until(
+                lambda: daemon.ok("GET", "/v1/status")["store"]["pending_rows"] == 0,
+                20,
+                "the store to catch up",
+            )
+            # after a restart, store, API and kernel agree
             daemon.stop()
             daemon.start()
             api = {b["address"] for b in daemon.ok("GET", "/v1/blocks")["blocks"]}
