@@ -90,8 +90,9 @@ def adapters(cfg: DaemonConfig) -> Ports:
 
 def _kernel(nft: NftKernel) -> Kernel:
     """The kernel (libnftables for the ruleset, netlink for elements), unless the
-    environment (only root sets a unit's) asks for the `kernel-writer` failpoint: the first element write then fails unexpectedly, which must
-    end the process so systemd restarts it (tests/systemd shows that it does)."""
+    environment (only root sets a unit's) asks for the `kernel-writer` failpoint: the first
+    element write then fails unexpectedly, which must end the process so systemd restarts
+    it (tests/systemd shows that it does)."""
     if os.environ.get(FAILPOINT_ENV) != "kernel-writer":
         return nft
     from aitherfwd.testing import FailingWrites  # noqa: PLC0415
