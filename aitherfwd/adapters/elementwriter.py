@@ -12,6 +12,8 @@ drift repair reconciles whatever the kernel did.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import socket
@@ -107,6 +109,52 @@ class ElementWriter:
             text = acks.messages.get(seq) or _strerror(code)
             raise ApplyError(f"Could not process rule: {text} ({len(refused)} message(s) refused)")
         return len(batch)
+
+    def timeout_of(self, set_name: str, value: str) -> int | None:
+        """The timeout (ms) of one element of a hash set, as the kernel holds it; None when
+        the element is not there. One NFT_MSG_GETSETELEM of that key, not a listing."""
+        shape = self.shapes[set_name]
+        (msg,) = ne.messages(self.table, shape, "delete", [value])  # the same key attributes
+        channel = self._open()
+        request = nl.message(
+            nl.nfnl_type(nl.NFNL_SUBSYS_NFTABLES, ne.NFT_MSG_GETSETELEM),
+            nl.NLM_F_REQUEST | nl.NLM_F_ACK,
+            channel.next_seq(),
+            msg.attrs,
+            family=nl.NFPROTO_INET,
+        )
+        try:
+            replies = channel.request(request, "get set element")
+        except nl.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        for reply in replies:
+            for kind, payload in reply.attrs():
+                if kind == ne.NFTA_SET_ELEM_LIST_ELEMENTS:
+                    for _, elem in nl.attributes(payload):
+                        attrs = dict(nl.attributes(elem))
+                        if ne.NFTA_SET_ELEM_TIMEOUT in attrs:
+                            return nl.u64(attrs[ne.NFTA_SET_ELEM_TIMEOUT])
+                        return 0
+        return None
+
+    def updates_timeouts(self, set_name: str, probe: str = "255.255.255.255") -> bool:
+        """Does an `add` of an element that exists update its timeout (Linux 6.10 and
+        later)? Asked once with a key no packet carries as its source (the limited
+        broadcast address), added with 1 s, re-added with 600 s, read back, removed."""
+        if self.shapes.get(set_name) is None or self.timeout_of(set_name, probe) is not None:
+            return False  # unknown set, or the probe key is in use: assume not
+        short = {"elem": {"val": probe, "timeout": 1}}
+        long_ = {"elem": {"val": probe, "timeout": 600}}
+        try:
+            self.run([b.add(b.element(set_name, [short]))])
+            self.run([b.add(b.element(set_name, [long_]))])
+            timeout = self.timeout_of(set_name, probe)
+        finally:
+            with contextlib.suppress(ApplyError):
+                self.run([{"delete": b.element(set_name, [probe])}])
+        return timeout is not None and timeout > 1000
 
     def _open(self) -> nlc.Channel:
         if self._channel is None:

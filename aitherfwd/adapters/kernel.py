@@ -22,6 +22,7 @@ from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.nftelements import ElementError
 from aitherfwd.errors import ApplyError
 from aitherfwd.nft import builders as b
+from aitherfwd.nft import names as n
 from aitherfwd.reconcile import Observed
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class NftKernel:
         self.nft = nft or Nft()
         self.elements = elements or ElementWriter()
         self.netlink_batches = 0  # element batches sent by netlink (status, tests)
+        self._updates: bool | None = None
         # told of every transaction that changes something: (accepted, seconds, elements)
         self.observer: Callable[[bool, float, int], None] | None = None
 
@@ -60,6 +62,17 @@ class NftKernel:
 
     def generation(self) -> int | None:
         return self.nft.generation()
+
+    def updates_timeouts(self) -> bool:
+        """Probed once on the IPv4 block set (adapters/elementwriter.py)."""
+        if self._updates is None:
+            try:
+                self._updates = self.elements.updates_timeouts(n.BLOCK_SETS[0].name)
+            except (ApplyError, OSError) as exc:
+                log.warning("timeout-update probe failed; re-blocks add, delete, add error=%s", exc)
+                self._updates = False
+            log.info("kernel updates element timeouts in place: %s", self._updates)
+        return self._updates
 
     def close(self) -> None:
         self.elements.close()
