@@ -71,6 +71,7 @@ class FakeKernel:
         self.refuse_elements_of: set[str] = set()  # element adds to these sets are refused
         self.gen = 1
         self.generation_readable = True
+        self.timeout_updates = True  # an `add` updates a live element's timeout (Linux 6.10+)
 
     # --- test controls ---------------------------------------------------------------------
 
@@ -107,6 +108,9 @@ class FakeKernel:
 
     def generation(self) -> int | None:
         return self.gen if self.generation_readable else None
+
+    def updates_timeouts(self) -> bool:
+        return self.timeout_updates
 
     def run(self, commands: list[Json]) -> list[Json]:
         index = len(self.batches)
@@ -241,10 +245,12 @@ class FakeKernel:
                     raise ApplyError("Could not process rule: No such file or directory: element")
                 del elems[key]
                 continue
-            if live is not None:
-                continue  # `add` of a present element changes nothing (like kernel 6.1)
             body = element_fields(e)
             timeout = body.get("timeout")
+            if live is not None:
+                if timeout and live.expires_at is not None and self.timeout_updates:
+                    live.expires_at = now + timeout  # Linux 6.10+: the add updates it
+                continue  # else `add` of a present element changes nothing
             elems[key] = _Element(
                 body["val"], now + timeout if timeout else None, body.get("comment")
             )
@@ -276,6 +282,10 @@ class FailingWrites:
     def generation(self) -> int | None:
         gen: int | None = self.inner.generation()
         return gen
+
+    def updates_timeouts(self) -> bool:
+        updates: bool = self.inner.updates_timeouts()
+        return updates
 
 
 class FakeConntrack:

@@ -133,6 +133,8 @@ class Generations:
             self.audit.write(now, StoreRecovered(reason=self.store.recovered))
         ruleset = compile_policy(policy)
         adopted = await self.writer.call(lambda k: self._adopt_or_apply(k, ruleset))
+        in_place = await self.writer.call(lambda k: k.updates_timeouts())
+        self.blocks.table.update_in_place = self.egress.grants.update_in_place = in_place
         self.start_seconds = round(time.perf_counter() - started, 4)
         log.info(
             "started: %d blocks restored in %.3f s (adopted=%s)",

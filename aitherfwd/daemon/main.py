@@ -32,8 +32,8 @@ from aitherfwd.adapters.conntrack import PyrouteConntrack
 from aitherfwd.adapters.control_budget import ConnectionLimits, connection_cap
 from aitherfwd.adapters.control_server import ControlServer
 from aitherfwd.adapters.files import MAX_CONFIG_BYTES, load_policy, read_text
+from aitherfwd.adapters.kernel import NftKernel
 from aitherfwd.adapters.metrics import MetricsServer
-from aitherfwd.adapters.nft import Nft
 from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
 from aitherfwd.adapters.watch import PolicyWatcher
@@ -93,7 +93,7 @@ FAILPOINT_ENV = "AITHERFWD_FAILPOINT"  # a test switch; see _kernel
 def adapters(cfg: DaemonConfig) -> Ports:
     """The real adapters behind the daemon's ports."""
     return Ports(
-        kernel=_kernel(Nft()),
+        kernel=_kernel(NftKernel()),
         conntrack=PyrouteConntrack(),
         systemd=sd.SystemdNotify(),
         notifier=Notifier(),
@@ -104,10 +104,11 @@ def adapters(cfg: DaemonConfig) -> Ports:
     )
 
 
-def _kernel(nft: Nft) -> Kernel:
-    """libnftables, unless the environment (only root sets a unit's) asks for the
-    `kernel-writer` failpoint: the first element write then fails unexpectedly, which must
-    end the process so systemd restarts it (tests/systemd shows that it does)."""
+def _kernel(nft: NftKernel) -> Kernel:
+    """The kernel (libnftables for the ruleset, netlink for elements), unless the
+    environment (only root sets a unit's) asks for the `kernel-writer` failpoint: the first
+    element write then fails unexpectedly, which must end the process so systemd restarts
+    it (tests/systemd shows that it does)."""
     if os.environ.get(FAILPOINT_ENV) != "kernel-writer":
         return nft
     from aitherfwd.testing import FailingWrites  # noqa: PLC0415
@@ -125,7 +126,7 @@ async def run(cfg: DaemonConfig, ports: Ports | None = None) -> int:
     ports = ports or adapters(cfg)
     s = wire(ports, cfg.policy, Authorizer(cfg.roles), cfg.conntrack_resync_interval)
     inner = getattr(ports.kernel, "inner", ports.kernel)
-    if isinstance(inner, Nft):
+    if isinstance(inner, NftKernel):
         inner.observer = s.stats.transaction
     try:
         async with asyncio.TaskGroup() as tg:

@@ -31,6 +31,10 @@ class Kernel(Protocol):
         """The namespace's nftables generation (bumped by every committed transaction,
         ours or anyone's), or None when it cannot be read."""
 
+    def updates_timeouts(self) -> bool:
+        """Does an `add` of an element that exists update its timeout? (asked once, after
+        the table exists)"""
+
 
 class Conntrack(Protocol):
     def established_peers(self, ports: Collection[int]) -> set[tuple[IPAddress, int]]: ...

@@ -159,6 +159,9 @@ class BlockTable:
         # 1,000,000 blocks costs ~30 ms of its event loop)
         self._next_expiry = math.inf
         self.protected = LOOPBACK + tuple(protected)
+        # the kernel updates an element's timeout on a plain `add` (probed at start): a
+        # re-block from one timeout to another is then one add, not add-delete-add
+        self.update_in_place = False
 
     @property
     def protected(self) -> tuple[IPNetwork, ...]:
@@ -281,9 +284,11 @@ class BlockTable:
             blk = new
             if existing is not None:
                 blk = Block(new.key, new.expires_at, new.reason, new.source, existing.created_at)
-                # the element may expire in the kernel at any moment: add, delete, add again
-                # with the new timeout is valid whatever the kernel holds right now
-                touch.setdefault(name, []).append(blk.value())
+                timed = existing.expires_at is not None and new.expires_at is not None
+                if not (self.update_in_place and timed):
+                    # the element may expire in the kernel at any moment: add, delete, add
+                    # again with the new timeout is valid whatever the kernel holds now
+                    touch.setdefault(name, []).append(blk.value())
             adds.setdefault(name, []).append(blk.element(now))
             self._store(blk)
         cmds: list[Any] = [b.add(b.element(name, v)) for name, v in sorted(touch.items())]

@@ -41,6 +41,7 @@ class GrantTable:
         self._scopes: dict[str, int] = {}
         self._sets: dict[str, int] = {}
         self._expiry: list[tuple[float, str]] = []
+        self.update_in_place = False  # see BlockTable.update_in_place
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -181,7 +182,8 @@ class GrantTable:
         adds: dict[str, list[Any]] = {}
         for g in grants:
             old = self.get(g.key, now)
-            if old is not None:  # it may expire in the kernel any moment: add, delete, add
+            same = old is not None and self.update_in_place and old.values() == g.values()
+            if old is not None and not same:  # it may expire any moment: add, delete, add
                 for s, v in old.values():
                     touch.setdefault(s, []).append(v)
             for s, e in g.elements(now):
