@@ -1,49 +1,52 @@
 """Policy to ruleset: a deterministic, pure function (layer L1).
 
 Owns: the kernel layout of table `inet aitherfwd` — the input chain (loopback, blocks,
-established, zone dispatch), one chain per zone holding that zone's rules in policy order,
-the default verdict — and the content hash of the result. Same input, byte-identical output.
+established, zone dispatch), one chain per policy rule, one chain per zone that jumps to
+the rules concerning it in policy order, the default verdict — and the content hash of the
+result. Same input, byte-identical output.
 
 Layout of the input path:
     input:  iif lo accept · saddr in block sets drop · ct established,related accept ·
             ct invalid drop · ICMPv6 neighbour discovery accept ·
             ip saddr vmap @zone_v4 · ip6 saddr vmap @zone_v6 · goto nozone
-    zone_X: the rules that apply to zone X, first match wins · goto final
-    nozone: the rules without a zone · goto final
+    zone_X: jump r_<rule> for each rule that applies to zone X, in policy order · goto final
+    nozone: jump r_<rule> for each rule without a zone · goto final
+    r_<rule>: the rule's kernel rules; a match ends in a verdict, no match returns
     final:  (rate-limited log) · counter "default" · default verdict
 A packet belongs to exactly one zone, so first-match over all rules equals first-match
-within its zone's chain. Rules with layer-7 conditions are left out of the kernel.
+within its zone's chain. A rule without a zone is one chain every zone jumps to, not a copy
+per zone; value lists (ports, prefixes) are named sets shared by content (nft/shared.py).
+A reload that changes one rule changes that rule's chain (and the sets only it used).
+Rules with layer-7 conditions are left out of the kernel.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from aitherfwd import zones as zoning
 from aitherfwd.egress.chain import egress_objects
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
-from aitherfwd.nft.verdicts import log_exprs, verdicts
+from aitherfwd.nft import rulechain as rc
+from aitherfwd.nft.shared import SharedSets
+from aitherfwd.nft.verdicts import verdicts
 from aitherfwd.policy.model import (
-    DAY_SECONDS,
     Action,
     IPAddress,
     Policy,
-    PortMatch,
-    Protocol,
     Rule,
-    TimeWindow,
+    Settings,
+    Zone,
 )
 
 Json = b.Json
 
-RATELIMIT_SET_TIMEOUT = 60
-RATELIMIT_SET_SIZE = 65_536
+RATELIMIT_SET_TIMEOUT = rc.RATELIMIT_SET_TIMEOUT  # the evaluator mirrors the meters
 ND_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"]
 
 
@@ -69,61 +72,109 @@ class Ruleset:
 
 
 def compile_policy(policy: Policy) -> Ruleset:
-    objects: list[Json] = [b.table()]
     rules = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
+    frame = _frame(policy.settings, policy.zones)
+    compiled = [rc.compile_rule(r) for r in rules]
+    shared = SharedSets()
+    shared.adopt(frame.sets)
+    for c in compiled:
+        shared.adopt(c.shared)
     counters = [n.DEFAULT_COUNTER, n.BLOCKED_COUNTER, n.INVALID_COUNTER]
     counters += [n.CONNLIMIT_COUNTER, n.SYNFLOOD_COUNTER]
     counters += [n.rule_counter(r.name) for r in policy.rules]
     counters += [n.ratelimit_counter(r.name) for r in rules if r.rate_limit]
-    objects += [b.counter(c) for c in sorted(counters)]
-    objects += [b.set_(s.name, s.type, s.flags) for s in n.DYNAMIC_SETS]
-    objects += _meter_sets(policy)
-    for r in rules:
-        if r.rate_limit:
-            for fam in (4, 6):
-                objects.append(
-                    b.set_(
-                        n.ratelimit_set(r.name, fam, r.rate_limit.rate, r.rate_limit.burst),
-                        _addr_type(fam),
-                        ["timeout"],
-                        timeout=RATELIMIT_SET_TIMEOUT,
-                        size=RATELIMIT_SET_SIZE,
-                    )
-                )
+    head: list[Json] = [b.table(), *(b.counter(c) for c in sorted(counters))]
+    head += [b.set_(s.name, s.type, s.flags) for s in n.DYNAMIC_SETS]
+    head += frame.meters
+    head += [s for c in compiled for s in c.meters]
     zone_names = [z.name for z in policy.zones]
-    objects.append(b.chain(n.INPUT_CHAIN, hook="input", prio=0, policy="accept"))
-    objects += [b.chain(c) for c in [n.FINAL_CHAIN, n.NOZONE_CHAIN, n.META_CHAIN]]
-    objects += [b.chain(c) for c in [n.CONNLIMIT_CHAIN, n.SYNFLOOD_CHAIN]]
-    objects += [b.chain(n.zone_chain(z)) for z in zone_names]
-    for fam, map_name in ((4, n.ZONE_MAP_V4), (6, n.ZONE_MAP_V6)):
-        elements = [
-            [_interval(first, last), b.goto(n.zone_chain(zone))]
-            for first, last, zone in zoning.partition(policy.zones, fam)
-        ]
-        objects.append(b.vmap_(map_name, _addr_type(fam), elements))
-    objects += _input_chain(policy)
-    objects += _detect_chains()
+    chains = [b.chain(n.INPUT_CHAIN, hook="input", prio=0, policy="accept")]
+    chains += [b.chain(c) for c in [n.FINAL_CHAIN, n.NOZONE_CHAIN, n.META_CHAIN]]
+    chains.append(b.chain(n.SET_HASH_CHAIN))
+    chains += [b.chain(c) for c in [n.CONNLIMIT_CHAIN, n.SYNFLOOD_CHAIN]]
+    chains += [b.chain(n.zone_chain(z)) for z in zone_names]
+    chains += [b.chain(n.rule_chain(r.name)) for r in rules]
+    chains += frame.maps
+    body = list(frame.input_rules)
+    for c in compiled:
+        body += c.rules
     for zone in zone_names:
-        chain = n.zone_chain(zone)
-        objects += [
-            rule for r in rules if r.zones is None or zone in r.zones for rule in _rule(chain, r)
-        ]
-        objects.append(_tail(chain))
-    objects += [rule for r in rules if r.zones is None for rule in _rule(n.NOZONE_CHAIN, r)]
-    objects.append(_tail(n.NOZONE_CHAIN))
-    objects += _final_chain(policy)
-    objects += egress_objects(policy)  # the output chain; [] without an `egress:` section
-    digest = _digest(objects)
-    objects += [
-        b.rule(n.META_CHAIN, [b.ret()], f"{kind} {body['name']} #{_digest([o])[:12]}")
-        for o in objects
-        for kind, body in o.items()
-        if kind in ("set", "map") and body["name"] not in n.DYNAMIC_SET_NAMES
-    ]
+        body += _dispatch(
+            n.zone_chain(zone), [r for r in rules if r.zones is None or zone in r.zones]
+        )
+    body += _dispatch(n.NOZONE_CHAIN, [r for r in rules if r.zones is None])
+    body += frame.final_rules
+    egress = egress_objects(policy)
+    objects = [*head, *shared.objects(), *chains, *body, *egress]
+    digest = _ruleset_digest(objects)
+    # the contents of every static set and map (shared sets are named by their contents)
+    objects += frame.hash_rules
+    objects += [h for c in compiled for h in c.hash_rules]
+    objects += rc.set_hash_rules(egress)
     # two comments: nft's text parser refuses comments over 128 characters
     objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd ruleset={digest}"))
     objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd policy={policy.sha256}"))
     return Ruleset(tuple(objects), digest, policy.sha256)
+
+
+def clear_memo() -> None:
+    """Forget every memoised piece (for measuring a first compile; output is unaffected)."""
+    rc.compile_rule.cache_clear()
+    _frame.cache_clear()
+    _jump.cache_clear()
+    _tail.cache_clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """What settings and zones alone decide: the input chain, detection and default
+    chains, the meters and the zone maps."""
+
+    meters: tuple[Json, ...]
+    maps: tuple[Json, ...]
+    input_rules: tuple[Json, ...]  # the input chain, then the synflood and connlimit chains
+    final_rules: tuple[Json, ...]
+    sets: tuple[Json, ...]  # the shared sets the input chain uses
+    hash_rules: tuple[Json, ...]
+
+
+@functools.lru_cache(maxsize=16)
+def _frame(settings: Settings, zones: tuple[Zone, ...]) -> _Frame:
+    """Memoised on its (frozen) inputs, like `rulechain.compile_rule`: most reloads change
+    rules only."""
+    shared = SharedSets()
+    meters = _meter_sets(settings)
+    maps = []
+    for fam, map_name in ((4, n.ZONE_MAP_V4), (6, n.ZONE_MAP_V6)):
+        elements = [
+            [_interval(first, last), b.goto(n.zone_chain(zone))]
+            for first, last, zone in zoning.partition(zones, fam)
+        ]
+        maps.append(b.vmap_(map_name, rc.addr_type(fam), elements))
+    input_rules = [*_input_chain(settings, zones, shared), *_detect_chains()]
+    return _Frame(
+        tuple(meters),
+        tuple(maps),
+        tuple(input_rules),
+        tuple(_final_chain(settings)),
+        tuple(shared.objects()),
+        tuple(rc.set_hash_rules([*meters, *maps])),
+    )
+
+
+def _dispatch(chain: str, rules: list[Rule]) -> list[Json]:
+    """A zone's chain: one jump per rule that concerns the zone, in policy order, then the
+    default. A rule's chain ends in a verdict when it matches and returns when it does not,
+    so the first rule that matches decides, exactly as if its kernel rules stood here."""
+    out = [_jump(chain, r.name) for r in rules]
+    out.append(_tail(chain))
+    return out
+
+
+@functools.lru_cache(maxsize=rc.RULE_CACHE_SIZE)
+def _jump(chain: str, rule: str) -> Json:
+    """`jump r_<rule>`, commented with the rule's name (memoised like `rulechain.compile_rule`)."""
+    return rc.commented(chain, [b.jump(n.rule_chain(rule))], rule)
 
 
 def _interval(first: IPAddress, last: IPAddress) -> Json:
@@ -133,129 +184,105 @@ def _interval(first: IPAddress, last: IPAddress) -> Json:
     return b.range_(str(first), str(last))
 
 
-def _addr_type(family: int) -> str:
-    return "ipv4_addr" if family == 4 else "ipv6_addr"
+def _ruleset_digest(objects: list[Json]) -> str:
+    """The content hash of the ruleset. A rule counts by its chain and comment (the comment
+    carries a hash of its expressions), every other object by its `repr`: the builders make
+    dicts in a fixed key order, so this is deterministic, and several times cheaper than
+    canonical JSON of every rule."""
+    lines = [
+        f"{r['chain']}\0{r['comment']}" if (r := o.get("rule")) is not None else repr(o)
+        for o in objects
+    ]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _saddr(family: int) -> Json:
-    return b.payload("ip" if family == 4 else "ip6", "saddr")
-
-
-def _digest(objects: list[Json]) -> str:
-    text = json.dumps(objects, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _commented(chain: str, exprs: list[Json], label: str) -> Json:
-    """Every kernel rule's comment names its policy rule plus a hash of its expressions, so
-    a verdict traces back to the rule and `plan` can diff by comment alone. (`repr` of the
-    builders' dicts is deterministic and three times cheaper than canonical JSON.)"""
-    h = hashlib.sha256(repr(exprs).encode()).hexdigest()[:12]
-    return b.rule(chain, exprs, f"{label} #{h}")
-
-
-def _meter_sets(policy: Policy) -> list[Json]:
+def _meter_sets(st: Settings) -> list[Json]:
     """The kernel's per-source meters: concurrent connections (`ct count`; no timeout, the
     kernel drops an element when its count reaches zero) and SYN rate (`limit rate`)."""
-    st = policy.settings
     out = []
     for fam in (4, 6):
         if st.max_connections_per_ip:
             name = n.connlimit_set(fam, st.max_connections_per_ip)
-            out.append(b.set_(name, _addr_type(fam), [], size=RATELIMIT_SET_SIZE))
+            out.append(b.set_(name, rc.addr_type(fam), [], size=rc.RATELIMIT_SET_SIZE))
         if st.syn_flood_threshold:
             out.append(
                 b.set_(
                     n.synrate_set(fam, st.syn_flood_threshold),
-                    _addr_type(fam),
+                    rc.addr_type(fam),
                     ["timeout"],
-                    timeout=RATELIMIT_SET_TIMEOUT,
-                    size=RATELIMIT_SET_SIZE,
+                    timeout=rc.RATELIMIT_SET_TIMEOUT,
+                    size=rc.RATELIMIT_SET_SIZE,
                 )
             )
     return out
 
 
-def _kernel_limits(policy: Policy) -> list[Json]:
+def _kernel_limits(st: Settings, zones: tuple[Zone, ...], shared: SharedSets) -> list[Json]:
     """Line one of detection, per packet in the kernel: SYNs over `syn_flood_threshold`/s
     per source are dropped; new connections beyond `max_connections_per_ip` concurrent ones
     per source are refused. Both jump to a chain that logs (bounded) for the daemon. Sources
     in the management zone are exempt (anti-lockout)."""
-    st = policy.settings
     c = n.INPUT_CHAIN
     out = []
-    mgmt = [net for z in policy.zones if z.name == "management" for net in z.cidrs]
+    mgmt = [net for z in zones if z.name == "management" for net in z.cidrs]
     for fam in (4, 6):
         nfproto = b.match(b.meta("nfproto"), "ipv4" if fam == 4 else "ipv6")
         fam_nets = [m for m in mgmt if m.version == fam]
         nets = list(ipaddress.collapse_addresses(fam_nets))  # type: ignore[type-var]
         if nets:  # anti-lockout: the management zone is never limited
-            exempt = b.anon_set([b.prefix(str(m.network_address), m.prefixlen) for m in nets])
-            nfproto = b.match(_saddr(fam), exempt, "!=")
+            exempt = shared.prefixes(fam, tuple(nets))
+            nfproto = b.match(rc.saddr(fam), exempt, "!=")
         if st.syn_flood_threshold:
             rate = st.syn_flood_threshold
             meter = b.update_set(
-                n.synrate_set(fam, rate), _saddr(fam), b.limit(rate, "second", rate, over=True)
+                n.synrate_set(fam, rate), rc.saddr(fam), b.limit(rate, "second", rate, over=True)
             )
             exprs = [nfproto, b.tcp_syn(), meter, b.jump(n.SYNFLOOD_CHAIN)]
-            out.append(_commented(c, exprs, "builtin:synflood"))
+            out.append(rc.commented(c, exprs, "builtin:synflood"))
         if st.max_connections_per_ip:
             limit = st.max_connections_per_ip
-            count = b.add_set(n.connlimit_set(fam, limit), _saddr(fam), b.ct_count_over(limit))
+            count = b.add_set(n.connlimit_set(fam, limit), rc.saddr(fam), b.ct_count_over(limit))
             new = b.match(b.ct("state"), ["new"], "in")
             exprs = [nfproto, new, count, b.jump(n.CONNLIMIT_CHAIN)]
-            out.append(_commented(c, exprs, "builtin:connlimit"))
+            out.append(rc.commented(c, exprs, "builtin:connlimit"))
     return out
-
-
-def _detect_log(kind: str, rule: str = "-") -> list[Json]:
-    return [
-        b.limit(n.DETECT_LOG_RATE, "second", n.DETECT_LOG_RATE),
-        b.log(n.detect_prefix(kind, rule), n.DETECT_GROUP),
-    ]
-
-
-def _denied_log(chain: str, matches: list[Json], rule: str) -> Json:
-    """A denied new connection, reported to the daemon's scan detector (no verdict here)."""
-    new = b.match(b.ct("state"), ["new"], "in")
-    return _commented(chain, [*matches, new, *_detect_log(n.KIND_DENIED, rule)], f"{rule}:detect")
 
 
 def _detect_chains() -> list[Json]:
     out = [
-        _commented(n.SYNFLOOD_CHAIN, _detect_log(n.KIND_SYNFLOOD), "synflood:log"),
-        _commented(
+        rc.commented(n.SYNFLOOD_CHAIN, rc.detect_log(n.KIND_SYNFLOOD), "synflood:log"),
+        rc.commented(
             n.SYNFLOOD_CHAIN, [b.named_counter(n.SYNFLOOD_COUNTER), b.drop()], "synflood:drop"
         ),
-        _commented(n.CONNLIMIT_CHAIN, _detect_log(n.KIND_CONNLIMIT), "connlimit:log"),
+        rc.commented(n.CONNLIMIT_CHAIN, rc.detect_log(n.KIND_CONNLIMIT), "connlimit:log"),
     ]
     for v in verdicts(Action.REJECT, None):
         exprs = [*v[:-1], b.named_counter(n.CONNLIMIT_COUNTER), v[-1]]
-        out.append(_commented(n.CONNLIMIT_CHAIN, exprs, "connlimit:reject"))
+        out.append(rc.commented(n.CONNLIMIT_CHAIN, exprs, "connlimit:reject"))
     return out
 
 
-def _input_chain(policy: Policy) -> list[Json]:
+def _input_chain(st: Settings, zones: tuple[Zone, ...], shared: SharedSets) -> list[Json]:
     c = n.INPUT_CHAIN
-    out = [_commented(c, [b.match(b.meta("iif"), "lo"), b.accept()], "builtin:loopback")]
+    out = [rc.commented(c, [b.match(b.meta("iif"), "lo"), b.accept()], "builtin:loopback")]
     for s in n.BLOCK_SETS:
         fam = 4 if s.type == "ipv4_addr" else 6
         out.append(
-            _commented(
+            rc.commented(
                 c,
-                [b.in_set(_saddr(fam), s.name), b.named_counter(n.BLOCKED_COUNTER), b.drop()],
+                [b.in_set(rc.saddr(fam), s.name), b.named_counter(n.BLOCKED_COUNTER), b.drop()],
                 "builtin:blocked",
             )
         )
     out.append(
-        _commented(
+        rc.commented(
             c,
             [b.match(b.ct("state"), ["established", "related"], "in"), b.accept()],
             "builtin:established",
         )
     )
     out.append(
-        _commented(
+        rc.commented(
             c,
             [
                 b.match(b.ct("state"), ["invalid"], "in"),
@@ -265,132 +292,34 @@ def _input_chain(policy: Policy) -> list[Json]:
             "builtin:invalid",
         )
     )
-    out += _kernel_limits(policy)
+    out += _kernel_limits(st, zones, shared)
+    nd = shared.constant("icmp6", "icmpv6_type", tuple(ND_TYPES))
     out.append(
-        _commented(
+        rc.commented(
             c,
-            [b.match(b.payload("icmpv6", "type"), {"set": ND_TYPES}), b.accept()],
+            [b.match(b.payload("icmpv6", "type"), nd), b.accept()],
             "builtin:icmpv6-nd",
         )
     )
-    out.append(_commented(c, [b.vmap_lookup(_saddr(4), n.ZONE_MAP_V4)], "builtin:zones"))
-    out.append(_commented(c, [b.vmap_lookup(_saddr(6), n.ZONE_MAP_V6)], "builtin:zones"))
-    out.append(_commented(c, [b.goto(n.NOZONE_CHAIN)], "builtin:nozone"))
+    out.append(rc.commented(c, [b.vmap_lookup(rc.saddr(4), n.ZONE_MAP_V4)], "builtin:zones"))
+    out.append(rc.commented(c, [b.vmap_lookup(rc.saddr(6), n.ZONE_MAP_V6)], "builtin:zones"))
+    out.append(rc.commented(c, [b.goto(n.NOZONE_CHAIN)], "builtin:nozone"))
     return out
 
 
+@functools.lru_cache(maxsize=rc.RULE_CACHE_SIZE)
 def _tail(chain: str) -> Json:
-    return _commented(chain, [b.goto(n.FINAL_CHAIN)], "builtin:default")
+    return rc.commented(chain, [b.goto(n.FINAL_CHAIN)], "builtin:default")
 
 
-def _final_chain(policy: Policy) -> list[Json]:
-    action = policy.settings.default_policy
+def _final_chain(st: Settings) -> list[Json]:
+    action = st.default_policy
     exprs: list[Json] = []
     out: list[Json] = []
-    if policy.settings.log_denied and action is not Action.ALLOW:
-        out.append(_commented(n.FINAL_CHAIN, _log(f"afw {action} default "), "default:log"))
+    if st.log_denied and action is not Action.ALLOW:
+        out.append(rc.commented(n.FINAL_CHAIN, rc.log(f"afw {action} default "), "default:log"))
     if action is not Action.ALLOW:
-        out.append(_denied_log(n.FINAL_CHAIN, [], "default"))
+        out.append(rc.denied_log(n.FINAL_CHAIN, [], "default"))
     exprs.append(b.named_counter(n.DEFAULT_COUNTER))
-    out += [_commented(n.FINAL_CHAIN, [*exprs, *v], "default") for v in verdicts(action, None)]
+    out += [rc.commented(n.FINAL_CHAIN, [*exprs, *v], "default") for v in verdicts(action, None)]
     return out
-
-
-def _rule(chain: str, rule: Rule) -> Iterator[Json]:
-    for fam, proto, matches in _variants(rule):
-        if rule.rate_limit and fam is not None:
-            rl = rule.rate_limit
-            meter = b.update_set(
-                n.ratelimit_set(rule.name, fam, rl.rate, rl.burst),
-                _saddr(fam),
-                b.limit(rl.rate, "second", rl.burst, over=True),
-            )
-            yield _commented(
-                chain,
-                [*matches, meter, b.named_counter(n.ratelimit_counter(rule.name)), b.drop()],
-                f"{rule.name}:ratelimit",
-            )
-        if rule.log:
-            # A rule of its own: the log's rate limit must never decide whether the verdict
-            # below matches (past the limit, packets would fall through to later rules).
-            yield _commented(
-                chain,
-                [*matches, *_log(f"afw {rule.action} {rule.name} ")],
-                f"{rule.name}:log",
-            )
-        if rule.action is not Action.ALLOW:
-            yield _denied_log(chain, matches, rule.name)
-        for verdict in verdicts(rule.action, proto):
-            head = verdict[:-1]
-            yield _commented(
-                chain,
-                [*matches, *head, b.named_counter(n.rule_counter(rule.name)), verdict[-1]],
-                rule.name,
-            )
-
-
-def _variants(rule: Rule) -> Iterator[tuple[int | None, Protocol | None, list[Json]]]:
-    """The cross product of address family × protocol/ports × time-window pieces."""
-    families: list[int | None] = [*sorted({c.version for c in rule.source_cidrs})] or [None]
-    if rule.rate_limit and families == [None]:
-        families = [4, 6]  # the per-source meter is per family
-    for fam in families:
-        base: list[Json] = []
-        if fam is not None and rule.source_cidrs:
-            # collapsed: overlapping intervals in one set are refused by the kernel
-            nets = list(
-                ipaddress.collapse_addresses(  # type: ignore[type-var]
-                    c for c in rule.source_cidrs if c.version == fam
-                )
-            )
-            base.append(
-                b.match(
-                    _saddr(fam),
-                    b.anon_set([b.prefix(str(c.network_address), c.prefixlen) for c in nets]),
-                )
-            )
-        elif fam is not None:
-            base.append(b.match(b.meta("nfproto"), "ipv4" if fam == 4 else "ipv6"))
-        for proto, port_exprs in _protocols(rule):
-            for window in _windows(rule.time_window):
-                yield fam, proto, [*base, *port_exprs, *window]
-
-
-def _protocols(rule: Rule) -> Iterator[tuple[Protocol | None, list[Json]]]:
-    if rule.ports:
-        for pm in rule.ports:
-            yield pm.protocol, [b.match(b.payload(str(pm.protocol), "dport"), _port_set(pm))]
-    elif rule.protocol is Protocol.ICMP:
-        yield None, [b.match(b.meta("l4proto"), {"set": ["icmp", "ipv6-icmp"]})]
-    elif rule.protocol in (Protocol.TCP, Protocol.UDP):
-        yield rule.protocol, [b.match(b.meta("l4proto"), str(rule.protocol))]
-    else:
-        yield None, []
-
-
-def _port_set(pm: PortMatch) -> Any:
-    return b.anon_set([r.lo if r.lo == r.hi else b.range_(r.lo, r.hi) for r in pm.ranges])
-
-
-def _windows(window: TimeWindow | None) -> Iterator[list[Json]]:
-    """Kernel time matches in UTC seconds (integers, so libnftables applies no time zone)."""
-    if window is None:
-        yield []
-        return
-    pieces: list[tuple[frozenset[int], int, int]]
-    if window.start < window.end:
-        pieces = [(window.days, window.start, window.end)]
-    else:  # crosses midnight: the tail of each day, then the head of the next
-        pieces = [(window.days, window.start, DAY_SECONDS)]
-        if window.end > 0:
-            pieces.append((frozenset((d + 1) % 7 for d in window.days), 0, window.end))
-    for days, start, end in pieces:
-        exprs: list[Json] = []
-        if len(days) < 7:
-            exprs.append(b.match(b.meta("day"), b.anon_set(sorted(days))))
-        exprs.append(b.match(b.meta("hour"), b.range_(start, end - 1)))
-        yield exprs
-
-
-def _log(prefix: str) -> list[Json]:
-    return log_exprs(prefix, n.LOG_GROUP)

@@ -74,13 +74,16 @@ def transaction(desired: Ruleset, observed: Observed) -> list[Json]:
     """One batch: flush our chains, drop static sets/maps/chains/counters that go, add all.
 
     Dynamic sets are never deleted or flushed here; `add set` of an existing set is a no-op
-    that keeps its elements and their timeouts. Counters that stay keep their values, and
-    rate-limit meters that stay keep their per-source buckets (they are not re-added: the
-    kernel marks them `dynamic`, so an identical `add set` would be refused)."""
+    that keeps its elements and their timeouts. Shared sets (named by their contents) that
+    stay are flushed and refilled, so a set another tool edited is repaired. Counters that
+    stay keep their values, and rate-limit meters that stay keep their per-source buckets
+    (they are not re-added: the kernel marks them `dynamic`, so an identical `add set`
+    would be refused)."""
     want_chains = set(desired.names("chain"))
     want_counters = set(desired.names("counter"))
     cmds: list[Json] = []
     kept: set[str] = set()
+    refill: list[str] = []
     if observed.exists:
         base = {"family": n.FAMILY, "table": n.TABLE}
         cmds += [{"flush": {"chain": {**base, "name": c}}} for c in observed.chains]
@@ -91,6 +94,9 @@ def transaction(desired: Ruleset, observed: Observed) -> list[Json]:
                 continue
             if (s, type_, tuple(f for f in flags if f != "dynamic")) in want_sets:
                 kept.add(s)
+                if n.is_shared_set(s):  # refilled: its contents are what its name promises
+                    cmds.append({"flush": {"set": {**base, "name": s}}})
+                    refill.append(s)
             else:
                 cmds.append({"delete": {"set": {**base, "name": s}}})
         cmds += [
@@ -103,7 +109,11 @@ def transaction(desired: Ruleset, observed: Observed) -> list[Json]:
             for c in observed.counters
             if c not in want_counters
         ]
-    return cmds + [c for c in desired.commands() if b.added_set_name(c) not in kept]
+    cmds += [c for c in desired.commands() if b.added_set_name(c) not in kept]
+    if refill:
+        elems = {o["set"]["name"]: o["set"].get("elem") for o in desired.objects if "set" in o}
+        cmds += [b.add(b.element(s, elems[s])) for s in refill if elems.get(s)]
+    return cmds
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +162,15 @@ _IGNORED = "-"
 
 
 def _rule_key(chain: str, comment: str) -> str:
-    """Rules are told apart by chain and comment. The meta chain's comments record the
-    content hash of each static set and map, so a changed zone map shows up by name."""
-    if chain != n.META_CHAIN:
-        return f"rule {chain}: {comment}"
-    if comment.startswith(("set ", "map ")):
+    """Rules are told apart by chain and comment. The set-hash chain's comments record the
+    content hash of each static set and map, so a changed zone map shows up by name; the
+    meta chain's ruleset and policy hashes are no change of their own."""
+    if chain == n.SET_HASH_CHAIN:
         name, _, digest = comment.rpartition(" #")
         return f"{name} contents #{digest}"
-    return _IGNORED
+    if chain == n.META_CHAIN:
+        return _IGNORED
+    return f"rule {chain}: {comment}"
 
 
 def _index(ruleset: Ruleset) -> tuple[dict[str, dict[str, Json]], dict[str, list[Json]]]:
@@ -188,7 +199,8 @@ def delta(previous: Ruleset, desired: Ruleset) -> list[Json]:
     changed_chains = sorted(
         c
         for c in new_obj["chain"]
-        if c in old_obj["chain"] and old_rules.get(c, []) != new_rules.get(c, [])
+        if c in old_obj["chain"]
+        and _signature(old_rules.get(c, [])) != _signature(new_rules.get(c, []))
     )
     gone = {k: sorted(set(old_obj[k]) - set(new_obj[k])) for k in old_obj}
     changed_maps = sorted(
@@ -220,6 +232,17 @@ def delta(previous: Ruleset, desired: Ruleset) -> list[Json]:
     for chain in sorted(set(new_rules) - set(old_obj["chain"])) + changed_chains:
         cmds += [b.add(r) for r in new_rules.get(chain, [])]
     return cmds
+
+
+def _signature(rules: list[Json]) -> list[str]:
+    """A chain's rules, compared cheaply: the compiler's comments end in ` #<hash of the
+    expressions>`, which stands for the rule; any other rule counts by its expressions."""
+    out = []
+    for obj in rules:
+        body = obj["rule"]
+        comment = str(body.get("comment", ""))
+        out.append(comment if " #" in comment else f"{comment} {body['expr']!r}")
+    return out
 
 
 def _set_key(body: Json) -> tuple[str, str, tuple[str, ...]]:

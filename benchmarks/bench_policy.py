@@ -13,7 +13,8 @@ compile + first apply into an empty namespace (our table deleted, untimed, befor
 run) and `Nft()` creation. Baselines on the same ruleset: `nft -f FILE` into the empty
 namespace (includes the nft process start-up), `nft -f` of an empty file (that start-up
 alone), `nft -f` delete-and-reload of the table, libnftables `json_cmd` of the compiled
-JSON and `cmd` of the nft text.
+JSON and `cmd` of the nft text. Also a first compile with nothing memoised
+(`compiler.clear_memo()` before each).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
-from aitherfwd.compiler import Ruleset, compile_policy
+from aitherfwd.compiler import Ruleset, clear_memo, compile_policy
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import Policy
 from aitherfwd.reconcile import delta, plan
@@ -132,6 +133,15 @@ def _inner(opts: argparse.Namespace) -> dict[str, Any]:
     measure(reload, reps, warmup=warm + 1)
     samples.update(stages)
 
+    # A first compile in a process: nothing memoised yet (the reloads above reuse the
+    # kernel rules of every rule that did not change).
+    cold_policy = parse(paths[0])
+
+    def compile_cold(_: int) -> None:
+        compile_policy(cold_policy)
+
+    samples["compile_cold"] = measure(compile_cold, reps, warmup=warm, setup=lambda _: clear_memo())
+
     # The daemon's reload: only what changed since the ruleset it applied last, no listing.
     policies = [parse(p) for p in paths]
     held = [rulesets[applied[0]]]
@@ -192,6 +202,8 @@ def _inner(opts: argparse.Namespace) -> dict[str, Any]:
         "objects": len(kinds),
         "sets": kinds.count("set") + kinds.count("map"),
         "anonymous_sets": _anonymous_sets(rulesets[0].objects),
+        "shared_sets": sum(1 for s in rulesets[0].names("set") if n.is_shared_set(s)),
+        "rule_chains": sum(1 for c in rulesets[0].names("chain") if c.startswith("r_")),
         "policy_rules": len(base_policy.rules),
         "nft_f_relist_diff_lines": diff,
         "delta_consistent": delta_consistent,

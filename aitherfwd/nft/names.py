@@ -16,7 +16,8 @@ FINAL_CHAIN = "final"  # the default verdict, its log and its counter
 NOZONE_CHAIN = "nozone"  # sources that belong to no zone
 # Never traversed: its rule comments record content hashes. Not "meta", an nft keyword that
 # would make `nft list ruleset` output impossible to load back.
-META_CHAIN = "hashes"
+META_CHAIN = "hashes"  # the ruleset's and the policy's hash (they change with every reload)
+SET_HASH_CHAIN = "set_hashes"  # the same, per static set and map (they rarely change)
 
 ZONE_MAP_V4 = "zone_v4"
 ZONE_MAP_V6 = "zone_v6"
@@ -75,6 +76,24 @@ DYNAMIC_SET_NAMES = frozenset(s.name for s in DYNAMIC_SETS)
 
 def zone_chain(zone: str) -> str:
     return f"zone_{zone}"
+
+
+RULE_CHAIN_PREFIX = "r_"
+SHARED_SET_PREFIX = "s_"
+
+
+def rule_chain(rule: str) -> str:
+    """The chain holding one policy rule's kernel rules; zone chains jump to it."""
+    return f"{RULE_CHAIN_PREFIX}{rule}"
+
+
+def shared_set(kind: str, digest: str) -> str:
+    """A set named by its contents (nft/shared.py): `s_<kind>_<16 hex digits of the hash>`."""
+    return f"{SHARED_SET_PREFIX}{kind}_{digest[:16]}"
+
+
+def is_shared_set(name: str) -> bool:
+    return name.startswith(SHARED_SET_PREFIX)
 
 
 def rule_counter(rule: str) -> str:

@@ -16,7 +16,8 @@ from aitherfwd.adapters.nft import Nft
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.errors import ApplyError
 from aitherfwd.nft import builders as b
-from aitherfwd.reconcile import plan
+from aitherfwd.nft import names as n
+from aitherfwd.reconcile import delta, plan, transaction
 from lab import AITHERFWD, ROOT, netns
 from lab.netns import inside
 
@@ -122,8 +123,32 @@ def test_plan_reports_changes_then_none_after_apply(ns: str, tmp_path: Path) -> 
     assert first.changed and "table inet aitherfwd" in first.added
     assert not same.changed and same.render() == "no changes\n"
     assert any(x.startswith("counter rule_dns") for x in diff.added)
-    assert any("rule zone_world: web" in x for x in diff.removed)
-    assert any("rule zone_world: web" in x for x in diff.added)
+    # the changed port list changes the rule's own chain (and adds a shared set), not the
+    # zone chain that jumps to it
+    assert any("rule r_web: web" in x for x in diff.removed)
+    assert any("rule r_web: web" in x for x in diff.added)
+    assert any(x.startswith(f"set {n.SHARED_SET_PREFIX}ports_") for x in diff.added)
+    assert not any("zone_world" in x for x in diff.added + diff.removed)
+
+
+def test_a_one_rule_delta_is_accepted_and_a_flushed_shared_set_is_repaired(
+    ns: str, tmp_path: Path
+) -> None:
+    a, bb = _compile(_policy(tmp_path, POLICY_A)), _compile(_policy(tmp_path, POLICY_B, "b.yaml"))
+    (ports,) = [s for s in bb.names("set") if s.startswith(f"{n.SHARED_SET_PREFIX}ports_")]
+    with inside(ns):
+        nft = Nft()
+        nft.apply(a)
+        nft.run(delta(a, bb))
+        assert not plan(bb, nft.observe()).changed
+        assert sorted(nft.set_elements(ports)) == [443, 8443]
+        nft.run([{"flush": {"set": {"family": n.FAMILY, "table": n.TABLE, "name": ports}}}])
+        assert nft.set_elements(ports) == []
+        nft.run(transaction(bb, nft.observe()))  # what drift repair runs
+        assert sorted(nft.set_elements(ports)) == [443, 8443]
+        nft.run(delta(bb, a))  # and back: the set only `web` used goes
+        assert not plan(a, nft.observe()).changed
+        assert ports not in nft.observe().sets
 
 
 def test_zone_change_shows_up_in_plan_as_the_zone_map(ns: str, tmp_path: Path) -> None:

@@ -5,11 +5,26 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
 from aitherfwd import zones as zoning
 from aitherfwd.compiler import compile_policy
 from aitherfwd.nft import names as n
-from aitherfwd.policy.model import TimeWindow
+from aitherfwd.nft import rulechain as rc
+from aitherfwd.policy.diagnostics import Severity
+from aitherfwd.policy.model import Policy, TimeWindow
+from aitherfwd.policy.parse import parse_policy
+from aitherfwd.reconcile import delta
 from tests.unit.helpers import ok, parse
+from tests.unit.policy_strategies import policies, to_yaml
+
+
+def _parse(text: str) -> Policy:
+    result = parse_policy(text, "policy.yaml")
+    errors = [d.render() for d in result.diagnostics if d.severity is Severity.ERROR]
+    assert result.policy is not None and not errors, (errors, text)
+    return result.policy
 
 
 def _rules(objects: tuple[dict[str, Any], ...], chain: str) -> list[dict[str, Any]]:
@@ -32,7 +47,11 @@ def test_first_zone_wins_in_the_partition() -> None:
         assert owner == zoning.classify(p.zones, ip)
 
 
-def test_rules_land_in_their_zones_chains_in_policy_order() -> None:
+def _labels(objects: tuple[dict[str, Any], ...], chain: str) -> list[str]:
+    return [r["comment"].split(" #")[0] for r in _rules(objects, chain)]
+
+
+def test_zone_chains_jump_to_their_rules_chains_in_policy_order() -> None:
     p = ok("""
     rules:
       - {name: first, zone: external, dest_ports: [1], protocol: tcp, action: deny}
@@ -40,17 +59,60 @@ def test_rules_land_in_their_zones_chains_in_policy_order() -> None:
       - {name: third, zone: [internal, external], dest_ports: [3], protocol: udp, action: allow}
     """)
     rs = compile_policy(p)
-    ext = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_external")]
-    internal = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_internal")]
-    nozone = [r["comment"].split(" #")[0] for r in _rules(rs.objects, n.NOZONE_CHAIN)]
-    assert ext == ["first:detect", "first", "anyzone", "third", "builtin:default"]
-    assert internal == ["anyzone", "third", "builtin:default"]
-    assert nozone == ["anyzone", "builtin:default"]
+    assert _labels(rs.objects, "zone_external") == [
+        "first",
+        "anyzone",
+        "third",
+        "builtin:default",
+    ]
+    assert _labels(rs.objects, "zone_internal") == ["anyzone", "third", "builtin:default"]
+    assert _labels(rs.objects, n.NOZONE_CHAIN) == ["anyzone", "builtin:default"]
+    jumps = [r["expr"] for r in _rules(rs.objects, "zone_external")]
+    assert jumps[:3] == [
+        [{"jump": {"target": f"r_{name}"}}] for name in ("first", "anyzone", "third")
+    ]
+    assert jumps[3] == [{"goto": {"target": n.FINAL_CHAIN}}]
+    # a rule's kernel rules live once, in its own chain, whatever the number of zones
+    assert _labels(rs.objects, "r_first") == ["first:detect", "first"]
+    assert _labels(rs.objects, "r_anyzone") == ["anyzone"]
+    every_rule = [r for o in rs.objects if "rule" in o for r in [o["rule"]]]
+    anyzone = sum(r["comment"].startswith("anyzone #") for r in every_rule)
+    assert anyzone == 1 + len(p.zones) + 1  # its rule, a jump per zone and one from nozone
+
+
+def test_value_lists_are_named_sets_shared_by_content() -> None:
+    p = ok("""
+    rules:
+      - {name: a, zone: external, dest_ports: [80, 443], protocol: tcp, action: reject}
+      - {name: b, zone: internal, dest_ports: [443, 80], protocol: tcp, action: allow}
+      - {name: c, source_cidrs: [10.0.0.0/8, 192.168.0.0/16], dest_ports: [80, 443], action: allow}
+      - {name: d, source_cidrs: [10.0.0.0/8, 192.168.0.0/16], action: deny}
+    """)
+    rs = compile_policy(p)
+    shared = {
+        o["set"]["name"]: o["set"]
+        for o in rs.objects
+        if "set" in o and n.is_shared_set(o["set"]["name"])
+    }
+    ports = [s for s in shared.values() if s["type"] == "inet_service"]
+    nets = [s for s in shared.values() if s["type"] == "ipv4_addr"]
+    assert [s["elem"] for s in ports] == [[80, 443]]
+    assert [s["elem"] for s in nets] == [
+        [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"prefix": {"addr": "192.168.0.0", "len": 16}}]
+    ]
+    assert nets[0]["flags"] == ["interval"]
+    text = repr([o for o in rs.objects if "rule" in o])
+    assert "{'set': [" not in text  # no anonymous set left in any rule
+    assert (
+        text.count(f"@{ports[0]['name']}") == 2 + 1 + 2
+    )  # a: detect and reject; b; c: tcp and udp
+    again = compile_policy(ok("rules:\n  - {name: z, dest_ports: [80, 443], action: allow}\n"))
+    assert ports[0]["name"] in again.names("set")  # the name is the contents, in any policy
 
 
 def test_reject_answers_tcp_with_reset_and_the_rest_with_icmp() -> None:
     p = ok("rules:\n  - {name: r, dest_ports: [53], action: reject}\n")
-    rules = _rules(compile_policy(p).objects, "zone_external")[:-1]
+    rules = _rules(compile_policy(p).objects, "r_r")
     stmts = [r["expr"][-1] for r in rules if not r["comment"].startswith("r:detect")]
     assert stmts == [
         {"reject": {"type": "tcp reset"}},
@@ -63,7 +125,7 @@ def test_time_window_crossing_midnight_becomes_two_kernel_matches() -> None:
         "rules:\n  - {name: r, time_window: {days: [sat], start: '22:00', end: '02:00'}, "
         "action: allow}\n"
     )
-    rules = _rules(compile_policy(p).objects, "zone_external")[:-1]
+    rules = _rules(compile_policy(p).objects, "r_r")
     days = [r["expr"][0]["match"]["right"] for r in rules]
     hours = [r["expr"][1]["match"]["right"]["range"] for r in rules]
     assert days == [6, 0]  # Saturday evening, then Sunday morning
@@ -80,6 +142,7 @@ def test_layer7_rules_are_left_out_of_the_kernel_but_keep_their_counter() -> Non
     p = ok("rules:\n  - {name: l7, path_prefix: /admin, action: deny}\n")
     rs = compile_policy(p)
     assert all("l7" not in r["comment"] for r in _rules(rs.objects, "zone_external"))
+    assert "r_l7" not in rs.names("chain")
     assert "rule_l7" in rs.names("counter")
 
 
@@ -90,8 +153,8 @@ def test_rate_limited_rule_gets_per_family_meters_before_its_accept() -> None:
     )
     rs = compile_policy(p)
     assert {"rl_web_v4_20r20", "rl_web_v6_20r20"} <= set(rs.names("set"))
-    labels = [r["comment"].split(" #")[0] for r in _rules(rs.objects, "zone_external")]
-    assert labels == ["web:ratelimit", "web", "web:ratelimit", "web", "builtin:default"]
+    labels = _labels(rs.objects, "r_web")
+    assert labels == ["web:ratelimit", "web", "web:ratelimit", "web"]
 
 
 def test_every_dynamic_set_exists_from_the_first_apply() -> None:
@@ -121,7 +184,7 @@ def test_overlapping_source_cidrs_are_collapsed_for_the_kernel() -> None:
         "rules:\n  - {name: r, source_cidrs: [10.0.0.0/8, 10.1.0.0/16, 11.0.0.0/8], "
         "action: allow}\n"
     )
-    (rule, _) = _rules(compile_policy(p).objects, "zone_external")
+    (rule,) = _rules(compile_policy(p).objects, "r_r")
     assert rule["expr"][0]["match"]["right"] == {"prefix": {"addr": "10.0.0.0", "len": 7}}
 
 
@@ -155,3 +218,77 @@ def test_kernel_limits_come_from_settings_and_skip_the_management_zone() -> None
     off = ok("settings: {max_connections_per_ip: 0, syn_flood_threshold: 0}\nrules: []\n")
     names = compile_policy(off).names("set")
     assert not [s for s in names if s.startswith(("connlimit", "synrate"))]
+
+
+# --- properties over random valid policies: the jump layout keeps first-match order -------
+
+
+_CONTROL = ("jump", "goto", "return")
+
+
+def _inlined(objects: tuple[dict[str, Any], ...], chain: str) -> list[dict[str, Any]]:
+    """`chain` with every `jump r_<rule>` replaced by that chain's rules: what the packet
+    walks, as the old layout wrote it out in every zone chain."""
+    out: list[dict[str, Any]] = []
+    for r in _rules(objects, chain):
+        target = r["expr"][0].get("jump", {}).get("target", "") if len(r["expr"]) == 1 else ""
+        out += _rules(objects, target) if target.startswith("r_") else [r]
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(policies())
+def test_every_zone_walks_its_rules_in_policy_order_through_the_jumps(doc: dict[str, Any]) -> None:
+    policy = _parse(to_yaml(doc))
+    rs = compile_policy(policy)
+    kernel = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
+    for zone in [*(z.name for z in policy.zones), None]:
+        chain = n.zone_chain(zone) if zone else n.NOZONE_CHAIN
+        concerned = [r for r in kernel if r.zones is None or (zone and zone in r.zones)]
+        expected = [k for r in concerned for k in _rules(rs.objects, n.rule_chain(r.name))]
+        walked = _inlined(rs.objects, chain)
+        assert walked[:-1] == expected
+        assert walked[-1]["expr"] == [{"goto": {"target": n.FINAL_CHAIN}}]
+    for r in kernel:
+        body = _rules(rs.objects, n.rule_chain(r.name))
+        assert body, r.name  # every rule has a kernel rule to match with
+        for k in body:
+            # no control flow inside a rule's chain: a match ends in its verdict (drop,
+            # accept, reject: final for the packet), no match falls off the end and returns
+            assert not any(key in e for e in k["expr"] for key in _CONTROL), k
+            assert k["comment"].split(" #")[0].split(":")[0] == r.name
+
+
+@settings(max_examples=40, deadline=None)
+@given(policies(), st.data())
+def test_changing_one_rule_touches_its_chain_and_its_sets_only(
+    doc: dict[str, Any], data: st.DataObject
+) -> None:
+    kernel = [r for r in doc["rules"] if "path_prefix" not in r and "authenticated" not in r]
+    assume(kernel)
+    target = data.draw(st.sampled_from(kernel))
+    before = compile_policy(_parse(to_yaml(doc)))
+    changed = {k: v for k, v in target.items() if k not in ("dest_services", "protocol")}
+    changed["dest_ports"] = [4001, 4003, "4005-4009"]
+    doc2 = {**doc, "rules": [changed if r is target else r for r in doc["rules"]]}
+    after = compile_policy(_parse(to_yaml(doc2)))
+    commands = delta(before, after)
+    flushed = {c["flush"]["chain"]["name"] for c in commands if "chain" in c.get("flush", {})}
+    assert flushed <= {n.META_CHAIN, n.rule_chain(target["name"])}
+    for c in commands:
+        ((verb, body),) = c.items()
+        ((kind, obj),) = body.items()
+        if kind == "rule":
+            assert obj["chain"] in flushed
+        elif kind == "set":
+            assert n.is_shared_set(obj["name"]) or obj["name"].startswith("rl_"), c
+        else:
+            assert kind == "chain" and verb == "flush", c
+
+
+def test_a_memoised_compilation_is_the_cold_one() -> None:
+    text = "rules:\n  - {name: r, zone: external, dest_ports: [1, 3], action: reject}\n"
+    warm = compile_policy(ok(text))
+    rc.compile_rule.cache_clear()
+    cold = compile_policy(ok(text))
+    assert cold.render_json() == warm.render_json() and cold.sha256 == warm.sha256

@@ -106,7 +106,7 @@ def test_a_changed_rule_is_planned_in_its_chain_only() -> None:
     assert result.changed
     assert result.added and len(result.added) == len(result.removed)
     for line in result.added + result.removed:
-        assert line.startswith("rule zone_internal: secrets #"), line
+        assert line.startswith("rule r_secrets: secrets #"), line
 
 
 def test_a_changed_zone_shows_as_new_zone_map_contents() -> None:
@@ -193,7 +193,8 @@ def test_a_transaction_flushes_every_chain_and_deletes_what_the_policy_dropped()
     assert _touching(commands, "delete", "counter") == ["rule_dns"]
     assert "rule_dn2" in _added(commands, "counter")
     assert _touching(commands, "delete", "map") == [n.ZONE_MAP_V4, n.ZONE_MAP_V6]
-    assert _touching(commands, "delete", "chain") == []
+    assert _touching(commands, "delete", "chain") == ["r_dns"]  # the rule's chain went with it
+    assert "r_dn2" in _added(commands, "chain")
 
 
 def test_a_transaction_removes_a_chain_someone_added_to_our_table() -> None:
@@ -270,20 +271,82 @@ def test_a_new_policy_hash_alone_refills_only_the_hash_chain() -> None:
 
 def test_a_changed_rule_refills_only_its_chain() -> None:
     before = _compile()
-    after = _compile(RULES.replace("dest_services: [Secrets]", "dest_ports: [8112], protocol: tcp"))
+    after = _compile(
+        RULES.replace("dest_services: [Secrets]", "dest_ports: [8112, 8114], protocol: tcp")
+    )
     commands = delta(before, after)
     # the hash chain records the new ruleset's hash: it is refilled with every change
-    assert _touching(commands, "flush", "chain") == [n.META_CHAIN, "zone_internal"]
-    assert _added_rules(commands) == {n.META_CHAIN, "zone_internal"}
+    assert _touching(commands, "flush", "chain") == [n.META_CHAIN, "r_secrets"]
+    assert _added_rules(commands) == {n.META_CHAIN, "r_secrets"}
+    (ports,) = _added(commands, "set")  # the new port list, a set named by its contents
+    assert n.is_shared_set(ports)
     assert not any("delete" in c for c in commands)
-    assert _added(commands, "set") == [] and _added(commands, "chain") == []
+    assert _added(commands, "chain") == []
+    table = _with_bans(before)
+    table.apply(commands)
+    assert table.static() == Table.of(after).static()
+    back = delta(after, before)  # the set only this rule used goes with the change
+    assert _touching(back, "flush", "chain") == [n.META_CHAIN, "r_secrets"]
+    assert [c for c in back if "delete" in c] == [
+        {"delete": {"set": {"family": n.FAMILY, "table": n.TABLE, "name": ports}}}
+    ]
+    table.apply(back)
+    assert table.static() == Table.of(before).static()
+    assert table.elements("block_v4") == [BAN_V4]
+
+
+def test_a_changed_zone_less_rule_refills_its_one_chain_not_every_zone() -> None:
+    before = _compile()
+    after = _compile(RULES.replace("dest_ports: [22]", "dest_ports: [22, 2222]"))
+    commands = delta(before, after)
+    assert _touching(commands, "flush", "chain") == [n.META_CHAIN, "r_ssh"]
+    assert _added_rules(commands) == {n.META_CHAIN, "r_ssh"}
+    (new_set,) = _added(commands, "set")
+    assert n.is_shared_set(new_set)
+    assert _touching(commands, "delete", "set") == []  # port 22 alone needed no set
+    table = _with_bans(before)
+    table.apply(commands)
+    assert table.static() == Table.of(after).static()
+
+
+def test_a_new_rule_gets_its_chain_and_a_jump_in_its_zone_only() -> None:
+    before = _compile()
+    after = _compile(RULES + "  - {name: extra, zone: loopback, dest_ports: [7], action: deny}\n")
+    commands = delta(before, after)
+    assert _added(commands, "chain") == ["r_extra"]
+    assert _added(commands, "counter") == ["rule_extra"]
+    assert _touching(commands, "flush", "chain") == [n.META_CHAIN, "zone_loopback"]
+    assert _added_rules(commands) == {n.META_CHAIN, "zone_loopback", "r_extra"}
+    table = _with_bans(before)
+    table.apply(commands)
+    assert table.static() == Table.of(after).static()
+    back = delta(after, before)
+    assert _touching(back, "delete", "chain") == ["r_extra"]
+    table.apply(back)
+    assert table.static() == Table.of(before).static()
+    assert table.elements("block_v4") == [BAN_V4]
+
+
+def test_a_set_shared_by_two_rules_stays_while_one_of_them_does() -> None:
+    text = RULES + "  - {name: web2, zone: internal, dest_ports: [80, 443], action: allow}\n"
+    text += "  - {name: web3, zone: loopback, dest_ports: [80, 443], action: allow}\n"
+    before = _compile(text)
+    after = _compile(
+        text.replace("  - {name: web3, zone: loopback, dest_ports: [80, 443], action: allow}\n", "")
+    )
+    commands = delta(before, after)
+    assert _touching(commands, "delete", "set") == []  # web2 still uses {80, 443}
+    assert _touching(commands, "delete", "chain") == ["r_web3"]
+    table = _with_bans(before)
+    table.apply(commands)
+    assert table.static() == Table.of(after).static()
 
 
 def test_a_changed_rule_leaves_other_chains_and_the_bans_in_place() -> None:
     before = _compile()
     after = _compile(RULES.replace("dest_services: [Secrets]", "dest_ports: [8112], protocol: tcp"))
     table = _with_bans(before)
-    changed = ("zone_internal", n.META_CHAIN)
+    changed = ("r_secrets", n.META_CHAIN)
     kept = {c: table.handles(c) for c in before.names("chain") if c not in changed}
     table.apply(delta(before, after))
     assert table.static() == Table.of(after).static()
@@ -305,7 +368,7 @@ def test_a_changed_rate_limit_swaps_its_meter_sets() -> None:
 def test_a_new_zone_gets_its_chain_and_the_zone_maps_are_refilled() -> None:
     before, after = _zones_policy(lab=None), _zones_policy(lab="10.77.0.0/16")
     commands = delta(before, after)
-    assert _added(commands, "chain") == ["zone_lab"]
+    assert _added(commands, "chain") == ["zone_lab", "r_lab_all"]
     assert _touching(commands, "flush", "map") == [n.ZONE_MAP_V4, n.ZONE_MAP_V6]
     assert {c["add"]["element"]["name"] for c in commands if "element" in c.get("add", {})} == {
         n.ZONE_MAP_V4,
@@ -322,7 +385,7 @@ def test_a_removed_zone_is_unhooked_from_the_maps_before_its_chain_goes() -> Non
     without = _zones_policy(lab=None)
     commands = delta(with_lab, without)
     order = [next(iter(c)) + " " + next(iter(next(iter(c.values())))) for c in commands]
-    assert _touching(commands, "delete", "chain") == ["zone_lab"]
+    assert _touching(commands, "delete", "chain") == ["r_lab_all", "zone_lab"]
     assert order.index("flush map") < order.index("delete chain")
     table = Table.of(with_lab)
     table.apply(commands)
@@ -352,7 +415,7 @@ def test_a_delta_against_a_drifted_kernel_is_refused_as_a_whole() -> None:
     table = _with_bans(before)
     drift = [{"flush": {"chain": {"name": c}}} for c in before.names("chain")]
     drift += [{"flush": {"map": {"name": m}}} for m in (n.ZONE_MAP_V4, n.ZONE_MAP_V6)]
-    table.apply([*drift, {"delete": {"chain": {"name": "zone_internal"}}}])
+    table.apply([*drift, {"delete": {"chain": {"name": "r_secrets"}}}])
     snapshot = table.static()
     with pytest.raises(Refused):
         table.apply(delta(before, after))
