@@ -83,6 +83,7 @@ HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one a
 # Beyond this many rows the oldest are dropped (counted; the next start reconciles the
 # kernel's sets because the incomplete marker is set).
 MAX_PENDING_ROWS = 200_000
+FLUSH_ROWS = 20_000  # rows of delayed writes retried in one transaction (one loop turn)
 Statements = tuple[tuple[str, Sequence[tuple[Any, ...]]], ...]
 
 
@@ -184,20 +185,29 @@ class Store:
             log.error("state store gave up on old unwritten rows rows=%d", lost)
         return self.flush_pending() if len(self.pending) > 1 else False
 
-    def flush_pending(self) -> bool:
-        """Retry the writes that failed, in order; True when none is left. Called by every
-        write and by the daemon's housekeeping, so a disk that has room again catches up."""
-        retried = 0
-        while self.pending:
-            what, statements = self.pending[0]
-            if not self._commit(what, statements, quiet=True):
-                return False
+    def flush_pending(self, max_rows: int = FLUSH_ROWS) -> bool:
+        """Retry the writes that failed, in order, as ONE transaction of at most `max_rows`
+        rows (a backlog of thousands of small writes must not hold the event loop: the
+        housekeeping and every later write take the next part); True when none is left."""
+        take: list[tuple[str, Statements]] = []
+        rows = 0
+        for what, statements in self.pending:
+            size = sum(len(r) for _, r in statements)
+            if take and rows + size > max_rows:
+                break
+            take.append((what, statements))
+            rows += size
+        if not take:
+            return True
+        merged = tuple(st for _, statements in take for st in statements)
+        if not self._commit("delayed writes", merged, quiet=True):
+            return False
+        for _ in take:
             self.pending.popleft()
-            self.pending_rows -= sum(len(rows) for _, rows in statements)
-            retried += 1
-        if retried:
-            log.warning("state store caught up: %d delayed writes persisted", retried)
-        return True
+        self.pending_rows -= rows
+        if not self.pending:
+            log.warning("state store caught up: delayed writes persisted")
+        return not self.pending
 
     def _commit(self, what: str, statements: Statements, *, quiet: bool) -> bool:
         try:
@@ -374,7 +384,7 @@ class Store:
         ]
 
     def close(self) -> None:
-        if self.pending and not self.flush_pending():
+        if self.pending and not self.flush_pending(max_rows=MAX_PENDING_ROWS):
             log.error(
                 "state store closed with unwritten changes rows=%d (the next start reconciles "
                 "the kernel's sets with what the store holds)",
