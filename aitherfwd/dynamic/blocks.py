@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aitherfwd.dynamic.spans import DisjointSpans
 from aitherfwd.errors import AitherError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork
@@ -151,7 +152,8 @@ class BlockTable:
 
     def __init__(self, protected: Sequence[IPNetwork] = ()) -> None:
         self._blocks: dict[str, Block] = {}
-        self._prefixes: set[str] = set()  # keys of prefix blocks: few, scanned on lookup
+        self._prefixes: set[str] = set()  # keys of prefix blocks
+        self._spans = DisjointSpans()  # the same, indexed: lookups and overlap checks
         self._counts = dict.fromkeys(BLOCK_SET_NAMES, 0)
         self._kinds: dict[tuple[str, str], int] = dict.fromkeys(KINDS, 0)
         # never later than the earliest expiry in the table: until then `prune` has nothing
@@ -201,7 +203,10 @@ class BlockTable:
 
     def _drop(self, key: str) -> None:
         blk = self._blocks.pop(key)
-        self._prefixes.discard(key)
+        if "/" in key:
+            self._prefixes.discard(key)
+            version, lo, _ = _span(key)
+            self._spans.discard(version, lo, key)
         self._counts[set_for_key(key)] -= 1
         self._kinds[blk.kind] -= 1
 
@@ -215,16 +220,9 @@ class BlockTable:
         self._blocks[blk.key] = blk
         if not blk.single:
             self._prefixes.add(blk.key)
+            self._spans.add(*_span(blk.key), blk.key)
         if blk.expires_at is not None and blk.expires_at < self._next_expiry:
             self._next_expiry = blk.expires_at
-
-    def _live_prefixes(self, now: float) -> list[Block]:
-        out = []
-        for key in self._prefixes:
-            blk = self.get(key, now)
-            if blk is not None:
-                out.append(blk)
-        return out
 
     def get(self, key: str, now: float) -> Block | None:
         blk = self._blocks.get(key)
@@ -235,11 +233,10 @@ class BlockTable:
     def covering(self, address: IPAddress, now: float) -> Block | None:
         """The live block that stops this address: its own, or a prefix holding it."""
         blk = self.get(str(address), now)  # an address's str() is its canonical text
-        if blk is None:
-            for candidate in self._live_prefixes(now):
-                net = candidate.network
-                if net.version == address.version and address in net:
-                    return candidate
+        if blk is None and len(self._spans):
+            x = int(address)
+            for key in self._spans.overlapping(address.version, x, x):
+                return self.get(key, now)  # one range at most holds a point
         return blk
 
     def lookup(self, address: IPAddress, now: float) -> tuple[float | None, str] | None:
@@ -261,15 +258,11 @@ class BlockTable:
                 )
         if "/" not in key:
             return
-        net = ipaddress.ip_network(key)
-        for other in self._live_prefixes(now):
-            o = other.network
-            if o.version != net.version or o == net:
-                continue
-            if net.overlaps(o):
+        for other in self._spans.overlapping(version, lo, hi):
+            if other != key and self.get(other, now) is not None:
                 raise BlockError(
-                    f"{address_text(net)} overlaps the existing "
-                    f"prefix block {o}; unblock it first or block a disjoint prefix",
+                    f"{key} overlaps the existing "
+                    f"prefix block {other}; unblock it first or block a disjoint prefix",
                     code="E-BLOCK-OVERLAP",
                 )
 
@@ -338,6 +331,7 @@ class BlockTable:
             table[key] = blk
             if "/" in key:
                 prefixes.add(key)
+                self._spans.add(*_span(key), key)
             if blk.expires_at is not None and blk.expires_at < earliest:
                 earliest = blk.expires_at
         self._next_expiry = earliest
