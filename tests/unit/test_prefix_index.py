@@ -37,7 +37,7 @@ def test_overlaps_are_found_past_an_expired_neighbour() -> None:
     t = BlockTable()
     t.load([Block("10.0.1.0/24", None, "r", "manual", NOW)])
     t.load([Block("10.0.2.0/24", NOW + 1, "r", "manual", NOW)])  # expires first
-    with pytest.raises(BlockError, match="10.0.1.0/24"):
+    with pytest.raises(BlockError, match=r"10\.0\.1\.0/24"):
         t.check("10.0.0.0/16", NOW + 5)  # the expired /24 sits nearer in the index
     t.check("10.0.2.0/24", NOW + 5)  # what expired may be blocked again
     assert t.covering(ipaddress.ip_address("10.0.2.9"), NOW + 5) is None
