@@ -168,8 +168,8 @@ class Store:
     # --- writes never raise ----------------------------------------------------------------
 
     def _write(self, what: str, *statements: tuple[str, Sequence[tuple[Any, ...]]]) -> bool:
-        """Run the statements in one transaction, after any earlier writes still pending; on
-        failure count, log, keep them to retry (`flush_pending`) and return False."""
+        """Run the statements in one transaction; on failure (or while earlier writes are
+        still pending) keep them, in order, for `flush_pending`, and return False."""
         statements = tuple((sql, rows) for sql, rows in statements if rows)
         if not statements:
             return True
@@ -183,12 +183,21 @@ class Store:
             self.pending_rows -= lost
             self.dropped_rows += lost
             log.error("state store gave up on old unwritten rows rows=%d", lost)
-        return self.flush_pending() if len(self.pending) > 1 else False
+        return False  # the housekeeping retries (every 2 s), not each request: cheap while full
 
     def flush_pending(self, max_rows: int = FLUSH_ROWS) -> bool:
-        """Retry the writes that failed, in order, as ONE transaction of at most `max_rows`
-        rows (a backlog of thousands of small writes must not hold the event loop: the
-        housekeeping and every later write take the next part); True when none is left."""
+        """Retry the writes that failed, in order: the oldest alone first (a cheap probe
+        while the disk is still full), then the next ones as ONE transaction of at most
+        `max_rows` rows (a backlog of thousands of small writes must not hold the event
+        loop: the housekeeping takes the next part at its next step). False when the store
+        still refuses, True when it took a part (`pending` says whether more is left)."""
+        if not self.pending:
+            return True
+        what, statements = self.pending[0]
+        if not self._commit(what, statements, quiet=True):
+            return False
+        self.pending.popleft()
+        self.pending_rows -= sum(len(r) for _, r in statements)
         take: list[tuple[str, Statements]] = []
         rows = 0
         for what, statements in self.pending:
@@ -197,17 +206,14 @@ class Store:
                 break
             take.append((what, statements))
             rows += size
-        if not take:
-            return True
         merged = tuple(st for _, statements in take for st in statements)
-        if not self._commit("delayed writes", merged, quiet=True):
-            return False
-        for _ in take:
-            self.pending.popleft()
-        self.pending_rows -= rows
+        if take and self._commit("delayed writes", merged, quiet=True):
+            for _ in take:
+                self.pending.popleft()
+            self.pending_rows -= rows
         if not self.pending:
             log.warning("state store caught up: delayed writes persisted")
-        return not self.pending
+        return True
 
     def _commit(self, what: str, statements: Statements, *, quiet: bool) -> bool:
         try:
@@ -384,7 +390,9 @@ class Store:
         ]
 
     def close(self) -> None:
-        if self.pending and not self.flush_pending(max_rows=MAX_PENDING_ROWS):
+        if self.pending and not (
+            self.flush_pending(max_rows=MAX_PENDING_ROWS + 1) and not self.pending
+        ):
             log.error(
                 "state store closed with unwritten changes rows=%d (the next start reconciles "
                 "the kernel's sets with what the store holds)",

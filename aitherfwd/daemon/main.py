@@ -332,8 +332,9 @@ async def _housekeeping(s: Services, interval: float) -> None:
         full = now - last_full >= FULL_CHECK_EVERY
         last_full = now if full else last_full
         s.blocks.expire()
-        if s.ports.store.pending:
-            s.ports.store.flush_pending()  # a full disk that has room again catches up
+        store = s.ports.store
+        while store.pending and store.flush_pending():  # room again: catch up part by part,
+            await asyncio.sleep(0)  # letting requests in between
         try:
             await s.generations.check_drift(full=full)
         except AitherError as exc:

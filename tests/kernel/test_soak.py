@@ -86,8 +86,9 @@ def memory_max_mb() -> float:
 
 
 @contextlib.contextmanager
-def small_disk(path: Path, size: str = "64m") -> Iterator[Path]:
-    """A tmpfs for the state directory, so the test can fill it; unmounted even on failure."""
+def small_disk(path: Path, size: str = "512m") -> Iterator[Path]:
+    """A tmpfs for the state directory (room for the flood's own rows once the filler is
+    gone), so the test can fill it; unmounted even on failure."""
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True
@@ -152,7 +153,7 @@ class Chaos:
         filler = self.disk / "filler"
         while self.running():
             with contextlib.suppress(OSError), filler.open("wb") as f:
-                for _ in range(128):  # more than the tmpfs holds: full until unlinked
+                for _ in range(1024):  # more than the tmpfs holds: full until unlinked
                     f.write(b"\0" * (1 << 20))
             self.stop.wait(3.0)
             filler.unlink(missing_ok=True)
@@ -297,11 +298,16 @@ def test_soak_hostile_clients_bad_files_and_a_full_disk(tmp_path: Path) -> None:
             assert len(reload_lines) >= sum(r != "unchanged" for r in admin.reloads)
 
             # the disk has room again: the writes it refused are caught up within seconds
-            until(
-                lambda: daemon.ok("GET", "/v1/status")["store"]["pending_rows"] == 0,
-                20,
-                "the store to catch up",
-            )
+            last: dict[str, Any] = {}
+
+            def caught_up() -> bool:
+                last.update(daemon.ok("GET", "/v1/status")["store"])
+                return last["pending_rows"] == 0
+
+            try:
+                until(caught_up, 20, "the store to catch up")
+            except TimeoutError as exc:
+                raise AssertionError(f"store not caught up: {last}") from exc
             # after a restart, store, API and kernel agree
             daemon.stop()
             daemon.start()
