@@ -9,6 +9,7 @@ renders them.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from aitherfwd.stats import Stats
 # Threat events remembered per offender until a block takes them into its history: the
 # last few per address, for the addresses seen most recently, details cut short (bounded
 # memory: at most ~10 MB whatever clients send).
+YIELD_EVERY = 256  # events scored between two turns of the event loop
 RECENT_EVENTS = 10
 RECENT_ADDRESSES = 2_000
 RECENT_DETAIL = 256
@@ -109,7 +111,9 @@ class ReputationService:
         decisions: dict[str, tuple[IPNetwork, Decision, ThreatSpec]] = {}
         changed: dict[str, Offender] = {}
         counts = self.threat_counts
-        for ev in events:
+        for i, ev in enumerate(events):
+            if i and not i % YIELD_EVERY:  # a 100,000-event request must not hold the loop
+                await asyncio.sleep(0)
             kind = ev.type if ev.type in counts or len(counts) < MAX_THREAT_TYPES else OTHER_TYPE
             counts[kind] = counts.get(kind, 0) + 1
             self.stats.threat(ev.type)
