@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +109,8 @@ class BlockService:
         return out
 
     def load(self, now: float) -> None:
-        """Cold start: the store's live blocks."""
-        self.table.load(self.store.load_blocks(now))
+        """Cold start: the store's live blocks, streamed into the compact table."""
+        self.table.load(self.store.iter_blocks(now))
 
     def status(self) -> BlocksStatus:
         now = self.clock.now()
@@ -238,6 +238,10 @@ class BlockService:
 
     def restore_commands(self, now: float) -> list[Any]:
         return self.table.restore_commands(now)
+
+    def restore_batches(self, now: float, limit: int) -> Iterator[list[Any]]:
+        """The restore in batches of `limit` elements, made as the kernel takes them."""
+        return self.table.restore_batches(now, limit)
 
     def reconcile(self, kernel: Kernel, now: float) -> int:
         """List the kernel's block sets: adopt what the store does not know, add what the
