@@ -41,6 +41,7 @@ CONNTRACK_CUT_PAUSE = 0.05
 # Live admin sessions (conntrack, established to settings.admin_ports) are asked at most
 # this often for the anti-lockout of automatic blocks: one dump costs ~12 ms.
 ADMIN_PEERS_TTL = 2.0
+TRIM_DELAY = 0.2  # seconds after a large batch: its request has been answered by then
 Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
 Events = dict[str, list[dict[str, Any]]]  # threat events that led to a block, by address
 
@@ -150,7 +151,9 @@ class BlockService:
         self.stats.blocked(source, len(blocks))
         if len(blocks) >= memory.LARGE_BATCH:
             del commands
-            memory.trim()  # the request's JSON and the batch are garbage now
+            memory.trim()  # the batch is garbage now
+            # and the request's body and JSON once its handler has answered
+            asyncio.get_running_loop().call_later(TRIM_DELAY, memory.trim)
         self.audit.write(
             now,
             Blocked(
