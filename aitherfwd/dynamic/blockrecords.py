@@ -153,6 +153,7 @@ def delete_command(set_name: str, value: Any) -> Any:
 
 # --- compact records -----------------------------------------------------------------------
 
+Key = int | str  # in the table: a packed single address, or a prefix's canonical text
 V6 = 1 << 128  # set on a packed IPv6 address: 10.0.0.1 and ::a00:1 stay two keys
 SOURCES = {s: s for s in ("manual", "reputation", "detection", "kernel")}  # one object each
 
@@ -161,11 +162,9 @@ def pack(key: str) -> int | None:
     """The int of a single-address key in canonical text (IPv6 | V6), or None for a prefix
     or for text that is not canonical (no other text may find the key's block)."""
     try:
-        if ":" not in key:
-            packed = socket.inet_pton(socket.AF_INET, key)
-            if socket.inet_ntop(socket.AF_INET, packed) != key:
-                return None
-            return int.from_bytes(packed, "big")
+        if ":" not in key:  # inet_pton takes only canonical dotted quads (no leading
+            # zeros, four parts: glibc and musl; tests/unit/test_block_table_compact.py)
+            return int.from_bytes(socket.inet_pton(socket.AF_INET, key), "big")
         if "/" in key:
             return None
         n = int.from_bytes(socket.inet_pton(socket.AF_INET6, key), "big")
@@ -209,3 +208,21 @@ class Batch:
         if self.source == "manual":
             return MANUAL[v6]
         return PERMANENT[v6] if self.expires_at is None else TEMPORARY[v6]
+
+
+def set_of(key: Key) -> str:
+    if isinstance(key, int):
+        return "block_v6" if key >= V6 else "block_v4"
+    return set_for_key(key)
+
+
+def text_of(key: Key) -> str:
+    return unpack(key) if isinstance(key, int) else key
+
+
+def add_commands(sets: dict[str, list[Any]]) -> list[Any]:
+    """The add commands of the filled per-set lists, which start over empty."""
+    out = [b.add(b.element(name, elems)) for name, elems in sorted(sets.items()) if elems]
+    for name in sets:
+        sets[name] = []
+    return out

@@ -42,13 +42,17 @@ from aitherfwd.dynamic.blockrecords import (
     Batch,
     Block,
     BlockError,
+    Key,
+    add_commands,
     address_text,
     canonical_v4,
     check_batch,
     delete_command,
     pack,
     set_for_key,
+    set_of,
     span,
+    text_of,
     unpack,
 )
 from aitherfwd.nft import builders as b
@@ -72,18 +76,7 @@ __all__ = [
 # distinct (expiry, reason, source, created) remembered while loading: the store's rows of one
 # request are adjacent, and a load of 1,000,000 blocks made one by one must not hold 1,000,000
 BATCH_CACHE = 4096
-Key = int | str  # a packed single address, or a prefix's canonical text
 Span = tuple[int, int, int]  # (version, first, last) of a prefix
-
-
-def _set_of(key: Key) -> str:
-    if isinstance(key, int):
-        return "block_v6" if key >= V6 else "block_v4"
-    return set_for_key(key)
-
-
-def _text(key: Key) -> str:
-    return unpack(key) if isinstance(key, int) else key
 
 
 class BlockTable:
@@ -147,7 +140,7 @@ class BlockTable:
             self._spans[key] = span(key)
             v6 = ":" in key
         if old is None:
-            self._counts[_set_of(key)] += 1
+            self._counts[set_of(key)] += 1
         else:
             self._kinds[old.kind(v6)] -= 1
             self._release(old)
@@ -166,7 +159,7 @@ class BlockTable:
             batch = self._prefixes.pop(key)
             del self._spans[key]
             v6 = ":" in key
-        self._counts[_set_of(key)] -= 1
+        self._counts[set_of(key)] -= 1
         self._kinds[batch.kind(v6)] -= 1
         self._release(batch)
         return batch
@@ -272,7 +265,7 @@ class BlockTable:
             batch = batches.get(ident)
             if batch is None:
                 batch = batches[ident] = Batch(*ident)
-            name = _set_of(key)
+            name = set_of(key)
             value = new.value()
             if existing is not None:
                 timed = existing.expires_at is not None and new.expires_at is not None
@@ -309,7 +302,7 @@ class BlockTable:
                 continue
             for key in batch.keys or ():
                 if self._batch_of(key) is batch:
-                    gone.append(batch.block(_text(key)))
+                    gone.append(batch.block(text_of(key)))
                     self._drop(key)
         return gone
 
@@ -317,17 +310,32 @@ class BlockTable:
         """Adopt blocks as they are (from the store or the kernel), without commands. Rows
         that share expiry, reason, source and creation time share one `Batch`."""
         batches: dict[tuple[float | None, str, str, float], Batch] = {}
-        for blk in blocks:
+        singles, counts, kinds = self._singles, self._counts, self._kinds
+        ident, batch = None, None
+        for blk in blocks:  # _store inlined for a new address: a cold start loads 1,000,000
             key = self._key(blk.key)
             if key is None:
                 continue  # not a block key (a corrupt row): nothing could find it
-            ident = (blk.expires_at, blk.reason, blk.source, blk.created_at)
-            batch = batches.get(ident)
-            if batch is None:
-                if len(batches) >= BATCH_CACHE:  # rows of one request come together
-                    batches.clear()
-                batch = batches[ident] = Batch(*ident)
-            self._store(key, batch)
+            row = (blk.expires_at, blk.reason, blk.source, blk.created_at)
+            if row != ident:  # rows of one request come together
+                ident, batch = row, batches.get(row)
+                if batch is None:
+                    if len(batches) >= BATCH_CACHE:
+                        batches.clear()
+                    batch = batches[row] = Batch(*row)
+            assert batch is not None  # noqa: S101 - set with `ident` (for mypy)
+            if not isinstance(key, int) or key in singles:
+                self._store(key, batch)
+                continue
+            singles[key] = batch
+            v6 = key >= V6
+            counts["block_v6" if v6 else "block_v4"] += 1
+            kinds[batch.kind(v6)] += 1
+            if batch.keys is not None:
+                if batch.live == 0 and not batch.keys:
+                    heapq.heappush(self._heap, batch)
+                batch.keys.append(key)
+            batch.live += 1
 
     # --- the kernel's view -----------------------------------------------------------------
 
@@ -363,10 +371,10 @@ class BlockTable:
                 )
                 held += 1
                 if held >= limit:
-                    yield _adds(sets)
+                    yield add_commands(sets)
                     held = 0
         if held:
-            yield _adds(sets)
+            yield add_commands(sets)
 
     def restore_commands(self, now: float) -> list[Any]:
         """Element adds for every live block, as one list (a re-apply in one transaction)."""
@@ -383,11 +391,3 @@ class BlockTable:
         """Blocks per (family, kind), kept as blocks come and go: O(1), no pruning (expired
         blocks leave at the next prune, within the drift-check interval)."""
         return dict(self._kinds)
-
-
-def _adds(sets: dict[str, list[Any]]) -> list[Any]:
-    """The add commands of the filled per-set lists, which start over empty."""
-    out = [b.add(b.element(name, elems)) for name, elems in sorted(sets.items()) if elems]
-    for name in sets:
-        sets[name] = []
-    return out
