@@ -186,7 +186,7 @@ class Batch:
     (8 bytes each; a key that left it since is skipped by identity); `live` counts the keys
     still holding it. Ordered by expiry, so the heap holds batches themselves."""
 
-    __slots__ = ("created_at", "expires_at", "keys", "live", "reason", "source")
+    __slots__ = ("created_at", "expires_at", "keys", "live", "queued", "reason", "source")
 
     def __init__(
         self, expires_at: float | None, reason: str, source: str, created_at: float
@@ -197,6 +197,7 @@ class Batch:
         self.created_at = created_at
         self.keys: list[int | str] | None = None if expires_at is None else []
         self.live = 0
+        self.queued = False  # in the table's expiry heap
 
     def __lt__(self, other: Batch) -> bool:
         return (self.expires_at or math.inf) < (other.expires_at or math.inf)

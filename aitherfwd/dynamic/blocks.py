@@ -18,10 +18,8 @@ down from ≈ 210 (a `Block` dataclass per block, its key text, a dict slot):
 - one expiry index, a heap of batches: `prune` pops what is due and never walks the table
   (a walk of 1,000,000 blocks cost ~30 ms of the event loop every 2 s); a key that left a
   batch (re-blocked, lifted) is skipped by identity, an emptied batch drops its key list;
-- prefix blocks are few (overlap checks, lookups scan them) and keep their text key and
-  their integer span.
-The restore after a table loss is generated in batches (`restore_batches`), so the JSON of
-1,000,000 elements never exists at once.
+- prefix blocks are few (overlap checks, lookups scan them): text key and integer span;
+- the restore is made in batches as the kernel takes them (`restore_batches`).
 """
 
 from __future__ import annotations
@@ -139,15 +137,24 @@ class BlockTable:
             self._prefixes[key] = batch
             self._spans[key] = span(key)
             v6 = ":" in key
+        if old is batch:
+            return
         if old is None:
             self._counts[set_of(key)] += 1
         else:
             self._kinds[old.kind(v6)] -= 1
             self._release(old)
         self._kinds[batch.kind(v6)] += 1
+        self._join(key, batch)
+
+    def _join(self, key: Key, batch: Batch) -> None:
+        """`key` holds `batch` now: into the expiry index with it."""
         if batch.keys is not None:
-            if batch.live == 0 and not batch.keys:  # a new batch: into the expiry index
+            if not batch.queued:
                 heapq.heappush(self._heap, batch)
+                batch.queued = True
+            elif batch.live == 0:
+                self._dead -= 1  # emptied, and holding a key again
             batch.keys.append(key)
         batch.live += 1
 
@@ -176,7 +183,9 @@ class BlockTable:
             keys.clear()
             self._dead += 1
             if self._dead > 64 and self._dead * 2 > len(self._heap):
-                self._heap = [h for h in self._heap if h.live > 0]
+                for h in self._heap:
+                    h.queued = h.live > 0
+                self._heap = [h for h in self._heap if h.queued]
                 heapq.heapify(self._heap)
                 self._dead = 0
         elif len(keys) > 64 and batch.live * 2 < len(keys):
@@ -297,6 +306,7 @@ class BlockTable:
         heap, gone = self._heap, []
         while heap and heap[0].expires_at is not None and heap[0].expires_at <= now:
             batch = heapq.heappop(heap)
+            batch.queued = False
             if batch.live == 0:
                 self._dead -= 1
                 continue
@@ -311,19 +321,20 @@ class BlockTable:
         that share expiry, reason, source and creation time share one `Batch`."""
         batches: dict[tuple[float | None, str, str, float], Batch] = {}
         singles, counts, kinds = self._singles, self._counts, self._kinds
-        ident, batch = None, None
+        ident: tuple[float | None, str, str, float] | None = None
+        batch = Batch(None, "", "", 0.0)  # replaced at the first row
         for blk in blocks:  # _store inlined for a new address: a cold start loads 1,000,000
             key = self._key(blk.key)
             if key is None:
                 continue  # not a block key (a corrupt row): nothing could find it
             row = (blk.expires_at, blk.reason, blk.source, blk.created_at)
             if row != ident:  # rows of one request come together
-                ident, batch = row, batches.get(row)
-                if batch is None:
+                ident, known = row, batches.get(row)
+                if known is None:
                     if len(batches) >= BATCH_CACHE:
                         batches.clear()
-                    batch = batches[row] = Batch(*row)
-            assert batch is not None  # noqa: S101 - set with `ident` (for mypy)
+                    known = batches[row] = Batch(*row)
+                batch = known
             if not isinstance(key, int) or key in singles:
                 self._store(key, batch)
                 continue
@@ -331,11 +342,7 @@ class BlockTable:
             v6 = key >= V6
             counts["block_v6" if v6 else "block_v4"] += 1
             kinds[batch.kind(v6)] += 1
-            if batch.keys is not None:
-                if batch.live == 0 and not batch.keys:
-                    heapq.heappush(self._heap, batch)
-                batch.keys.append(key)
-            batch.live += 1
+            self._join(key, batch)
 
     # --- the kernel's view -----------------------------------------------------------------
 

@@ -120,6 +120,17 @@ def test_repeated_reblocks_keep_the_index_bounded() -> None:
     assert len(table.prune(NOW + 10**6)) == 1000
 
 
+def test_a_key_twice_in_one_request_is_one_block_and_expires_once() -> None:
+    table = BlockTable()
+    table.put(_blocks(["192.0.2.1", "192.0.2.1", "2001:db8::/64", "2001:db8::/64"], 60), NOW)
+    table.load(_blocks(["192.0.2.1"], 60))  # the same row again, as a revert does
+    assert len(table) == 2 and table.counts()["block_v4"] == 1
+    assert sum(table.kinds().values()) == 2
+    assert len(table.prune(NOW + 60)) == 2
+    assert len(table) == 0 and sum(table.kinds().values()) == 0
+    assert table._heap == []  # every batch left the index with its blocks
+
+
 def test_restore_batches_are_lazy_bounded_and_complete() -> None:
     table = BlockTable()
     v4 = [_v4(i) for i in range(2500)]
