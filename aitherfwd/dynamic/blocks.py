@@ -41,12 +41,12 @@ from aitherfwd.dynamic.blockrecords import (
     Block,
     BlockError,
     Key,
-    add_commands,
     address_text,
     canonical_v4,
     check_batch,
     delete_command,
     pack,
+    restore_batches,
     set_for_key,
     set_of,
     span,
@@ -351,37 +351,7 @@ class BlockTable:
         loss), `limit` elements per yielded batch at most, made as they are consumed: the
         table must not change while this runs (the cold start runs it before serving)."""
         self.prune(now)
-        sets: dict[str, list[Any]] = {name: [] for name in BLOCK_SET_NAMES}
-        held = 0  # elements in `sets` now
-        timeouts: dict[int, int | None] = {}  # by id of a batch: one int per batch
-        entries: tuple[Iterable[tuple[Key, Batch]], ...] = (
-            self._singles.items(),
-            self._prefixes.items(),
-        )
-        for source in entries:
-            for key, batch in source:
-                timeout = timeouts.get(id(batch), 0)
-                if timeout == 0:
-                    timeout = timeouts[id(batch)] = (
-                        None
-                        if batch.expires_at is None
-                        else max(1, math.ceil(batch.expires_at - now))
-                    )
-                if isinstance(key, int):
-                    value: Any = unpack(key)
-                    name = "block_v6" if key >= V6 else "block_v4"
-                else:
-                    addr, length = key.split("/")
-                    value, name = b.prefix(addr, int(length)), set_for_key(key)
-                sets[name].append(
-                    value if timeout is None else {"elem": {"val": value, "timeout": timeout}}
-                )
-                held += 1
-                if held >= limit:
-                    yield add_commands(sets)
-                    held = 0
-        if held:
-            yield add_commands(sets)
+        return restore_batches(self._singles, self._prefixes, now, limit)
 
     def restore_commands(self, now: float) -> list[Any]:
         """Element adds for every live block, as one list (a re-apply in one transaction)."""
