@@ -6,14 +6,14 @@ be blocked, and the element commands for a change; `Block` and the key helpers l
 kernel or the disk.
 
 Compact by design: a daemon must hold 1,000,000 blocks in ≤ 150 MB of RSS. Measured with
-tracemalloc (tests/unit/test_block_memory.py), one single-address block costs ≈ 75 bytes,
-down from ≈ 210 (a `Block` dataclass per block, its key text, a dict slot):
-- a single address is keyed by its packed int (IPv6 | 1 << 128): 32-36 bytes instead of
+tracemalloc (tests/unit/test_block_table_compact.py), a single-address block costs ≈ 80-90
+bytes (IPv6 ≈ 105), down from ≈ 210 (a `Block` dataclass per block, its key text, a slot):
+- a single address is keyed by its packed int (IPv6 | 1 << 128): 32-44 bytes instead of
   a 50-70 byte str, plus its dict slot (≈ 40 bytes at 1,000,000);
 - the value is a shared `Batch` (expiry, reason, source, created) — one per request or per
-  distinct row of a load — so a block costs its key, its slot and 8 bytes in its batch's
-  key list (the expiry index); a block made alone costs ≈ 250 bytes, as many do not come
-  from one request, that is the worst case, not the common one;
+  run of equal rows in a load — so a block costs its key, its slot and 8 bytes in its
+  batch's key list (the expiry index); a block made alone carries its own batch (≈ 250
+  bytes): the worst case, not the common one;
 - `Block` objects are made only on demand (get, covering, active, prune, remove);
 - one expiry index, a heap of batches: `prune` pops what is due and never walks the table
   (a walk of 1,000,000 blocks cost ~30 ms of the event loop every 2 s); a key that left a
