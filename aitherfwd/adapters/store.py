@@ -20,7 +20,7 @@ import json
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -345,6 +345,12 @@ class Store:
 
     def load_blocks(self, now: float) -> list[Block]:
         """Unexpired blocks; expired ones are closed in the history as they are dropped."""
+        return list(self.iter_blocks(now))
+
+    def iter_blocks(self, now: float) -> Iterator[Block]:
+        """Unexpired blocks, one row at a time (a cold start of 1,000,000 blocks never holds
+        them all as objects: the block table keeps them compact as they come); expired ones
+        are closed in the history first. Consume it before the next write."""
         expired = [
             k
             for (k,) in self._db.execute(
@@ -353,19 +359,8 @@ class Store:
         ]
         self.end_blocks(expired, now, "expired")
         rows = self._db.execute("SELECT key, expires_at, reason, source, created_at FROM blocks")
-        # reasons, sources and times repeat across 100,000 rows: keep one object of each
-        strings: dict[str, str] = {}
-        times: dict[float, float] = {}
-        return [
-            Block(
-                k,
-                e if e is None else times.setdefault(e, e),
-                strings.setdefault(r, r),
-                strings.setdefault(s, s),
-                times.setdefault(c, c),
-            )
-            for k, e, r, s, c in rows
-        ]
+        for k, e, r, s, c in rows:
+            yield Block(k, e, r, s, c)
 
     def load_offenders(self) -> dict[str, Offender]:
         rows = self._db.execute(

@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ CONNTRACK_CUT_PAUSE = 0.05
 # Live admin sessions (conntrack, established to settings.admin_ports) are asked at most
 # this often for the anti-lockout of automatic blocks: one dump costs ~12 ms.
 ADMIN_PEERS_TTL = 2.0
+TRIM_DELAY = 0.2  # seconds after a large batch: its request has been answered by then
 Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
 Events = dict[str, list[dict[str, Any]]]  # threat events that led to a block, by address
 
@@ -109,8 +110,8 @@ class BlockService:
         return out
 
     def load(self, now: float) -> None:
-        """Cold start: the store's live blocks."""
-        self.table.load(self.store.load_blocks(now))
+        """Cold start: the store's live blocks, streamed into the compact table."""
+        self.table.load(self.store.iter_blocks(now))
 
     def status(self) -> BlocksStatus:
         now = self.clock.now()
@@ -150,7 +151,9 @@ class BlockService:
         self.stats.blocked(source, len(blocks))
         if len(blocks) >= memory.LARGE_BATCH:
             del commands
-            memory.trim()  # the request's JSON and the batch are garbage now
+            memory.trim()  # the batch is garbage now
+            # and the request's body and JSON once its handler has answered
+            asyncio.get_running_loop().call_later(TRIM_DELAY, memory.trim)
         self.audit.write(
             now,
             Blocked(
@@ -238,6 +241,10 @@ class BlockService:
 
     def restore_commands(self, now: float) -> list[Any]:
         return self.table.restore_commands(now)
+
+    def restore_batches(self, now: float, limit: int) -> Iterator[list[Any]]:
+        """The restore in batches of `limit` elements, made as the kernel takes them."""
+        return self.table.restore_batches(now, limit)
 
     def reconcile(self, kernel: Kernel, now: float) -> int:
         """List the kernel's block sets: adopt what the store does not know, add what the

@@ -12,6 +12,7 @@ write. Knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -169,19 +170,23 @@ class Generations:
         before = kernel.observe()
         adopted = before.exists and not plan(ruleset, before).changed
         now = self.clock.now()
-        restore = self.blocks.restore_commands(now)
-        restore += self.egress.restore_commands(now, domains=False)
+        # made lazily from the compact table, one batch at a time: the JSON of 1,000,000
+        # elements never exists at once (the table does not change: nothing is served yet)
+        batches = itertools.chain(
+            self.blocks.restore_batches(now, RESTORE_BATCH),
+            element_batches(self.egress.restore_commands(now, domains=False), RESTORE_BATCH),
+        )
         static = [] if adopted else transaction(ruleset, before)
-        batches = element_batches(restore, RESTORE_BATCH) or [[]]
-        del restore
         errors = self.store.write_errors
         full = before.exists and not self._store_complete()
         try:
-            if static or batches[0]:
-                kernel.run(static + batches[0])
-            static = []  # in force now
-            for batch in batches[1:]:
+            first = next(batches, [])
+            if static or first:
+                kernel.run(static + first)
+            static = first = []  # in force now
+            for batch in batches:
                 kernel.run(batch)
+                del batch  # before the next one is made
         except ApplyError as exc:  # e.g. a kernel prefix overlapping a stored one
             log.warning("restore refused, reconciling element by element error=%s", exc.message)
             if static:

@@ -120,11 +120,15 @@ class KernelWriter:
             job = self._jobs.popleft()
             if job.call is not None:
                 await self._run_call(loop, job)
-                continue
-            batch = [job]  # element jobs queued meanwhile go out in the same transaction
-            while self._jobs and self._jobs[0].commands is not None:
-                batch.append(self._jobs.popleft())
-            await self._run_batch(loop, batch)
+            else:
+                batch = [job]  # element jobs queued meanwhile go out in the same transaction
+                while self._jobs and self._jobs[0].commands is not None:
+                    batch.append(self._jobs.popleft())
+                await self._run_batch(loop, batch)
+                del batch
+            # not held while the loop waits: the last job's commands (35 MB of JSON for
+            # 100,000 elements) would stay alive until the next job
+            del job
 
     async def _run_call(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
         call = job.call
