@@ -192,8 +192,8 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
                 samples.append((time.perf_counter_ns() - started) / 1e6)
             rows.append(
                 (
-                    "the same 100,000 blocked again (re-block: add, delete, add with the new "
-                    "timeout, in one transaction)",
+                    "the same 100,000 blocked again (re-block with a new timeout, in one "
+                    "transaction; one add each where the kernel updates timeouts in place)",
                     Summary.of(samples),
                     "ms",
                     "",
