@@ -109,6 +109,7 @@ _REQUEST_ERRORS = (
     ("E-GRANT-OVERLAP", "a grant overlapping a live one in the same kernel set", 409),
     ("E-GRANT-TOO-WIDE", "a prefix shorter than sandbox.min_prefix_v4/v6 (non-admin)", 403),
     ("E-GRANT-LIMIT", "sandbox.max_grants or max_grants_per_scope live grants reached", 429),
+    ("E-RATE-LIMITED", "a non-admin peer uid is over its request budget per second", 429),
     ("E-PORT-NOT-ALLOWED", "a grant for a port outside sandbox.allowed_ports", 403),
     ("E-TTL-TOO-LONG", "a grant longer than the caller's role may give", 403),
     ("E-KERNEL-REFUSED", "the kernel refused the element change the request made", 409),

@@ -25,6 +25,7 @@ class ControlLimits:
     body_bytes_sandbox: int = 64 << 10
     body_bytes_admin: int = 32 * MIB  # POST /v1/blocks takes up to 200,000 blocks
     body_bytes_in_flight: int = 96 * MIB  # held at once; body_bytes_admin of it kept for admins
+    requests_per_uid: int = 100  # per second per non-admin peer uid (burst: twice that)
 
     def body_limit(self, role: str) -> int:
         return int(getattr(self, f"body_bytes_{role}"))
@@ -45,6 +46,7 @@ _RANGES = {
     "body_bytes_sandbox": (1024, 1 << 30),
     "body_bytes_admin": (1024, 1 << 30),
     "body_bytes_in_flight": (2048, 1 << 32),
+    "requests_per_uid": (1, 100_000),
 }
 
 

@@ -27,6 +27,7 @@ from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.daemon import sandbox_api, views
+from aitherfwd.daemon.budgets import RequestBudgets
 from aitherfwd.daemon.rejections import Rejections, Sink
 from aitherfwd.daemon.services import Services
 from aitherfwd.errors import AitherError, ApplyError, RequestError
@@ -155,6 +156,7 @@ class Api:
         self.rejections = Rejections(
             services.ports.audit, noise or services.ports.audit, reject_interval
         )
+        self.budgets = RequestBudgets(self.limits.requests_per_uid, self.clock.monotonic)
 
     def admit(self, peer: Peer) -> Admission | None:
         """At accept: None (refused before any read) for a peer without any role."""
@@ -170,12 +172,17 @@ class Api:
         (audited like any other)."""
         try:
             route = self._authorised(peer, method, path)
+            if route.role != "admin" and not self._is_admin(peer):
+                self.budgets.take(peer.uid)  # E-RATE-LIMITED: a flood must not own the loop
         except RequestError as exc:
             if exc.code != "E-FORBIDDEN":
                 self._audit_rejected(peer, method, path, exc)
             raise
         limit = self.limits.body_limit(route.role)
         return limit if route.bulk else min(limit, self.max_body)
+
+    def _is_admin(self, peer: Peer) -> bool:
+        return "admin" in self.authorizer.roles_of(peer.uid, peer.gid, peer.groups)
 
     def _authorised(self, peer: Peer, method: str, path: str) -> Route:
         route = _find(method, path)

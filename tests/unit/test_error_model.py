@@ -129,7 +129,9 @@ def _api(monkeypatch: pytest.MonkeyPatch, raises: Exception | None) -> tuple[rou
 
     monkeypatch.setattr(routes, "ROUTES", (routes.Route("POST", "/v1/test", "admin", handler),))
     audit = _Audit()
-    ports = SimpleNamespace(audit=audit, clock=SimpleNamespace(now=lambda: 0.0))
+    ports = SimpleNamespace(
+        audit=audit, clock=SimpleNamespace(now=lambda: 0.0, monotonic=lambda: 0.0)
+    )
     return routes.Api(cast(Services, SimpleNamespace(ports=ports)), Authorizer({})), audit
 
 

@@ -344,3 +344,21 @@ def _route_role(method: str, path: str) -> str:
     from aitherfwd.daemon.api import ROUTES  # noqa: PLC0415
 
     return next(r.role for r in ROUTES if (r.method, r.path) == (method, path))
+
+
+def test_a_flooding_uid_is_refused_on_the_head_but_the_admin_never_is(fake: FakeDaemon) -> None:
+    from aitherfwd.adapters.control_server import Peer  # noqa: PLC0415
+    from aitherfwd.control.limits import ControlLimits  # noqa: PLC0415
+    from aitherfwd.daemon.api import Api  # noqa: PLC0415
+
+    api = _api(fake)
+    api = Api(fake.services, api.authorizer, limits=ControlLimits(requests_per_uid=5))
+    reader = Peer(1, ROLE_UIDS["read"], ROLE_UIDS["read"], ())
+    root = Peer(1, 0, 0, ())
+    for _ in range(10):
+        api.head(reader, "GET", "/v1/health")
+    with pytest.raises(AitherError) as refused:
+        api.head(reader, "GET", "/v1/health")
+    assert refused.value.code == "E-RATE-LIMITED"
+    for _ in range(100):
+        api.head(root, "GET", "/v1/health")
