@@ -20,24 +20,33 @@ settings.register_profile("ci", settings.get_profile("dev"), derandomize=True, d
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-def _can_override_modes() -> bool:
-    """CAP_DAC_OVERRIDE (bit 1) in the effective set: file modes do not stop this process."""
+CAP_DAC_OVERRIDE, CAP_NET_ADMIN = 1, 12
+
+
+def _has_capability(bit: int) -> bool:
+    """`bit` in this process's effective capability set."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):
-            return bool(int(line.split()[1], 16) & 0b10)
+            return bool(int(line.split()[1], 16) >> bit & 1)
     return False
 
 
+def _can_override_modes() -> bool:
+    """File modes do not stop this process."""
+    return _has_capability(CAP_DAC_OVERRIDE)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Kernel tests need root; outside CI a non-root run fails them loudly rather than
-    skipping (a skipped firewall test is a missing test). Tests of what file modes refuse
+    """Kernel tests need root with its capabilities; a run without them (not root, or root
+    with every capability dropped) marks them xfail-not-run rather than skipping (a
+    skipped firewall test is a missing test). Tests of what file modes refuse
     (`unprivileged`) cannot hold for a process that overrides them: such a run deselects
     them, and `make test-unprivileged` (every capability dropped) runs them."""
     if _can_override_modes():
         keep = [i for i in items if not i.get_closest_marker("unprivileged")]
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and _has_capability(CAP_NET_ADMIN):
         return
     for item in items:
         if item.get_closest_marker("kernel"):

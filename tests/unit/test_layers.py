@@ -25,7 +25,7 @@ L1 = {
     "audit_check",
 }
 L2 = {"adapters"}
-L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing"}
+L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel"}
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
