@@ -59,6 +59,9 @@ class HttpRequest:
     headers: dict[str, str]
     body: bytes
     peer: Peer
+    # set by the handler's owner for budgeted peers: called with what the request will cost
+    # (e.g. its number of threat events) before the work starts; raises to refuse it
+    charge: Callable[[float], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from aitherfwd import codes
@@ -84,6 +85,8 @@ async def evaluate(d: Services, req: HttpRequest) -> Any:
 
 async def threats(d: Services, req: HttpRequest) -> Any:
     specs = schema.parse_threats(schema.decode(req.body))
+    if req.charge is not None:
+        req.charge(len(specs))  # E-RATE-LIMITED: the reporter's threat_events_per_uid
     return views.threats_view(await d.reputation.threats(specs, actor=actor(req)))
 
 
@@ -157,6 +160,12 @@ class Api:
             services.ports.audit, noise or services.ports.audit, reject_interval
         )
         self.budgets = RequestBudgets(self.limits.requests_per_uid, self.clock.monotonic)
+        self.event_budgets = RequestBudgets(
+            self.limits.threat_events_per_uid,
+            self.clock.monotonic,
+            unit="threat events",
+            setting="threat_events_per_uid",
+        )
 
     def admit(self, peer: Peer) -> Admission | None:
         """At accept: None (refused before any read) for a peer without any role."""
@@ -198,6 +207,8 @@ class Api:
     async def __call__(self, req: HttpRequest) -> HttpResponse:
         try:
             route = self._authorised(req.peer, req.method, req.path)
+            if route.role != "admin" and not self._is_admin(req.peer):
+                req = replace(req, charge=partial(self.event_budgets.take, req.peer.uid))
             return HttpResponse(200, await route.handler(self.services, req))
         except ApplyError as exc:  # an element write of this request, refused by the kernel
             message = f"the kernel refused the change: {exc.message}"

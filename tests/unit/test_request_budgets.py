@@ -35,3 +35,17 @@ def test_the_peers_remembered_are_bounded() -> None:
     for uid in range(MAX_PEERS * 2):
         budgets.take(uid)
     assert len(budgets._buckets) <= MAX_PEERS
+
+
+def test_a_large_batch_is_taken_into_debt_and_the_debt_refuses_until_paid() -> None:
+    clock = FakeClock()
+    events = RequestBudgets(10, clock.monotonic, unit="threat events")
+    events.take(7, 500)  # far above the burst of 20: accepted once, 480 events in debt
+    with pytest.raises(RequestError) as refused:
+        events.take(7, 1)
+    assert "threat events per second" in refused.value.message
+    clock.advance(48.0)  # 480 tokens back: still short of one
+    with pytest.raises(RequestError):
+        events.take(7, 1)
+    clock.advance(0.2)
+    events.take(7, 1)

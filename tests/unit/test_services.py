@@ -362,3 +362,34 @@ def test_a_flooding_uid_is_refused_on_the_head_but_the_admin_never_is(fake: Fake
     assert refused.value.code == "E-RATE-LIMITED"
     for _ in range(100):
         api.head(root, "GET", "/v1/health")
+
+
+def test_a_reporter_is_budgeted_by_its_threat_events_and_the_admin_is_not(
+    fake: FakeDaemon,
+) -> None:
+    import json  # noqa: PLC0415
+
+    from aitherfwd.adapters.control_server import HttpRequest, Peer  # noqa: PLC0415
+    from aitherfwd.control.limits import ControlLimits  # noqa: PLC0415
+    from aitherfwd.daemon.api import Api  # noqa: PLC0415
+
+    base = _api(fake)
+    api = Api(fake.services, base.authorizer, limits=ControlLimits(threat_events_per_uid=50))
+    events = [
+        {"type": "SOAK", "source_ip": f"203.0.113.{i % 200 + 1}", "severity": "low"}
+        for i in range(150)
+    ]
+    body = json.dumps({"events": events}).encode()
+
+    def post(uid: int) -> Any:
+        return HttpRequest("POST", "/v1/threats", {}, {}, body, Peer(4242, uid, uid, ()))
+
+    async def flood() -> list[int]:
+        answers = [await api(post(ROLE_UIDS["report"])) for _ in range(2)]
+        answers += [await api(post(0)) for _ in range(3)]
+        return [a.status for a in answers]
+
+    # 150 events leave the reporter 50 in debt (burst 100): its next batch is refused
+    # before any event reaches the ladder; root is never budgeted
+    assert run(fake, flood) == [200, 429, 200, 200, 200]
+    assert sum(fake.services.reputation.threat_counts.values()) == 150 * 4
