@@ -26,6 +26,7 @@ from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.ports import Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.dynamic.blockrecords import Key, pack, text_of
 from aitherfwd.dynamic.blocks import Block, BlockTable, address_text, check_batch
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 from aitherfwd.nft import builders as b
@@ -247,36 +248,44 @@ class BlockService:
         return self.table.restore_batches(now, limit)
 
     def reconcile(self, kernel: Kernel, now: float) -> int:
-        """List the kernel's block sets: adopt what the store does not know, add what the
-        kernel lacks (but not blocks about to expire: the kernel may just have expired
-        them). Returns how many were added."""
-        in_kernel: set[str] = set()
-        found: list[Block] = []  # in the kernel, unknown to the store
-        for s in n.BLOCK_SETS:
-            for elem in kernel.set_elements(s.name):
-                in_kernel.add(self._adopt_element(elem, now, found))
-        self.store.restore_history(found)
-        missing = [
-            blk
-            for blk in self.table.active(now)
-            if blk.key not in in_kernel and (blk.expires_at is None or blk.expires_at > now + 2)
-        ]
-        if missing:
-            restore = BlockTable()
-            restore.load(missing)
-            kernel.run(restore.restore_commands(now))
-        return len(missing)
+        """Cold start (nothing is served yet, so the table cannot change meanwhile): list the
+        kernel's block sets, adopt what the store does not know, add what the kernel lacks.
+        Returns how many were added."""
+        commands, missing = self.repair_commands(listed_blocks(kernel), now)
+        if commands:
+            kernel.run(commands)
+        return missing
 
-    def _adopt_element(self, elem: Any, now: float, found: list[Block]) -> str:
-        body = b.element_fields(elem)
-        val = body["val"]
-        text = f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) else val
-        key = address_text(ipaddress.ip_network(text))
-        if self.table.get(key, now) is None:
-            expires = body.get("expires")
-            blk = Block(
-                key, now + expires if expires else None, "found in the kernel", "kernel", now
+    def repair_commands(self, listed: dict[Key, float | None], now: float) -> tuple[list[Any], int]:
+        """On the event loop, with the kernel's listing (`listed_blocks`, read in the writer
+        thread): adopt the kernel's elements this table does not hold (kind `kernel`), and
+        the adds for the live blocks the kernel lacks (not those about to expire). Made and
+        handed to the writer in one step, so an unblock after it is written after it."""
+        found = [
+            Block(text_of(key), now + exp if exp else None, "found in the kernel", "kernel", now)
+            for key in self.table.unknown(listed, now)
+            for exp in (listed[key],)
+        ]
+        if found:
+            self.table.load(found)
+            self.store.restore_history(found)
+        missing = self.table.missing(listed, now)
+        return self.table.restore_keys(missing, now), len(missing)
+
+
+def listed_blocks(kernel: Kernel) -> dict[Key, float | None]:
+    """The kernel's block elements as table keys with their remaining seconds (None: no
+    timeout). Reads only the kernel: safe in the writer thread while the loop serves."""
+    out: dict[Key, float | None] = {}
+    for s in n.BLOCK_SETS:
+        for elem in kernel.set_elements(s.name):
+            body = b.element_fields(elem)
+            val = body["val"]
+            text = (
+                f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) else val
             )
-            self.table.load([blk])
-            found.append(blk)
-        return key
+            canon = address_text(ipaddress.ip_network(text))
+            key = canon if "/" in canon else pack(canon)
+            if key is not None:
+                out[key] = body.get("expires")
+    return out

@@ -35,7 +35,7 @@ from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
 from aitherfwd.egress import sandbox
-from aitherfwd.egress.adopt import grants_from_elements, list_sets
+from aitherfwd.egress.adopt import grants_from_elements, list_sets, listed_sets
 from aitherfwd.egress.grants import GrantTable
 from aitherfwd.egress.sandbox import Grant, GrantError, check_ports, key_of, refusal
 from aitherfwd.errors import ApplyError, RequestError
@@ -124,26 +124,40 @@ class EgressRuntime:
         return self.repair(nft, now)
 
     def repair(self, nft: Kernel, now: float) -> int:
-        """After someone else changed nftables: put back the grants and resolved addresses
-        missing from the kernel's sets (a flushed set, a deleted element). These sets are
-        small, so they are listed in full. Returns how many elements were put back."""
+        """Cold start (nothing served yet): put back the grants and resolved addresses
+        missing from the kernel's sets. Returns how many elements were put back."""
+        present = listed_sets(nft.set_elements, self.repair_sets(now))
+        commands = self.repair_commands(present, now)
+        if commands:
+            nft.run(commands)
+        return b.element_count(commands)
+
+    def _wanted(self, now: float) -> dict[str, list[Any]]:
         wanted: dict[str, list[Any]] = {}
         for command in self.restore_commands(now, domains=True):
             ec = b.element_command(command)
             if ec is not None:
                 wanted.setdefault(ec.set_name, []).extend(ec.elements)
+        return wanted
+
+    def repair_sets(self, now: float) -> list[str]:
+        """The sets a repair must list (these sets are small, so they are listed in full)."""
+        return sorted(self._wanted(now))
+
+    def repair_commands(self, present: dict[str, set[str] | None], now: float) -> list[Any]:
+        """On the event loop, with the listing of `repair_sets` (`listed_sets`, read in the
+        writer thread): adds for what should be in those sets and is not. What is wanted is
+        taken now, not when the listing was asked for, so a grant revoked meanwhile is not
+        put back; the caller hands the adds to the writer in the same step."""
         commands: list[Any] = []
-        for name, elems in sorted(wanted.items()):
-            try:
-                present = {b.element_key(e) for e in nft.set_elements(name)}
-            except ApplyError:
-                continue  # the set itself is gone: the static repair recreates it
-            lost = [e for e in elems if b.element_key(e) not in present]
+        for name, elems in sorted(self._wanted(now).items()):
+            keys = present.get(name)
+            if keys is None:
+                continue  # the set is gone (the static repair recreates it) or was not listed
+            lost = [e for e in elems if b.element_key(e) not in keys]
             if lost:
                 commands.append(b.add(b.element(name, lost)))
-        if commands:
-            nft.run(commands)
-        return sum(len(ec.elements) for c in commands if (ec := b.element_command(c)))
+        return commands
 
     # --- the refresher ---------------------------------------------------------------------
 

@@ -32,19 +32,22 @@ from aitherfwd.audit_records import (
 )
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
-from aitherfwd.daemon.blocking import BlockService
+from aitherfwd.daemon.blocking import BlockService, listed_blocks
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.ports import Conntrack, Kernel, Systemd
 from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
 from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.dynamic.blockrecords import Key
+from aitherfwd.egress.adopt import listed_sets
 from aitherfwd.errors import AitherError, ApplyError, PolicyError
 from aitherfwd.evaluator import Evaluator, Request
+from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
 from aitherfwd.nft.builders import element_batches
 from aitherfwd.policy.diagnostics import Severity
 from aitherfwd.policy.model import Policy, Protocol
 from aitherfwd.policy.parse import ParseResult
-from aitherfwd.reconcile import Observed, delta, plan, transaction
+from aitherfwd.reconcile import delta, plan, transaction
 from aitherfwd.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -255,7 +258,11 @@ class Generations:
                 return ReloadOutcome("rejected", current.number, [err], warnings, now, trigger)
         try:
             if not same_kernel:
-                await self.writer.call(lambda k: self._apply_delta(k, current.ruleset, ruleset))
+                lost = await self.writer.call(
+                    lambda k: self._apply_delta(k, current.ruleset, ruleset)
+                )
+                if lost:
+                    await self._restore_dynamic()
         except ApplyError as exc:
             err = {"code": exc.code, "message": exc.message}
             self.audit.write(now, ReloadRejected(trigger=trigger, errors=(err,)))
@@ -278,25 +285,35 @@ class Generations:
         )
         return ReloadOutcome("applied", number, [], warnings, now, trigger)
 
-    def _apply_delta(self, kernel: Kernel, previous: Ruleset, ruleset: Ruleset) -> None:
+    def _apply_delta(self, kernel: Kernel, previous: Ruleset, ruleset: Ruleset) -> bool:
         """Only what changed since the generation we applied; if the kernel drifted and
-        refuses, fall back to the full, listing-based transaction."""
+        refuses, fall back to the full, listing-based transaction. True when dynamic sets
+        were lost and must be restored (`_restore_dynamic`, on the loop)."""
         try:
             kernel.run(delta(previous, ruleset))
         except ApplyError as exc:
             log.warning("delta refused, applying in full error=%s", exc.message)
-            self._apply(kernel, ruleset)
+            return self._apply(kernel, ruleset)
+        return False
 
-    def _apply(self, kernel: Kernel, ruleset: Ruleset) -> Observed:
-        """One transaction; when the table or a block set was lost, the same transaction
-        restores every live block with its remaining timeout."""
+    def _apply(self, kernel: Kernel, ruleset: Ruleset) -> bool:
+        """The ruleset in one transaction, in the writer thread. It reads only the kernel
+        and the compiled ruleset — never the block or grant tables, which the event loop
+        changes meanwhile (a restore from this thread once crashed the writer with
+        "dictionary changed size during iteration" under a flood). Returns whether the
+        table or a block set was lost: then the caller restores the elements."""
         before = kernel.observe()
-        lost = not before.exists or any(s.name not in before.sets for s in n.BLOCK_SETS)
+        kernel.run(transaction(ruleset, before))
+        return not before.exists or any(s.name not in before.sets for s in n.BLOCK_SETS)
+
+    async def _restore_dynamic(self) -> None:
+        """After a table loss: every live block, grant and resolved address back, each part
+        made from the tables as they are when it goes to the writer (a block lifted
+        meanwhile is not put back: its delete is queued after the part that held it)."""
         now = self.clock.now()
-        extra = self.blocks.restore_commands(now) if lost else []
-        extra += self.egress.restore_commands(now, domains=True) if lost else []
-        kernel.run(transaction(ruleset, before) + extra)
-        return before
+        for part in self.blocks.table.restore_live(now, RESTORE_BATCH):
+            await self.writer.elements(part)
+        await self.writer.elements(self.egress.restore_commands(self.clock.now(), domains=True))
 
     async def _lockout(self, policy: Policy, evaluator: Evaluator) -> list[str]:
         ports = policy.settings.admin_ports
@@ -332,7 +349,8 @@ class Generations:
             if full or self.clock.monotonic() < self._next_reconcile:
                 return False
             return await self._repair_elements(gen.number)
-        await self.writer.call(lambda k: self._apply(k, gen.ruleset))
+        if await self.writer.call(lambda k: self._apply(k, gen.ruleset)):
+            await self._restore_dynamic()
         self.drift_repairs += 1
         log.warning("drift repaired: table inet aitherfwd differed from generation=%d", gen.number)
         self.audit.write(
@@ -346,12 +364,23 @@ class Generations:
         ~5 µs per element, so this runs at most once per 20 listing-times (at least 3 s
         apart)."""
         started = self.clock.monotonic()
+        names = self.egress.repair_sets(self.clock.now())
 
-        def repair(kernel: Kernel) -> int:
-            now = self.clock.now()
-            return self.blocks.reconcile(kernel, now) + self.egress.repair(kernel, now)
+        def listing(kernel: Kernel) -> tuple[dict[Key, float | None], dict[str, set[str] | None]]:
+            return listed_blocks(kernel), listed_sets(kernel.set_elements, names)  # kernel only
 
-        restored = await self.writer.call(repair)
+        blocks_listed, sets_listed = await self.writer.call(listing, writes=False)
+        # compared here, on the loop that owns the tables, and handed to the writer in the
+        # same step: a change made after this point is written after the repair
+        now = self.clock.now()
+        commands, restored = self.blocks.repair_commands(blocks_listed, now)
+        grants = self.egress.repair_commands(sets_listed, now)
+        restored += b.element_count(grants)
+        try:
+            await self.writer.elements(commands + grants)
+        except ApplyError as exc:
+            log.error("element repair refused code=%s error=%s", exc.code, exc.message)
+            restored = 0
         spent = self.clock.monotonic() - started
         self._next_reconcile = self.clock.monotonic() + max(3.0, 20 * spent)
         if not restored:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
 from aitherfwd.dynamic.blockrecords import (
@@ -354,6 +354,50 @@ class BlockTable:
     def restore_commands(self, now: float) -> list[Any]:
         """Element adds for every live block, as one list (a re-apply in one transaction)."""
         return [cmd for batch in self.restore_batches(now) for cmd in batch]
+
+    # --- drift repair: the kernel's listing is read elsewhere (off the event loop, never
+    # touching this table); these compare it with the table where the table lives
+
+    def unknown(self, listed: Iterable[Key], now: float) -> list[Key]:
+        """Keys of a listing that no live block here holds."""
+        return [k for k in listed if self._live(k, now) is None]
+
+    def missing(self, listed: Container[Key], now: float, margin: float = 2.0) -> list[Key]:
+        """Live keys absent from the kernel's listing, but not those due within `margin`
+        seconds (the kernel may just have expired them)."""
+        self.prune(now)
+        soon = now + margin
+        return [
+            k
+            for table in (self._singles, self._prefixes)
+            for k, batch in table.items()
+            if k not in listed and (batch.expires_at is None or batch.expires_at > soon)
+        ]
+
+    def restore_live(self, now: float, limit: int) -> Iterator[list[Any]]:
+        """Like `restore_batches`, for a restore while the table may change between parts
+        (the caller awaits the kernel between them): over a copy of the keys, each part made
+        when it is asked for and holding only the blocks still live and unchanged then."""
+        self.prune(now)
+        keys: list[Key] = [*self._singles, *self._prefixes]
+        for start in range(0, len(keys), limit):
+            part = self.restore_keys(keys[start : start + limit], now)
+            if part:
+                yield part
+
+    def restore_keys(self, keys: Iterable[Key], now: float) -> list[Any]:
+        """Element adds (remaining timeouts) for those of `keys` still live."""
+        singles: dict[int, Batch] = {}
+        prefixes: dict[str, Batch] = {}
+        for k in keys:
+            batch = self._live(k, now)
+            if batch is None:
+                continue
+            if isinstance(k, int):
+                singles[k] = batch
+            else:
+                prefixes[k] = batch
+        return [cmd for part in restore_batches(singles, prefixes, now, math.inf) for cmd in part]
 
     def counts(self, now: float | None = None) -> dict[str, int]:
         """Blocks per kernel set, kept as blocks come and go (no scan); with `now`, expired

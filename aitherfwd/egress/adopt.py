@@ -39,6 +39,20 @@ def list_sets(set_elements: Callable[[str], list[Any]]) -> list[tuple[str, list[
     return listed
 
 
+def listed_sets(
+    set_elements: Callable[[str], list[Any]], names: Iterable[str]
+) -> dict[str, set[str] | None]:
+    """Element keys of each named set (None: the set is gone), through the Kernel port's
+    `set_elements`: reads only the kernel, so it may run in the writer thread."""
+    out: dict[str, set[str] | None] = {}
+    for name in names:
+        try:
+            out[name] = {b.element_key(e) for e in set_elements(name)}
+        except ApplyError:
+            out[name] = None
+    return out
+
+
 def _key(value: Any) -> str | None:
     """The grant key of an element's address part (text or prefix object)."""
     try:

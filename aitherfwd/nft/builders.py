@@ -86,6 +86,11 @@ class ElementCommand:
     elements: list[Any]
 
 
+def element_count(commands: list[Json]) -> int:
+    """How many set elements `commands` add or delete."""
+    return sum(len(ec.elements) for c in commands if (ec := element_command(c)))
+
+
 def element_command(command: Json) -> ElementCommand | None:
     """`command` read back as an element command; None for anything else."""
     ((verb, body),) = command.items()
