@@ -14,6 +14,7 @@ evaluation by host name live in daemon/sandbox_api.py, in the same table.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -160,6 +161,9 @@ class Api:
             services.ports.audit, noise or services.ports.audit, reject_interval
         )
         self.budgets = RequestBudgets(self.limits.requests_per_uid, self.clock.monotonic)
+        self._admins_busy = 0  # admin requests in flight; other handlers wait for none
+        self._admins_idle = asyncio.Event()
+        self._admins_idle.set()
         self.event_budgets = RequestBudgets(
             self.limits.threat_events_per_uid,
             self.clock.monotonic,
@@ -205,10 +209,26 @@ class Api:
         return route
 
     async def __call__(self, req: HttpRequest) -> HttpResponse:
+        if self._is_admin(req.peer):
+            self._admins_busy += 1
+            self._admins_idle.clear()
+            try:
+                return await self._answer(req)
+            finally:
+                self._admins_busy -= 1
+                if not self._admins_busy:
+                    self._admins_idle.set()
+        # Administrators first: while an admin request is in flight no other request's
+        # handler starts, so under a flood from other roles the admin's request does not
+        # queue behind theirs on the event loop (they wait here without costing anything).
+        await self._admins_idle.wait()
+        return await self._answer(
+            replace(req, charge=partial(self.event_budgets.take, req.peer.uid))
+        )
+
+    async def _answer(self, req: HttpRequest) -> HttpResponse:
         try:
             route = self._authorised(req.peer, req.method, req.path)
-            if route.role != "admin" and not self._is_admin(req.peer):
-                req = replace(req, charge=partial(self.event_budgets.take, req.peer.uid))
             return HttpResponse(200, await route.handler(self.services, req))
         except ApplyError as exc:  # an element write of this request, refused by the kernel
             message = f"the kernel refused the change: {exc.message}"

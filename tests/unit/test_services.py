@@ -393,3 +393,38 @@ def test_a_reporter_is_budgeted_by_its_threat_events_and_the_admin_is_not(
     # before any event reaches the ladder; root is never budgeted
     assert run(fake, flood) == [200, 429, 200, 200, 200]
     assert sum(fake.services.reputation.threat_counts.values()) == 150 * 4
+
+
+def test_no_other_handler_starts_while_an_admin_request_is_in_flight(fake: FakeDaemon) -> None:
+    import threading  # noqa: PLC0415
+
+    from aitherfwd.adapters.control_server import HttpRequest, Peer  # noqa: PLC0415
+
+    api = _api(fake)
+    held = threading.Event()
+    original = fake.kernel.run
+
+    def slow_run(commands: Any) -> Any:
+        held.wait(5)  # the admin's ban sits in the kernel writer
+        return original(commands)
+
+    def request(method: str, path: str, body: bytes, uid: int) -> Any:
+        return HttpRequest(method, path, {}, {}, body, Peer(4242, uid, uid, ()))
+
+    async def race() -> list[str]:
+        done: list[str] = []
+        fake.kernel.run = slow_run  # type: ignore[method-assign]
+        ban = request("POST", "/v1/blocks", b'{"address": "203.0.113.5"}', 0)
+        admin = asyncio.ensure_future(api(ban))
+        admin.add_done_callback(lambda _: done.append("admin"))
+        await asyncio.sleep(0.05)
+        reader = asyncio.ensure_future(api(request("GET", "/v1/status", b"", ROLE_UIDS["read"])))
+        reader.add_done_callback(lambda _: done.append("read"))
+        await asyncio.sleep(0.05)
+        assert not reader.done()  # waits for the admin, though it needs no kernel
+        held.set()
+        await asyncio.gather(admin, reader)
+        assert admin.result().status == reader.result().status == 200
+        return done
+
+    assert run(fake, race) == ["admin", "read"]
