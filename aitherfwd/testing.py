@@ -169,7 +169,11 @@ class FakeDaemon:
 
 
 def fake_daemon(
-    workdir: Path, policy_text: str, *, authorizer: Authorizer | None = None
+    workdir: Path,
+    policy_text: str,
+    *,
+    authorizer: Authorizer | None = None,
+    journal: FakeJournal | None = None,
 ) -> FakeDaemon:
     """Services as the daemon wires them, on fakes; the policy, the SQLite store and the
     audit log live under `workdir`. Nothing is started: call
@@ -195,7 +199,7 @@ def fake_daemon(
         audit=AuditLog(audit_path, 10 << 20, 2),
         load_policy=load_policy,
         listen_kernel=False,
-        journal=(journal := FakeJournal()),
+        journal=(journal := journal or FakeJournal()),
     )
     services = wire(ports, policy_path, authorizer)
     return FakeDaemon(

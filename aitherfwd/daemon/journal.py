@@ -73,7 +73,7 @@ class JournalService:
         self.sources: tuple[JournalSource, ...] = ()
         self.cursor = store.load_cursor(CURSOR)
         self.counters = JournalStatus()
-        self.wait = WAIT
+        self.wait, self.retry = WAIT, RETRY
         self._open_for: Matches | None = None  # the matches the journal is open with
         self._wake = asyncio.Event()
         self._saved_at = 0.0
@@ -139,7 +139,7 @@ class JournalService:
             self.counters.errors += 1
             self._close()
             log.error("journal unavailable; retrying code=%s error=%s", exc.code, exc.message)
-            await self._sleep(RETRY)
+            await self._sleep(self.retry)
 
     async def _open(self, want: Matches) -> None:
         self._close()

@@ -219,6 +219,58 @@ def test_sigkill_is_restarted_by_systemd_and_the_bans_survive(box: Box) -> None:
     assert box.tcp(22) == "ok"
 
 
+def _journal_listening(box: Box) -> bool:
+    journal = box.status().get("journal")
+    return isinstance(journal, dict) and bool(journal["listening"])
+
+
+def _reputation_events(box: Box, address: str) -> int:
+    explained = json.loads(box.ct.ok("aitherfwd", "explain", address, "--json"))
+    return int(explained["reputation"]["events"])
+
+
+def test_sshd_lines_in_the_real_journal_block_their_address_across_a_restart(box: Box) -> None:
+    """journald of the booted system, `logger -t sshd` as root (what sshd's own lines look
+    like to the journal: SYSLOG_IDENTIFIER=sshd, _UID=0): the client's address climbs the
+    ladder to a kernel block at the fifth line; a stop/start of the daemon in the middle
+    neither replays the lines read before nor skips the one written while it was down; the
+    same lines from an unprivileged user are not read."""
+    good = (box.ct.root / POLICY.lstrip("/")).read_text()
+    box.ct.write(POLICY, good + "journal:\n  - {name: ssh, builtin: openssh}\n")
+    box.ct.ok("systemctl", "reload", UNIT)
+    wait_for(lambda: _journal_listening(box), 20, "the journal source reading")
+    addr = box.client.v4
+    line = "Failed password for root from {} port {} ssh2"
+
+    def sshd(address: str, port: int, user: str | None = None) -> None:
+        box.ct.ok("logger", "-t", "sshd", line.format(address, port), user=user)
+
+    for port in range(5):  # forged: a local user cannot make sshd lines
+        sshd(addr, 40000 + port, user="afwnobody")
+    for port in range(3):
+        sshd(addr, 41000 + port)
+    wait_for(lambda: _reputation_events(box, addr) == 3, 20, "three events scored")
+    assert box.tcp(22) == "ok"
+
+    box.ct.ok("systemctl", "stop", UNIT)
+    sshd(addr, 42000)  # while the daemon is down
+    box.started()
+    wait_for(lambda: _reputation_events(box, addr) == 4, 20, "the line written while down")
+    sshd(addr, 43000)
+    wait_for(lambda: box.tcp(22) == "timeout", 20, "the client blocked by the fifth line")
+    assert _reputation_events(box, addr) == 5  # none read twice, none skipped
+    with inside(box.lab.server):
+        assert addr in {e["elem"]["val"] for e in Nft().set_elements("block_v4")}
+    journal = box.status()["journal"]
+    assert isinstance(journal, dict) and journal["threats"] == 2  # this run: the 4th and 5th
+
+    box.ct.ok("aitherfwd", "unblock", addr)
+    box.ct.write(POLICY, good)
+    box.ct.ok("systemctl", "reload", UNIT)
+    wait_for(lambda: not _journal_listening(box), 20, "the journal source gone")
+    assert box.tcp(22) == "ok"
+
+
 def test_a_stalled_daemon_is_restarted_by_the_watchdog(box: Box) -> None:
     # The unit's 30 s watchdog made short for the test; the mechanism is the same.
     dropin = box.ct.root / WATCHDOG_DROPIN.lstrip("/")
