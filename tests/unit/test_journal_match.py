@@ -4,9 +4,11 @@ matcher on real log lines of OpenSSH, nginx and Apache (the builtins' samples)."
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 
+from aitherfwd.adapters.journal import _text
 from aitherfwd.dynamic.journal import judge, matches_for_reader, parse_address
 from aitherfwd.policy.journal_builtins import BUILTINS
 from aitherfwd.policy.model import JournalSource, Severity
@@ -154,3 +156,18 @@ def test_check_warns_of_unmatched_patterns_missing_examples_and_forgeable_matche
     assert any("journal[1].examples[2]: example gives no valid address" in x for x in lines)
     assert any("journal[1].patterns[1]: pattern matches none of the example" in x for x in lines)
     assert len(lines) == 5
+
+
+def test_an_oversized_line_is_judged_on_its_first_characters_only_and_fast() -> None:
+    (src,) = sources("  - {name: ssh, builtin: openssh}\n")
+    huge = "Invalid user " + "a " * 500_000 + "from 192.0.2.20 port 1"
+    start = time.perf_counter()
+    verdict = judge({**SSH_FIELDS, "MESSAGE": huge}, [src])
+    assert verdict.source == "ssh" and verdict.hit is None  # the address lies beyond the cut
+    assert time.perf_counter() - start < 0.5
+
+
+def test_entries_as_the_adapter_gives_them_are_text_whatever_the_journal_holds() -> None:
+    assert _text(b"Failed \xff password") == "Failed \ufffd password"
+    assert _text(0) == "0"
+    assert _text([b"first", b"second"]) == "first"

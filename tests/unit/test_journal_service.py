@@ -211,3 +211,28 @@ def test_without_journal_sources_the_journal_is_never_opened_until_a_reload_adds
 
     run(fake, body)
     fake.services.ports.store.close()
+
+
+def test_a_flood_of_lines_is_read_in_bounded_batches_while_the_loop_keeps_turning(
+    tmp_path: Path,
+) -> None:
+    fake = fake_daemon(tmp_path, POLICY)
+    lines = 3000
+
+    async def body() -> None:
+        assert fake.services.journal is not None
+        js = fake.services.journal
+        for i in range(lines):
+            fake.journal.append(FAILED.format(f"198.51.{i // 250}.{i % 250 + 1}", i), **SSHD)
+        turns = 0
+        while js.counters.entries < lines:
+            await asyncio.sleep(0)  # the event loop keeps turning meanwhile
+            turns += 1
+            assert turns < 1_000_000
+        assert turns > lines // 256  # never one long stretch without a turn
+
+    run(fake, body)
+    assert fake.services.journal is not None
+    assert fake.services.journal.counters.threats == lines
+    assert len(fake.services.reputation.offenders) == lines
+    fake.services.ports.store.close()
