@@ -193,8 +193,9 @@ sshd.service + _COMM=sshd`, would not see lines written by `logger`). journald's
 is off (`RateLimitBurst=0`). Lines are `Failed password for root from ADDR port P ssh2`,
 written as root with `logger -t sshd -f FILE`.
 
-Rates are lines per second. Latency: the time from `logger` having sent the 5th line of a fresh address to the address
-in the tool's kernel set (polled with `nft -j list set` every ~10 ms, so ±10 ms). Throughput:
+Rates are lines per second. Latency: the time from `logger` having sent the 5th line of a
+fresh address to the address in the tool's kernel set (polled with `nft -j list set` every
+~10 ms, so ±10 ms). Throughput:
 all lines written at once from 1/5 as many addresses (each reaching the threshold), polled
 every 0.2 s: the time until the tool counted every line (aitherfwd `journal.entries`,
 fail2ban `Total failed`, each taken when its CLI answered: a Python CLI start costs 0.1-0.3 s
