@@ -236,3 +236,44 @@ def test_a_flood_of_lines_is_read_in_bounded_batches_while_the_loop_keeps_turnin
     assert fake.services.journal.counters.threats == lines
     assert len(fake.services.reputation.offenders) == lines
     fake.services.ports.store.close()
+
+
+def test_a_stop_while_the_batchs_block_is_being_written_keeps_its_cursor(
+    tmp_path: Path,
+) -> None:
+    """The kernel writer is stalled: the fifth line is scored and its block waits on the
+    writer when the daemon stops. The cursor is saved anyway, so the next start does not
+    score the five lines again."""
+    journal = FakeJournal()
+    first = fake_daemon(tmp_path, POLICY, journal=journal)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(first.services.writer.run())
+        await first.services.generations.cold_start()
+        writer.cancel()  # from here on a block waits for the writer forever
+        await asyncio.gather(writer, return_exceptions=True)
+        js = first.services.journal
+        assert js is not None
+        reader = loop.create_task(js.run())
+        await until(lambda: js.counters.listening, "the journal open")
+        failed(journal, "192.0.2.30", 5)
+        await until(lambda: events_of(first, "192.0.2.30") == 5, "five events scored")
+        await asyncio.sleep(0.02)
+        assert not reader.done()  # waiting on the stalled writer
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+    asyncio.run(main())
+    assert first.services.ports.store.load_cursor(CURSOR) == f"s={journal.seq}"
+    first.services.ports.store.close()
+
+    second = fake_daemon(tmp_path, POLICY, journal=journal)
+
+    async def after() -> None:
+        failed(journal, "192.0.2.31", 1)
+        await until(lambda: events_of(second, "192.0.2.31") == 1, "a new line")
+
+    run(second, after)
+    assert events_of(second, "192.0.2.30") == 5  # not scored again
+    second.services.ports.store.close()
