@@ -138,7 +138,13 @@ class JournalService:
         except AitherError as exc:
             self.counters.errors += 1
             self._close()
-            log.error("journal unavailable; retrying code=%s error=%s", exc.code, exc.message)
+            if self.counters.errors % 60 == 1:  # the first failure, then every 60th (5 min)
+                log.error(
+                    "journal unavailable; retrying code=%s error=%s failures=%d",
+                    exc.code,
+                    exc.message,
+                    self.counters.errors,
+                )
             await self._sleep(self.retry)
 
     async def _open(self, want: Matches) -> None:
