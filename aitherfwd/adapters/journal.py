@@ -31,6 +31,10 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _flat(entry: dict[str, Any]) -> dict[str, str]:
+    return {k: _text(v) for k, v in entry.items()}
+
+
 class SystemdJournal:
     """The `Journal` port (daemon/ports.py). `path`: a journal directory instead of the
     local journal (tests)."""
@@ -38,6 +42,7 @@ class SystemdJournal:
     def __init__(self, path: str | None = None) -> None:
         self.path = path
         self._reader: Any = None
+        self._pending: dict[str, str] | None = None  # read while seeking, not yet returned
 
     def open(self, matches: Matches, cursor: str | None) -> str | None:
         """Read entries fitting `matches` from just after `cursor` (an entry vacuumed since
@@ -78,8 +83,9 @@ class SystemdJournal:
             except (OSError, ValueError):
                 log.warning("journal cursor not usable; reading from the end cursor=%.60s", cursor)
             else:
-                if r.get_next() and not r.test_cursor(cursor):
-                    r.get_previous()  # the cursor's entry is gone: this one is unread
+                entry = r.get_next()
+                if entry and not r.test_cursor(cursor):  # the cursor's entry is gone:
+                    self._pending = _flat(entry)  # this one is the first unread
                 return cursor
         r.seek_tail()
         last = r.get_previous()  # on the last entry: get_next gives what comes after it
@@ -90,12 +96,15 @@ class SystemdJournal:
         if r is None:
             return []
         out: list[dict[str, str]] = []
+        if self._pending is not None:
+            out.append(self._pending)
+            self._pending = None
         try:
-            for _ in range(limit):
+            while len(out) < limit:
                 entry = r.get_next()
                 if not entry:
                     break
-                out.append({k: _text(v) for k, v in entry.items()})
+                out.append(_flat(entry))
         except OSError as exc:
             raise AitherError(f"cannot read the journal: {exc}", code="E-JOURNAL") from exc
         return out
@@ -117,6 +126,7 @@ class SystemdJournal:
         return {journal.APPEND: "append", journal.INVALIDATE: "invalidate"}.get(state, "nop")
 
     def close(self) -> None:
+        self._pending = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,9 +220,14 @@ def test_sigkill_is_restarted_by_systemd_and_the_bans_survive(box: Box) -> None:
     assert box.tcp(22) == "ok"
 
 
-def _journal_listening(box: Box) -> bool:
+def _journal(box: Box) -> dict[str, Any]:
     journal = box.status().get("journal")
-    return isinstance(journal, dict) and bool(journal["listening"])
+    assert isinstance(journal, dict)
+    return journal
+
+
+def _journal_listening(box: Box) -> bool:
+    return bool(_journal(box)["listening"])
 
 
 def _reputation_events(box: Box, address: str) -> int:
@@ -233,8 +239,9 @@ def test_sshd_lines_in_the_real_journal_block_their_address_across_a_restart(box
     """journald of the booted system, `logger -t sshd` as root (what sshd's own lines look
     like to the journal: SYSLOG_IDENTIFIER=sshd, _UID=0): the client's address climbs the
     ladder to a kernel block at the fifth line; a stop/start of the daemon in the middle
-    neither replays the lines read before nor skips the one written while it was down; the
-    same lines from an unprivileged user are not read."""
+    neither replays the lines read before nor skips the one written while it was down;
+    rotating and vacuuming every journal file read so far is survived (reopened after the
+    cursor); the same lines from an unprivileged user are not read."""
     good = (box.ct.root / POLICY.lstrip("/")).read_text()
     box.ct.write(POLICY, good + "journal:\n  - {name: ssh, builtin: openssh}\n")
     box.ct.ok("systemctl", "reload", UNIT)
@@ -256,13 +263,17 @@ def test_sshd_lines_in_the_real_journal_block_their_address_across_a_restart(box
     sshd(addr, 42000)  # while the daemon is down
     box.started()
     wait_for(lambda: _reputation_events(box, addr) == 4, 20, "the line written while down")
+    reopens = _journal(box)["reopens"]
+    box.ct.ok("journalctl", "--rotate")  # every file that held a line read so far is
+    box.ct.ok("journalctl", "--vacuum-size=1")  # archived, then deleted
+    wait_for(lambda: _journal(box)["reopens"] > reopens, 20, "reopened after the vacuum")
+    assert "port 42000" not in box.ct.ok("journalctl", "-t", "sshd", "-o", "cat")  # gone
     sshd(addr, 43000)
     wait_for(lambda: box.tcp(22) == "timeout", 20, "the client blocked by the fifth line")
     assert _reputation_events(box, addr) == 5  # none read twice, none skipped
     with inside(box.lab.server):
         assert addr in {e["elem"]["val"] for e in Nft().set_elements("block_v4")}
-    journal = box.status()["journal"]
-    assert isinstance(journal, dict) and journal["threats"] == 2  # this run: the 4th and 5th
+    assert _journal(box)["threats"] == 2  # this run: the 4th and the 5th
 
     box.ct.ok("aitherfwd", "unblock", addr)
     box.ct.write(POLICY, good)
