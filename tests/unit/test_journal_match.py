@@ -46,6 +46,8 @@ def test_every_builtin_sample_line_gives_its_address_and_quiet_lines_give_nothin
 def test_builtin_policies_check_without_any_warning() -> None:
     text = "".join(f"  - {{name: {n}, builtin: {n}}}\n" for n in BUILTINS)
     assert rendered(text) == []
+    aggressive = "".join(f"  - {{name: {n}, builtin: {n}, mode: aggressive}}\n" for n in BUILTINS)
+    assert rendered(aggressive) == []
 
 
 def test_five_failed_ssh_passwords_are_five_medium_threat_events() -> None:
