@@ -70,6 +70,13 @@ _POLICY_ERRORS = (
     ("E-DESTINATION", "an egress destination that is neither a host name, an IP nor a CIDR"),
     ("E-SANDBOX-TTL", "sandbox.default_ttl is above sandbox.max_ttl"),
     ("E-DNS-REFRESH", "egress.dns.min_refresh is above max_refresh"),
+    ("E-JOURNAL-SOURCE", "a journal source mixes `builtin` with a custom source's keys"),
+    ("E-JOURNAL-REGEX", "a journal pattern is not a regular expression (or too long)"),
+    ("E-JOURNAL-ADDRESS-GROUP", "a journal pattern has no named group `address`"),
+    (
+        "E-THREAT-TYPE",
+        "a journal source's threat type is not 1-64 letters, digits, '_', '-', '.' characters",
+    ),
 )
 _POLICY_WARNINGS = (
     ("W-CIDR-SHADOWED", "a zone CIDR already covered by earlier zones"),
@@ -77,6 +84,9 @@ _POLICY_WARNINGS = (
     ("W-LAYER7", "a rule condition the kernel cannot see (path, authenticated)"),
     ("W-KNOWN-BAD-WINS", "an egress allowance overlapping known_bad, which always wins"),
     ("W-UNRESOLVED", "`check`: an egress host name does not resolve now"),
+    ("W-JOURNAL-UNMATCHED", "a journal pattern no example fits, or an example no pattern reads"),
+    ("W-JOURNAL-NO-EXAMPLES", "a custom journal source without example lines to check"),
+    ("W-JOURNAL-FORGEABLE", "a journal match any local user can satisfy (no trusted field)"),
 )
 _CONFIG_ERRORS = (
     ("E-CONFIG", "the daemon config is invalid or cannot be read; its diagnostics say why"),
@@ -154,6 +164,7 @@ REGISTRY: dict[str, Code] = {
             _FAIL,
         ),
         Code("E-CONTROL-SOCKET", "daemon", "the control socket cannot be created", None, _FAIL),
+        Code("E-JOURNAL", "daemon", "the journal cannot be opened or read", None, _FAIL),
         Code(
             "E-LOCKOUT",
             "daemon",

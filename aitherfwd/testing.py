@@ -1,7 +1,8 @@
 """In-memory fakes of the daemon's ports, shipped for tests (in the spirit of httpcore's mock
 backend and structlog's `testing` module).
 
-Owns: `FakeConntrack`, `FakeSystemd`, `FakeNotifier`, `FailingWrites`, and `fake_daemon`,
+Owns: `FakeConntrack`, `FakeSystemd`, `FakeNotifier`, `FailingWrites`, `FakeJournal`
+(aitherfwd/fakejournal.py), and `fake_daemon`,
 which wires the daemon's real services to these fakes (plus a real SQLite store and audit
 log in a directory the caller gives); re-exports `FakeKernel` (aitherfwd/fakekernel.py) and
 the one `FakeClock` (aitherfwd/clock.py). With them the whole control plane runs in unit
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aitherfwd.clock import FakeClock
+from aitherfwd.fakejournal import FakeJournal
 from aitherfwd.fakekernel import FakeKernel
 from aitherfwd.policy.model import IPAddress, NotifySettings
 from aitherfwd.reconcile import Observed
@@ -32,6 +34,7 @@ __all__ = [
     "FakeClock",
     "FakeConntrack",
     "FakeDaemon",
+    "FakeJournal",
     "FakeKernel",
     "FakeNotifier",
     "FakeSystemd",
@@ -157,6 +160,7 @@ class FakeDaemon:
     notifier: FakeNotifier
     policy_path: Path
     audit_path: Path
+    journal: FakeJournal
 
     def audit_events(self) -> list[dict[str, Any]]:
         """Every audit line written so far (the log writes unbuffered)."""
@@ -165,7 +169,11 @@ class FakeDaemon:
 
 
 def fake_daemon(
-    workdir: Path, policy_text: str, *, authorizer: Authorizer | None = None
+    workdir: Path,
+    policy_text: str,
+    *,
+    authorizer: Authorizer | None = None,
+    journal: FakeJournal | None = None,
 ) -> FakeDaemon:
     """Services as the daemon wires them, on fakes; the policy, the SQLite store and the
     audit log live under `workdir`. Nothing is started: call
@@ -191,8 +199,9 @@ def fake_daemon(
         audit=AuditLog(audit_path, 10 << 20, 2),
         load_policy=load_policy,
         listen_kernel=False,
+        journal=(journal := journal or FakeJournal()),
     )
     services = wire(ports, policy_path, authorizer)
     return FakeDaemon(
-        services, kernel, clock, conntrack, systemd, notifier, policy_path, audit_path
+        services, kernel, clock, conntrack, systemd, notifier, policy_path, audit_path, journal
     )

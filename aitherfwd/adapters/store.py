@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 # Version 1 (the first release) had no user_version and no history; v2 adds the history;
-# v3 adds sandbox grants (created on open, like v2's history).
+# v3 adds sandbox grants (created on open, like v2's history). journal_cursor (where the
+# journal sources stopped reading) is created on open too; older versions ignore it.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     key        TEXT PRIMARY KEY,
@@ -75,6 +76,7 @@ CREATE TABLE IF NOT EXISTS sandbox_grants (
     host       TEXT,
     uid        INTEGER
 );
+CREATE TABLE IF NOT EXISTS journal_cursor (name TEXT PRIMARY KEY, cursor TEXT NOT NULL);
 """
 _CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"
 HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one address
@@ -341,7 +343,19 @@ class Store:
         ).fetchall()
         return [Grant(k, e, s, tuple(json.loads(p)), c, h, u) for k, e, s, p, c, h, u in rows]
 
+    def save_cursor(self, name: str, cursor: str) -> bool:
+        """Where journal reading stopped (daemon/journal.py): the last entry handled."""
+        return self._write(
+            "journal", ("INSERT OR REPLACE INTO journal_cursor VALUES (?, ?)", [(name, cursor)])
+        )
+
     # --- reads -----------------------------------------------------------------------------
+
+    def load_cursor(self, name: str) -> str | None:
+        row = self._db.execute(
+            "SELECT cursor FROM journal_cursor WHERE name = ?", (name,)
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def load_blocks(self, now: float) -> list[Block]:
         """Unexpired blocks; expired ones are closed in the history as they are dropped."""

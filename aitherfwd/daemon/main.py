@@ -32,6 +32,7 @@ from aitherfwd.adapters.conntrack import PyrouteConntrack
 from aitherfwd.adapters.control_budget import ConnectionLimits, connection_cap
 from aitherfwd.adapters.control_server import ControlServer
 from aitherfwd.adapters.files import MAX_CONFIG_BYTES, load_policy, read_text
+from aitherfwd.adapters.journal import SystemdJournal
 from aitherfwd.adapters.kernel import NftKernel
 from aitherfwd.adapters.metrics import MetricsServer
 from aitherfwd.adapters.notify import Notifier
@@ -101,6 +102,7 @@ def adapters(cfg: DaemonConfig) -> Ports:
         store=Store(cfg.state_dir),
         audit=AuditLog(cfg.audit_log, cfg.audit_max_bytes, cfg.audit_keep),
         load_policy=load_policy,
+        journal=SystemdJournal(),
     )
 
 
@@ -192,6 +194,8 @@ class Supervisor:
         self.spawn("housekeeping", _housekeeping(s, cfg.drift_check_interval))
         self.spawn("egress-dns", s.egress.run())
         self.spawn("detection", s.detection.run())
+        if s.journal is not None:
+            self.spawn("journal", s.journal.run())
         self.spawn("conntrack-cuts", s.blocks.run_cuts())
         self.spawn("audit-rejections", _flush_rejections(api, s))
         interval = sd.watchdog_interval()

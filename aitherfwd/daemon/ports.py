@@ -8,7 +8,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 from aitherfwd.policy.model import IPAddress, NotifySettings
@@ -70,3 +70,20 @@ class Notifications(Protocol):
     def configure(self, settings: NotifySettings) -> None: ...
 
     def send(self, kind: str, event: dict[str, Any]) -> None: ...
+
+
+class Journal(Protocol):
+    """The systemd journal (adapters/journal.py), read in a worker thread, one call at a
+    time: `matches` is one conjunction of (field, values) per source."""
+
+    def open(
+        self, matches: Sequence[Sequence[tuple[str, Sequence[str]]]], cursor: str | None
+    ) -> str | None: ...
+
+    def read(self, limit: int) -> list[dict[str, str]]: ...
+
+    def fileno(self) -> int | None: ...
+
+    def process(self) -> str: ...
+
+    def close(self) -> None: ...

@@ -21,7 +21,8 @@ from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.generations import Generations, Loader
-from aitherfwd.daemon.ports import Conntrack, Kernel, Notifications, Systemd
+from aitherfwd.daemon.journal import JournalService
+from aitherfwd.daemon.ports import Conntrack, Journal, Kernel, Notifications, Systemd
 from aitherfwd.daemon.queries import Queries
 from aitherfwd.daemon.reputation import ReputationService
 from aitherfwd.daemon.writer import KernelWriter
@@ -43,6 +44,7 @@ class Ports:
     # NFLOG and conntrack sockets of the namespace the daemon runs in (detection); the
     # fakes turn them off so a unit test never listens to its host's kernel
     listen_kernel: bool = True
+    journal: Journal | None = None  # None: journal sources are not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class Services:
     queries: Queries
     detection: Detection
     started_at: float
+    journal: JournalService | None = None  # threats read from the journal
 
 
 def wire(
@@ -91,11 +94,13 @@ def wire(
     detection = Detection(
         clock, audit, reputation.threats, resync_interval, listen=ports.listen_kernel
     )
+    journal = JournalService(clock, ports.journal, store, reputation.threats)
     generations.listeners += [
         blocks.configure,
         reputation.configure,
         egress.configure,
         detection.configure,
+        journal.configure,
     ]
     reputation.load()
     queries = Queries(clock, generations, blocks, egress, stats)
@@ -111,4 +116,5 @@ def wire(
         queries,
         detection,
         clock.now(),
+        journal,
     )

@@ -6,6 +6,7 @@ services' `status()` snapshots, a block and a verdict as the API shows them, and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from aitherfwd.adapters.audit import rfc3339
@@ -140,6 +141,7 @@ def status(d: Services) -> dict[str, Any]:
         "drift_repairs": g.drift_repairs,
         "reloads": g.reloads,
         "reputation": {"offenders": rep.offenders, "threat_events": rep.threat_events},
+        "journal": asdict(d.journal.status()) if d.journal is not None else None,
         "store": {
             "write_errors": store.write_errors,
             "disk_full": store.disk_full,

@@ -8,6 +8,7 @@ Must not import adapters, the compiler or anything that does I/O.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -295,6 +296,28 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalPattern:
+    """A regular expression over a journal entry's MESSAGE; its named group `address` is
+    the offender. A match is one threat event of `type` and `severity`."""
+
+    regex: re.Pattern[str]
+    type: str
+    severity: Severity
+
+
+@dataclass(frozen=True, slots=True)
+class JournalSource:
+    """One `journal:` entry (policy/journal.py): which entries (journal field -> accepted
+    values; all fields must match) and the patterns tried on their MESSAGE, in order."""
+
+    name: str
+    match: tuple[tuple[str, tuple[str, ...]], ...]
+    patterns: tuple[JournalPattern, ...]
+    builtin: str | None = None
+    examples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     settings: Settings
@@ -307,6 +330,7 @@ class Policy:
     includes: tuple[str, ...] = ()  # other files it was read from (services_file)
     egress: Egress | None = None  # None: outbound is not filtered in the kernel
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    journal: tuple[JournalSource, ...] = ()  # threats read from the journal
 
     def zone(self, name: str) -> Zone:
         for z in self.zones:

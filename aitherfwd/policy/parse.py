@@ -16,6 +16,7 @@ from aitherfwd.policy.diagnostics import Diagnostic, Reporter
 from aitherfwd.policy.egress import EgressParser
 from aitherfwd.policy.egress_checks import check_egress
 from aitherfwd.policy.fields import Fields, Section
+from aitherfwd.policy.journal import parse_journal
 from aitherfwd.policy.model import (
     Action,
     IPNetwork,
@@ -48,6 +49,7 @@ TOP_KEYS = {
     "notify",
     "egress",
     "sandbox",
+    "journal",
 }
 REPUTATION_KEYS = set(ReputationSettings.__dataclass_fields__)
 SETTINGS_KEYS = set(Settings.__dataclass_fields__)
@@ -115,7 +117,8 @@ class _Parser:
         ep = EgressParser(self.f, self.report)
         egress = ep.egress(top["egress"]) if "egress" in top else None
         sandbox = ep.sandbox(top["sandbox"]) if "sandbox" in top else SandboxSettings()
-        if ("egress" in top and egress is None) or sandbox is None:
+        journal = parse_journal(top["journal"], self.f, self.report) if "journal" in top else ()
+        if ("egress" in top and egress is None) or sandbox is None or journal is None:
             return None
         if egress is not None and "default_action" not in top["egress"].value:
             # without its own default, the egress section takes the settings' default
@@ -132,6 +135,7 @@ class _Parser:
             includes=tuple(self.includes),
             egress=egress,
             sandbox=sandbox,
+            journal=journal,
         )
 
     def settings(self, node: YNode) -> Settings | None:

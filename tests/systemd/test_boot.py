@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,6 +217,68 @@ def test_sigkill_is_restarted_by_systemd_and_the_bans_survive(box: Box) -> None:
     assert box.client.v4 in kernel
     assert box.tcp(22) == "timeout"
     box.ct.ok("aitherfwd", "unblock", box.client.v4)
+    assert box.tcp(22) == "ok"
+
+
+def _journal(box: Box) -> dict[str, Any]:
+    journal = box.status().get("journal")
+    assert isinstance(journal, dict)
+    return journal
+
+
+def _journal_listening(box: Box) -> bool:
+    return bool(_journal(box)["listening"])
+
+
+def _reputation_events(box: Box, address: str) -> int:
+    explained = json.loads(box.ct.ok("aitherfwd", "explain", address, "--json"))
+    return int(explained["reputation"]["events"])
+
+
+def test_sshd_lines_in_the_real_journal_block_their_address_across_a_restart(box: Box) -> None:
+    """journald of the booted system, `logger -t sshd` as root (what sshd's own lines look
+    like to the journal: SYSLOG_IDENTIFIER=sshd, _UID=0): the client's address climbs the
+    ladder to a kernel block at the fifth line; a stop/start of the daemon in the middle
+    neither replays the lines read before nor skips the one written while it was down;
+    rotating and vacuuming every journal file read so far is survived (reopened after the
+    cursor); the same lines from an unprivileged user are not read."""
+    good = (box.ct.root / POLICY.lstrip("/")).read_text()
+    box.ct.write(POLICY, good + "journal:\n  - {name: ssh, builtin: openssh}\n")
+    box.ct.ok("systemctl", "reload", UNIT)
+    wait_for(lambda: _journal_listening(box), 20, "the journal source reading")
+    addr = box.client.v4
+    line = "Failed password for root from {} port {} ssh2"
+
+    def sshd(address: str, port: int, user: str | None = None) -> None:
+        box.ct.ok("logger", "-t", "sshd", line.format(address, port), user=user)
+
+    for port in range(5):  # forged: a local user cannot make sshd lines
+        sshd(addr, 40000 + port, user="afwnobody")
+    for port in range(3):
+        sshd(addr, 41000 + port)
+    wait_for(lambda: _reputation_events(box, addr) == 3, 20, "three events scored")
+    assert box.tcp(22) == "ok"
+
+    box.ct.ok("systemctl", "stop", UNIT)
+    sshd(addr, 42000)  # while the daemon is down
+    box.started()
+    wait_for(lambda: _reputation_events(box, addr) == 4, 20, "the line written while down")
+    reopens = _journal(box)["reopens"]
+    box.ct.ok("journalctl", "--rotate")  # every file that held a line read so far is
+    box.ct.ok("journalctl", "--vacuum-size=1")  # archived, then deleted
+    wait_for(lambda: _journal(box)["reopens"] > reopens, 20, "reopened after the vacuum")
+    assert "port 42000" not in box.ct.ok("journalctl", "-t", "sshd", "-o", "cat")  # gone
+    sshd(addr, 43000)
+    wait_for(lambda: box.tcp(22) == "timeout", 20, "the client blocked by the fifth line")
+    assert _reputation_events(box, addr) == 5  # none read twice, none skipped
+    with inside(box.lab.server):
+        assert addr in {e["elem"]["val"] for e in Nft().set_elements("block_v4")}
+    assert _journal(box)["threats"] == 2  # this run: the 4th and the 5th
+
+    box.ct.ok("aitherfwd", "unblock", addr)
+    box.ct.write(POLICY, good)
+    box.ct.ok("systemctl", "reload", UNIT)
+    wait_for(lambda: not _journal_listening(box), 20, "the journal source gone")
     assert box.tcp(22) == "ok"
 
 

@@ -25,13 +25,22 @@ L1 = {
     "audit_check",
 }
 L2 = {"adapters"}
-L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel"}
+L3 = {
+    "daemon",
+    "cli",
+    "cli_client",
+    "client",
+    "__main__",
+    "testing",
+    "fakekernel",
+    "fakejournal",
+}
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
     "h11": {"adapters/control_http.py"},
     "inotify_simple": {"adapters/watch.py"},
-    "systemd": {"adapters/systemd.py"},
+    "systemd": {"adapters/systemd.py", "adapters/journal.py"},
     "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
     "dns": {"adapters/dns.py"},
     "yaml": {"policy/source.py"},
