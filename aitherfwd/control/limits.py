@@ -26,6 +26,8 @@ class ControlLimits:
     body_bytes_admin: int = 32 * MIB  # POST /v1/blocks takes up to 200,000 blocks
     body_bytes_in_flight: int = 96 * MIB  # held at once; body_bytes_admin of it kept for admins
     requests_per_uid: int = 100  # per second per non-admin peer uid (burst: twice that)
+    watchers: int = 64  # open GET /v1/watch streams at once, every peer together
+    watchers_per_uid: int = 4  # of one non-admin peer uid
 
     def body_limit(self, role: str) -> int:
         return int(getattr(self, f"body_bytes_{role}"))
@@ -47,6 +49,8 @@ _RANGES = {
     "body_bytes_admin": (1024, 1 << 30),
     "body_bytes_in_flight": (2048, 1 << 32),
     "requests_per_uid": (1, 100_000),
+    "watchers": (1, 4096),
+    "watchers_per_uid": (1, 1024),
 }
 
 

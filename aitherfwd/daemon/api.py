@@ -30,6 +30,7 @@ from aitherfwd.daemon import sandbox_api, views
 from aitherfwd.daemon.budgets import RequestBudgets
 from aitherfwd.daemon.rejections import Rejections, Sink
 from aitherfwd.daemon.services import Services
+from aitherfwd.daemon.watch import WatchHub
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,12 @@ ROUTES = (
     Route("POST", "/v1/sandbox", "sandbox", sandbox_api.grant),
     Route("GET", "/v1/sandbox", "read", sandbox_api.list_grants),
     Route("DELETE", "/v1/sandbox/", "sandbox", sandbox_api.revoke),
+    Route("GET", "/v1/watch", "read", lambda d, req: _no_handler()),  # Api.__call__ streams it
 )
+
+
+async def _no_handler() -> Any:
+    raise AssertionError("GET /v1/watch is answered by Api.watch")
 
 
 def _find(method: str, path: str) -> Route:
@@ -157,6 +163,7 @@ class Api:
             services.ports.audit, noise or services.ports.audit, reject_interval
         )
         self.budgets = RequestBudgets(self.limits.requests_per_uid, self.clock.monotonic)
+        self._watch: WatchHub | None = None  # hooked into the services at the first watch
 
     def admit(self, peer: Peer) -> Admission | None:
         """At accept: None (refused before any read) for a peer without any role."""
@@ -198,6 +205,8 @@ class Api:
     async def __call__(self, req: HttpRequest) -> HttpResponse:
         try:
             route = self._authorised(req.peer, req.method, req.path)
+            if route.path == "/v1/watch":
+                return self._watching(req.peer)
             return HttpResponse(200, await route.handler(self.services, req))
         except ApplyError as exc:  # an element write of this request, refused by the kernel
             message = f"the kernel refused the change: {exc.message}"
@@ -209,6 +218,13 @@ class Api:
                 )
                 return _error(500, exc)
             return self._rejected(req, exc)
+
+    def _watching(self, peer: Peer) -> HttpResponse:
+        if self._watch is None:
+            lim = self.limits
+            self._watch = WatchHub(self.services, lim.watchers, lim.watchers_per_uid)
+        watcher = self._watch.open(peer.uid, admin=self._is_admin(peer))
+        return HttpResponse(200, None, self._watch.stream(watcher))
 
     def _rejected(self, req: HttpRequest, exc: AitherError) -> HttpResponse:
         if exc.code != "E-FORBIDDEN":  # a denial was audited as access_denied

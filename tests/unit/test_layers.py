@@ -26,10 +26,11 @@ L1 = {
 }
 L2 = {"adapters"}
 L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel"}
+L3 |= {"asgi"}  # the ASGI middleware: a client of the daemon
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
-    "h11": {"adapters/control_http.py"},
+    "h11": {"adapters/control_http.py", "adapters/control_stream.py"},
     "inotify_simple": {"adapters/watch.py"},
     "systemd": {"adapters/systemd.py"},
     "sqlite3": {"adapters/store.py", "adapters/store_open.py"},

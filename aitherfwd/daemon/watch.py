@@ -1,0 +1,204 @@
+"""The watch stream, `GET /v1/watch` (layer L3): the daemon's changes as they happen.
+
+Owns: `WatchHub` — the open watch streams, bounded (`[control] watchers` in all,
+`watchers_per_uid` per peer uid; over either a 429 `E-WATCH-LIMIT`), each with a bounded
+queue of pending lines (`QUEUE_LINES`; a watcher that falls that far behind gets an
+`overflow` event and its stream ends: it reconnects and starts from a fresh snapshot) — and
+what it publishes, one JSON object per line:
+
+    {"event": "policy", "generation": N, "policy": {...}}   first, then on every new generation
+    {"event": "blocks", "blocks": [{"address", "expires_at"}, ...]}   the snapshot, ≤ 1000 each
+    {"event": "ready", "blocks": COUNT}                       end of the snapshot
+    {"event": "block", "blocks": [...]}                       new blocks (any source)
+    {"event": "unblock", "addresses": [...]}                  lifted blocks
+    {"event": "heartbeat", "time": T}                         every HEARTBEAT s when idle
+
+Expired blocks are not announced: each record carries its expiry. The policy is the inbound
+view of control/policyview.py. Hooks: a listener on `Generations`, `BlockService.on_blocked`
+and `on_unblocked` (chained after what was there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+from aitherfwd.control import policyview
+from aitherfwd.daemon.services import Services
+from aitherfwd.dynamic.blockrecords import Block
+from aitherfwd.errors import RequestError
+from aitherfwd.policy.model import Policy
+
+log = logging.getLogger(__name__)
+HEARTBEAT = 10.0  # seconds between heartbeats of an idle stream
+QUEUE_LINES = 10_000  # pending lines per watcher before it is cut off
+SNAPSHOT_CHUNK = 1000  # blocks per snapshot line
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+class Watcher:
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+        self.pending: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.overflowed = False
+
+    def push(self, line: bytes) -> None:
+        if self.overflowed:
+            return
+        if len(self.pending) >= QUEUE_LINES:
+            self.overflowed = True
+            self.pending.clear()
+        else:
+            self.pending.append(line)
+        self.wake.set()
+
+
+class WatchHub:
+    def __init__(self, services: Services, total: int = 64, per_uid: int = 4) -> None:
+        self.services = services
+        self.total, self.per_uid = total, per_uid
+        self.watchers: set[Watcher] = set()
+        self.by_uid: Counter[int] = Counter()
+        self.overflows = 0
+        blocks = services.blocks
+        previous_unblocked = blocks.on_unblocked
+        previous_blocked = blocks.on_blocked
+
+        def unblocked(blk: Block, now: float) -> None:
+            previous_unblocked(blk, now)
+            self.publish({"event": "unblock", "addresses": [blk.key]})
+
+        def blocked(new: list[Block], now: float) -> None:
+            previous_blocked(new, now)
+            for i in range(0, len(new), SNAPSHOT_CHUNK):
+                part = new[i : i + SNAPSHOT_CHUNK]
+                self.publish(
+                    {"event": "block", "blocks": [policyview.block_record(b) for b in part]}
+                )
+
+        blocks.on_unblocked = unblocked
+        blocks.on_blocked = blocked
+        services.generations.listeners.append(self._policy_changed)
+
+    def _policy_changed(self, policy: Policy) -> None:
+        # called just before the new generation is swapped in: publish once it is
+        # no running loop: a cold start outside the event loop, which has no watchers yet
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_soon(self._publish_generation)
+
+    def _publish_generation(self) -> None:
+        if self.watchers:
+            self.publish(self._policy_event())
+
+    def _policy_event(self) -> dict[str, Any]:
+        gen = self.services.generations.current()
+        return {
+            "event": "policy",
+            "generation": gen.number,
+            "policy": policyview.encode(gen.policy),
+        }
+
+    def publish(self, event: dict[str, Any]) -> None:
+        if not self.watchers:
+            return
+        line = _line(event)
+        for w in self.watchers:
+            w.push(line)
+
+    def open(self, uid: int, *, admin: bool) -> Watcher:
+        if len(self.watchers) >= self.total:
+            raise RequestError(
+                f"too many watch streams (limit {self.total}); retry later", code="E-WATCH-LIMIT"
+            )
+        if not admin and self.by_uid[uid] >= self.per_uid:
+            raise RequestError(
+                f"too many watch streams of uid {uid} (limit {self.per_uid})",
+                code="E-WATCH-LIMIT",
+            )
+        w = Watcher(uid)
+        self.watchers.add(w)
+        self.by_uid[uid] += 1
+        return w
+
+    def close(self, w: Watcher) -> None:
+        if w in self.watchers:
+            self.watchers.discard(w)
+            self.by_uid[w.uid] -= 1
+            if self.by_uid[w.uid] <= 0:
+                del self.by_uid[w.uid]
+
+    def _snapshot(self) -> Iterator[bytes]:
+        now = self.services.ports.clock.now()
+        active = self.services.blocks.table.active(now)
+        yield _line(self._policy_event())
+        for i in range(0, len(active), SNAPSHOT_CHUNK):
+            part = active[i : i + SNAPSHOT_CHUNK]
+            yield _line({"event": "blocks", "blocks": [policyview.block_record(b) for b in part]})
+        yield _line({"event": "ready", "blocks": len(active)})
+
+    def stream(self, w: Watcher) -> Stream:
+        """The watcher's lines: its snapshot (taken when first asked, later than the
+        watcher's first queued change: replaying the queue over it ends in the latest
+        state), then its queue as it fills; ends on overflow. `aclose` closes the watcher,
+        started or not."""
+        return Stream(self, w)
+
+    async def _lines(self, w: Watcher) -> AsyncGenerator[bytes]:
+        try:
+            snapshot = self._snapshot()
+            batch: list[bytes] = []
+            for line in snapshot:
+                batch.append(line)
+                if len(batch) >= 16:
+                    yield b"".join(batch)
+                    batch = []
+            if batch:
+                yield b"".join(batch)
+            del snapshot, batch
+            while True:
+                if not w.pending and not w.overflowed:
+                    w.wake.clear()
+                    try:
+                        async with asyncio.timeout(HEARTBEAT):
+                            await w.wake.wait()
+                    except TimeoutError:
+                        now = self.services.ports.clock.now()
+                        yield _line({"event": "heartbeat", "time": now})
+                        continue
+                if w.overflowed:
+                    self.overflows += 1
+                    log.warning("watch stream overflowed uid=%d queued=%d", w.uid, QUEUE_LINES)
+                    yield _line({"event": "overflow", "queued": QUEUE_LINES})
+                    return
+                lines = list(w.pending)
+                w.pending.clear()
+                yield b"".join(lines)
+        finally:
+            self.close(w)
+
+
+class Stream:
+    """An async iterator of a watcher's lines that gives its slot back on `aclose`."""
+
+    def __init__(self, hub: WatchHub, w: Watcher) -> None:
+        self._hub, self._w = hub, w
+        self._lines = hub._lines(w)
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await anext(self._lines)
+
+    async def aclose(self) -> None:
+        self._hub.close(self._w)
+        await self._lines.aclose()
