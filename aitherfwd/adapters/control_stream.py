@@ -34,6 +34,7 @@ async def send_stream(
         ("connection", "close"),
     ]
     hangup = asyncio.ensure_future(reader.read(1))
+    following: asyncio.Future[bytes] | None = None
     try:
         await write(conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK")))
         while True:
@@ -51,9 +52,11 @@ async def send_stream(
             await write(conn.send(h11.Data(data=chunk)))
         await write(conn.send(h11.EndOfMessage()))
     finally:
-        hangup.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await hangup
+        for pending in (hangup, following):
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, OSError):
+                    await pending
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ class Follower:
         self.socket_path, self.state, self.clock = socket_path, state, clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: UnixHTTPConnection | None = None
+        self._sock: socket.socket | None = None  # the stream's socket, for stop() to wake
 
     def start(self) -> None:
         if self._thread is None:
@@ -56,10 +57,10 @@ class Follower:
 
     def stop(self) -> None:
         self._stop.set()
-        conn = self._conn
-        if conn is not None and conn.sock is not None:
+        sock = self._sock
+        if sock is not None:
             with contextlib.suppress(OSError):
-                conn.sock.shutdown(2)  # wakes the blocked read
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -80,22 +81,25 @@ class Follower:
 
     def _follow(self) -> None:
         conn = UnixHTTPConnection(self.socket_path, timeout=IDLE_TIMEOUT)
-        self._conn = conn
         try:
+            conn.connect()
+            self._sock = conn.sock
+            if self._stop.is_set():
+                return
             conn.request("GET", "/v1/watch", headers={"Accept": "application/x-ndjson"})
-            response = conn.getresponse()
-            if response.status != 200:
-                body = response.read(4096).decode("utf-8", "replace")
-                raise ProtocolError(f"GET /v1/watch answered {response.status}: {body}")
-            while not self._stop.is_set():
-                line = response.readline(MAX_LINE)
-                if not line:
-                    return
-                if not line.endswith(b"\n"):
-                    raise ProtocolError("a watch line too long or cut short")
-                self.state.apply(json.loads(line), self.clock())
+            with conn.getresponse() as response:
+                if response.status != 200:
+                    body = response.read(4096).decode("utf-8", "replace")
+                    raise ProtocolError(f"GET /v1/watch answered {response.status}: {body}")
+                while not self._stop.is_set():
+                    line = response.readline(MAX_LINE)
+                    if not line:
+                        return
+                    if not line.endswith(b"\n"):
+                        raise ProtocolError("a watch line too long or cut short")
+                    self.state.apply(json.loads(line), self.clock())
         finally:
-            self._conn = None
+            self._sock = None
             conn.close()
 
 
