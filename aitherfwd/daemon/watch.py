@@ -25,18 +25,18 @@ import contextlib
 import json
 import logging
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aitherfwd.control import policyview
 from aitherfwd.daemon.services import Services
-from aitherfwd.dynamic.blockrecords import Block
+from aitherfwd.dynamic.blockrecords import Block, Key, text_of
 from aitherfwd.errors import RequestError
 from aitherfwd.policy.model import Policy
 
 log = logging.getLogger(__name__)
 HEARTBEAT = 10.0  # seconds between heartbeats of an idle stream
-QUEUE_LINES = 10_000  # pending lines per watcher before it is cut off
+QUEUE_BYTES = 4 << 20  # pending bytes per watcher before it is cut off
 SNAPSHOT_CHUNK = 1000  # blocks per snapshot line
 
 
@@ -48,18 +48,36 @@ class Watcher:
     def __init__(self, uid: int) -> None:
         self.uid = uid
         self.pending: deque[bytes] = deque()
+        self.queued = 0  # bytes in `pending`
         self.wake = asyncio.Event()
         self.overflowed = False
 
     def push(self, line: bytes) -> None:
         if self.overflowed:
             return
-        if len(self.pending) >= QUEUE_LINES:
+        if self.queued + len(line) > QUEUE_BYTES:
             self.overflowed = True
             self.pending.clear()
+            self.queued = 0
         else:
             self.pending.append(line)
+            self.queued += len(line)
         self.wake.set()
+
+    def take(self) -> bytes:
+        lines = b"".join(self.pending)
+        self.pending.clear()
+        self.queued = 0
+        return lines
+
+
+def _encode_blocks(pairs: list[tuple[Key, float | None]], now: float) -> list[bytes]:
+    """The snapshot's `blocks` lines (off the event loop: 1,000,000 blocks take ~5 s)."""
+    live = [(text_of(k), x) for k, x in pairs if x is None or x > now]
+    return [
+        _line({"event": "blocks", "blocks": [{"address": a, "expires_at": x} for a, x in part]})
+        for part in (live[i : i + SNAPSHOT_CHUNK] for i in range(0, len(live), SNAPSHOT_CHUNK))
+    ] + [_line({"event": "ready", "blocks": len(live)})]
 
 
 class WatchHub:
@@ -69,6 +87,8 @@ class WatchHub:
         self.watchers: set[Watcher] = set()
         self.by_uid: Counter[int] = Counter()
         self.overflows = 0
+        self.version = 0  # bumped by every change: a snapshot is shared while it holds
+        self._snapshot: tuple[int, asyncio.Future[list[bytes]]] | None = None
         blocks = services.blocks
         previous_unblocked = blocks.on_unblocked
         previous_blocked = blocks.on_blocked
@@ -108,6 +128,8 @@ class WatchHub:
         }
 
     def publish(self, event: dict[str, Any]) -> None:
+        self.version += 1
+        self._snapshot = None  # stale: the streams still sending it hold their own reference
         if not self.watchers:
             return
         line = _line(event)
@@ -136,14 +158,17 @@ class WatchHub:
             if self.by_uid[w.uid] <= 0:
                 del self.by_uid[w.uid]
 
-    def _snapshot(self) -> Iterator[bytes]:
+    def _blocks_snapshot(self) -> asyncio.Future[list[bytes]]:
+        """The encoded blocks of now, shared by every watcher that asks before the next
+        change: the copy is taken in the loop (~40 ms per 100,000 blocks), encoded in a
+        thread; at most one snapshot per version is ever held by the hub."""
+        if self._snapshot is not None and self._snapshot[0] == self.version:
+            return self._snapshot[1]
+        pairs = self.services.blocks.table.expiries()
         now = self.services.ports.clock.now()
-        active = self.services.blocks.table.active(now)
-        yield _line(self._policy_event())
-        for i in range(0, len(active), SNAPSHOT_CHUNK):
-            part = active[i : i + SNAPSHOT_CHUNK]
-            yield _line({"event": "blocks", "blocks": [policyview.block_record(b) for b in part]})
-        yield _line({"event": "ready", "blocks": len(active)})
+        future = asyncio.ensure_future(asyncio.to_thread(_encode_blocks, pairs, now))
+        self._snapshot = (self.version, future)
+        return future
 
     def stream(self, w: Watcher) -> Stream:
         """The watcher's lines: its snapshot (taken when first asked, later than the
@@ -154,16 +179,12 @@ class WatchHub:
 
     async def _lines(self, w: Watcher) -> AsyncGenerator[bytes]:
         try:
-            snapshot = self._snapshot()
-            batch: list[bytes] = []
-            for line in snapshot:
-                batch.append(line)
-                if len(batch) >= 16:
-                    yield b"".join(batch)
-                    batch = []
-            if batch:
-                yield b"".join(batch)
-            del snapshot, batch
+            policy = _line(self._policy_event())
+            lines = await asyncio.shield(self._blocks_snapshot())
+            yield policy
+            for i in range(0, len(lines), 16):
+                yield b"".join(lines[i : i + 16])
+            del lines
             while True:
                 if not w.pending and not w.overflowed:
                     w.wake.clear()
@@ -176,12 +197,10 @@ class WatchHub:
                         continue
                 if w.overflowed:
                     self.overflows += 1
-                    log.warning("watch stream overflowed uid=%d queued=%d", w.uid, QUEUE_LINES)
-                    yield _line({"event": "overflow", "queued": QUEUE_LINES})
+                    log.warning("watch stream overflowed uid=%d bytes=%d", w.uid, QUEUE_BYTES)
+                    yield _line({"event": "overflow", "bytes": QUEUE_BYTES})
                     return
-                lines = list(w.pending)
-                w.pending.clear()
-                yield b"".join(lines)
+                yield w.take()
         finally:
             self.close(w)
 

@@ -63,7 +63,7 @@ def requests(draw: st.DrawFn, policy: Policy) -> tuple[Request, float]:
     return Request(draw(sources(policy)), Protocol.TCP, port, path=path, authenticated=auth), now
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.data())
 def test_the_view_round_trip_keeps_every_verdict(data: st.DataObject) -> None:
     policy = parse(to_yaml(data.draw(policies(with_egress=False))))

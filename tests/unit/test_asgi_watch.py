@@ -213,9 +213,13 @@ def test_a_watcher_that_falls_behind_is_cut_off_with_an_overflow(tmp_path: Path)
     with served(tmp_path, POLICY) as d:
         hub = d.call(_open_hub(d))
         w = hub.open(0, admin=True)
-        for i in range(watch.QUEUE_LINES + 1):
-            hub.publish({"event": "heartbeat", "time": i})
-        assert w.overflowed and not w.pending
+        big = "x" * (watch.QUEUE_BYTES // 4)
+        for i in range(3):
+            hub.publish({"event": "heartbeat", "time": i, "pad": big})
+        assert not w.overflowed and w.queued > watch.QUEUE_BYTES // 2
+        hub.publish({"event": "heartbeat", "time": 4, "pad": big})
+        hub.publish({"event": "heartbeat", "time": 5, "pad": big})
+        assert w.overflowed and not w.pending and w.queued == 0
 
 
 @pytest.mark.parametrize(
