@@ -22,6 +22,7 @@ No I/O, no clock. Must not import adapters or the daemon.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -66,9 +67,16 @@ def parse_hop(text: str) -> IPAddress:
     if "%" in host:
         raise Malformed(f"an address with a zone id is not a client: {text[:80]!r}")
     try:
-        return _normalise(ipaddress.ip_address(host))
+        return parse_address(host)
     except ValueError:
         raise Malformed(f"not an address: {text[:80]!r}") from None
+
+
+@functools.lru_cache(maxsize=8192)
+def parse_address(text: str) -> IPAddress:
+    """`ipaddress.ip_address`, normalised, remembered: proxies and clients repeat, and a
+    parse costs more than the whole verdict (ValueError is not remembered)."""
+    return _normalise(ipaddress.ip_address(text))
 
 
 def _is_port(suffix: str) -> bool:
@@ -106,25 +114,31 @@ class Client:
 Headers = Sequence[tuple[bytes, bytes]]
 
 
-def _lines(headers: Headers, name: bytes) -> list[str]:
-    return [v.decode("latin-1") for k, v in headers if k.lower() == name]
+def header_names(names: Iterable[str]) -> tuple[bytes, ...]:
+    """Header names as `client_address` takes them: lower-case bytes, in order."""
+    return tuple(n.strip().lower().encode("latin-1") for n in names)
 
 
 def client_address(
     peer: IPAddress,
     headers: Headers,
-    names: Sequence[str],
+    wanted: tuple[bytes, ...],
     trusted: Callable[[IPAddress], bool],
 ) -> Client:
-    """The client of a request that arrived from `peer` with `headers` (ASGI's raw pairs,
-    names lower-case bytes). `names` are the forwarding headers to believe, in order."""
+    """The client of a request that arrived from `peer` with `headers` (ASGI's raw pairs).
+    `wanted`: the forwarding headers to believe, in order, as `header_names` gives them."""
     peer = _normalise(peer)
-    wanted = [n.lower().encode("latin-1") for n in names]
+    found: dict[bytes, list[str]] = {}
+    for key, value in headers:
+        name = key.lower()
+        if name in wanted:
+            found.setdefault(name, []).append(value.decode("latin-1"))
+    if not found:
+        return Client(peer, PEER)
     if not trusted(peer):
-        sent = any(k.lower() in wanted for k, _ in headers)
-        return Client(peer, PEER, spoofed=sent)
+        return Client(peer, PEER, spoofed=True)
     for name in wanted:
-        lines = [line for line in _lines(headers, name) if line.strip()]
+        lines = [line for line in found.get(name, []) if line.strip()]
         if not lines:
             continue
         label = name.decode("latin-1")

@@ -25,7 +25,12 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aitherfwd.asgi.clientaddr import client_address, parse_networks
+from aitherfwd.asgi.clientaddr import (
+    client_address,
+    header_names,
+    parse_address,
+    parse_networks,
+)
 from aitherfwd.asgi.follower import Follower, Reporter
 from aitherfwd.asgi.state import Followed
 from aitherfwd.asgi.view import judge
@@ -69,7 +74,7 @@ class FirewallMiddleware:
     ) -> None:
         self.app = app
         cidrs, zones = parse_networks(trusted_proxies)
-        self.headers = tuple(client_ip_headers)
+        self.headers = header_names(client_ip_headers)
         self.fail_open = fail_open
         self.authenticated = authenticated
         self.port = port
@@ -218,7 +223,7 @@ def _peer(scope: Scope) -> IPAddress:
     if not client:
         return UNIX_PEER
     try:
-        return ipaddress.ip_address(str(client[0]).split("%", 1)[0])
+        return parse_address(str(client[0]).split("%", 1)[0])
     except ValueError:
         return UNIX_PEER  # not an IP peer (a Unix socket path): local
 

@@ -14,6 +14,7 @@ Must not import adapters or the daemon, nor do I/O.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,10 +36,12 @@ class View:
     bypass_zones: frozenset[str]
     unknown_zones: tuple[str, ...]  # named in trusted_proxies or bypass_zones, not in the policy
     needs_auth: bool  # some rule has an `authenticated` condition
+    zones: dict[int, tuple[list[int], list[str | None]]]  # per IP version: starts, zone
 
     def zone(self, address: IPAddress) -> str | None:
-        """The address's zone: the first zone of the policy that contains it."""
-        return zoning.classify(self.policy.zones, address)
+        """The address's zone: the first zone of the policy that contains it (a bisect)."""
+        starts, names = self.zones[address.version]
+        return names[bisect_right(starts, int(address)) - 1]
 
     def is_trusted(self, address: IPAddress) -> bool:
         """A trusted proxy: in a trusted CIDR, or its zone is a trusted zone."""
@@ -68,7 +71,23 @@ def build_view(
         frozenset(bypass_zones) & names,
         tuple(unknown),
         any(r.authenticated is not None for r in policy.rules),
+        {v: _zone_index(policy, v) for v in (4, 6)},
     )
+
+
+def _zone_index(policy: Policy, version: int) -> tuple[list[int], list[str | None]]:
+    """The zones' partition of one IP version as range starts and labels (None: no zone)."""
+    starts: list[int] = [0]
+    labels: list[str | None] = [None]
+    for first, last, zone in zoning.partition(policy.zones, version):
+        if starts[-1] == int(first):
+            labels[-1] = zone
+        else:
+            starts.append(int(first))
+            labels.append(zone)
+        starts.append(int(last) + 1)
+        labels.append(None)
+    return starts, labels
 
 
 def judge(  # noqa: PLR0917 - one request's fields

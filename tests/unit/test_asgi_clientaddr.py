@@ -15,6 +15,7 @@ from aitherfwd.asgi.clientaddr import (
     Malformed,
     Trusted,
     client_address,
+    header_names,
     parse_hop,
     parse_networks,
 )
@@ -23,14 +24,14 @@ ip = ipaddress.ip_address
 PROXY = ip("10.77.0.2")
 EDGE = ip("10.77.0.3")
 TRUSTED = Trusted([ipaddress.ip_network("10.77.0.0/29"), ipaddress.ip_network("fd77::/64")])
-NAMES = ("CF-Connecting-IP", "X-Forwarded-For", "X-Real-IP")
+NAMES = header_names(["CF-Connecting-IP", "X-Forwarded-For", "X-Real-IP"])
 
 
 def h(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode(), v.encode("latin-1")) for k, v in pairs]
 
 
-def client(peer: str, *pairs: tuple[str, str], names: tuple[str, ...] = NAMES):  # type: ignore[no-untyped-def]
+def client(peer: str, *pairs: tuple[str, str], names: tuple[bytes, ...] = NAMES):  # type: ignore[no-untyped-def]
     return client_address(ip(peer), h(*pairs), names, TRUSTED)
 
 
@@ -163,14 +164,16 @@ def test_the_first_configured_header_present_decides() -> None:
         str(PROXY),
         ("X-Forwarded-For", "198.51.100.1"),
         ("CF-Connecting-IP", "203.0.113.7"),
-        names=("X-Forwarded-For",),
+        names=header_names(["X-Forwarded-For"]),
     )
     assert only_xff.address == ip("198.51.100.1")
 
 
 def test_header_names_match_in_any_case() -> None:
     headers = [(b"X-FORWARDED-FOR", b"203.0.113.7")]
-    assert client_address(PROXY, headers, ["x-forwarded-for"], TRUSTED).address == ip("203.0.113.7")
+    assert client_address(PROXY, headers, header_names(["X-Forwarded-For"]), TRUSTED).address == ip(
+        "203.0.113.7"
+    )
 
 
 def test_a_single_value_header_given_twice_differently_is_malformed() -> None:
