@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aitherfwd.asgi.clientaddr import (
+    Client,
     client_address,
     header_names,
     parse_address,
@@ -33,7 +34,7 @@ from aitherfwd.asgi.clientaddr import (
 )
 from aitherfwd.asgi.follower import Follower, Reporter
 from aitherfwd.asgi.state import Followed
-from aitherfwd.asgi.view import judge
+from aitherfwd.asgi.view import View, judge
 from aitherfwd.evaluator import RATE_LIMITED, TokenBuckets
 from aitherfwd.policy.model import Action, IPAddress
 
@@ -49,6 +50,8 @@ DEFAULT_HEADERS = ("CF-Connecting-IP", "X-Forwarded-For", "X-Real-IP")
 DEFAULT_BYPASS = ("loopback", "docker")
 REPORTED_STATUSES = frozenset({401, 403})
 MAX_TRACKED = 10_000  # clients whose 401/403 answers are counted at once
+CLIENT_CACHE = 4096  # (peer, forwarding headers) -> client, per policy view
+CACHED_HEADER_BYTES = 256  # longer forwarding headers are walked every time
 UNIX_PEER = ipaddress.IPv4Address("127.0.0.1")  # an app served on a Unix socket: a local peer
 
 
@@ -75,6 +78,8 @@ class FirewallMiddleware:
         self.app = app
         cidrs, zones = parse_networks(trusted_proxies)
         self.headers = header_names(client_ip_headers)
+        self._wanted = frozenset(self.headers)
+        self._clients: tuple[View | None, dict[tuple[Any, ...], Client]] = (None, {})
         self.fail_open = fail_open
         self.authenticated = authenticated
         self.port = port
@@ -148,8 +153,7 @@ class FirewallMiddleware:
                 return None, None
             counters["unavailable"] += 1
             return _answer(503, "firewall unavailable"), None
-        peer = _peer(scope)
-        found = client_address(peer, scope.get("headers", ()), self.headers, view.is_trusted)
+        found = self._client(scope, view)
         if found.spoofed:
             counters["spoofed"] += 1
         if found.address is None:
@@ -179,6 +183,25 @@ class FirewallMiddleware:
             verdict.reason,
         )
         return refusal, client
+
+    def _client(self, scope: Scope, view: View) -> Client:
+        """`client_address`, remembered per (peer, forwarding header lines) for the current
+        view: proxies and clients repeat, and the walk costs more than the verdict."""
+        client = scope.get("client")
+        headers = scope.get("headers", ())
+        wanted = self._wanted
+        key = (client[0] if client else None, *(kv for kv in headers if kv[0].lower() in wanted))
+        cache = self._clients
+        if cache[0] is not view:
+            cache = self._clients = (view, {})
+        found = cache[1].get(key)
+        if found is None:
+            found = client_address(_peer(scope), headers, self.headers, view.is_trusted)
+            if sum(len(v) for _, v in key[1:]) <= CACHED_HEADER_BYTES:  # bounded memory
+                if len(cache[1]) >= CLIENT_CACHE:
+                    cache[1].clear()
+                cache[1][key] = found
+        return found
 
     # --- threat reports -----------------------------------------------------------------------
 

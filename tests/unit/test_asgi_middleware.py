@@ -322,3 +322,12 @@ def test_only_answers_401_and_403_count_toward_a_report(daemon: Served, status: 
         assert mw.stats().get("reports_queued", 0) == (1 if status != 200 else 0)
     finally:
         mw.close()
+
+
+def test_the_same_forwarding_header_from_another_peer_is_judged_anew(daemon: Served) -> None:
+    with middleware(daemon) as mw:
+        xff = {"x-forwarded-for": "10.9.9.9"}  # internal: /private allowed if believed
+        for _ in range(2):  # the second round is answered from the remembered clients
+            assert get(mw, "/private", "10.77.0.2", **xff).status_code == 200
+            assert get(mw, "/private", "203.0.113.7", **xff).status_code == 403
+        assert mw.stats()["spoofed"] == 2
