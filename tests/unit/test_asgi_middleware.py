@@ -331,3 +331,24 @@ def test_the_same_forwarding_header_from_another_peer_is_judged_anew(daemon: Ser
             assert get(mw, "/private", "10.77.0.2", **xff).status_code == 200
             assert get(mw, "/private", "203.0.113.7", **xff).status_code == 403
         assert mw.stats()["spoofed"] == 2
+
+
+def test_a_denied_websocket_is_closed_with_policy_violation(daemon: Served) -> None:
+    with middleware(daemon) as mw:
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "websocket.connect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "websocket",
+            "path": "/private/socket",
+            "headers": [],
+            "client": ("203.0.113.7", 5000),
+            "server": ("10.0.0.1", 8000),
+        }
+        asyncio.run(mw(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "forbidden"}]
