@@ -258,6 +258,8 @@ class BlockService:
             for elem in kernel.set_elements(s.name):
                 in_kernel.add(self._adopt_element(elem, now, found))
         self.store.restore_history(found)
+        if found:
+            self.on_blocked(found, now)  # called in the writer's thread
         missing = [
             blk
             for blk in self.table.active(now)

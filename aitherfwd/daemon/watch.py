@@ -13,7 +13,8 @@ what it publishes, one JSON object per line:
     {"event": "unblock", "addresses": [...]}                  lifted blocks
     {"event": "heartbeat", "time": T}                         every HEARTBEAT s when idle
 
-Expired blocks are not announced: each record carries its expiry. The policy is the inbound
+Expired blocks are not announced: each record carries its expiry. Blocks another tool put
+in the kernel's sets are announced once the drift check adopts them. The policy is the inbound
 view of control/policyview.py. Hooks: a listener on `Generations`, `BlockService.on_blocked`
 and `on_unblocked` (chained after what was there).
 """
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from collections import Counter, deque
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -87,6 +89,7 @@ class WatchHub:
         self.watchers: set[Watcher] = set()
         self.by_uid: Counter[int] = Counter()
         self.overflows = 0
+        self._loop, self._thread = asyncio.get_running_loop(), threading.get_ident()
         self.version = 0  # bumped by every change: a snapshot is shared while it holds
         self._snapshot: tuple[int, asyncio.Future[list[bytes]]] | None = None
         blocks = services.blocks
@@ -99,6 +102,12 @@ class WatchHub:
 
         def blocked(new: list[Block], now: float) -> None:
             previous_blocked(new, now)
+            if threading.get_ident() != self._thread:  # adopted from the kernel by the writer
+                self._loop.call_soon_threadsafe(blocked_here, new)
+            else:
+                blocked_here(new)
+
+        def blocked_here(new: list[Block]) -> None:
             for i in range(0, len(new), SNAPSHOT_CHUNK):
                 part = new[i : i + SNAPSHOT_CHUNK]
                 self.publish(

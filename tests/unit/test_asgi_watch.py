@@ -18,6 +18,7 @@ from aitherfwd.asgi.follower import Follower
 from aitherfwd.asgi.state import Followed, ProtocolError
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.errors import RequestError
+from aitherfwd.nft import builders as b
 from lab.wait import until
 from tests.unit.asgi_harness import Served, served
 
@@ -126,6 +127,18 @@ def test_blocks_unblocks_and_reloads_reach_the_follower_at_once(tmp_path: Path) 
                 "state.view is not None and state.view.generation == 2",
             )
             assert state.stats()["generation"] == 2
+        finally:
+            follower.stop()
+
+
+def test_a_block_another_tool_put_in_the_kernel_reaches_the_follower(tmp_path: Path) -> None:
+    with served(tmp_path, POLICY) as d:
+        state, follower = follow(d)
+        try:
+            d.fake.kernel.run([b.add(b.element("block_v4", ["198.51.100.77"]))])
+            d.call(d.fake.services.generations.check_drift)  # adopts it, in the writer
+            now = d.fake.clock.now()
+            until(lambda: state.lookup(ip("198.51.100.77"), now) is not None, 5, "adopted")
         finally:
             follower.stop()
 
