@@ -37,7 +37,7 @@ async def login(request):
     return PlainTextResponse("who are you?", status_code=401)
 
 async def stats(request):
-    return PlainTextResponse(json.dumps(app.stats()))
+    return PlainTextResponse(json.dumps({**app.stats(), "changed_at": app.state.changed_at}))
 
 def logged_in(scope):
     return dict(scope["headers"]).get(b"authorization") == b"Bearer letmein"

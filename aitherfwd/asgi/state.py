@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,7 @@ class Followed:
         self.view: View | None = None
         self.live = False
         self.counters: Counter[str] = Counter()
+        self.changed_at = 0.0  # wall clock when the last block or unblock line was applied
         self._lock = threading.Lock()
         self._table = BlockTable()
         self._incoming: BlockTable | None = None  # a snapshot being received
@@ -127,6 +129,7 @@ class Followed:
         if self._incoming is not None:  # a change that raced the snapshot
             _put(self._incoming, blocks, now)
         self.counters["block_events"] += 1
+        self.changed_at = time.time()
 
     def _unblock(self, event: dict[str, Any], now: float) -> None:
         keys = event.get("addresses")
@@ -139,6 +142,7 @@ class Followed:
             for key in keys:
                 self._incoming.remove(key, now)
         self.counters["unblock_events"] += 1
+        self.changed_at = time.time()
 
     def _ready(self, now: float) -> None:
         if self.view is None:
