@@ -123,6 +123,7 @@ _REQUEST_ERRORS = (
     ("E-PORT-NOT-ALLOWED", "a grant for a port outside sandbox.allowed_ports", 403),
     ("E-TTL-TOO-LONG", "a grant longer than the caller's role may give", 403),
     ("E-KERNEL-REFUSED", "the kernel refused the element change the request made", 409),
+    ("E-WATCH-LIMIT", "over [control] watchers or watchers_per_uid open watch streams", 429),
 )
 _TRANSPORT_ERRORS = (
     ("E-HTTP-BAD-REQUEST", "malformed HTTP on the control socket", 400),

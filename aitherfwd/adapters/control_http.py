@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -29,6 +29,7 @@ import h11
 from aitherfwd import codes
 from aitherfwd.adapters.control_budget import Admission, BodyBudget, Gate
 from aitherfwd.adapters.control_peer import Peer
+from aitherfwd.adapters.control_stream import send_stream
 from aitherfwd.errors import AitherError
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,14 @@ class HttpRequest:
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
-    """What a handler returns; `body` must be JSON-serialisable and is sent as JSON."""
+    """What a handler returns; `body` must be JSON-serialisable and is sent as JSON. With a
+    `stream`, `body` is ignored: its chunks (newline-delimited JSON) are sent as they come,
+    chunked, each within the read timeout, and the connection closes when it ends or the
+    peer hangs up (control_stream.py)."""
 
     status: int
     body: object
+    stream: AsyncIterator[bytes] | None = None
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -99,6 +104,7 @@ class _Limits:
 class _Reply:
     status: int
     payload: bytes
+    stream: AsyncIterator[bytes] | None = None
 
 
 def error_body(code: str, message: str) -> dict[str, object]:
@@ -245,6 +251,9 @@ class _Session:
             reply = await self._call_handler(request)
             del request
             self._release()
+            if reply.stream is not None:
+                await send_stream(self._h11, reply.stream, self._reader, self._write)
+                return
             await self._send(reply, close=False)
             if self._h11.our_state is not h11.DONE or self._h11.their_state is not h11.DONE:
                 return
@@ -358,6 +367,8 @@ class _Session:
             response = await self._handler(request)
             if not 200 <= response.status <= 599:
                 raise ValueError(f"handler returned HTTP status {response.status}")
+            if response.stream is not None:
+                return _Reply(response.status, b"", response.stream)
             return _Reply(response.status, _encode(response.body))
         except Exception:
             log.exception("control handler failed method=%s path=%s", request.method, request.path)

@@ -27,6 +27,8 @@ class ControlLimits:
     body_bytes_in_flight: int = 96 * MIB  # held at once; body_bytes_admin of it kept for admins
     requests_per_uid: int = 100  # per second per non-admin peer uid (burst: twice that)
     threat_events_per_uid: int = 1000  # POST /v1/threats events per second per non-admin uid
+    watchers: int = 64  # open GET /v1/watch streams at once, every peer together
+    watchers_per_uid: int = 4  # of one non-admin peer uid
 
     def body_limit(self, role: str) -> int:
         return int(getattr(self, f"body_bytes_{role}"))
@@ -49,6 +51,8 @@ _RANGES = {
     "body_bytes_in_flight": (2048, 1 << 32),
     "requests_per_uid": (1, 100_000),
     "threat_events_per_uid": (1, 1_000_000),
+    "watchers": (1, 4096),
+    "watchers_per_uid": (1, 1024),
 }
 
 

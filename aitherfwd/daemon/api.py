@@ -32,6 +32,7 @@ from aitherfwd.daemon import sandbox_api, views
 from aitherfwd.daemon.budgets import RequestBudgets
 from aitherfwd.daemon.rejections import Rejections, Sink
 from aitherfwd.daemon.services import Services
+from aitherfwd.daemon.watch import WatchHub
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,12 @@ ROUTES = (
     Route("POST", "/v1/sandbox", "sandbox", sandbox_api.grant),
     Route("GET", "/v1/sandbox", "read", sandbox_api.list_grants),
     Route("DELETE", "/v1/sandbox/", "sandbox", sandbox_api.revoke),
+    Route("GET", "/v1/watch", "read", lambda d, req: _no_handler()),  # Api.__call__ streams it
 )
+
+
+async def _no_handler() -> Any:
+    raise AssertionError("GET /v1/watch is answered by Api.watch")
 
 
 def _find(method: str, path: str) -> Route:
@@ -170,6 +176,7 @@ class Api:
             unit="threat events",
             setting="threat_events_per_uid",
         )
+        self._watch: WatchHub | None = None  # hooked into the services at the first watch
 
     def admit(self, peer: Peer) -> Admission | None:
         """At accept: None (refused before any read) for a peer without any role."""
@@ -229,6 +236,8 @@ class Api:
     async def _answer(self, req: HttpRequest) -> HttpResponse:
         try:
             route = self._authorised(req.peer, req.method, req.path)
+            if route.path == "/v1/watch":
+                return self._watching(req.peer)
             return HttpResponse(200, await route.handler(self.services, req))
         except ApplyError as exc:  # an element write of this request, refused by the kernel
             message = f"the kernel refused the change: {exc.message}"
@@ -240,6 +249,13 @@ class Api:
                 )
                 return _error(500, exc)
             return self._rejected(req, exc)
+
+    def _watching(self, peer: Peer) -> HttpResponse:
+        if self._watch is None:
+            lim = self.limits
+            self._watch = WatchHub(self.services, lim.watchers, lim.watchers_per_uid)
+        watcher = self._watch.open(peer.uid, admin=self._is_admin(peer))
+        return HttpResponse(200, None, self._watch.stream(watcher))
 
     def _rejected(self, req: HttpRequest, exc: AitherError) -> HttpResponse:
         if exc.code != "E-FORBIDDEN":  # a denial was audited as access_denied

@@ -71,6 +71,7 @@ class BlockService:
         # told of every block that expired or was lifted (reputation follows its blocks)
         self.on_expired: Callable[[Block, float], None] = lambda blk, now: None
         self.on_unblocked: Callable[[Block, float], None] = lambda blk, now: None
+        self.on_blocked: Callable[[list[Block], float], None] = lambda blks, now: None  # watch
         self._admin_ports: tuple[int, ...] = ()
         self._resolvers: tuple[IPAddress, ...] = ()
         self._admin_peers: set[IPAddress] = set()
@@ -168,6 +169,7 @@ class BlockService:
             ),
         )
         self._queue_cuts(blocks)
+        self.on_blocked(blocks, now)
         return blocks
 
     def _revert(self, blocks: list[Block], previous: dict[str, Block | None]) -> None:
@@ -269,6 +271,7 @@ class BlockService:
         if found:
             self.table.load(found)
             self.store.restore_history(found)
+            self.on_blocked(found, now)
         missing = self.table.missing(listed, now)
         return self.table.restore_keys(missing, now), len(missing)
 

@@ -206,6 +206,13 @@ class BlockTable:
         out.sort(key=lambda blk: blk.key)
         return out
 
+    def expiries(self) -> list[tuple[Key, float | None]]:
+        """(key, expiry) of every block held, unsorted, expired ones included: a cheap copy
+        (no `Block` objects) for a reader outside the event loop; `text_of` names a key."""
+        out: list[tuple[Key, float | None]] = [(k, b.expires_at) for k, b in self._singles.items()]
+        out += [(k, b.expires_at) for k, b in self._prefixes.items()]
+        return out
+
     def _covering_prefix(self, version: int, n: int, now: float) -> str | None:
         for key in self._spans.overlapping(version, n, n):  # one range at most holds a point
             return key if self._live(key, now) is not None else None

@@ -83,8 +83,8 @@ def _layer7_fields(policy: Policy, root: YNode | None, report: Reporter) -> None
                 report.warning(
                     "W-LAYER7",
                     f"rules[{ri}].{key}",
-                    f"the kernel cannot see {key}; "
-                    "the ruleset treats this rule as if it were absent, only evaluate "
-                    "and the middleware apply it",
+                    f"the kernel cannot see {key}: the ruleset leaves this rule out; "
+                    "it is enforced by aitherfwd.asgi.FirewallMiddleware (docs/middleware.md) "
+                    "and answered by evaluate",
                     position_of(root, "rules", ri, key),
                 )

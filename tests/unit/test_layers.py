@@ -35,10 +35,11 @@ L3 = {
     "fakekernel",
     "fakejournal",
 }
+L3 |= {"asgi"}  # the ASGI middleware: a client of the daemon
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
-    "h11": {"adapters/control_http.py"},
+    "h11": {"adapters/control_http.py", "adapters/control_stream.py"},
     "inotify_simple": {"adapters/watch.py"},
     "systemd": {"adapters/systemd.py", "adapters/journal.py"},
     "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
