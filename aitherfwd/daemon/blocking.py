@@ -34,7 +34,7 @@ from aitherfwd.policy.model import IPAddress, IPNetwork, Policy
 from aitherfwd.stats import Stats
 
 log = logging.getLogger(__name__)
-# Conntrack cuts queued at most: each costs ~12 ms of pyroute2 work, done one at a time in
+# Conntrack cuts queued at most: each is a filtered dump and a burst of deletes, one at a time in
 # the background; beyond this, bans rely on the drop-before-established rule alone.
 CONNTRACK_QUEUE = 256
 CONNTRACK_CUT_PAUSE = 0.05
@@ -234,7 +234,7 @@ class BlockService:
                 await asyncio.to_thread(self.conntrack.delete_source, address)
             except (AitherError, OSError) as exc:
                 log.debug("conntrack flush failed address=%s error=%s", address, exc)
-            # paced: pyroute2 spends ~12 ms of CPU per dump, which must not starve requests
+            # paced: the cuts run after the bans and must not compete with requests
             await asyncio.sleep(CONNTRACK_CUT_PAUSE)
 
     # --- the kernel's block sets (run in the writer's thread) --------------------------------
