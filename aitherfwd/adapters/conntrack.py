@@ -40,9 +40,10 @@ class NetlinkConntrack:
 
     def established_peers(self, ports: Collection[int]) -> set[tuple[IPAddress, int]]:
         """(peer address, local port) of every ESTABLISHED TCP connection to `ports`."""
-        if not ports:
+        wanted = sorted({p for p in ports if 0 < p < 65536})  # the policy validated them
+        if not wanted:
             return set()
-        found = self._run("conntrack query", lambda ch: ctquery.established_peers(ch, ports))
+        found = self._run("conntrack query", lambda ch: ctquery.established_peers(ch, wanted))
         return {(ipaddress.ip_address(peer), port) for peer, port in found}
 
     def delete_source(self, address: IPAddress) -> int:

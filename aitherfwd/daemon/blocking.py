@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 CONNTRACK_QUEUE = 256
 CONNTRACK_CUT_PAUSE = 0.05
 # Live admin sessions (conntrack, established to settings.admin_ports) are asked at most
-# this often for the anti-lockout of automatic blocks: one dump costs ~12 ms.
+# this often for the anti-lockout of automatic blocks: a dump walks the kernel's conntrack hash.
 ADMIN_PEERS_TTL = 2.0
 TRIM_DELAY = 0.2  # seconds after a large batch: its request has been answered by then
 Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
