@@ -196,6 +196,27 @@ def entries(replies: Iterable[nl.Message], keep: Callable[[Entry], bool]) -> lis
     return out
 
 
+def dump(channel: nlc.Channel, request: bytes, keep: Callable[[Entry], bool]) -> list[Entry]:
+    """Send a dump request and keep the entries `keep` accepts, decoded datagram by
+    datagram (an IPv6 table dump may be large: only the kept entries stay in memory)."""
+    seq = nl.NLMSGHDR.unpack_from(request)[3]
+    channel.send(request)
+    out: list[Entry] = []
+    for data in channel.datagrams():
+        for msg in nl.messages(data):
+            if msg.seq != seq:
+                continue
+            if msg.type == nl.NLMSG_DONE:
+                return out
+            if msg.type == nl.NLMSG_ERROR:
+                nl.check(msg, "ct dump")  # an ack (errno 0) cannot answer a dump
+                raise nl.malformed("ct dump: an ack instead of NLMSG_DONE")
+            entry = decode(msg)
+            if entry is not None and keep(entry):
+                out.append(entry)
+    raise nl.malformed("ct dump: the answer ended early")
+
+
 # --- the socket ---------------------------------------------------------------------------
 
 
@@ -239,8 +260,8 @@ def established_peers(channel: nlc.Channel, ports: Iterable[int]) -> set[tuple[b
     out: set[tuple[bytes, int]] = set()
     for family in (socket.AF_INET, socket.AF_INET6):
         for port in sorted(set(ports)):
-            replies = channel.request(by_tcp_port(family, port, channel.next_seq()), "ct dump")
-            for e in entries(replies, _established_to(port)):
+            request = by_tcp_port(family, port, channel.next_seq())
+            for e in dump(channel, request, _established_to(port)):
                 out.add((e.source, port))
     return out
 
@@ -256,8 +277,7 @@ def _established_to(port: int) -> Callable[[Entry], bool]:
 def delete_source(channel: nlc.Channel, packed: bytes) -> int:
     """Delete every entry whose original source is `packed`; how many the kernel deleted
     (entries that went away before their delete are not counted, and not an error)."""
-    replies = channel.request(by_source(packed, channel.next_seq()), "ct dump")
-    found = entries(replies, lambda e: e.source == packed)
+    found = dump(channel, by_source(packed, channel.next_seq()), lambda e: e.source == packed)
     deleted = 0
     for at in range(0, len(found), BURST):
         deleted += _delete_burst(channel, found[at : at + BURST])

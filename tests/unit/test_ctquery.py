@@ -52,14 +52,16 @@ class FakeChannel:
         return self._seq
 
     def request(self, data: bytes, what: str = "") -> list[nl.Message]:
-        self.sent.append(data)
-        seq = nl.NLMSGHDR.unpack_from(data)[3]
-        datagrams = [_renumber(d, seq) for d in _datagrams(self.answers.pop(0))]
-        return nlc.collect(datagrams, seq, nl.NLM_F_DUMP, what)
+        self.send(data)
+        return nlc.collect(self.datagrams(), nl.NLMSGHDR.unpack_from(data)[3], 0, what)
 
     def send(self, data: bytes) -> None:
         self.sent.append(data)
         for msg in nl.messages(data):
+            if msg.type == ctquery.GET:
+                answer = _datagrams(self.answers.pop(0))
+                self._pending += [_renumber(d, msg.seq) for d in answer]
+                continue
             code = self.delete_errnos.pop(0) if self.delete_errnos else 0
             ack = struct.pack("=i", -code) + data[msg.start : msg.start + nl.HEADER]
             self._pending.append(nl.header(16 + len(ack), nl.NLMSG_ERROR, 0, msg.seq) + ack)
@@ -232,3 +234,12 @@ def test_no_admin_ports_ask_nothing() -> None:
     channel = FakeChannel([])
     assert _conntrack(channel).established_peers([]) == set()
     assert channel.sent == []
+
+
+def test_a_dump_without_its_end_is_a_conntrack_error_not_a_partial_answer() -> None:
+    FIXTURES["_no_done"] = FIXTURES["v4_source"][:1]  # the entries, never NLMSG_DONE
+    channel = FakeChannel(["_no_done"])
+    with pytest.raises(ConntrackError, match="no answer"):
+        _conntrack(channel).delete_source(A4)
+    assert not any(m.type == ctquery.DELETE for d in channel.sent for m in nl.messages(d))
+    assert channel.closed
