@@ -317,24 +317,24 @@ What the numbers say:
   ~10 MB of empty pools in arenas that still hold a few live objects).
 - Conntrack without pyroute2 (issue 15): the cut after a ban and the anti-lockout query are
   our own ctnetlink dumps and deletes (adapters/ctquery.py, one reused socket per worker
-  thread). Same run, main at d229e75 (pyroute2) against the branch, alternating fresh
-  daemons, 3 rounds each, on a machine loaded by other engineers' tests (load average
-  8-10 on 2 cores, so only the ratios mean anything): RSS after one 100,000-ban request
-  69.2 → 64.6 MB (median; per-round ratios 0.93-0.96), RSS after 300 single bans
-  48.1 → 38.9 MB (0.81: pyroute2's import is all of the difference there). CPU time of a cut
-  in the calling thread, in a namespace with 2,000 other entries (200 cuts, two rounds):
-  user time 0.50-0.81 ms → 0.05-0.25 ms per cut; the wall time of each cut is dominated
-  by the kernel walking its whole conntrack hash for the filtered dump (262,144 buckets
-  here: ≈ 3 ms of system time, the same for both). The single-ban latency could not be
-  compared under that load (p50 of 300 bans between 1 and 11 ms for both, round to
-  round). What a ban costs the daemon is steadier: its CPU time over 200 single bans and
-  their cuts, divided by 200 (4 rounds each, alternating): user time — what competes for
-  the GIL with the next request — 2.25 → 1.33 ms per ban (median; per-round ratios
-  0.52-0.64), user + system 6.4 → 4.8 ms (0.53-0.83), most of the system time that kernel
-  walk. Measured with throwaway scripts that reuse benchmarks/bench_daemon.py's daemon and
-  kept-alive client; `bench_daemon --quick` itself, run twice each way in the same load,
-  agrees (RSS after 100,000 bans 68.1 / 69.4 → 65.5 / 64.1 MB; its 50-ban latency rows
-  scattered 1.0-7.8 ms both ways).
+  thread). `sudo .venv/bin/python -m benchmarks.bench_conntrack --before DIR` measures them
+  against another tree in the same run (DIR = main at d229e75, with pyroute2), alternating
+  fresh daemons; run on a machine loaded by other engineers' tests (load average 8-14 on 2
+  cores), so only the ratios mean anything and the wall times none. Per-round ratios, this
+  tree / main:
+  - user CPU of one cut (an address without entries, 2,000 other entries in the table):
+    0.10-0.24 (IPv4), 0.16-0.31 (IPv6); of one anti-lockout query: 0.15-0.16 (≈ 0.1-0.2 ms
+    against 0.55-1.1 ms with pyroute2);
+  - the daemon's user CPU per single ban, its cut included (200 bans, 4 rounds):
+    0.54-0.85 (2.35 → 1.73 ms, median); an earlier run of the same: 0.52-0.64
+    (2.25 → 1.33 ms). User + system: 0.77-1.18, because most of the system time is the
+    kernel walking its whole conntrack hash for each filtered dump (262,144 buckets here,
+    ≈ 3 ms, the same for both);
+  - RSS after 200 single bans: 0.80 every round (48.2 → 38.8 MB: pyroute2's import is the
+    difference); after one 100,000-ban request (`bench_daemon --quick`, twice each way):
+    68.1 / 69.4 → 65.5 / 64.1 MB;
+  - single-ban latency: not comparable under that load (p50 of 200 bans 1-20 ms both ways,
+    round to round); the target of ≤ 0.5 ms needs a quiet machine to check.
 - The cut still costs one walk of the kernel's conntrack hash per ban (the kernel has no
   lookup by source). The daemon's conntrack accounting (adapters/ctnetlink.py events)
   already knows whether a source holds any entry; skipping the cut when it holds none
