@@ -160,7 +160,7 @@ REGISTRY: dict[str, Code] = {
         Code(
             "E-CONNTRACK",
             "kernel",
-            "a conntrack query or delete was refused by the kernel (pyroute2 netlink error)",
+            "a conntrack query or delete was refused by the kernel (its netlink errno)",
             None,
             _FAIL,
         ),

@@ -7,8 +7,8 @@ completed connection would count as half-open until the next dump), the full-tab
 attributes per message — the original source address, CTA_ID and
 the TCP state — applied straight into a `CtTable`.
 
-Why not pyroute2 here (it stays the owner of netlink in adapters/conntrack.py, for the
-anti-lockout query and conntrack deletes): its generic decoder takes ~18 s for a
+Why not pyroute2 (the daemon uses it nowhere; the anti-lockout query and the cuts are in
+adapters/ctquery.py): its generic decoder takes ~18 s for a
 100,000-entry dump and its event listener loses ~17% of events at 20,000 new flows/s
 (ANCHORS.md); this decoder reads fixed offsets with `struct` and skips every other
 attribute (tests/unit/test_ctnetlink.py checks it against byte fixtures of kernel messages).

@@ -35,12 +35,12 @@ from aitherfwd.policy.model import IPAddress, IPNetwork, Policy
 from aitherfwd.stats import Stats
 
 log = logging.getLogger(__name__)
-# Conntrack cuts queued at most: each costs ~12 ms of pyroute2 work, done one at a time in
+# Conntrack cuts queued at most: each is a filtered dump and a burst of deletes, one at a time in
 # the background; beyond this, bans rely on the drop-before-established rule alone.
 CONNTRACK_QUEUE = 256
 CONNTRACK_CUT_PAUSE = 0.05
 # Live admin sessions (conntrack, established to settings.admin_ports) are asked at most
-# this often for the anti-lockout of automatic blocks: one dump costs ~12 ms.
+# this often for the anti-lockout of automatic blocks: a dump walks the kernel's conntrack hash.
 ADMIN_PEERS_TTL = 2.0
 TRIM_DELAY = 0.2  # seconds after a large batch: its request has been answered by then
 Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
@@ -237,7 +237,7 @@ class BlockService:
                 await asyncio.to_thread(self.conntrack.delete_source, address)
             except (AitherError, OSError) as exc:
                 log.debug("conntrack flush failed address=%s error=%s", address, exc)
-            # paced: pyroute2 spends ~12 ms of CPU per dump, which must not starve requests
+            # paced: the cuts run after the bans and must not compete with requests
             await asyncio.sleep(CONNTRACK_CUT_PAUSE)
 
     # --- the kernel's block sets (run in the writer's thread) --------------------------------

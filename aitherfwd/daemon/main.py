@@ -28,7 +28,7 @@ from typing import Any
 
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog
-from aitherfwd.adapters.conntrack import PyrouteConntrack
+from aitherfwd.adapters.conntrack import NetlinkConntrack
 from aitherfwd.adapters.control_budget import ConnectionLimits, connection_cap
 from aitherfwd.adapters.control_server import ControlServer
 from aitherfwd.adapters.files import MAX_CONFIG_BYTES, load_policy, read_text
@@ -95,7 +95,7 @@ def adapters(cfg: DaemonConfig) -> Ports:
     """The real adapters behind the daemon's ports."""
     return Ports(
         kernel=_kernel(NftKernel()),
-        conntrack=PyrouteConntrack(),
+        conntrack=NetlinkConntrack(),
         systemd=sd.SystemdNotify(),
         notifier=Notifier(),
         clock=SystemClock(),

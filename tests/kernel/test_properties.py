@@ -311,19 +311,21 @@ def test_the_daemon_survives_the_fuzzing_and_answers_health(daemon: DaemonProc) 
 
 # Found by the fuzzing below: the conntrack socket was opened with nfgen_family AF_INET for
 # both families, so an IPv6 CTA_FILTER dump was refused with EINVAL (a NetlinkError, which
-# also ended the unsupervised cutter task). Fixed in adapters/conntrack.py; these keep it so.
+# also ended the unsupervised cutter task). The nfgenmsg family now follows each request
+# (adapters/ctquery.py); these keep it so.
 
 
 def test_cutting_the_tracked_connections_of_an_ipv6_source_works() -> None:
-    from aitherfwd.adapters import conntrack  # noqa: PLC0415
+    from aitherfwd.adapters.conntrack import NetlinkConntrack  # noqa: PLC0415
 
     with Lab(clients_wanted=0) as lab, inside(lab.server):
-        assert conntrack.delete_source(ipaddress.ip_address("fd77::2")) == 0
+        assert NetlinkConntrack().delete_source(ipaddress.ip_address("fd77::2")) == 0
 
 
 def test_an_established_ipv6_admin_session_is_seen_by_anti_lockout() -> None:
-    from aitherfwd.adapters import conntrack  # noqa: PLC0415
+    from aitherfwd.adapters.conntrack import NetlinkConntrack  # noqa: PLC0415
 
+    conntrack = NetlinkConntrack()
     with Lab(clients_wanted=0) as lab, inside(lab.server):
         Nft().apply(_compile({"version": 1, "rules": []}))  # conntrack runs once a rule uses it
         with socket.socket(socket.AF_INET6) as srv:

@@ -187,7 +187,7 @@ def test_a_broken_policy_keeps_the_running_one_and_says_why(box: Box) -> None:
 
 
 def test_a_reload_that_would_cut_a_live_ssh_session_is_refused(box: Box) -> None:
-    """Anti-lockout reads conntrack through Debian's pyroute2 (0.7.x), kernel-filtered."""
+    """Anti-lockout reads conntrack with its own kernel-filtered ctnetlink dumps."""
     box.lab.hold_connection(box.client, box.client.server_v4, 22, seconds=30)
     good = (box.ct.root / POLICY.lstrip("/")).read_text()
     only_elsewhere = "dest_services: [SSH]\n    source_cidrs: [192.0.2.10/32]"

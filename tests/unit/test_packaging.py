@@ -23,7 +23,6 @@ NOW = 1_700_000_000.0
 # import name -> the Debian package that provides it; None: shipped in the .deb (vendored)
 DEBIAN = {
     "nftables": "python3-nftables",
-    "pyroute2": "python3-pyroute2",
     "h11": "python3-h11",
     "systemd": "python3-systemd",
     "yaml": "python3-yaml",
