@@ -1,0 +1,140 @@
+"""Containers obey the policy: real packets through a Docker-shaped host (a bridge, two
+container namespaces, Docker's DNAT, masquerade and iptables-nft filter rules) with the
+forward path of `inet aitherfwd` applied — v4 and v6."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from aitherfwd.adapters.nft import Nft
+from aitherfwd.compiler import compile_policy
+from aitherfwd.nft import builders as b
+from aitherfwd.policy.parse import parse_policy
+from lab.containers import DockerHost
+from lab.netns import inside
+from lab.network import Lab
+
+pytestmark = pytest.mark.kernel
+
+HEAD = """\
+version: 1
+settings: {default_policy: deny, syn_flood_threshold: 100000}
+zones:
+  - {name: docker, cidrs: [172.17.0.0/16, "fd77:0:0:17::/64"]}
+  - {name: lan, cidrs: [10.77.1.0/24, "fd77:0:0:1::/64"]}
+  - {name: world, cidrs: [0.0.0.0/0, "::/0"]}
+rules:
+  - {name: ssh, dest_ports: [22], protocol: tcp, action: allow}
+"""
+
+
+@pytest.fixture(scope="module")
+def docker() -> Iterator[DockerHost]:
+    with Lab(clients_wanted=2) as lab:
+        host = DockerHost(lab).setup(containers=2)
+        try:
+            web, other = host.containers
+            host.publish(web, 8080, 80)
+            host.publish(other, 8081, 80)
+            host.listen(web, [80])
+            host.listen(other, [80, 81])
+            lab.listen([9000])  # a port of the host itself
+            yield host
+        finally:
+            host.close()
+
+
+def _apply(host: DockerHost, rules: str = "") -> None:
+    result = parse_policy(HEAD + rules, "policy.yaml")
+    assert result.policy is not None, [d.render() for d in result.diagnostics]
+    with inside(host.host):
+        nft = Nft()
+        nft.delete_table()
+        nft.apply(compile_policy(result.policy))
+
+
+def _remove(host: DockerHost) -> None:
+    with inside(host.host):
+        Nft().delete_table()
+
+
+def _client_addrs(host: DockerHost, fam: int) -> tuple[str, str]:
+    """(client namespace, the host's address as that client sees it)"""
+    c = host.lab.clients[0]
+    return c.ns, (c.server_v4 if fam == 4 else f"{c.server_v6}")
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_docker_alone_publishes_the_port_to_everyone(docker: DockerHost, fam: int) -> None:
+    _remove(docker)
+    ns, addr = _client_addrs(docker, fam)
+    assert docker.tcp(ns, addr, 8080) == "ok"
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_published_port_is_closed_by_default_and_opened_by_a_rule(
+    docker: DockerHost, fam: int
+) -> None:
+    ns, addr = _client_addrs(docker, fam)
+    _apply(docker)
+    assert docker.tcp(ns, addr, 8080) == "timeout"
+    assert docker.tcp(ns, addr, 22) == "refused"  # the host's own path is unchanged
+    _apply(docker, "  - {name: web, dest_ports: [8080], protocol: tcp, action: allow}\n")
+    assert docker.tcp(ns, addr, 8080) == "ok"
+    assert docker.tcp(ns, addr, 8081) == "timeout"
+
+
+def test_a_rule_for_the_container_port_does_not_open_the_published_port(
+    docker: DockerHost,
+) -> None:
+    ns, addr = _client_addrs(docker, 4)
+    _apply(docker, "  - {name: inner, dest_ports: [80], protocol: tcp, action: allow}\n")
+    assert docker.tcp(ns, addr, 8080) == "timeout"
+
+
+def test_applies_to_narrows_a_rule_to_the_host_or_to_containers(docker: DockerHost) -> None:
+    ns, addr = _client_addrs(docker, 4)
+    _apply(
+        docker,
+        "  - {name: h, dest_ports: [8080, 9000], protocol: tcp, action: allow, applies_to: host}\n",
+    )
+    assert docker.probe(ns, addr, 9000) == ["ok"]
+    assert docker.tcp(ns, addr, 8080) == "timeout"
+    _apply(
+        docker,
+        "  - {name: c, dest_ports: [8080, 9000], protocol: tcp, action: allow,"
+        " applies_to: containers}\n",
+    )
+    assert docker.tcp(ns, addr, 9000) == "timeout"
+    assert docker.tcp(ns, addr, 8080) == "ok"
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_banned_source_cannot_reach_the_published_port(docker: DockerHost, fam: int) -> None:
+    ns, addr = _client_addrs(docker, fam)
+    _apply(docker, "  - {name: web, dest_ports: [8080], protocol: tcp, action: allow}\n")
+    assert docker.tcp(ns, addr, 8080) == "ok"
+    client = docker.lab.clients[0]
+    source, set_name = (client.v4, "block_v4") if fam == 4 else (client.v6, "block_v6")
+    with inside(docker.host):
+        Nft().run([b.add(b.element(set_name, [b.timed(source, 600)]))])
+    assert docker.tcp(ns, addr, 8080) == "timeout"
+    other = docker.lab.clients[1]  # everyone else still gets in
+    other_addr = other.server_v4 if fam == 4 else other.server_v6
+    assert docker.tcp(other.ns, other_addr, 8080) == "ok"
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_container_to_container_follows_the_docker_zone_rules(docker: DockerHost, fam: int) -> None:
+    web, other = docker.containers
+    target = other.v4 if fam == 4 else other.v6
+    _apply(docker)
+    assert docker.tcp(web.ns, target, 80) == "timeout"
+    _apply(
+        docker,
+        "  - {name: mesh, zone: docker, dest_ports: [80], protocol: tcp, action: allow}\n",
+    )
+    assert docker.tcp(web.ns, target, 80) == "ok"
+    assert docker.tcp(web.ns, target, 81) == "timeout"
