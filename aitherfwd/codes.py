@@ -70,6 +70,7 @@ _POLICY_ERRORS = (
     ("E-DESTINATION", "an egress destination that is neither a host name, an IP nor a CIDR"),
     ("E-SANDBOX-TTL", "sandbox.default_ttl is above sandbox.max_ttl"),
     ("E-DNS-REFRESH", "egress.dns.min_refresh is above max_refresh"),
+    ("E-CONTAINER-ZONE", "a zone holding containers covers every address"),
 )
 _POLICY_WARNINGS = (
     ("W-CIDR-SHADOWED", "a zone CIDR already covered by earlier zones"),
@@ -77,6 +78,7 @@ _POLICY_WARNINGS = (
     ("W-LAYER7", "a rule condition the kernel cannot see (path, authenticated)"),
     ("W-KNOWN-BAD-WINS", "an egress allowance overlapping known_bad, which always wins"),
     ("W-UNRESOLVED", "`check`: an egress host name does not resolve now"),
+    ("W-NO-CONTAINER-ZONE", "a rule applies to containers but no zone holds containers"),
 )
 _CONFIG_ERRORS = (
     ("E-CONFIG", "the daemon config is invalid or cannot be read; its diagnostics say why"),

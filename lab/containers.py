@@ -229,11 +229,13 @@ class DockerHost:
                 "ACCEPT",
             )
 
-    def listen(self, c: ContainerNs, tcp: list[int]) -> None:
-        """TCP listeners in a container (v4 and v6)."""
-        argv = [sys.executable, "-c", LISTENER, ",".join(map(str, tcp)), "", ""]
+    def listen(self, ns: str, tcp: list[int], hold: list[int] | None = None) -> None:
+        """TCP listeners (v4 and v6) in namespace `ns` — a container's or a client's;
+        connections to `hold` ports stay open."""
+        held = ",".join(map(str, hold or []))
+        argv = [sys.executable, "-c", LISTENER, ",".join(map(str, tcp)), "", held]
         proc = subprocess.Popen(
-            netns.exec_argv(c.ns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            netns.exec_argv(ns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self._procs.append(proc)
         line = proc.stdout.readline() if proc.stdout is not None else ""

@@ -38,8 +38,10 @@ def docker() -> Iterator[DockerHost]:
             web, other = host.containers
             host.publish(web, 8080, 80)
             host.publish(other, 8081, 80)
-            host.listen(web, [80])
-            host.listen(other, [80, 81])
+            host.listen(web.ns, [80])
+            host.listen(other.ns, [80, 81])
+            host.listen(lab.clients[1].ns, [7000])  # somewhere outside
+            host.listen(lab.clients[0].ns, [9000])
             lab.listen([9000])  # a port of the host itself
             yield host
         finally:
@@ -138,3 +140,32 @@ def test_container_to_container_follows_the_docker_zone_rules(docker: DockerHost
     )
     assert docker.tcp(web.ns, target, 80) == "ok"
     assert docker.tcp(web.ns, target, 81) == "timeout"
+
+
+EGRESS = """\
+egress:
+  default_action: deny
+  allowlist: {ips: [10.77.2.2/32, "fd77:0:0:2::2/128"]}
+"""
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_container_egress_follows_the_allowlist_and_a_sandbox_grant(
+    docker: DockerHost, fam: int
+) -> None:
+    web, _ = docker.containers
+    allowed, other = docker.lab.clients[1], docker.lab.clients[0]
+    _apply(docker, EGRESS)
+    if fam == 4:
+        assert docker.tcp(web.ns, allowed.v4, 7000) == "ok"
+        assert docker.tcp(web.ns, other.v4, 9000) == "timeout"
+    else:
+        assert docker.tcp(web.ns, allowed.v6, 7000) == "ok"
+        assert docker.tcp(web.ns, other.v6, 9000) == "timeout"
+    target, set_name = (other.v4, "sandbox_v4") if fam == 4 else (other.v6, "sandbox_v6")
+    with inside(docker.host):
+        Nft().run([b.add(b.element(set_name, [b.timed(target, 600)]))])
+    assert docker.tcp(web.ns, target, 9000) == "ok"
+    with inside(docker.host):
+        Nft().run([{"delete": b.element(set_name, [target])}])
+    assert docker.tcp(web.ns, target, 9000) == "timeout"
