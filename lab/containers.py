@@ -61,6 +61,7 @@ class DockerHost:
     lab: Lab
     containers: list[ContainerNs] = field(default_factory=list)
     _procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    _filter: bool = True
 
     @property
     def host(self) -> str:
@@ -70,7 +71,8 @@ class DockerHost:
     def bridge(self) -> str:
         return f"dk{os.getpid() % 100000}"
 
-    def setup(self, containers: int = 2) -> DockerHost:
+    def setup(self, containers: int = 2, *, filter_rules: bool = True) -> DockerHost:
+        """`filter_rules=False`: Docker's NAT only, no filter rules (FORWARD accepts)."""
         h, br = self.host, self.bridge
         _no_dad(h)
         must(["ip", "-n", h, "link", "add", br, "type", "bridge"])
@@ -85,7 +87,7 @@ class DockerHost:
             must(netns.exec_argv(h, ["sysctl", "-qw", f"net.bridge.{key}=1"]))
         for i in range(2, containers + 2):
             self.containers.append(self._container(i))
-        self._docker_rules()
+        self._docker_rules(filter_rules)
         return self
 
     def _container(self, index: int) -> ContainerNs:
@@ -102,86 +104,46 @@ class DockerHost:
         must(["ip", "-n", c.ns, "-6", "route", "add", "default", "via", GATEWAY_V6])
         return c
 
-    def _ipt(self, family: int, *args: str) -> None:
+    def _ipt(self, family: int, rule: str) -> None:
+        """One iptables-nft command; `rule` is split on spaces into the argument list (its
+        values never hold one), no shell."""
         tool = "iptables-nft" if family == 4 else "ip6tables-nft"
-        must(netns.exec_argv(self.host, [tool, "-w", *args]))
+        must(netns.exec_argv(self.host, [tool, "-w", *rule.split()]))
 
-    def _docker_rules(self) -> None:
+    def _docker_rules(self, filter_rules: bool) -> None:
         """What dockerd writes for its default bridge (with `ip6tables: true`)."""
         br = self.bridge
+        self._filter = filter_rules
         for fam, subnet in ((4, SUBNET_V4), (6, SUBNET_V6)):
-            ipt = self._ipt
-            ipt(fam, "-t", "nat", "-N", "DOCKER")
-            ipt(
-                fam,
-                "-t",
-                "nat",
-                "-A",
-                "PREROUTING",
-                "-m",
-                "addrtype",
-                "--dst-type",
-                "LOCAL",
-                "-j",
-                "DOCKER",
-            )
-            ipt(
-                fam,
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-s",
-                subnet,
-                "!",
-                "-o",
-                br,
-                "-j",
-                "MASQUERADE",
-            )
-            ipt(fam, "-t", "nat", "-A", "DOCKER", "-i", br, "-j", "RETURN")
-            for chain in (
-                "DOCKER",
-                "DOCKER-ISOLATION-STAGE-1",
-                "DOCKER-ISOLATION-STAGE-2",
-                "DOCKER-USER",
-            ):
-                ipt(fam, "-N", chain)
-            ipt(fam, "-P", "FORWARD", "DROP")
-            ipt(fam, "-A", "FORWARD", "-j", "DOCKER-USER")
-            ipt(fam, "-A", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1")
-            ipt(
-                fam,
-                "-A",
-                "FORWARD",
-                "-o",
-                br,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "RELATED,ESTABLISHED",
-                "-j",
-                "ACCEPT",
-            )
-            ipt(fam, "-A", "FORWARD", "-o", br, "-j", "DOCKER")
-            ipt(fam, "-A", "FORWARD", "-i", br, "!", "-o", br, "-j", "ACCEPT")
-            ipt(fam, "-A", "FORWARD", "-i", br, "-o", br, "-j", "ACCEPT")
-            ipt(
-                fam,
-                "-A",
-                "DOCKER-ISOLATION-STAGE-1",
-                "-i",
-                br,
-                "!",
-                "-o",
-                br,
-                "-j",
-                "DOCKER-ISOLATION-STAGE-2",
-            )
-            ipt(fam, "-A", "DOCKER-ISOLATION-STAGE-1", "-j", "RETURN")
-            ipt(fam, "-A", "DOCKER-ISOLATION-STAGE-2", "-o", br, "-j", "DROP")
-            ipt(fam, "-A", "DOCKER-ISOLATION-STAGE-2", "-j", "RETURN")
-            ipt(fam, "-A", "DOCKER-USER", "-j", "RETURN")
+            nat = [
+                "-N DOCKER",
+                "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+                f"-A POSTROUTING -s {subnet} ! -o {br} -j MASQUERADE",
+                f"-A DOCKER -i {br} -j RETURN",
+            ]
+            for rule in nat:
+                self._ipt(fam, f"-t nat {rule}")
+            if not filter_rules:
+                continue
+            for rule in [
+                "-N DOCKER",
+                "-N DOCKER-ISOLATION-STAGE-1",
+                "-N DOCKER-ISOLATION-STAGE-2",
+                "-N DOCKER-USER",
+                "-P FORWARD DROP",
+                "-A FORWARD -j DOCKER-USER",
+                "-A FORWARD -j DOCKER-ISOLATION-STAGE-1",
+                f"-A FORWARD -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                f"-A FORWARD -o {br} -j DOCKER",
+                f"-A FORWARD -i {br} ! -o {br} -j ACCEPT",
+                f"-A FORWARD -i {br} -o {br} -j ACCEPT",
+                f"-A DOCKER-ISOLATION-STAGE-1 -i {br} ! -o {br} -j DOCKER-ISOLATION-STAGE-2",
+                "-A DOCKER-ISOLATION-STAGE-1 -j RETURN",
+                f"-A DOCKER-ISOLATION-STAGE-2 -o {br} -j DROP",
+                "-A DOCKER-ISOLATION-STAGE-2 -j RETURN",
+                "-A DOCKER-USER -j RETURN",
+            ]:
+                self._ipt(fam, rule)
 
     def publish(self, c: ContainerNs, host_port: int, container_port: int) -> None:
         """`docker run -p host_port:container_port` (tcp), both families."""
@@ -190,44 +152,15 @@ class DockerHost:
             dest = f"{addr}:{container_port}" if fam == 4 else f"[{addr}]:{container_port}"
             self._ipt(
                 fam,
-                "-t",
-                "nat",
-                "-A",
-                "DOCKER",
-                "!",
-                "-i",
-                br,
-                "-p",
-                "tcp",
-                "-m",
-                "tcp",
-                "--dport",
-                str(host_port),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                dest,
+                f"-t nat -A DOCKER ! -i {br} -p tcp -m tcp --dport {host_port}"
+                f" -j DNAT --to-destination {dest}",
             )
-            self._ipt(
-                fam,
-                "-A",
-                "DOCKER",
-                "-d",
-                addr,
-                "!",
-                "-i",
-                br,
-                "-o",
-                br,
-                "-p",
-                "tcp",
-                "-m",
-                "tcp",
-                "--dport",
-                str(container_port),
-                "-j",
-                "ACCEPT",
-            )
+            if self._filter:
+                self._ipt(
+                    fam,
+                    f"-A DOCKER -d {addr} ! -i {br} -o {br} -p tcp -m tcp"
+                    f" --dport {container_port} -j ACCEPT",
+                )
 
     def listen(self, ns: str, tcp: list[int], hold: list[int] | None = None) -> None:
         """TCP listeners (v4 and v6) in namespace `ns` — a container's or a client's;

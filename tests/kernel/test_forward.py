@@ -4,13 +4,18 @@ forward path of `inet aitherfwd` applied — v4 and v6."""
 
 from __future__ import annotations
 
+import ipaddress
+import random
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.compiler import compile_policy
+from aitherfwd.evaluator import FORWARD, Evaluator, Request
 from aitherfwd.nft import builders as b
+from aitherfwd.policy.model import Policy, Protocol
 from aitherfwd.policy.parse import parse_policy
 from lab.containers import DockerHost
 from lab.netns import inside
@@ -48,13 +53,14 @@ def docker() -> Iterator[DockerHost]:
             host.close()
 
 
-def _apply(host: DockerHost, rules: str = "") -> None:
-    result = parse_policy(HEAD + rules, "policy.yaml")
+def _apply(host: DockerHost, rules: str = "", head: str = HEAD) -> Policy:
+    result = parse_policy(head + rules, "policy.yaml")
     assert result.policy is not None, [d.render() for d in result.diagnostics]
     with inside(host.host):
         nft = Nft()
         nft.delete_table()
         nft.apply(compile_policy(result.policy))
+    return result.policy
 
 
 def _remove(host: DockerHost) -> None:
@@ -169,3 +175,76 @@ def test_container_egress_follows_the_allowlist_and_a_sandbox_grant(
     with inside(docker.host):
         Nft().run([{"delete": b.element(set_name, [target])}])
     assert docker.tcp(web.ns, target, 9000) == "timeout"
+
+
+def test_aitherfwd_enforces_without_dockers_filter_rules() -> None:
+    with Lab(clients_wanted=1) as lab:
+        host = DockerHost(lab).setup(containers=1, filter_rules=False)
+        try:
+            (web,) = host.containers
+            host.publish(web, 8080, 80)
+            host.listen(web.ns, [80])
+            ns, addr = lab.clients[0].ns, lab.clients[0].server_v4
+            assert host.tcp(ns, addr, 8080) == "ok"  # Docker's NAT alone: open
+            _apply(host)
+            assert host.tcp(ns, addr, 8080) == "timeout"
+            _apply(host, "  - {name: web, dest_ports: [8080], protocol: tcp, action: allow}\n")
+            assert host.tcp(ns, addr, 8080) == "ok"
+        finally:
+            host.close()
+
+
+# --- evaluate forward agrees with the packets ------------------------------------------------
+
+OUTCOME = {"allow": "ok", "deny": "timeout", "reject": "refused"}
+ZONES: list[object] = [None, "docker", "lan", "world", ["lan", "world"]]
+
+
+def _random_rules(rng: random.Random) -> str:
+    lines = ["  - {name: ssh, dest_ports: [22], protocol: tcp, action: allow}"]
+    for i in range(rng.randint(1, 5)):
+        fields = [f"name: r{i}", "protocol: tcp", f"action: {rng.choice(list(OUTCOME))}"]
+        zone = rng.choice(ZONES)
+        if zone is not None:
+            fields.append(f"zone: {zone}".replace("'", ""))
+        if rng.random() < 0.85:
+            ports = rng.sample([80, 81, 8080, 8081], rng.randint(1, 3))
+            fields.append(f"dest_ports: {sorted(ports)}")
+        applies = rng.choice([None, None, "host", "containers"])
+        if applies is not None:
+            fields.append(f"applies_to: {applies}")
+        lines.append("  - {" + ", ".join(fields) + "}")
+    return "\n".join(lines) + "\n"
+
+
+def test_evaluate_forward_agrees_with_the_packets_on_random_policies(
+    docker: DockerHost,
+) -> None:
+    rng = random.Random(16)
+    web, other = docker.containers
+    lan, world = docker.lab.clients
+    # (namespace, source, destination the client dials, container after DNAT, published port)
+    cases = [
+        (lan.ns, lan.v4, lan.server_v4, other.v4, 8081),
+        (world.ns, world.v4, world.server_v4, web.v4, 8080),
+        (world.ns, world.v6, world.server_v6, web.v6, 8080),
+        (web.ns, web.v4, other.v4, other.v4, 80),
+        (web.ns, web.v6, other.v6, other.v6, 81),
+    ]
+    for _ in range(8):
+        rules = _random_rules(rng)
+        head = HEAD.replace(
+            "default_policy: deny", f"default_policy: {rng.choice(['deny', 'reject'])}"
+        )
+        ev = Evaluator(_apply(docker, rules.split("\n", 1)[1], head))
+        for ns, source, dial, container, port in cases:
+            req = Request(
+                ipaddress.ip_address(source),
+                Protocol.TCP,
+                port,
+                FORWARD,
+                ipaddress.ip_address(container),
+            )
+            verdict = ev.evaluate(req, time.time())
+            got = docker.tcp(ns, dial, port, timeout=0.5)
+            assert got == OUTCOME[verdict.verdict], (rules, source, port, verdict)
