@@ -24,6 +24,22 @@ from lab import netns
 from lab.netns import must
 from lab.network import LISTENER, PROBE, Lab
 
+ECHO = r"""
+import socket, sys, threading
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1]))); s.listen(64)
+print("ready", flush=True)
+def serve(c):
+    with c:
+        while data := c.recv(4096):
+            c.sendall(data)
+for _ in range(1000):
+    conn, _ = s.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
 SUBNET_V4 = "172.17.0.0/16"
 SUBNET_V6 = "fd77:0:0:17::/64"
 GATEWAY_V4 = "172.17.0.1"
@@ -166,7 +182,14 @@ class DockerHost:
         """TCP listeners (v4 and v6) in namespace `ns` — a container's or a client's;
         connections to `hold` ports stay open."""
         held = ",".join(map(str, hold or []))
-        argv = [sys.executable, "-c", LISTENER, ",".join(map(str, tcp)), "", held]
+        self._serve(ns, [sys.executable, "-c", LISTENER, ",".join(map(str, tcp)), "", held])
+
+    def echo(self, ns: str, port: int) -> None:
+        """A TCP echo server (v4 and v6) in namespace `ns`, for connections that must keep
+        working (at most 1,000 connections)."""
+        self._serve(ns, [sys.executable, "-c", ECHO, str(port)])
+
+    def _serve(self, ns: str, argv: list[str]) -> None:
         proc = subprocess.Popen(
             netns.exec_argv(ns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
