@@ -79,6 +79,7 @@ _POLICY_WARNINGS = (
     ("W-KNOWN-BAD-WINS", "an egress allowance overlapping known_bad, which always wins"),
     ("W-UNRESOLVED", "`check`: an egress host name does not resolve now"),
     ("W-NO-CONTAINER-ZONE", "a rule applies to containers but no zone holds containers"),
+    ("W-FORWARDING", "`check`: the host forwards packets but no zone holds containers"),
 )
 _CONFIG_ERRORS = (
     ("E-CONFIG", "the daemon config is invalid or cannot be read; its diagnostics say why"),

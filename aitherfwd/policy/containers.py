@@ -3,12 +3,13 @@
 Owns: what `containers: true` zones and `applies_to` must satisfy beyond their types —
 a container zone may not take in every address (all routed traffic would count as
 inbound to containers, and container egress could never apply), and a rule narrowed to
-containers in a policy without a container zone never matches. Called by `validate`.
+containers in a policy without a container zone never matches. Called by `validate`;
+`forwarding_warning` by `aitherfwd check`, which reads the host's forwarding switches.
 """
 
 from __future__ import annotations
 
-from aitherfwd.policy.diagnostics import Reporter
+from aitherfwd.policy.diagnostics import Diagnostic, Pos, Reporter, Severity
 from aitherfwd.policy.model import AppliesTo, Policy
 from aitherfwd.policy.source import YNode, position_of
 
@@ -38,3 +39,23 @@ def check_containers(policy: Policy, root: YNode | None, report: Reporter) -> No
                 "(set containers: true on one, or name it docker): it never matches",
                 position_of(root, "rules", ri, "applies_to"),
             )
+
+
+def forwarding_warning(policy: Policy, families: list[int], filename: str) -> Diagnostic | None:
+    """`aitherfwd check` on a host that forwards (`families`: the IP versions it routes)
+    with a policy without a container zone: routed traffic, published container ports
+    included, would not meet the policy at all."""
+    if not families or any(z.containers for z in policy.zones):
+        return None
+    switches = " and ".join(
+        "net.ipv4.ip_forward" if f == 4 else "net.ipv6.conf.all.forwarding" for f in families
+    )
+    return Diagnostic(
+        Severity.WARNING,
+        "W-FORWARDING",
+        "zones",
+        f"this host forwards packets ({switches} = 1) but no zone holds containers: routed "
+        "traffic, published container ports included, is not filtered; add the container "
+        "networks as a zone named docker (or with containers: true)",
+        Pos(filename, 1, 1),
+    )

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from aitherfwd.evaluator import FORWARD, Evaluator, Request
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import Policy, Protocol
 from aitherfwd.policy.parse import parse_policy
+from lab import AITHERFWD, netns
 from lab.containers import DockerHost
 from lab.netns import inside
 from lab.network import Lab
@@ -248,3 +251,16 @@ def test_evaluate_forward_agrees_with_the_packets_on_random_policies(
             verdict = ev.evaluate(req, time.time())
             got = docker.tcp(ns, dial, port, timeout=0.5)
             assert got == OUTCOME[verdict.verdict], (rules, source, port, verdict)
+
+
+def test_check_warns_on_a_forwarding_host_whose_policy_has_no_container_zone(
+    docker: DockerHost, tmp_path: Path
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(HEAD.replace("name: docker,", "name: docker, containers: false,"))
+    argv = netns.exec_argv(docker.host, [AITHERFWD, "check", str(path)])
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0 and "warning[W-FORWARDING] zones" in res.stdout, res.stdout
+    path.write_text(HEAD)
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0 and "W-FORWARDING" not in res.stdout, res.stdout

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from aitherfwd.adapters.forwarding import forwarding_families
 from aitherfwd.compiler import compile_policy
 from aitherfwd.control.schema import BlockSpec, RequestError, parse_evaluate
 from aitherfwd.daemon import views
 from aitherfwd.evaluator import FORWARD, Evaluator, Request
 from aitherfwd.nft import names as n
+from aitherfwd.policy.containers import forwarding_warning
 from aitherfwd.policy.diagnostics import Severity
 from aitherfwd.policy.model import AppliesTo, Policy, Protocol
 from aitherfwd.policy.parse import parse_policy
@@ -219,3 +221,15 @@ def test_explain_shows_forward_verdicts_and_evaluate_sees_blocks(tmp_path: Path)
     assert (before["verdict"], before["rule"], before["zone"]) == ("allow", "web", "world")
     (after,) = got["after"]["forward_verdicts"]
     assert after["verdict"] == "deny" and "blocked" in after["reason"]
+
+
+def test_check_warns_when_the_host_forwards_without_a_container_zone(tmp_path: Path) -> None:
+    root = tmp_path / "sys"
+    (root / "net/ipv4").mkdir(parents=True)
+    (root / "net/ipv4/ip_forward").write_text("1\n")
+    assert forwarding_families(root) == [4]  # the IPv6 switch is missing: off
+    none = _policy(HEAD.replace("name: docker,", "name: docker, containers: false,"))
+    w = forwarding_warning(none, [4], "policy.yaml")
+    assert w is not None and w.code == "W-FORWARDING" and "net.ipv4.ip_forward" in w.message
+    assert forwarding_warning(_policy(HEAD), [4, 6], "policy.yaml") is None
+    assert forwarding_warning(none, [], "policy.yaml") is None
