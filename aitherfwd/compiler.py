@@ -81,7 +81,11 @@ def compile_policy(policy: Policy) -> Ruleset:
     shared.adopt(frame.sets)
     egress = egress_objects(policy)
     forward = fwd.forward_part(
-        policy, kernel, lambda c: _kernel_limits(policy.settings, policy.zones, shared, c), egress
+        policy,
+        kernel,
+        lambda c: _kernel_limits(policy.settings, policy.zones, shared, c),
+        egress,
+        shared,
     )
     if forward is not None:
         compiled += forward.compiled

@@ -8,7 +8,8 @@ input path, emitted only when a zone holds containers (`containers: true`; a zon
     forward (hook forward, priority FORWARD_PRIORITY = -10, policy accept):
         saddr in block sets drop · ct established,related accept · ct invalid drop ·
         ICMPv6 neighbour discovery accept (bridged between containers) ·
-        daddr in a container zone → goto fwd_in · saddr in a container zone → goto fwd_out ·
+        daddr in a container zone → goto fwd_in · saddr in a container zone → goto fwd_out
+        (the container zones' addresses: a content-named shared set, nft/shared.py) ·
         anything else routed through the host: not ours to judge (policy accept)
     fwd_in:   per-source SYN and connection limits (the input path's meters) ·
               ip saddr vmap @fzone_v4 · ip6 saddr vmap @fzone_v6 · goto fnozone
@@ -24,14 +25,17 @@ with the source container's zone. Must not import the compiler (it imports this)
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aitherfwd import zones as zoning
 from aitherfwd.egress import names as en
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
 from aitherfwd.nft import rulechain as rc
+from aitherfwd.nft.shared import SharedSets
 from aitherfwd.nft.verdicts import log_exprs, verdicts
 from aitherfwd.policy.model import Action, AppliesTo, IPAddress, Policy, Rule
 
@@ -46,7 +50,7 @@ class ForwardPart:
 
     compiled: tuple[rc.CompiledRule, ...]  # f_<rule> chains' rules, shared sets, meters
     # (the compiler emits them with the input path's compiled rules)
-    chains: tuple[Json, ...]  # chains, then the maps and sets that name them
+    chains: tuple[Json, ...]  # chains, then the maps that name them
     rules: tuple[Json, ...]  # the rules of forward, fwd_in and the zone chains (not f_<rule>)
     out_rules: tuple[Json, ...]  # fwd_out (after the egress objects it refers to)
     hash_rules: tuple[Json, ...]
@@ -69,6 +73,7 @@ def forward_part(
     rules: list[Rule],
     limits: Callable[[str], list[Json]],
     egress: list[Json],
+    shared: SharedSets,
 ) -> ForwardPart | None:
     """None when no zone holds containers (the table then has no forward hook at all).
     `rules`: the policy's kernel rules; `limits(chain)`: the input path's per-source limit
@@ -79,12 +84,13 @@ def forward_part(
     mine = [r for r in rules if for_containers(r)]
     compiled = tuple(rc.compile_rule(r, True) for r in mine)
     zone_names = [z.name for z in policy.zones]
-    sets, maps = _sets_and_maps(policy, czones)
+    maps = _maps(policy)
+    containers = _containers(policy, czones, shared)
     chains = [b.chain(n.FORWARD_CHAIN, hook="forward", prio=n.FORWARD_PRIORITY, policy="accept")]
     chains += [b.chain(c) for c in (n.FWD_IN_CHAIN, n.FWD_OUT_CHAIN, n.FWD_NOZONE_CHAIN)]
     chains += [b.chain(n.fwd_zone_chain(z)) for z in zone_names]
     chains += [b.chain(n.fwd_rule_chain(r.name)) for r in mine]
-    body = _forward_chain(sets) + limits(n.FWD_IN_CHAIN) + _zones_dispatch()
+    body = _forward_chain(containers) + limits(n.FWD_IN_CHAIN) + _zones_dispatch()
     for zone in zone_names:
         body += _dispatch(
             n.fwd_zone_chain(zone), [r for r in mine if r.zones is None or zone in r.zones]
@@ -92,10 +98,10 @@ def forward_part(
     body += _dispatch(n.FWD_NOZONE_CHAIN, [r for r in mine if r.zones is None])
     return ForwardPart(
         compiled,
-        (*chains, *maps, *sets),
+        (*chains, *maps),
         tuple(body),
         tuple(_out_chain(policy, egress)),
-        tuple(rc.set_hash_rules([*maps, *sets])),
+        tuple(rc.set_hash_rules(maps)),
     )
 
 
@@ -106,20 +112,32 @@ def _interval(first: IPAddress, last: IPAddress) -> Json:
     return b.range_(str(first), str(last))
 
 
-def _sets_and_maps(policy: Policy, czones: list[str]) -> tuple[list[Json], list[Json]]:
-    """`containers_v4/v6`: the addresses whose first zone holds containers (only families
-    that have some); `fzone_v4/v6`: the zone partition, each piece to its fzone chain."""
-    sets, maps = [], []
+def _maps(policy: Policy) -> list[Json]:
+    """`fzone_v4/v6`: the zone partition, each piece to its forward zone chain."""
+    maps = []
     for fam, map_name in ((4, n.FWD_ZONE_MAP_V4), (6, n.FWD_ZONE_MAP_V6)):
         pieces = zoning.partition(policy.zones, fam)
         elements = [[_interval(lo, hi), b.goto(n.fwd_zone_chain(z))] for lo, hi, z in pieces]
         maps.append(b.vmap_(map_name, rc.addr_type(fam), elements))
-        mine = [_interval(lo, hi) for lo, hi, z in pieces if z in czones]
-        if mine:
-            sets.append(
-                b.set_(n.CONTAINER_SETS[fam], rc.addr_type(fam), ["interval"], elements=mine)
-            )
-    return sets, maps
+    return maps
+
+
+def _containers(policy: Policy, czones: list[str], shared: SharedSets) -> dict[int, Any]:
+    """Per IP version that has some: the addresses whose FIRST zone holds containers, as
+    the right-hand side of a match — a content-named shared set (a changed zone is a new
+    set and a changed forward chain, which a delta reload replaces together)."""
+    out = {}
+    for fam in FAMILIES:
+        nets = [
+            net
+            for lo, hi, z in zoning.partition(policy.zones, fam)
+            if z in czones
+            for net in ipaddress.summarize_address_range(lo, hi)
+        ]
+        if nets:
+            collapsed = ipaddress.collapse_addresses(nets)  # type: ignore[type-var]
+            out[fam] = shared.prefixes(fam, tuple(collapsed))
+    return out
 
 
 def _fam(addr_type: str) -> int:
@@ -130,7 +148,7 @@ def _daddr(fam: int) -> Json:
     return b.payload("ip" if fam == 4 else "ip6", "daddr")
 
 
-def _forward_chain(sets: list[Json]) -> list[Json]:
+def _forward_chain(containers: dict[int, Any]) -> list[Json]:
     c = n.FORWARD_CHAIN
     blocked = [b.named_counter(n.BLOCKED_COUNTER), b.drop()]
     out = [
@@ -146,13 +164,10 @@ def _forward_chain(sets: list[Json]) -> list[Json]:
     # bridged neighbour discovery between containers passes here too (br_netfilter)
     nd = b.match(b.payload("icmpv6", "type"), {"set": ND_TYPES})
     out.append(rc.commented(c, [nd, b.accept()], "builtin:icmpv6-nd"))
-    present = {s["set"]["name"] for s in sets}
     for key, target, label in ((_daddr, n.FWD_IN_CHAIN, "to"), (rc.saddr, n.FWD_OUT_CHAIN, "from")):
-        for fam in FAMILIES:
-            name = n.CONTAINER_SETS[fam]
-            if name in present:
-                exprs = [b.in_set(key(fam), name), b.goto(target)]
-                out.append(rc.commented(c, exprs, f"builtin:{label}-containers"))
+        for fam, addresses in sorted(containers.items()):
+            exprs = [b.match(key(fam), addresses), b.goto(target)]
+            out.append(rc.commented(c, exprs, f"builtin:{label}-containers"))
     return out
 
 

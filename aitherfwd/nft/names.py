@@ -133,7 +133,6 @@ FWD_OUT_CHAIN = "fwd_out"  # outbound from containers: the egress rules
 FWD_NOZONE_CHAIN = "fnozone"
 FWD_ZONE_MAP_V4 = "fzone_v4"
 FWD_ZONE_MAP_V6 = "fzone_v6"
-CONTAINER_SETS = {4: "containers_v4", 6: "containers_v6"}  # container zones' addresses
 FWD_RULE_CHAIN_PREFIX = "f_"
 
 
