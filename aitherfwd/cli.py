@@ -18,11 +18,13 @@ import click
 from aitherfwd import __version__
 from aitherfwd.adapters.dns import ResolveError, resolve_sync
 from aitherfwd.adapters.files import load_policy
+from aitherfwd.adapters.forwarding import forwarding_families
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.config import ConfigError
 from aitherfwd.errors import AitherError, ExitCode, KernelUnavailableError
+from aitherfwd.policy.containers import forwarding_warning
 from aitherfwd.policy.diagnostics import (
     Diagnostic,
     Pos,
@@ -86,6 +88,9 @@ def check(policy: Path, as_json: bool, no_resolve: bool) -> None:
         result = replace(
             result, diagnostics=[*result.diagnostics, *_unresolved(result.policy, str(policy))]
         )
+    if result.policy is not None:
+        fwd = forwarding_warning(result.policy, forwarding_families(), str(policy))
+        result = replace(result, diagnostics=[*result.diagnostics, *([fwd] if fwd else [])])
     if as_json:
         click.echo(
             json.dumps(

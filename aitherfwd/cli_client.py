@@ -138,7 +138,11 @@ def blocks(socket_path: Path, as_json: bool) -> None:
     "--proto", type=click.Choice(["tcp", "udp", "icmp"]), default="tcp", show_default=True
 )
 @click.option(
-    "--direction", type=click.Choice(["inbound", "outbound"]), default="inbound", show_default=True
+    "--direction",
+    type=click.Choice(["inbound", "outbound", "forward"]),
+    default="inbound",
+    show_default=True,
+    help="forward: routed through the host (--dest is the container, --port the published one).",
 )
 @click.option("--dest", help="Destination address.")
 @click.option("--dest-host", help="Destination host name (outbound; the daemon resolves it).")
@@ -158,8 +162,8 @@ def evaluate(
     body: dict[str, Any] = {"protocol": proto, "direction": direction}
     if source_ip is not None:
         body["source_ip"] = source_ip
-    elif direction == "inbound":
-        _die("--source is required for inbound", ExitCode.USAGE)
+    elif direction != "outbound":
+        _die(f"--source is required for {direction}", ExitCode.USAGE)
     if port is not None:
         body["dest_port"] = port
     if dest is not None:
@@ -244,6 +248,11 @@ def _explain_text(a: dict[str, Any]) -> str:
     lines += [
         f"  {v['protocol']}/{v['port']}: {v['verdict']} ({v['rule'] or 'no rule'}) {v['reason']}"
         for v in a["verdicts"]
+    ]
+    lines += [
+        f"  published {v['protocol']}/{v['port']} (containers): {v['verdict']} "
+        f"({v['rule'] or 'no rule'}) {v['reason']}"
+        for v in a.get("forward_verdicts", [])
     ]
     blk = a["block"]
     if blk:

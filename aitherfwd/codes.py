@@ -77,6 +77,7 @@ _POLICY_ERRORS = (
         "E-THREAT-TYPE",
         "a journal source's threat type is not 1-64 letters, digits, '_', '-', '.' characters",
     ),
+    ("E-CONTAINER-ZONE", "a zone holding containers covers every address"),
 )
 _POLICY_WARNINGS = (
     ("W-CIDR-SHADOWED", "a zone CIDR already covered by earlier zones"),
@@ -87,6 +88,8 @@ _POLICY_WARNINGS = (
     ("W-JOURNAL-UNMATCHED", "a journal pattern no example fits, or an example no pattern reads"),
     ("W-JOURNAL-NO-EXAMPLES", "a custom journal source without example lines to check"),
     ("W-JOURNAL-FORGEABLE", "a journal match any local user can satisfy (no trusted field)"),
+    ("W-NO-CONTAINER-ZONE", "a rule applies to containers but no zone holds containers"),
+    ("W-FORWARDING", "`check`: the host forwards packets but no zone holds containers"),
 )
 _CONFIG_ERRORS = (
     ("E-CONFIG", "the daemon config is invalid or cannot be read; its diagnostics say why"),

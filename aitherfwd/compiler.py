@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from aitherfwd import zones as zoning
 from aitherfwd.egress.chain import egress_objects
 from aitherfwd.nft import builders as b
+from aitherfwd.nft import forward as fwd
 from aitherfwd.nft import names as n
 from aitherfwd.nft import rulechain as rc
 from aitherfwd.nft.shared import SharedSets
@@ -72,21 +73,32 @@ class Ruleset:
 
 
 def compile_policy(policy: Policy) -> Ruleset:
-    rules = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
+    kernel = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
+    rules = [r for r in kernel if fwd.for_host(r)]
     frame = _frame(policy.settings, policy.zones)
     compiled = [rc.compile_rule(r) for r in rules]
     shared = SharedSets()
     shared.adopt(frame.sets)
+    egress = egress_objects(policy)
+    forward = fwd.forward_part(
+        policy,
+        kernel,
+        lambda c: _kernel_limits(policy.settings, policy.zones, shared, c),
+        egress,
+        shared,
+    )
+    if forward is not None:
+        compiled += forward.compiled
     for c in compiled:
         shared.adopt(c.shared)
     counters = [n.DEFAULT_COUNTER, n.BLOCKED_COUNTER, n.INVALID_COUNTER]
     counters += [n.CONNLIMIT_COUNTER, n.SYNFLOOD_COUNTER]
     counters += [n.rule_counter(r.name) for r in policy.rules]
-    counters += [n.ratelimit_counter(r.name) for r in rules if r.rate_limit]
+    counters += [n.ratelimit_counter(r.name) for r in kernel if r.rate_limit]
     head: list[Json] = [b.table(), *(b.counter(c) for c in sorted(counters))]
     head += [b.set_(s.name, s.type, s.flags) for s in n.DYNAMIC_SETS]
     head += frame.meters
-    head += [s for c in compiled for s in c.meters]
+    head += list({m["set"]["name"]: m for c in compiled for m in c.meters}.values())
     zone_names = [z.name for z in policy.zones]
     chains = [b.chain(n.INPUT_CHAIN, hook="input", prio=0, policy="accept")]
     chains += [b.chain(c) for c in [n.FINAL_CHAIN, n.NOZONE_CHAIN, n.META_CHAIN]]
@@ -95,6 +107,8 @@ def compile_policy(policy: Policy) -> Ruleset:
     chains += [b.chain(n.zone_chain(z)) for z in zone_names]
     chains += [b.chain(n.rule_chain(r.name)) for r in rules]
     chains += frame.maps
+    if forward is not None:
+        chains += forward.chains
     body = list(frame.input_rules)
     for c in compiled:
         body += c.rules
@@ -104,12 +118,17 @@ def compile_policy(policy: Policy) -> Ruleset:
         )
     body += _dispatch(n.NOZONE_CHAIN, [r for r in rules if r.zones is None])
     body += frame.final_rules
-    egress = egress_objects(policy)
+    if forward is not None:
+        body += forward.rules
     objects = [*head, *shared.objects(), *chains, *body, *egress]
+    if forward is not None:
+        objects += forward.out_rules
     digest = _ruleset_digest(objects)
     # the contents of every static set and map (shared sets are named by their contents)
     objects += frame.hash_rules
-    objects += [h for c in compiled for h in c.hash_rules]
+    objects += list({h["rule"]["comment"]: h for c in compiled for h in c.hash_rules}.values())
+    if forward is not None:
+        objects += forward.hash_rules
     objects += rc.set_hash_rules(egress)
     # two comments: nft's text parser refuses comments over 128 characters
     objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd ruleset={digest}"))
@@ -217,12 +236,14 @@ def _meter_sets(st: Settings) -> list[Json]:
     return out
 
 
-def _kernel_limits(st: Settings, zones: tuple[Zone, ...], shared: SharedSets) -> list[Json]:
+def _kernel_limits(
+    st: Settings, zones: tuple[Zone, ...], shared: SharedSets, c: str = n.INPUT_CHAIN
+) -> list[Json]:
     """Line one of detection, per packet in the kernel: SYNs over `syn_flood_threshold`/s
     per source are dropped; new connections beyond `max_connections_per_ip` concurrent ones
     per source are refused. Both jump to a chain that logs (bounded) for the daemon. Sources
-    in the management zone are exempt (anti-lockout)."""
-    c = n.INPUT_CHAIN
+    in the management zone are exempt (anti-lockout). `c`: the input chain, or the forward
+    path's `fwd_in` (the same meters: a source's budget is one, whichever path it takes)."""
     out = []
     mgmt = [net for z in zones if z.name == "management" for net in z.cidrs]
     for fam in (4, 6):

@@ -1,11 +1,13 @@
 """Would this connection pass, and which rule decides? (layer L1, pure)
 
 Owns: `Request`, `Verdict`, `Blocked` (the view of the live block table it needs),
-`TokenBuckets` (the per-source meters of rate-limited rules) and `Evaluator`, which answers
+`TokenBuckets` (re-exported from `dynamic.buckets`) and `Evaluator`, which answers
 with exactly the semantics of the ruleset `compiler` builds for a new inbound connection:
 loopback accept, block sets drop, the source's first zone, the first matching rule in
-policy order, the default verdict. Rules with layer-7 conditions are not in the kernel:
-here they match only requests that carry those fields. Not modelled: established/related
+policy order (of the rules that apply to the host), the default verdict. `forward`: a
+connection routed through the host, judged as the forward chain does (`_forward`). Rules
+with layer-7 conditions are not in the kernel: here they match only requests that carry
+those fields. Not modelled: established/related
 packets (a request is a new connection) and ICMPv6 neighbour discovery (a request has no
 ICMP type).
 
@@ -26,12 +28,14 @@ import math
 import typing
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from aitherfwd import zones as zoning
-from aitherfwd.compiler import RATELIMIT_SET_TIMEOUT
+from aitherfwd.dynamic.buckets import TokenBuckets
 from aitherfwd.egress.verdict import EgressState, outbound
+from aitherfwd.forwarding import ForwardPaths, Path
+from aitherfwd.nft.forward import for_containers, for_host
 from aitherfwd.policy.model import (
     DAY_SECONDS,
     PORT_PROTOCOLS,
@@ -45,10 +49,10 @@ from aitherfwd.policy.model import (
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"
-DIRECTIONS = (INBOUND, OUTBOUND)
+FORWARD = "forward"  # routed through the host (containers): see evaluate_forward
+DIRECTIONS = (INBOUND, OUTBOUND, FORWARD)
 REQUEST_PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.ICMP)
 RATE_LIMITED = "rate_limited"
-NANOS = 1_000_000_000
 
 _VERBS = {Action.ALLOW: "allows", Action.DENY: "denies", Action.REJECT: "rejects"}
 
@@ -74,7 +78,11 @@ class Request:
         elif self.dest_port is None or not 1 <= self.dest_port <= 65535:
             raise ValueError(f"{self.protocol} needs a dest_port 1-65535")
         if self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be inbound or outbound, not {self.direction!r}")
+            raise ValueError(
+                f"direction must be inbound, outbound or forward, not {self.direction!r}"
+            )
+        if self.direction == FORWARD and self.dest is None:
+            raise ValueError("forward needs a destination address (after DNAT)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,40 +98,6 @@ class Blocked(typing.Protocol):
 
     def lookup(self, address: IPAddress, now: float) -> tuple[float | None, str] | None:
         """(expires_at, or None when permanent; reason) if `address` is blocked at `now`."""
-
-
-class TokenBuckets:
-    """Token buckets per (rule, source address), mirroring the kernel's `limit` meters:
-    capacity `burst`, refilled at `rate` per second, full when created, counted in integer
-    nanoseconds like nft_limit. A bucket left alone for the meter set's timeout expires (the
-    kernel drops the element) and starts full again. At most `max_keys` buckets; the least
-    recently used goes first."""
-
-    def __init__(
-        self, max_keys: int = 100_000, idle_timeout: float = RATELIMIT_SET_TIMEOUT
-    ) -> None:
-        self._max_keys = max_keys
-        self._idle_ns = round(idle_timeout * NANOS)
-        self._buckets: dict[tuple[str, str], tuple[int, int]] = {}  # key -> (tokens, last)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def take(self, key: tuple[str, str], rate: int, burst: int, now: float) -> bool:
-        """Take one token; False (and nothing taken) when the bucket is empty."""
-        cost = NANOS // rate
-        capacity = cost * burst
-        now_ns = round(now * NANOS)
-        held = self._buckets.pop(key, None)
-        if held is None or now_ns - held[1] >= self._idle_ns:
-            tokens = capacity
-        else:
-            tokens = min(capacity, held[0] + max(0, now_ns - held[1]))
-        allowed = tokens >= cost
-        self._buckets[key] = (tokens - cost if allowed else tokens, now_ns)
-        if len(self._buckets) > self._max_keys:
-            del self._buckets[next(iter(self._buckets))]
-        return allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +135,10 @@ class Evaluator:
         self._ports = {p: _port_index(policy.rules, p) for p in PORT_PROTOCOLS}
         self._icmp = _bits(i for i, r in enumerate(policy.rules) if _portless(r, Protocol.ICMP))
         self._conditional = _bits(i for i, r in enumerate(policy.rules) if _conditional(r))
+        # which rules each path holds (applies_to): the input chains' and the forward path's
+        self._paths = ForwardPaths(policy)
+        self._host = _bits(i for i, r in enumerate(policy.rules) if for_host(r))
+        self._containers = _bits(i for i, r in enumerate(policy.rules) if for_containers(r))
 
     def evaluate(
         self,
@@ -183,12 +161,54 @@ class Evaluator:
                 state=egress,
             )
             return Verdict(o.action, o.rule, None, o.reason)
-        zone, sources = self._addresses[source.version].at(int(source))
+        zone, _ = self._addresses[source.version].at(int(source))
+        if req.direction == FORWARD:
+            return self._forward(req, zone, now, blocked=blocked, buckets=buckets, egress=egress)
         if source.is_loopback:
             return Verdict(str(Action.ALLOW), None, zone, "loopback is always allowed")
         block = blocked.lookup(source, now) if blocked is not None else None
         if block is not None:
             return Verdict(str(Action.DENY), None, zone, _blocked_reason(*block))
+        return self.judge_rules(req, source, now, buckets, containers=False)
+
+    def _forward(
+        self,
+        req: Request,
+        zone: str | None,
+        now: float,
+        *,
+        blocked: Blocked | None,
+        buckets: TokenBuckets | None,
+        egress: EgressState | None,
+    ) -> Verdict:
+        """Routed through the host, as the forward chain judges it (nft/forward.py):
+        blocked sources drop, then to containers, from containers, or not judged."""
+        source, dest = normalise(req.source), normalise(req.dest or req.source)
+        block = blocked.lookup(source, now) if blocked is not None else None
+        if block is not None:
+            return Verdict(str(Action.DENY), None, zone, _blocked_reason(*block))
+        path = self._paths.path(source, dest)
+        if path is Path.TO:
+            return self.judge_rules(req, source, now, buckets, containers=True)
+        if path is None:
+            return Verdict("allow", None, zone, "routed, not to or from a container zone")
+        out = self.evaluate(replace(req, direction=OUTBOUND), now, egress=egress)
+        return Verdict(out.verdict, out.rule, zone, f"from containers: {out.reason}")
+
+    def judge_rules(
+        self,
+        req: Request,
+        source: IPAddress,
+        now: float,
+        buckets: TokenBuckets | None,
+        *,
+        containers: bool,
+    ) -> Verdict:
+        """The zone, rules and default verdict for a new connection from `source`: to the
+        host's own ports, or (`containers`) to a container behind a published port, with
+        the rules of that path (applies_to) and `req.dest_port` the published port."""
+        zone, sources = self._addresses[source.version].at(int(source))
+        sources &= self._containers if containers else self._host
         index = self._rule_index(req, sources, now)
         if index is None:
             action = self.policy.settings.default_policy

@@ -6,8 +6,9 @@ the client over IPv4 (zone internal) and IPv6 (zone external) and shows for each
 what happened and which rule decided — read from the kernel's own per-rule counters.
 Then runs the daemon: a ban through the control socket, evaluate, a hot reload that keeps
 the ban, the kernel lifting it on time, reported threats climbing the reputation ladder, a
-real nmap scan auto-blocked, egress control with a sandbox grant expiring, and a stop that
-leaves the table enforcing.
+real nmap scan auto-blocked, egress control with a sandbox grant expiring, a container's
+published port closed, opened by a rule and closed to a banned client (demo/containers.py),
+and a stop that leaves the table enforcing.
 Nothing outside the namespaces it creates is touched; they are removed on exit.
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aitherfwd.adapters.control_client import ControlClient
+from demo.containers import demo_containers
 from lab import AITHERFWD as CLI
 from lab import ROOT
 from lab.daemon import DaemonProc
@@ -213,7 +215,11 @@ def demo_with_daemon(lab: Lab, client: Client, daemon: DaemonProc) -> int:
     if not scan_is_blocked(lab, client, daemon):
         return 1
     step(lab, "per-rule counters in the kernel", ["counters"])
-    if demo_egress(lab, client, daemon) != 0:
+    chapter = {"say": say, "attempt": attempt, "client_cmd": client_cmd, "reloaded": reloaded}
+    if (
+        demo_egress(lab, client, daemon) != 0
+        or demo_containers(lab, client, daemon, **chapter) != 0
+    ):
         return 1
 
     code = daemon.stop(signal.SIGTERM)
@@ -222,6 +228,12 @@ def demo_with_daemon(lab: Lab, client: Client, daemon: DaemonProc) -> int:
     attempt(lab, client, client.server_v6, 3306, "tcp")
     say(f"\n{DIM}namespaces removed; the host's own firewall was never touched{OFF}")
     return 0
+
+
+def containers(lab: Lab, client: Client, daemon: DaemonProc) -> int:
+    return demo_containers(
+        lab, client, daemon, say=say, attempt=attempt, client_cmd=client_cmd, reloaded=reloaded
+    )
 
 
 def scan_is_blocked(lab: Lab, client: Client, daemon: DaemonProc) -> bool:

@@ -35,7 +35,8 @@ from aitherfwd.asgi.clientaddr import (
 from aitherfwd.asgi.follower import Follower, Reporter
 from aitherfwd.asgi.state import Followed
 from aitherfwd.asgi.view import View, judge
-from aitherfwd.evaluator import RATE_LIMITED, TokenBuckets
+from aitherfwd.dynamic.buckets import TokenBuckets
+from aitherfwd.evaluator import RATE_LIMITED
 from aitherfwd.policy.model import Action, IPAddress
 
 Scope = MutableMapping[str, Any]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from aitherfwd import zones as zoning
 from aitherfwd.asgi.clientaddr import Trusted
-from aitherfwd.evaluator import Blocked, Evaluator, Request, TokenBuckets, Verdict
+from aitherfwd.dynamic.buckets import TokenBuckets
+from aitherfwd.evaluator import Blocked, Evaluator, Request, Verdict
 from aitherfwd.policy.model import Action, IPAddress, IPNetwork, Policy, Protocol
 
 BYPASS = "bypass"

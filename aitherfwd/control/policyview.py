@@ -20,6 +20,7 @@ from typing import Any
 from aitherfwd.dynamic.blockrecords import Block, address_text
 from aitherfwd.policy.model import (
     Action,
+    AppliesTo,
     PortMatch,
     PortRange,
     Protocol,
@@ -39,7 +40,10 @@ def encode(policy: PolicyModel) -> dict[str, Any]:
         "version": VIEW_VERSION,
         "sha256": policy.sha256,
         "default_policy": str(policy.settings.default_policy),
-        "zones": [{"name": z.name, "cidrs": [str(c) for c in z.cidrs]} for z in policy.zones],
+        "zones": [
+            {"name": z.name, "cidrs": [str(c) for c in z.cidrs], "containers": z.containers}
+            for z in policy.zones
+        ],
         "rules": [_rule(r) for r in policy.rules],
     }
 
@@ -66,6 +70,7 @@ def _rule(rule: Rule) -> dict[str, Any]:
         ),
         "path_prefix": rule.path_prefix,
         "authenticated": rule.authenticated,
+        "applies_to": None if rule.applies_to is None else str(rule.applies_to),
     }
 
 
@@ -91,7 +96,11 @@ def decode(view: Any) -> PolicyModel:
     if _get(view, "version", int) != VIEW_VERSION:
         raise ValueError(f"unknown policy view version {view.get('version')!r}")
     zones = tuple(
-        Zone(_get(z, "name", str), _networks(_get(z, "cidrs", list), "cidrs"))
+        Zone(
+            _get(z, "name", str),
+            _networks(_get(z, "cidrs", list), "cidrs"),
+            containers=bool(_get(z, "containers", bool, optional=True)),
+        )
         for z in _get(view, "zones", list)
     )
     rules = tuple(_decode_rule(r) for r in _get(view, "rules", list))
@@ -137,7 +146,12 @@ def _decode_rule(r: Any) -> Rule:
         log=False,
         path_prefix=_get(r, "path_prefix", str, optional=True),
         authenticated=_get(r, "authenticated", bool, optional=True),
+        applies_to=_applies_to(_get(r, "applies_to", str, optional=True)),
     )
+
+
+def _applies_to(value: str | None) -> AppliesTo | None:
+    return None if value is None else AppliesTo(value)
 
 
 def block_record(blk: Block) -> dict[str, Any]:

@@ -271,10 +271,13 @@ def parse_evaluate(body: Any) -> EvaluateSpec:
     elif isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise RequestError("dest_port must be an integer 1-65535", code="E-SCHEMA")
     direction = _string(obj.get("direction", "inbound"), "direction", 16)
-    if direction not in ("inbound", "outbound"):
-        raise RequestError("direction must be inbound or outbound", code="E-SCHEMA")
+    if direction not in ("inbound", "outbound", "forward"):
+        raise RequestError("direction must be inbound, outbound or forward", code="E-SCHEMA")
     dest = obj.get("dest_ip")
     host = obj.get("dest_host")
+    if direction == "forward" and (dest is None or host is not None):
+        # routed: dest_ip is the container's address (after DNAT), dest_port the published one
+        raise RequestError("forward: give dest_ip (and no dest_host)", code="E-SCHEMA")
     if outbound and (dest is None) == (host is None):
         raise RequestError("outbound: give exactly one of dest_ip and dest_host", code="E-SCHEMA")
     if host is not None:

@@ -16,7 +16,8 @@ from aitherfwd.control.schema import EvaluateSpec
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.generations import Generations
-from aitherfwd.evaluator import Request, TokenBuckets, Verdict
+from aitherfwd.dynamic.buckets import TokenBuckets
+from aitherfwd.evaluator import Request, Verdict
 from aitherfwd.stats import Stats
 
 

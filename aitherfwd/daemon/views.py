@@ -16,7 +16,8 @@ from aitherfwd.daemon.services import Services
 from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, address_text
 from aitherfwd.dynamic.reputation import offender_key
-from aitherfwd.evaluator import Request
+from aitherfwd.evaluator import FORWARD, Request
+from aitherfwd.forwarding import ForwardPaths
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, Protocol
 
@@ -45,6 +46,12 @@ def explain(
                 "reason": v.reason,
             }
         )
+    target = ForwardPaths(gen.policy).sample(address.version)
+    forward = []  # to a published container port (forward path), when containers exist
+    for port in (ports or gen.policy.settings.admin_ports) if target is not None else ():
+        v = gen.evaluator.evaluate(Request(address, protocol, port, FORWARD, target), now, table)
+        forward.append({"port": port, "protocol": str(protocol), "verdict": v.verdict})
+        forward[-1].update({"rule": v.rule, "zone": v.zone, "reason": v.reason})
     current = table.covering(address, now)
     off = d.reputation.offenders.get(okey)
     keys = sorted({key, okey} | ({current.key} if current else set()))
@@ -52,6 +59,7 @@ def explain(
         "address": key,
         "zone": verdicts[0]["zone"] if verdicts else None,
         "verdicts": verdicts,
+        "forward_verdicts": forward,
         "blocked": current is not None,
         "block": None
         if current is None

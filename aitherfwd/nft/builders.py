@@ -189,6 +189,11 @@ def ct(key: str) -> Expr:
     return {"ct": {"key": key}}
 
 
+def ct_original(key: str) -> Expr:
+    """`ct original <key>`: the connection's first tuple, as the client sent it (pre-NAT)."""
+    return {"ct": {"key": key, "dir": "original"}}
+
+
 def match(left: Expr, right: Any, op: str = "==") -> Expr:
     return {"match": {"op": op, "left": left, "right": right}}
 

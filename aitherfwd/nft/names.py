@@ -123,3 +123,23 @@ def connlimit_set(family: int, limit: int) -> str:
 def synrate_set(family: int, rate: int) -> str:
     """Per-source SYN `limit rate` meter; named with its rate for the same reason."""
     return f"synrate_v{family}_{rate}"
+
+
+# The forward path (nft/forward.py): routed traffic to and from container zones.
+FORWARD_CHAIN = "forward"  # hook forward, FORWARD_PRIORITY
+FORWARD_PRIORITY = -10  # before Docker's iptables-nft FORWARD (filter, 0); after DNAT (-100)
+FWD_IN_CHAIN = "fwd_in"  # inbound to containers: limits, then the source's zone
+FWD_OUT_CHAIN = "fwd_out"  # outbound from containers: the egress rules
+FWD_NOZONE_CHAIN = "fnozone"
+FWD_ZONE_MAP_V4 = "fzone_v4"
+FWD_ZONE_MAP_V6 = "fzone_v6"
+FWD_RULE_CHAIN_PREFIX = "f_"
+
+
+def fwd_zone_chain(zone: str) -> str:
+    return f"fzone_{zone}"
+
+
+def fwd_rule_chain(rule: str) -> str:
+    """A rule's kernel rules on the forward path: ports are the published ones."""
+    return f"{FWD_RULE_CHAIN_PREFIX}{rule}"

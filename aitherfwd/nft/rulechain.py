@@ -42,12 +42,18 @@ class CompiledRule:
 
 
 @functools.lru_cache(maxsize=RULE_CACHE_SIZE)
-def compile_rule(rule: Rule) -> CompiledRule:
+def compile_rule(rule: Rule, forward: bool = False) -> CompiledRule:
     """Memoised on the rule's value: the daemon recompiles the whole policy on every reload,
     and a rule equal to one compiled before gets the very same objects back, so an
-    unchanged rule costs a lookup. The objects are shared between rulesets: never mutate."""
+    unchanged rule costs a lookup. The objects are shared between rulesets: never mutate.
+
+    `forward`: the rule's chain on the forward path (`f_<name>`), where destination ports
+    are matched on the connection's original destination port (`ct original proto-dst`):
+    the port the client asked for, before DNAT to a container's port. The per-source
+    meters are the same sets on both paths (one bucket per rule and source)."""
     shared = SharedSets()
-    kernel_rules = tuple(_rule(n.rule_chain(rule.name), rule, shared))
+    chain = n.fwd_rule_chain(rule.name) if forward else n.rule_chain(rule.name)
+    kernel_rules = tuple(_rule(chain, rule, shared, forward))
     rl = rule.rate_limit
     meters = []
     if rl is not None:
@@ -110,10 +116,10 @@ def denied_log(chain: str, matches: list[Json], rule: str) -> Json:
     return commented(chain, [*matches, new, *detect_log(n.KIND_DENIED, rule)], f"{rule}:detect")
 
 
-def _rule(chain: str, rule: Rule, shared: SharedSets) -> Iterator[Json]:
+def _rule(chain: str, rule: Rule, shared: SharedSets, forward: bool = False) -> Iterator[Json]:
     """One policy rule's kernel rules, for its own chain: per variant, the rate-limit drop,
     the log, the detection log of a denial, then the verdict with the rule's counter."""
-    for fam, proto, matches in _variants(rule, shared):
+    for fam, proto, matches in _variants(rule, shared, forward):
         if rule.rate_limit and fam is not None:
             rl = rule.rate_limit
             meter = b.update_set(
@@ -146,7 +152,7 @@ def _rule(chain: str, rule: Rule, shared: SharedSets) -> Iterator[Json]:
 
 
 def _variants(
-    rule: Rule, shared: SharedSets
+    rule: Rule, shared: SharedSets, forward: bool = False
 ) -> Iterator[tuple[int | None, Protocol | None, list[Json]]]:
     """The cross product of address family × protocol/ports × time-window pieces."""
     families: list[int | None] = [*sorted({c.version for c in rule.source_cidrs})] or [None]
@@ -164,16 +170,22 @@ def _variants(
             base.append(b.match(saddr(fam), shared.prefixes(fam, tuple(nets))))
         elif fam is not None:
             base.append(b.match(b.meta("nfproto"), "ipv4" if fam == 4 else "ipv6"))
-        for proto, port_exprs in _protocols(rule, shared):
+        for proto, port_exprs in _protocols(rule, shared, forward):
             for window in _windows(rule.time_window):
                 yield fam, proto, [*base, *port_exprs, *window]
 
 
-def _protocols(rule: Rule, shared: SharedSets) -> Iterator[tuple[Protocol | None, list[Json]]]:
+def _protocols(
+    rule: Rule, shared: SharedSets, forward: bool = False
+) -> Iterator[tuple[Protocol | None, list[Json]]]:
     if rule.ports:
         for pm in rule.ports:
             ports = shared.ports(pm.ranges)
-            yield pm.protocol, [b.match(b.payload(str(pm.protocol), "dport"), ports)]
+            if forward:  # the published port, whatever container port DNAT chose
+                l4 = b.match(b.meta("l4proto"), str(pm.protocol))
+                yield pm.protocol, [l4, b.match(b.ct_original("proto-dst"), ports)]
+            else:
+                yield pm.protocol, [b.match(b.payload(str(pm.protocol), "dport"), ports)]
     elif rule.protocol is Protocol.ICMP:
         icmp = shared.constant("proto", "inet_proto", ("icmp", "ipv6-icmp"))
         yield None, [b.match(b.meta("l4proto"), icmp)]

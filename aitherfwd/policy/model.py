@@ -31,6 +31,14 @@ class Protocol(StrEnum):
 
 PORT_PROTOCOLS = (Protocol.TCP, Protocol.UDP)
 
+
+class AppliesTo(StrEnum):
+    """What a rule governs: the host's own ports, or routed traffic inbound to containers."""
+
+    HOST = "host"
+    CONTAINERS = "containers"
+
+
 # nftables numbers the days of the week from Sunday = 0.
 WEEKDAYS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
 DAY_SECONDS = 86_400
@@ -124,6 +132,7 @@ class Zone:
     name: str
     cidrs: tuple[IPNetwork, ...]
     description: str = ""
+    containers: bool = False  # routed traffic to it is inbound to containers (docs/policy.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,7 @@ class Rule:
     description: str = ""
     path_prefix: str | None = None  # layer 7: evaluator and middleware only
     authenticated: bool | None = None  # layer 7: evaluator and middleware only
+    applies_to: AppliesTo | None = None  # None: the host's own ports and containers alike
 
     @property
     def unconditional(self) -> bool:

@@ -53,7 +53,8 @@ TOP_KEYS = {
 }
 REPUTATION_KEYS = set(ReputationSettings.__dataclass_fields__)
 SETTINGS_KEYS = set(Settings.__dataclass_fields__)
-ZONE_KEYS = {"name", "cidrs", "description"}
+ZONE_KEYS = {"name", "cidrs", "description", "containers"}
+CONTAINER_ZONE = "docker"  # a zone of this name holds containers unless it says otherwise
 SERVICE_KEYS = {"ports", "protocol", "description"}
 
 Reader = Callable[[str], tuple[str, str]]  # relative path -> (display name, text); OSError
@@ -244,7 +245,12 @@ class _Parser:
             desc = (
                 self.f.string(m["description"], f"{path}.description") if "description" in m else ""
             )
-            if name is None or cidrs is None or desc is None:
+            containers = (
+                self.f.boolean(m["containers"], f"{path}.containers")
+                if "containers" in m
+                else name == CONTAINER_ZONE
+            )
+            if name is None or cidrs is None or desc is None or containers is None:
                 continue
             if any(z.name == name for z in zones):
                 self.report.error(
@@ -259,7 +265,7 @@ class _Parser:
                     "E-EMPTY", f"{path}.cidrs", "a zone needs at least one CIDR", m["cidrs"].pos
                 )
                 continue
-            zones.append(Zone(name, tuple(cidrs), desc))
+            zones.append(Zone(name, tuple(cidrs), desc, containers))
         return zones
 
     def services(self, node: YNode, path: str) -> dict[str, Service] | None:

@@ -11,6 +11,7 @@ from aitherfwd.policy.model import (
     PORT_PROTOCOLS,
     WEEKDAYS,
     Action,
+    AppliesTo,
     IPNetwork,
     PortMatch,
     PortRange,
@@ -38,6 +39,7 @@ RULE_KEYS = {
     "description",
     "path_prefix",
     "authenticated",
+    "applies_to",
 }
 WINDOW_KEYS = {"days", "start", "end", "timezone"}
 
@@ -83,6 +85,11 @@ class RuleParser:
             if "authenticated" in m
             else None
         )
+        applies_to = (
+            self.f.enum(m["applies_to"], self.at("applies_to"), AppliesTo)
+            if "applies_to" in m
+            else None
+        )
         if len(self.report.errors) > errors_before:
             return None
         if name is None or action is None or proto is None or ports is None:
@@ -106,6 +113,7 @@ class RuleParser:
             desc,
             path_prefix,
             authenticated,
+            applies_to,
         )
 
     def zones(self, node: YNode) -> tuple[str, ...] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from aitherfwd.policy.containers import check_containers
 from aitherfwd.policy.diagnostics import Reporter
 from aitherfwd.policy.model import IPNetwork, Policy
 from aitherfwd.policy.source import YNode, position_of
@@ -17,6 +18,7 @@ def validate(policy: Policy, root: YNode | None, report: Reporter) -> None:
     _zones_reachable(policy, root, report)
     _rules_reachable(policy, root, report)
     _layer7_fields(policy, root, report)
+    check_containers(policy, root, report)
 
 
 def covered(net: IPNetwork, earlier: list[IPNetwork]) -> bool:

@@ -30,3 +30,6 @@ def test_demo_runs_end_to_end() -> None:
     assert "reputation: temporary block #1 after SENTRY_PORT_SCAN" in out
     assert "auto-blocked" in out and "after PORT_SCAN" in out
     assert "fail-static" in out
+    assert "9090/tcp  dropped   decided by: default" in out  # a published container port
+    assert "9090/tcp  allowed   decided by: published_web" in out
+    assert "9090/tcp  dropped   decided by: blocked" in out

@@ -147,7 +147,7 @@ EVALUATE = st.fixed_dictionaries(
     optional={
         "dest_port": st.integers(-1, 70000),
         "protocol": st.sampled_from(["tcp", "udp", "icmp", "any"]),
-        "direction": st.sampled_from(["inbound", "outbound"]),
+        "direction": st.sampled_from(["inbound", "outbound", "forward"]),
         "dest_ip": ADDRESSES,
         "dest_host": st.sampled_from(["example.org", "x"]) | TEXTS,
         "path": TEXTS,

@@ -2,7 +2,8 @@
 
 Owns: zones (IPv4 and IPv6 CIDRs, never wholly shadowed by earlier zones), services, rules
 (ports and ranges, services, protocols, source CIDRs, time windows, rate limits, log,
-actions, layer-7 fields), settings, reputation, an `egress:` section and `sandbox:` bounds —
+actions, layer-7 fields, applies_to; zones that hold containers), settings, reputation, an
+`egress:` section and `sandbox:` bounds —
 each drawn within what `aitherfwd.policy` accepts, so every policy must parse without an
 error. Used by the unit properties and by the kernel's acceptance property.
 """
@@ -81,6 +82,8 @@ def zones(draw: st.DrawFn) -> list[Policy]:
         zone: Policy = {"name": name, "cidrs": _cidrs(nets)}
         if draw(st.booleans()):
             zone["description"] = draw(TEXT)
+        if all(x.prefixlen for x in nets) and draw(st.integers(0, 3)) == 0:
+            zone["containers"] = True  # a forward path (a /0 cannot hold containers)
         out.append(zone)
         earlier += nets
     return out
@@ -171,6 +174,8 @@ def rule(draw: st.DrawFn, name: str, zone_names: list[str], svcs: dict[str, Poli
         r["path_prefix"] = "/api/"
     if draw(st.integers(0, 9)) == 0:
         r["authenticated"] = draw(st.booleans())
+    applies = [{}, {}, {"applies_to": "host"}, {"applies_to": "containers"}]
+    r.update(draw(st.sampled_from(applies)))
     return r
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from aitherfwd import zones as zoning
 from aitherfwd.compiler import compile_policy
+from aitherfwd.nft import forward as fwd
 from aitherfwd.nft import names as n
 from aitherfwd.nft import rulechain as rc
 from aitherfwd.policy.diagnostics import Severity
@@ -232,7 +233,7 @@ def _inlined(objects: tuple[dict[str, Any], ...], chain: str) -> list[dict[str, 
     out: list[dict[str, Any]] = []
     for r in _rules(objects, chain):
         target = r["expr"][0].get("jump", {}).get("target", "") if len(r["expr"]) == 1 else ""
-        out += _rules(objects, target) if target.startswith("r_") else [r]
+        out += _rules(objects, target) if target.startswith(("r_", "f_")) else [r]
     return out
 
 
@@ -242,13 +243,20 @@ def test_every_zone_walks_its_rules_in_policy_order_through_the_jumps(doc: dict[
     policy = _parse(to_yaml(doc))
     rs = compile_policy(policy)
     kernel = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
-    for zone in [*(z.name for z in policy.zones), None]:
-        chain = n.zone_chain(zone) if zone else n.NOZONE_CHAIN
-        concerned = [r for r in kernel if r.zones is None or (zone and zone in r.zones)]
-        expected = [k for r in concerned for k in _rules(rs.objects, n.rule_chain(r.name))]
-        walked = _inlined(rs.objects, chain)
-        assert walked[:-1] == expected
-        assert walked[-1]["expr"] == [{"goto": {"target": n.FINAL_CHAIN}}]
+    paths = [(n.zone_chain, n.NOZONE_CHAIN, n.rule_chain, fwd.for_host)]
+    if any(z.containers for z in policy.zones):  # the forward path, its rules (applies_to)
+        paths.append((n.fwd_zone_chain, n.FWD_NOZONE_CHAIN, n.fwd_rule_chain, fwd.for_containers))
+    for zone_chain, nozone, rule_chain, applies in paths:
+        for zone in [*(z.name for z in policy.zones), None]:
+            chain = zone_chain(zone) if zone else nozone
+            concerned = [
+                r for r in kernel if applies(r) and (r.zones is None or (zone and zone in r.zones))
+            ]
+            expected = [k for r in concerned for k in _rules(rs.objects, rule_chain(r.name))]
+            walked = _inlined(rs.objects, chain)
+            assert walked[:-1] == expected
+            assert walked[-1]["expr"] == [{"goto": {"target": n.FINAL_CHAIN}}]
+    kernel = [r for r in kernel if fwd.for_host(r)]
     for r in kernel:
         body = _rules(rs.objects, n.rule_chain(r.name))
         assert body, r.name  # every rule has a kernel rule to match with
@@ -274,7 +282,8 @@ def test_changing_one_rule_touches_its_chain_and_its_sets_only(
     after = compile_policy(_parse(to_yaml(doc2)))
     commands = delta(before, after)
     flushed = {c["flush"]["chain"]["name"] for c in commands if "chain" in c.get("flush", {})}
-    assert flushed <= {n.META_CHAIN, n.rule_chain(target["name"])}
+    name = target["name"]
+    assert flushed <= {n.META_CHAIN, n.rule_chain(name), n.fwd_rule_chain(name)}
     for c in commands:
         ((verb, body),) = c.items()
         ((kind, obj),) = body.items()

@@ -16,6 +16,7 @@ L1 = {
     "evaluator",
     "reconcile",
     "zones",
+    "forwarding",
     "dynamic",
     "control",
     "config",
