@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from aitherfwd import zones as zoning
 from aitherfwd.egress.chain import egress_objects
 from aitherfwd.nft import builders as b
+from aitherfwd.nft import idle
 from aitherfwd.nft import names as n
 from aitherfwd.nft import rulechain as rc
 from aitherfwd.nft.shared import SharedSets
@@ -74,7 +75,8 @@ class Ruleset:
 def compile_policy(policy: Policy) -> Ruleset:
     rules = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
     frame = _frame(policy.settings, policy.zones)
-    compiled = [rc.compile_rule(r) for r in rules]
+    st = policy.settings
+    compiled = [rc.compile_rule(r, st.log_denied, st.log_allowed) for r in rules]
     shared = SharedSets()
     shared.adopt(frame.sets)
     for c in compiled:
@@ -84,6 +86,7 @@ def compile_policy(policy: Policy) -> Ruleset:
     counters += [n.rule_counter(r.name) for r in policy.rules]
     counters += [n.ratelimit_counter(r.name) for r in rules if r.rate_limit]
     head: list[Json] = [b.table(), *(b.counter(c) for c in sorted(counters))]
+    head += idle.objects(policy.settings.connection_idle_timeout)
     head += [b.set_(s.name, s.type, s.flags) for s in n.DYNAMIC_SETS]
     head += frame.meters
     head += [s for c in compiled for s in c.meters]
@@ -292,6 +295,9 @@ def _input_chain(st: Settings, zones: tuple[Zone, ...], shared: SharedSets) -> l
             "builtin:invalid",
         )
     )
+    out += [
+        rc.commented(c, x, "builtin:idle-timeout") for x in idle.attach(st.connection_idle_timeout)
+    ]
     out += _kernel_limits(st, zones, shared)
     nd = shared.constant("icmp6", "icmpv6_type", tuple(ND_TYPES))
     out.append(

@@ -171,7 +171,7 @@ class Settings:
     log_allowed: bool = False
     max_connections_per_ip: int = 500
     syn_flood_threshold: int = 50
-    connection_idle_timeout: int = 300
+    connection_idle_timeout: int | None = None  # seconds; None: the kernel's (nft/idle.py)
     rule_reload_interval: int = 30
     admin_ports: tuple[int, ...] = (22,)
     scan: ScanSettings = field(default_factory=ScanSettings)

@@ -18,6 +18,7 @@ from aitherfwd.policy.egress_checks import check_egress
 from aitherfwd.policy.fields import Fields, Section
 from aitherfwd.policy.model import (
     Action,
+    Egress,
     IPNetwork,
     NotifySettings,
     Policy,
@@ -33,6 +34,7 @@ from aitherfwd.policy.model import (
     merge_ranges,
 )
 from aitherfwd.policy.notify import parse_notify
+from aitherfwd.policy.registry import canonical_services
 from aitherfwd.policy.rules import RuleParser
 from aitherfwd.policy.source import YNode, parse_yaml
 from aitherfwd.policy.validate import validate
@@ -92,7 +94,7 @@ class _Parser:
         self.includes: list[str] = []
 
     def policy(self, root: YNode) -> Policy | None:
-        top = self.f.mapping(root, "", TOP_KEYS, frozenset({"version"}))
+        top = self.f.mapping(root, "", TOP_KEYS)  # `version` is optional (seed 000 has none)
         if top is None:
             return None
         if "version" in top and self.f.integer(top["version"], "version", 1, 1) is None:
@@ -120,6 +122,9 @@ class _Parser:
         if egress is not None and "default_action" not in top["egress"].value:
             # without its own default, the egress section takes the settings' default
             egress = replace(egress, default_action=settings.egress_default_policy)
+        if egress is None and settings.egress_default_policy is not Action.ALLOW:
+            # outbound is filtered, so the kernel must filter it too (evaluate says so)
+            egress = Egress(default_action=settings.egress_default_policy)
         return Policy(
             1,
             settings,
@@ -259,6 +264,10 @@ class _Parser:
         return zones
 
     def services(self, node: YNode, path: str) -> dict[str, Service] | None:
+        canonical = canonical_services(node, path, self.report)
+        if canonical is None:
+            return None
+        node = canonical
         m = self.f.mapping(node, path, set(node.value) if node.is_map else set())
         if m is None:
             return None
