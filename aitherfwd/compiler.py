@@ -98,7 +98,12 @@ def compile_policy(policy: Policy) -> Ruleset:
     chains += [b.chain(n.zone_chain(z)) for z in zone_names]
     chains += [b.chain(n.rule_chain(r.name)) for r in rules]
     chains += frame.maps
+    chains += idle.chains(policy.settings.connection_idle_timeout)
     body = list(frame.input_rules)
+    body += [
+        rc.commented(c, x, "builtin:idle-timeout")
+        for c, x in idle.attach(policy.settings.connection_idle_timeout)
+    ]
     for c in compiled:
         body += c.rules
     for zone in zone_names:
@@ -295,9 +300,6 @@ def _input_chain(st: Settings, zones: tuple[Zone, ...], shared: SharedSets) -> l
             "builtin:invalid",
         )
     )
-    out += [
-        rc.commented(c, x, "builtin:idle-timeout") for x in idle.attach(st.connection_idle_timeout)
-    ]
     out += _kernel_limits(st, zones, shared)
     nd = shared.constant("icmp6", "icmpv6_type", tuple(ND_TYPES))
     out.append(

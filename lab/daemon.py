@@ -25,6 +25,27 @@ from aitherfwd.errors import AitherError
 from lab import AITHERFWD, netns
 from lab.wait import until
 
+# Every audit file a DaemonProc was given: tests/kernel/conftest.py checks each line written
+# during a test against the record schema when the test ends.
+AUDIT_FILES: list[Path] = []
+
+
+def audit_problems(path: Path) -> list[str]:
+    """Lines off the schema in an audit file, its rotations and the request log beside it."""
+    out: list[str] = []
+    files = sorted(path.parent.glob(path.name + "*")) + sorted(path.parent.glob("requests.jsonl*"))
+    for f in files:
+        for number, text in enumerate(f.read_text().splitlines(), 1):
+            if not text:
+                continue
+            try:
+                line = json.loads(text)
+            except ValueError:
+                out.append(f"{f}:{number}: not JSON: {text[:80]!r}")
+                continue
+            out += [f"{f}:{number}: {p}" for p in validate_line(line)]
+    return out
+
 
 class DaemonProc:
     """`DaemonProc(ns, workdir, policy_text, config_text).start()`; `quiet` sends its
@@ -49,6 +70,7 @@ class DaemonProc:
         self._socket_dir.chmod(0o755)
         self.socket = self._socket_dir / "control.sock"
         self.audit = tmp / "audit.jsonl"
+        AUDIT_FILES.append(self.audit)
         self.state = tmp / "state"
         self.log = tmp / "daemon.log"
         self.policy.write_text(policy)

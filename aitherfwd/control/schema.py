@@ -240,6 +240,13 @@ class EvaluateSpec:
     path: str | None
     authenticated: bool | None
     dest_host: str | None = None  # outbound: a host name the daemon resolves
+    audit: bool = False  # write a decision record of the answer
+    expect: str | None = None  # a verdict (canonical) the answer is compared with
+
+
+# the seed's verdict spellings, accepted as input; answers use ours (docs/daemon.md)
+VERDICT_ALIASES = {"allowed": "allow", "denied": "deny", "rejected": "reject"}
+VERDICTS = ("allow", "deny", "reject", "rate_limited")
 
 
 EVALUATE_FIELDS = {
@@ -251,7 +258,20 @@ EVALUATE_FIELDS = {
     "dest_ip",
     "path",
     "authenticated",
+    "audit",
+    "expect",
 }
+
+
+def _verdict(value: Any) -> str:
+    text = _string(value, "expect", 16).lower()
+    text = VERDICT_ALIASES.get(text, text)
+    if text not in VERDICTS:
+        raise RequestError(
+            f"expect must be one of {', '.join(VERDICTS)} (or allowed, denied, rejected)",
+            code="E-SCHEMA",
+        )
+    return text
 
 
 def parse_evaluate(body: Any) -> EvaluateSpec:
@@ -283,6 +303,9 @@ def parse_evaluate(body: Any) -> EvaluateSpec:
     auth = obj.get("authenticated")
     if auth is not None and not isinstance(auth, bool):
         raise RequestError("authenticated must be true or false", code="E-SCHEMA")
+    audit = obj.get("audit", False)
+    if not isinstance(audit, bool):
+        raise RequestError("audit must be true or false", code="E-SCHEMA")
     return EvaluateSpec(
         source=parse_address(obj.get("source_ip", "0.0.0.0"), "source_ip"),  # noqa: S104
         protocol=proto,
@@ -292,6 +315,8 @@ def parse_evaluate(body: Any) -> EvaluateSpec:
         path=_string(path, "path", 2048) if path is not None else None,
         authenticated=auth,
         dest_host=host,
+        audit=audit,
+        expect=_verdict(obj["expect"]) if "expect" in obj else None,
     )
 
 

@@ -98,7 +98,7 @@ def wire(
         detection.configure,
     ]
     reputation.load()
-    queries = Queries(clock, generations, blocks, egress, stats)
+    queries = Queries(clock, generations, blocks, egress, stats, audit=audit)
     return Services(
         ports,
         stats,

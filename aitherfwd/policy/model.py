@@ -178,6 +178,10 @@ class Settings:
     # seconds a source stays over a connection limit or keeps flooding before it becomes a
     # threat event (a burst that ends within the grace period is only refused by the kernel)
     detection_grace: int = 2
+    # decision records (docs/audit.md): lines per second per rule at most, 0 = none; and
+    # whether every /v1/evaluate answer is recorded (a request may ask with `audit: true`)
+    audit_decisions: int = 10
+    audit_evaluate: bool = False
 
 
 class Severity(StrEnum):

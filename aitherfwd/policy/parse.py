@@ -157,6 +157,8 @@ class _Parser:
             "admin_ports": self.port_numbers,
             "scan": self.scan,
             "detection_grace": self.duration,
+            "audit_decisions": lambda n, p: self.f.integer(n, p, 0, 10_000),
+            "audit_evaluate": self.f.boolean,
         }
         ok = True
         for key, child in m.items():

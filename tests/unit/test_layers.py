@@ -23,6 +23,8 @@ L1 = {
     "stats",
     "audit_records",
     "audit_check",
+    "audit_ocsf",
+    "decisions",
 }
 L2 = {"adapters"}
 L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel"}

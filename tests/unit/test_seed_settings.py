@@ -76,8 +76,7 @@ def test_log_allowed_reports_new_connections_of_allow_rules() -> None:
 def test_connection_idle_timeout_becomes_a_ct_timeout_policy_per_family() -> None:
     rs = compile_policy(ok("settings: {connection_idle_timeout: 300}\n" + RULES))
     assert rs.names(idle.KIND) == ["idle_tcp_v4_300", "idle_tcp_v6_300"]
-    assert _labels(rs.objects, "input").count("builtin:idle-timeout") == 2
+    assert _labels(rs.objects, "idle_in") == ["builtin:idle-timeout"] * 2
+    assert _labels(rs.objects, "idle_out") == ["builtin:idle-timeout"] * 2
     plain = compile_policy(ok(RULES))
-    assert plain.names(idle.KIND) == [] and "builtin:idle-timeout" not in _labels(
-        plain.objects, "input"
-    )
+    assert plain.names(idle.KIND) == [] and "idle_in" not in plain.names("chain")
