@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
@@ -133,7 +134,7 @@ def _unresolved(policy: Policy, filename: str) -> list[Diagnostic]:
 )
 def compile_(policy: Path, fmt: str) -> None:
     """Print the exact ruleset `apply` would load (deterministic)."""
-    ruleset = compile_policy(_load(policy, quiet_warnings=True))
+    ruleset = compile_policy(_load(policy, quiet_warnings=True), time.time())
     if fmt == "json":
         click.echo(ruleset.render_json(), nl=False)
         return
@@ -146,7 +147,7 @@ def compile_(policy: Path, fmt: str) -> None:
 
 
 def _kernel_ruleset(policy: Path) -> tuple[Ruleset, Nft]:
-    ruleset = compile_policy(_load(policy))
+    ruleset = compile_policy(_load(policy), time.time())
     try:
         return ruleset, Nft()
     except AitherError as err:

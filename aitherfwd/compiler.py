@@ -44,6 +44,7 @@ from aitherfwd.policy.model import (
     Settings,
     Zone,
 )
+from aitherfwd.policy.timezones import localize, zoned
 
 Json = b.Json
 
@@ -72,7 +73,13 @@ class Ruleset:
         return [o[kind]["name"] for o in self.objects if kind in o and "name" in o[kind]]
 
 
-def compile_policy(policy: Policy) -> Ruleset:
+def compile_policy(policy: Policy, now: float | None = None) -> Ruleset:
+    """`now` is needed when a time window names a time zone: the kernel matches in UTC, so
+    such windows are compiled at the zone's offset at `now` (policy/timezones.py)."""
+    if zoned(policy):
+        if now is None:
+            raise ValueError("a policy with zoned time windows compiles at an instant: pass now")
+        policy = localize(policy, now)
     rules = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
     frame = _frame(policy.settings, policy.zones)
     st = policy.settings

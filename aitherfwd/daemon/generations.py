@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from aitherfwd.nft.builders import element_batches
 from aitherfwd.policy.diagnostics import Severity
 from aitherfwd.policy.model import Policy, Protocol
 from aitherfwd.policy.parse import ParseResult
+from aitherfwd.policy.timezones import next_change
 from aitherfwd.reconcile import Observed, delta, plan, transaction
 from aitherfwd.stats import Stats
 
@@ -89,6 +90,7 @@ class Generations:
         self.start_seconds = 0.0  # load + restore at the cold start
         self._next_reconcile = 0.0  # monotonic time before which elements are not re-listed
         self._reload_lock = asyncio.Lock()
+        self.zone_change: float | None = None  # when a time zone of the policy next shifts
 
     def current(self) -> Generation:
         if self.generation is None:
@@ -132,7 +134,7 @@ class Generations:
         self.egress.load(now)
         if self.store.recovered:
             self.audit.write(now, StoreRecovered(reason=self.store.recovered))
-        ruleset = compile_policy(policy)
+        ruleset = compile_policy(policy, now)
         adopted = await self.writer.call(lambda k: self._adopt_or_apply(k, ruleset))
         in_place = await self.writer.call(lambda k: k.updates_timeouts())
         self.blocks.table.update_in_place = self.egress.grants.update_in_place = in_place
@@ -144,6 +146,7 @@ class Generations:
             adopted,
         )
         self.generation = Generation(1, policy, ruleset, Evaluator(policy), self.policy_path, now)
+        self.zone_change = next_change(policy, now)
         self.last_reload = ReloadOutcome(
             "adopted" if adopted else "applied", 1, at=now, trigger="start"
         )
@@ -240,7 +243,7 @@ class Generations:
             return ReloadOutcome("rejected", current.number, errors, warnings, now, trigger)
         if policy.sha256 == current.policy.sha256:
             return ReloadOutcome("unchanged", current.number, [], warnings, now, trigger)
-        ruleset = compile_policy(policy)
+        ruleset = compile_policy(policy, now)
         same_kernel = ruleset.sha256 == current.ruleset.sha256
         evaluator = Evaluator(policy)
         if not force:
@@ -263,6 +266,7 @@ class Generations:
         self._take_effect(policy)
         number = current.number + 1
         self.generation = Generation(number, policy, ruleset, evaluator, self.policy_path, now)
+        self.zone_change = next_change(policy, now)
         self.audit.write(
             now,
             ReloadApplied(
@@ -277,6 +281,30 @@ class Generations:
             "reload applied generation=%d trigger=%s kernel=%s", number, trigger, not same_kernel
         )
         return ReloadOutcome("applied", number, [], warnings, now, trigger)
+
+    async def follow_time_zones(self) -> bool:
+        """Once a time zone of the policy changed its UTC offset (DST), the same policy is
+        compiled again for the kernel (which matches in UTC) as a new generation."""
+        if self.zone_change is None or self.clock.now() < self.zone_change:
+            return False
+        async with self._reload_lock:
+            now, gen = self.clock.now(), self.current()
+            ruleset = compile_policy(gen.policy, now)
+            if ruleset.sha256 != gen.ruleset.sha256:
+                await self.writer.call(lambda k: self._apply_delta(k, gen.ruleset, ruleset))
+            number = gen.number + 1
+            self.generation = replace(gen, number=number, ruleset=ruleset, applied_at=now)
+            self.zone_change = next_change(gen.policy, now)
+            record = ReloadApplied(
+                trigger="timezone",
+                generation=number,
+                policy_sha256=gen.policy.sha256,
+                ruleset_sha256=ruleset.sha256,
+                kernel_changed=ruleset.sha256 != gen.ruleset.sha256,
+            )
+            self.audit.write(now, record)
+        log.info("time zone offset changed: recompiled generation=%d", number)
+        return True
 
     def _apply_delta(self, kernel: Kernel, previous: Ruleset, ruleset: Ruleset) -> None:
         """Only what changed since the generation we applied; if the kernel drifted and

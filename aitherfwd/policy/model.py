@@ -87,11 +87,13 @@ class PortMatch:
 
 @dataclass(frozen=True, slots=True)
 class TimeWindow:
-    """Days and a time of day, in UTC. `end <= start` means the window crosses midnight."""
+    """Days and a time of day, in UTC or in the IANA zone `tz` (policy/timezones.py).
+    `end <= start` means the window crosses midnight."""
 
     days: frozenset[int]
     start: int  # seconds after midnight
     end: int  # seconds after midnight, 1..86400
+    tz: str | None = None  # None: UTC
 
     def contains(self, weekday: int, second_of_day: int) -> bool:
         """`weekday` uses nftables' numbering (Sunday = 0)."""
