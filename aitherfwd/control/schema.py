@@ -340,9 +340,10 @@ class ThreatSpec:
     source: IPAddress
     severity: Severity
     detail: str
+    reporter: str | None = None  # who reported it (webhooks named so are not told back)
 
 
-THREAT_FIELDS = {"type", "source_ip", "severity", "detail", "observed_at"}
+THREAT_FIELDS = {"type", "source_ip", "severity", "detail", "observed_at", "reporter"}
 MAX_EVENTS_PER_REQUEST = 100_000
 
 
@@ -359,11 +360,19 @@ def parse_threat(value: Any, what: str = "event") -> ThreatSpec:
         ) from None
     if "observed_at" in obj:
         _string(obj["observed_at"], f"{what}.observed_at", 64)
+    reporter = obj.get("reporter")
+    if reporter is not None:
+        reporter = sys.intern(_string(reporter, f"{what}.reporter", 64))
+        if not reporter or not all(c.isalnum() or c in "_-." for c in reporter):
+            raise RequestError(
+                f"{what}.reporter must be letters, digits, '_', '-', '.'", code="E-SCHEMA"
+            )
     return ThreatSpec(
         kind.upper(),
         parse_address(obj["source_ip"], f"{what}.source_ip"),
         severity,
         _string(obj.get("detail", ""), f"{what}.detail"),
+        reporter,
     )
 
 

@@ -228,6 +228,7 @@ class Webhook:
     url: str
     events: frozenset[str] = frozenset({"block", "permanent"})
     timeout: float = 5.0
+    name: str | None = None  # the receiver, as threat events name their `reporter`
 
 
 @dataclass(frozen=True, slots=True)
