@@ -20,6 +20,7 @@ from aitherfwd import __version__
 from aitherfwd.adapters.dns import ResolveError, resolve_sync
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.nft import Nft
+from aitherfwd.cli_audit import audit as audit_commands
 from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.config import ConfigError
@@ -281,3 +282,4 @@ def check_config(config: Path) -> None:
 
 
 register_client_commands(main)
+main.add_command(audit_commands)

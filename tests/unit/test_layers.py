@@ -24,10 +24,11 @@ L1 = {
     "audit_records",
     "audit_check",
     "audit_ocsf",
+    "audit_view",
     "decisions",
 }
 L2 = {"adapters"}
-L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel"}
+L3 = {"daemon", "cli", "cli_audit", "cli_client", "client", "__main__", "testing", "fakekernel"}
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
@@ -37,7 +38,7 @@ OWNERS = {  # library -> the only module allowed to import it
     "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
     "dns": {"adapters/dns.py"},
     "yaml": {"policy/source.py"},
-    "click": {"cli.py", "cli_client.py"},
+    "click": {"cli.py", "cli_client.py", "cli_audit.py"},
     "prometheus_client": {"adapters/metrics.py"},
     "subprocess": set(),
     "pickle": set(),
