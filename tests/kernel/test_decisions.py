@@ -6,6 +6,7 @@ says; `connection_idle_timeout` is the conntrack timeout of established TCP."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from lab import netns
 from lab.daemon import DaemonProc
 from lab.network import Lab
 from lab.wait import until
@@ -203,3 +205,44 @@ def test_connection_idle_timeout_is_the_conntrack_timeout_of_established_tcp(
 
     until(established_timeouts, 5, "the held connection in conntrack")
     assert all(t <= 120 for t in established_timeouts()), established_timeouts()
+
+
+NFLOG77 = r"""
+import sys, time
+from aitherfwd.adapters import netlink as nl
+from aitherfwd.adapters.nflog import NFULA_PREFIX, NflogReader
+r = NflogReader(77)
+print("bound", flush=True)
+deadline, seen = time.monotonic() + float(sys.argv[1]), set()
+while time.monotonic() < deadline and len(seen) < 2:
+    try:
+        data = r.sock.recv(1 << 17)
+    except BlockingIOError:
+        time.sleep(0.05)
+        continue
+    for msg in nl.messages(data):
+        for kind, value in msg.attrs():
+            if kind == NFULA_PREFIX:
+                seen.add(value.rstrip(b"\0").decode())
+print(sorted(seen), flush=True)
+"""
+
+
+def test_log_denied_logs_rule_denials_to_nflog_group_77_as_well_as_default_drops(
+    setup: tuple[Lab, DaemonProc],
+) -> None:
+    lab, _ = setup
+    (c,) = lab.clients
+    reader = subprocess.Popen(
+        netns.exec_argv(lab.server, [sys.executable, "-c", NFLOG77, "10"]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "bound"
+        assert lab.tcp(c, c.server_v4, 8111, timeout=0.3) == "timeout"  # rule no_secrets
+        assert lab.tcp(c, c.server_v4, 9999, timeout=0.3) == "timeout"  # the default
+        out, _ = reader.communicate(timeout=20)
+    finally:
+        reader.kill()
+    assert "afw deny no_secrets " in out and "afw deny default " in out, out
