@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -31,10 +32,13 @@ AUDIT_FILES: list[Path] = []
 
 
 def audit_problems(path: Path) -> list[str]:
-    """Lines off the schema in an audit file, its rotations and the request log beside it."""
+    """Lines off the schema in an audit file, its rotations and the request log beside it
+    (regular files only: a test may plant a link or a FIFO at the path)."""
     out: list[str] = []
     files = sorted(path.parent.glob(path.name + "*")) + sorted(path.parent.glob("requests.jsonl*"))
     for f in files:
+        if not stat.S_ISREG(f.lstat().st_mode):
+            continue
         for number, text in enumerate(f.read_text().splitlines(), 1):
             if not text:
                 continue
