@@ -95,9 +95,11 @@ class _Parser:
 
     def policy(self, root: YNode) -> Policy | None:
         top = self.f.mapping(root, "", TOP_KEYS)  # `version` is optional (seed 000 has none)
-        if top is None:
-            return None
-        if "version" in top and self.f.integer(top["version"], "version", 1, 1) is None:
+        if top is not None and not top:  # never "deny everything" from an empty file
+            self.report.error("E-EMPTY", "", "the policy is empty; write its rules", root.pos)
+        if not top or (
+            "version" in top and self.f.integer(top["version"], "version", 1, 1) is None
+        ):
             return None
         settings = self.settings(top["settings"]) if "settings" in top else Settings()
         zones = self.zones(top["zones"]) if "zones" in top else []

@@ -85,3 +85,12 @@ def test_port_and_ports_together_is_an_unknown_key_error() -> None:
     assert r.ok
     result = parse_policy("services:\n  A: {port: 1, ports: [2]}\n", "p.yaml")
     assert [d.code for d in result.diagnostics] == ["E-UNKNOWN-KEY"]
+
+
+def test_an_empty_policy_file_is_an_error_not_a_deny_everything_policy() -> None:
+    """Without a required `version`, an empty (or half-written) file must still never
+    load: a reload caught between truncate and write would deny everything."""
+    for text in ("", "\n", "# nothing yet\n", "{}\n"):
+        result = parse_policy(text, "p.yaml")
+        assert result.policy is None
+        assert [d.code for d in result.diagnostics] == ["E-EMPTY"], text
