@@ -139,6 +139,14 @@ def test_a_denied_probe_writes_exactly_the_expected_ocsf_decision_line(
     assert default["rule_name"] is None and default["source_ip"] == c.v6
     assert default["reason"] == "no rule matched; default policy deny"
 
+    # what evaluate answers for the same probe, recorded on request, agrees with the kernel
+    res = d.cli("evaluate", "--source", c.v4, "--port", "8111", "--audit")
+    assert res.returncode == 0 and res.stdout.startswith("deny  rule=no_secrets"), res
+    (asked,) = _decisions(d, origin="evaluate")
+    same = ("verdict", "rule_name", "zone", "source_ip", "dest_service", "reason")
+    assert {k: asked[k] for k in same} == {k: line[k] for k in same}
+    assert asked["latency_us"] > 0 and asked["kind"] == "evaluate"
+
 
 def test_a_flood_against_one_rule_stays_within_its_sample_rate(
     setup: tuple[Lab, DaemonProc],
