@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ from aitherfwd.reconcile import Observed, delta, plan, transaction
 from aitherfwd.stats import Stats
 
 log = logging.getLogger(__name__)
+TIMEZONE = "timezone"  # the trigger of a reload for a time zone's new UTC offset
+ZONE_RETRY = 60.0  # seconds before a refused time-zone reload is tried again
 RESTORE_BATCH = 50_000  # elements per cold-start transaction (see _adopt_or_apply)
 Loader = Callable[[Path], ParseResult]
 Listener = Callable[[Policy], None]
@@ -241,7 +243,7 @@ class Generations:
             )
             self.audit.write(now, ReloadRejected(trigger=trigger, errors=tuple(errors)))
             return ReloadOutcome("rejected", current.number, errors, warnings, now, trigger)
-        if policy.sha256 == current.policy.sha256:
+        if policy.sha256 == current.policy.sha256 and trigger != TIMEZONE:
             return ReloadOutcome("unchanged", current.number, [], warnings, now, trigger)
         ruleset = compile_policy(policy, now)
         same_kernel = ruleset.sha256 == current.ruleset.sha256
@@ -283,28 +285,16 @@ class Generations:
         return ReloadOutcome("applied", number, [], warnings, now, trigger)
 
     async def follow_time_zones(self) -> bool:
-        """Once a time zone of the policy changed its UTC offset (DST), the same policy is
-        compiled again for the kernel (which matches in UTC) as a new generation."""
+        """Once a time zone of the policy changed its UTC offset (DST), reload with the
+        trigger `timezone`: the policy is compiled again for the kernel (which matches in
+        UTC) even when its file did not change. Refused (the file is invalid now, or a
+        lockout): the last generation stays and it is tried again a minute later."""
         if self.zone_change is None or self.clock.now() < self.zone_change:
             return False
-        async with self._reload_lock:
-            now, gen = self.clock.now(), self.current()
-            ruleset = compile_policy(gen.policy, now)
-            if ruleset.sha256 != gen.ruleset.sha256:
-                await self.writer.call(lambda k: self._apply_delta(k, gen.ruleset, ruleset))
-            number = gen.number + 1
-            self.generation = replace(gen, number=number, ruleset=ruleset, applied_at=now)
-            self.zone_change = next_change(gen.policy, now)
-            record = ReloadApplied(
-                trigger="timezone",
-                generation=number,
-                policy_sha256=gen.policy.sha256,
-                ruleset_sha256=ruleset.sha256,
-                kernel_changed=ruleset.sha256 != gen.ruleset.sha256,
-            )
-            self.audit.write(now, record)
-        log.info("time zone offset changed: recompiled generation=%d", number)
-        return True
+        outcome = await self.reload(trigger=TIMEZONE)
+        if outcome.result != "applied":
+            self.zone_change = self.clock.now() + ZONE_RETRY
+        return outcome.result == "applied"
 
     def _apply_delta(self, kernel: Kernel, previous: Ruleset, ruleset: Ruleset) -> None:
         """Only what changed since the generation we applied; if the kernel drifted and

@@ -133,3 +133,34 @@ def test_the_daemon_recompiles_when_the_offset_changes(tmp_path: Path) -> None:
         s.ports.store.close()
     lines = fake.audit_path.read_text().splitlines()
     assert any('"trigger":"timezone"' in x for x in lines)
+
+
+def test_a_refused_time_zone_reload_keeps_the_generation_and_is_tried_again(
+    tmp_path: Path,
+) -> None:
+    text = (GOLDEN / "policy.tz.yaml").read_text()
+    fake = fake_daemon(tmp_path, text)
+    fake.clock.wall = SWITCH - 60
+    s = fake.services
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(s.writer.run())
+        try:
+            await s.generations.cold_start()
+            fake.policy_path.write_text("rules: [")  # broken when the offset changes
+            fake.clock.advance(120)
+            assert not await s.generations.follow_time_zones()
+            assert s.generations.current().number == 1
+            fake.policy_path.write_text(text)
+            fake.clock.advance(30)
+            assert not await s.generations.follow_time_zones()  # not before the retry
+            fake.clock.advance(31)
+            assert await s.generations.follow_time_zones()
+            assert s.generations.current().number == 2
+        finally:
+            task.cancel()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        s.ports.store.close()
