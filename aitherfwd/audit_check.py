@@ -2,7 +2,8 @@
 (layer L1, pure).
 
 Owns: `validate_line(obj)`, the problems of one parsed JSONL line (timestamp, a known
-event, its action, the record's keys in order and the types of their values). Tests and
+event, its action, the record's keys in order and the types of their values, and the OCSF
+attributes, recomputed from the fields and compared). Tests and
 tools use it on whole audit files.
 """
 
@@ -15,7 +16,8 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Union
 
-from aitherfwd.audit_records import BY_EVENT, HEADER, AuditRecord
+from aitherfwd import audit_ocsf as ocsf
+from aitherfwd.audit_records import BY_EVENT, HEADER, AuditRecord, ocsf_of
 
 
 def _type_problems(value: object, hint: object, where: str) -> list[str]:
@@ -73,7 +75,7 @@ def _problems_as(cls: type[AuditRecord], obj: Mapping[str, object]) -> list[str]
     out: list[str] = []
     if obj.get("action") != cls.action:
         out.append(f"action: expected {cls.action!r}, got {obj.get('action')!r:.60}")
-    keys = [k for k in obj if k not in HEADER]
+    keys = [k for k in obj if k not in HEADER and k not in ocsf.ALL_KEYS]
     missing = [n for n in names if n not in obj]
     extra = [k for k in keys if k not in names]
     if missing:
@@ -85,7 +87,20 @@ def _problems_as(cls: type[AuditRecord], obj: Mapping[str, object]) -> list[str]
     for n in names:
         if n in obj:
             out += _type_problems(obj[n], hints[n], n)
-    return out
+    return out + _ocsf_problems(cls, obj)
+
+
+def _ocsf_problems(cls: type[AuditRecord], obj: Mapping[str, object]) -> list[str]:
+    """The OCSF attributes must be exactly those the record's fields give."""
+    try:
+        want = ocsf_of(cls, obj, ocsf.epoch_ms(str(obj.get("timestamp"))))
+    except (KeyError, ValueError) as exc:
+        return [f"ocsf: cannot compute from this line ({exc})"]
+    have = {k: v for k, v in obj.items() if k in ocsf.ALL_KEYS}
+    if have == want and [k for k in obj if k in ocsf.ALL_KEYS] == list(want):
+        return []
+    wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    return [f"ocsf: {', '.join(wrong) or 'order'} differ from what the fields give"]
 
 
 def validate_line(obj: Mapping[str, object]) -> list[str]:

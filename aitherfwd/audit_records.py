@@ -3,7 +3,9 @@
 Owns: one frozen, slotted dataclass per kind of audit line, each with a class-level
 `event` (the line's `event`) and `action` (the OCSF-style `action`); `as_json(record,
 now)`, the JSON object written for it (`timestamp`, `event`, `action`, then the record's
-fields in declaration order — the order docs/daemon.md and the kernel tests read).
+fields in declaration order — the order docs/audit.md and the kernel tests read — then the
+OCSF attributes computed from them, audit_ocsf.py). Decisions are OCSF Network Activity,
+every other record a state change (Detection Finding).
 `aitherfwd/audit_check.py` checks written lines against these types.
 
 Two record types may share an event name when the daemon writes two shapes of it
@@ -19,6 +21,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import ClassVar
 
+from aitherfwd import audit_ocsf as ocsf
+
 Actor = Mapping[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
 Problem = Mapping[str, object]  # one policy diagnostic, as `Diagnostic.as_dict()` gives it
 
@@ -29,10 +33,13 @@ def rfc3339(ts: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """The base of every record; never written itself."""
+    """The base of every record; never written itself. `ocsf_activity`: the OCSF Detection
+    Finding activity of a state change (audit_ocsf.py): Create unless a record says
+    otherwise."""
 
     event: ClassVar[str]
     action: ClassVar[str]
+    ocsf_activity: ClassVar[int] = ocsf.CREATE
 
 
 # --- the daemon's life ---------------------------------------------------------------------
@@ -52,6 +59,7 @@ class DaemonStarted(AuditRecord):
 class DaemonStopped(AuditRecord):
     event: ClassVar[str] = "daemon_stopped"
     action: ClassVar[str] = "stop"
+    ocsf_activity: ClassVar[int] = ocsf.CLOSE
     generation: int
 
 
@@ -66,6 +74,7 @@ class StoreRecovered(AuditRecord):
 class ReloadApplied(AuditRecord):
     event: ClassVar[str] = "reload_applied"
     action: ClassVar[str] = "reload"
+    ocsf_activity: ClassVar[int] = ocsf.UPDATE
     trigger: str
     generation: int
     policy_sha256: str
@@ -87,6 +96,7 @@ class DriftRepaired(AuditRecord):
 
     event: ClassVar[str] = "drift_repaired"
     action: ClassVar[str] = "repair"
+    ocsf_activity: ClassVar[int] = ocsf.UPDATE
     generation: int
     table_existed: bool
 
@@ -97,6 +107,7 @@ class ElementsRepaired(AuditRecord):
 
     event: ClassVar[str] = "drift_repaired"
     action: ClassVar[str] = "repair"
+    ocsf_activity: ClassVar[int] = ocsf.UPDATE
     generation: int
     elements_restored: int
 
@@ -121,6 +132,7 @@ class Blocked(AuditRecord):
 class Unblocked(AuditRecord):
     event: ClassVar[str] = "unblocked"
     action: ClassVar[str] = "unblock"
+    ocsf_activity: ClassVar[int] = ocsf.CLOSE
     source_ip: str
     reason: str
     source: str
@@ -131,6 +143,7 @@ class Unblocked(AuditRecord):
 class BlockExpired(AuditRecord):
     event: ClassVar[str] = "block_expired"
     action: ClassVar[str] = "expire"
+    ocsf_activity: ClassVar[int] = ocsf.CLOSE
     source_ip: str
     reason: str
     source: str
@@ -197,31 +210,45 @@ class RequestRejected(AuditRecord):
     count: int = 1
 
 
-# --- kernel denials ------------------------------------------------------------------------
+# --- decisions (OCSF Network Activity) -------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Denied(AuditRecord):
-    """A sampled inbound denial."""
+class Decision(AuditRecord):
+    """One firewall decision: a packet the kernel denied (sampled per rule), a new
+    connection a rule allowed under `log_allowed`, or an answer of /v1/evaluate. The seed's
+    fields first, then where and what. `origin`: kernel | evaluate."""
 
-    event: ClassVar[str] = "denied"
+    event: ClassVar[str] = "decision"
+    verdict: str  # allow | deny | reject | rate_limited (our names; docs/audit.md)
+    rule_name: str | None  # None: the default policy or a built-in step
+    zone: str | None  # the source's zone (inbound); None outbound or in no zone
+    source_ip: str
+    dest_service: str | None  # the policy's service on that port, if any
+    reason: str
+    latency_us: float | None  # measured for evaluate; None for the kernel's
+    source_port: int | None
+    dest_ip: str | None
+    dest_port: int | None
+    protocol: str  # tcp, udp, icmp, ipv6-icmp, or the IP protocol number
+    direction: str  # inbound | outbound
+    kind: str  # denied | allowed | connlimit | synflood | egress | evaluate
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionAllowed(Decision):
+    action: ClassVar[str] = "allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionDenied(Decision):
     action: ClassVar[str] = "denied"
-    source_ip: str
-    protocol: int
-    dest_port: int
-    kind: str
-    rule_name: str
 
 
-@dataclass(frozen=True, slots=True)
-class EgressDenied(AuditRecord):
-    event: ClassVar[str] = "egress_denied"
-    action: ClassVar[str] = "deny"
-    source_ip: str
-    dest_ip: str
-    protocol: int
-    dest_port: int
-    rule_name: str
+def decision(verdict: str) -> type[Decision]:
+    """The record for a verdict: allowed, or denied (deny, reject, rate_limited)."""
+    return DecisionAllowed if verdict == "allow" else DecisionDenied
 
 
 # --- egress: names and sandbox grants ------------------------------------------------------
@@ -231,6 +258,7 @@ class EgressDenied(AuditRecord):
 class EgressDnsChanged(AuditRecord):
     event: ClassVar[str] = "egress_dns_changed"
     action: ClassVar[str] = "egress_dns_changed"
+    ocsf_activity: ClassVar[int] = ocsf.UPDATE
     host: str
     added: tuple[str, ...]
     removed: tuple[str, ...]
@@ -271,6 +299,7 @@ class SandboxRefused(AuditRecord):
 class SandboxRevoked(AuditRecord):
     event: ClassVar[str] = "sandbox_revoked"
     action: ClassVar[str] = "sandbox_revoked"
+    ocsf_activity: ClassVar[int] = ocsf.CLOSE
     destination: str
     addresses: tuple[str, ...]
     actor: Actor
@@ -282,6 +311,7 @@ class SandboxFollowed(AuditRecord):
 
     event: ClassVar[str] = "sandbox_followed"
     action: ClassVar[str] = "sandbox_followed"
+    ocsf_activity: ClassVar[int] = ocsf.UPDATE
     destination: str
     host: str | None
     scope: str
@@ -291,6 +321,7 @@ class SandboxFollowed(AuditRecord):
 class SandboxExpired(AuditRecord):
     event: ClassVar[str] = "sandbox_expired"
     action: ClassVar[str] = "sandbox_expired"
+    ocsf_activity: ClassVar[int] = ocsf.CLOSE
     destination: str
     scope: str
 
@@ -310,8 +341,8 @@ RECORDS: tuple[type[AuditRecord], ...] = (
     EscalationPermanent,
     AccessDenied,
     RequestRejected,
-    Denied,
-    EgressDenied,
+    DecisionAllowed,
+    DecisionDenied,
     EgressDnsChanged,
     EgressDnsFailed,
     SandboxGranted,
@@ -345,4 +376,12 @@ def as_json(record: AuditRecord, now: float) -> dict[str, object]:
     }
     for f in fields(record):
         obj[f.name] = _plain(getattr(record, f.name))
+    obj.update(ocsf_of(type(record), obj, ocsf.epoch_ms(str(obj["timestamp"]))))
     return obj
+
+
+def ocsf_of(cls: type[AuditRecord], obj: Mapping[str, object], time_ms: int) -> dict[str, object]:
+    """The OCSF attributes of a line of record type `cls` whose fields are `obj`."""
+    if issubclass(cls, Decision):
+        return ocsf.network(obj, time_ms)
+    return ocsf.finding(cls.event, cls.action, cls.ocsf_activity, time_ms)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
@@ -20,6 +21,7 @@ from aitherfwd.adapters.dns import ResolveError, resolve_sync
 from aitherfwd.adapters.files import load_policy
 from aitherfwd.adapters.forwarding import forwarding_families
 from aitherfwd.adapters.nft import Nft
+from aitherfwd.cli_audit import audit as audit_commands
 from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.config import ConfigError
@@ -138,7 +140,7 @@ def _unresolved(policy: Policy, filename: str) -> list[Diagnostic]:
 )
 def compile_(policy: Path, fmt: str) -> None:
     """Print the exact ruleset `apply` would load (deterministic)."""
-    ruleset = compile_policy(_load(policy, quiet_warnings=True))
+    ruleset = compile_policy(_load(policy, quiet_warnings=True), time.time())
     if fmt == "json":
         click.echo(ruleset.render_json(), nl=False)
         return
@@ -151,7 +153,7 @@ def compile_(policy: Path, fmt: str) -> None:
 
 
 def _kernel_ruleset(policy: Path) -> tuple[Ruleset, Nft]:
-    ruleset = compile_policy(_load(policy))
+    ruleset = compile_policy(_load(policy), time.time())
     try:
         return ruleset, Nft()
     except AitherError as err:
@@ -285,3 +287,4 @@ def check_config(config: Path) -> None:
 
 
 register_client_commands(main)
+main.add_command(audit_commands)

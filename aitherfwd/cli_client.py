@@ -146,6 +146,7 @@ def blocks(socket_path: Path, as_json: bool) -> None:
 )
 @click.option("--dest", help="Destination address.")
 @click.option("--dest-host", help="Destination host name (outbound; the daemon resolves it).")
+@click.option("--audit", is_flag=True, help="Record the answer in the audit trail.")
 @socket_option
 @json_option
 def evaluate(
@@ -155,11 +156,14 @@ def evaluate(
     direction: str,
     dest: str | None,
     dest_host: str | None,
+    audit: bool,
     socket_path: Path,
     as_json: bool,
 ) -> None:
     """Would this connection pass, and which rule decides?"""
     body: dict[str, Any] = {"protocol": proto, "direction": direction}
+    if audit:
+        body["audit"] = True
     if source_ip is not None:
         body["source_ip"] = source_ip
     elif direction != "outbound":

@@ -26,12 +26,14 @@ import functools
 import hashlib
 import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aitherfwd import zones as zoning
 from aitherfwd.egress.chain import egress_objects
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import forward as fwd
+from aitherfwd.nft import idle
 from aitherfwd.nft import names as n
 from aitherfwd.nft import rulechain as rc
 from aitherfwd.nft.shared import SharedSets
@@ -44,6 +46,7 @@ from aitherfwd.policy.model import (
     Settings,
     Zone,
 )
+from aitherfwd.policy.timezones import localize, zoned
 
 Json = b.Json
 
@@ -72,11 +75,34 @@ class Ruleset:
         return [o[kind]["name"] for o in self.objects if kind in o and "name" in o[kind]]
 
 
-def compile_policy(policy: Policy) -> Ruleset:
+def _localized(policy: Policy, now: float | None) -> Policy:
+    if not zoned(policy):
+        return policy
+    if now is None:
+        raise ValueError("a policy with zoned time windows compiles at an instant: pass now")
+    return localize(policy, now)
+
+
+def _chains(zone_names: list[str], rules: list[Rule], maps: Sequence[Json]) -> list[Json]:
+    """The input path's base and regular chains (the maps are the frame's)."""
+    chains = [b.chain(n.INPUT_CHAIN, hook="input", prio=0, policy="accept")]
+    chains += [b.chain(c) for c in [n.FINAL_CHAIN, n.NOZONE_CHAIN, n.META_CHAIN]]
+    chains.append(b.chain(n.SET_HASH_CHAIN))
+    chains += [b.chain(c) for c in [n.CONNLIMIT_CHAIN, n.SYNFLOOD_CHAIN]]
+    chains += [b.chain(n.zone_chain(z)) for z in zone_names]
+    chains += [b.chain(n.rule_chain(r.name)) for r in rules]
+    return [*chains, *maps]
+
+
+def compile_policy(policy: Policy, now: float | None = None) -> Ruleset:
+    """`now` is needed when a time window names a time zone: the kernel matches in UTC, so
+    such windows are compiled at the zone's offset at `now` (policy/timezones.py)."""
+    policy = _localized(policy, now)
     kernel = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
     rules = [r for r in kernel if fwd.for_host(r)]
     frame = _frame(policy.settings, policy.zones)
-    compiled = [rc.compile_rule(r) for r in rules]
+    st = policy.settings
+    compiled = [rc.compile_rule(r, st.log_denied, st.log_allowed) for r in rules]
     shared = SharedSets()
     shared.adopt(frame.sets)
     egress = egress_objects(policy)
@@ -96,20 +122,20 @@ def compile_policy(policy: Policy) -> Ruleset:
     counters += [n.rule_counter(r.name) for r in policy.rules]
     counters += [n.ratelimit_counter(r.name) for r in kernel if r.rate_limit]
     head: list[Json] = [b.table(), *(b.counter(c) for c in sorted(counters))]
+    head += idle.objects(policy.settings.connection_idle_timeout)
     head += [b.set_(s.name, s.type, s.flags) for s in n.DYNAMIC_SETS]
     head += frame.meters
     head += list({m["set"]["name"]: m for c in compiled for m in c.meters}.values())
     zone_names = [z.name for z in policy.zones]
-    chains = [b.chain(n.INPUT_CHAIN, hook="input", prio=0, policy="accept")]
-    chains += [b.chain(c) for c in [n.FINAL_CHAIN, n.NOZONE_CHAIN, n.META_CHAIN]]
-    chains.append(b.chain(n.SET_HASH_CHAIN))
-    chains += [b.chain(c) for c in [n.CONNLIMIT_CHAIN, n.SYNFLOOD_CHAIN]]
-    chains += [b.chain(n.zone_chain(z)) for z in zone_names]
-    chains += [b.chain(n.rule_chain(r.name)) for r in rules]
-    chains += frame.maps
+    chains = _chains(zone_names, rules, frame.maps)
     if forward is not None:
         chains += forward.chains
+    chains += idle.chains(policy.settings.connection_idle_timeout)
     body = list(frame.input_rules)
+    body += [
+        rc.commented(c, x, "builtin:idle-timeout")
+        for c, x in idle.attach(policy.settings.connection_idle_timeout)
+    ]
     for c in compiled:
         body += c.rules
     for zone in zone_names:

@@ -46,6 +46,7 @@ from aitherfwd.policy.model import (
     Rule,
     Settings,
 )
+from aitherfwd.policy.timezones import contains_at
 
 INBOUND = "inbound"
 OUTBOUND = "outbound"
@@ -228,7 +229,7 @@ class Evaluator:
             if not lowest & self._conditional:
                 return i
             clock = clock or _weekday_and_second(now)
-            if _conditions_hold(self._rules[i], req, clock):
+            if _conditions_hold(self._rules[i], req, clock, now):
                 return i
             candidates ^= lowest
         return None
@@ -255,9 +256,11 @@ def _weekday_and_second(now: float) -> tuple[int, int]:
     return (whole // DAY_SECONDS + 4) % 7, whole % DAY_SECONDS  # 1970-01-01 was a Thursday
 
 
-def _conditions_hold(rule: Rule, req: Request, clock: tuple[int, int]) -> bool:
-    """The conditions the index leaves out: time window and layer-7 fields."""
-    if rule.time_window is not None and not rule.time_window.contains(*clock):
+def _conditions_hold(rule: Rule, req: Request, clock: tuple[int, int], now: float) -> bool:
+    """The conditions the index leaves out: time window (on its zone's clock) and layer-7
+    fields."""
+    w = rule.time_window
+    if w is not None and not (w.contains(*clock) if w.tz is None else contains_at(w, now)):
         return False
     if rule.path_prefix is not None and (
         req.path is None or not req.path.startswith(rule.path_prefix)

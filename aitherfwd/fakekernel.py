@@ -20,7 +20,7 @@ from aitherfwd.nft.builders import element_fields, element_key
 from aitherfwd.reconcile import Observed
 
 Json = dict[str, Any]
-_OBJECTS = ("chain", "set", "map", "counter")
+_OBJECTS = ("chain", "set", "map", "counter", "ct timeout")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 
 from aitherfwd.compiler import Ruleset
 from aitherfwd.nft import builders as b
+from aitherfwd.nft import idle
 from aitherfwd.nft import names as n
 
 Json = b.Json
@@ -30,6 +31,7 @@ class Observed:
     maps: tuple[str, ...] = ()
     counters: tuple[str, ...] = ()
     rules: tuple[tuple[str, str], ...] = ()  # (chain, comment)
+    timeouts: tuple[str, ...] = ()  # ct timeout objects (nft/idle.py)
 
     @classmethod
     def from_listing(cls, listing: list[Json]) -> Observed:
@@ -39,6 +41,7 @@ class Observed:
         maps: list[str] = []
         counters: list[str] = []
         rules: list[tuple[str, str]] = []
+        timeouts: list[str] = []
         exists = False
         for item in listing:
             if "table" in item:
@@ -55,7 +58,11 @@ class Observed:
             elif "rule" in item:
                 r = item["rule"]
                 rules.append((r["chain"], str(r.get("comment", ""))))
-        return cls(exists, tuple(chains), sets, tuple(maps), tuple(counters), tuple(rules))
+            elif idle.KIND in item:
+                timeouts.append(item[idle.KIND]["name"])
+        return cls(
+            exists, tuple(chains), sets, tuple(maps), tuple(counters), tuple(rules), tuple(timeouts)
+        )
 
     @property
     def ruleset_sha256(self) -> str | None:
@@ -137,7 +144,7 @@ def plan(desired: Ruleset, observed: Observed) -> Plan:
     which carry a hash of the rule's expressions)."""
     want: Counter[str] = Counter()
     for obj in desired.objects:
-        for kind in ("chain", "set", "map", "counter"):
+        for kind in ("chain", "set", "map", "counter", idle.KIND):
             body = _named(obj, kind)
             if body is not None:
                 want[f"{kind} {body['name']}"] += 1
@@ -150,6 +157,9 @@ def plan(desired: Ruleset, observed: Observed) -> Plan:
         have.update(f"set {s}" for s in observed.sets)
         have.update(f"map {m}" for m in observed.maps)
         have.update(f"counter {c}" for c in observed.counters)
+        # a stale timeout object stays (nft/idle.py: libnftables cannot delete one)
+        wanted = set(desired.names(idle.KIND))
+        have.update(f"{idle.KIND} {t}" for t in observed.timeouts if t in wanted)
         have.update(_rule_key(c, comment) for c, comment in observed.rules)
     else:
         want["table inet aitherfwd"] += 1
@@ -175,7 +185,13 @@ def _rule_key(chain: str, comment: str) -> str:
 
 def _index(ruleset: Ruleset) -> tuple[dict[str, dict[str, Json]], dict[str, list[Json]]]:
     """Named objects by kind and name, and each chain's rules in order."""
-    objects: dict[str, dict[str, Json]] = {"counter": {}, "set": {}, "map": {}, "chain": {}}
+    objects: dict[str, dict[str, Json]] = {
+        "counter": {},
+        "set": {},
+        "map": {},
+        "chain": {},
+        idle.KIND: {},
+    }
     rules: dict[str, list[Json]] = {}
     for obj in ruleset.objects:
         for kind, body in obj.items():
@@ -221,7 +237,7 @@ def delta(previous: Ruleset, desired: Ruleset) -> list[Json]:
     cmds += [{"delete": {"set": {**base, "name": s}}} for s in gone["set"] + changed_sets]
     cmds += [{"delete": {"chain": {**base, "name": c}}} for c in gone["chain"]]
     cmds += [{"delete": {"counter": {**base, "name": c}}} for c in gone["counter"]]
-    for kind in ("counter", "set", "chain", "map"):
+    for kind in ("counter", idle.KIND, "set", "chain", "map"):
         for name, obj in new_obj[kind].items():
             if name not in old_obj[kind] or name in changed_sets:
                 cmds.append(b.add(obj))

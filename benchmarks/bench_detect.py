@@ -320,7 +320,7 @@ def scans(runs: int) -> list[Row]:
                 seen = d.audit_events()[mark:]
                 mark += len(seen)
                 mine = [e for e in seen if e.get("source_ip") == source]
-                denied = [e["timestamp"] for e in mine if e["event"] == "denied"]
+                denied = [e["timestamp"] for e in mine if e["event"] == "decision"]
                 blocked = [e["timestamp"] for e in mine if e["event"] == "blocked"]
                 if denied and blocked:
                     inside_daemon.append(_seconds(blocked[0]) - _seconds(denied[0]))

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,6 +25,30 @@ from aitherfwd.audit_check import validate_line
 from aitherfwd.errors import AitherError
 from lab import AITHERFWD, netns
 from lab.wait import until
+
+# Every audit file a DaemonProc was given: tests/kernel/conftest.py checks each line written
+# during a test against the record schema when the test ends.
+AUDIT_FILES: list[Path] = []
+
+
+def audit_problems(path: Path) -> list[str]:
+    """Lines off the schema in an audit file, its rotations and the request log beside it
+    (regular files only: a test may plant a link or a FIFO at the path)."""
+    out: list[str] = []
+    files = sorted(path.parent.glob(path.name + "*")) + sorted(path.parent.glob("requests.jsonl*"))
+    for f in files:
+        if not stat.S_ISREG(f.lstat().st_mode):
+            continue
+        for number, text in enumerate(f.read_text().splitlines(), 1):
+            if not text:
+                continue
+            try:
+                line = json.loads(text)
+            except ValueError:
+                out.append(f"{f}:{number}: not JSON: {text[:80]!r}")
+                continue
+            out += [f"{f}:{number}: {p}" for p in validate_line(line)]
+    return out
 
 
 class DaemonProc:
@@ -49,6 +74,7 @@ class DaemonProc:
         self._socket_dir.chmod(0o755)
         self.socket = self._socket_dir / "control.sock"
         self.audit = tmp / "audit.jsonl"
+        AUDIT_FILES.append(self.audit)
         self.state = tmp / "state"
         self.log = tmp / "daemon.log"
         self.policy.write_text(policy)

@@ -2,7 +2,8 @@
 
 Owns: one long-lived libnftables context, running a JSON batch as one kernel transaction,
 terse listing of our table, and translating failures into `ApplyError` /
-`KernelUnavailableError`. Never runs the `nft` program and never builds rule text.
+`KernelUnavailableError`. Never runs the `nft` program and never builds rule text (the one
+text command it sends, a conntrack timeout object, is rendered by nft/idle.py from integers).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aitherfwd.adapters import memory, nftgen
 from aitherfwd.compiler import Ruleset
 from aitherfwd.errors import ApplyError, KernelUnavailableError
 from aitherfwd.nft import builders as b
+from aitherfwd.nft import idle
 from aitherfwd.nft import names as n
 from aitherfwd.reconcile import Observed, transaction
 
@@ -47,6 +49,8 @@ class Nft:
         """Run commands as ONE transaction: all of it is applied or none of it."""
         if not commands:
             return []
+        if any(idle.is_add(c) for c in commands):
+            commands = self._timeouts_first(commands)
         started = time.perf_counter()
         rc, output, error = self._ctx.json_cmd(b.batch(commands))
         elements = _elements(commands)
@@ -60,6 +64,18 @@ class Nft:
             items: list[Json] = output.get("nftables", [])
             return items
         return []
+
+    def _timeouts_first(self, commands: list[Json]) -> list[Json]:
+        """Create the conntrack timeout objects (nft/idle.py) before the batch, as text:
+        libnftables 1.0.6 drops their policy when it reads them as JSON. Adding an object
+        that exists is a no-op, and one left unused by a refused batch is harmless."""
+        rc, _, error = self._ctx.json_cmd(b.batch([b.table()]))
+        for c in (c for c in commands if idle.is_add(c)):
+            if rc == 0:
+                rc, _, error = self._ctx.cmd(idle.add_text(c))
+        if rc != 0:
+            raise ApplyError(_first_errors(error))
+        return [c for c in commands if not idle.is_add(c)]
 
     def list_table(self, *, terse: bool = True) -> list[Json]:
         """Our table's objects; [] when it does not exist. Terse leaves set elements out."""

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aitherfwd.policy.model import NotifySettings, Webhook
+from aitherfwd.policy.notify import targets
 
 log = logging.getLogger(__name__)
 BACKOFF_START = 0.5  # seconds before the first retry; doubled each time
@@ -73,7 +74,7 @@ class Notifier:
         self.settings = settings
 
     def send(self, kind: str, event: dict[str, Any]) -> None:
-        hooks = [h for h in self.settings.webhooks if kind in h.events]
+        hooks = targets(self.settings, kind, event)
         if not hooks:
             return
         if self._queue is None:

@@ -240,6 +240,13 @@ class EvaluateSpec:
     path: str | None
     authenticated: bool | None
     dest_host: str | None = None  # outbound: a host name the daemon resolves
+    audit: bool = False  # write a decision record of the answer
+    expect: str | None = None  # a verdict (canonical) the answer is compared with
+
+
+# the seed's verdict spellings, accepted as input; answers use ours (docs/daemon.md)
+VERDICT_ALIASES = {"allowed": "allow", "denied": "deny", "rejected": "reject"}
+VERDICTS = ("allow", "deny", "reject", "rate_limited")
 
 
 EVALUATE_FIELDS = {
@@ -251,7 +258,20 @@ EVALUATE_FIELDS = {
     "dest_ip",
     "path",
     "authenticated",
+    "audit",
+    "expect",
 }
+
+
+def _verdict(value: Any) -> str:
+    text = _string(value, "expect", 16).lower()
+    text = VERDICT_ALIASES.get(text, text)
+    if text not in VERDICTS:
+        raise RequestError(
+            f"expect must be one of {', '.join(VERDICTS)} (or allowed, denied, rejected)",
+            code="E-SCHEMA",
+        )
+    return text
 
 
 def parse_evaluate(body: Any) -> EvaluateSpec:
@@ -286,6 +306,9 @@ def parse_evaluate(body: Any) -> EvaluateSpec:
     auth = obj.get("authenticated")
     if auth is not None and not isinstance(auth, bool):
         raise RequestError("authenticated must be true or false", code="E-SCHEMA")
+    audit = obj.get("audit", False)
+    if not isinstance(audit, bool):
+        raise RequestError("audit must be true or false", code="E-SCHEMA")
     return EvaluateSpec(
         source=parse_address(obj.get("source_ip", "0.0.0.0"), "source_ip"),  # noqa: S104
         protocol=proto,
@@ -295,6 +318,8 @@ def parse_evaluate(body: Any) -> EvaluateSpec:
         path=_string(path, "path", 2048) if path is not None else None,
         authenticated=auth,
         dest_host=host,
+        audit=audit,
+        expect=_verdict(obj["expect"]) if "expect" in obj else None,
     )
 
 
@@ -318,9 +343,10 @@ class ThreatSpec:
     source: IPAddress
     severity: Severity
     detail: str
+    reporter: str | None = None  # who reported it (webhooks named so are not told back)
 
 
-THREAT_FIELDS = {"type", "source_ip", "severity", "detail", "observed_at"}
+THREAT_FIELDS = {"type", "source_ip", "severity", "detail", "observed_at", "reporter"}
 MAX_EVENTS_PER_REQUEST = 100_000
 
 
@@ -337,11 +363,19 @@ def parse_threat(value: Any, what: str = "event") -> ThreatSpec:
         ) from None
     if "observed_at" in obj:
         _string(obj["observed_at"], f"{what}.observed_at", 64)
+    reporter = obj.get("reporter")
+    if reporter is not None:
+        reporter = sys.intern(_string(reporter, f"{what}.reporter", 64))
+        if not reporter or not all(c.isalnum() or c in "_-." for c in reporter):
+            raise RequestError(
+                f"{what}.reporter must be letters, digits, '_', '-', '.'", code="E-SCHEMA"
+            )
     return ThreatSpec(
         kind.upper(),
         parse_address(obj["source_ip"], f"{what}.source_ip"),
         severity,
         _string(obj.get("detail", ""), f"{what}.detail"),
+        reporter,
     )
 
 

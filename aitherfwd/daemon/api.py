@@ -82,7 +82,8 @@ async def evaluate(d: Services, req: HttpRequest) -> Any:
     spec = schema.parse_evaluate(schema.decode(req.body))
     if spec.dest_host is not None:
         return await sandbox_api.evaluate_host(d, spec)
-    return views.judgement_view(d.queries.evaluate(spec), outbound=spec.direction == "outbound")
+    judged = d.queries.evaluate(spec)
+    return views.judgement_view(judged, outbound=spec.direction == "outbound", expect=spec.expect)
 
 
 async def threats(d: Services, req: HttpRequest) -> Any:

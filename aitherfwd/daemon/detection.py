@@ -4,9 +4,10 @@ threat path.
 Owns: the NFLOG reader and the conntrack event socket on the event loop (add_reader), the
 periodic tick (grace periods, half-open floods, settings picked up after a reload), the
 full conntrack resync (every `conntrack_resync_interval` seconds and after event loss, in a
-worker thread), sampled audit lines for denied packets, and the `detection`/`conntrack`
-sections of GET /v1/status. Threat events go to the reputation service (`threats`, injected),
-one batch at a time, so detections climb the same reputation ladder as reported ones.
+worker thread), decision records of what the kernel reported (aitherfwd/decisions.py,
+sampled per rule), and the `detection`/`conntrack` sections of GET /v1/status. Threat events
+go to the reputation service (`threats`, injected), one batch at a time, so detections
+climb the same reputation ladder as reported ones.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ from typing import Any
 from aitherfwd.adapters import ctnetlink, memory
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.nflog import NflogReader
-from aitherfwd.audit_records import Denied, EgressDenied
 from aitherfwd.clock import Clock
 from aitherfwd.control.schema import ThreatSpec
+from aitherfwd.decisions import Sampler, from_denial
 from aitherfwd.dynamic.ctcount import CtTable
-from aitherfwd.dynamic.detect import Detector, Threat
+from aitherfwd.dynamic.detect import Denial, Detector, Threat
 from aitherfwd.errors import AitherError
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import Policy, Settings
 
 log = logging.getLogger(__name__)
 TICK = 0.25  # seconds between grace-period checks
-AUDIT_SAMPLES_PER_SECOND = 10.0
 HELD_EVENTS = 100_000  # events held during one dump at most (~25 MB); beyond, resync again
 MIN_RESYNC_GAP = 1.0  # seconds: sustained event loss must not turn into back-to-back dumps
 
@@ -55,6 +55,8 @@ class Detection:
         self.listen = listen  # False: no kernel sockets, no dumps (fake ports in tests)
         self.resync_interval = resync_interval
         self.detector = Detector(settings or Settings())
+        self.policy: Policy | None = None  # names zones and services in decision records
+        self.sampler = Sampler(self.detector.settings.audit_decisions)
         self.table = CtTable()
         self.nflog: NflogReader | None = None
         self.events: ctnetlink.CtEvents | None = None
@@ -74,6 +76,9 @@ class Detection:
     def configure(self, policy: Policy) -> None:
         """A policy took effect: thresholds and grace periods from its settings."""
         self.detector.settings = policy.settings
+        self.policy = policy
+        if self.sampler.rate != policy.settings.audit_decisions:
+            self.sampler = Sampler(policy.settings.audit_decisions)
 
     async def run(self) -> None:
         """Listen and run the loops until cancelled; then close the sockets. A loop that
@@ -130,32 +135,20 @@ class Detection:
             return
         now = self.clock.now()
         for d in denials:
-            if d.kind == n.KIND_EGRESS:  # the kernel's log limit (per rule) bounds these
-                self.audit.write(
-                    now,
-                    EgressDenied(
-                        source_ip=str(d.source),
-                        dest_ip=str(d.dest),
-                        protocol=d.protocol,
-                        dest_port=d.port,
-                        rule_name=d.rule,
-                    ),
-                )
-                continue
-            self._pending += self.detector.denied(d, now)
-            if self.detector.sample(now, AUDIT_SAMPLES_PER_SECOND):
-                self.audit.write(
-                    now,
-                    Denied(
-                        source_ip=str(d.source),
-                        protocol=d.protocol,
-                        dest_port=d.port,
-                        kind=d.kind,
-                        rule_name=d.rule,
-                    ),
-                )
+            if d.kind not in (n.KIND_EGRESS, n.KIND_ALLOWED):
+                self._pending += self.detector.denied(d, now)
+            self._record(d, now)
         if self._pending:
             self._wake.set()
+
+    def _record(self, d: Denial, now: float) -> None:
+        """A decision record, sampled per rule (`settings.audit_decisions`); denials only
+        under `log_denied` (egress denials are only reported then)."""
+        if d.kind != n.KIND_ALLOWED and not self.detector.settings.log_denied:
+            return
+        if self.sampler.take(f"{d.kind} {d.rule}", now):
+            self.detector.stats.sampled += 1
+            self.audit.write(now, from_denial(d, self.policy))
 
     def _on_conntrack(self) -> None:
         if self.events is None:

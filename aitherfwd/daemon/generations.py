@@ -47,10 +47,13 @@ from aitherfwd.nft.builders import element_batches
 from aitherfwd.policy.diagnostics import Severity
 from aitherfwd.policy.model import Policy, Protocol
 from aitherfwd.policy.parse import ParseResult
+from aitherfwd.policy.timezones import next_change
 from aitherfwd.reconcile import delta, plan, transaction
 from aitherfwd.stats import Stats
 
 log = logging.getLogger(__name__)
+TIMEZONE = "timezone"  # the trigger of a reload for a time zone's new UTC offset
+ZONE_RETRY = 60.0  # seconds before a refused time-zone reload is tried again
 RESTORE_BATCH = 50_000  # elements per cold-start transaction (see _adopt_or_apply)
 Loader = Callable[[Path], ParseResult]
 Listener = Callable[[Policy], None]
@@ -92,6 +95,7 @@ class Generations:
         self.start_seconds = 0.0  # load + restore at the cold start
         self._next_reconcile = 0.0  # monotonic time before which elements are not re-listed
         self._reload_lock = asyncio.Lock()
+        self.zone_change: float | None = None  # when a time zone of the policy next shifts
 
     def current(self) -> Generation:
         if self.generation is None:
@@ -135,7 +139,7 @@ class Generations:
         self.egress.load(now)
         if self.store.recovered:
             self.audit.write(now, StoreRecovered(reason=self.store.recovered))
-        ruleset = compile_policy(policy)
+        ruleset = compile_policy(policy, now)
         adopted = await self.writer.call(lambda k: self._adopt_or_apply(k, ruleset))
         in_place = await self.writer.call(lambda k: k.updates_timeouts())
         self.blocks.table.update_in_place = self.egress.grants.update_in_place = in_place
@@ -147,6 +151,7 @@ class Generations:
             adopted,
         )
         self.generation = Generation(1, policy, ruleset, Evaluator(policy), self.policy_path, now)
+        self.zone_change = next_change(policy, now)
         self.last_reload = ReloadOutcome(
             "adopted" if adopted else "applied", 1, at=now, trigger="start"
         )
@@ -241,9 +246,9 @@ class Generations:
             )
             self.audit.write(now, ReloadRejected(trigger=trigger, errors=tuple(errors)))
             return ReloadOutcome("rejected", current.number, errors, warnings, now, trigger)
-        if policy.sha256 == current.policy.sha256:
+        if policy.sha256 == current.policy.sha256 and trigger != TIMEZONE:
             return ReloadOutcome("unchanged", current.number, [], warnings, now, trigger)
-        ruleset = compile_policy(policy)
+        ruleset = compile_policy(policy, now)
         same_kernel = ruleset.sha256 == current.ruleset.sha256
         evaluator = Evaluator(policy)
         if not force:
@@ -270,6 +275,7 @@ class Generations:
         self._take_effect(policy)
         number = current.number + 1
         self.generation = Generation(number, policy, ruleset, evaluator, self.policy_path, now)
+        self.zone_change = next_change(policy, now)
         self.audit.write(
             now,
             ReloadApplied(
@@ -284,6 +290,18 @@ class Generations:
             "reload applied generation=%d trigger=%s kernel=%s", number, trigger, not same_kernel
         )
         return ReloadOutcome("applied", number, [], warnings, now, trigger)
+
+    async def follow_time_zones(self) -> bool:
+        """Once a time zone of the policy changed its UTC offset (DST), reload with the
+        trigger `timezone`: the policy is compiled again for the kernel (which matches in
+        UTC) even when its file did not change. Refused (the file is invalid now, or a
+        lockout): the last generation stays and it is tried again a minute later."""
+        if self.zone_change is None or self.clock.now() < self.zone_change:
+            return False
+        outcome = await self.reload(trigger=TIMEZONE)
+        if outcome.result != "applied":
+            self.zone_change = self.clock.now() + ZONE_RETRY
+        return outcome.result == "applied"
 
     def _apply_delta(self, kernel: Kernel, previous: Ruleset, ruleset: Ruleset) -> bool:
         """Only what changed since the generation we applied; if the kernel drifted and

@@ -341,6 +341,7 @@ async def _housekeeping(s: Services, interval: float) -> None:
             await asyncio.sleep(0)  # letting requests in between
         try:
             await s.generations.check_drift(full=full)
+            await s.generations.follow_time_zones()
         except AitherError as exc:
             log.error("drift check failed code=%s error=%s", exc.code, exc.message)
 

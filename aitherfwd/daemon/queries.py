@@ -3,7 +3,8 @@
 Owns: the per-source token buckets of `/v1/evaluate` and the judgement of one request
 against the current generation's evaluator (the kernel's semantics), the live blocks and
 the egress state (resolved names, sandbox grants). Returns the evaluator's verdict and its
-latency; the API renders it. Changes nothing but the buckets.
+latency; the API renders it. Changes nothing but the buckets, and writes a decision record
+when the request asks (`audit: true`) or the policy does (`settings.audit_evaluate`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.clock import Clock
 from aitherfwd.control.schema import EvaluateSpec
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.generations import Generations
+from aitherfwd.decisions import from_verdict
 from aitherfwd.dynamic.buckets import TokenBuckets
 from aitherfwd.evaluator import Request, Verdict
 from aitherfwd.stats import Stats
@@ -35,9 +38,11 @@ class Queries:
         blocks: BlockService,
         egress: EgressRuntime,
         stats: Stats,
+        *,
+        audit: AuditLog | None = None,
     ) -> None:
         self.clock, self.generations, self.blocks = clock, generations, blocks
-        self.egress, self.stats = egress, stats
+        self.egress, self.stats, self.audit = egress, stats, audit
         self.buckets = TokenBuckets()
 
     def evaluate(self, spec: EvaluateSpec) -> Judgement:
@@ -60,4 +65,17 @@ class Queries:
         )
         seconds = time.perf_counter() - started
         self.stats.evaluated(seconds)
-        return Judgement(verdict, round(seconds * 1e6, 1))
+        judged = Judgement(verdict, round(seconds * 1e6, 1))
+        if self.audit is not None and (spec.audit or gen.policy.settings.audit_evaluate):
+            record = from_verdict(
+                gen.policy,
+                verdict,
+                source=spec.source,
+                dest=spec.dest,
+                protocol=spec.protocol,
+                port=spec.dest_port,
+                direction=spec.direction,
+                latency_us=judged.latency_us,
+            )
+            self.audit.write(self.clock.now(), record)
+        return judged

@@ -129,6 +129,7 @@ class ReputationService:
         self.store.save_offenders({k: o for k, o in changed.items() if k in self.offenders})
         self.store.forget_offenders(gone)
         specs, refused, led_to = [], [], {}
+        reporters = {key: ev.reporter for key, (_, _, ev) in decisions.items()}
         guarded = await self.blocks.lockout([net for net, _, _ in decisions.values()])
         for key, (net, decision, ev) in sorted(decisions.items()):
             try:
@@ -163,7 +164,9 @@ class ReputationService:
         )
         for blk in blocked:
             kind = "permanent" if blk.expires_at is None else "block"
-            self.notifier.send(kind, self._event("FIREWALL_IP_BLOCKED", blk, now, led_to))
+            event = self._event("FIREWALL_IP_BLOCKED", blk, now, led_to)
+            event["reporter"] = reporters.get(blk.key)  # not echoed back to it (notify.targets)
+            self.notifier.send(kind, event)
         return ThreatOutcome(len(events), blocked, refused)
 
     # --- bounded memory ----------------------------------------------------------------------

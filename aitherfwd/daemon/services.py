@@ -103,7 +103,7 @@ def wire(
         journal.configure,
     ]
     reputation.load()
-    queries = Queries(clock, generations, blocks, egress, stats)
+    queries = Queries(clock, generations, blocks, egress, stats, audit=audit)
     return Services(
         ports,
         stats,

@@ -103,15 +103,17 @@ def block_view(blk: Block) -> dict[str, Any]:
     }
 
 
-def judgement_view(j: Judgement, *, outbound: bool) -> dict[str, Any]:
+def judgement_view(j: Judgement, *, outbound: bool, expect: str | None = None) -> dict[str, Any]:
     v = j.verdict
     return {
         "verdict": v.verdict,
         **({"action": v.verdict} if outbound else {}),
         "rule": v.rule,
+        "rule_name": v.rule,  # the seed's name for `rule`
         "zone": v.zone,
         "reason": v.reason,
         "latency_us": j.latency_us,
+        **({"expected": v.verdict == expect} if expect is not None else {}),
     }
 
 

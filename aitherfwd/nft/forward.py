@@ -82,7 +82,7 @@ def forward_part(
     if not czones:
         return None
     mine = [r for r in rules if for_containers(r)]
-    compiled = tuple(rc.compile_rule(r, True) for r in mine)
+    compiled = tuple(rc.compile_rule(r, forward=True) for r in mine)
     zone_names = [z.name for z in policy.zones]
     maps = _maps(policy)
     containers = _containers(policy, czones, shared)

@@ -44,6 +44,7 @@ KIND_DENIED = "denied"
 KIND_CONNLIMIT = "connlimit"
 KIND_SYNFLOOD = "synflood"
 KIND_EGRESS = "egress"  # an outbound packet a rule of the output chain refused
+KIND_ALLOWED = "allowed"  # a new connection an allow rule let in (settings.log_allowed)
 
 
 @dataclass(frozen=True, slots=True)

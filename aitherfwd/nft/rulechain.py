@@ -42,10 +42,15 @@ class CompiledRule:
 
 
 @functools.lru_cache(maxsize=RULE_CACHE_SIZE)
-def compile_rule(rule: Rule, forward: bool = False) -> CompiledRule:
-    """Memoised on the rule's value: the daemon recompiles the whole policy on every reload,
-    and a rule equal to one compiled before gets the very same objects back, so an
-    unchanged rule costs a lookup. The objects are shared between rulesets: never mutate.
+def compile_rule(
+    rule: Rule, log_denied: bool = False, log_allowed: bool = False, *, forward: bool = False
+) -> CompiledRule:
+    """Memoised on the rule's value (and the settings it reads): the daemon recompiles the
+    whole policy on every reload, and a rule equal to one compiled before gets the very same
+    objects back, so an unchanged rule costs a lookup. The objects are shared between
+    rulesets: never mutate. `log_denied`: a denying rule logs like `log: true`;
+    `log_allowed`: an allowing rule reports its new connections to the daemon (decision
+    records, bounded like the denials).
 
     `forward`: the rule's chain on the forward path (`f_<name>`), where destination ports
     are matched on the connection's original destination port (`ct original proto-dst`):
@@ -53,7 +58,7 @@ def compile_rule(rule: Rule, forward: bool = False) -> CompiledRule:
     meters are the same sets on both paths (one bucket per rule and source)."""
     shared = SharedSets()
     chain = n.fwd_rule_chain(rule.name) if forward else n.rule_chain(rule.name)
-    kernel_rules = tuple(_rule(chain, rule, shared, forward))
+    kernel_rules = tuple(_rule(chain, rule, shared, log_denied, log_allowed, forward=forward))
     rl = rule.rate_limit
     meters = []
     if rl is not None:
@@ -116,7 +121,22 @@ def denied_log(chain: str, matches: list[Json], rule: str) -> Json:
     return commented(chain, [*matches, new, *detect_log(n.KIND_DENIED, rule)], f"{rule}:detect")
 
 
-def _rule(chain: str, rule: Rule, shared: SharedSets, forward: bool = False) -> Iterator[Json]:
+def allowed_log(chain: str, matches: list[Json], rule: str) -> Json:
+    """A new connection an allow rule lets in, reported for its decision record."""
+    new = b.match(b.ct("state"), ["new"], "in")
+    exprs = [*matches, new, *detect_log(n.KIND_ALLOWED, rule)]
+    return commented(chain, exprs, f"{rule}:allowed")
+
+
+def _rule(
+    chain: str,
+    rule: Rule,
+    shared: SharedSets,
+    log_denied: bool,
+    log_allowed: bool,
+    *,
+    forward: bool = False,
+) -> Iterator[Json]:
     """One policy rule's kernel rules, for its own chain: per variant, the rate-limit drop,
     the log, the detection log of a denial, then the verdict with the rule's counter."""
     for fam, proto, matches in _variants(rule, shared, forward):
@@ -132,7 +152,7 @@ def _rule(chain: str, rule: Rule, shared: SharedSets, forward: bool = False) -> 
                 [*matches, meter, b.named_counter(n.ratelimit_counter(rule.name)), b.drop()],
                 f"{rule.name}:ratelimit",
             )
-        if rule.log:
+        if rule.log or (log_denied and rule.action is not Action.ALLOW):
             # A rule of its own: the log's rate limit must never decide whether the verdict
             # below matches (past the limit, packets would fall through to later rules).
             yield commented(
@@ -142,6 +162,8 @@ def _rule(chain: str, rule: Rule, shared: SharedSets, forward: bool = False) -> 
             )
         if rule.action is not Action.ALLOW:
             yield denied_log(chain, matches, rule.name)
+        elif log_allowed:
+            yield allowed_log(chain, matches, rule.name)
         for verdict in verdicts(rule.action, proto):
             head = verdict[:-1]
             yield commented(

@@ -96,11 +96,13 @@ class PortMatch:
 
 @dataclass(frozen=True, slots=True)
 class TimeWindow:
-    """Days and a time of day, in UTC. `end <= start` means the window crosses midnight."""
+    """Days and a time of day, in UTC or in the IANA zone `tz` (policy/timezones.py).
+    `end <= start` means the window crosses midnight."""
 
     days: frozenset[int]
     start: int  # seconds after midnight
     end: int  # seconds after midnight, 1..86400
+    tz: str | None = None  # None: UTC
 
     def contains(self, weekday: int, second_of_day: int) -> bool:
         """`weekday` uses nftables' numbering (Sunday = 0)."""
@@ -182,13 +184,17 @@ class Settings:
     log_allowed: bool = False
     max_connections_per_ip: int = 500
     syn_flood_threshold: int = 50
-    connection_idle_timeout: int = 300
+    connection_idle_timeout: int | None = None  # seconds; None: the kernel's (nft/idle.py)
     rule_reload_interval: int = 30
     admin_ports: tuple[int, ...] = (22,)
     scan: ScanSettings = field(default_factory=ScanSettings)
     # seconds a source stays over a connection limit or keeps flooding before it becomes a
     # threat event (a burst that ends within the grace period is only refused by the kernel)
     detection_grace: int = 2
+    # decision records (docs/audit.md): lines per second per rule at most, 0 = none; and
+    # whether every /v1/evaluate answer is recorded (a request may ask with `audit: true`)
+    audit_decisions: int = 10
+    audit_evaluate: bool = False
 
 
 class Severity(StrEnum):
@@ -233,6 +239,7 @@ class Webhook:
     url: str
     events: frozenset[str] = frozenset({"block", "permanent"})
     timeout: float = 5.0
+    name: str | None = None  # the receiver, as threat events name their `reporter`
 
 
 @dataclass(frozen=True, slots=True)

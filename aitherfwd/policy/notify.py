@@ -1,12 +1,15 @@
 """The `notify:` section of the policy (layer L1, pure).
 
 Owns: parsing outbound notification targets — webhooks that receive a JSON event for each
-block the firewall decided on its own — with located diagnostics. Sending is the
+block the firewall decided on its own — with located diagnostics, and `targets`, which
+webhooks an event goes to (never back to the reporter that caused it). Sending is the
 notifier adapter's job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from aitherfwd.policy.diagnostics import Reporter
@@ -15,7 +18,7 @@ from aitherfwd.policy.model import NOTIFY_EVENTS, NotifySettings, Webhook
 from aitherfwd.policy.source import YNode
 
 NOTIFY_KEYS = {"webhooks", "queue", "retries"}
-WEBHOOK_KEYS = {"url", "events", "timeout"}
+WEBHOOK_KEYS = {"url", "events", "timeout", "name"}
 
 
 def parse_notify(node: YNode, f: Fields, report: Reporter) -> NotifySettings | None:
@@ -52,13 +55,22 @@ def _webhook(node: YNode, path: str, f: Fields, report: Reporter) -> Webhook | N
     events = _events(m["events"], f"{path}.events", f, report) if "events" in m else None
     if "events" in m and events is None:
         return None
-    timeout = 5.0
-    if "timeout" in m:
-        t = f.integer(m["timeout"], f"{path}.timeout", 1, 60)
-        if t is None:
-            return None
-        timeout = float(t)
-    return Webhook(url, events, timeout) if events is not None else Webhook(url, timeout=timeout)
+    t = f.integer(m["timeout"], f"{path}.timeout", 1, 60) if "timeout" in m else 5
+    name = f.name(m["name"], f"{path}.name") if "name" in m else None
+    if t is None or ("name" in m and name is None):
+        return None
+    hook = Webhook(url, timeout=float(t), name=name)
+    return replace(hook, events=events) if events is not None else hook
+
+
+def targets(settings: NotifySettings, kind: str, event: Mapping[str, object]) -> list[Webhook]:
+    """The webhooks an event of `kind` goes to: those subscribed to it, except the one
+    named like the event's `reporter` — a block is not echoed back to the reporter whose
+    threat event caused it."""
+    reporter = event.get("reporter")
+    return [
+        h for h in settings.webhooks if kind in h.events and (h.name is None or h.name != reporter)
+    ]
 
 
 def _events(node: YNode, path: str, f: Fields, report: Reporter) -> frozenset[str] | None:

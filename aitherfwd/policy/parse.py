@@ -19,6 +19,7 @@ from aitherfwd.policy.fields import Fields, Section
 from aitherfwd.policy.journal import parse_journal
 from aitherfwd.policy.model import (
     Action,
+    Egress,
     IPNetwork,
     NotifySettings,
     Policy,
@@ -34,6 +35,7 @@ from aitherfwd.policy.model import (
     merge_ranges,
 )
 from aitherfwd.policy.notify import parse_notify
+from aitherfwd.policy.registry import canonical_services
 from aitherfwd.policy.rules import RuleParser
 from aitherfwd.policy.source import YNode, parse_yaml
 from aitherfwd.policy.validate import validate
@@ -95,10 +97,12 @@ class _Parser:
         self.includes: list[str] = []
 
     def policy(self, root: YNode) -> Policy | None:
-        top = self.f.mapping(root, "", TOP_KEYS, frozenset({"version"}))
-        if top is None:
-            return None
-        if "version" in top and self.f.integer(top["version"], "version", 1, 1) is None:
+        top = self.f.mapping(root, "", TOP_KEYS)  # `version` is optional (seed 000 has none)
+        if top is not None and not top:  # never "deny everything" from an empty file
+            self.report.error("E-EMPTY", "", "the policy is empty; write its rules", root.pos)
+        if not top or (
+            "version" in top and self.f.integer(top["version"], "version", 1, 1) is None
+        ):
             return None
         settings = self.settings(top["settings"]) if "settings" in top else Settings()
         zones = self.zones(top["zones"]) if "zones" in top else []
@@ -124,6 +128,9 @@ class _Parser:
         if egress is not None and "default_action" not in top["egress"].value:
             # without its own default, the egress section takes the settings' default
             egress = replace(egress, default_action=settings.egress_default_policy)
+        if egress is None and settings.egress_default_policy is not Action.ALLOW:
+            # outbound is filtered, so the kernel must filter it too (evaluate says so)
+            egress = Egress(default_action=settings.egress_default_policy)
         return Policy(
             1,
             settings,
@@ -157,6 +164,8 @@ class _Parser:
             "admin_ports": self.port_numbers,
             "scan": self.scan,
             "detection_grace": self.duration,
+            "audit_decisions": lambda n, p: self.f.integer(n, p, 0, 10_000),
+            "audit_evaluate": self.f.boolean,
         }
         ok = True
         for key, child in m.items():
@@ -269,6 +278,10 @@ class _Parser:
         return zones
 
     def services(self, node: YNode, path: str) -> dict[str, Service] | None:
+        canonical = canonical_services(node, path, self.report)
+        if canonical is None:
+            return None
+        node = canonical
         m = self.f.mapping(node, path, set(node.value) if node.is_map else set())
         if m is None:
             return None

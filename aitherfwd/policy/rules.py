@@ -23,6 +23,7 @@ from aitherfwd.policy.model import (
     merge_ranges,
 )
 from aitherfwd.policy.source import YNode
+from aitherfwd.policy.timezones import check_zone
 
 RULE_KEYS = {
     "name",
@@ -205,19 +206,8 @@ class RuleParser:
         )
         start = self.clock(m["start"], f"{path}.start", allow_24=False)
         end = self.clock(m["end"], f"{path}.end", allow_24=True)
-        if "timezone" in m:
-            tz = self.f.string(m["timezone"], f"{path}.timezone")
-            if tz is not None and tz.upper() not in ("UTC", "Z", "ETC/UTC"):
-                self.report.error(
-                    "E-TIMEZONE",
-                    f"{path}.timezone",
-                    f"'{tz}': time windows are "
-                    "enforced by the kernel in UTC; write start/end in UTC and "
-                    "set timezone: UTC",
-                    m["timezone"].pos,
-                )
-                return None
-        if days is None or start is None or end is None:
+        zone = self.zone(m["timezone"], f"{path}.timezone") if "timezone" in m else None
+        if days is None or start is None or end is None or zone == "":
             return None
         if start == end % DAY_SECONDS and end != DAY_SECONDS:
             self.report.error(
@@ -233,7 +223,18 @@ class RuleParser:
                 "E-EMPTY", f"{path}.days", "no days: the window never opens", m["days"].pos
             )
             return None
-        return TimeWindow(frozenset(days), start, end)
+        return TimeWindow(frozenset(days), start, end, zone)
+
+    def zone(self, node: YNode, path: str) -> str | None:
+        """An IANA zone name; None for UTC, "" (reported) when it is not a zone."""
+        tz = self.f.string(node, path)
+        if tz is None:
+            return ""
+        try:
+            return check_zone(tz)
+        except ValueError as exc:
+            self.report.error("E-TIMEZONE", path, str(exc), node.pos)
+            return ""
 
     def day(self, node: YNode, path: str) -> int | None:
         text = self.f.string(node, path)

@@ -128,8 +128,9 @@ def test_syn_scan_from_real_nmap_is_blocked_within_two_seconds(
 ) -> None:
     lab, d = setup
     _scan_is_blocked(lab, d, ["-sS"])
-    denied = [e for e in d.audit_events() if e["event"] == "denied"]
-    assert denied and denied[0]["rule_name"] == "default" and denied[0]["kind"] == "denied"
+    denied = [e for e in d.audit_events() if e["event"] == "decision"]
+    assert denied and denied[0]["rule_name"] is None and denied[0]["kind"] == "denied"
+    assert denied[0]["reason"] == "no rule matched; default policy deny"
 
 
 def test_connect_scan_is_blocked(setup: tuple[Lab, DaemonProc]) -> None:

@@ -168,10 +168,10 @@ def test_allowlisted_domain_is_reachable_and_nothing_else(env: Env) -> None:
         return {
             (e["dest_ip"], e["dest_port"], e["rule_name"])
             for e in env.daemon.audit_events()
-            if e["event"] == "egress_denied"
+            if e["event"] == "decision" and e["direction"] == "outbound"
         }
 
-    want = {(OTHER, PORT, "default"), (OTHER6, PORT, "default")}
+    want = {(OTHER, PORT, None), (OTHER6, PORT, None)}
     until(lambda: want <= denied(), 5, "kernel drops of denied egress in the audit log")
     assert set(map(str, env.elements("egress_dom_v4"))) == {ALLOWED}
     counters = env.daemon.ok("GET", "/v1/status")

@@ -22,7 +22,7 @@ from aitherfwd.compiler import Ruleset
 from aitherfwd.nft import names as n
 
 Json = dict[str, Any]
-NAMED = ("chain", "set", "map", "counter")
+NAMED = ("chain", "set", "map", "counter", "ct timeout")
 
 
 class Refused(Exception):
@@ -82,9 +82,11 @@ class Table:
         """Definitions, elements (none for the dynamic sets) and rules: what the policy decides.
         The `dynamic` flag is the kernel's, not the policy's: a meter set keeps it after the
         rules that updated it are gone (reconcile compares sets without it too)."""
+        text = repr(self.rules)  # a stale ct timeout object stays in the kernel, unused
         objs = {
             key: (_undynamic(o.body), [] if key[1] in n.DYNAMIC_SET_NAMES else o.elems)
             for key, o in self.objs.items()
+            if key[0] != "ct timeout" or repr(key[1]) in text
         }
         return objs, {c: [r for _, r in rules] for c, rules in self.rules.items()}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from aitherfwd import audit_ocsf as ocsf
 from aitherfwd import audit_records as ar
 from aitherfwd.adapters.audit import AuditLog, encode
 from aitherfwd.audit_check import validate_line
@@ -35,7 +36,7 @@ OLD_ACTIONS = {
     "reload_rejected": "reject",
     "request_rejected": "reject",
     "access_denied": "deny",
-    "egress_denied": "deny",
+    "decision": "denied",
     "daemon_started": "start",
     "daemon_stopped": "stop",
     "drift_repaired": "repair",
@@ -183,27 +184,77 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
         },
     ),
     (
-        ar.Denied(source_ip="10.77.0.2", protocol=6, dest_port=23, kind="denied", rule_name="x"),
-        "denied",
+        ar.DecisionDenied(
+            **{
+                "verdict": "deny",
+                "rule_name": "x",
+                "zone": "external",
+                "source_ip": "10.77.0.2",
+                "dest_service": "Secrets",
+                "reason": "r",
+                "latency_us": None,
+                "source_port": 40000,
+                "dest_ip": "10.77.1.1",
+                "dest_port": 8111,
+                "protocol": "tcp",
+                "direction": "inbound",
+                "kind": "denied",
+                "origin": "kernel",
+            }
+        ),
+        "decision",
         {
-            "source_ip": "10.77.0.2",
-            "protocol": 6,
-            "dest_port": 23,
-            "kind": "denied",
+            "verdict": "deny",
             "rule_name": "x",
+            "zone": "external",
+            "source_ip": "10.77.0.2",
+            "dest_service": "Secrets",
+            "reason": "r",
+            "latency_us": None,
+            "source_port": 40000,
+            "dest_ip": "10.77.1.1",
+            "dest_port": 8111,
+            "protocol": "tcp",
+            "direction": "inbound",
+            "kind": "denied",
+            "origin": "kernel",
         },
     ),
     (
-        ar.EgressDenied(
-            source_ip="10.77.0.2", dest_ip="10.77.1.1", protocol=17, dest_port=53, rule_name="d"
+        ar.DecisionAllowed(
+            **{
+                "verdict": "allow",
+                "rule_name": None,
+                "zone": None,
+                "source_ip": "10.77.0.2",
+                "dest_service": None,
+                "reason": "r",
+                "latency_us": 3.5,
+                "source_port": None,
+                "dest_ip": "10.77.1.1",
+                "dest_port": 53,
+                "protocol": "udp",
+                "direction": "outbound",
+                "kind": "evaluate",
+                "origin": "evaluate",
+            }
         ),
-        "egress_denied",
+        "decision",
         {
+            "verdict": "allow",
+            "rule_name": None,
+            "zone": None,
             "source_ip": "10.77.0.2",
+            "dest_service": None,
+            "reason": "r",
+            "latency_us": 3.5,
+            "source_port": None,
             "dest_ip": "10.77.1.1",
-            "protocol": 17,
             "dest_port": 53,
-            "rule_name": "d",
+            "protocol": "udp",
+            "direction": "outbound",
+            "kind": "evaluate",
+            "origin": "evaluate",
         },
     ),
     (
@@ -275,11 +326,16 @@ def test_every_record_type_has_a_sample() -> None:
 def test_a_record_writes_the_same_line_as_before(
     record: ar.AuditRecord, event: str, fields: dict[str, object]
 ) -> None:
+    """The same keys, order and values as before, then the OCSF attributes (appended)."""
     assert record.event == event
-    assert encode(NOW, record) == _old_line(NOW, event, fields)
     obj = ar.as_json(record, NOW)
-    assert list(obj) == ["timestamp", "event", "action", *fields]
-    assert obj["timestamp"] == "2027-01-15T08:00:00.250Z"
+    mine = {k: v for k, v in obj.items() if k not in ocsf.ALL_KEYS}
+    if event != "decision":  # decisions are new: there is no line from before
+        old = json.loads(_old_line(NOW, event, fields))
+        assert list(mine) == list(old) and mine == old
+    assert list(mine) == ["timestamp", "event", "action", *fields]
+    assert list(obj)[len(mine) :] == list(ar.ocsf_of(type(record), obj, obj["time"]))  # type: ignore[arg-type]
+    assert obj["timestamp"] == "2027-01-15T08:00:00.250Z" and obj["time"] == 1_800_000_000_250
 
 
 @pytest.mark.parametrize(("record", "event", "fields"), SAMPLES, ids=lambda x: str(x)[:30])

@@ -74,7 +74,7 @@ def test_zone_chains_jump_to_their_rules_chains_in_policy_order() -> None:
     ]
     assert jumps[3] == [{"goto": {"target": n.FINAL_CHAIN}}]
     # a rule's kernel rules live once, in its own chain, whatever the number of zones
-    assert _labels(rs.objects, "r_first") == ["first:detect", "first"]
+    assert _labels(rs.objects, "r_first") == ["first:log", "first:detect", "first"]  # log_denied
     assert _labels(rs.objects, "r_anyzone") == ["anyzone"]
     every_rule = [r for o in rs.objects if "rule" in o for r in [o["rule"]]]
     anyzone = sum(r["comment"].startswith("anyzone #") for r in every_rule)
@@ -105,8 +105,8 @@ def test_value_lists_are_named_sets_shared_by_content() -> None:
     text = repr([o for o in rs.objects if "rule" in o])
     assert "{'set': [" not in text  # no anonymous set left in any rule
     assert (
-        text.count(f"@{ports[0]['name']}") == 2 + 1 + 2
-    )  # a: detect and reject; b; c: tcp and udp
+        text.count(f"@{ports[0]['name']}") == 3 + 1 + 2
+    )  # a: log (log_denied), detect and reject; b; c: tcp and udp
     again = compile_policy(ok("rules:\n  - {name: z, dest_ports: [80, 443], action: allow}\n"))
     assert ports[0]["name"] in again.names("set")  # the name is the contents, in any policy
 
@@ -114,7 +114,7 @@ def test_value_lists_are_named_sets_shared_by_content() -> None:
 def test_reject_answers_tcp_with_reset_and_the_rest_with_icmp() -> None:
     p = ok("rules:\n  - {name: r, dest_ports: [53], action: reject}\n")
     rules = _rules(compile_policy(p).objects, "r_r")
-    stmts = [r["expr"][-1] for r in rules if not r["comment"].startswith("r:detect")]
+    stmts = [r["expr"][-1] for r in rules if not r["comment"].startswith(("r:detect", "r:log"))]
     assert stmts == [
         {"reject": {"type": "tcp reset"}},
         {"reject": {"type": "icmpx", "expr": "port-unreachable"}},

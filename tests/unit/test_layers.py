@@ -24,11 +24,15 @@ L1 = {
     "stats",
     "audit_records",
     "audit_check",
+    "audit_ocsf",
+    "audit_view",
+    "decisions",
 }
 L2 = {"adapters"}
 L3 = {
     "daemon",
     "cli",
+    "cli_audit",
     "cli_client",
     "client",
     "__main__",
@@ -46,7 +50,7 @@ OWNERS = {  # library -> the only module allowed to import it
     "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
     "dns": {"adapters/dns.py"},
     "yaml": {"policy/source.py"},
-    "click": {"cli.py", "cli_client.py"},
+    "click": {"cli.py", "cli_client.py", "cli_audit.py"},
     "prometheus_client": {"adapters/metrics.py"},
     "subprocess": set(),
     "pickle": set(),
