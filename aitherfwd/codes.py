@@ -70,6 +70,12 @@ _POLICY_ERRORS = (
     ("E-DESTINATION", "an egress destination that is neither a host name, an IP nor a CIDR"),
     ("E-SANDBOX-TTL", "sandbox.default_ttl is above sandbox.max_ttl"),
     ("E-DNS-REFRESH", "egress.dns.min_refresh is above max_refresh"),
+    ("E-COUNTRY", "not an ISO 3166-1 alpha-2 country code (with a did-you-mean)"),
+    ("E-NO-GEOIP", "source_countries in a policy without a geoip: section"),
+    ("E-UNKNOWN-LIST", "a rule or zone names a prefix list the policy does not define"),
+    ("E-GEOIP-PATH", "geoip.database is not an absolute path"),
+    ("E-LIST-PATH", "a prefix list's path is not absolute"),
+    ("E-ZONE-SOURCE", "a zone has both cidrs and a list, or neither"),
 )
 _POLICY_WARNINGS = (
     ("W-CIDR-SHADOWED", "a zone CIDR already covered by earlier zones"),

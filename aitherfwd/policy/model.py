@@ -123,6 +123,7 @@ class Zone:
     name: str
     cidrs: tuple[IPNetwork, ...]
     description: str = ""
+    list: str | None = None  # its sources are a prefix list's (policy/geo.py); cidrs ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,8 @@ class Rule:
     description: str = ""
     path_prefix: str | None = None  # layer 7: evaluator and middleware only
     authenticated: bool | None = None  # layer 7: evaluator and middleware only
+    source_countries: tuple[str, ...] = ()  # ISO 3166-1 alpha-2 (policy/geo.py)
+    source_lists: tuple[str, ...] = ()  # names of `lists:` entries
 
     @property
     def unconditional(self) -> bool:
@@ -152,6 +155,8 @@ class Rule:
             and self.rate_limit is None
             and self.path_prefix is None
             and self.authenticated is None
+            and not self.source_countries
+            and not self.source_lists
         )
 
 
@@ -295,6 +300,25 @@ class SandboxSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GeoIP:
+    """The `geoip:` section: a MaxMind DB format country database and the countries whose
+    sources are dropped before any rule."""
+
+    database: str
+    block_countries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixList:
+    """One `lists:` entry: prefixes read from a file; `deny` drops them before any rule,
+    `match` only makes them usable in rules (`source_lists`) and zones (`list`)."""
+
+    name: str
+    path: str
+    action: str = "match"  # deny | match
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     settings: Settings
@@ -307,6 +331,8 @@ class Policy:
     includes: tuple[str, ...] = ()  # other files it was read from (services_file)
     egress: Egress | None = None  # None: outbound is not filtered in the kernel
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    geoip: GeoIP | None = None  # country sets (policy/geo.py)
+    lists: tuple[PrefixList, ...] = ()  # named prefix lists (policy/geo.py)
 
     def zone(self, name: str) -> Zone:
         for z in self.zones:

@@ -38,6 +38,8 @@ RULE_KEYS = {
     "description",
     "path_prefix",
     "authenticated",
+    "source_countries",
+    "source_lists",
 }
 WINDOW_KEYS = {"days", "start", "end", "timezone"}
 
@@ -83,6 +85,8 @@ class RuleParser:
             if "authenticated" in m
             else None
         )
+        countries = self.names(m, "source_countries", upper=True)
+        lists = self.names(m, "source_lists", upper=False)
         if len(self.report.errors) > errors_before:
             return None
         if name is None or action is None or proto is None or ports is None:
@@ -106,7 +110,19 @@ class RuleParser:
             desc,
             path_prefix,
             authenticated,
+            countries,
+            lists,
         )
+
+    def names(self, m: dict[str, YNode], key: str, *, upper: bool) -> tuple[str, ...]:
+        """`source_countries` / `source_lists`: checked against the policy in policy/geo.py."""
+        if key not in m:
+            return ()
+        names = self.f.each(m[key], self.at(key), self.f.string, scalar_ok=True) or []
+        if key in m and not names:
+            message = f"an empty {key} matches nothing"
+            self.report.error("E-EMPTY", self.at(key), message, m[key].pos)
+        return tuple(dict.fromkeys(n.strip().upper() if upper else n for n in names))
 
     def zones(self, node: YNode) -> tuple[str, ...] | None:
         names = self.f.each(node, self.at("zone"), self.f.string, scalar_ok=True)

@@ -23,6 +23,7 @@ L1 = {
     "stats",
     "audit_records",
     "audit_check",
+    "geo",
 }
 L2 = {"adapters"}
 L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel"}
@@ -34,6 +35,7 @@ OWNERS = {  # library -> the only module allowed to import it
     "systemd": {"adapters/systemd.py"},
     "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
     "dns": {"adapters/dns.py"},
+    "maxminddb": {"adapters/geodb.py"},
     "yaml": {"policy/source.py"},
     "click": {"cli.py", "cli_client.py"},
     "prometheus_client": {"adapters/metrics.py"},
