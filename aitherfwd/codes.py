@@ -161,6 +161,13 @@ REGISTRY: dict[str, Code] = {
         ),
         Code("E-CONTROL-SOCKET", "daemon", "the control socket cannot be created", None, _FAIL),
         Code(
+            "E-GEO-READ",
+            "daemon",
+            "a GeoIP database or list file cannot be read; its last good contents stay",
+            None,
+            _FAIL,
+        ),
+        Code(
             "E-LOCKOUT",
             "daemon",
             "a reload refused: it would cut live admin sessions",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from aitherfwd import zones as zoning
 from aitherfwd.egress.chain import egress_objects
 from aitherfwd.nft import builders as b
+from aitherfwd.nft import geo
 from aitherfwd.nft import names as n
 from aitherfwd.nft import rulechain as rc
 from aitherfwd.nft.shared import SharedSets
@@ -83,8 +84,10 @@ def compile_policy(policy: Policy) -> Ruleset:
     counters += [n.CONNLIMIT_COUNTER, n.SYNFLOOD_COUNTER]
     counters += [n.rule_counter(r.name) for r in policy.rules]
     counters += [n.ratelimit_counter(r.name) for r in rules if r.rate_limit]
+    counters += geo.counters(policy)
     head: list[Json] = [b.table(), *(b.counter(c) for c in sorted(counters))]
     head += [b.set_(s.name, s.type, s.flags) for s in n.DYNAMIC_SETS]
+    head += geo.sets(policy)
     head += frame.meters
     head += [s for c in compiled for s in c.meters]
     zone_names = [z.name for z in policy.zones]
@@ -95,7 +98,7 @@ def compile_policy(policy: Policy) -> Ruleset:
     chains += [b.chain(n.zone_chain(z)) for z in zone_names]
     chains += [b.chain(n.rule_chain(r.name)) for r in rules]
     chains += frame.maps
-    body = list(frame.input_rules)
+    body = _with_geo(policy, frame.input_rules)
     for c in compiled:
         body += c.rules
     for zone in zone_names:
@@ -115,6 +118,27 @@ def compile_policy(policy: Policy) -> Ruleset:
     objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd ruleset={digest}"))
     objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd policy={policy.sha256}"))
     return Ruleset(tuple(objects), digest, policy.sha256)
+
+
+def _with_geo(policy: Policy, input_rules: tuple[Json, ...]) -> list[Json]:
+    """The input chain with the country/list drop stage after `ct invalid drop` (before
+    any rule; established connections keep flowing) and the list zones' dispatch before
+    the CIDR zone maps (nft/geo.py)."""
+    drops = [rc.commented(n.INPUT_CHAIN, e, label) for e, label in geo.drop_stage(policy)]
+    zones = [rc.commented(n.INPUT_CHAIN, e, label) for e, label in geo.zone_dispatch(policy)]
+    if not drops and not zones:
+        return list(input_rules)
+    out: list[Json] = []
+    for rule in input_rules:
+        label = str(rule["rule"].get("comment", ""))
+        if zones and label.startswith("builtin:zones"):
+            out += zones
+            zones = []
+        out.append(rule)
+        if drops and label.startswith("builtin:invalid"):
+            out += drops
+            drops = []
+    return out
 
 
 def clear_memo() -> None:

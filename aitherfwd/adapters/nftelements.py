@@ -139,6 +139,30 @@ def _bounds(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[bytes, 
     return first, after.to_bytes(len(first), "big")
 
 
+def _range_bounds(value: Any, family: int) -> tuple[bytes, bytes | None]:
+    """`{"range": [first, last]}` (addresses as text, inclusive): start key, and the key
+    after `last` (None at the top of the address space)."""
+    try:
+        first, last = (socket.inet_pton(_INET[family], str(v)) for v in value)
+    except (OSError, ValueError, TypeError):
+        raise ElementError(f"not an IPv{family} range: {value!r}") from None
+    after = int.from_bytes(last, "big") + 1
+    if first > last:
+        raise ElementError(f"backwards range: {value!r}")
+    if after >> (8 * len(last)):
+        return first, None
+    return first, after.to_bytes(len(last), "big")
+
+
+def flush_message(table: str, shape: SetShape) -> ElementMessage:
+    """NFT_MSG_DELSETELEM without an element list: the kernel empties the set (what
+    `nft flush set` sends); in one batch with adds, the set is replaced atomically."""
+    head = nl.attr_str(NFTA_SET_ELEM_LIST_TABLE, table) + nl.attr_str(
+        NFTA_SET_ELEM_LIST_SET, shape.name
+    )
+    return ElementMessage(nl.NFT_MSG_DELSETELEM, 0, head, 0)
+
+
 def _port(value: Any) -> bytes:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
         raise ElementError(f"not a port: {value!r}")
@@ -203,6 +227,13 @@ def element_attrs(shape: SetShape, element: Any, *, deleting: bool) -> list[byte
             keys += _key(NFTA_SET_ELEM_KEY_END, last + p)
         udata = b"" if deleting else _udata(comment, False)
         return [_elem(extra, keys, udata)]
+    if isinstance(value, dict) and "range" in value and shape.interval:
+        start, after = _range_bounds(value["range"], shape.family)
+        udata = b"" if deleting else _udata(comment, after is None)
+        out = [_elem(extra, _key(NFTA_SET_ELEM_KEY, start), udata)]
+        if after is not None:
+            out.append(_elem(_END_FLAGS, _key(NFTA_SET_ELEM_KEY, after)))
+        return out
     net = _network(value, shape.family)
     if not shape.interval:
         if net.prefixlen != net.max_prefixlen:

@@ -21,6 +21,7 @@ from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.generations import Generations, Loader
+from aitherfwd.daemon.geosets import GeoSets
 from aitherfwd.daemon.ports import Conntrack, Kernel, Notifications, Systemd
 from aitherfwd.daemon.queries import Queries
 from aitherfwd.daemon.reputation import ReputationService
@@ -58,6 +59,7 @@ class Services:
     queries: Queries
     detection: Detection
     started_at: float
+    geo: GeoSets  # country and list sets (daemon/geosets.py)
 
 
 def wire(
@@ -97,6 +99,8 @@ def wire(
         egress.configure,
         detection.configure,
     ]
+    geo = GeoSets(clock, writer, audit)
+    generations.listeners.append(geo.configure)
     reputation.load()
     queries = Queries(clock, generations, blocks, egress, stats)
     return Services(
@@ -111,4 +115,5 @@ def wire(
         queries,
         detection,
         clock.now(),
+        geo,
     )

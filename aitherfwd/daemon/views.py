@@ -170,4 +170,5 @@ def status(d: Services) -> dict[str, Any]:
             "writer_healthy": d.writer.healthy(),
         },
         **d.detection.status(),
+        "geo": d.geo.status(),
     }
