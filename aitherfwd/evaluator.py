@@ -26,7 +26,7 @@ import math
 import typing
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from aitherfwd import zones as zoning
@@ -50,6 +50,7 @@ REQUEST_PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.ICMP)
 RATE_LIMITED = "rate_limited"
 NANOS = 1_000_000_000
 
+Origin = tuple[str | None, tuple[str, ...]]  # the source's country and lists
 _VERBS = {Action.ALLOW: "allows", Action.DENY: "denies", Action.REJECT: "rejects"}
 
 
@@ -83,6 +84,16 @@ class Verdict:
     rule: str | None  # the deciding rule; None for builtins and the default policy
     zone: str | None  # the source's zone (inbound)
     reason: str
+    country: str | None = None  # the source's country, when a geoip database is loaded
+    lists: tuple[str, ...] = ()  # the prefix lists the source is in
+
+
+class GeoLookup(typing.Protocol):
+    """The country and list contents the kernel holds (daemon/geosets.py fits)."""
+
+    def country_of(self, address: IPAddress) -> str | None: ...
+
+    def lists_of(self, address: IPAddress) -> tuple[str, ...]: ...
 
 
 class Blocked(typing.Protocol):
@@ -161,6 +172,19 @@ class Evaluator:
         self._ports = {p: _port_index(policy.rules, p) for p in PORT_PROTOCOLS}
         self._icmp = _bits(i for i, r in enumerate(policy.rules) if _portless(r, Protocol.ICMP))
         self._conditional = _bits(i for i, r in enumerate(policy.rules) if _conditional(r))
+        # list zones come before the CIDR zones (nft/geo.py): their rules, by zone
+        self._sources = {v: _source_steps(policy.rules, v) for v in (4, 6)}
+        self._list_zones = [
+            (
+                z.name,
+                z.list,
+                _bits(
+                    i for i, r in enumerate(policy.rules) if r.zones is None or z.name in r.zones
+                ),
+            )
+            for z in policy.zones
+            if z.list is not None
+        ]
 
     def evaluate(
         self,
@@ -169,6 +193,8 @@ class Evaluator:
         blocked: Blocked | None = None,
         buckets: TokenBuckets | None = None,
         egress: EgressState | None = None,
+        *,
+        geo: GeoLookup | None = None,
     ) -> Verdict:
         source = normalise(req.source)
         if req.direction == OUTBOUND:
@@ -189,13 +215,26 @@ class Evaluator:
         block = blocked.lookup(source, now) if blocked is not None else None
         if block is not None:
             return Verdict(str(Action.DENY), None, zone, _blocked_reason(*block))
-        index = self._rule_index(req, sources, now)
+        origin = (geo.country_of(source), geo.lists_of(source)) if geo is not None else (None, ())
+        stage = _geo_stage(self.policy, *origin)
+        if stage is not None:
+            return Verdict(str(Action.DENY), None, zone, stage, *origin)
+        for name, plist, mask in self._list_zones:
+            if plist in origin[1]:
+                zone, sources = name, mask & self._sources[source.version].at(int(source))
+                break
+        index = self._rule_index(req, sources, now, origin)
         if index is None:
             action = self.policy.settings.default_policy
-            return Verdict(str(action), None, zone, f"no rule matched; default policy {action}")
-        return _decide(self._rules[index], req, source, zone, now=now, buckets=buckets)
+            verdict = Verdict(str(action), None, zone, f"no rule matched; default policy {action}")
+        else:
+            rule = self._rules[index]
+            verdict = _decide(rule, req, source, zone, now=now, buckets=buckets)
+        return replace(verdict, country=origin[0], lists=origin[1])
 
-    def _rule_index(self, req: Request, sources: int, now: float) -> int | None:
+    def _rule_index(
+        self, req: Request, sources: int, now: float, origin: Origin = (None, ())
+    ) -> int | None:
         """The first rule in policy order that matches, by its index."""
         if req.dest_port is None:
             candidates = sources & self._icmp
@@ -208,7 +247,7 @@ class Evaluator:
             if not lowest & self._conditional:
                 return i
             clock = clock or _weekday_and_second(now)
-            if _conditions_hold(self._rules[i], req, clock):
+            if _conditions_hold(self._rules[i], req, clock, origin):
                 return i
             candidates ^= lowest
         return None
@@ -235,8 +274,14 @@ def _weekday_and_second(now: float) -> tuple[int, int]:
     return (whole // DAY_SECONDS + 4) % 7, whole % DAY_SECONDS  # 1970-01-01 was a Thursday
 
 
-def _conditions_hold(rule: Rule, req: Request, clock: tuple[int, int]) -> bool:
-    """The conditions the index leaves out: time window and layer-7 fields."""
+def _conditions_hold(
+    rule: Rule, req: Request, clock: tuple[int, int], origin: Origin = (None, ())
+) -> bool:
+    """The conditions the index leaves out: time window, country and list, layer-7 fields."""
+    if rule.source_countries and origin[0] not in rule.source_countries:
+        return False
+    if rule.source_lists and not set(rule.source_lists) & set(origin[1]):
+        return False
     if rule.time_window is not None and not rule.time_window.contains(*clock):
         return False
     if rule.path_prefix is not None and (
@@ -292,9 +337,20 @@ def _portless(rule: Rule, protocol: Protocol) -> bool:
     return not rule.ports and rule.protocol in (Protocol.ANY, protocol)
 
 
+def _geo_stage(policy: Policy, country: str | None, lists: tuple[str, ...]) -> str | None:
+    """The drop stage before the rules: a blocked country, a deny list (nft/geo.py)."""
+    if country is not None and policy.geoip and country in policy.geoip.block_countries:
+        return f"country {country} is blocked (geoip.block_countries)"
+    for plist in policy.lists:
+        if plist.action == "deny" and plist.name in lists:
+            return f"source is in list '{plist.name}' (action deny)"
+    return None
+
+
 def _conditional(rule: Rule) -> bool:
     return (
-        rule.time_window is not None
+        bool(rule.source_countries or rule.source_lists)
+        or rule.time_window is not None
         or rule.path_prefix is not None
         or rule.authenticated is not None
     )

@@ -16,7 +16,7 @@ from aitherfwd.control.schema import EvaluateSpec
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.generations import Generations
-from aitherfwd.evaluator import Request, TokenBuckets, Verdict
+from aitherfwd.evaluator import GeoLookup, Request, TokenBuckets, Verdict
 from aitherfwd.stats import Stats
 
 
@@ -38,6 +38,7 @@ class Queries:
         self.clock, self.generations, self.blocks = clock, generations, blocks
         self.egress, self.stats = egress, stats
         self.buckets = TokenBuckets()
+        self.geo: GeoLookup | None = None  # daemon/geosets.py, set by the wiring
 
     def evaluate(self, spec: EvaluateSpec) -> Judgement:
         gen = self.generations.current()
@@ -56,6 +57,7 @@ class Queries:
             self.blocks.table,
             self.buckets,
             self.egress,
+            geo=self.geo,
         )
         seconds = time.perf_counter() - started
         self.stats.evaluated(seconds)

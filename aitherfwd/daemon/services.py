@@ -103,6 +103,7 @@ def wire(
     generations.listeners.append(geo.configure)
     reputation.load()
     queries = Queries(clock, generations, blocks, egress, stats)
+    queries.geo = geo
     return Services(
         ports,
         stats,

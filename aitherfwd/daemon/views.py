@@ -15,7 +15,7 @@ from aitherfwd.daemon.services import Services
 from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, address_text
 from aitherfwd.dynamic.reputation import offender_key
-from aitherfwd.evaluator import Request
+from aitherfwd.evaluator import Request, Verdict
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, Protocol
 
@@ -33,7 +33,7 @@ def explain(
     okey = address_text(offender_key(address, settings))
     verdicts = []
     for port in ports or gen.policy.settings.admin_ports:
-        v = gen.evaluator.evaluate(Request(address, protocol, port), now, table)
+        v = gen.evaluator.evaluate(Request(address, protocol, port), now, table, geo=d.geo)
         verdicts.append(
             {
                 "port": port,
@@ -42,6 +42,7 @@ def explain(
                 "rule": v.rule,
                 "zone": v.zone,
                 "reason": v.reason,
+                **_origin(v),
             }
         )
     current = table.covering(address, now)
@@ -94,6 +95,11 @@ def block_view(blk: Block) -> dict[str, Any]:
     }
 
 
+def _origin(v: Verdict) -> dict[str, Any]:
+    """`country` and `lists` of a verdict, when a geoip database or lists are loaded."""
+    return {"country": v.country, "lists": list(v.lists)}
+
+
 def judgement_view(j: Judgement, *, outbound: bool) -> dict[str, Any]:
     v = j.verdict
     return {
@@ -102,6 +108,7 @@ def judgement_view(j: Judgement, *, outbound: bool) -> dict[str, Any]:
         "rule": v.rule,
         "zone": v.zone,
         "reason": v.reason,
+        **_origin(v),
         "latency_us": j.latency_us,
     }
 

@@ -88,6 +88,20 @@ def test_countries_and_lists_are_enforced_with_real_packets(lab: Lab, daemon: Da
     # a zone made of a list: only the CDN's ranges reach 9999
     assert lab.tcp(de, de.server_v4, 9999) == "ok"
     assert lab.tcp(fr, fr.server_v4, 9999, timeout=0.5) == "timeout"
+    # evaluate answers as the packets did, with the country and the list
+    for client in (fr, ru, de):
+        for port in (443, 8443, 9999):
+            answer = daemon.post(
+                "/v1/evaluate", {"source_ip": client.v4, "protocol": "tcp", "dest_port": port}
+            )
+            packet = lab.tcp(client, client.server_v4, port, timeout=0.5)
+            assert (answer["verdict"] == "allow") == (packet == "ok"), (client, port, answer)
+    ru_v6 = {"source_ip": ru.v6, "protocol": "tcp", "dest_port": 443}
+    ru_answer = daemon.post("/v1/evaluate", ru_v6)
+    assert ru_answer["country"] == "RU" and "blocked" in ru_answer["reason"]
+    de_answer = daemon.ok("GET", f"/v1/explain/{de.v4}?port=9999")
+    assert de_answer["verdicts"][0]["lists"] == ["cdn"]
+    assert de_answer["verdicts"][0]["zone"] == "cloud"
     geo = daemon.ok("GET", "/v1/status")["geo"]
     assert geo["sources"]["list:cdn"]["bad_lines"] == 1
     assert geo["sources"]["list:cdn"]["bad_line_numbers"] == [3]
