@@ -170,3 +170,18 @@ def test_evaluator_judges_countries_lists_and_list_zones_like_the_kernel() -> No
         ev.evaluate(Request(ipaddress.ip_address("10.77.1.2"), Protocol.TCP, 8443), 0.0).verdict
         == "deny"
     )
+
+
+def test_metrics_carry_set_sizes_and_refresh_results(tmp_path: Path) -> None:
+    from aitherfwd.adapters.metrics import registry, render  # noqa: PLC0415
+    from aitherfwd.daemon.telemetry import Telemetry  # noqa: PLC0415
+
+    fake = _daemon(tmp_path)
+    _refresh(fake, (tmp_path / "drop.txt").unlink)
+    reg, collector = registry()
+    snap = Telemetry(fake.services, read_counters=dict).snapshot()
+    text = render(reg, collector, snap).decode()
+    assert 'aitherfwd_geo_set_elements{set="geo_ru_v4"} 1.0' in text
+    assert 'aitherfwd_geo_source_ok{source="list:drop"} 0.0' in text
+    assert 'aitherfwd_geo_source_ok{source="geoip"} 1.0' in text
+    assert 'aitherfwd_geo_refreshes_total{result="failed"} 1.0' in text
