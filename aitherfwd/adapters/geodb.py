@@ -36,6 +36,15 @@ class GeoReadError(AitherError):
         super().__init__(message, code="E-GEO-READ")
 
 
+def fingerprint(path: Path) -> str | None:
+    """Size, mtime, ctime and inode: unchanged means the last read still holds."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+
+
 def read_list(path: Path) -> ParsedList:
     try:
         data = read_bytes(path, MAX_LIST_BYTES)

@@ -71,6 +71,9 @@ class GeoSets:
     loaded: dict[str, Ranges] = field(default_factory=dict)  # set name -> kernel ranges
     sources: dict[str, SourceStatus] = field(default_factory=dict)
     refreshes: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    fingerprint: Callable[[Path], str | None] = geodb.fingerprint
+    # source -> (what was read: path and countries; the file's fingerprint then)
+    _read_as: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -81,6 +84,12 @@ class GeoSets:
         self.policy = policy
         wanted = g.wanted(policy)
         self.loaded = {k: v for k, v in self.loaded.items() if k in wanted}
+        self._wake.set()
+
+    def table_repaired(self) -> None:
+        """Drift repair re-applied the ruleset (maybe re-creating our sets empty): refill
+        every set from the contents held, flushing first."""
+        self.loaded = {}
         self._wake.set()
 
     def files(self) -> list[Path]:
@@ -169,8 +178,9 @@ class GeoSets:
         failed: set[str] = set()
         now = self.clock.now()
         codes = g.countries(policy)
-        if policy.geoip is not None and codes:
+        if policy.geoip is not None and codes and self._stale(GEOIP, policy.geoip.database, codes):
             path = policy.geoip.database
+            print_before = self.fingerprint(Path(path))
             try:
                 found = await asyncio.to_thread(self.read_countries, Path(path))
             except AitherError as exc:
@@ -182,9 +192,13 @@ class GeoSets:
                 for code in codes:
                     self.contents[f"geoip:{code}"] = found.get(code, PrefixSet())
                 self.sources[GEOIP] = SourceStatus(GEOIP, path, True, now)
+                self._read_as[GEOIP] = (f"{path}\0{','.join(codes)}", print_before)
                 del found  # the other countries: read and dropped
         for plist in policy.lists:
             key = f"list:{plist.name}"
+            if not self._stale(key, plist.path):
+                continue
+            print_before = self.fingerprint(Path(plist.path))
             try:
                 parsed = await asyncio.to_thread(self.read_list, Path(plist.path))
             except AitherError as exc:
@@ -192,6 +206,7 @@ class GeoSets:
                 self._failed(key, plist.path, exc, now)
                 continue
             self.contents[key] = parsed.prefixes
+            self._read_as[key] = (plist.path, print_before)
             numbers = tuple(n for n, _ in parsed.bad_lines)
             self.sources[key] = SourceStatus(
                 key, plist.path, True, now, None, 0, parsed.bad, numbers
@@ -201,6 +216,15 @@ class GeoSets:
                     "list has bad lines list=%s bad=%d first=%s", plist.name, parsed.bad, numbers
                 )
         return failed
+
+    def _stale(self, source: str, path: str, codes: list[str] | None = None) -> bool:
+        """Does the source need reading: never read, another path or other countries, or
+        a file that changed since (size, times, inode)?"""
+        last = self._read_as.get(source)
+        what = f"{path}\0{','.join(codes)}" if codes is not None else path
+        if last is None or last[0] != what or last[1] is None:
+            return True
+        return self.fingerprint(Path(path)) != last[1]
 
     def _failed(self, source: str, path: str, exc: AitherError, now: float) -> None:
         log.warning("geo source not read source=%s error=%s", source, exc.message)

@@ -101,6 +101,7 @@ def wire(
     ]
     geo = GeoSets(clock, writer, audit)
     generations.listeners.append(geo.configure)
+    generations.table_repaired.append(geo.table_repaired)
     reputation.load()
     queries = Queries(clock, generations, blocks, egress, stats)
     queries.geo = geo

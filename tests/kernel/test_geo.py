@@ -151,3 +151,15 @@ def test_corrupt_database_keeps_the_old_sets(
     assert "geoip" in geo["sources"] and geo["sources"]["geoip"]["error"]
     assert lab.tcp(ru, ru.server_v4, 443, timeout=0.5) == "timeout"
     assert any(e["event"] == "geo_refresh_failed" for e in daemon.audit_events())
+
+
+def test_sets_are_refilled_after_the_table_is_deleted(lab: Lab, daemon: DaemonProc) -> None:
+    from aitherfwd.adapters.nft import Nft  # noqa: PLC0415
+    from lab.netns import inside  # noqa: PLC0415
+
+    fr, ru, _ = lab.clients
+    with inside(lab.server):
+        Nft().run([{"delete": {"table": {"family": "inet", "name": "aitherfwd"}}}])
+    until(lambda: daemon.ok("GET", "/v1/status")["drift_repairs"] >= 1, 30, "drift repaired")
+    until(lambda: lab.tcp(ru, ru.server_v4, 443, timeout=0.3) == "timeout", 15, "RU dropped")
+    assert lab.tcp(fr, fr.server_v4, 8443) == "ok"
