@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,7 +268,7 @@ class ElementMessage:
 
 
 def messages(
-    table: str, shape: SetShape, verb: str, elements: list[Any]
+    table: str, shape: SetShape, verb: str, elements: Sequence[Any]
 ) -> Iterator[ElementMessage]:
     """The messages of one element command (split where an element list would pass
     MAX_ELEMENTS_BYTES). `verb`: add (create, or keep what exists), create (must not exist),

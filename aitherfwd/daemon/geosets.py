@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from aitherfwd.clock import Clock
 from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.errors import AitherError
-from aitherfwd.geo.ranges import Delta, ParsedList, PrefixSet, Ranges, delta
-from aitherfwd.nft import builders as b
+from aitherfwd.geo.elements import RangeElements
+from aitherfwd.geo.ranges import Delta, ParsedList, PrefixSet, Range, Ranges, delta
 from aitherfwd.nft import geo as g
 from aitherfwd.nft.names import TABLE
 from aitherfwd.policy.model import IPAddress, Policy
@@ -254,14 +253,14 @@ class GeoSets:
                 commands.append({"flush": {"set": {**_TABLE, "name": name}}})
                 deltas[name] = Delta((), tuple(ranges.pairs()))
                 if len(ranges):
-                    commands.append(b.add(b.element(name, _elements(fam, ranges.pairs()))))
+                    commands.append(_command("add", name, _elements(fam, ranges.pairs())))
                 continue
             d = delta(old, ranges)
             deltas[name] = d
             if d.removed:
-                commands.append({"delete": b.element(name, _elements(fam, d.removed))})
+                commands.append(_command("delete", name, _elements(fam, d.removed)))
             if d.added:
-                commands.append(b.add(b.element(name, _elements(fam, d.added))))
+                commands.append(_command("add", name, _elements(fam, d.added)))
         return commands, deltas
 
     def _report(self, policy: Policy, deltas: dict[str, Delta], failed: set[str]) -> None:
@@ -306,16 +305,11 @@ def _run(kernel: Kernel, commands: list[Json]) -> None:
 
 
 _TABLE = {"family": "inet", "table": TABLE}
-_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-_WIDTH = {4: 4, 6: 16}
 
 
-def _elements(family: int, pairs: Any) -> list[Json]:
-    """Ranges as `{"range": [first, last]}` (what libnftables JSON and our netlink encoder
-    both read); addresses rendered by inet_ntop, not ipaddress (300,000 of them)."""
-    af, width = _AF[family], _WIDTH[family]
-    ntop = socket.inet_ntop
-    return [
-        {"range": [ntop(af, first.to_bytes(width, "big")), ntop(af, last.to_bytes(width, "big"))]}
-        for first, last in pairs
-    ]
+def _elements(family: int, pairs: Iterable[Range]) -> RangeElements:
+    return RangeElements(family, pairs)
+
+
+def _command(verb: str, name: str, elements: RangeElements) -> Json:
+    return {verb: {"element": {**_TABLE, "name": name, "elem": elements}}}

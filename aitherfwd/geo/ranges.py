@@ -91,23 +91,30 @@ def network_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Range:
 
 
 class Collector:
-    """Accumulates (key, family, range) and builds merged `PrefixSet`s per key."""
+    """Accumulates (key, family, range) and builds merged `PrefixSet`s per key. IPv4
+    ranges wait packed in one 64-bit word each (first << 32 | last), so a 300,000-network
+    database costs ~2.4 MB while it is read, not a tuple per network."""
 
     def __init__(self) -> None:
-        self._ranges: dict[tuple[str, int], list[Range]] = {}
+        self._v4: dict[str, array[int]] = {}
+        self._v6: dict[str, list[Range]] = {}
 
     def add(self, key: str, family: int, first: int, last: int) -> None:
-        self._ranges.setdefault((key, family), []).append((first, last))
+        if family == 4:
+            packed = self._v4.get(key)
+            if packed is None:
+                packed = self._v4[key] = array("Q")
+            packed.append(first << 32 | last)
+        else:
+            self._v6.setdefault(key, []).append((first, last))
 
     def build(self) -> dict[str, PrefixSet]:
-        keys = sorted({k for k, _ in self._ranges})
-        out = {
-            k: PrefixSet(
-                Ranges.of(4, self._ranges.pop((k, 4), [])),
-                Ranges.of(6, self._ranges.pop((k, 6), [])),
-            )
-            for k in keys
-        }
+        out = {}
+        for k in sorted(self._v4.keys() | self._v6.keys()):
+            packed = self._v4.pop(k, array("Q"))
+            v4 = Ranges.of(4, ((p >> 32, p & 0xFFFFFFFF) for p in sorted(packed)))
+            del packed
+            out[k] = PrefixSet(v4, Ranges.of(6, self._v6.pop(k, [])))
         return out
 
 
@@ -163,6 +170,22 @@ class Delta:
 
 def delta(old: Ranges, new: Ranges) -> Delta:
     """What to delete and add so the kernel's ranges `old` become `new` (a changed range is
-    deleted and re-added: the kernel's interval sets hold ranges, not addresses)."""
-    before, after = set(old.pairs()), set(new.pairs())
-    return Delta(tuple(sorted(before - after)), tuple(sorted(after - before)))
+    deleted and re-added: the kernel's interval sets hold ranges, not addresses). One merge
+    walk over both sorted sequences: no set of 300,000 tuples."""
+    removed: list[Range] = []
+    added: list[Range] = []
+    a, z = old.flat, new.flat
+    i = j = 0
+    while i < len(a) and j < len(z):
+        left, right = (a[i], a[i + 1]), (z[j], z[j + 1])
+        if left == right:
+            i, j = i + 2, j + 2
+        elif left < right:
+            removed.append(left)
+            i += 2
+        else:
+            added.append(right)
+            j += 2
+    removed += list(zip(a[i::2], a[i + 1 :: 2], strict=True))
+    added += list(zip(z[j::2], z[j + 1 :: 2], strict=True))
+    return Delta(tuple(removed), tuple(added))
