@@ -185,3 +185,21 @@ def test_metrics_carry_set_sizes_and_refresh_results(tmp_path: Path) -> None:
     assert 'aitherfwd_geo_source_ok{source="list:drop"} 0.0' in text
     assert 'aitherfwd_geo_source_ok{source="geoip"} 1.0' in text
     assert 'aitherfwd_geo_refreshes_total{result="failed"} 1.0' in text
+
+
+def test_the_range_fast_path_sends_the_bytes_of_the_generic_encoder() -> None:
+    from aitherfwd.geo.elements import RangeElements  # noqa: PLC0415
+
+    top = (1 << 32) - 1
+    pairs = [(0x0A000000, 0x0A0000FF), (0x0B000000, 0x0B000005), (0xFFFFFF00, top)]
+    fast = list(ne.messages("t", N4, "add", RangeElements(4, pairs)))
+    slow = list(ne.messages("t", N4, "add", list(RangeElements(4, pairs))))
+    assert [m.attrs for m in fast] == [m.attrs for m in slow]
+    fast = list(ne.messages("t", N4, "delete", RangeElements(4, pairs)))
+    slow = list(ne.messages("t", N4, "delete", list(RangeElements(4, pairs))))
+    assert [m.attrs for m in fast] == [m.attrs for m in slow]
+    n6 = ne.SetShape("n6", 6, interval=True, with_port=False)
+    v6 = [(1 << 120, (1 << 120) + 5)]
+    assert [m.attrs for m in ne.messages("t", n6, "delete", RangeElements(6, v6))] == [
+        m.attrs for m in ne.messages("t", n6, "delete", list(RangeElements(6, v6)))
+    ]
