@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aitherfwd.adapters.elementwriter import ElementWriter
@@ -34,7 +36,9 @@ from benchmarks import doc
 from benchmarks.bench_daemon import KeepAlive, start_daemon
 from benchmarks.netns import REPO, namespace
 from benchmarks.stats import Summary, measure
+from lab.daemon import DaemonProc
 from lab.netns import inside
+from lab.network import Lab
 from lab.wait import until
 from tests.geodata import synthetic_prefixes, write_db
 
@@ -267,6 +271,71 @@ def daemon_rows(db: Path, reps: int) -> list[doc.Row]:
     ]
 
 
+RATE_POLICY = """\
+version: 1
+settings: {{default_policy: deny, syn_flood_threshold: 0, max_connections_per_ip: 0}}
+{geo}
+rules:
+  - {{name: web, dest_ports: [443], protocol: tcp, action: allow}}
+"""
+
+
+@contextmanager
+def _rate_lab(geo: str) -> Iterator[Callable[[], float]]:
+    """A lab and a daemon; yields a sampler: new TCP connections per second from one client
+    through the daemon's table (1,000 sequential connects, each a new conntrack entry
+    judged by the input chain)."""
+    with Lab(clients_wanted=1) as lab, tempfile.TemporaryDirectory(prefix="afwb-g-") as tmp:
+        lab.listen([443])
+        d = DaemonProc(lab.server, Path(tmp), RATE_POLICY.format(geo=geo), quiet=True)
+        d.start(deadline_s=60)
+        try:
+            if geo:
+                until(
+                    lambda: sum(d.ok("GET", "/v1/status")["geo"]["sets"].values()) >= PREFIXES,
+                    120,
+                    "database loaded",
+                    interval=0.2,
+                )
+            (client,) = lab.clients
+
+            def sample() -> float:
+                started = time.perf_counter()
+                results = lab.probe(client, client.server_v4, 443, count=1000, timeout=1.0)
+                return results.count("ok") / (time.perf_counter() - started)
+
+            yield sample
+        finally:
+            d.cleanup()
+
+
+def rate_rows(db: Path, rounds: int) -> list[doc.Row]:
+    """Both daemons alive at once and sampled in turns, so the machine's load falls on both."""
+    codes = sorted(read_countries(db))
+    geo = f"geoip: {{database: {db}, block_countries: [{', '.join(codes)}]}}"
+    bare: list[float] = []
+    loaded: list[float] = []
+    with _rate_lab("") as without, _rate_lab(geo) as with_db:
+        for r in range(rounds):  # alternating which goes first
+            if r % 2:
+                loaded.append(with_db())
+                bare.append(without())
+            else:
+                bare.append(without())
+                loaded.append(with_db())
+    ratio = Summary.of(loaded).p50 / Summary.of(bare).p50
+    return [
+        ("new connections per second, no database", Summary.of(bare), "conn/s", ""),
+        (
+            f"new connections per second, {PREFIXES:,} prefixes of 200 blocked countries "
+            f"loaded (ratio {ratio:.2f})",
+            Summary.of(loaded),
+            "conn/s",
+            ">= 95% of without",
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -274,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     db = database(PREFIXES)
     reps = 1 if args.quick else 3
     rows = kernel_rows(db, reps) + daemon_rows(db, 50 if args.quick else 300)
+    rows += rate_rows(db, 3 if args.quick else 7)
     command = "sudo .venv/bin/python -m benchmarks.bench_geo" + (" --quick" if args.quick else "")
     text = doc.table("Country-set benchmarks", rows, command)
     print(text)

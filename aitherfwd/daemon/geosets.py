@@ -237,6 +237,12 @@ class GeoSets:
     def _desired(self, policy: Policy) -> dict[str, Ranges]:
         out: dict[str, Ranges] = {}
         for name, (kind, key, fam) in g.wanted(policy).items():
+            if kind == "blocked":  # the union of the blocked countries
+                parts = [self.contents.get(f"geoip:{code}") for code in key.split(",")]
+                if any(p is None for p in parts):
+                    continue  # never read in this process: the kernel keeps what it holds
+                out[name] = Ranges.of(fam, (r for p in parts if p for r in p.family(fam).pairs()))
+                continue
             prefixes = self.contents.get(f"{'geoip' if kind == 'country' else 'list'}:{key}")
             if prefixes is None:
                 continue  # never read in this process: the kernel keeps what it holds
@@ -267,7 +273,8 @@ class GeoSets:
         now = self.clock.now()
         per_source: dict[str, list[str]] = {}
         for name, (kind, _key, _fam) in g.wanted(policy).items():
-            per_source.setdefault(GEOIP if kind == "country" else f"list:{_key}", []).append(name)
+            source = f"list:{_key}" if kind == "list" else GEOIP
+            per_source.setdefault(source, []).append(name)
         for source, names in per_source.items():
             status = self.sources.get(source)
             if status is None or source in failed:

@@ -65,7 +65,7 @@ def daemon(lab: Lab, tmp_path: Path, files: dict[str, Path]) -> Iterator[DaemonP
     d = DaemonProc(lab.server, tmp_path, policy, CONFIG).start()
     try:
         until(
-            lambda: d.ok("GET", "/v1/status")["geo"]["sets"].get("geo_ru_v4") == 1,
+            lambda: d.ok("GET", "/v1/status")["geo"]["sets"].get("geo_blocked_v4") == 1,
             20,
             "geo sets filled",
         )
@@ -147,7 +147,7 @@ def test_corrupt_database_keeps_the_old_sets(
         "read error",
     )
     geo = daemon.ok("GET", "/v1/status")["geo"]
-    assert geo["sets"]["geo_ru_v4"] == 1
+    assert geo["sets"]["geo_blocked_v4"] == 1
     assert "geoip" in geo["sources"] and geo["sources"]["geoip"]["error"]
     assert lab.tcp(ru, ru.server_v4, 443, timeout=0.5) == "timeout"
     assert any(e["event"] == "geo_refresh_failed" for e in daemon.audit_events())

@@ -59,13 +59,12 @@ def test_first_fill_is_one_transaction_that_flushes_and_refills(tmp_path: Path) 
     assert _refresh(fake) == [True]
     batch = fake.kernel.batches[-1]
     flushed = [c["flush"]["set"]["name"] for c in batch if "flush" in c]
-    assert sorted(flushed) == [
-        "geo_fr_v4", "geo_fr_v6", "geo_ru_v4", "geo_ru_v6", "list_drop_v4", "list_drop_v6",
-    ]  # fmt: skip
+    names = ["geo_blocked", "geo_fr", "list_drop"]
+    assert sorted(flushed) == [f"{n}_v{f}" for n in names for f in (4, 6)]
     assert '{"range": ["10.77.5.0", "10.77.6.255"]}' in _ranges(fake, "list_drop_v4")
-    assert len(fake.kernel.values("geo_ru_v6")) == 1
+    assert len(fake.kernel.values("geo_blocked_v6")) == 1
     status = fake.services.geo.status()
-    assert status["sets"]["geo_ru_v4"] == 1 and status["sources"]["geoip"]["ok"]
+    assert status["sets"]["geo_blocked_v4"] == 1 and status["sources"]["geoip"]["ok"]
 
 
 def test_a_changed_list_is_sent_as_a_delta(tmp_path: Path) -> None:
@@ -85,7 +84,7 @@ def test_a_corrupt_database_keeps_the_last_good_sets_and_is_reported(tmp_path: P
     fake = _daemon(tmp_path)
     db = tmp_path / "c.mmdb"
     assert _refresh(fake, lambda: db.write_bytes(b"garbage" * 100)) == [True, False]
-    assert len(fake.kernel.values("geo_ru_v4")) == 1
+    assert len(fake.kernel.values("geo_blocked_v4")) == 1
     source = fake.services.geo.status()["sources"]["geoip"]
     assert not source["ok"] and "GeoIP database" in source["error"]
     events = [json.loads(x)["event"] for x in fake.audit_path.read_text().splitlines()]
@@ -181,7 +180,7 @@ def test_metrics_carry_set_sizes_and_refresh_results(tmp_path: Path) -> None:
     reg, collector = registry()
     snap = Telemetry(fake.services, read_counters=dict).snapshot()
     text = render(reg, collector, snap).decode()
-    assert 'aitherfwd_geo_set_elements{set="geo_ru_v4"} 1.0' in text
+    assert 'aitherfwd_geo_set_elements{set="geo_blocked_v4"} 1.0' in text
     assert 'aitherfwd_geo_source_ok{source="list:drop"} 0.0' in text
     assert 'aitherfwd_geo_source_ok{source="geoip"} 1.0' in text
     assert 'aitherfwd_geo_refreshes_total{result="failed"} 1.0' in text
