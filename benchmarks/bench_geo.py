@@ -212,41 +212,50 @@ rules:
 """
 
 
-def _one_daemon(geo: str, reps: int) -> tuple[list[float], float, float, float]:
-    """Ban latencies, idle RSS, RSS after loading, seconds until every range is loaded."""
+@contextmanager
+def _ban_daemon(geo: str) -> Iterator[tuple[DaemonProc, float]]:
+    """The daemon, once every range is in the kernel; and the seconds that took from the
+    start of the process (read + load)."""
     with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwb-g-") as tmp:
+        started = time.perf_counter()
         d = start_daemon(ns, Path(tmp), POLICY.format(geo=geo))
         try:
-            time.sleep(1)
-            idle = d.rss_mb()
-            started = time.perf_counter()
             if geo:
                 until(
                     lambda: sum(d.ok("GET", "/v1/status")["geo"]["sets"].values()) >= PREFIXES,
                     120,
                     "database loaded",
-                    interval=0.2,
+                    interval=0.1,
                 )
-            loaded_s = time.perf_counter() - started
-            time.sleep(1)
-            rss = d.rss_mb()
-            conn = KeepAlive(d.socket)
-            bodies = [
-                json.dumps({"address": f"10.78.{i >> 8 & 255}.{i & 255}", "ttl": "1h"}).encode()
-                for i in range(reps + 10)
-            ]
-            samples = measure(lambda i: conn.post(b"/v1/blocks", bodies[i + 5]), reps, warmup=5)
-            conn.close()
-            return samples, idle, rss, loaded_s
+            yield d, time.perf_counter() - started
         finally:
             d.cleanup()
 
 
 def daemon_rows(db: Path, reps: int) -> list[doc.Row]:
+    """Both daemons alive at once; bans sent to each in turns (50 at a time), so the
+    machine's load falls on both alike."""
     codes = sorted(read_countries(db))
     geo = f"geoip: {{database: {db}, block_countries: [{', '.join(codes)}]}}"
-    bare, idle, _, _ = _one_daemon("", reps)
-    loaded, idle_geo, rss_geo, seconds = _one_daemon(geo, reps)
+    bare: list[float] = []
+    loaded: list[float] = []
+    with _ban_daemon("") as (plain, _), _ban_daemon(geo) as (with_db, seconds):
+        time.sleep(1)
+        idle, rss = plain.rss_mb(), with_db.rss_mb()
+        sockets = {id(bare): plain.socket, id(loaded): with_db.socket}
+        bodies = [
+            json.dumps({"address": f"10.78.{i >> 8 & 255}.{i & 255}", "ttl": "1h"}).encode()
+            for i in range(reps + 100)
+        ]
+        for r in range(max(1, reps // 50)):
+            for out in (bare, loaded) if r % 2 == 0 else (loaded, bare):
+                conn, base = KeepAlive(sockets[id(out)]), 50 * r + 1
+                try:  # a fresh connection per turn: the other turn may outlast its idle limit
+                    out.extend(
+                        measure(lambda i, c=conn, k=base: c.post(b"/v1/blocks", bodies[k + i]), 50)
+                    )
+                finally:
+                    conn.close()
     return [
         ("single ban over the socket, no database", Summary.of(bare), "ms", "p50 <= 1 ms"),
         (
@@ -257,13 +266,13 @@ def daemon_rows(db: Path, reps: int) -> list[doc.Row]:
         ),
         ("daemon RSS idle, no database", Summary.of([idle]), "MB", ""),
         (
-            "daemon RSS after loading the database, over its own idle RSS before",
-            Summary.of([rss_geo - idle_geo]),
+            "daemon RSS with the database loaded, over the idle daemon without it",
+            Summary.of([rss - idle]),
             "MB",
             "<= 60 MB",
         ),
         (
-            "daemon start to every range in the kernel (read + load)",
+            "daemon process start to every range in the kernel (start, read, load)",
             Summary.of([seconds * 1000]),
             "ms",
             "",
@@ -354,8 +363,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 NOTES = """\
-Measured on the shared 2-core machine while other engineers ran their tests: absolute times
-move; compare each row with its baseline of the same run.
+What the numbers say (measured while six other engineers ran their test suites on the same
+2 cores, load average 11-15: absolute times move a lot; compare each row with its baseline
+of the same run):
+- Load: the first fill (flush + every range, one transaction through the netlink element
+  writer, ranges encoded straight from their integers) took 0.26-0.42x the time of `nft -f`
+  of the same ranges into the same sets in three runs (target <= 1.5x). Reading the
+  database (a walk of its search tree, 306,000 networks) costs about as much again; the
+  daemon does it off the event loop.
+- A refresh that moves 1% of the IPv4 ranges (3,000 deleted, 3,000 added, over 200 sets)
+  took 0.31-0.54 s end to end in three runs, of which the kernel transaction is 0.13-0.14 s;
+  the rest is the delta walk over 300,000 ranges in Python. It is at the 0.5 s target
+  only on a quieter machine.
+- Single ban: with and without the database the p50 is the same within the noise (the
+  two daemons are sampled in turns, 50 bans at a time: 5.5 ms with, 7.0 ms without in the
+  last run; 3.0 vs 1.5 and 7.6 vs 7.4 in earlier runs that sampled them one after the
+  other). The ban goes by netlink into a hash set: no libnftables cache of the interval
+  sets is ever built. The 1 ms target itself was not reachable on this machine today
+  (bench_daemon's single ban shows the same).
+- RSS: 14-22 MB over the idle daemon (three runs) after loading (target <= 60 MB): the database is read
+  into packed arrays, the kernel gets its elements from a lazy sequence, only the
+  blocked/used countries are kept, as flat arrays of range bounds.
+- New-connection rate with all 200 countries blocked: 0.75-1.04 of the rate without, in
+  four runs of 3-10 samples of 1,000 connections each (the spread of single samples is
+  2-5x): too noisy here to show the 95% target either way. The blocked countries are one
+  union set per family, so a new connection costs one interval-set lookup more.
 """
 
 
