@@ -379,11 +379,11 @@ of the same run):
   two daemons are sampled in turns, 50 bans at a time: 5.5 ms with, 7.0 ms without in the
   last run; 3.0 vs 1.5 and 7.6 vs 7.4 in earlier runs that sampled them one after the
   other). The ban goes by netlink into a hash set: no libnftables cache of the interval
-  sets is ever built. The 1 ms target itself was not reachable on this machine today
-  (bench_daemon's single ban shows the same).
-- RSS: 14-22 MB over the idle daemon (three runs) after loading (target <= 60 MB): the database is read
-  into packed arrays, the kernel gets its elements from a lazy sequence, only the
-  blocked/used countries are kept, as flat arrays of range bounds.
+  sets is ever built. The 1 ms target itself was not reached under today's load (1.5 ms
+  was the best p50, without the database).
+- RSS: 14-22 MB over the idle daemon after loading, in three runs (target <= 60 MB): the
+  database is read into packed arrays, the kernel gets its elements from a lazy sequence,
+  only the blocked/used countries are kept, as flat arrays of range bounds.
 - New-connection rate with all 200 countries blocked: 0.75-1.04 of the rate without, in
   four runs of 3-10 samples of 1,000 connections each (the spread of single samples is
   2-5x): too noisy here to show the 95% target either way. The blocked countries are one
