@@ -202,3 +202,13 @@ def test_the_range_fast_path_sends_the_bytes_of_the_generic_encoder() -> None:
     assert [m.attrs for m in ne.messages("t", n6, "delete", RangeElements(6, v6))] == [
         m.attrs for m in ne.messages("t", n6, "delete", list(RangeElements(6, v6)))
     ]
+
+
+def test_rule_comments_are_read_from_the_userdata_tlvs() -> None:
+    from aitherfwd.adapters import nftrules  # noqa: PLC0415
+
+    text = b"web #0123456789ab\0"
+    udata = bytes([9, 2]) + b"xx" + bytes([nftrules.NFTNL_UDATA_RULE_COMMENT, len(text)]) + text
+    assert nftrules.comment(udata) == "web #0123456789ab"
+    assert nftrules.comment(b"") == ""
+    assert nftrules.comment(bytes([0, 200]) + b"short") == "short"  # truncated: what is there
