@@ -16,6 +16,8 @@ network counts once.
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,14 +58,24 @@ def read_list(path: Path) -> ParsedList:
 def read_countries(path: Path) -> dict[str, PrefixSet]:
     """Every country's merged ranges (key: ISO code, or '??' without one)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_DATABASE_BYTES:
-            raise GeoReadError(f"{path} is {size} bytes; at most {MAX_DATABASE_BYTES}")
-        reader = maxminddb.open_database(str(path), maxminddb.MODE_MMAP)
+        # opened without blocking (a FIFO put there would hang the reader), checked on the
+        # descriptor, then mapped through it: no window to swap the file in between
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise GeoReadError(f"cannot open GeoIP database {path}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise GeoReadError(f"{path} is not a regular file")
+        if st.st_size > MAX_DATABASE_BYTES:
+            raise GeoReadError(f"{path} is {st.st_size} bytes; at most {MAX_DATABASE_BYTES}")
+        reader = maxminddb.open_database(f"/proc/self/fd/{fd}", maxminddb.MODE_MMAP)
     except GeoReadError:
         raise
     except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
         raise GeoReadError(f"cannot open GeoIP database {path}: {exc}") from exc
+    finally:
+        os.close(fd)
     try:
         collect = Collector()
         for family, first, last, code in _networks(reader):

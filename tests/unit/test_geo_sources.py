@@ -138,3 +138,33 @@ def test_zone_with_both_cidrs_and_list_is_an_error() -> None:
     )
     lines = [d.render() for d in parse_policy(text, "p.yaml").diagnostics]
     assert any("E-ZONE-SOURCE" in x for x in lines)
+
+
+def test_hostile_sources_are_read_errors_or_bad_lines_never_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os  # noqa: PLC0415
+    import random  # noqa: PLC0415
+
+    from aitherfwd.adapters import geodb  # noqa: PLC0415
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(GeoReadError, match="regular"):
+        read_countries(fifo)  # opened without blocking, refused
+    with pytest.raises(GeoReadError):
+        read_list(fifo)
+    with pytest.raises(GeoReadError):
+        read_countries(tmp_path)  # a directory
+    big = tmp_path / "big.txt"
+    big.write_text("10.0.0.0/8\n" * 100)
+    monkeypatch.setattr(geodb, "MAX_LIST_BYTES", 500)
+    with pytest.raises(GeoReadError):
+        read_list(big)
+    junk = tmp_path / "junk.txt"
+    noise = random.Random(7).randbytes(4096)
+    junk.write_bytes(noise + b"\n" + b"A" * 1_000_000 + b"\n10.1.0.0/16\n")
+    monkeypatch.setattr(geodb, "MAX_LIST_BYTES", 64 << 20)
+    parsed = read_list(junk)
+    assert parsed.lines == 1 and parsed.bad >= 1
+    assert all(len(why) <= 120 for _, why in parsed.bad_lines)
