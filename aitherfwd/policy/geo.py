@@ -128,17 +128,10 @@ def check_geo(policy: Policy, root: YNode | None, report: Reporter) -> None:
     """References across sections: countries and lists used by rules and zones."""
     names = [p.name for p in policy.lists]
     for i, rule in enumerate(policy.rules):
-        for j, code in enumerate(rule.source_countries):
+        for j in range(len(rule.source_countries)):
             at = position_of(root, "rules", i, "source_countries", j)
             path = f"rules[{i}].source_countries[{j}]"
-            if code not in COUNTRIES:
-                report.error(
-                    "E-COUNTRY",
-                    path,
-                    f"'{code}' is not an ISO 3166-1 alpha-2 country code{country_hint(code)}",
-                    at,
-                )
-            elif policy.geoip is None:
+            if policy.geoip is None:  # the codes themselves are checked in policy/rules.py
                 report.error(
                     "E-NO-GEOIP",
                     path,

@@ -111,6 +111,8 @@ class _Parser:
         reputation = (
             self.reputation(top["reputation"]) if "reputation" in top else ReputationSettings()
         )
+        geoip = parse_geoip(top["geoip"], self.f) if "geoip" in top else None
+        lists = parse_lists(top["lists"], self.f) if "lists" in top else ()
         if settings is None or zones is None or services is None or rules is None:
             return None
         notify = parse_notify(top["notify"], self.f, self.report) if "notify" in top else None
@@ -119,8 +121,6 @@ class _Parser:
         ep = EgressParser(self.f, self.report)
         egress = ep.egress(top["egress"]) if "egress" in top else None
         sandbox = ep.sandbox(top["sandbox"]) if "sandbox" in top else SandboxSettings()
-        geoip = parse_geoip(top["geoip"], self.f) if "geoip" in top else None
-        lists = parse_lists(top["lists"], self.f) if "lists" in top else ()
         failed = ("egress" in top and egress is None) or ("geoip" in top and geoip is None)
         if failed or sandbox is None or lists is None:
             return None
