@@ -212,3 +212,40 @@ def test_rule_comments_are_read_from_the_userdata_tlvs() -> None:
     assert nftrules.comment(udata) == "web #0123456789ab"
     assert nftrules.comment(b"") == ""
     assert nftrules.comment(bytes([0, 200]) + b"short") == "short"  # truncated: what is there
+
+
+def test_a_reload_that_adds_a_list_and_a_country_fills_only_what_changed(tmp_path: Path) -> None:
+    fake = _daemon(tmp_path)
+    extra = tmp_path / "extra.txt"
+    extra.write_text("10.77.7.0/24\n")
+    policy = fake.policy_path.read_text()
+    changed = policy.replace("block_countries: [RU]", "block_countries: [RU, FR]").replace(
+        "action: deny}]", f"action: deny}}, {{name: extra, path: {extra}}}]"
+    )
+
+    def edit() -> None:
+        fake.policy_path.write_text(changed)
+
+    async def main() -> list[dict[str, object]]:
+        task = asyncio.get_running_loop().create_task(fake.services.writer.run())
+        try:
+            await fake.services.generations.cold_start()
+            await fake.services.geo.refresh("test")
+            edit()
+            outcome = await fake.services.generations.reload(trigger="test")
+            assert outcome.result == "applied", outcome
+            await fake.services.geo.refresh("test")
+            return fake.kernel.batches[-1]
+        finally:
+            task.cancel()
+
+    try:
+        batch = asyncio.run(main())
+    finally:
+        fake.services.ports.store.close()
+    flushed = sorted(c["flush"]["set"]["name"] for c in batch if "flush" in c)
+    assert flushed == ["list_extra_v4", "list_extra_v6"]  # new sets: filled from empty
+    added = {next(iter(c.values()))["element"]["name"] for c in batch if "add" in c}
+    assert "geo_blocked_v4" in added  # FR joins the union: a delta
+    # FR's 10.77.1.0/24 and RU's 10.77.2.0/24 are adjacent: one merged range
+    assert _ranges(fake, "geo_blocked_v4") == {'{"range": ["10.77.1.0", "10.77.2.255"]}'}
