@@ -181,8 +181,22 @@ def test_a_transaction_replaces_a_static_set_whose_definition_changed() -> None:
     observed = _observed(rs)
     observed.sets["rl_web_v4_5r5"] = ("ipv4_addr", ("dynamic", "interval", "timeout"))
     commands = transaction(rs, observed)
-    assert _touching(commands, "delete", "set") == ["rl_web_v4_5r5"]
+    deleted = _touching(commands, "delete", "set")
+    assert [s for s in deleted if not n.is_shared_set(s)] == ["rl_web_v4_5r5"]
     assert "rl_web_v4_5r5" in _added(commands, "set")
+
+
+def test_shared_sets_are_recreated_with_their_elements_never_refilled_by_element_commands() -> None:
+    """An element command makes libnftables fetch every element in the namespace first
+    (seconds with a large country set loaded): a kept shared set is deleted and re-added
+    with its elements instead (the chains referring to it are flushed before)."""
+    rs = _compile()
+    commands = transaction(rs, _observed(rs))
+    shared = [s for s in rs.names("set") if n.is_shared_set(s)]
+    assert shared and set(shared) <= set(_touching(commands, "delete", "set"))
+    assert set(shared) <= set(_added(commands, "set"))
+    assert not any("element" in next(iter(c.values())) for c in commands)
+    assert not _touching(commands, "flush", "set")
 
 
 def test_a_transaction_flushes_every_chain_and_deletes_what_the_policy_dropped() -> None:
