@@ -7,6 +7,7 @@ sandbox grant with its remaining timeout — untouched, and the human-readable `
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,6 +205,15 @@ def delta(previous: Ruleset, desired: Ruleset) -> list[Json]:
     changed_maps = sorted(
         m for m in new_obj["map"] if m in old_obj["map"] and old_obj["map"][m] != new_obj["map"][m]
     )
+    # a changed map is re-created with its elements, not flushed and refilled: an element
+    # command makes libnftables 1.0.6 fetch every element in the namespace first (seconds
+    # with a large country set loaded). The chains that look it up are refilled with it.
+    users = {
+        c
+        for c, rules in new_rules.items()
+        if c in old_obj["chain"] and any(_looks_up(r, changed_maps) for r in rules)
+    }
+    changed_chains = sorted(set(changed_chains) | users)
     changed_sets = sorted(
         s
         for s in new_obj["set"]
@@ -214,22 +224,24 @@ def delta(previous: Ruleset, desired: Ruleset) -> list[Json]:
     cmds: list[Json] = [
         {"flush": {"chain": {**base, "name": c}}} for c in changed_chains + gone["chain"]
     ]
-    cmds += [{"flush": {"map": {**base, "name": m}}} for m in changed_maps]
-    cmds += [{"delete": {"map": {**base, "name": m}}} for m in gone["map"]]
+    cmds += [{"delete": {"map": {**base, "name": m}}} for m in gone["map"] + changed_maps]
     cmds += [{"delete": {"set": {**base, "name": s}}} for s in gone["set"] + changed_sets]
     cmds += [{"delete": {"chain": {**base, "name": c}}} for c in gone["chain"]]
     cmds += [{"delete": {"counter": {**base, "name": c}}} for c in gone["counter"]]
     for kind in ("counter", "set", "chain", "map"):
         for name, obj in new_obj[kind].items():
-            if name not in old_obj[kind] or name in changed_sets:
+            if name not in old_obj[kind] or name in changed_sets or name in changed_maps:
                 cmds.append(b.add(obj))
-    for m in changed_maps:
-        elems = new_obj["map"][m]["map"].get("elem")
-        if elems:
-            cmds.append(b.add(b.element(m, elems)))
     for chain in sorted(set(new_rules) - set(old_obj["chain"])) + changed_chains:
         cmds += [b.add(r) for r in new_rules.get(chain, [])]
     return cmds
+
+
+def _looks_up(rule: Json, maps: list[str]) -> bool:
+    if not maps:
+        return False
+    text = json.dumps(rule)
+    return any(f'"@{m}"' in text for m in maps)
 
 
 def _signature(rules: list[Json]) -> list[str]:
