@@ -272,6 +272,30 @@ class EgressDnsFailed(AuditRecord):
     reason: str
 
 
+# --- country and list sets (daemon/geosets.py) ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GeoRefreshed(AuditRecord):
+    event: ClassVar[str] = "geo_refreshed"
+    action: ClassVar[str] = "geo_refreshed"
+    source: str  # "geoip" or "list:<name>"
+    path: str
+    elements: int  # ranges in the kernel for this source, after
+    added: int
+    removed: int
+    bad_lines: int
+
+
+@dataclass(frozen=True, slots=True)
+class GeoRefreshFailed(AuditRecord):
+    event: ClassVar[str] = "geo_refresh_failed"
+    action: ClassVar[str] = "geo_refresh_failed"
+    source: str
+    path: str
+    reason: str  # the last good contents stay in the kernel
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxGranted(AuditRecord):
     event: ClassVar[str] = "sandbox_granted"
@@ -345,6 +369,8 @@ RECORDS: tuple[type[AuditRecord], ...] = (
     DecisionDenied,
     EgressDnsChanged,
     EgressDnsFailed,
+    GeoRefreshed,
+    GeoRefreshFailed,
     SandboxGranted,
     SandboxRefused,
     SandboxRevoked,

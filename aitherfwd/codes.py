@@ -78,6 +78,12 @@ _POLICY_ERRORS = (
         "a journal source's threat type is not 1-64 letters, digits, '_', '-', '.' characters",
     ),
     ("E-CONTAINER-ZONE", "a zone holding containers covers every address"),
+    ("E-COUNTRY", "not an ISO 3166-1 alpha-2 country code (with a did-you-mean)"),
+    ("E-NO-GEOIP", "source_countries in a policy without a geoip: section"),
+    ("E-UNKNOWN-LIST", "a rule or zone names a prefix list the policy does not define"),
+    ("E-GEOIP-PATH", "geoip.database is not an absolute path"),
+    ("E-LIST-PATH", "a prefix list's path is not absolute"),
+    ("E-ZONE-SOURCE", "a zone has both cidrs and a list, or neither"),
 )
 _POLICY_WARNINGS = (
     ("W-CIDR-SHADOWED", "a zone CIDR already covered by earlier zones"),
@@ -169,6 +175,13 @@ REGISTRY: dict[str, Code] = {
         ),
         Code("E-CONTROL-SOCKET", "daemon", "the control socket cannot be created", None, _FAIL),
         Code("E-JOURNAL", "daemon", "the journal cannot be opened or read", None, _FAIL),
+        Code(
+            "E-GEO-READ",
+            "daemon",
+            "a GeoIP database or list file cannot be read; its last good contents stay",
+            None,
+            _FAIL,
+        ),
         Code(
             "E-LOCKOUT",
             "daemon",

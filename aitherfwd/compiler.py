@@ -33,7 +33,7 @@ from aitherfwd import zones as zoning
 from aitherfwd.egress.chain import egress_objects
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import forward as fwd
-from aitherfwd.nft import idle
+from aitherfwd.nft import geo, idle
 from aitherfwd.nft import names as n
 from aitherfwd.nft import rulechain as rc
 from aitherfwd.nft.shared import SharedSets
@@ -121,9 +121,11 @@ def compile_policy(policy: Policy, now: float | None = None) -> Ruleset:
     counters += [n.CONNLIMIT_COUNTER, n.SYNFLOOD_COUNTER]
     counters += [n.rule_counter(r.name) for r in policy.rules]
     counters += [n.ratelimit_counter(r.name) for r in kernel if r.rate_limit]
+    counters += geo.counters(policy)
     head: list[Json] = [b.table(), *(b.counter(c) for c in sorted(counters))]
     head += idle.objects(policy.settings.connection_idle_timeout)
     head += [b.set_(s.name, s.type, s.flags) for s in n.DYNAMIC_SETS]
+    head += geo.sets(policy)
     head += frame.meters
     head += list({m["set"]["name"]: m for c in compiled for m in c.meters}.values())
     zone_names = [z.name for z in policy.zones]
@@ -131,7 +133,7 @@ def compile_policy(policy: Policy, now: float | None = None) -> Ruleset:
     if forward is not None:
         chains += forward.chains
     chains += idle.chains(policy.settings.connection_idle_timeout)
-    body = list(frame.input_rules)
+    body = _with_geo(policy, frame.input_rules)
     body += [
         rc.commented(c, x, "builtin:idle-timeout")
         for c, x in idle.attach(policy.settings.connection_idle_timeout)
@@ -160,6 +162,27 @@ def compile_policy(policy: Policy, now: float | None = None) -> Ruleset:
     objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd ruleset={digest}"))
     objects.append(b.rule(n.META_CHAIN, [b.ret()], f"aitherfwd policy={policy.sha256}"))
     return Ruleset(tuple(objects), digest, policy.sha256)
+
+
+def _with_geo(policy: Policy, input_rules: tuple[Json, ...]) -> list[Json]:
+    """The input chain with the country/list drop stage after `ct invalid drop` (before
+    any rule; established connections keep flowing) and the list zones' dispatch before
+    the CIDR zone maps (nft/geo.py)."""
+    drops = [rc.commented(n.INPUT_CHAIN, e, label) for e, label in geo.drop_stage(policy)]
+    zones = [rc.commented(n.INPUT_CHAIN, e, label) for e, label in geo.zone_dispatch(policy)]
+    if not drops and not zones:
+        return list(input_rules)
+    out: list[Json] = []
+    for rule in input_rules:
+        label = str(rule["rule"].get("comment", ""))
+        if zones and label.startswith("builtin:zones"):
+            out += zones
+            zones = []
+        out.append(rule)
+        if drops and label.startswith("builtin:invalid"):
+            out += drops
+            drops = []
+    return out
 
 
 def clear_memo() -> None:

@@ -55,6 +55,7 @@ DIRECTIONS = (INBOUND, OUTBOUND, FORWARD)
 REQUEST_PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.ICMP)
 RATE_LIMITED = "rate_limited"
 
+Origin = tuple[str | None, tuple[str, ...]]  # the source's country and lists
 _VERBS = {Action.ALLOW: "allows", Action.DENY: "denies", Action.REJECT: "rejects"}
 
 
@@ -92,6 +93,16 @@ class Verdict:
     rule: str | None  # the deciding rule; None for builtins and the default policy
     zone: str | None  # the source's zone (inbound)
     reason: str
+    country: str | None = None  # the source's country, when a geoip database is loaded
+    lists: tuple[str, ...] = ()  # the prefix lists the source is in
+
+
+class GeoLookup(typing.Protocol):
+    """The country and list contents the kernel holds (daemon/geosets.py fits)."""
+
+    def country_of(self, address: IPAddress) -> str | None: ...
+
+    def lists_of(self, address: IPAddress) -> tuple[str, ...]: ...
 
 
 class Blocked(typing.Protocol):
@@ -140,6 +151,19 @@ class Evaluator:
         self._paths = ForwardPaths(policy)
         self._host = _bits(i for i, r in enumerate(policy.rules) if for_host(r))
         self._containers = _bits(i for i, r in enumerate(policy.rules) if for_containers(r))
+        # list zones come before the CIDR zones (nft/geo.py): their rules, by zone
+        self._sources = {v: _source_steps(policy.rules, v) for v in (4, 6)}
+        self._list_zones = [
+            (
+                z.name,
+                z.list,
+                _bits(
+                    i for i, r in enumerate(policy.rules) if r.zones is None or z.name in r.zones
+                ),
+            )
+            for z in policy.zones
+            if z.list is not None
+        ]
 
     def evaluate(
         self,
@@ -148,6 +172,8 @@ class Evaluator:
         blocked: Blocked | None = None,
         buckets: TokenBuckets | None = None,
         egress: EgressState | None = None,
+        *,
+        geo: GeoLookup | None = None,
     ) -> Verdict:
         source = normalise(req.source)
         if req.direction == OUTBOUND:
@@ -164,13 +190,15 @@ class Evaluator:
             return Verdict(o.action, o.rule, None, o.reason)
         zone, _ = self._addresses[source.version].at(int(source))
         if req.direction == FORWARD:
-            return self._forward(req, zone, now, blocked=blocked, buckets=buckets, egress=egress)
+            return self._forward(
+                req, zone, now, blocked=blocked, buckets=buckets, egress=egress, geo=geo
+            )
         if source.is_loopback:
             return Verdict(str(Action.ALLOW), None, zone, "loopback is always allowed")
         block = blocked.lookup(source, now) if blocked is not None else None
         if block is not None:
             return Verdict(str(Action.DENY), None, zone, _blocked_reason(*block))
-        return self.judge_rules(req, source, now, buckets, containers=False)
+        return self.judge_rules(req, source, now, buckets, containers=False, geo=geo)
 
     def _forward(
         self,
@@ -181,6 +209,7 @@ class Evaluator:
         blocked: Blocked | None,
         buckets: TokenBuckets | None,
         egress: EgressState | None,
+        geo: GeoLookup | None = None,
     ) -> Verdict:
         """Routed through the host, as the forward chain judges it (nft/forward.py):
         blocked sources drop, then to containers, from containers, or not judged."""
@@ -190,7 +219,7 @@ class Evaluator:
             return Verdict(str(Action.DENY), None, zone, _blocked_reason(*block))
         path = self._paths.path(source, dest)
         if path is Path.TO:
-            return self.judge_rules(req, source, now, buckets, containers=True)
+            return self.judge_rules(req, source, now, buckets, containers=True, geo=geo)
         if path is None:
             return Verdict("allow", None, zone, "routed, not to or from a container zone")
         out = self.evaluate(replace(req, direction=OUTBOUND), now, egress=egress)
@@ -204,19 +233,34 @@ class Evaluator:
         buckets: TokenBuckets | None,
         *,
         containers: bool,
+        geo: GeoLookup | None = None,
     ) -> Verdict:
         """The zone, rules and default verdict for a new connection from `source`: to the
         host's own ports, or (`containers`) to a container behind a published port, with
         the rules of that path (applies_to) and `req.dest_port` the published port."""
         zone, sources = self._addresses[source.version].at(int(source))
+        origin = (geo.country_of(source), geo.lists_of(source)) if geo is not None else (None, ())
+        if not containers:  # the drop stage and list zones are the input path's (nft/geo.py)
+            stage = _geo_stage(self.policy, *origin)
+            if stage is not None:
+                return Verdict(str(Action.DENY), None, zone, stage, *origin)
+            for name, plist, mask in self._list_zones:
+                if plist in origin[1]:
+                    zone, sources = name, mask & self._sources[source.version].at(int(source))
+                    break
         sources &= self._containers if containers else self._host
-        index = self._rule_index(req, sources, now)
+        index = self._rule_index(req, sources, now, origin)
         if index is None:
             action = self.policy.settings.default_policy
-            return Verdict(str(action), None, zone, f"no rule matched; default policy {action}")
-        return _decide(self._rules[index], req, source, zone, now=now, buckets=buckets)
+            verdict = Verdict(str(action), None, zone, f"no rule matched; default policy {action}")
+        else:
+            rule = self._rules[index]
+            verdict = _decide(rule, req, source, zone, now=now, buckets=buckets)
+        return replace(verdict, country=origin[0], lists=origin[1])
 
-    def _rule_index(self, req: Request, sources: int, now: float) -> int | None:
+    def _rule_index(
+        self, req: Request, sources: int, now: float, origin: Origin = (None, ())
+    ) -> int | None:
         """The first rule in policy order that matches, by its index."""
         if req.dest_port is None:
             candidates = sources & self._icmp
@@ -229,7 +273,7 @@ class Evaluator:
             if not lowest & self._conditional:
                 return i
             clock = clock or _weekday_and_second(now)
-            if _conditions_hold(self._rules[i], req, clock, now):
+            if _conditions_hold(self._rules[i], req, clock, now, origin):
                 return i
             candidates ^= lowest
         return None
@@ -256,9 +300,15 @@ def _weekday_and_second(now: float) -> tuple[int, int]:
     return (whole // DAY_SECONDS + 4) % 7, whole % DAY_SECONDS  # 1970-01-01 was a Thursday
 
 
-def _conditions_hold(rule: Rule, req: Request, clock: tuple[int, int], now: float) -> bool:
-    """The conditions the index leaves out: time window (on its zone's clock) and layer-7
-    fields."""
+def _conditions_hold(
+    rule: Rule, req: Request, clock: tuple[int, int], now: float, origin: Origin = (None, ())
+) -> bool:
+    """The conditions the index leaves out: time window (on its zone's clock), country and
+    list, layer-7 fields."""
+    if rule.source_countries and origin[0] not in rule.source_countries:
+        return False
+    if rule.source_lists and not set(rule.source_lists) & set(origin[1]):
+        return False
     w = rule.time_window
     if w is not None and not (w.contains(*clock) if w.tz is None else contains_at(w, now)):
         return False
@@ -315,9 +365,20 @@ def _portless(rule: Rule, protocol: Protocol) -> bool:
     return not rule.ports and rule.protocol in (Protocol.ANY, protocol)
 
 
+def _geo_stage(policy: Policy, country: str | None, lists: tuple[str, ...]) -> str | None:
+    """The drop stage before the rules: a blocked country, a deny list (nft/geo.py)."""
+    if country is not None and policy.geoip and country in policy.geoip.block_countries:
+        return f"country {country} is blocked (geoip.block_countries)"
+    for plist in policy.lists:
+        if plist.action == "deny" and plist.name in lists:
+            return f"source is in list '{plist.name}' (action deny)"
+    return None
+
+
 def _conditional(rule: Rule) -> bool:
     return (
-        rule.time_window is not None
+        bool(rule.source_countries or rule.source_lists)
+        or rule.time_window is not None
         or rule.path_prefix is not None
         or rule.authenticated is not None
     )

@@ -212,3 +212,9 @@ class Snapshot:
     conntrack_max_per_source: int = 0
     sandbox_grants: Pairs = (("ipv4", 0), ("ipv6", 0))
     sandbox_grants_total: int = 0
+    # country and list sets (daemon/geosets.py): ranges per set; per source the time of
+    # its last refresh attempt and whether it was read; refreshes by result
+    geo_set_elements: Pairs = ()
+    geo_refreshed_at: tuple[tuple[str, float], ...] = ()
+    geo_source_ok: Pairs = ()
+    geo_refreshes: Pairs = ()

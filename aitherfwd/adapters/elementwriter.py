@@ -74,6 +74,11 @@ class ElementWriter:
         if not commands:
             return False
         for command in commands:
+            flushed = _flushed_set(command)
+            if flushed is not None:
+                if flushed not in self.shapes:
+                    return False
+                continue
             ec = b.element_command(command)
             if ec is None or ec.verb not in ("add", "create", "delete"):
                 return False
@@ -89,6 +94,11 @@ class ElementWriter:
         an element cannot be encoded (before anything is sent)."""
         batch = nlc.Batch(1)
         for command in commands:
+            flushed = _flushed_set(command)
+            if flushed is not None:
+                msg = ne.flush_message(self.table, self.shapes[flushed])
+                batch.add(msg.kind, msg.attrs, family=nl.NFPROTO_INET, flags=msg.flags)
+                continue
             ec = b.element_command(command)
             if ec is None:
                 raise ne.ElementError(f"not an element command: {command!r:.80}")
@@ -170,6 +180,15 @@ class ElementWriter:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+
+
+def _flushed_set(command: Json) -> str | None:
+    """The set a `{"flush": {"set": …}}` of our table empties, else None."""
+    body = command.get("flush")
+    s = body.get("set") if isinstance(body, dict) else None
+    if isinstance(s, dict) and s.get("table", n.TABLE) == n.TABLE and "name" in s:
+        return str(s["name"])
+    return None
 
 
 def _strerror(code: int) -> str:

@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 Json = dict[str, Any]
 
 
+def _plain(command: Json) -> Json:
+    """A command as JSON can carry it: a lazy sequence of elements (geo/elements.py)
+    becomes a list for libnftables."""
+    ec = b.element_command(command)
+    if ec is None or isinstance(ec.elements, list):
+        return command
+    ((verb, body),) = command.items()
+    return {verb: {"element": {**body["element"], "elem": list(ec.elements)}}}
+
+
 class NftKernel:
     def __init__(self, nft: Nft | None = None, elements: ElementWriter | None = None) -> None:
         self.nft = nft or Nft()
@@ -48,7 +58,7 @@ class NftKernel:
             except ElementError as exc:
                 log.warning("element batch not encodable, sending it by libnftables error=%s", exc)
         self.nft.observer = self.observer
-        out = self.nft.run(commands)
+        out = self.nft.run([_plain(c) for c in commands])
         self.elements.learn_commands(commands)
         return out
 

@@ -123,6 +123,38 @@ def _block_families(s: Snapshot) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "aitherfwd_sandbox_grants", "Sandbox grants made.", value=s.sandbox_grants_total
     )
+    yield from _geo_families(s)
+
+
+def _geo_families(s: Snapshot) -> Iterator[Metric]:
+    sizes = GaugeMetricFamily(
+        "aitherfwd_geo_set_elements", "Ranges in each country or list set.", labels=["set"]
+    )
+    for name, count in s.geo_set_elements:
+        sizes.add_metric([name], count)
+    yield sizes
+    at = GaugeMetricFamily(
+        "aitherfwd_geo_last_refresh_timestamp_seconds",
+        "When each country/list source was last refreshed (read or failed).",
+        labels=["source"],
+    )
+    for source, ts in s.geo_refreshed_at:
+        at.add_metric([source], ts)
+    yield at
+    ok = GaugeMetricFamily(
+        "aitherfwd_geo_source_ok",
+        "1 when a source's last refresh read it, 0 when its last good contents were kept.",
+        labels=["source"],
+    )
+    for source, value in s.geo_source_ok:
+        ok.add_metric([source], value)
+    yield ok
+    yield _counter(
+        "aitherfwd_geo_refreshes",
+        "Country/list source refreshes by result.",
+        "result",
+        s.geo_refreshes,
+    )
 
 
 def _policy_families(s: Snapshot) -> Iterator[Metric]:

@@ -15,7 +15,10 @@ the captures):
   INTERVAL_OPEN; every add into an interval set carries the null end element first, as
   libnftables does;
 - a concatenation `address-or-prefix . port` in an interval set (pipapo): KEY and KEY_END,
-  each field padded to 4 bytes.
+  each field padded to 4 bytes;
+- a range `{"range": [first, last]}` in an interval set: like a prefix, start and the end
+  after `last` (country and list sets; a `RangeElements` sequence is encoded straight from
+  its integers); `flush_message` empties a set (DELSETELEM without elements).
 
 Why by hand: libnftables 1.0.6 fetches every element of every interval set in the namespace
 into its cache before any element write (a ban took ~500 ms with 100,000 prefixes loaded;
@@ -29,11 +32,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.adapters import netlink as nl
+from aitherfwd.geo.elements import RangeElements
 
 NFTA_SET_ELEM_LIST_TABLE = 1
 NFTA_SET_ELEM_LIST_SET = 2
@@ -139,6 +143,30 @@ def _bounds(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[bytes, 
     return first, after.to_bytes(len(first), "big")
 
 
+def _range_bounds(value: Any, family: int) -> tuple[bytes, bytes | None]:
+    """`{"range": [first, last]}` (addresses as text, inclusive): start key, and the key
+    after `last` (None at the top of the address space)."""
+    try:
+        first, last = (socket.inet_pton(_INET[family], str(v)) for v in value)
+    except (OSError, ValueError, TypeError):
+        raise ElementError(f"not an IPv{family} range: {value!r}") from None
+    after = int.from_bytes(last, "big") + 1
+    if first > last:
+        raise ElementError(f"backwards range: {value!r}")
+    if after >> (8 * len(last)):
+        return first, None
+    return first, after.to_bytes(len(last), "big")
+
+
+def flush_message(table: str, shape: SetShape) -> ElementMessage:
+    """NFT_MSG_DELSETELEM without an element list: the kernel empties the set (what
+    `nft flush set` sends); in one batch with adds, the set is replaced atomically."""
+    head = nl.attr_str(NFTA_SET_ELEM_LIST_TABLE, table) + nl.attr_str(
+        NFTA_SET_ELEM_LIST_SET, shape.name
+    )
+    return ElementMessage(nl.NFT_MSG_DELSETELEM, 0, head, 0)
+
+
 def _port(value: Any) -> bytes:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
         raise ElementError(f"not a port: {value!r}")
@@ -203,6 +231,13 @@ def element_attrs(shape: SetShape, element: Any, *, deleting: bool) -> list[byte
             keys += _key(NFTA_SET_ELEM_KEY_END, last + p)
         udata = b"" if deleting else _udata(comment, False)
         return [_elem(extra, keys, udata)]
+    if isinstance(value, dict) and "range" in value and shape.interval:
+        start, after = _range_bounds(value["range"], shape.family)
+        udata = b"" if deleting else _udata(comment, after is None)
+        out = [_elem(extra, _key(NFTA_SET_ELEM_KEY, start), udata)]
+        if after is not None:
+            out.append(_elem(_END_FLAGS, _key(NFTA_SET_ELEM_KEY, after)))
+        return out
     net = _network(value, shape.family)
     if not shape.interval:
         if net.prefixlen != net.max_prefixlen:
@@ -237,7 +272,7 @@ class ElementMessage:
 
 
 def messages(
-    table: str, shape: SetShape, verb: str, elements: list[Any]
+    table: str, shape: SetShape, verb: str, elements: Sequence[Any]
 ) -> Iterator[ElementMessage]:
     """The messages of one element command (split where an element list would pass
     MAX_ELEMENTS_BYTES). `verb`: add (create, or keep what exists), create (must not exist),
@@ -253,8 +288,11 @@ def messages(
     rbtree = shape.interval and not shape.with_port  # pipapo (concat) has no null element
     chunk: list[bytes] = [null_end(shape)] if rbtree and not deleting else []
     size, count = sum(map(len, chunk)), 0
-    for element in elements:
-        attrs = element_attrs(shape, element, deleting=deleting)
+    if rbtree and isinstance(elements, RangeElements) and elements.family == shape.family:
+        stream: Iterable[list[bytes]] = _range_attrs(elements, deleting)
+    else:
+        stream = (element_attrs(shape, e, deleting=deleting) for e in elements)
+    for attrs in stream:
         grow = sum(map(len, attrs))
         if chunk and size + grow > MAX_ELEMENTS_BYTES:
             yield _message(kind, flags, head, chunk, count)
@@ -264,6 +302,36 @@ def messages(
         count += 1
     if count:
         yield _message(kind, flags, head, chunk, count)
+
+
+def _range_heads(width: int) -> tuple[bytes, bytes]:
+    """The bytes of an interval's start and end elements before their address (the
+    address ends each element: 4 or 16 bytes need no padding)."""
+    zero = b"\0" * width
+    start = _elem(_key(NFTA_SET_ELEM_KEY, zero))
+    end = _elem(_END_FLAGS, _key(NFTA_SET_ELEM_KEY, zero))
+    return start[:-width], end[:-width]
+
+
+_RANGE_HEADS = {4: _range_heads(4), 16: _range_heads(16)}
+
+
+def _range_attrs(elements: RangeElements, deleting: bool) -> Iterator[list[bytes]]:
+    """Country and list ranges straight from their integers, without the element dicts:
+    the same bytes `element_attrs` makes of `{"range": [first, last]}` (no timeout, no
+    comment), five times faster for a 300,000-range load."""
+    width = 4 if elements.family == 4 else 16
+    start_head, end_head = _RANGE_HEADS[width]
+    top = (1 << (8 * width)) - 1
+    flat = elements.flat
+    for i in range(0, len(flat), 2):
+        first, last = flat[i], flat[i + 1]
+        start = start_head + first.to_bytes(width, "big")
+        if last == top:
+            udata = _udata(None, not deleting)
+            yield [_elem(_key(NFTA_SET_ELEM_KEY, first.to_bytes(width, "big")), udata)]
+        else:
+            yield [start + end_head + (last + 1).to_bytes(width, "big")]
 
 
 def _message(kind: int, flags: int, head: bytes, chunk: list[bytes], count: int) -> ElementMessage:

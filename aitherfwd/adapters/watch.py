@@ -46,19 +46,34 @@ def digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def stat_fingerprint(paths: list[Path]) -> str:
+    """Size, mtime, ctime and inode of each file: for sources too large to hash at every
+    poll (a GeoIP database). Blocking: call it off the event loop."""
+    parts = []
+    for p in paths:
+        try:
+            st = p.stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}")
+        except OSError as exc:
+            parts.append(f"unreadable:{type(exc).__name__}")
+    return "\0".join(parts)
+
+
 class PolicyWatcher:
     def __init__(
         self,
         files: Callable[[], list[Path]],
         on_change: Callable[[], Awaitable[object]],
         poll_interval: Callable[[], float],
+        fingerprint: Callable[[list[Path]], str] = digest,
     ) -> None:
         self.files = files
+        self.fingerprint = fingerprint
         self.on_change = on_change
         self.poll_interval = poll_interval
         self._inotify = INotify(nonblocking=True)
         self._watched: dict[int, Path] = {}
-        self._last = digest(files())
+        self._last = fingerprint(files())
         self._pending: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -90,7 +105,7 @@ class PolicyWatcher:
         self._tasks.append(asyncio.get_running_loop().create_task(self._check("inotify")))
 
     async def _check(self, why: str) -> None:
-        now = await asyncio.to_thread(digest, self.files())
+        now = await asyncio.to_thread(self.fingerprint, self.files())
         if now == self._last:
             return
         self._last = now

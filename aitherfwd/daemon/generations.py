@@ -88,6 +88,7 @@ class Generations:
         self.systemd, self.conntrack = systemd, conntrack
         self.blocks, self.egress, self.stats = blocks, egress, stats
         self.listeners: list[Listener] = []  # told of every policy that takes effect
+        self.table_repaired: list[Callable[[], None]] = []  # told after a drift repair
         self.generation: Generation | None = None
         self.last_reload: ReloadOutcome | None = None
         self.reloads: dict[str, int] = {}
@@ -369,6 +370,8 @@ class Generations:
             return await self._repair_elements(gen.number)
         if await self.writer.call(lambda k: self._apply(k, gen.ruleset)):
             await self._restore_dynamic()
+        for hook in self.table_repaired:  # sets filled by element writes only (geosets)
+            hook()
         self.drift_repairs += 1
         log.warning("drift repaired: table inet aitherfwd differed from generation=%d", gen.number)
         self.audit.write(

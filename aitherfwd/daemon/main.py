@@ -37,7 +37,7 @@ from aitherfwd.adapters.kernel import NftKernel
 from aitherfwd.adapters.metrics import MetricsServer
 from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
-from aitherfwd.adapters.watch import PolicyWatcher
+from aitherfwd.adapters.watch import PolicyWatcher, stat_fingerprint
 from aitherfwd.audit_records import DaemonStopped
 from aitherfwd.clock import SystemClock
 from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
@@ -190,6 +190,14 @@ class Supervisor:
             lambda: float(gen_settings(s).rule_reload_interval),
         )
         watcher.start()
+        geo_watch = PolicyWatcher(  # country and list sources: refreshed on change
+            s.geo.files,
+            s.geo.changed,
+            lambda: float(gen_settings(s).rule_reload_interval),
+            fingerprint=stat_fingerprint,
+        )
+        geo_watch.start()
+        self.spawn("geo-sets", s.geo.run())
         self._signals()
         self.spawn("housekeeping", _housekeeping(s, cfg.drift_check_interval))
         self.spawn("egress-dns", s.egress.run())
@@ -211,6 +219,7 @@ class Supervisor:
             s.ports.systemd.stopping()
             log.info("stopping; table inet aitherfwd stays in force (fail-static)")
             watcher.close()
+            geo_watch.close()
             await server.close()
             if metrics is not None:
                 await metrics.close()

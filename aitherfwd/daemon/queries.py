@@ -20,7 +20,7 @@ from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.generations import Generations
 from aitherfwd.decisions import from_verdict
 from aitherfwd.dynamic.buckets import TokenBuckets
-from aitherfwd.evaluator import Request, Verdict
+from aitherfwd.evaluator import GeoLookup, Request, Verdict
 from aitherfwd.stats import Stats
 
 
@@ -44,6 +44,7 @@ class Queries:
         self.clock, self.generations, self.blocks = clock, generations, blocks
         self.egress, self.stats, self.audit = egress, stats, audit
         self.buckets = TokenBuckets()
+        self.geo: GeoLookup | None = None  # daemon/geosets.py, set by the wiring
 
     def evaluate(self, spec: EvaluateSpec) -> Judgement:
         gen = self.generations.current()
@@ -62,6 +63,7 @@ class Queries:
             self.blocks.table,
             self.buckets,
             self.egress,
+            geo=self.geo,
         )
         seconds = time.perf_counter() - started
         self.stats.evaluated(seconds)

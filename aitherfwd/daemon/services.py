@@ -21,6 +21,7 @@ from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.generations import Generations, Loader
+from aitherfwd.daemon.geosets import GeoSets
 from aitherfwd.daemon.journal import JournalService
 from aitherfwd.daemon.ports import Conntrack, Journal, Kernel, Notifications, Systemd
 from aitherfwd.daemon.queries import Queries
@@ -60,6 +61,7 @@ class Services:
     queries: Queries
     detection: Detection
     started_at: float
+    geo: GeoSets  # country and list sets (daemon/geosets.py)
     journal: JournalService | None = None  # threats read from the journal
 
 
@@ -102,8 +104,12 @@ def wire(
         detection.configure,
         journal.configure,
     ]
+    geo = GeoSets(clock, writer, audit)
+    generations.listeners.append(geo.configure)
+    generations.table_repaired.append(geo.table_repaired)
     reputation.load()
     queries = Queries(clock, generations, blocks, egress, stats, audit=audit)
+    queries.geo = geo
     return Services(
         ports,
         stats,
@@ -116,5 +122,6 @@ def wire(
         queries,
         detection,
         clock.now(),
+        geo,
         journal,
     )

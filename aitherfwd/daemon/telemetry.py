@@ -16,10 +16,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from aitherfwd import __version__
 from aitherfwd.adapters import nftcounters
 from aitherfwd.daemon.services import Services
+from aitherfwd.nft import geo
 from aitherfwd.nft import names as n
 from aitherfwd.stats import EventValues, Pairs, RuleCounters, Snapshot
 
@@ -112,6 +114,8 @@ class Telemetry:
         dropped = {
             "blocklist": get(n.BLOCKED_COUNTER, (0, 0)),
             "invalid": get(n.INVALID_COUNTER, (0, 0)),
+            "country": get(geo.COUNTRY_COUNTER, (0, 0)),
+            "list": get(geo.LIST_COUNTER, (0, 0)),
         }
         age = -1.0 if self._read_at is None else self._monotonic() - self._read_at
         # O(sources) for the peak, not O(blocks)
@@ -135,11 +139,23 @@ class Telemetry:
             conntrack_max_per_source=peak,
             sandbox_grants=(("ipv4", st.sandbox_v4), ("ipv6", st.sandbox_v6)),
             sandbox_grants_total=st.sandbox_granted_total,
+            **_geo(d),
         )
 
     async def fresh_snapshot(self) -> Snapshot:
         await self.refresh()
         return self.snapshot()
+
+
+def _geo(d: Services) -> dict[str, Any]:
+    g = d.geo
+    sources = sorted(g.sources.values(), key=lambda s: s.source)
+    return {
+        "geo_set_elements": tuple(g.set_sizes().items()),
+        "geo_refreshed_at": tuple((s.source, s.at or 0.0) for s in sources),
+        "geo_source_ok": tuple((s.source, int(s.ok)) for s in sources),
+        "geo_refreshes": tuple(sorted(g.refreshes.items())),
+    }
 
 
 def _seeded(names: tuple[str, ...], pairs: Pairs) -> Pairs:

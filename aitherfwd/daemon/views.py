@@ -16,7 +16,7 @@ from aitherfwd.daemon.services import Services
 from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, address_text
 from aitherfwd.dynamic.reputation import offender_key
-from aitherfwd.evaluator import FORWARD, Request
+from aitherfwd.evaluator import FORWARD, Request, Verdict
 from aitherfwd.forwarding import ForwardPaths
 from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, Protocol
@@ -35,7 +35,7 @@ def explain(
     okey = address_text(offender_key(address, settings))
     verdicts = []
     for port in ports or gen.policy.settings.admin_ports:
-        v = gen.evaluator.evaluate(Request(address, protocol, port), now, table)
+        v = gen.evaluator.evaluate(Request(address, protocol, port), now, table, geo=d.geo)
         verdicts.append(
             {
                 "port": port,
@@ -44,6 +44,7 @@ def explain(
                 "rule": v.rule,
                 "zone": v.zone,
                 "reason": v.reason,
+                **_origin(v),
             }
         )
     target = ForwardPaths(gen.policy).sample(address.version)
@@ -103,6 +104,11 @@ def block_view(blk: Block) -> dict[str, Any]:
     }
 
 
+def _origin(v: Verdict) -> dict[str, Any]:
+    """`country` and `lists` of a verdict, when a geoip database or lists are loaded."""
+    return {"country": v.country, "lists": list(v.lists)}
+
+
 def judgement_view(j: Judgement, *, outbound: bool, expect: str | None = None) -> dict[str, Any]:
     v = j.verdict
     return {
@@ -112,6 +118,7 @@ def judgement_view(j: Judgement, *, outbound: bool, expect: str | None = None) -
         "rule_name": v.rule,  # the seed's name for `rule`
         "zone": v.zone,
         "reason": v.reason,
+        **_origin(v),
         "latency_us": j.latency_us,
         **({"expected": v.verdict == expect} if expect is not None else {}),
     }
@@ -182,4 +189,5 @@ def status(d: Services) -> dict[str, Any]:
             "writer_healthy": d.writer.healthy(),
         },
         **d.detection.status(),
+        "geo": d.geo.status(),
     }

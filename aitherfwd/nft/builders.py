@@ -7,6 +7,7 @@ them out. Must not import the nftables binding: building is pure, applying is an
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +84,7 @@ class ElementCommand:
 
     verb: str
     set_name: str
-    elements: list[Any]
+    elements: Sequence[Any]  # a list, or a lazy sequence (geo/elements.py)
 
 
 def element_count(commands: list[Json]) -> int:
@@ -95,9 +96,12 @@ def element_command(command: Json) -> ElementCommand | None:
     """`command` read back as an element command; None for anything else."""
     ((verb, body),) = command.items()
     elem = body.get("element") if isinstance(body, dict) else None
-    if not isinstance(elem, dict) or not isinstance(elem.get("elem"), list):
+    if not isinstance(elem, dict):
         return None
-    return ElementCommand(verb, str(elem["name"]), elem["elem"])
+    items = elem.get("elem")
+    if not isinstance(items, Sequence) or isinstance(items, str | bytes):  # lists, or lazy
+        return None  # sequences of elements (geo/elements.py)
+    return ElementCommand(verb, str(elem["name"]), items)
 
 
 def added_set_name(command: Json) -> str | None:

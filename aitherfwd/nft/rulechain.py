@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aitherfwd.nft import builders as b
+from aitherfwd.nft import geo
 from aitherfwd.nft import names as n
 from aitherfwd.nft.shared import SharedSets
 from aitherfwd.nft.verdicts import log_exprs, verdicts
@@ -178,8 +179,8 @@ def _variants(
 ) -> Iterator[tuple[int | None, Protocol | None, list[Json]]]:
     """The cross product of address family × protocol/ports × time-window pieces."""
     families: list[int | None] = [*sorted({c.version for c in rule.source_cidrs})] or [None]
-    if rule.rate_limit and families == [None]:
-        families = [4, 6]  # the per-source meter is per family
+    if (rule.rate_limit or rule.source_countries or rule.source_lists) and families == [None]:
+        families = [4, 6]  # the per-source meter and the country/list sets are per family
     for fam in families:
         base: list[Json] = []
         if fam is not None and rule.source_cidrs:
@@ -192,9 +193,11 @@ def _variants(
             base.append(b.match(saddr(fam), shared.prefixes(fam, tuple(nets))))
         elif fam is not None:
             base.append(b.match(b.meta("nfproto"), "ipv4" if fam == 4 else "ipv6"))
-        for proto, port_exprs in _protocols(rule, shared, forward):
-            for window in _windows(rule.time_window):
-                yield fam, proto, [*base, *port_exprs, *window]
+        sources = list(geo.rule_matches(rule, fam)) if fam is not None else [[]]
+        for source in sources:
+            for proto, port_exprs in _protocols(rule, shared, forward):
+                for window in _windows(rule.time_window):
+                    yield fam, proto, [*base, *source, *port_exprs, *window]
 
 
 def _protocols(

@@ -135,6 +135,7 @@ class Zone:
     cidrs: tuple[IPNetwork, ...]
     description: str = ""
     containers: bool = False  # routed traffic to it is inbound to containers (docs/policy.md)
+    list: str | None = None  # its sources are a prefix list's (policy/geo.py); cidrs ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,8 @@ class Rule:
     path_prefix: str | None = None  # layer 7: evaluator and middleware only
     authenticated: bool | None = None  # layer 7: evaluator and middleware only
     applies_to: AppliesTo | None = None  # None: the host's own ports and containers alike
+    source_countries: tuple[str, ...] = ()  # ISO 3166-1 alpha-2 (policy/geo.py)
+    source_lists: tuple[str, ...] = ()  # names of `lists:` entries
 
     @property
     def unconditional(self) -> bool:
@@ -165,6 +168,8 @@ class Rule:
             and self.rate_limit is None
             and self.path_prefix is None
             and self.authenticated is None
+            and not self.source_countries
+            and not self.source_lists
         )
 
 
@@ -335,6 +340,25 @@ class JournalSource:
 
 
 @dataclass(frozen=True, slots=True)
+class GeoIP:
+    """The `geoip:` section: a MaxMind DB format country database and the countries whose
+    sources are dropped before any rule."""
+
+    database: str
+    block_countries: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixList:
+    """One `lists:` entry: prefixes read from a file; `deny` drops them before any rule,
+    `match` only makes them usable in rules (`source_lists`) and zones (`list`)."""
+
+    name: str
+    path: str
+    action: str = "match"  # deny | match
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     settings: Settings
@@ -348,6 +372,8 @@ class Policy:
     egress: Egress | None = None  # None: outbound is not filtered in the kernel
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     journal: tuple[JournalSource, ...] = ()  # threats read from the journal
+    geoip: GeoIP | None = None  # country sets (policy/geo.py)
+    lists: tuple[PrefixList, ...] = ()  # named prefix lists (policy/geo.py)
 
     def zone(self, name: str) -> Zone:
         for z in self.zones:

@@ -16,6 +16,7 @@ from aitherfwd.policy.diagnostics import Diagnostic, Reporter
 from aitherfwd.policy.egress import EgressParser
 from aitherfwd.policy.egress_checks import check_egress
 from aitherfwd.policy.fields import Fields, Section
+from aitherfwd.policy.geo import check_geo, parse_geoip, parse_lists
 from aitherfwd.policy.journal import parse_journal
 from aitherfwd.policy.model import (
     Action,
@@ -52,10 +53,12 @@ TOP_KEYS = {
     "egress",
     "sandbox",
     "journal",
+    "geoip",
+    "lists",
 }
 REPUTATION_KEYS = set(ReputationSettings.__dataclass_fields__)
 SETTINGS_KEYS = set(Settings.__dataclass_fields__)
-ZONE_KEYS = {"name", "cidrs", "description", "containers"}
+ZONE_KEYS = {"name", "cidrs", "description", "containers", "list"}
 CONTAINER_ZONE = "docker"  # a zone of this name holds containers unless it says otherwise
 SERVICE_KEYS = {"ports", "protocol", "description"}
 
@@ -83,6 +86,7 @@ def parse_policy(text: str, filename: str, read: Reader | None = None) -> ParseR
     if policy is not None:
         validate(policy, root, report)
         check_egress(policy.egress, policy.sandbox, root, report)
+        check_geo(policy, root, report)
     if report.errors:
         policy = None
     return ParseResult(policy, report.sorted())
@@ -114,6 +118,8 @@ class _Parser:
         reputation = (
             self.reputation(top["reputation"]) if "reputation" in top else ReputationSettings()
         )
+        geoip = parse_geoip(top["geoip"], self.f) if "geoip" in top else None
+        lists = parse_lists(top["lists"], self.f) if "lists" in top else ()
         if settings is None or zones is None or services is None or rules is None:
             return None
         notify = parse_notify(top["notify"], self.f, self.report) if "notify" in top else None
@@ -123,7 +129,8 @@ class _Parser:
         egress = ep.egress(top["egress"]) if "egress" in top else None
         sandbox = ep.sandbox(top["sandbox"]) if "sandbox" in top else SandboxSettings()
         journal = parse_journal(top["journal"], self.f, self.report) if "journal" in top else ()
-        if ("egress" in top and egress is None) or sandbox is None or journal is None:
+        failed = ("egress" in top and egress is None) or ("geoip" in top and geoip is None)
+        if failed or sandbox is None or lists is None or journal is None:
             return None
         if egress is not None and "default_action" not in top["egress"].value:
             # without its own default, the egress section takes the settings' default
@@ -144,6 +151,8 @@ class _Parser:
             egress=egress,
             sandbox=sandbox,
             journal=journal,
+            geoip=geoip,
+            lists=lists,
         )
 
     def settings(self, node: YNode) -> Settings | None:
@@ -246,11 +255,19 @@ class _Parser:
         zones: list[Zone] = []
         for i, item in enumerate(items):
             path = f"zones[{i}]"
-            m = self.f.mapping(item, path, ZONE_KEYS, frozenset({"name", "cidrs"}))
-            if m is None or "name" not in m or "cidrs" not in m:
+            m = self.f.mapping(item, path, ZONE_KEYS, frozenset({"name"}))
+            if m is None or "name" not in m:
+                continue
+            if ("cidrs" in m) == ("list" in m):  # a list zone: policy/geo.py
+                self.report.error(
+                    "E-ZONE-SOURCE", path, "a zone needs either cidrs or a list", m["name"].pos
+                )
                 continue
             name = self.f.name(m["name"], f"{path}.name")
-            cidrs: list[IPNetwork] | None = self.f.each(m["cidrs"], f"{path}.cidrs", self.f.cidr)
+            plist = self.f.name(m["list"], f"{path}.list") if "list" in m else None
+            cidrs: list[IPNetwork] | None = (
+                self.f.each(m["cidrs"], f"{path}.cidrs", self.f.cidr) if plist is None else []
+            )
             desc = (
                 self.f.string(m["description"], f"{path}.description") if "description" in m else ""
             )
@@ -269,12 +286,12 @@ class _Parser:
                     m["name"].pos,
                 )
                 continue
-            if not cidrs:
+            if not cidrs and plist is None:
                 self.report.error(
                     "E-EMPTY", f"{path}.cidrs", "a zone needs at least one CIDR", m["cidrs"].pos
                 )
                 continue
-            zones.append(Zone(name, tuple(cidrs), desc, containers))
+            zones.append(Zone(name, tuple(cidrs), desc, containers, plist))
         return zones
 
     def services(self, node: YNode, path: str) -> dict[str, Service] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aitherfwd.policy.diagnostics import Reporter, did_you_mean
 from aitherfwd.policy.fields import Fields
+from aitherfwd.policy.geo import country_code
 from aitherfwd.policy.model import (
     DAY_SECONDS,
     PORT_PROTOCOLS,
@@ -41,6 +42,8 @@ RULE_KEYS = {
     "path_prefix",
     "authenticated",
     "applies_to",
+    "source_countries",
+    "source_lists",
 }
 WINDOW_KEYS = {"days", "start", "end", "timezone"}
 
@@ -91,6 +94,8 @@ class RuleParser:
             if "applies_to" in m
             else None
         )
+        countries = self.names(m, "source_countries", country=True)
+        lists = self.names(m, "source_lists", country=False)
         if len(self.report.errors) > errors_before:
             return None
         if name is None or action is None or proto is None or ports is None:
@@ -115,7 +120,23 @@ class RuleParser:
             path_prefix,
             authenticated,
             applies_to,
+            countries,
+            lists,
         )
+
+    def names(self, m: dict[str, YNode], key: str, *, country: bool) -> tuple[str, ...]:
+        """`source_countries` (ISO codes, checked here) / `source_lists` (checked against
+        the policy's lists in policy/geo.py)."""
+        if key not in m:
+            return ()
+        read = (lambda n, p: country_code(self.f, n, p)) if country else self.f.string
+        names = self.f.each(m[key], self.at(key), read, scalar_ok=True)
+        if names is None:
+            return ()  # reported
+        if not names:
+            message = f"an empty {key} matches nothing"
+            self.report.error("E-EMPTY", self.at(key), message, m[key].pos)
+        return tuple(dict.fromkeys(names))
 
     def zones(self, node: YNode) -> tuple[str, ...] | None:
         names = self.f.each(node, self.at("zone"), self.f.string, scalar_ok=True)

@@ -32,6 +32,8 @@ def _zones_reachable(policy: Policy, root: YNode | None, report: Reporter) -> No
     earlier: list[IPNetwork] = []
     for zi, zone in enumerate(policy.zones):
         shadowed = [c for c in zone.cidrs if covered(c, earlier)]
+        if zone.list is not None:
+            continue  # a list zone is matched before the CIDR zones (nft/geo.py)
         if len(shadowed) == len(zone.cidrs):
             report.error(
                 "E-ZONE-SHADOWED",

@@ -268,6 +268,23 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
         {"host": "example.org", "reason": "SERVFAIL"},
     ),
     (
+        ar.GeoRefreshed(source="list:drop", path="/l", elements=3, added=1, removed=0, bad_lines=2),
+        "geo_refreshed",
+        {
+            "source": "list:drop",
+            "path": "/l",
+            "elements": 3,
+            "added": 1,
+            "removed": 0,
+            "bad_lines": 2,
+        },
+    ),
+    (
+        ar.GeoRefreshFailed(source="geoip", path="/db", reason="corrupt"),
+        "geo_refresh_failed",
+        {"source": "geoip", "path": "/db", "reason": "corrupt"},
+    ),
+    (
         ar.SandboxGranted(
             destination="example.org",
             addresses=("10.77.1.1",),

@@ -27,6 +27,7 @@ L1 = {
     "audit_ocsf",
     "audit_view",
     "decisions",
+    "geo",
 }
 L2 = {"adapters"}
 L3 = {
@@ -49,6 +50,7 @@ OWNERS = {  # library -> the only module allowed to import it
     "systemd": {"adapters/systemd.py", "adapters/journal.py"},
     "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
     "dns": {"adapters/dns.py"},
+    "maxminddb": {"adapters/geodb.py"},
     "yaml": {"policy/source.py"},
     "click": {"cli.py", "cli_client.py", "cli_audit.py"},
     "prometheus_client": {"adapters/metrics.py"},

@@ -30,6 +30,7 @@ DEBIAN = {
     "prometheus_client": "python3-prometheus-client",
     "inotify_simple": None,
     "dns": "python3-dnspython",
+    "maxminddb": "python3-maxminddb",
 }
 
 
