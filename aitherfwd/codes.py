@@ -70,6 +70,9 @@ _POLICY_ERRORS = (
     ("E-DESTINATION", "an egress destination that is neither a host name, an IP nor a CIDR"),
     ("E-SANDBOX-TTL", "sandbox.default_ttl is above sandbox.max_ttl"),
     ("E-DNS-REFRESH", "egress.dns.min_refresh is above max_refresh"),
+    ("E-GLOB", "a tool policy path pattern is malformed (relative, '..', '**' inside a segment)"),
+    ("E-PATTERN", "a tool policy args_blocklist_regex entry does not compile"),
+    ("E-TOOL-CONFLICT", "a tool policy both allows and denies the same tool"),
 )
 _POLICY_WARNINGS = (
     ("W-CIDR-SHADOWED", "a zone CIDR already covered by earlier zones"),
@@ -113,6 +116,8 @@ _REQUEST_ERRORS = (
     ("E-PORT-NOT-ALLOWED", "a grant for a port outside sandbox.allowed_ports", 403),
     ("E-TTL-TOO-LONG", "a grant longer than the caller's role may give", 403),
     ("E-KERNEL-REFUSED", "the kernel refused the element change the request made", 409),
+    ("E-GW-UNAUTHORIZED", "gateway: agent tokens are configured and none valid was sent", 401),
+    ("E-GW-RELOAD-REJECTED", "gateway: the reloaded tool policy is invalid; it kept its own", 422),
 )
 _TRANSPORT_ERRORS = (
     ("E-HTTP-BAD-REQUEST", "malformed HTTP on the control socket", 400),

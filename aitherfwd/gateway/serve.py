@@ -1,0 +1,100 @@
+"""Running the gateway (layer L3; the only importer of uvicorn).
+
+Owns: wiring the real adapters into a `Gateway`, hot reload (inotify on the policy's directory
+through `adapters.watch`, with a slow poll as a fallback), systemd socket activation
+(`LISTEN_FDS`: the listening socket is fd 3, so the service can run with
+`PrivateNetwork=yes`) and uvicorn. A policy that is invalid at start exits 3 with every
+problem printed; at reload it is kept out and the running one stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+
+from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.watch import PolicyWatcher
+from aitherfwd.clock import SystemClock
+from aitherfwd.errors import PolicyError
+from aitherfwd.gateway.app import build_app
+from aitherfwd.gateway.config import GatewayConfig, parse_bind
+from aitherfwd.gateway.files import load_tool_policy, read_agent_tokens, read_token, realpath
+from aitherfwd.gateway.grants import DaemonGrants
+from aitherfwd.gateway.service import Gateway
+from aitherfwd.policy.diagnostics import report_lines
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 5.0
+SD_LISTEN_FDS_START = 3
+
+
+def activated_fd() -> int | None:
+    """The socket systemd passed (socket activation), or None."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = os.environ.get("LISTEN_FDS", "0")
+    return SD_LISTEN_FDS_START if count.isdigit() and int(count) >= 1 else None
+
+
+def build(cfg: GatewayConfig) -> Gateway:
+    result = load_tool_policy(cfg.policy)
+    for line in report_lines(result.diagnostics):
+        log.warning("%s", line)
+    if result.policy is None:
+        raise PolicyError(f"{cfg.policy}: invalid tool policy; not starting")
+    tokens = read_agent_tokens(cfg.agent_tokens_dir) if cfg.agent_tokens_dir else None
+    return Gateway(
+        result.policy,
+        load=lambda: load_tool_policy(cfg.policy),
+        clock=SystemClock(),
+        audit=AuditLog(cfg.audit_log),
+        resolve=realpath,
+        grants=DaemonGrants(cfg.aitherfwd_socket),
+        agent_tokens=tokens,
+        service_token=read_token(cfg.service_token),
+    )
+
+
+def run(cfg: GatewayConfig) -> int:
+    gateway = build(cfg)
+    host, port = parse_bind(cfg.bind)
+    watchers: list[PolicyWatcher] = []
+
+    async def changed() -> None:
+        if cfg.agent_tokens_dir is not None:
+            gateway.set_agent_tokens(read_agent_tokens(cfg.agent_tokens_dir))
+        gateway.reload("inotify")
+
+    def files() -> list[Path]:
+        return [cfg.policy]
+
+    async def start_watch() -> None:
+        watcher = PolicyWatcher(files, changed, lambda: POLL_SECONDS)
+        watcher.start()
+        watchers.append(watcher)
+
+    async def stop_watch() -> None:
+        for w in watchers:
+            w.close()
+
+    app = build_app(gateway, on_startup=[start_watch], on_shutdown=[stop_watch])
+    fd = activated_fd()
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        fd=fd,
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        log_config=None,
+    )
+    log.info(
+        "gateway listening bind=%s activated=%s policy=%s", cfg.bind, fd is not None, cfg.policy
+    )
+    uvicorn.Server(config).run()
+    return 0
