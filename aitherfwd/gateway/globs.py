@@ -4,8 +4,9 @@ Owns: compiling `paths_allowlist` / `paths_denylist` patterns to anchored regula
 expressions. A pattern matches a path and everything beneath it (seed 003: a plain
 `/etc/shadow` or `/vault/**` is a prefix match on whole segments); within a segment `*`
 matches any characters but `/` and `?` one of them; a segment `**` matches any number of
-segments. Unlike the seed, where `*` matched nothing, `/home/*/.ssh` denies every home's
-`.ssh`. Must not import adapters or do I/O.
+segments; a pattern without a `/` (`*.key`, `.env`, `*`) matches that name at any depth.
+Unlike the seed, where `*` matched nothing, `/home/*/.ssh` denies every home's `.ssh`.
+Must not import adapters or do I/O.
 """
 
 from __future__ import annotations
@@ -56,8 +57,14 @@ def _validate(text: str) -> None:
 
 def compile_glob(text: str) -> Glob:
     """`text` as a Glob; raises GlobError saying how to write it."""
-    if text in ("*", "**"):
-        return Glob(text, re.compile(".*", re.DOTALL))  # the seed's `*` matched nothing
+    if text == "**":
+        return Glob(text, re.compile(".*", re.DOTALL))
+    if "/" not in text and text not in (".", ".."):
+        # a pattern without a slash (`*`, `*.key`, `.env`) matches a name at any depth;
+        # the seed's `*` matched nothing at all
+        if len(text) > MAX_PATTERN or "\0" in text or "**" in text:
+            raise GlobError(f"'{text}': a name pattern is 1-{MAX_PATTERN} characters, no '**'")
+        return Glob(text, re.compile(f"(?:.*/)?{_segment(text)}(?:/.*)?", re.DOTALL))
     _validate(text)
     segments = [s for s in text.split("/") if s]
     if not segments:
