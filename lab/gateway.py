@@ -8,6 +8,7 @@ stops the process (SIGTERM, then SIGKILL) even when a test fails. Standard libra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,10 +86,14 @@ class GatewayProc:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.output()}")
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as answer:  # noqa: S310
-                return bool(answer.status == 200)
+            with self._here(), urllib.request.urlopen(self.url + "/health", timeout=2) as a:  # noqa: S310
+                return bool(a.status == 200)
         except OSError:
             return False
+
+    def _here(self) -> contextlib.AbstractContextManager[None]:
+        """The gateway's namespace for this thread (its loopback is not ours)."""
+        return netns.inside(self.ns) if self.ns is not None else contextlib.nullcontext()
 
     def audit_lines(self) -> list[dict[str, object]]:
         if not self.audit.exists():
