@@ -83,10 +83,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         client = lab.clients[0]
         for addr in (TARGET, OTHER, BAD):
             must(["ip", "-n", lab.server, "addr", "add", f"{addr}/24", "dev", client.server_dev])
-        must(
-            ["ip", "-n", lab.server, "addr", "add", f"{TARGET6}/64", "dev", client.server_dev]
-            + ["nodad"]
-        )
+        six = [f"{TARGET6}/64", "dev", client.server_dev, "nodad"]
+        must(["ip", "-n", lab.server, "addr", "add", *six])
         lab.listen([PORT, OTHER_PORT])
         agents = tmp / "agents"
         agents.mkdir()
