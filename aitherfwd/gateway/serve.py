@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import uvicorn
@@ -32,12 +33,17 @@ POLL_SECONDS = 5.0
 SD_LISTEN_FDS_START = 3
 
 
-def activated_fd() -> int | None:
-    """The socket systemd passed (socket activation), or None."""
+def activated_socket() -> socket.socket | None:
+    """The listening socket systemd passed (socket activation), or None. Its family is
+    read from the descriptor (uvicorn's own `fd=` would take it for AF_UNIX)."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return None
     count = os.environ.get("LISTEN_FDS", "0")
-    return SD_LISTEN_FDS_START if count.isdigit() and int(count) >= 1 else None
+    if not (count.isdigit() and int(count) >= 1):
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for children
+    return socket.socket(fileno=SD_LISTEN_FDS_START)
 
 
 def build(cfg: GatewayConfig) -> Gateway:
@@ -82,19 +88,17 @@ def run(cfg: GatewayConfig) -> int:
             w.close()
 
     app = build_app(gateway, on_startup=[start_watch], on_shutdown=[stop_watch])
-    fd = activated_fd()
+    activated = activated_socket()
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        fd=fd,
         lifespan="on",
         access_log=False,
         server_header=False,
         log_config=None,
     )
-    log.info(
-        "gateway listening bind=%s activated=%s policy=%s", cfg.bind, fd is not None, cfg.policy
-    )
-    uvicorn.Server(config).run()
+    where = activated.getsockname() if activated is not None else cfg.bind
+    log.info("gateway listening on=%s activated=%s", where, activated is not None)
+    uvicorn.Server(config).run(sockets=[activated] if activated is not None else None)
     return 0

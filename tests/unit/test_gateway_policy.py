@@ -139,3 +139,9 @@ def test_aitherfwd_check_validates_a_tool_policy(tmp_path: Path) -> None:
     assert out.stdout.rstrip().endswith("10 errors, 0 warnings")
     as_json = json.loads(_check(bad, "--json").stdout)
     assert as_json["valid"] is False and len(as_json["diagnostics"]) == 10
+
+
+def test_the_packaged_gateway_policy_is_valid_and_default_deny() -> None:
+    text = (Path(__file__).resolve().parents[2] / "packaging" / "gateway.yaml").read_text()
+    p = policy(text)
+    assert p.default is Default.DENY and p.denies("shell.exec")

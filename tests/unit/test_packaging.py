@@ -31,6 +31,8 @@ DEBIAN = {
     "prometheus_client": "python3-prometheus-client",
     "inotify_simple": None,
     "dns": "python3-dnspython",
+    "starlette": "python3-starlette",
+    "uvicorn": "python3-uvicorn",
 }
 
 
