@@ -50,9 +50,15 @@ def read_token(path: Path | None) -> str | None:
 
 def read_agent_tokens(directory: Path) -> dict[str, str]:
     """agent name -> token. Files with names that are no valid agent name, blank files
-    and anything but regular files are skipped (and logged)."""
+    and anything but regular files are skipped (and logged); an unreadable directory
+    gives no agents at all."""
     tokens: dict[str, str] = {}
-    for entry in sorted(directory.iterdir())[:MAX_AGENTS]:
+    try:
+        entries = sorted(directory.iterdir())[:MAX_AGENTS]
+    except OSError as exc:  # no agent can call until it can be read (fail closed)
+        log.error("agent tokens unreadable dir=%s error=%s", directory, exc.strerror or exc)
+        return tokens
+    for entry in entries:
         if not AGENT_NAME.match(entry.name):
             log.warning("agent token skipped file=%s reason=name", entry)
             continue

@@ -52,7 +52,8 @@ def build(cfg: GatewayConfig) -> Gateway:
         log.warning("%s", line)
     if result.policy is None:
         raise PolicyError(f"{cfg.policy}: invalid tool policy; not starting")
-    tokens = read_agent_tokens(cfg.agent_tokens_dir) if cfg.agent_tokens_dir else None
+    agents = cfg.agent_tokens_dir
+    tokens = read_agent_tokens(agents) if agents is not None else None
     return Gateway(
         result.policy,
         load=lambda: load_tool_policy(cfg.policy),
@@ -61,6 +62,7 @@ def build(cfg: GatewayConfig) -> Gateway:
         resolve=realpath,
         grants=DaemonGrants(cfg.aitherfwd_socket),
         agent_tokens=tokens,
+        load_agent_tokens=(lambda: read_agent_tokens(agents)) if agents is not None else None,
         service_token=read_token(cfg.service_token),
     )
 
@@ -71,8 +73,6 @@ def run(cfg: GatewayConfig) -> int:
     watchers: list[PolicyWatcher] = []
 
     async def changed() -> None:
-        if cfg.agent_tokens_dir is not None:
-            gateway.set_agent_tokens(read_agent_tokens(cfg.agent_tokens_dir))
         gateway.reload("inotify")
 
     def files() -> list[Path]:

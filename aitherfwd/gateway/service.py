@@ -71,6 +71,7 @@ class Gateway:
         resolve: Resolver,
         grants: Grants | None = None,
         agent_tokens: Mapping[str, str] | None = None,
+        load_agent_tokens: Callable[[], Mapping[str, str]] | None = None,
         service_token: str | None = None,
     ) -> None:
         self.policy = policy
@@ -80,6 +81,7 @@ class Gateway:
         self.resolve = resolve
         self.grants = grants
         self.agent_tokens = dict(agent_tokens) if agent_tokens is not None else None
+        self.load_agent_tokens = load_agent_tokens
         self.service_token = service_token
         self.limits = RateLimits()
         self.stats = GatewayStats()
@@ -163,7 +165,10 @@ class Gateway:
 
     # --- reload ----------------------------------------------------------------------
     def reload(self, trigger: str) -> ToolPolicyResult:
-        """Load the policy again; swap it in only when valid (limits and counters stay)."""
+        """Load the policy (and the agent tokens) again; swap the policy in only when it is
+        valid (limits and counters stay)."""
+        if self.load_agent_tokens is not None:
+            self.set_agent_tokens(self.load_agent_tokens())
         result = self.load()
         errors = [d.as_dict() for d in result.diagnostics if d.severity == "error"]
         if result.policy is not None:

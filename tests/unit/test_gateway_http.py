@@ -195,6 +195,32 @@ def test_agent_tokens_are_required_and_name_the_agent_in_the_audit(tmp_path: Pat
         )
         assert ok.json() == {"allowed": True}
         assert gw.audit_lines()[-1]["agent"] == "bob"
+        # a new agent's file counts from the next reload; a removed one stops counting
+        (agents / "carol").write_text("carol-token")
+        (agents / "bob").unlink()
+        (tmp_path / "service-token").write_text("svc")
+        gw_reload = c.post(f"{gw.url}/v1/reload", headers={"Authorization": "Bearer svc"})
+        assert gw_reload.status_code == 403  # the service token is read at start only
+        gw.stop()
+        gw.start()
+        assert c.post(f"{gw.url}/v1/reload", headers={"Authorization": "Bearer svc"}).is_success
+        carol = c.post(
+            f"{gw.url}/v1/evaluate", json=body, headers={"Authorization": "Bearer carol-token"}
+        )
+        assert carol.json() == {"allowed": True}
+        (agents / "dave").write_text("dave-token")
+        assert c.post(f"{gw.url}/v1/reload", headers={"Authorization": "Bearer svc"}).is_success
+        dave = {"Authorization": "Bearer dave-token"}
+        assert c.post(f"{gw.url}/v1/evaluate", json=body, headers=dave).status_code == 200
+        bob = {"Authorization": "Bearer bob-token"}
+        assert c.post(f"{gw.url}/v1/evaluate", json=body, headers=bob).status_code == 401
+
+
+def test_an_unreadable_agent_tokens_dir_lets_no_agent_in(tmp_path: Path) -> None:
+    env = {"AGENT_TOKENS_DIR": str(tmp_path / "missing")}
+    with GatewayProc(tmp_path, SEED, env=env) as gw:
+        a = httpx.post(f"{gw.url}/v1/evaluate", json={"tool": "web.search", "params": {}})
+        assert a.status_code == 401
 
 
 def test_an_mcp_tools_call_is_evaluated_as_it_is(seed_gw: GatewayProc) -> None:
