@@ -2,16 +2,14 @@
 
 Owns: seed 003's routes — `POST /v1/evaluate`, `GET /health`, `GET /v1/stats`,
 `POST /v1/reload` (bearer service token) — and ours: `POST /v1/evaluate/mcp` (an MCP
-`tools/call` JSON-RPC request as it is), `GET /metrics`. Bodies are bounded (64 KiB, as
-the seed) before they are parsed; agents authenticate with `Authorization: Bearer` when
-agent tokens are configured; a rate-limited call is a 429 with `Retry-After`. Errors are
-`{"error": {"code", "message"}}`. The decisions themselves are `Gateway`'s.
+`tools/call` JSON-RPC request as it is), `GET /metrics`. The two evaluate routes are plain ASGI
+endpoints (`gateway.hotpath`: bodies bounded, agents authenticated, 429 when rate limited);
+the rest are Starlette handlers. Errors are `{"error": {"code", "message"}}`. The decisions
+themselves are `Gateway`'s.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,56 +19,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from aitherfwd import codes
-from aitherfwd.gateway import metrics
-from aitherfwd.gateway.evaluate import Call, Decision, ReasonClass
-from aitherfwd.gateway.mcp import McpError, denied_response, parse_tools_call
+from aitherfwd.gateway import hotpath, metrics
 from aitherfwd.gateway.service import Gateway
-
-MAX_BODY = 64 * 1024
-
-
-class _Refused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 def _error(code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, codes.http_status(code))
 
 
-async def _body(request: Request) -> Any:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise _Refused("E-HTTP-BODY-TOO-LARGE", f"the body is over {MAX_BODY} bytes")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY:
-            raise _Refused("E-HTTP-BODY-TOO-LARGE", f"the body is over {MAX_BODY} bytes")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        raise _Refused("E-JSON", "invalid request body") from None
-
-
 def _bearer(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     return auth[7:].strip() if auth[:7].lower() == "bearer " else None
-
-
-def _answer(decision: Decision, extra: dict[str, Any] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"allowed": decision.allowed}
-    if decision.reason:
-        body["reason"] = decision.reason
-    if decision.allowed and decision.destination is not None:
-        d = decision.destination
-        body["network"] = {"host": d.host, "port": d.port, "ttl": d.ttl}
-    body.update(extra or {})
-    if decision.reason_class is ReasonClass.RATE_LIMITED:
-        retry = str(max(1, math.ceil(decision.retry_after)))
-        return JSONResponse(body, 429, headers={"Retry-After": retry})
-    return JSONResponse(body)
 
 
 def build_app(
@@ -80,40 +39,7 @@ def build_app(
 ) -> Starlette:
     registry = metrics.registry(gateway)
 
-    def agent(request: Request) -> str:
-        name = gateway.agent_for(_bearer(request))
-        if name is None:
-            raise _Refused("E-GW-UNAUTHORIZED", "a valid agent token is required (Bearer)")
-        return name
-
-    async def evaluate(request: Request) -> Response:
-        try:
-            who = agent(request)
-            body = await _body(request)
-            if not isinstance(body, dict) or not isinstance(body.get("tool"), str):
-                raise _Refused("E-SCHEMA", 'expected {"tool": "...", "params": {...}}')
-            params = body.get("params", {})
-            if params is None:
-                params = {}
-            if not isinstance(params, dict):
-                raise _Refused("E-SCHEMA", "params must be an object")
-        except _Refused as exc:
-            return _error(exc.code, exc.message)
-        return _answer(await gateway.decide(Call(body["tool"], params, who)))
-
-    async def evaluate_mcp(request: Request) -> Response:
-        try:
-            who = agent(request)
-            call = parse_tools_call(await _body(request))
-        except _Refused as exc:
-            return _error(exc.code, exc.message)
-        except McpError as exc:
-            return _error("E-SCHEMA", str(exc))
-        decision = await gateway.decide(Call(call.tool, call.arguments, who))
-        extra: dict[str, Any] = {"id": call.id}
-        if not decision.allowed:
-            extra["jsonrpc_error"] = denied_response(call.id, decision.reason)
-        return _answer(decision, extra)
+    evaluate, evaluate_mcp = hotpath.endpoints(gateway)
 
     async def health(request: Request) -> Response:
         s = gateway.stats

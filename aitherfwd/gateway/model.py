@@ -46,7 +46,7 @@ class ToolEntry:
     paths_allowlist: tuple[Glob, ...] = ()
     paths_denylist: tuple[Glob, ...] = ()
     max_arg_length: int = DEFAULT_MAX_ARG_LENGTH
-    args_blocklist: tuple[str, ...] = ()  # case-folded substrings
+    args_blocklist: tuple[str, ...] = ()  # substrings, NFKC-normalised and case-folded
     args_blocklist_regex: tuple[re.Pattern[str], ...] = ()
     path_params: tuple[str, ...] | None = None  # None: every path-like parameter
     requests_per_minute: int | None = None  # per agent, for this tool

@@ -71,18 +71,25 @@ def folded(text: str) -> str:
 
 
 def check_args(entry: ToolEntry, items: list[Leaf]) -> str | None:
-    """The reason the arguments are refused, or None (the seed's wording)."""
+    """The reason the arguments are refused, or None (the seed's wording). Blocked words
+    are folded once by the parser; a value is folded once, and decoded only when it holds
+    a `%`."""
+    words, regexes = entry.args_blocklist, entry.args_blocklist_regex
     for leaf in items:
-        size = len(leaf.value.encode("utf-8", "surrogatepass"))
+        value = leaf.value
+        size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
         if size > entry.max_arg_length:
             return f'argument "{leaf.name}" exceeds max length ({size} > {entry.max_arg_length})'
-        if not (entry.args_blocklist or entry.args_blocklist_regex):
+        if not (words or regexes):
             continue
-        forms = {folded(leaf.value), folded(urllib.parse.unquote(leaf.value))}
-        for word in entry.args_blocklist:
-            if any(folded(word) in form for form in forms):
-                return f'argument "{leaf.name}" contains blocked pattern "{word}"'
-        for rx in entry.args_blocklist_regex:
+        forms = [folded(value)]
+        if "%" in value:
+            forms.append(folded(urllib.parse.unquote(value)))
+        for word in words:
+            for form in forms:
+                if word in form:
+                    return f'argument "{leaf.name}" contains blocked pattern "{word}"'
+        for rx in regexes:
             if any(rx.search(form) for form in forms):
                 return f'argument "{leaf.name}" matches blocked pattern /{rx.pattern}/'
     return None

@@ -25,6 +25,7 @@ from aitherfwd.gateway.model import (
     ToolPolicy,
     tool_key,
 )
+from aitherfwd.gateway.params import folded
 from aitherfwd.policy.diagnostics import Diagnostic, Reporter
 from aitherfwd.policy.fields import Fields, Section
 from aitherfwd.policy.source import YNode, parse_yaml
@@ -164,7 +165,7 @@ class _Parser:
             paths_allowlist=tuple(allow),
             paths_denylist=tuple(deny),
             max_arg_length=max_len or DEFAULT_MAX_ARG_LENGTH,
-            args_blocklist=tuple(b.casefold() for b in blocked if b),
+            args_blocklist=tuple(folded(b) for b in blocked if b),
             args_blocklist_regex=tuple(regexes),
             path_params=tuple(path_params) if path_params is not None else None,
             requests_per_minute=rate,

@@ -94,6 +94,10 @@ def run(cfg: GatewayConfig) -> int:
         host=host,
         port=port,
         lifespan="on",
+        # explicit: Debian's python3-httptools (0.1) is too old for this uvicorn, and the
+        # event loop we test is asyncio's
+        http="h11",
+        loop="asyncio",
         access_log=False,
         server_header=False,
         log_config=None,

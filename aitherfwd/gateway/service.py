@@ -155,7 +155,7 @@ class Gateway:
                 destination=f"{dest.host}:{dest.port}" if dest and decision.allowed else "",
             ),
         )
-        log.info(
+        log.debug(  # the audit line is the record; this is for debugging only
             "tool call tool=%.80r agent=%s allowed=%s reason=%r",
             call.tool,
             call.agent,
