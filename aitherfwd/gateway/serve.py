@@ -30,6 +30,8 @@ from aitherfwd.policy.diagnostics import report_lines
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
+MAX_CONNECTIONS = 1024  # connections and requests in flight (uvicorn answers 503 beyond)
+KEEP_ALIVE_SECONDS = 5  # an idle kept-alive connection is closed after this
 SD_LISTEN_FDS_START = 3
 
 
@@ -98,6 +100,9 @@ def run(cfg: GatewayConfig) -> int:
         # event loop we test is asyncio's
         http="h11",
         loop="asyncio",
+        # bounds against a flood of idle or slow local connections: beyond, 503
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         access_log=False,
         server_header=False,
         log_config=None,

@@ -152,3 +152,15 @@ def test_without_the_daemon_the_gateway_fails_closed(tmp_path: Path, env: Env) -
         answer = other.evaluate({"tool": "web.fetch", "params": {"url": f"http://{OTHER}:{PORT}/"}})
         assert answer["allowed"] is False and "network grant refused" in str(answer["reason"])
     assert env.tcp(OTHER) == "refused"
+
+
+def test_an_unprivileged_user_can_ask_but_not_reload_nor_read_the_audit(env: Env) -> None:
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"]
+    reload = env.lab.exec(env.client.ns, [*nobody, *curl, env.gateway.url + "/v1/reload"])
+    assert reload.stdout == "403"
+    ask = [*curl, "-H", "Authorization: Bearer alice-tok", "-d", '{"tool": "shell.exec"}']
+    asked = env.lab.exec(env.client.ns, [*nobody, *ask, env.gateway.url + "/v1/evaluate"])
+    assert asked.stdout == "200"
+    read = env.lab.exec(env.client.ns, [*nobody, "cat", str(env.gateway.audit)])
+    assert read.returncode != 0 and (env.gateway.audit.stat().st_mode & 0o077) == 0
