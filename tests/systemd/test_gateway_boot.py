@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -102,8 +103,12 @@ def box() -> Iterator[Box]:
 
 
 def test_the_gateway_units_are_shipped_and_nothing_is_enabled(box: Box) -> None:
-    for unit in ("aitherfwd-gateway.socket", "aitherfwd-gateway.service"):
-        assert box.ct.sh("systemctl", "is-enabled", unit).stdout.strip() == "disabled"
+    socket = box.ct.sh("systemctl", "is-enabled", "aitherfwd-gateway.socket").stdout.strip()
+    assert socket == "disabled"
+    # the service has no install section of its own, only Also= its socket
+    service = box.ct.sh("systemctl", "is-enabled", "aitherfwd-gateway.service").stdout.strip()
+    assert service == "indirect"
+    assert box.ct.prop("ActiveState", "aitherfwd-gateway.socket") == "inactive"
     conffiles = box.ct.ok("dpkg-query", "-W", "-f", "${Conffiles}", "aitherfwd")
     assert "/etc/aitherfwd/gateway.yaml" in conffiles
     assert "valid tool policy" in box.ct.ok("aitherfwd", "check", "/etc/aitherfwd/gateway.yaml")
@@ -123,6 +128,26 @@ def test_the_socket_activates_the_service_and_the_seed_examples_answer(box: Box)
     assert box.ct.prop("PrivateNetwork", unit) == "yes"
     audit = box.ct.ok("cat", "/var/log/aitherfwd-gateway/audit.jsonl").splitlines()
     assert json.loads(audit[-1])["tool"] == "shell.exec"
+
+
+def test_reload_needs_the_token_the_service_reads_through_its_group(box: Box) -> None:
+    def reload(token: str) -> int:
+        request = urllib.request.Request(  # noqa: S310
+            GATEWAY + "/v1/reload", method="POST", headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with inside(box.lab.server), urllib.request.urlopen(request, timeout=30) as a:  # noqa: S310
+                return int(a.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert reload("anything") == 403  # no token file: reload over HTTP is off
+    box.ct.write("/etc/aitherfwd/gateway-token", "t0ken\n")
+    box.ct.ok("chown", "root:aitherfwd", "/etc/aitherfwd/gateway-token")
+    box.ct.ok("chmod", "0640", "/etc/aitherfwd/gateway-token")
+    box.ct.ok("systemctl", "restart", "aitherfwd-gateway.service")
+    assert reload("wrong") == 403
+    assert reload("t0ken") == 200
 
 
 def test_the_gateway_unit_scores_at_most_1_5_in_the_booted_system(box: Box) -> None:
