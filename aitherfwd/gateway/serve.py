@@ -9,6 +9,7 @@ problem printed; at reload it is kept out and the running one stays.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -109,5 +110,6 @@ def run(cfg: GatewayConfig) -> int:
     )
     where = activated.getsockname() if activated is not None else cfg.bind
     log.info("gateway listening on=%s activated=%s", where, activated is not None)
+    gc.freeze()  # the policy and the modules: never scanned again by the collector
     uvicorn.Server(config).run(sockets=[activated] if activated is not None else None)
     return 0
