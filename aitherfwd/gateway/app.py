@@ -10,8 +10,9 @@ themselves are `Gateway`'s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,8 +35,8 @@ def _bearer(request: Request) -> str | None:
 
 def build_app(
     gateway: Gateway,
-    on_startup: Sequence[Callable[[], Any]] = (),
-    on_shutdown: Sequence[Callable[[], Any]] = (),
+    on_startup: Sequence[Callable[[], Awaitable[object]]] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
 ) -> Starlette:
     registry = metrics.registry(gateway)
 
@@ -98,6 +99,24 @@ def build_app(
             Route("/v1/reload", reload, methods=["POST"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
-        on_startup=list(on_startup),
-        on_shutdown=list(on_shutdown),
+        lifespan=_lifespan(on_startup, on_shutdown),
     )
+
+
+def _lifespan(
+    on_startup: Sequence[Callable[[], Awaitable[object]]],
+    on_shutdown: Sequence[Callable[[], Awaitable[object]]],
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """A lifespan (Starlette 1.x has no on_startup/on_shutdown; 0.26, Debian's, has both)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for start in on_startup:
+            await start()
+        try:
+            yield
+        finally:
+            for stop in on_shutdown:
+                await stop()
+
+    return lifespan
