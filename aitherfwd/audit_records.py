@@ -350,6 +350,34 @@ class SandboxExpired(AuditRecord):
     scope: str
 
 
+# --- the tool-call gateway (aitherfwd gateway; docs/gateway.md) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDecided(AuditRecord):
+    """One decision; `tool`, `params`, `allowed`, `reason` are seed 003's audit fields."""
+
+    event: ClassVar[str] = "tool_call"
+    action: ClassVar[str] = "tool_call"
+    tool: str
+    params: Mapping[str, object]
+    allowed: bool
+    reason: str
+    agent: str
+    reason_class: str
+    destination: str  # "host:port" opened by a sandbox grant, else ""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayReloaded(AuditRecord):
+    event: ClassVar[str] = "gateway_reload"
+    action: ClassVar[str] = "gateway_reload"
+    trigger: str
+    accepted: bool
+    policy_sha256: str
+    errors: tuple[Problem, ...]
+
+
 RECORDS: tuple[type[AuditRecord], ...] = (
     DaemonStarted,
     DaemonStopped,
@@ -376,6 +404,8 @@ RECORDS: tuple[type[AuditRecord], ...] = (
     SandboxRevoked,
     SandboxFollowed,
     SandboxExpired,
+    ToolCallDecided,
+    GatewayReloaded,
 )
 
 BY_EVENT: dict[str, tuple[type[AuditRecord], ...]] = {}

@@ -18,7 +18,7 @@ import click
 
 from aitherfwd import __version__
 from aitherfwd.adapters.dns import ResolveError, resolve_sync
-from aitherfwd.adapters.files import load_policy
+from aitherfwd.adapters.files import load_policy, read_text
 from aitherfwd.adapters.forwarding import forwarding_families
 from aitherfwd.adapters.nft import Nft
 from aitherfwd.cli_audit import audit as audit_commands
@@ -26,6 +26,7 @@ from aitherfwd.cli_client import register as register_client_commands
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.config import ConfigError
 from aitherfwd.errors import AitherError, ExitCode, KernelUnavailableError
+from aitherfwd.gateway.cli import gateway as gateway_command
 from aitherfwd.policy.containers import forwarding_warning
 from aitherfwd.policy.diagnostics import (
     Diagnostic,
@@ -85,6 +86,15 @@ def main(verbose: bool) -> None:
 def check(policy: Path, as_json: bool, no_resolve: bool) -> None:
     """Validate POLICY: exit 0 when valid, 3 with every problem listed otherwise. Host
     names of the egress section that do not resolve are warnings."""
+    from aitherfwd.gateway import cli as gateway_cli  # noqa: PLC0415
+    from aitherfwd.gateway.parse import looks_like_tool_policy  # noqa: PLC0415
+
+    try:
+        text = read_text(policy)
+    except (OSError, UnicodeDecodeError):
+        text = ""  # load_policy reports why, located
+    if looks_like_tool_policy(text):  # a tool-call gateway policy (docs/gateway.md)
+        gateway_cli.check_tool_policy(text, str(policy), as_json)
     result = load_policy(policy)
     if result.policy is not None and not no_resolve:
         result = replace(
@@ -288,3 +298,4 @@ def check_config(config: Path) -> None:
 
 register_client_commands(main)
 main.add_command(audit_commands)
+main.add_command(gateway_command)

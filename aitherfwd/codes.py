@@ -84,6 +84,9 @@ _POLICY_ERRORS = (
     ("E-GEOIP-PATH", "geoip.database is not an absolute path"),
     ("E-LIST-PATH", "a prefix list's path is not absolute"),
     ("E-ZONE-SOURCE", "a zone has both cidrs and a list, or neither"),
+    ("E-GLOB", "a tool policy path pattern is malformed (relative, '..', '**' inside a segment)"),
+    ("E-PATTERN", "a tool policy args_blocklist_regex entry does not compile"),
+    ("E-TOOL-CONFLICT", "a tool policy both allows and denies the same tool"),
 )
 _POLICY_WARNINGS = (
     ("W-CIDR-SHADOWED", "a zone CIDR already covered by earlier zones"),
@@ -133,6 +136,8 @@ _REQUEST_ERRORS = (
     ("E-TTL-TOO-LONG", "a grant longer than the caller's role may give", 403),
     ("E-KERNEL-REFUSED", "the kernel refused the element change the request made", 409),
     ("E-WATCH-LIMIT", "over [control] watchers or watchers_per_uid open watch streams", 429),
+    ("E-GW-UNAUTHORIZED", "gateway: agent tokens are configured and none valid was sent", 401),
+    ("E-GW-RELOAD-REJECTED", "gateway: the reloaded tool policy is invalid; it kept its own", 422),
 )
 _TRANSPORT_ERRORS = (
     ("E-HTTP-BAD-REQUEST", "malformed HTTP on the control socket", 400),

@@ -37,6 +37,8 @@ fi
 rm -rf "$SRC/debian"
 cp -a packaging/debian "$SRC/debian"
 cp systemd/aitherfwd.service "$SRC/debian/aitherfwd.service"
+cp systemd/aitherfwd-gateway.service "$SRC/debian/aitherfwd.aitherfwd-gateway.service"
+cp systemd/aitherfwd-gateway.socket "$SRC/debian/aitherfwd.aitherfwd-gateway.socket"
 cat > "$SRC/debian/changelog" <<CHANGELOG
 aitherfwd ($VERSION) unstable; urgency=medium
 

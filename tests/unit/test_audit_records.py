@@ -325,6 +325,32 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
         "sandbox_expired",
         {"destination": "10.77.1.2", "scope": "tcp"},
     ),
+    (
+        ar.ToolCallDecided(
+            tool="web.fetch",
+            params={"url": "https://example.org/"},
+            allowed=True,
+            reason="",
+            agent="alice",
+            reason_class="allowed",
+            destination="example.org:443",
+        ),
+        "tool_call",
+        {
+            "tool": "web.fetch",
+            "params": {"url": "https://example.org/"},
+            "allowed": True,
+            "reason": "",
+            "agent": "alice",
+            "reason_class": "allowed",
+            "destination": "example.org:443",
+        },
+    ),
+    (
+        ar.GatewayReloaded(trigger="api", accepted=True, policy_sha256="p" * 64, errors=()),
+        "gateway_reload",
+        {"trigger": "api", "accepted": True, "policy_sha256": "p" * 64, "errors": []},
+    ),
 ]
 
 

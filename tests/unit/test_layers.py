@@ -41,7 +41,11 @@ L3 = {
     "fakekernel",
     "fakejournal",
 }
-L3 |= {"asgi"}  # the ASGI middleware: a client of the daemon
+L3 |= {
+    "asgi",
+    "gateway",
+}  # the middleware (a client of the daemon) and the gateway (a pure core and its adapters;
+# tests/unit/test_gateway_layers.py keeps them apart)
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": set(),  # none: conntrack goes through adapters/ctquery.py (a test oracle only)
@@ -52,8 +56,10 @@ OWNERS = {  # library -> the only module allowed to import it
     "dns": {"adapters/dns.py"},
     "maxminddb": {"adapters/geodb.py"},
     "yaml": {"policy/source.py"},
-    "click": {"cli.py", "cli_client.py", "cli_audit.py"},
-    "prometheus_client": {"adapters/metrics.py"},
+    "click": {"cli.py", "cli_client.py", "cli_audit.py", "gateway/cli.py"},
+    "prometheus_client": {"adapters/metrics.py", "gateway/metrics.py"},
+    "starlette": {"gateway/app.py"},
+    "uvicorn": {"gateway/serve.py"},
     "subprocess": set(),
     "pickle": set(),
 }

@@ -31,6 +31,8 @@ DEBIAN = {
     "inotify_simple": None,
     "dns": "python3-dnspython",
     "maxminddb": "python3-maxminddb",
+    "starlette": "python3-starlette",
+    "uvicorn": "python3-uvicorn",
 }
 
 
