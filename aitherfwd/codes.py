@@ -113,6 +113,7 @@ _REQUEST_ERRORS = (
     ("E-PORT-NOT-ALLOWED", "a grant for a port outside sandbox.allowed_ports", 403),
     ("E-TTL-TOO-LONG", "a grant longer than the caller's role may give", 403),
     ("E-KERNEL-REFUSED", "the kernel refused the element change the request made", 409),
+    ("E-FLEET-OFF", "a fleet request while the daemon config has no [fleet] section", 409),
 )
 _TRANSPORT_ERRORS = (
     ("E-HTTP-BAD-REQUEST", "malformed HTTP on the control socket", 400),
@@ -154,6 +155,14 @@ REGISTRY: dict[str, Code] = {
             _FAIL,
         ),
         Code("E-CONTROL-SOCKET", "daemon", "the control socket cannot be created", None, _FAIL),
+        Code("E-FLEET-BUS", "daemon", "the fleet's NATS bus is unreachable (retried)", None, _FAIL),
+        Code(
+            "E-FLEET-NO-CLIENT",
+            "daemon",
+            "[fleet] is configured but nats-py (the `fleet` extra) is not installed",
+            None,
+            _CONFIG,
+        ),
         Code(
             "E-LOCKOUT",
             "daemon",

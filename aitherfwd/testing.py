@@ -3,7 +3,8 @@ backend and structlog's `testing` module).
 
 Owns: `FakeConntrack`, `FakeSystemd`, `FakeNotifier`, `FailingWrites`, and `fake_daemon`,
 which wires the daemon's real services to these fakes (plus a real SQLite store and audit
-log in a directory the caller gives); re-exports `FakeKernel` (aitherfwd/fakekernel.py) and
+log in a directory the caller gives); re-exports `FakeKernel` (aitherfwd/fakekernel.py),
+`FakeBus` and `FakeJetStream` (aitherfwd/fakebus.py, the fleet's bus) and
 the one `FakeClock` (aitherfwd/clock.py). With them the whole control plane runs in unit
 tests without privilege.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aitherfwd.clock import FakeClock
+from aitherfwd.fakebus import FakeBus, FakeJetStream
 from aitherfwd.fakekernel import FakeKernel
 from aitherfwd.policy.model import IPAddress, NotifySettings
 from aitherfwd.reconcile import Observed
@@ -26,12 +28,15 @@ Json = dict[str, Any]
 if TYPE_CHECKING:
     from aitherfwd.config import Authorizer
     from aitherfwd.daemon.services import Services
+    from aitherfwd.fleet.settings import FleetSettings
 
 __all__ = [
     "FailingWrites",
+    "FakeBus",
     "FakeClock",
     "FakeConntrack",
     "FakeDaemon",
+    "FakeJetStream",
     "FakeKernel",
     "FakeNotifier",
     "FakeSystemd",
@@ -165,11 +170,16 @@ class FakeDaemon:
 
 
 def fake_daemon(
-    workdir: Path, policy_text: str, *, authorizer: Authorizer | None = None
+    workdir: Path,
+    policy_text: str,
+    *,
+    authorizer: Authorizer | None = None,
+    fleet: tuple[FleetSettings, FakeBus] | None = None,
 ) -> FakeDaemon:
     """Services as the daemon wires them, on fakes; the policy, the SQLite store and the
-    audit log live under `workdir`. Nothing is started: call
-    `services.generations.cold_start()` inside a running event loop whose task runs
+    audit log live under `workdir`; `fleet` adds the fleet service on a fake bus. Nothing
+    is started: call `services.generations.cold_start()` inside a running event loop whose
+    task runs
     `services.writer.run()` (or `services.writer.start()`)."""
     from aitherfwd.adapters.audit import AuditLog  # noqa: PLC0415
     from aitherfwd.adapters.files import load_policy  # noqa: PLC0415
@@ -191,8 +201,9 @@ def fake_daemon(
         audit=AuditLog(audit_path, 10 << 20, 2),
         load_policy=load_policy,
         listen_kernel=False,
+        bus=fleet[1] if fleet else None,
     )
-    services = wire(ports, policy_path, authorizer)
+    services = wire(ports, policy_path, authorizer, fleet=fleet[0] if fleet else None)
     return FakeDaemon(
         services, kernel, clock, conntrack, systemd, notifier, policy_path, audit_path
     )

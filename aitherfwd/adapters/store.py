@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 # Version 1 (the first release) had no user_version and no history; v2 adds the history;
-# v3 adds sandbox grants (created on open, like v2's history).
+# v3 adds sandbox grants (created on open, like v2's history), and the fleet's outbox
+# (adapters/outbox.py; created on open too).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     key        TEXT PRIMARY KEY,
@@ -74,6 +75,12 @@ CREATE TABLE IF NOT EXISTS sandbox_grants (
     created_at REAL NOT NULL,
     host       TEXT,
     uid        INTEGER
+);
+CREATE TABLE IF NOT EXISTS fleet_outbox (
+    seq        INTEGER PRIMARY KEY,
+    subject    TEXT NOT NULL,
+    msg_id     TEXT NOT NULL,
+    payload    BLOB NOT NULL
 );
 """
 _CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"

@@ -26,7 +26,7 @@ from aitherfwd.audit_records import AccessDenied, RequestRejected
 from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
 from aitherfwd.control.limits import ControlLimits
-from aitherfwd.daemon import sandbox_api, views
+from aitherfwd.daemon import fleet_api, sandbox_api, views
 from aitherfwd.daemon.budgets import RequestBudgets
 from aitherfwd.daemon.rejections import Rejections, Sink
 from aitherfwd.daemon.services import Services
@@ -111,6 +111,9 @@ ROUTES = (
     Route("POST", "/v1/sandbox", "sandbox", sandbox_api.grant),
     Route("GET", "/v1/sandbox", "read", sandbox_api.list_grants),
     Route("DELETE", "/v1/sandbox/", "sandbox", sandbox_api.revoke),
+    Route("GET", "/v1/fleet", "read", fleet_api.status),
+    Route("POST", "/v1/fleet/blocks", "admin", fleet_api.add_blocks, bulk=True),
+    Route("DELETE", "/v1/fleet/blocks/", "admin", fleet_api.delete_block),
 )
 
 

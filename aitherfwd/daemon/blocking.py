@@ -70,6 +70,8 @@ class BlockService:
         # told of every block that expired or was lifted (reputation follows its blocks)
         self.on_expired: Callable[[Block, float], None] = lambda blk, now: None
         self.on_unblocked: Callable[[Block, float], None] = lambda blk, now: None
+        # told of every batch of blocks the kernel took (the fleet shares them)
+        self.on_blocked: Callable[[list[Block], float], None] = lambda made, now: None
         self._admin_ports: tuple[int, ...] = ()
         self._resolvers: tuple[IPAddress, ...] = ()
         self._admin_peers: set[IPAddress] = set()
@@ -167,6 +169,7 @@ class BlockService:
             ),
         )
         self._queue_cuts(blocks)
+        self.on_blocked(blocks, now)
         return blocks
 
     def _revert(self, blocks: list[Block], previous: dict[str, Block | None]) -> None:

@@ -170,4 +170,5 @@ def status(d: Services) -> dict[str, Any]:
             "writer_healthy": d.writer.healthy(),
         },
         **d.detection.status(),
+        "fleet": None if d.fleet is None else d.fleet.status().as_dict(),
     }

@@ -257,6 +257,24 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
         "sandbox_expired",
         {"destination": "10.77.1.2", "scope": "tcp"},
     ),
+    (
+        ar.FleetBus(state="connected", server="nats://10.0.0.5:4222", fleet="prod"),
+        "fleet_bus",
+        {"state": "connected", "server": "nats://10.0.0.5:4222", "fleet": "prod"},
+    ),
+    (
+        ar.FleetSkipped(
+            source_ip="10.77.9.5", origin="web-1", op="block", why="protected", detail="mgmt"
+        ),
+        "fleet_skipped",
+        {
+            "source_ip": "10.77.9.5",
+            "origin": "web-1",
+            "op": "block",
+            "why": "protected",
+            "detail": "mgmt",
+        },
+    ),
 ]
 
 

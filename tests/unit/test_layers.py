@@ -23,16 +23,18 @@ L1 = {
     "stats",
     "audit_records",
     "audit_check",
+    "fleet",
 }
 L2 = {"adapters"}
-L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel"}
+L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel", "fakebus"}
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
     "h11": {"adapters/control_http.py"},
     "inotify_simple": {"adapters/watch.py"},
     "systemd": {"adapters/systemd.py"},
-    "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
+    "sqlite3": {"adapters/store.py", "adapters/store_open.py", "adapters/outbox.py"},
+    "nats": {"adapters/natsbus.py"},
     "dns": {"adapters/dns.py"},
     "yaml": {"policy/source.py"},
     "click": {"cli.py", "cli_client.py"},

@@ -1,0 +1,208 @@
+"""The fleet's bus on NATS JetStream (layer L2): the only importer of nats-py.
+
+Owns: the connection (nats-py reconnects by itself once connected; a first connect that
+fails raises BusError and the fleet service tries again), the fleet's two streams — the
+decisions, one subject per (origin host, address) keeping only its last message, and the
+threat events, kept for an hour — created when missing, this host's two durable pull
+consumers, publishing with the stream's acknowledgement, and fetching. Every nats-py error
+becomes a BusError here.
+
+nats-py is an optional dependency (the `fleet` extra): Debian does not package it. Without
+it, a `[fleet]` config fails at start with E-FLEET-NO-CLIENT saying what to install.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from aitherfwd.fleet import messages as m
+from aitherfwd.fleet.messages import BusError, Delivery
+from aitherfwd.fleet.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+DECISIONS_MAX_MSGS = 1_000_000  # one per (host, address): the fleet's live decisions
+THREATS_MAX_AGE = 3600.0  # seconds a shared threat event stays in its stream
+ACK_WAIT = 30.0  # seconds before an unacknowledged delivery is sent again
+MAX_ACK_PENDING = 20_000
+REQUEST_TIMEOUT = 5.0  # JetStream API requests and publish acknowledgements
+NO_CLIENT = (
+    "fleet mode needs the NATS client nats-py, which is not installed: "
+    "pip install 'aitherfwd[fleet]' (or nats-py==2.16.0) next to aitherfwd, or remove [fleet]"
+)
+
+
+def available() -> bool:
+    try:
+        import nats  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+class NatsBus:
+    """Implements the `Bus` port over nats-py."""
+
+    def __init__(self, settings: FleetSettings) -> None:
+        self.s = settings
+        self._nc: Any = None
+        self._subs: dict[str, Any] = {}
+        self.server = ""  # the server connected to, for status
+        self.last_error = ""
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and bool(self._nc.is_connected) and bool(self._subs)
+
+    async def connect(self) -> None:
+        try:
+            import nats  # noqa: PLC0415
+            from nats.errors import Error as NatsError  # noqa: PLC0415
+        except ImportError:
+            raise BusError(NO_CLIENT, code="E-FLEET-NO-CLIENT") from None
+        try:
+            if self._nc is None:
+                self._nc = await nats.connect(**self._options())
+            self.server = str(getattr(self._nc, "connected_url", None) or "")
+            await self._setup()
+        except (NatsError, OSError, TimeoutError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise BusError(f"cannot reach the fleet bus: {self.last_error}") from exc
+
+    def _options(self) -> dict[str, Any]:
+        s = self.s
+        opts: dict[str, Any] = {
+            "servers": list(s.servers),
+            "name": f"aitherfwd-{s.host}",
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,  # forever: the host enforces alone meanwhile
+            "reconnect_time_wait": 1,
+            "connect_timeout": 2,
+            "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
+            "error_cb": self._error,
+        }
+        if s.creds is not None:
+            opts["user_credentials"] = str(s.creds)
+        if s.nkey_seed is not None:
+            opts["nkeys_seed"] = str(s.nkey_seed)
+        if s.user is not None:
+            opts["user"], opts["password"] = s.user, s.password
+        if s.tls_ca is not None:
+            opts["tls"] = ssl.create_default_context(cafile=str(s.tls_ca))
+        return opts
+
+    async def _disconnected(self) -> None:
+        log.warning("fleet bus disconnected; enforcing alone until it is back")
+
+    async def _reconnected(self) -> None:
+        self.server = str(getattr(self._nc, "connected_url", None) or "")
+        log.warning("fleet bus reconnected server=%s", self.server)
+
+    async def _error(self, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.debug("fleet bus error error=%s", self.last_error)
+
+    async def _setup(self) -> None:
+        """The streams (created when missing) and this host's durable consumers."""
+        from nats.js import api  # noqa: PLC0415
+        from nats.js.errors import NotFoundError  # noqa: PLC0415
+
+        s, js = self.s, self._nc.jetstream(timeout=REQUEST_TIMEOUT)
+        streams = [
+            api.StreamConfig(
+                name=m.decisions_stream(s.name),
+                subjects=[f"afw.{s.name}.d.>"],
+                storage=api.StorageType.FILE,
+                max_msgs_per_subject=1,
+                max_msgs=DECISIONS_MAX_MSGS,
+                discard=api.DiscardPolicy.OLD,
+            )
+        ]
+        if s.shares("threats"):
+            streams.append(
+                api.StreamConfig(
+                    name=m.threats_stream(s.name),
+                    subjects=[f"afw.{s.name}.t.>"],
+                    storage=api.StorageType.FILE,
+                    max_age=THREATS_MAX_AGE,
+                    discard=api.DiscardPolicy.OLD,
+                )
+            )
+        for config in streams:
+            try:
+                await js.stream_info(config.name)
+            except NotFoundError:
+                await js.add_stream(config)
+        # a new host starts from the last decision per (host, address): the live ones
+        consumers = {
+            "decisions": (
+                m.decisions_stream(s.name),
+                s.host,
+                api.DeliverPolicy.LAST_PER_SUBJECT,
+                f"afw.{s.name}.d.>",
+            ),
+        }
+        if s.shares("threats"):
+            consumers["threats"] = (
+                m.threats_stream(s.name),
+                f"{s.host}-t",
+                api.DeliverPolicy.NEW,
+                f"afw.{s.name}.t.>",
+            )
+        for which, (stream, durable, deliver, subject) in consumers.items():
+            if which in self._subs:
+                continue
+            consumer = api.ConsumerConfig(
+                durable_name=durable,
+                deliver_policy=deliver,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT,
+                max_ack_pending=MAX_ACK_PENDING,
+            )
+            self._subs[which] = await js.pull_subscribe(
+                subject, durable=durable, stream=stream, config=consumer
+            )
+
+    async def publish(self, subject: str, data: bytes, msg_id: str) -> None:
+        from nats.errors import Error as NatsError  # noqa: PLC0415
+
+        if self._nc is None:
+            raise BusError("not connected to the fleet bus")
+        js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
+        try:
+            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+        except (NatsError, OSError, TimeoutError) as exc:
+            raise BusError(f"publish failed: {type(exc).__name__}: {exc}") from exc
+
+    async def fetch(self, consumer: str, batch: int, timeout: float) -> list[Delivery]:
+        from nats.errors import Error as NatsError  # noqa: PLC0415
+        from nats.errors import TimeoutError as NatsTimeout  # noqa: PLC0415
+
+        sub = self._subs.get(consumer)
+        if sub is None:
+            raise BusError(f"no consumer {consumer!r}: not connected yet")
+        try:
+            msgs = await sub.fetch(batch, timeout=timeout)
+        except (NatsTimeout, TimeoutError):
+            return []
+        except (NatsError, OSError) as exc:
+            raise BusError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
+        return [Delivery(msg.data, _pending(msg), msg.ack) for msg in msgs]
+
+    async def close(self) -> None:
+        nc, self._nc, self._subs = self._nc, None, {}
+        if nc is not None:
+            try:
+                await nc.close()
+            except Exception as exc:
+                log.debug("fleet bus close failed error=%s", exc)
+
+
+def _pending(msg: Any) -> int:
+    try:
+        return int(msg.metadata.num_pending)
+    except (AttributeError, TypeError, ValueError):
+        return 0

@@ -1,0 +1,400 @@
+"""The fleet service (layer L3): this host's decisions out to the bus, the fleet's in.
+
+Owns: turning blocks and unblocks this host makes into `Decision`s in the outbox (the
+state store; the ban path never waits on the bus), publishing the outbox when the bus is
+up (retried, in order per subject), the durable consumers' loops that apply what other
+hosts decided — as blocks of source `fleet`, reason naming the origin host, with the
+same absolute expiry — and the rules that keep this host's word final: nothing lands on
+loopback, the management zone, `never_block` or a live admin session; a local block is
+never replaced or lifted by a fleet decision; our own messages coming back and
+redeliveries are skipped by origin and message id. Shared threat events feed the local
+reputation ladder. Knows nothing of NATS (the `Bus` port) or HTTP (daemon/fleet_api.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.outbox import Outbox, Row
+from aitherfwd.audit_records import FleetBus, FleetSkipped
+from aitherfwd.clock import Clock
+from aitherfwd.control.schema import BlockSpec, ThreatSpec
+from aitherfwd.daemon.blocking import BlockService
+from aitherfwd.daemon.ports import Bus
+from aitherfwd.dynamic.blocks import Block, BlockError
+from aitherfwd.errors import AitherError
+from aitherfwd.fleet import messages as m
+from aitherfwd.fleet.messages import BusError, Decision, Delivery, SharedThreat
+from aitherfwd.fleet.settings import FleetSettings
+from aitherfwd.policy.model import Severity
+
+log = logging.getLogger(__name__)
+
+SHARED_SOURCES = frozenset({"reputation", "detection"})  # automatic blocks go out by default
+FLEET = "fleet"  # the source of blocks applied from the fleet
+FETCH_BATCH = 1000
+FETCH_WAIT = 1.0  # seconds a fetch waits for messages
+PUBLISH_BATCH = 512
+RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between connection attempts (doubling)
+MAX_REASON = 200
+ThreatSink = Callable[..., Any]  # ReputationService.threats(specs, actor=None, shared=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    fleet: str
+    host: str
+    share: list[str]
+    connected: bool
+    server: str
+    last_error: str
+    backlog: int
+    backlog_dropped: int
+    published: int
+    applied: int
+    skipped: dict[str, int]
+    invalid: int
+    lag: int
+    last_message_at: float | None
+    last_message: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass
+class _Counters:
+    published: int = 0
+    applied: int = 0
+    invalid: int = 0
+    lag: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    last_at: float | None = None
+    last: str | None = None
+
+
+class FleetService:
+    def __init__(  # noqa: PLR0917 - the ports, wired in daemon/services.py
+        self,
+        settings: FleetSettings,
+        bus: Bus,
+        clock: Clock,
+        blocks: BlockService,
+        outbox: Outbox,
+        audit: AuditLog,
+        threats: ThreatSink | None = None,
+        new_id: Callable[[], str] = lambda: secrets.token_hex(8),
+    ) -> None:
+        self.s, self.bus, self.clock, self.blocks = settings, bus, clock, blocks
+        self.outbox, self.audit, self.threat_sink, self.new_id = outbox, audit, threats, new_id
+        self.seen = m.Seen()
+        self.c = _Counters()
+        self._wake = asyncio.Event()
+        self._was_up = False
+        self.last_error = ""
+        before_block, before_unblock = blocks.on_blocked, blocks.on_unblocked
+
+        def blocked(made: list[Block], now: float) -> None:
+            before_block(made, now)
+            self._blocked(made, now)
+
+        def unblocked(blk: Block, now: float) -> None:
+            before_unblock(blk, now)
+            self._unblocked(blk, now)
+
+        blocks.on_blocked, blocks.on_unblocked = blocked, unblocked
+
+    def status(self) -> FleetStatus:
+        c = self.c
+        return FleetStatus(
+            self.s.name,
+            self.s.host,
+            sorted(self.s.share),
+            self.bus.connected,
+            str(getattr(self.bus, "server", "")),
+            self.last_error,
+            self.outbox.count,
+            self.outbox.dropped,
+            c.published,
+            c.applied,
+            dict(sorted(c.skipped.items())),
+            c.invalid,
+            c.lag,
+            c.last_at,
+            c.last,
+        )
+
+    # --- this host's decisions out ------------------------------------------------------
+
+    def _blocked(self, made: list[Block], now: float) -> None:
+        if self.s.shares("blocks"):
+            self.share_blocks([b for b in made if b.source in SHARED_SOURCES], now)
+
+    def _unblocked(self, blk: Block, now: float) -> None:
+        if self.s.shares("blocks") and blk.source in SHARED_SOURCES:
+            self.share_unblock(blk.key, now)
+
+    def share_blocks(self, made: Sequence[Block], now: float) -> int:
+        """Queue blocks this host made for the fleet (an outbox row each)."""
+        rows = [
+            self._row(
+                Decision(
+                    self._id(),
+                    m.BLOCK,
+                    b.key,
+                    self.s.host,
+                    now,
+                    b.expires_at,
+                    b.reason[:MAX_REASON],
+                )
+            )
+            for b in made
+        ]
+        self.outbox.add(rows)
+        self._wake.set()
+        return len(rows)
+
+    def share_unblock(self, key: str, now: float) -> None:
+        self.outbox.add([self._row(Decision(self._id(), m.UNBLOCK, key, self.s.host, now))])
+        self._wake.set()
+
+    def share_threats(self, events: Sequence[ThreatSpec], now: float) -> None:
+        if not self.s.shares("threats"):
+            return
+        rows: list[Row] = []
+        for ev in events:
+            msg = SharedThreat(
+                self._id(), self.s.host, now, ev.type, str(ev.source), str(ev.severity)
+            )
+            rows.append((m.threat_subject(self.s.name, self.s.host), msg.id, m.encode(msg)))
+        self.outbox.add(rows)
+        self._wake.set()
+
+    def _id(self) -> str:
+        return f"{self.s.host}.{self.new_id()}"
+
+    def _row(self, d: Decision) -> Row:
+        return (m.decision_subject(self.s.name, self.s.host, d.key), d.id, m.encode(d))
+
+    # --- the loops ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect (and reconnect), publish, consume: one failing loop ends them all."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._connect())
+            tg.create_task(self._publish())
+            tg.create_task(self._consume("decisions"))
+            if self.s.shares("threats"):
+                tg.create_task(self._consume("threats"))
+
+    async def close(self) -> None:
+        await self.bus.close()
+
+    async def _connect(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            up = self.bus.connected
+            if up != self._was_up:
+                self._was_up = up
+                self._audit_bus(up)
+            if up:
+                delay = RETRY_MIN
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await self.bus.connect()
+                self.last_error = ""
+                self._wake.set()
+            except BusError as exc:
+                self.last_error = exc.message
+                log.warning("fleet bus unreachable; retrying delay=%.1f error=%s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    def _audit_bus(self, up: bool) -> None:
+        state = "connected" if up else "disconnected"
+        server = str(getattr(self.bus, "server", ""))
+        log.warning("fleet bus %s server=%s", state, server)
+        self.audit.write(self.clock.now(), FleetBus(state=state, server=server, fleet=self.s.name))
+
+    async def _publish(self) -> None:
+        while True:
+            if not self.outbox.count or not self.bus.connected:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                continue
+            sent = await self.publish_some()
+            if not sent:
+                await asyncio.sleep(0.5)
+
+    async def publish_some(self) -> int:
+        """Publish the oldest rows of the outbox (concurrently, at most one per subject so
+        that their order holds); remove what the bus acknowledged."""
+        batch: list[tuple[int, str, str, bytes]] = []
+        subjects: set[str] = set()
+        for row in self.outbox.oldest(PUBLISH_BATCH):
+            if row[1] in subjects:
+                break
+            subjects.add(row[1])
+            batch.append(row)
+        results = await asyncio.gather(
+            *(self.bus.publish(subject, data, mid) for _, subject, mid, data in batch),
+            return_exceptions=True,
+        )
+        done = [row[0] for row, r in zip(batch, results, strict=True) if r is None]
+        for r in results:
+            if isinstance(r, BusError):
+                self.last_error = r.message
+            elif isinstance(r, BaseException):
+                raise r
+        self.outbox.remove(done)
+        self.c.published += len(done)
+        return len(done)
+
+    async def _consume(self, consumer: str) -> None:
+        while True:
+            if not self.bus.connected:
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                got = await self.bus.fetch(consumer, FETCH_BATCH, FETCH_WAIT)
+            except BusError as exc:
+                self.last_error = exc.message
+                await asyncio.sleep(0.5)
+                continue
+            if got:
+                await self.apply(got)
+
+    # --- the fleet's decisions in -------------------------------------------------------
+
+    async def apply(self, got: Sequence[Delivery]) -> None:
+        """Apply a batch of deliveries in their order (the last word per address wins),
+        then acknowledge every one of them."""
+        now = self.clock.now()
+        blocks: dict[str, Decision] = {}
+        unblocks: dict[str, Decision] = {}
+        threats: list[SharedThreat] = []
+        for d in got:
+            try:
+                msg = m.decode(d.data)
+            except m.BadMessage as exc:
+                self.c.invalid += 1
+                log.warning("fleet message dropped error=%s", exc)
+                continue
+            why = m.first_look(msg, self.s.host, now, self.seen)
+            if why is not None:
+                self._skip(why)
+                continue
+            self.seen.add(msg.id)
+            self.c.last_at, self.c.last = now, f"{msg.origin} {_what(msg)}"
+            if isinstance(msg, SharedThreat):
+                threats.append(msg)
+            elif msg.op == m.BLOCK:
+                unblocks.pop(msg.key, None)
+                blocks[msg.key] = msg
+            else:
+                blocks.pop(msg.key, None)
+                unblocks[msg.key] = msg
+        try:
+            await self._apply_blocks(list(blocks.values()), now)
+            for msg in unblocks.values():
+                await self._apply_unblock(msg, now)
+            await self._apply_threats(threats)
+        finally:
+            self.c.lag = got[-1].pending
+            for d in got:
+                try:
+                    await d.ack()
+                except Exception as exc:
+                    log.debug("fleet ack failed error=%s", exc)
+
+    def _skip(self, why: str, msg: Decision | None = None, detail: str = "") -> None:
+        self.c.skipped[why] = self.c.skipped.get(why, 0) + 1
+        if msg is not None:  # only the refusals a person wants to know about are audited
+            self.audit.write(
+                self.clock.now(),
+                FleetSkipped(
+                    source_ip=msg.key, origin=msg.origin, op=msg.op, why=why, detail=detail
+                ),
+            )
+
+    async def _apply_blocks(self, decisions: list[Decision], now: float) -> None:
+        table = self.blocks.table
+        nets = [ipaddress.ip_network(d.key) for d in decisions]
+        guarded = await self.blocks.lockout(nets)
+        specs = []
+        for d in decisions:
+            held = table.get(d.key, now)
+            if held is not None and held.source != FLEET:
+                self._skip("local", d, f"a {held.source} block of this host holds it")
+                continue
+            try:
+                table.check(d.key, now)
+            except BlockError as exc:
+                self._skip("protected", d, exc.message)
+                continue
+            if d.key in guarded:
+                self._skip("protected", d, guarded[d.key])
+                continue
+            reason = f"fleet {d.origin}: {d.reason}"[:MAX_REASON]
+            specs.append(BlockSpec(d.key, d.remaining(now), reason))
+        if not specs:
+            return
+        try:
+            made = await self.blocks.block(specs, source=FLEET)
+        except AitherError as exc:  # one bad prefix refuses the batch: go one by one
+            log.warning("fleet batch refused; applying one by one error=%s", exc)
+            made = []
+            for spec in specs:
+                try:
+                    made += await self.blocks.block([spec], source=FLEET)
+                except AitherError as one:
+                    self._skip("refused")
+                    log.warning("fleet block refused key=%s error=%s", spec.key, one)
+        self.c.applied += len(made)
+
+    async def _apply_unblock(self, d: Decision, now: float) -> None:
+        held = self.blocks.table.get(d.key, now)
+        if held is None:
+            self._skip("not_blocked")
+            return
+        if held.source != FLEET:
+            self._skip("local", d, f"a {held.source} block of this host holds it")
+            return
+        try:
+            await self.blocks.unblock(ipaddress.ip_network(d.key))
+        except AitherError as exc:
+            self._skip("refused")
+            log.warning("fleet unblock refused key=%s error=%s", d.key, exc)
+            return
+        self.c.applied += 1
+
+    async def _apply_threats(self, threats: list[SharedThreat]) -> None:
+        if not threats or self.threat_sink is None:
+            return
+        specs = [
+            ThreatSpec(
+                t.type,
+                ipaddress.ip_address(t.source_ip),
+                Severity(t.severity),
+                f"fleet {t.origin}",
+            )
+            for t in threats
+        ]
+        await self.threat_sink(specs, shared=False)
+        self.c.applied += len(specs)
+
+
+def _what(msg: Decision | SharedThreat) -> str:
+    if isinstance(msg, SharedThreat):
+        return f"threat {msg.type} {msg.source_ip}"
+    return f"{msg.op} {msg.key}"
