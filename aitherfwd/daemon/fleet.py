@@ -18,9 +18,9 @@ import contextlib
 import ipaddress
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.outbox import Outbox, Row
@@ -45,7 +45,14 @@ FETCH_WAIT = 1.0  # seconds a fetch waits for messages
 PUBLISH_BATCH = 512
 RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between connection attempts (doubling)
 MAX_REASON = 200
-ThreatSink = Callable[..., Any]  # ReputationService.threats(specs, actor=None, shared=False)
+
+
+class ThreatSink(Protocol):
+    """ReputationService.threats: the ladder that shared events climb."""
+
+    def __call__(
+        self, events: Sequence[ThreatSpec], actor: dict[str, int] | None = None, *, share: bool
+    ) -> Awaitable[Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +397,7 @@ class FleetService:
             )
             for t in threats
         ]
-        await self.threat_sink(specs, shared=False)
+        await self.threat_sink(specs, share=False)
         self.c.applied += len(specs)
 
 

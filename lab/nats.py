@@ -1,0 +1,68 @@
+"""A real nats-server with JetStream for the fleet's tests, benchmarks and demo.
+
+Owns: starting `nats-server -js` inside a namespace with its storage in a directory the
+caller gives (so a restart keeps the streams and durable consumers), waiting — with a
+deadline — until it is ready, stopping it (to make a partition) and starting it again,
+and killing it always, even when the caller fails (`with NatsServer(...) as bus:`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from types import TracebackType
+
+from lab import netns
+from lab.wait import until
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
+
+
+class NatsServer:
+    def __init__(self, ns: str, workdir: Path, port: int = 4222, config: str = "") -> None:
+        self.ns, self.port = ns, port
+        self.store = workdir / "jetstream"
+        self.log = workdir / "nats.log"
+        self.config = workdir / "nats.conf"
+        self.config.write_text(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop(signal.SIGKILL)
+
+    def start(self, deadline_s: float = 15.0) -> NatsServer:
+        self.store.mkdir(parents=True, exist_ok=True)
+        mark = self.log.read_text().count("Server is ready") if self.log.exists() else 0
+        argv = [NATS_SERVER, "-js", "-sd", str(self.store), "-p", str(self.port), "-n", "afw"]
+        argv += ["-c", str(self.config)] if self.config.read_text() else []
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                netns.exec_argv(self.ns, argv), stdout=log, stderr=subprocess.STDOUT
+            )
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {self.log.read_text()[-2000:]}")
+            return self.log.read_text().count("Server is ready") > mark
+
+        until(ready, deadline_s, "nats-server to be ready")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.proc = None

@@ -1,0 +1,192 @@
+"""The fleet with a real nats-server (JetStream, storage in a temporary directory) and real
+daemons in their own namespaces, judged by real packets: a block on A drops the client on
+B; a management address on B is never blocked by the fleet; an unblock propagates; with
+the bus stopped A keeps blocking alone, and when it is back B — restarted meanwhile —
+catches up, skipping what expired; C joining late gets the live blocks; a real port scan
+against A gets the scanner dropped on B.
+
+Topology: the Lab's server namespace is the hub (nats-server, routing); clients 1-3 are
+hosts A, B, C (a daemon each, a listener on 443), client 4 is the attacker, whose packets
+the hub routes to every host."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.daemon import DaemonProc
+from lab.nats import NatsServer
+from lab.netns import must
+from lab.network import Client, Lab
+from lab.wait import until
+
+pytestmark = pytest.mark.kernel
+
+POLICY = """\
+version: 1
+settings:
+  default_policy: deny
+  admin_ports: [22]
+  syn_flood_threshold: 100000
+  detection_grace: 1s
+  scan: {ports: 10, window: 10s}
+zones:
+  - {name: management, cidrs: [MGMT]}
+  - {name: lan, cidrs: [10.77.0.0/16]}
+rules:
+  - {name: web, dest_ports: [443], protocol: tcp, action: allow}
+reputation: {threshold: 2, temp_block: 1h}
+"""
+CONFIG = """\
+[daemon]
+drift_check_interval = 0.5
+[metrics]
+listen = ""
+[fleet]
+servers = ["nats://{hub}:4222"]
+name = "lab"
+host = "{host}"
+share = ["blocks"]
+"""
+WEB = 443
+
+
+@dataclass
+class Setup:
+    lab: Lab
+    hub: NatsServer
+    tmp: Path
+    hosts: dict[str, DaemonProc]
+    clients: dict[str, Client]
+    attacker: Client
+
+    def start(self, name: str) -> DaemonProc:
+        c = self.clients[name]
+        policy = POLICY.replace("MGMT", "10.77.4.9/32" if name == "b" else "10.77.250.0/24")
+        config = CONFIG.format(hub=c.server_v4, host=name)
+        workdir = self.tmp / name
+        workdir.mkdir(exist_ok=True)
+        d = self.hosts.get(name) or DaemonProc(c.ns, workdir, policy, config)
+        self.hosts[name] = d.start()
+        until(lambda: fleet(d)["connected"], 15, f"{name} connected to the bus")
+        return d
+
+    def web(self, name: str, source: str) -> str:
+        """One connection from the attacker (from `source`) to host `name`'s web port."""
+        return self.lab.tcp(self.attacker, self.clients[name].v4, WEB, 0.4, source)
+
+
+def _at(text: str) -> float:
+    """An RFC 3339 time of the API, as a UNIX time (the expiry is shared to the second:
+    block timeouts are whole seconds)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def fleet(d: DaemonProc) -> dict[str, Any]:
+    f: dict[str, Any] = d.ok("GET", "/v1/fleet")
+    return f
+
+
+def block_of(d: DaemonProc, address: str) -> dict[str, Any] | None:
+    blocks = d.ok("GET", "/v1/blocks")["blocks"]
+    return next((dict(b) for b in blocks if b["address"] == address), None)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    with Lab(clients_wanted=4) as lab:
+        a, b, c, x = lab.clients
+        must(["ip", "netns", "exec", lab.server, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for host in (a, b, c):
+            must(["ip", "-n", host.ns, "route", "add", "10.77.4.0/24", "via", host.server_v4])
+            lab.listen([WEB], ns=host.ns)
+        must(["ip", "-n", x.ns, "route", "add", "10.77.0.0/16", "via", x.server_v4])
+        for i in range(3, 10):
+            lab.add_address(x, f"10.77.4.{i}/24")
+        with NatsServer(lab.server, tmp_path) as hub:
+            s = Setup(lab, hub, tmp_path, {}, {"a": a, "b": b, "c": c}, x)
+            try:
+                yield s
+            finally:
+                for d in s.hosts.values():
+                    d.cleanup()
+
+
+def test_blocks_reach_every_host_and_survive_a_partition_a_restart_and_a_late_joiner(
+    setup: Setup,
+) -> None:
+    s = setup
+    a, b = s.start("a"), s.start("b")
+    assert s.web("b", "10.77.4.3") == "ok"
+    # a block on A, shared: B drops the client's packets; B shows where it came from
+    res = a.cli("block", "10.77.4.3", "--ttl", "10m", "--reason", "scanner", "--fleet")
+    assert res.returncode == 0, res.stderr
+    until(lambda: s.web("b", "10.77.4.3") == "timeout", 5, "A's block dropping on B")
+    blk = block_of(b, "10.77.4.3")
+    assert blk is not None and blk["source"] == "fleet" and blk["reason"] == "fleet a: scanner"
+    own = block_of(a, "10.77.4.3")
+    assert own is not None and 0 <= _at(blk["expires_at"]) - _at(own["expires_at"]) < 1.5
+    assert "fleet a" in b.cli("explain", "10.77.4.3").stdout
+    # B's management address: A blocks it, B never does
+    assert a.cli("block", "10.77.4.9", "--ttl", "10m", "--fleet").returncode == 0
+    assert s.web("a", "10.77.4.9") == "timeout"
+    until(lambda: fleet(b)["skipped"].get("protected"), 5, "B refusing the management block")
+    assert s.web("b", "10.77.4.9") == "ok"
+    skipped = [e for e in b.audit_events() if e["event"] == "fleet_skipped"]
+    assert [(e["source_ip"], e["origin"], e["why"]) for e in skipped] == [
+        ("10.77.4.9", "a", "protected")
+    ]
+    # an unblock on A, shared: B lets the client in again
+    assert a.cli("unblock", "10.77.4.3", "--fleet").returncode == 0
+    until(lambda: s.web("b", "10.77.4.3") == "ok", 5, "A's unblock reaching B")
+    # the bus goes away: A keeps blocking alone and queues its decisions
+    s.hub.stop()
+    until(lambda: not fleet(a)["connected"], 10, "A noticing the bus is gone")
+    assert a.cli("block", "10.77.4.5", "--ttl", "10m", "--fleet").returncode == 0
+    assert a.cli("block", "10.77.4.6", "--ttl", "2s", "--fleet").returncode == 0
+    assert s.web("a", "10.77.4.5") == "timeout"
+    assert fleet(a)["backlog"] == 2
+    b.stop()  # B restarts during the partition
+    until(lambda: block_of(a, "10.77.4.6") is None, 10, "the 2 s block expiring on A")
+    s.hub.start()
+    b = s.start("b")
+    until(lambda: s.web("b", "10.77.4.5") == "timeout", 10, "B catching up after the partition")
+    until(lambda: fleet(a)["backlog"] == 0, 5, "A's backlog published")
+    assert block_of(b, "10.77.4.6") is None
+    assert fleet(b)["skipped"].get("expired") == 1
+    # C joins late: the live blocks only (not the lifted one, not the expired one)
+    c = s.start("c")
+    until(lambda: s.web("c", "10.77.4.5") == "timeout", 10, "C getting the live blocks")
+    addresses = {blk["address"] for blk in c.ok("GET", "/v1/blocks")["blocks"]}
+    assert addresses == {"10.77.4.5", "10.77.4.9"}
+    assert s.web("c", "10.77.4.3") == "ok"
+    st = c.ok("GET", "/v1/status")["fleet"]
+    assert st["connected"] and st["lag"] == 0 and st["host"] == "c"
+    assert "fleet lab as c: connected" in c.cli("status").stdout
+
+
+def test_a_port_scan_against_one_host_gets_the_scanner_dropped_on_another(setup: Setup) -> None:
+    s = setup
+    a, b = s.start("a"), s.start("b")
+    scanner = "10.77.4.7"
+    assert s.web("b", scanner) == "ok"
+    argv = ["ip", "netns", "exec", s.attacker.ns, "timeout", "30", "nmap", "-n", "-Pn", "-T4"]
+    argv += ["--max-retries", "0", "-sT", "-p", "1-200", "-S", scanner, "-e", s.attacker.dev]
+    scan = subprocess.Popen(
+        [*argv, s.clients["a"].v4], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        until(lambda: block_of(a, scanner) is not None, 15, "A blocking the scanner")
+    finally:
+        scan.kill()
+        scan.wait(timeout=10)
+    assert block_of(a, scanner)["source"] == "reputation"  # type: ignore[index]
+    until(lambda: s.web("b", scanner) == "timeout", 5, "the scanner dropped on B")
+    blk = block_of(b, scanner)
+    assert blk is not None and blk["source"] == "fleet" and blk["reason"].startswith("fleet a:")
