@@ -190,6 +190,20 @@ class RuleCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetValues:
+    """The fleet's bus and counters (daemon/fleet.py), for /metrics."""
+
+    connected: bool
+    backlog: int
+    backlog_dropped: int
+    published: int
+    applied: int
+    invalid: int
+    lag: int
+    skipped: Pairs
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything /metrics exports, at one moment. Fields other features fill default to
     zero (conntrack, sandbox) until their hooks are wired."""
@@ -212,3 +226,4 @@ class Snapshot:
     conntrack_max_per_source: int = 0
     sandbox_grants: Pairs = (("ipv4", 0), ("ipv6", 0))
     sandbox_grants_total: int = 0
+    fleet: FleetValues | None = None  # None: no [fleet]

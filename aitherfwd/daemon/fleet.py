@@ -35,6 +35,7 @@ from aitherfwd.fleet import messages as m
 from aitherfwd.fleet.messages import BusError, Decision, Delivery, SharedThreat
 from aitherfwd.fleet.settings import FleetSettings
 from aitherfwd.policy.model import Severity
+from aitherfwd.stats import FleetValues
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,20 @@ class FleetService:
             c.lag,
             c.last_at,
             c.last,
+        )
+
+    def values(self) -> FleetValues:
+        """The metrics' view (O(1) but for the few skip reasons)."""
+        c = self.c
+        return FleetValues(
+            self.bus.connected,
+            self.outbox.count,
+            self.outbox.dropped,
+            c.published,
+            c.applied,
+            c.invalid,
+            c.lag,
+            tuple(sorted(c.skipped.items())),
         )
 
     # --- this host's decisions out ------------------------------------------------------

@@ -353,3 +353,24 @@ def test_three_low_threat_events_on_three_hosts_add_up_on_each_ladder(tmp_path: 
             assert held is not None, d.services.reputation.status()
 
     fleet_run(tmp_path, body, share=frozenset({"blocks", "threats"}))
+
+
+def test_the_bus_state_and_counters_are_in_the_metrics(tmp_path: Path) -> None:
+    from aitherfwd.adapters import metrics  # noqa: PLC0415
+    from aitherfwd.daemon.telemetry import Telemetry  # noqa: PLC0415
+
+    async def body(f: Fleet) -> bytes:
+        a, b = await f.add("a", POLICY_A), await f.add("b")
+        await reputation_block(a, SCANNER)
+        await f.pump()
+        reg, collector = metrics.registry()
+        return metrics.render(reg, collector, Telemetry(b.services).snapshot())
+
+    text = fleet_run(tmp_path, body).decode()
+    for line in (
+        "aitherfwd_fleet_connected 1.0",
+        "aitherfwd_fleet_applied_total 1.0",
+        "aitherfwd_fleet_backlog 0.0",
+        "aitherfwd_fleet_consumer_lag 0.0",
+    ):
+        assert line in text, text

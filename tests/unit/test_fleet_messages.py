@@ -123,3 +123,20 @@ def test_fleet_config_mistakes_are_all_reported_with_their_lines() -> None:
         "aitherfwd.toml:8:1: error[E-CONFIG-UNKNOWN-KEY] fleet.shares",
     ):
         assert expected in message, message
+
+
+def test_a_fleet_config_without_the_nats_client_is_a_clear_error_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aitherfwd.adapters import natsbus  # noqa: PLC0415
+    from aitherfwd.daemon import main  # noqa: PLC0415
+    from aitherfwd.errors import AitherError  # noqa: PLC0415
+
+    cfg = _cfg('[fleet]\nservers = ["nats://10.0.0.5:4222"]\nname = "prod"\n')
+    assert main._bus(cfg) is not None  # type: ignore[arg-type]  # nats-py is in the dev extra
+    monkeypatch.setattr(natsbus, "available", lambda: False)
+    with pytest.raises(AitherError) as err:
+        main._bus(cfg)  # type: ignore[arg-type]
+    assert err.value.code == "E-FLEET-NO-CLIENT"
+    assert "pip install 'aitherfwd[fleet]'" in err.value.message
+    assert main._bus(_cfg("")) is None  # type: ignore[arg-type]
