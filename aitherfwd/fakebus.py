@@ -24,6 +24,7 @@ class FakeJetStream:
         self.ids: set[str] = set()
         self.acked: dict[tuple[str, str], int] = {}  # (durable, consumer) -> ack floor
         self.published = 0
+        self.policy: tuple[int, bytes] | None = None  # the KV bucket's one key
 
     def check(self) -> None:
         if not self.up:
@@ -84,6 +85,16 @@ class FakeBus:
 
     async def fetch(self, consumer: str, batch: int, timeout: float) -> list[Delivery]:
         return self.server_state.fetch(self.host, consumer, batch)
+
+    async def put_policy(self, data: bytes) -> int:
+        self.server_state.check()
+        self.server_state.seq += 1
+        self.server_state.policy = (self.server_state.seq, data)
+        return self.server_state.seq
+
+    async def get_policy(self) -> tuple[int, bytes] | None:
+        self.server_state.check()
+        return self.server_state.policy
 
     async def close(self) -> None:
         self._connected = False

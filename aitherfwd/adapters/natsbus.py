@@ -4,7 +4,8 @@ Owns: the connection (nats-py reconnects by itself once connected; a first conne
 fails raises BusError and the fleet service tries again), the fleet's two streams — the
 decisions, one subject per (origin host, address) keeping only its last message, and the
 threat events, kept for an hour — created when missing, this host's two durable pull
-consumers, publishing with the stream's acknowledgement, and fetching. Every nats-py error
+consumers, publishing with the stream's acknowledgement, fetching, and the policy's KV
+bucket (created when missing; one key). Every nats-py error
 becomes a BusError here.
 
 nats-py is an optional dependency (the `fleet` extra): Debian does not package it. Without
@@ -27,6 +28,8 @@ DECISIONS_MAX_MSGS = 1_000_000  # one per (host, address): the fleet's live deci
 THREATS_MAX_AGE = 3600.0  # seconds a shared threat event stays in its stream
 ACK_WAIT = 30.0  # seconds before an unacknowledged delivery is sent again
 MAX_ACK_PENDING = 20_000
+POLICY_KEY = "policy"
+POLICY_HISTORY = 10  # revisions of the policy the bucket keeps
 REQUEST_TIMEOUT = 5.0  # JetStream API requests and publish acknowledgements
 NO_CLIENT = (
     "fleet mode needs the NATS client nats-py, which is not installed: "
@@ -49,6 +52,7 @@ class NatsBus:
         self.s = settings
         self._nc: Any = None
         self._subs: dict[str, Any] = {}
+        self._kv: Any = None
         self.server = ""  # the server connected to, for status
         self.last_error = ""
 
@@ -192,7 +196,43 @@ class NatsBus:
             raise BusError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
         return [Delivery(msg.data, _pending(msg), msg.ack) for msg in msgs]
 
+    async def _bucket(self) -> Any:
+        """The fleet's policy bucket, created when missing (a few revisions kept)."""
+        from nats.js.errors import BucketNotFoundError  # noqa: PLC0415
+
+        if self._kv is None:
+            if self._nc is None:
+                raise BusError("not connected to the fleet bus")
+            js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
+            bucket = m.policy_bucket(self.s.name)
+            try:
+                self._kv = await js.key_value(bucket)
+            except BucketNotFoundError:
+                self._kv = await js.create_key_value(bucket=bucket, history=POLICY_HISTORY)
+        return self._kv
+
+    async def put_policy(self, data: bytes) -> int:
+        from nats.errors import Error as NatsError  # noqa: PLC0415
+
+        try:
+            return int(await (await self._bucket()).put(POLICY_KEY, data))
+        except (NatsError, OSError, TimeoutError) as exc:
+            raise BusError(f"policy push failed: {type(exc).__name__}: {exc}") from exc
+
+    async def get_policy(self) -> tuple[int, bytes] | None:
+        from nats.errors import Error as NatsError  # noqa: PLC0415
+        from nats.js.errors import KeyNotFoundError  # noqa: PLC0415
+
+        try:
+            entry = await (await self._bucket()).get(POLICY_KEY)
+        except KeyNotFoundError:
+            return None
+        except (NatsError, OSError, TimeoutError) as exc:
+            raise BusError(f"policy read failed: {type(exc).__name__}: {exc}") from exc
+        return int(entry.revision or 0), bytes(entry.value or b"")
+
     async def close(self) -> None:
+        self._kv = None
         nc, self._nc, self._subs = self._nc, None, {}
         if nc is not None:
             try:

@@ -114,6 +114,7 @@ ROUTES = (
     Route("GET", "/v1/fleet", "read", fleet_api.status),
     Route("POST", "/v1/fleet/blocks", "admin", fleet_api.add_blocks, bulk=True),
     Route("DELETE", "/v1/fleet/blocks/", "admin", fleet_api.delete_block),
+    Route("POST", "/v1/fleet/policy", "admin", fleet_api.push_policy, bulk=True),
 )
 
 

@@ -28,6 +28,7 @@ from aitherfwd.audit_records import FleetBus, FleetSkipped
 from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec, ThreatSpec
 from aitherfwd.daemon.blocking import BlockService
+from aitherfwd.daemon.fleet_policy import FleetPolicy
 from aitherfwd.daemon.ports import Bus
 from aitherfwd.dynamic.blocks import Block, BlockError
 from aitherfwd.errors import AitherError
@@ -73,6 +74,7 @@ class FleetStatus:
     lag: int
     last_message_at: float | None
     last_message: str | None
+    policy: dict[str, Any] | None  # the fleet policy followed here (None: not followed)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -108,6 +110,7 @@ class FleetService:
         self._wake = asyncio.Event()
         self._was_up = False
         self.last_error = ""
+        self.policy: FleetPolicy | None = None  # push (any host) and follow ("policy")
         before_block, before_unblock = blocks.on_blocked, blocks.on_unblocked
 
         def blocked(made: list[Block], now: float) -> None:
@@ -138,6 +141,7 @@ class FleetService:
             c.lag,
             c.last_at,
             c.last,
+            self.policy.status() if self.policy and self.s.shares("policy") else None,
         )
 
     def values(self) -> FleetValues:
@@ -216,6 +220,8 @@ class FleetService:
             tg.create_task(self._consume("decisions"))
             if self.s.shares("threats"):
                 tg.create_task(self._consume("threats"))
+            if self.s.shares("policy") and self.policy is not None:
+                tg.create_task(self.policy.follow())
 
     async def close(self) -> None:
         await self.bus.close()

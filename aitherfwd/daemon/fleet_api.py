@@ -3,7 +3,8 @@ table lists.
 
 Owns: `POST /v1/fleet/blocks` (block here and share with the fleet: `aitherfwd block
 --fleet`), `DELETE /v1/fleet/blocks/ADDR` (lift here if blocked and tell the fleet:
-`aitherfwd unblock --fleet`) and `GET /v1/fleet` (the bus, backlog and counters). A
+`aitherfwd unblock --fleet`), `POST /v1/fleet/policy` (validate and publish a policy:
+`aitherfwd fleet push-policy FILE`) and `GET /v1/fleet` (the bus, backlog, counters). A
 daemon without `[fleet]` answers 409 E-FLEET-OFF.
 """
 
@@ -32,6 +33,17 @@ def _actor(req: HttpRequest) -> dict[str, int]:
 
 async def status(d: Services, req: HttpRequest) -> Any:
     return _fleet(d).status().as_dict()
+
+
+async def push_policy(d: Services, req: HttpRequest) -> Any:
+    fleet = _fleet(d)
+    body = schema.decode(req.body)
+    text = body.get("policy") if isinstance(body, dict) and len(body) == 1 else None
+    if not isinstance(text, str):
+        raise RequestError('the body must be {"policy": "<the policy text>"}', code="E-SCHEMA")
+    if fleet.policy is None:  # wired with every fleet; a test double may lack it
+        raise RequestError("this fleet cannot publish policies", code="E-FLEET-OFF")
+    return await fleet.policy.push(text)
 
 
 async def add_blocks(d: Services, req: HttpRequest) -> Any:

@@ -93,4 +93,10 @@ class Bus(Protocol):
         """Up to `batch` messages of a durable consumer (`decisions`, `threats`), [] when
         none came within `timeout`."""
 
+    async def put_policy(self, data: bytes) -> int:
+        """Store the fleet's policy in its KV bucket; its revision."""
+
+    async def get_policy(self) -> tuple[int, bytes] | None:
+        """The fleet's policy (revision, text), None when none was pushed."""
+
     async def close(self) -> None: ...

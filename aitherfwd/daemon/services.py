@@ -22,6 +22,7 @@ from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.fleet import FleetService
+from aitherfwd.daemon.fleet_policy import FleetPolicy
 from aitherfwd.daemon.generations import Generations, Loader
 from aitherfwd.daemon.ports import Bus, Conntrack, Kernel, Notifications, Systemd
 from aitherfwd.daemon.queries import Queries
@@ -105,7 +106,7 @@ def wire(
     ]
     reputation.load()
     queries = Queries(clock, generations, blocks, egress, stats)
-    fleet_service = _fleet(ports, fleet, blocks, reputation)
+    fleet_service = _fleet(ports, fleet, blocks, reputation, generations)
     return Services(
         ports,
         stats,
@@ -123,11 +124,16 @@ def wire(
 
 
 def _fleet(
-    ports: Ports, fleet: FleetSettings | None, blocks: BlockService, rep: ReputationService
+    ports: Ports,
+    fleet: FleetSettings | None,
+    blocks: BlockService,
+    rep: ReputationService,
+    gens: Generations,
 ) -> FleetService | None:
     if fleet is None or ports.bus is None:
         return None
     outbox = Outbox(ports.store, fleet.backlog)
     service = FleetService(fleet, ports.bus, ports.clock, blocks, outbox, ports.audit, rep.threats)
     rep.on_threats = service.share_threats
+    service.policy = FleetPolicy(ports.bus, gens, ports.load_policy, ports.store.path.parent)
     return service

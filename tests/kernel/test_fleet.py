@@ -12,6 +12,7 @@ the hub routes to every host."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,9 +53,20 @@ listen = ""
 servers = ["nats://{hub}:4222"]
 name = "lab"
 host = "{host}"
-share = ["blocks"]
+share = {share}
 """
-WEB = 443
+WEB, ALT = 443, 8443
+# an out-of-band publisher (run in the hub with the real client): what the daemons must
+# refuse even when it reaches the bucket without `push-policy`'s validation
+PUT = """
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    kv = await nc.jetstream().key_value(sys.argv[1])
+    print(await kv.put("policy", sys.stdin.buffer.read()))
+    await nc.close()
+asyncio.run(main())
+"""
 
 
 @dataclass
@@ -65,11 +77,13 @@ class Setup:
     hosts: dict[str, DaemonProc]
     clients: dict[str, Client]
     attacker: Client
+    follow: tuple[str, ...] = ()  # hosts that follow the fleet's policy
 
     def start(self, name: str) -> DaemonProc:
         c = self.clients[name]
         policy = POLICY.replace("MGMT", "10.77.4.9/32" if name == "b" else "10.77.250.0/24")
-        config = CONFIG.format(hub=c.server_v4, host=name)
+        share = '["blocks", "policy"]' if name in self.follow else '["blocks"]'
+        config = CONFIG.format(hub=c.server_v4, host=name, share=share)
         workdir = self.tmp / name
         workdir.mkdir(exist_ok=True)
         d = self.hosts.get(name) or DaemonProc(c.ns, workdir, policy, config)
@@ -105,7 +119,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         must(["ip", "netns", "exec", lab.server, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         for host in (a, b, c):
             must(["ip", "-n", host.ns, "route", "add", "10.77.4.0/24", "via", host.server_v4])
-            lab.listen([WEB], ns=host.ns)
+            lab.listen([WEB, ALT], ns=host.ns)
         must(["ip", "-n", x.ns, "route", "add", "10.77.0.0/16", "via", x.server_v4])
         for i in range(3, 10):
             lab.add_address(x, f"10.77.4.{i}/24")
@@ -190,3 +204,46 @@ def test_a_port_scan_against_one_host_gets_the_scanner_dropped_on_another(setup:
     until(lambda: s.web("b", scanner) == "timeout", 5, "the scanner dropped on B")
     blk = block_of(b, scanner)
     assert blk is not None and blk["source"] == "fleet" and blk["reason"].startswith("fleet a:")
+
+
+def test_a_pushed_policy_is_applied_on_followers_and_an_invalid_one_refused(
+    setup: Setup, tmp_path: Path
+) -> None:
+    s = setup
+    s.follow = ("b", "c")
+    a, b, c = s.start("a"), s.start("b"), s.start("c")
+    assert s.web("b", "10.77.4.3") == "ok"
+    assert s.lab.tcp(s.attacker, s.clients["b"].v4, ALT, 0.4) == "timeout"
+    wider = POLICY.replace("MGMT", "10.77.250.0/24").replace("[443]", f"[443, {ALT}]")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(wider.replace("dest_ports: [443", "dest_ports: [70000"))
+    res = a.cli("fleet", "push-policy", str(bad))
+    assert res.returncode == 3 and "E-PORT-RANGE" in res.stdout, res
+    good = tmp_path / "good.yaml"
+    good.write_text(wider)
+    res = a.cli("fleet", "push-policy", str(good))
+    assert res.returncode == 0 and "published revision" in res.stdout, res
+    for name in ("b", "c"):
+        until(
+            lambda n=name: s.lab.tcp(s.attacker, s.clients[n].v4, ALT, 0.4) == "ok",
+            10,
+            f"{name} applying the fleet policy",
+        )
+    assert s.lab.tcp(s.attacker, s.clients["a"].v4, ALT, 0.4) == "timeout"  # a follows none
+    revision = fleet(b)["policy"]["revision"]
+    assert revision is not None and b.ok("GET", "/v1/status")["generation"] == 2
+    # an invalid revision put straight into the bucket: both refuse it and keep theirs
+    put = subprocess.run(
+        ["ip", "netns", "exec", s.lab.server, sys.executable, "-c", PUT, "AFW_lab_POLICY"],
+        input=wider.replace("action: allow", "action: maybe").encode(),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert put.returncode == 0, put.stderr
+    for d in (b, c):
+        until(lambda d=d: fleet(d)["policy"]["last_result"] == "rejected", 10, "refusal")
+        f = fleet(d)["policy"]
+        assert f["revision"] == revision and f["errors"][0]["code"] == "E-ENUM"
+        assert d.ok("GET", "/v1/status")["generation"] == 2
+    assert s.lab.tcp(s.attacker, s.clients["c"].v4, ALT, 0.4) == "ok"

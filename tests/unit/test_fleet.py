@@ -374,3 +374,50 @@ def test_the_bus_state_and_counters_are_in_the_metrics(tmp_path: Path) -> None:
         "aitherfwd_fleet_consumer_lag 0.0",
     ):
         assert line in text, text
+
+
+# --- the fleet's policy --------------------------------------------------------------------
+
+NEW_POLICY = POLICY.replace("dest_ports: [443]", "dest_ports: [443, 8443]")
+
+
+def test_a_pushed_policy_is_applied_by_followers_and_an_invalid_one_by_none(
+    tmp_path: Path,
+) -> None:
+    async def body(f: Fleet) -> None:
+        a, b = await f.add("a", POLICY_A), await f.add("b")
+        pa, pb = Fleet.fleet(a).policy, Fleet.fleet(b).policy
+        assert pa is not None and pb is not None
+        bad = await pa.push(POLICY.replace("dest_ports: [443]", "dest_ports: [70000]"))
+        assert bad["result"] == "rejected" and bad["errors"][0]["code"] == "E-PORT-RANGE"
+        assert f.js.policy is None  # nothing was published
+        ok = await pa.push(NEW_POLICY)
+        assert ok["result"] == "published"
+        rev, data = await Fleet.fleet(b).bus.get_policy() or (0, b"")
+        assert await pb.apply(rev, data) == "applied"
+        assert b.services.generations.current().number == 2
+        assert len(b.services.generations.current().policy.rules) == 1
+        assert "8443" in b.services.generations.policy_path.read_text()
+        assert pb.status()["revision"] == rev
+        # a revision that reaches the bucket invalid (pushed around the daemon) is refused
+        # by the follower, which keeps its running policy and says why
+        broken = NEW_POLICY.replace("action: allow", "action: maybe").encode()
+        assert await pb.apply(rev + 1, broken) == "rejected"
+        assert b.services.generations.current().number == 2
+        assert pb.status()["revision"] == rev and pb.status()["last_seen"] == rev + 1
+        assert pb.status()["errors"][0]["code"] == "E-ENUM"
+
+    fleet_run(tmp_path, body, share=frozenset({"blocks", "policy"}))
+
+
+def test_a_fleet_policy_that_would_cut_a_live_admin_session_is_refused(tmp_path: Path) -> None:
+    async def body(f: Fleet) -> None:
+        b = await f.add("b", POLICY.replace("dest_ports: [443]", "dest_ports: [22, 443]"))
+        b.conntrack.peers.add((ipaddress.ip_address("192.0.2.50"), 22))
+        pb = Fleet.fleet(b).policy
+        assert pb is not None
+        assert await pb.apply(7, POLICY.encode()) == "rejected"  # no port 22 any more
+        assert pb.status()["errors"][0]["code"] == "E-LOCKOUT"
+        assert b.services.generations.current().number == 1
+
+    fleet_run(tmp_path, body, share=frozenset({"blocks", "policy"}))

@@ -26,7 +26,17 @@ L1 = {
     "fleet",
 }
 L2 = {"adapters"}
-L3 = {"daemon", "cli", "cli_client", "client", "__main__", "testing", "fakekernel", "fakebus"}
+L3 = {
+    "daemon",
+    "cli",
+    "cli_client",
+    "cli_fleet",
+    "client",
+    "__main__",
+    "testing",
+    "fakekernel",
+    "fakebus",
+}
 OWNERS = {  # library -> the only module allowed to import it
     "nftables": {"adapters/nft.py"},
     "pyroute2": {"adapters/conntrack.py"},
@@ -37,7 +47,7 @@ OWNERS = {  # library -> the only module allowed to import it
     "nats": {"adapters/natsbus.py"},
     "dns": {"adapters/dns.py"},
     "yaml": {"policy/source.py"},
-    "click": {"cli.py", "cli_client.py"},
+    "click": {"cli.py", "cli_client.py", "cli_fleet.py"},
     "prometheus_client": {"adapters/metrics.py"},
     "subprocess": set(),
     "pickle": set(),
