@@ -19,8 +19,8 @@ class FakeJetStream:
     def __init__(self) -> None:
         self.up = True
         self.seq = 0
-        self.decisions: dict[str, tuple[int, bytes]] = {}  # subject -> its last message
-        self.threats: list[tuple[int, bytes]] = []
+        self.decisions: dict[str, tuple[int, bytes, str]] = {}  # subject -> its last message
+        self.threats: list[tuple[int, bytes, str]] = []
         self.ids: set[str] = set()
         self.acked: dict[tuple[str, str], int] = {}  # (durable, consumer) -> ack floor
         self.published = 0
@@ -38,9 +38,9 @@ class FakeJetStream:
         self.seq += 1
         self.published += 1
         if ".d." in subject:
-            self.decisions[subject] = (self.seq, data)
+            self.decisions[subject] = (self.seq, data, subject)
         else:
-            self.threats.append((self.seq, data))
+            self.threats.append((self.seq, data, subject))
 
     def fetch(self, durable: str, consumer: str, batch: int) -> list[Delivery]:
         self.check()
@@ -51,8 +51,8 @@ class FakeJetStream:
         pool = self.decisions.values() if consumer == "decisions" else self.threats
         waiting = sorted(item for item in pool if item[0] > floor)
         out = []
-        for i, (seq, data) in enumerate(waiting[:batch]):
-            out.append(Delivery(data, len(waiting) - i - 1, self._acker(key, seq)))
+        for i, (seq, data, subject) in enumerate(waiting[:batch]):
+            out.append(Delivery(data, len(waiting) - i - 1, self._acker(key, seq), subject))
         return out
 
     def _acker(self, key: tuple[str, str], seq: int) -> Callable[[], Awaitable[None]]:

@@ -66,3 +66,47 @@ class NatsServer:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.proc = None
+
+
+def fleet_accounts(fleet: str, hosts: dict[str, str], admins: tuple[str, ...] = ()) -> str:
+    """A nats-server config block (docs/fleet.md shows it) for one fleet: an account with
+    JetStream, one user per host (name -> password) that may publish decisions and events
+    only under its own name, use its own durable consumers, and read the policy bucket;
+    hosts in `admins` may also push the policy. Everything else is refused by the server."""
+    d, t, kv = f"AFW_{fleet}_DECISIONS", f"AFW_{fleet}_THREATS", f"AFW_{fleet}_POLICY"
+    users = []
+    for host, password in hosts.items():
+        allow = [
+            f"afw.{fleet}.d.{host}.>",
+            f"afw.{fleet}.t.{host}",
+            "$JS.API.INFO",
+            *(f"$JS.API.STREAM.{op}.{s}" for op in ("INFO", "CREATE") for s in (d, t, f"KV_{kv}")),
+            f"$JS.API.CONSUMER.*.{d}.{host}",
+            f"$JS.API.CONSUMER.*.{d}.{host}.>",
+            f"$JS.API.CONSUMER.*.{t}.{host}-t",
+            f"$JS.API.CONSUMER.*.{t}.{host}-t.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{d}.{host}",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{t}.{host}-t",
+            f"$JS.API.CONSUMER.MSG.NEXT.{d}.{host}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{t}.{host}-t",
+            f"$JS.ACK.{d}.{host}.>",
+            f"$JS.ACK.{t}.{host}-t.>",
+            f"$JS.API.DIRECT.GET.KV_{kv}.>",
+            f"$JS.API.STREAM.MSG.GET.KV_{kv}",
+            *([f"$KV.{kv}.policy"] if host in admins else []),
+        ]
+        quoted = ", ".join(f'"{a}"' for a in allow)
+        users.append(
+            f'      {{user: "{host}", password: "{password}", permissions: {{\n'
+            f"        publish: {{allow: [{quoted}]}}\n"
+            f'        subscribe: {{allow: ["_INBOX.>"]}}\n'
+            f"      }}}}"
+        )
+    return (
+        "accounts {\n"
+        f"  {fleet.upper()}: {{\n"
+        "    jetstream: enabled\n"
+        "    users: [\n" + ",\n".join(users) + "\n    ]\n"
+        "  }\n"
+        "}\n"
+    )

@@ -194,7 +194,7 @@ class NatsBus:
             return []
         except (NatsError, OSError) as exc:
             raise BusError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
-        return [Delivery(msg.data, _pending(msg), msg.ack) for msg in msgs]
+        return [Delivery(msg.data, _pending(msg), msg.ack, msg.subject) for msg in msgs]
 
     async def _bucket(self) -> Any:
         """The fleet's policy bucket, created when missing (a few revisions kept)."""

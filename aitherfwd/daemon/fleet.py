@@ -314,6 +314,8 @@ class FleetService:
         for d in got:
             try:
                 msg = m.decode(d.data)
+                if d.subject and m.subject_host(d.subject) != msg.origin:
+                    raise m.BadMessage(f"origin {msg.origin} published under {d.subject}")
             except m.BadMessage as exc:
                 self.c.invalid += 1
                 log.warning("fleet message dropped error=%s", exc)

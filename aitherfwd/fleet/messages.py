@@ -165,6 +165,14 @@ def decision_subject(fleet: str, host: str, key: str) -> str:
     return f"afw.{fleet}.d.{host}.{key.replace('.', '_')}"
 
 
+def subject_host(subject: str) -> str:
+    """The publishing host a subject names (`afw.<fleet>.d.<host>.…`, `afw.<fleet>.t.<host>`):
+    with NATS permissions a host publishes under its own name only, so a message whose
+    origin is another host's is forged."""
+    parts = subject.split(".")
+    return parts[3] if len(parts) >= 4 and parts[0] == "afw" else ""
+
+
 def threat_subject(fleet: str, host: str) -> str:
     return f"afw.{fleet}.t.{host}"
 
@@ -230,3 +238,4 @@ class Delivery:
     data: bytes
     pending: int
     ack: Callable[[], Awaitable[None]]
+    subject: str = ""  # where it was published: names the host allowed to publish there

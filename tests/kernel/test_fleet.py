@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from lab.daemon import DaemonProc
-from lab.nats import NatsServer
+from lab.nats import NatsServer, fleet_accounts
 from lab.netns import must
 from lab.network import Client, Lab
 from lab.wait import until
@@ -54,16 +54,28 @@ servers = ["nats://{hub}:4222"]
 name = "lab"
 host = "{host}"
 share = {share}
+user = "{host}"
+password = "pw-{host}"
 """
+# the server as docs/fleet.md configures it: a user per host, publishing only under its
+# own name; a may push the policy
+ACCOUNTS = fleet_accounts("lab", {h: f"pw-{h}" for h in "abc"}, admins=("a",))
 WEB, ALT = 443, 8443
 # an out-of-band publisher (run in the hub with the real client): what the daemons must
 # refuse even when it reaches the bucket without `push-policy`'s validation
 PUT = """
 import asyncio, sys, nats
 async def main():
-    nc = await nats.connect("nats://127.0.0.1:4222")
-    kv = await nc.jetstream().key_value(sys.argv[1])
-    print(await kv.put("policy", sys.stdin.buffer.read()))
+    nc = await nats.connect("nats://127.0.0.1:4222", user=sys.argv[2], password=sys.argv[3])
+    if sys.argv[1] == "kv":
+        kv = await nc.jetstream().key_value("AFW_lab_POLICY")
+        print(await kv.put("policy", sys.stdin.buffer.read()))
+    else:
+        try:
+            print(await nc.jetstream().publish(sys.argv[1], sys.stdin.buffer.read(), timeout=2))
+        except Exception as exc:
+            print("refused", type(exc).__name__)
+    await nc.close()
     await nc.close()
 asyncio.run(main())
 """
@@ -96,6 +108,18 @@ class Setup:
         return self.lab.tcp(self.attacker, self.clients[name].v4, WEB, 0.4, source)
 
 
+def _put(s: Setup, subject: str, user: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    """Publish with the real client as `user`, from the hub."""
+    argv = [sys.executable, "-c", PUT, subject, user, f"pw-{user}"]
+    return subprocess.run(
+        ["ip", "netns", "exec", s.lab.server, *argv],
+        input=data,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def _at(text: str) -> float:
     """An RFC 3339 time of the API, as a UNIX time (the expiry is shared to the second:
     block timeouts are whole seconds)."""
@@ -123,7 +147,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         must(["ip", "-n", x.ns, "route", "add", "10.77.0.0/16", "via", x.server_v4])
         for i in range(3, 10):
             lab.add_address(x, f"10.77.4.{i}/24")
-        with NatsServer(lab.server, tmp_path) as hub:
+        with NatsServer(lab.server, tmp_path, config=ACCOUNTS) as hub:
             s = Setup(lab, hub, tmp_path, {}, {"a": a, "b": b, "c": c}, x)
             try:
                 yield s
@@ -147,6 +171,14 @@ def test_blocks_reach_every_host_and_survive_a_partition_a_restart_and_a_late_jo
     own = block_of(a, "10.77.4.3")
     assert own is not None and 0 <= _at(blk["expires_at"]) - _at(own["expires_at"]) < 1.5
     assert "fleet a" in b.cli("explain", "10.77.4.3").stdout
+    # b may not publish under a's name (the server refuses); c's forged origin is dropped
+    forged = b'{"v":1,"id":"a.0000000000ff","op":"block","key":"10.77.4.8","origin":"a",'
+    forged += b'"at":1700000000,"expires_at":null,"reason":"forged"}'
+    res = _put(s, "afw.lab.d.a.10_77_4_8", "b", forged)
+    assert res.returncode == 0 and b"refused" in res.stdout, res
+    assert b"refused" not in _put(s, "afw.lab.d.c.10_77_4_8", "c", forged).stdout
+    until(lambda: fleet(b)["invalid"] == 1, 5, "B dropping c's forged decision")
+    assert s.web("b", "10.77.4.8") == "ok"
     # B's management address: A blocks it, B never does
     assert a.cli("block", "10.77.4.9", "--ttl", "10m", "--fleet").returncode == 0
     assert s.web("a", "10.77.4.9") == "timeout"
@@ -233,13 +265,7 @@ def test_a_pushed_policy_is_applied_on_followers_and_an_invalid_one_refused(
     revision = fleet(b)["policy"]["revision"]
     assert revision is not None and b.ok("GET", "/v1/status")["generation"] == 2
     # an invalid revision put straight into the bucket: both refuse it and keep theirs
-    put = subprocess.run(
-        ["ip", "netns", "exec", s.lab.server, sys.executable, "-c", PUT, "AFW_lab_POLICY"],
-        input=wider.replace("action: allow", "action: maybe").encode(),
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
+    put = _put(s, "kv", "a", wider.replace("action: allow", "action: maybe").encode())
     assert put.returncode == 0, put.stderr
     for d in (b, c):
         until(lambda d=d: fleet(d)["policy"]["last_result"] == "rejected", 10, "refusal")

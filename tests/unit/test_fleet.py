@@ -421,3 +421,17 @@ def test_a_fleet_policy_that_would_cut_a_live_admin_session_is_refused(tmp_path:
         assert b.services.generations.current().number == 1
 
     fleet_run(tmp_path, body, share=frozenset({"blocks", "policy"}))
+
+
+def test_a_decision_published_under_another_hosts_name_is_dropped_as_forged(
+    tmp_path: Path,
+) -> None:
+    async def body(f: Fleet) -> None:
+        b, c = await f.add("b"), await f.add("c")
+        forged = m.Decision("a.00000000ff", m.BLOCK, SCANNER, "a", c.clock.now(), None, "x")
+        # c may publish only under afw.lab.d.c.… (NATS permissions): it claims to be a
+        f.js.publish(m.decision_subject("lab", "c", SCANNER), m.encode(forged), forged.id)
+        await f.pump()
+        assert blocked(b) == set() and Fleet.fleet(b).status().invalid == 1
+
+    fleet_run(tmp_path, body)
