@@ -1,9 +1,11 @@
 """A real nats-server with JetStream for the fleet's tests, benchmarks and demo.
 
-Owns: starting `nats-server -js` inside a namespace with its storage in a directory the
-caller gives (so a restart keeps the streams and durable consumers), waiting — with a
-deadline — until it is ready, stopping it (to make a partition) and starting it again,
-and killing it always, even when the caller fails (`with NatsServer(...) as bus:`).
+Owns: starting `nats-server -js` inside a namespace (alone, or as a node of a cluster
+whose routes its config gives) with its storage in a directory the caller gives (so a
+restart keeps the streams and durable consumers), waiting — with a deadline — until it is
+ready, stopping it (to make a partition) and starting it again, and killing it always,
+even when the caller fails (`with NatsServer(...) as bus:`); `fleet_accounts`, the
+per-host permissions docs/fleet.md shows.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ NATS_SERVER = shutil.which("nats-server") or "/usr/bin/nats-server"
 
 
 class NatsServer:
-    def __init__(self, ns: str, workdir: Path, port: int = 4222, config: str = "") -> None:
-        self.ns, self.port = ns, port
+    def __init__(
+        self, ns: str, workdir: Path, port: int = 4222, config: str = "", name: str = "afw"
+    ) -> None:
+        """`name` must differ between the nodes of a cluster (`config` has its routes)."""
+        self.ns, self.port, self.name = ns, port, name
+        workdir.mkdir(parents=True, exist_ok=True)
         self.store = workdir / "jetstream"
         self.log = workdir / "nats.log"
         self.config = workdir / "nats.conf"
@@ -40,7 +46,7 @@ class NatsServer:
     def start(self, deadline_s: float = 15.0) -> NatsServer:
         self.store.mkdir(parents=True, exist_ok=True)
         mark = self.log.read_text().count("Server is ready") if self.log.exists() else 0
-        argv = [NATS_SERVER, "-js", "-sd", str(self.store), "-p", str(self.port), "-n", "afw"]
+        argv = [NATS_SERVER, "-js", "-sd", str(self.store), "-p", str(self.port), "-n", self.name]
         argv += ["-c", str(self.config)] if self.config.read_text() else []
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -123,6 +123,7 @@ class NatsBus:
                 max_msgs_per_subject=1,
                 max_msgs=DECISIONS_MAX_MSGS,
                 discard=api.DiscardPolicy.OLD,
+                num_replicas=s.replicas,
             )
         ]
         if s.shares("threats"):
@@ -133,6 +134,7 @@ class NatsBus:
                     storage=api.StorageType.FILE,
                     max_age=THREATS_MAX_AGE,
                     discard=api.DiscardPolicy.OLD,
+                    num_replicas=s.replicas,
                 )
             )
         for config in streams:
@@ -208,7 +210,9 @@ class NatsBus:
             try:
                 self._kv = await js.key_value(bucket)
             except BucketNotFoundError:
-                self._kv = await js.create_key_value(bucket=bucket, history=POLICY_HISTORY)
+                self._kv = await js.create_key_value(
+                    bucket=bucket, history=POLICY_HISTORY, replicas=self.s.replicas
+                )
         return self._kv
 
     async def put_policy(self, data: bytes) -> int:

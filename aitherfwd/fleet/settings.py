@@ -25,12 +25,14 @@ KEYS = (
     "nkey_seed",
     "tls_ca",
     "backlog",
+    "replicas",
 )
 SHARES = ("blocks", "threats", "policy")
 # a subject token: no dots, wildcards or spaces (NATS), short enough for stream names
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SERVER = re.compile(r"^(nats|tls)://[^\s/]+:\d{1,5}$")
 BACKLOG = (100, 10_000_000)
+REPLICAS = (1, 5)
 MAX_SERVERS = 32
 
 
@@ -46,6 +48,7 @@ class FleetSettings:
     nkey_seed: Path | None = None
     tls_ca: Path | None = None
     backlog: int = 100_000  # decisions waiting to be published, kept in the state store
+    replicas: int = 1  # copies of the streams and the bucket a cluster keeps (when created)
 
     def shares(self, what: str) -> bool:
         return what in self.share
@@ -82,6 +85,7 @@ def check_fleet(check: Checker, value: Any, hostname: str) -> FleetSettings | No
             "E-CONFIG-VALUE", "fleet.creds", "give one of creds, nkey_seed or user/password"
         )
     backlog = check.integer(t, "fleet.backlog", 100_000, BACKLOG)
+    replicas = check.integer(t, "fleet.replicas", 1, REPLICAS)
     if not servers or name is None or host is None:
         return None
     return FleetSettings(
@@ -95,6 +99,7 @@ def check_fleet(check: Checker, value: Any, hostname: str) -> FleetSettings | No
         paths["nkey_seed"],
         paths["tls_ca"],
         backlog,
+        replicas,
     )
 
 

@@ -11,6 +11,7 @@ the hub routes to every host."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ drift_check_interval = 0.5
 [metrics]
 listen = ""
 [fleet]
-servers = ["nats://{hub}:4222"]
+servers = {servers}
 name = "lab"
 host = "{host}"
 share = {share}
@@ -67,7 +68,10 @@ PUT = """
 import asyncio, sys, nats
 async def main():
     nc = await nats.connect("nats://127.0.0.1:4222", user=sys.argv[2], password=sys.argv[3])
-    if sys.argv[1] == "kv":
+    if sys.argv[1] == "info":
+        si = await nc.jetstream().stream_info("AFW_lab_DECISIONS")
+        print(f"replicas={si.config.num_replicas}")
+    elif sys.argv[1] == "kv":
         kv = await nc.jetstream().key_value("AFW_lab_POLICY")
         print(await kv.put("policy", sys.stdin.buffer.read()))
     else:
@@ -90,12 +94,15 @@ class Setup:
     clients: dict[str, Client]
     attacker: Client
     follow: tuple[str, ...] = ()  # hosts that follow the fleet's policy
+    ports: tuple[int, ...] = (4222,)  # of the NATS servers (a cluster has three)
+    extra: str = ""  # more [fleet] settings
 
     def start(self, name: str) -> DaemonProc:
         c = self.clients[name]
         policy = POLICY.replace("MGMT", "10.77.4.9/32" if name == "b" else "10.77.250.0/24")
         share = '["blocks", "policy"]' if name in self.follow else '["blocks"]'
-        config = CONFIG.format(hub=c.server_v4, host=name, share=share)
+        servers = "[" + ", ".join(f'"nats://{c.server_v4}:{p}"' for p in self.ports) + "]"
+        config = CONFIG.format(servers=servers, host=name, share=share) + self.extra
         workdir = self.tmp / name
         workdir.mkdir(exist_ok=True)
         d = self.hosts.get(name) or DaemonProc(c.ns, workdir, policy, config)
@@ -273,3 +280,50 @@ def test_a_pushed_policy_is_applied_on_followers_and_an_invalid_one_refused(
         assert f["revision"] == revision and f["errors"][0]["code"] == "E-ENUM"
         assert d.ok("GET", "/v1/status")["generation"] == 2
     assert s.lab.tcp(s.attacker, s.clients["c"].v4, ALT, 0.4) == "ok"
+
+
+def _cluster(lab: Lab, tmp: Path, i: int) -> NatsServer:
+    routes = ", ".join(f'"nats://127.0.0.1:{6222 + j}"' for j in range(3) if j != i)
+    config = (
+        f"cluster {{\n  name: afw\n  listen: 127.0.0.1:{6222 + i}\n  routes: [{routes}]\n}}\n"
+        + ACCOUNTS
+    )
+    return NatsServer(lab.server, tmp / f"n{i}", 4222 + i, config, name=f"n{i}")
+
+
+def test_a_three_node_cluster_losing_a_node_loses_no_decision(tmp_path: Path) -> None:
+    with Lab(clients_wanted=4) as lab:
+        a, b, c, x = lab.clients
+        must(["ip", "netns", "exec", lab.server, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        for host in (a, b, c):
+            must(["ip", "-n", host.ns, "route", "add", "10.77.4.0/24", "via", host.server_v4])
+            lab.listen([WEB], ns=host.ns)
+        must(["ip", "-n", x.ns, "route", "add", "10.77.0.0/16", "via", x.server_v4])
+        lab.add_address(x, "10.77.4.3/24")
+        lab.add_address(x, "10.77.4.4/24")
+        nodes = [_cluster(lab, tmp_path, i) for i in range(3)]
+        s = Setup(lab, nodes[0], tmp_path, {}, {"a": a, "b": b, "c": c}, x)
+        s.ports, s.extra = (4222, 4223, 4224), "replicas = 3\n"
+        try:
+            for node in nodes:
+                node.start()
+            a_d, _ = s.start("a"), s.start("b")
+            info = _put(s, "info", "a", b"").stdout
+            assert b"replicas=3" in info, info  # the stream lives on every node
+            assert a_d.cli("block", "10.77.4.3", "--ttl", "10m", "--fleet").returncode == 0
+            until(lambda: s.web("b", "10.77.4.3") == "timeout", 10, "the first block on B")
+            nodes[0].stop()  # a node dies: a majority of the replicas remains
+            assert a_d.cli("block", "10.77.4.4", "--ttl", "10m", "--fleet").returncode == 0
+            until(lambda: s.web("b", "10.77.4.4") == "timeout", 20, "the second block on B")
+            until(lambda: fleet(a_d)["backlog"] == 0, 10, "A's backlog published")
+            c_d = s.start("c")  # and a host joining now gets both
+            until(lambda: s.web("c", "10.77.4.4") == "timeout", 20, "C getting the blocks")
+            assert {blk["address"] for blk in c_d.ok("GET", "/v1/blocks")["blocks"]} == {
+                "10.77.4.3",
+                "10.77.4.4",
+            }
+        finally:
+            for d in s.hosts.values():
+                d.cleanup()
+            for node in nodes:
+                node.stop(signal.SIGKILL)

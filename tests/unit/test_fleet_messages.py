@@ -92,6 +92,7 @@ def test_the_fleet_config_is_off_when_absent_and_read_when_present() -> None:
     cfg = _cfg('[fleet]\nservers = ["nats://10.0.0.5:4222"]\nname = "prod"\n')
     fleet = cfg.fleet  # type: ignore[attr-defined]
     assert fleet.host == "box" and fleet.share == {"blocks"} and fleet.backlog == 100_000
+    assert fleet.replicas == 1
     cfg = _cfg(
         '[fleet]\nservers = ["nats://a:4222", "tls://b:4222"]\nname = "prod"\nhost = "web-1"\n'
         'share = ["blocks", "threats", "policy"]\ncreds = "/etc/aitherfwd/fleet.creds"\n'
@@ -108,6 +109,7 @@ def test_fleet_config_mistakes_are_all_reported_with_their_lines() -> None:
         'user = "u"\n'
         'creds = "relative.creds"\n'
         "backlog = 5\n"
+        "replicas = 7\n"
         "shares = []\n"
     )
     with pytest.raises(ConfigError) as err:
@@ -120,7 +122,8 @@ def test_fleet_config_mistakes_are_all_reported_with_their_lines() -> None:
         "aitherfwd.toml:5:1: error[E-CONFIG-VALUE] fleet.user: user and password go together",
         "aitherfwd.toml:6:1: error[E-CONFIG-TYPE] fleet.creds",
         "aitherfwd.toml:7:1: error[E-CONFIG-RANGE] fleet.backlog",
-        "aitherfwd.toml:8:1: error[E-CONFIG-UNKNOWN-KEY] fleet.shares",
+        "aitherfwd.toml:8:1: error[E-CONFIG-RANGE] fleet.replicas",
+        "aitherfwd.toml:9:1: error[E-CONFIG-UNKNOWN-KEY] fleet.shares",
     ):
         assert expected in message, message
 
