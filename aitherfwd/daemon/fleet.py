@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -101,10 +102,13 @@ class FleetService:
         outbox: Outbox,
         audit: AuditLog,
         threats: ThreatSink | None = None,
-        new_id: Callable[[], str] = lambda: secrets.token_hex(8),
+        new_id: Callable[[], str] | None = None,
     ) -> None:
         self.s, self.bus, self.clock, self.blocks = settings, bus, clock, blocks
-        self.outbox, self.audit, self.threat_sink, self.new_id = outbox, audit, threats, new_id
+        self.outbox, self.audit, self.threat_sink = outbox, audit, threats
+        # ids: a random prefix per start and a counter, unique in the fleet and cheap
+        prefix, counter = secrets.token_hex(8), itertools.count()
+        self.new_id = new_id or (lambda: f"{prefix}{next(counter):08x}")
         self.seen = m.Seen()
         self.c = _Counters()
         self._wake = asyncio.Event()
@@ -359,8 +363,7 @@ class FleetService:
 
     async def _apply_blocks(self, decisions: list[Decision], now: float) -> None:
         table = self.blocks.table
-        nets = [ipaddress.ip_network(d.key) for d in decisions]
-        guarded = await self.blocks.lockout(nets)
+        guarded = await self.blocks.lockout([_network(d.key) for d in decisions])
         specs = []
         for d in decisions:
             held = table.get(d.key, now)
@@ -422,6 +425,13 @@ class FleetService:
         ]
         await self.threat_sink(specs, share=False)
         self.c.applied += len(specs)
+
+
+def _network(key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The network of a canonical key; single IPv4 addresses without parsing text twice."""
+    if "/" in key or ":" in key:
+        return ipaddress.ip_network(key)
+    return ipaddress.IPv4Network((int(ipaddress.IPv4Address(key)), 32))
 
 
 def _what(msg: Decision | SharedThreat) -> str:

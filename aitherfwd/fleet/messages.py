@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aitherfwd.dynamic.blockrecords import address_text
+from aitherfwd.dynamic.blockrecords import address_text, canonical_v4
 from aitherfwd.errors import AitherError
 
 VERSION = 1
@@ -144,6 +144,8 @@ def _key(body: dict[str, Any], field: str) -> str:
     value = body.get(field)
     if not isinstance(value, str) or len(value) > 64:
         raise BadMessage(f"{field} must be an address or prefix")
+    if canonical_v4(value) is not None:  # the common case, ~20x cheaper than ipaddress
+        return value
     try:
         net = ipaddress.ip_network(value, strict=True)
     except ValueError:
