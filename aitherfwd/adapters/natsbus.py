@@ -58,9 +58,12 @@ class NatsBus:
 
     @property
     def connected(self) -> bool:
-        return self._nc is not None and bool(self._nc.is_connected) and bool(self._subs)
+        wanted = 2 if self.s.shares("threats") else 1  # every durable consumer set up
+        return self._nc is not None and bool(self._nc.is_connected) and len(self._subs) == wanted
 
     async def connect(self) -> None:
+        """The first connection is retried by nats-py itself until a server answers
+        (max_reconnect_attempts=-1): this waits meanwhile, and `connected` stays False."""
         try:
             import nats  # noqa: PLC0415
             from nats.errors import Error as NatsError  # noqa: PLC0415
@@ -164,7 +167,8 @@ class NatsBus:
             consumer = api.ConsumerConfig(
                 durable_name=durable,
                 deliver_policy=deliver,
-                ack_policy=api.AckPolicy.EXPLICIT,
+                # acknowledging a delivery acknowledges every earlier one: one ack per batch
+                ack_policy=api.AckPolicy.ALL,
                 ack_wait=ACK_WAIT,
                 max_ack_pending=MAX_ACK_PENDING,
             )
@@ -195,6 +199,8 @@ class NatsBus:
         except (NatsTimeout, TimeoutError):
             return []
         except (NatsError, OSError) as exc:
+            # set the consumer up again at the next connect (the server may have lost it)
+            self._subs.pop(consumer, None)
             raise BusError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
         return [Delivery(msg.data, _pending(msg), msg.ack, msg.subject) for msg in msgs]
 

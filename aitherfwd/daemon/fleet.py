@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 SHARED_SOURCES = frozenset({"reputation", "detection"})  # automatic blocks go out by default
 FLEET = "fleet"  # the source of blocks applied from the fleet
-FETCH_BATCH = 1000
+FETCH_BATCH = 2000
 FETCH_WAIT = 1.0  # seconds a fetch waits for messages
 PUBLISH_BATCH = 512
 RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between connection attempts (doubling)
@@ -135,7 +135,7 @@ class FleetService:
             sorted(self.s.share),
             self.bus.connected,
             str(getattr(self.bus, "server", "")),
-            self.last_error,
+            self.last_error or str(getattr(self.bus, "last_error", "")),
             self.outbox.count,
             self.outbox.dropped,
             c.published,
@@ -310,7 +310,7 @@ class FleetService:
 
     async def apply(self, got: Sequence[Delivery]) -> None:
         """Apply a batch of deliveries in their order (the last word per address wins),
-        then acknowledge every one of them."""
+        then acknowledge them (the last one: acknowledgements are cumulative)."""
         now = self.clock.now()
         blocks: dict[str, Decision] = {}
         unblocks: dict[str, Decision] = {}
@@ -345,11 +345,10 @@ class FleetService:
             await self._apply_threats(threats)
         finally:
             self.c.lag = got[-1].pending
-            for d in got:
-                try:
-                    await d.ack()
-                except Exception as exc:
-                    log.debug("fleet ack failed error=%s", exc)
+            try:  # the consumers acknowledge cumulatively: the last one covers the batch
+                await got[-1].ack()
+            except Exception as exc:  # redelivered later, and applying is idempotent
+                log.debug("fleet ack failed error=%s", exc)
 
     def _skip(self, why: str, msg: Decision | None = None, detail: str = "") -> None:
         self.c.skipped[why] = self.c.skipped.get(why, 0) + 1

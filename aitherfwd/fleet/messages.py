@@ -32,7 +32,7 @@ ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\.[0-9a-f]{8,64}$")
 HOST = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SEVERITIES = ("low", "medium", "high", "critical")
-SEEN_IDS = 200_000  # message ids remembered for idempotence (a redelivery is older)
+SEEN_IDS = 50_000  # message ids remembered (redeliveries come from the unacknowledged window)
 
 
 class BadMessage(ValueError):
