@@ -96,11 +96,15 @@ class Setup:
     follow: tuple[str, ...] = ()  # hosts that follow the fleet's policy
     ports: tuple[int, ...] = (4222,)  # of the NATS servers (a cluster has three)
     extra: str = ""  # more [fleet] settings
+    threats: bool = False  # share threat events too (and climb the ladder at 3)
 
     def start(self, name: str) -> DaemonProc:
         c = self.clients[name]
         policy = POLICY.replace("MGMT", "10.77.4.9/32" if name == "b" else "10.77.250.0/24")
         share = '["blocks", "policy"]' if name in self.follow else '["blocks"]'
+        if self.threats:
+            share = '["blocks", "threats"]'
+            policy = policy.replace("threshold: 2", "threshold: 3")
         servers = "[" + ", ".join(f'"nats://{c.server_v4}:{p}"' for p in self.ports) + "]"
         config = CONFIG.format(servers=servers, host=name, share=share) + self.extra
         workdir = self.tmp / name
@@ -329,3 +333,19 @@ def test_a_three_node_cluster_losing_a_node_loses_no_decision(tmp_path: Path) ->
                 d.cleanup()
             for node in nodes:
                 node.stop(signal.SIGKILL)
+
+
+def test_three_low_threat_events_on_three_hosts_block_on_each(setup: Setup) -> None:
+    s = setup
+    s.threats = True
+    hosts = [s.start(name) for name in "abc"]
+    source = "10.77.4.8"
+    event = {"type": "SENTRY_PORT_SCAN", "source_ip": source, "severity": "low"}
+    assert hosts[0].post("/v1/threats", event)["blocked"] == []
+    until(lambda: fleet(hosts[2])["applied"] >= 1, 10, "C taking A's event")
+    assert block_of(hosts[2], source) is None  # one event is not enough anywhere
+    hosts[1].post("/v1/threats", event)
+    hosts[2].post("/v1/threats", event)  # three events in the fleet: over 3 on every host
+    for name, d in zip("abc", hosts, strict=True):
+        until(lambda d=d: block_of(d, source) is not None, 10, f"{name} blocking")
+        until(lambda n=name: s.web(n, source) == "timeout", 5, f"{name} dropping")
