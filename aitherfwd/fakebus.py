@@ -10,7 +10,7 @@ test turns off to make a partition. Re-exported by aitherfwd/testing.py.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aitherfwd.fleet.messages import BusError, Delivery
 
@@ -80,8 +80,15 @@ class FakeBus:
         self._connected = True
         self.connects += 1
 
-    async def publish(self, subject: str, data: bytes, msg_id: str) -> None:
-        self.server_state.publish(subject, data, msg_id)
+    async def publish(self, messages: Sequence[tuple[str, bytes, str]]) -> list[bool]:
+        out = []
+        for subject, data, msg_id in messages:
+            try:
+                self.server_state.publish(subject, data, msg_id)
+                out.append(True)
+            except BusError:
+                out.append(False)
+        return out
 
     async def fetch(self, consumer: str, batch: int, timeout: float) -> list[Delivery]:
         return self.server_state.fetch(self.host, consumer, batch)

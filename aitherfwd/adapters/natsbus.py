@@ -14,8 +14,10 @@ it, a `[fleet]` config fails at start with E-FLEET-NO-CLIENT saying what to inst
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from aitherfwd.fleet import messages as m
@@ -53,6 +55,7 @@ class NatsBus:
         self._nc: Any = None
         self._subs: dict[str, Any] = {}
         self._kv: Any = None
+        self._js: Any = None  # one JetStream context: its async-publish replies are set up once
         self.server = ""  # the server connected to, for status
         self.last_error = ""
 
@@ -73,6 +76,8 @@ class NatsBus:
             if self._nc is None:
                 self._nc = await nats.connect(**self._options())
             self.server = str(getattr(self._nc, "connected_url", None) or "")
+            if self._js is None:
+                self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
             await self._setup()
         except (NatsError, OSError, TimeoutError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -176,16 +181,36 @@ class NatsBus:
                 subject, durable=durable, stream=stream, config=consumer
             )
 
-    async def publish(self, subject: str, data: bytes, msg_id: str) -> None:
+    async def publish(self, messages: Sequence[tuple[str, bytes, str]]) -> list[bool]:
+        """Pipelined: every message is sent before any acknowledgement is awaited (on one
+        JetStream context, whose reply subscription is set up once); acknowledgements not
+        in within REQUEST_TIMEOUT count as failed (retried, dropped as duplicates)."""
         from nats.errors import Error as NatsError  # noqa: PLC0415
 
-        if self._nc is None:
+        if self._js is None:
             raise BusError("not connected to the fleet bus")
-        js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
+        futures: list[asyncio.Future[Any]] = []
         try:
-            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id})
+            for subject, data, msg_id in messages:
+                futures.append(
+                    await self._js.publish_async(
+                        subject, data, wait_stall=REQUEST_TIMEOUT, headers={"Nats-Msg-Id": msg_id}
+                    )
+                )
         except (NatsError, OSError, TimeoutError) as exc:
-            raise BusError(f"publish failed: {type(exc).__name__}: {exc}") from exc
+            self.last_error = f"publish failed: {type(exc).__name__}: {exc}"
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=REQUEST_TIMEOUT)
+            for f in pending:
+                f.cancel()
+        acked = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
+        if not all(acked):
+            failed = next(
+                (f for f in futures if f.done() and not f.cancelled() and f.exception()), None
+            )
+            if failed is not None:
+                self.last_error = f"publish refused: {failed.exception()}"
+        return acked + [False] * (len(messages) - len(futures))
 
     async def fetch(self, consumer: str, batch: int, timeout: float) -> list[Delivery]:
         from nats.errors import Error as NatsError  # noqa: PLC0415
@@ -242,7 +267,7 @@ class NatsBus:
         return int(entry.revision or 0), bytes(entry.value or b"")
 
     async def close(self) -> None:
-        self._kv = None
+        self._kv = self._js = None
         nc, self._nc, self._subs = self._nc, None, {}
         if nc is not None:
             try:

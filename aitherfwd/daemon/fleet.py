@@ -269,8 +269,8 @@ class FleetService:
                 await asyncio.sleep(0.5)
 
     async def publish_some(self) -> int:
-        """Publish the oldest rows of the outbox (concurrently, at most one per subject so
-        that their order holds); remove what the bus acknowledged."""
+        """Publish the oldest rows of the outbox (pipelined, at most one per subject so
+        that a retry cannot reorder them); remove what the bus acknowledged."""
         batch: list[tuple[int, str, str, bytes]] = []
         subjects: set[str] = set()
         for row in self.outbox.oldest(PUBLISH_BATCH):
@@ -278,16 +278,12 @@ class FleetService:
                 break
             subjects.add(row[1])
             batch.append(row)
-        results = await asyncio.gather(
-            *(self.bus.publish(subject, data, mid) for _, subject, mid, data in batch),
-            return_exceptions=True,
-        )
-        done = [row[0] for row, r in zip(batch, results, strict=True) if r is None]
-        for r in results:
-            if isinstance(r, BusError):
-                self.last_error = r.message
-            elif isinstance(r, BaseException):
-                raise r
+        try:
+            acked = await self.bus.publish([(subj, data, mid) for _, subj, mid, data in batch])
+        except BusError as exc:
+            self.last_error = exc.message
+            return 0
+        done = [row[0] for row, ok in zip(batch, acked, strict=True) if ok]
         self.outbox.remove(done)
         self.c.published += len(done)
         return len(done)

@@ -8,7 +8,7 @@ shipped fakes (aitherfwd/testing.py). Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 from aitherfwd.fleet.messages import Delivery
@@ -85,8 +85,9 @@ class Bus(Protocol):
         """Connect (the client reconnects by itself afterwards), make sure the streams and
         this host's durable consumers exist."""
 
-    async def publish(self, subject: str, data: bytes, msg_id: str) -> None:
-        """Publish and wait for the stream's acknowledgement; `msg_id` lets the stream
+    async def publish(self, messages: Sequence[tuple[str, bytes, str]]) -> list[bool]:
+        """Publish (subject, data, message id) in order, pipelined, and wait (bounded) for
+        the stream's acknowledgements: which ones it acknowledged. The id lets the stream
         drop a retried duplicate."""
 
     async def fetch(self, consumer: str, batch: int, timeout: float) -> list[Delivery]:
