@@ -181,20 +181,23 @@ NOTES = """\
 What the numbers say (measured while other engineers' tests ran: a load average of 12-14 on
 2 cores, so every absolute time here is several times what a quiet host shows; the RSS
 rows compare against the baseline daemon of the same run):
-- One block on A reaches B's kernel in milliseconds: A's request (store, kernel, outbox
-  row), the publish and its acknowledgement, B's fetch, its checks, its store and kernel
-  write, its audit line. Inside the targets (p50 ≤ 50 ms, p99 ≤ 250 ms) even under load.
+- One block on A reaches B's kernel in a few milliseconds: A's request (store, kernel,
+  outbox row), the pipelined publish and its acknowledgement, B's fetch, its checks, its
+  store and kernel write, its audit line. Inside the targets (p50 ≤ 50 ms, p99 ≤ 250 ms)
+  even under this load.
 - Fleet mode costs ≈ 2 MB of RSS idle (nats-py and the fleet's loops): inside +15 MB.
-- Bulk is NOT inside its targets: 10,000 blocks in one request take ≈ 6.7 s to be on B
-  (target 2 s) and B catches up ≈ 3,000 decisions per second (100,000 in ≈ 31 s; target
+- Bulk is NOT inside its targets: 10,000 blocks in one request take ≈ 3.8 s to be on B
+  (target 2 s; 6.7 s before publishing was pipelined with nats-py's `publish_async`), and B
+  catches up 2,000-3,000 decisions per second (100,000 in 31-44 s over two runs; target
   5 s). Each block is its own message — one subject per (host, address) is what lets the
   stream keep just the live decisions and lets NATS permissions pin a host to its own
-  subjects — so the cost is per message and in Python on both sides: JSON, the outbox row,
-  nats-py's publish and acknowledgement on A; nats-py's message objects, decoding and
-  validation, the table checks on B. What would meet the targets: batching the decisions
-  of one request into one message on a per-host batch subject (keeping the per-address
-  subjects for the last word), and publishing with nats-py's `publish_async`.
-- B's RSS after taking 100,000 fleet blocks (≈ 165 MB) is far above the ≈ 69 MB of a
+  subjects — so the cost is per message and in Python: on B, nats-py's message objects,
+  decoding and validating each decision, the table's protection and overlap checks (run
+  twice: by the fleet and by the block service), the store and the audit line per batch.
+  What would meet the targets: the decisions of one request in one message on a per-host
+  batch subject (the per-address subjects kept for the last word), and one check per
+  decision instead of two.
+- B's RSS after taking 100,000 fleet blocks (150-165 MB) is far above the ≈ 69 MB of a
   daemon that took 100,000 blocks in one request (docs/benchmarks-daemon.md): the blocks
   arrive in 50 batches of 2,000, each leaving heap pages partly used, plus the 50,000
   remembered message ids; not investigated further yet.
