@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +47,10 @@ rules:
 reputation: {threshold: 2, temp_block: 1h}
 """
 CONFIG = """\
+[control]
+group = "nogroup"
+[roles]
+read = {{users = ["nobody"]}}
 [daemon]
 drift_check_interval = 0.5
 [metrics]
@@ -275,6 +280,19 @@ def test_a_pushed_policy_is_applied_on_followers_and_an_invalid_one_refused(
             f"{name} applying the fleet policy",
         )
     assert s.lab.tcp(s.attacker, s.clients["a"].v4, ALT, 0.4) == "timeout"  # a follows none
+    # as an attacker: a read-only user may look, not push or block; malformed bodies fail
+    res = a.cli("fleet", "status", user="nobody")
+    assert res.returncode == 0 and "fleet lab as a (shares blocks)" in res.stdout, res
+    with tempfile.TemporaryDirectory(prefix="afw-pub-") as pub:  # readable by nobody
+        Path(pub).chmod(0o755)
+        (Path(pub) / "p.yaml").write_text(wider)
+        (Path(pub) / "p.yaml").chmod(0o644)
+        for argv in (["fleet", "push-policy", f"{pub}/p.yaml"], ["block", "10.77.4.3", "--fleet"]):
+            res = a.cli(*argv, user="nobody")
+            assert res.returncode == 1 and "E-FORBIDDEN" in res.stderr, res
+    for body in ({"policy": 5}, {"policy": "x", "more": 1}, ["policy"]):
+        status, answer = a.request("POST", "/v1/fleet/policy", body)
+        assert status == 400 and answer["error"]["code"] in ("E-SCHEMA", "E-JSON"), answer
     revision = fleet(b)["policy"]["revision"]
     assert revision is not None and b.ok("GET", "/v1/status")["generation"] == 2
     # an invalid revision put straight into the bucket: both refuse it and keep theirs
