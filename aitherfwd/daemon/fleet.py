@@ -20,7 +20,6 @@ import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aitherfwd.adapters.audit import AuditLog
@@ -30,6 +29,7 @@ from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec, ThreatSpec
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.fleet_policy import FleetPolicy
+from aitherfwd.daemon.fleet_status import FleetCounters, FleetStatus
 from aitherfwd.daemon.ports import Bus
 from aitherfwd.dynamic.blocks import Block, BlockError
 from aitherfwd.errors import AitherError
@@ -58,40 +58,6 @@ class ThreatSink(Protocol):
     ) -> Awaitable[Any]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class FleetStatus:
-    fleet: str
-    host: str
-    share: list[str]
-    connected: bool
-    server: str
-    last_error: str
-    backlog: int
-    backlog_dropped: int
-    published: int
-    applied: int
-    skipped: dict[str, int]
-    invalid: int
-    lag: int
-    last_message_at: float | None
-    last_message: str | None
-    policy: dict[str, Any] | None  # the fleet policy followed here (None: not followed)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-
-@dataclass
-class _Counters:
-    published: int = 0
-    applied: int = 0
-    invalid: int = 0
-    lag: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    last_at: float | None = None
-    last: str | None = None
-
-
 class FleetService:
     def __init__(  # noqa: PLR0917 - the ports, wired in daemon/services.py
         self,
@@ -110,7 +76,7 @@ class FleetService:
         prefix, counter = secrets.token_hex(8), itertools.count()
         self.new_id = new_id or (lambda: f"{prefix}{next(counter):08x}")
         self.seen = m.Seen()
-        self.c = _Counters()
+        self.c = FleetCounters()
         self._wake = asyncio.Event()
         self._was_up = False
         self.last_error = ""
@@ -325,7 +291,7 @@ class FleetService:
                 self._skip(why)
                 continue
             self.seen.add(msg.id)
-            self.c.last_at, self.c.last = now, f"{msg.origin} {_what(msg)}"
+            self.c.last_at, self.c.last = now, f"{msg.origin} {m.describe(msg)}"
             if isinstance(msg, SharedThreat):
                 threats.append(msg)
             elif msg.op == m.BLOCK:
@@ -427,9 +393,3 @@ def _network(key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     if "/" in key or ":" in key:
         return ipaddress.ip_network(key)
     return ipaddress.IPv4Network((int(ipaddress.IPv4Address(key)), 32))
-
-
-def _what(msg: Decision | SharedThreat) -> str:
-    if isinstance(msg, SharedThreat):
-        return f"threat {msg.type} {msg.source_ip}"
-    return f"{msg.op} {msg.key}"

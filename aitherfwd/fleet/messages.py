@@ -191,6 +191,13 @@ def policy_bucket(fleet: str) -> str:
     return f"AFW_{fleet}_POLICY"
 
 
+def describe(msg: Decision | SharedThreat) -> str:
+    """A short text for status: `block 203.0.113.7`, `threat SCAN 192.0.2.1`."""
+    if isinstance(msg, SharedThreat):
+        return f"threat {msg.type} {msg.source_ip}"
+    return f"{msg.op} {msg.key}"
+
+
 # --- judging what arrives ------------------------------------------------------------------
 
 
