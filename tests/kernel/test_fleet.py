@@ -119,6 +119,19 @@ class Setup:
         until(lambda: fleet(d)["connected"], 15, f"{name} connected to the bus")
         return d
 
+    def passes(self, name: str, source: str, port: int = WEB) -> bool:
+        """A connection gets through (tried a few times: under a loaded machine one may
+        take longer than the probe waits; a dropped source never gets through)."""
+        for _ in range(3):
+            if self.lab.tcp(self.attacker, self.clients[name].v4, port, 1.0, source) == "ok":
+                return True
+        return False
+
+    def dropped(self, name: str, source: str) -> bool:
+        """Host `name` holds a block of `source`, and its packets are dropped."""
+        held = block_of(self.hosts[name], source) is not None
+        return held and self.web(name, source) == "timeout"
+
     def web(self, name: str, source: str) -> str:
         """One connection from the attacker (from `source`) to host `name`'s web port."""
         return self.lab.tcp(self.attacker, self.clients[name].v4, WEB, 0.4, source)
@@ -177,11 +190,11 @@ def test_blocks_reach_every_host_and_survive_a_partition_a_restart_and_a_late_jo
 ) -> None:
     s = setup
     a, b = s.start("a"), s.start("b")
-    assert s.web("b", "10.77.4.3") == "ok"
+    assert s.passes("b", "10.77.4.3")
     # a block on A, shared: B drops the client's packets; B shows where it came from
     res = a.cli("block", "10.77.4.3", "--ttl", "10m", "--reason", "scanner", "--fleet")
     assert res.returncode == 0, res.stderr
-    until(lambda: s.web("b", "10.77.4.3") == "timeout", 5, "A's block dropping on B")
+    until(lambda: s.dropped("b", "10.77.4.3"), 5, "A's block dropping on B")
     blk = block_of(b, "10.77.4.3")
     assert blk is not None and blk["source"] == "fleet" and blk["reason"] == "fleet a: scanner"
     own = block_of(a, "10.77.4.3")
@@ -194,12 +207,12 @@ def test_blocks_reach_every_host_and_survive_a_partition_a_restart_and_a_late_jo
     assert res.returncode == 0 and b"refused" in res.stdout, res
     assert b"refused" not in _put(s, "afw.lab.d.c.10_77_4_8", "c", forged).stdout
     until(lambda: fleet(b)["invalid"] == 1, 5, "B dropping c's forged decision")
-    assert s.web("b", "10.77.4.8") == "ok"
+    assert s.passes("b", "10.77.4.8")
     # B's management address: A blocks it, B never does
     assert a.cli("block", "10.77.4.9", "--ttl", "10m", "--fleet").returncode == 0
     assert s.web("a", "10.77.4.9") == "timeout"
     until(lambda: fleet(b)["skipped"].get("protected"), 5, "B refusing the management block")
-    assert s.web("b", "10.77.4.9") == "ok"
+    assert s.passes("b", "10.77.4.9")
     skipped = [e for e in b.audit_events() if e["event"] == "fleet_skipped"]
     assert [(e["source_ip"], e["origin"], e["why"]) for e in skipped] == [
         ("10.77.4.9", "a", "protected")
@@ -220,16 +233,16 @@ def test_blocks_reach_every_host_and_survive_a_partition_a_restart_and_a_late_jo
     until(lambda: block_of(a, "10.77.4.6") is None, 10, "the 2 s block expiring on A")
     s.hub.start()
     until(lambda: fleet(b)["connected"], 20, "B connecting once the bus is back")
-    until(lambda: s.web("b", "10.77.4.5") == "timeout", 10, "B catching up after the partition")
+    until(lambda: s.dropped("b", "10.77.4.5"), 10, "B catching up after the partition")
     until(lambda: fleet(a)["backlog"] == 0, 5, "A's backlog published")
     assert block_of(b, "10.77.4.6") is None
     assert fleet(b)["skipped"].get("expired") == 1
     # C joins late: the live blocks only (not the lifted one, not the expired one)
     c = s.start("c")
-    until(lambda: s.web("c", "10.77.4.5") == "timeout", 10, "C getting the live blocks")
-    addresses = {blk["address"] for blk in c.ok("GET", "/v1/blocks")["blocks"]}
-    assert addresses == {"10.77.4.5", "10.77.4.9"}
-    assert s.web("c", "10.77.4.3") == "ok"
+    until(lambda: s.dropped("c", "10.77.4.5"), 10, "C getting the live blocks")
+    live = {"10.77.4.5", "10.77.4.9"}
+    until(lambda: {b["address"] for b in c.ok("GET", "/v1/blocks")["blocks"]} == live, 5, "all")
+    assert s.passes("c", "10.77.4.3")
     st = c.ok("GET", "/v1/status")["fleet"]
     assert st["connected"] and st["lag"] == 0 and st["host"] == "c"
     assert "fleet lab as c: connected" in c.cli("status").stdout
@@ -239,7 +252,7 @@ def test_a_port_scan_against_one_host_gets_the_scanner_dropped_on_another(setup:
     s = setup
     a, b = s.start("a"), s.start("b")
     scanner = "10.77.4.7"
-    assert s.web("b", scanner) == "ok"
+    assert s.passes("b", scanner)
     argv = ["ip", "netns", "exec", s.attacker.ns, "timeout", "30", "nmap", "-n", "-Pn", "-T4"]
     argv += ["--max-retries", "0", "-sT", "-p", "1-200", "-S", scanner, "-e", s.attacker.dev]
     scan = subprocess.Popen(
@@ -251,7 +264,7 @@ def test_a_port_scan_against_one_host_gets_the_scanner_dropped_on_another(setup:
         scan.kill()
         scan.wait(timeout=10)
     assert block_of(a, scanner)["source"] == "reputation"  # type: ignore[index]
-    until(lambda: s.web("b", scanner) == "timeout", 5, "the scanner dropped on B")
+    until(lambda: s.dropped("b", scanner), 5, "the scanner dropped on B")
     blk = block_of(b, scanner)
     assert blk is not None and blk["source"] == "fleet" and blk["reason"].startswith("fleet a:")
 
@@ -262,7 +275,7 @@ def test_a_pushed_policy_is_applied_on_followers_and_an_invalid_one_refused(
     s = setup
     s.follow = ("b", "c")
     a, b, c = s.start("a"), s.start("b"), s.start("c")
-    assert s.web("b", "10.77.4.3") == "ok"
+    assert s.passes("b", "10.77.4.3")
     assert s.lab.tcp(s.attacker, s.clients["b"].v4, ALT, 0.4) == "timeout"
     wider = POLICY.replace("MGMT", "10.77.250.0/24").replace("[443]", f"[443, {ALT}]")
     bad = tmp_path / "bad.yaml"
@@ -303,7 +316,7 @@ def test_a_pushed_policy_is_applied_on_followers_and_an_invalid_one_refused(
         f = fleet(d)["policy"]
         assert f["revision"] == revision and f["errors"][0]["code"] == "E-ENUM"
         assert d.ok("GET", "/v1/status")["generation"] == 2
-    assert s.lab.tcp(s.attacker, s.clients["c"].v4, ALT, 0.4) == "ok"
+    assert s.passes("c", "10.77.4.2", ALT)
 
 
 def _cluster(lab: Lab, tmp: Path, i: int) -> NatsServer:
@@ -335,13 +348,13 @@ def test_a_three_node_cluster_losing_a_node_loses_no_decision(tmp_path: Path) ->
             info = _put(s, "info", "a", b"").stdout
             assert b"replicas=3" in info, info  # the stream lives on every node
             assert a_d.cli("block", "10.77.4.3", "--ttl", "10m", "--fleet").returncode == 0
-            until(lambda: s.web("b", "10.77.4.3") == "timeout", 10, "the first block on B")
+            until(lambda: s.dropped("b", "10.77.4.3"), 10, "the first block on B")
             nodes[0].stop()  # a node dies: a majority of the replicas remains
             assert a_d.cli("block", "10.77.4.4", "--ttl", "10m", "--fleet").returncode == 0
-            until(lambda: s.web("b", "10.77.4.4") == "timeout", 20, "the second block on B")
+            until(lambda: s.dropped("b", "10.77.4.4"), 20, "the second block on B")
             until(lambda: fleet(a_d)["backlog"] == 0, 10, "A's backlog published")
             c_d = s.start("c")  # and a host joining now gets both
-            until(lambda: s.web("c", "10.77.4.4") == "timeout", 20, "C getting the blocks")
+            until(lambda: s.dropped("c", "10.77.4.4"), 20, "C getting the blocks")
             assert {blk["address"] for blk in c_d.ok("GET", "/v1/blocks")["blocks"]} == {
                 "10.77.4.3",
                 "10.77.4.4",
@@ -366,4 +379,4 @@ def test_three_low_threat_events_on_three_hosts_block_on_each(setup: Setup) -> N
     hosts[2].post("/v1/threats", event)  # three events in the fleet: over 3 on every host
     for name, d in zip("abc", hosts, strict=True):
         until(lambda d=d: block_of(d, source) is not None, 10, f"{name} blocking")
-        until(lambda n=name: s.web(n, source) == "timeout", 5, f"{name} dropping")
+        until(lambda n=name: s.dropped(n, source), 5, f"{name} dropping")
