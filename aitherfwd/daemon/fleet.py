@@ -22,6 +22,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from aitherfwd.adapters import memory
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.outbox import Outbox, Row
 from aitherfwd.audit_records import FleetBus, FleetSkipped
@@ -43,8 +44,7 @@ log = logging.getLogger(__name__)
 
 SHARED_SOURCES = frozenset({"reputation", "detection"})  # automatic blocks go out by default
 FLEET = "fleet"  # the source of blocks applied from the fleet
-FETCH_BATCH = 2000
-FETCH_WAIT = 1.0  # seconds a fetch waits for messages
+FETCH_BATCH, FETCH_WAIT = 2000, 1.0  # messages per fetch; seconds a fetch waits for them
 PUBLISH_BATCH = 512
 RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between connection attempts (doubling)
 MAX_REASON = 200
@@ -79,6 +79,7 @@ class FleetService:
         self.c = FleetCounters()
         self._wake = asyncio.Event()
         self._was_up = False
+        self._since_trim = 0  # messages applied since the heap was last trimmed
         self.last_error = ""
         self.policy: FleetPolicy | None = None  # push (any host) and follow ("policy")
         before_block, before_unblock = blocks.on_blocked, blocks.on_unblocked
@@ -267,6 +268,10 @@ class FleetService:
                 continue
             if got:
                 await self.apply(got)
+                self._since_trim += len(got)
+                if not got[-1].pending and self._since_trim >= memory.LARGE_BATCH:
+                    self._since_trim = 0  # a catch-up is over: its batches are garbage now
+                    memory.trim()
 
     # --- the fleet's decisions in -------------------------------------------------------
 
