@@ -189,8 +189,8 @@ above what a quiet host shows; the RSS rows compare against the baseline of the 
 - Bulk is NOT inside its targets: 10,000 blocks in one request take ≈ 3.8 s to be on B
   (target 2 s; 6.7 s before publishing was pipelined with nats-py's `publish_async`), and B
   catches up ≈ 9,000 decisions per second here (100,000 in ≈ 10.7 s, B's restart included;
-  31-44 s in runs at a load of 12-14; target 5 s). Each block is its own message — one subject per (host, address) is what lets the
-  stream keep just the live decisions and lets NATS permissions pin a host to its own
+  31-44 s in runs at a load of 12-14; target 5 s). Each block is its own message — one
+  subject per (host, address) is what lets the stream keep just the live decisions and lets NATS permissions pin a host to its own
   subjects — so the cost is per message and in Python: on B, nats-py's message objects,
   decoding and validating each decision, the table's protection and overlap checks (run
   twice: by the fleet and by the block service), the store and the audit line per batch.
