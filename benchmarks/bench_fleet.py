@@ -183,25 +183,23 @@ What the numbers say (measured while other engineers' tests ran — a load avera
 above what a quiet host shows; the RSS rows compare against the baseline of the same run):
 - One block on A reaches B's kernel in a few milliseconds: A's request (store, kernel,
   outbox row), the pipelined publish and its acknowledgement, B's fetch, its checks, its
-  store and kernel write, its audit line. Inside the targets (p50 ≤ 50 ms, p99 ≤ 250 ms)
-  even under this load.
+  store and kernel write, its audit line. Inside the targets (p50 ≤ 50 ms, p99 ≤ 250 ms),
+  also in the runs at a load of 12-14 (p50 3-9 ms, p99 56-355 ms: over the target once).
 - Fleet mode costs ≈ 2 MB of RSS idle (nats-py and the fleet's loops): inside +15 MB.
 - Bulk is NOT inside its targets: 10,000 blocks in one request take ≈ 3.8 s to be on B
-  (target 2 s; 6.7 s before publishing was pipelined with nats-py's `publish_async`), and B
-  catches up ≈ 9,000 decisions per second here (100,000 in ≈ 10.7 s, B's restart included;
-  31-44 s in runs at a load of 12-14; target 5 s). Each block is its own message — one
-  subject per (host, address) is what lets the stream keep just the live decisions and lets NATS permissions pin a host to its own
-  subjects — so the cost is per message and in Python: on B, nats-py's message objects,
-  decoding and validating each decision, the table's protection and overlap checks (run
-  twice: by the fleet and by the block service), the store and the audit line per batch.
-  What would meet the targets: the decisions of one request in one message on a per-host
-  batch subject (the per-address subjects kept for the last word), and one check per
-  decision instead of two.
+  (target 2 s; 6.7 s before publishing was pipelined with nats-py's `publish_async`), and
+  B catches up ≈ 9,000 decisions per second here (100,000 in ≈ 10.7 s, B's restart
+  included; 31-44 s at a load of 12-14; target 5 s). Each block is its own message: one
+  subject per (host, address) is what lets the stream keep just the live decisions and
+  lets NATS permissions pin a host to its own subjects. So the cost is per message and in
+  Python: on B, nats-py's message objects, decoding and validating each decision, the
+  table's protection and overlap checks (run twice: by the fleet and by the block
+  service), the store and the audit line per batch. What would meet the targets: the
+  decisions of one request in one message on a per-host batch subject (the per-address
+  subjects kept for the last word), and one check per decision instead of two.
 - B's RSS after taking 100,000 fleet blocks (150-165 MB, the heap trimmed once the
-  catch-up is over) is far above the ≈ 69 MB of a
-  daemon that took 100,000 blocks in one request (docs/benchmarks-daemon.md): the blocks
-  arrive in 50 batches of 2,000, each leaving heap pages partly used, plus the 50,000
-  remembered message ids; not investigated further yet.
+  catch-up is over) is far above the ≈ 69 MB of a daemon that took 100,000 blocks in one
+  request (docs/benchmarks-daemon.md); not investigated yet.
 """
 
 
