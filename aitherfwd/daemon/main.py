@@ -98,7 +98,9 @@ FAILPOINT_ENV = "AITHERFWD_FAILPOINT"  # a test switch; see _kernel
 
 
 def adapters(cfg: DaemonConfig) -> Ports:
-    """The real adapters behind the daemon's ports."""
+    """The real adapters behind the daemon's ports (the fleet's first: a missing client
+    library stops the start before anything is opened)."""
+    bus = _bus(cfg)
     return Ports(
         kernel=_kernel(NftKernel()),
         conntrack=PyrouteConntrack(),
@@ -108,7 +110,7 @@ def adapters(cfg: DaemonConfig) -> Ports:
         store=Store(cfg.state_dir),
         audit=AuditLog(cfg.audit_log, cfg.audit_max_bytes, cfg.audit_keep),
         load_policy=load_policy,
-        bus=_bus(cfg),
+        bus=bus,
     )
 
 
@@ -118,7 +120,7 @@ def _bus(cfg: DaemonConfig) -> NatsBus | None:
     if cfg.fleet is None:
         return None
     if not natsbus.available():
-        raise AitherError(natsbus.NO_CLIENT, code="E-FLEET-NO-CLIENT")
+        raise ConfigError(natsbus.NO_CLIENT, code="E-FLEET-NO-CLIENT")  # exit 64
     return NatsBus(cfg.fleet)
 
 

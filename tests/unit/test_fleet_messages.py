@@ -140,6 +140,6 @@ def test_a_fleet_config_without_the_nats_client_is_a_clear_error_at_start(
     monkeypatch.setattr(natsbus, "available", lambda: False)
     with pytest.raises(AitherError) as err:
         main._bus(cfg)  # type: ignore[arg-type]
-    assert err.value.code == "E-FLEET-NO-CLIENT"
+    assert err.value.code == "E-FLEET-NO-CLIENT" and err.value.exit_code == 64
     assert "pip install 'aitherfwd[fleet]'" in err.value.message
     assert main._bus(_cfg("")) is None  # type: ignore[arg-type]
