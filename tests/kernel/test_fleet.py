@@ -200,6 +200,9 @@ def test_blocks_reach_every_host_and_survive_a_partition_a_restart_and_a_late_jo
     own = block_of(a, "10.77.4.3")
     assert own is not None and 0 <= _at(blk["expires_at"]) - _at(own["expires_at"]) < 1.5
     assert "fleet a" in b.cli("explain", "10.77.4.3").stdout
+    # an IPv6 prefix travels too (its subject token keeps the colons and the slash)
+    assert a.cli("block", "fd77:0:0:4::/64", "--ttl", "10m", "--fleet").returncode == 0
+    until(lambda: block_of(b, "fd77:0:0:4::/64") is not None, 5, "the IPv6 prefix on B")
     # b may not publish under a's name (the server refuses); c's forged origin is dropped
     forged = b'{"v":1,"id":"a.0000000000ff","op":"block","key":"10.77.4.8","origin":"a",'
     forged += b'"at":1700000000,"expires_at":null,"reason":"forged"}'
@@ -240,7 +243,7 @@ def test_blocks_reach_every_host_and_survive_a_partition_a_restart_and_a_late_jo
     # C joins late: the live blocks only (not the lifted one, not the expired one)
     c = s.start("c")
     until(lambda: s.dropped("c", "10.77.4.5"), 10, "C getting the live blocks")
-    live = {"10.77.4.5", "10.77.4.9"}
+    live = {"10.77.4.5", "10.77.4.9", "fd77:0:0:4::/64"}
     until(lambda: {b["address"] for b in c.ok("GET", "/v1/blocks")["blocks"]} == live, 5, "all")
     assert s.passes("c", "10.77.4.3")
     st = c.ok("GET", "/v1/status")["fleet"]
