@@ -12,9 +12,11 @@ DEB_PACKAGES := nftables libnftables1 conntrack iproute2 libsystemd-dev pkg-conf
                 python3-dev python3-venv nmap hping3 ncat procps util-linux curl \
                 dnsmasq-base tzdata
 # Only the tests need these: promtool and a real Prometheus server (tests/kernel/test_metrics.py),
-# iptables-nft for Docker's own rules in the Docker-shaped lab (lab/containers.py).
-# Installed without recommends (Debian's prometheus would otherwise pull in a web UI stack).
-TEST_PACKAGES := prometheus iptables
+# iptables-nft for Docker's own rules in the Docker-shaped lab (lab/containers.py), a real NATS
+# server with JetStream for the fleet (tests/kernel/test_fleet.py; Debian 12 ships 2.9,
+# JetStream and KV included). Installed without recommends (Debian's prometheus would
+# otherwise pull in a web UI stack).
+TEST_PACKAGES := prometheus iptables nats-server
 APT_FLAGS     ?=
 
 .PHONY: setup deb-deps test-deps demo test test-unit test-unprivileged test-kernel soak lint typecheck bench clean deb \

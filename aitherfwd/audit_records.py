@@ -378,6 +378,33 @@ class GatewayReloaded(AuditRecord):
     errors: tuple[Problem, ...]
 
 
+# --- the fleet (daemon/fleet.py) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FleetBus(AuditRecord):
+    """The fleet's bus came up or went away (the host enforces alone meanwhile)."""
+
+    event: ClassVar[str] = "fleet_bus"
+    action: ClassVar[str] = "fleet_bus"
+    state: str  # connected | disconnected
+    server: str
+    fleet: str
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSkipped(AuditRecord):
+    """A decision of another host that this host refused: local rules win."""
+
+    event: ClassVar[str] = "fleet_skipped"
+    action: ClassVar[str] = "fleet_skipped"
+    source_ip: str
+    origin: str
+    op: str  # block | unblock
+    why: str  # protected | local
+    detail: str
+
+
 RECORDS: tuple[type[AuditRecord], ...] = (
     DaemonStarted,
     DaemonStopped,
@@ -406,6 +433,8 @@ RECORDS: tuple[type[AuditRecord], ...] = (
     SandboxExpired,
     ToolCallDecided,
     GatewayReloaded,
+    FleetBus,
+    FleetSkipped,
 )
 
 BY_EVENT: dict[str, tuple[type[AuditRecord], ...]] = {}

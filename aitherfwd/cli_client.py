@@ -58,8 +58,11 @@ def _out(answer: Any, as_json: bool, text: str) -> None:
 
 
 def register(main: click.Group) -> None:
+    from aitherfwd.cli_fleet import fleet  # noqa: PLC0415 - it imports this module
+
     for command in (status, block, unblock, blocks, evaluate, reload, threat, explain, sandbox):
         main.add_command(command)
+    main.add_command(fleet)
 
 
 @click.command()
@@ -85,6 +88,14 @@ def status(socket_path: Path, as_json: bool) -> None:
             f"egress names: {dns['names']} ({dns['failing']} failing), "
             f"{dns['addresses']} addresses"
         )
+    if st.get("fleet"):
+        f = st["fleet"]
+        lines.append(
+            f"fleet {f['fleet']} as {f['host']}: "
+            f"{'connected to ' + f['server'] if f['connected'] else 'DISCONNECTED'}  "
+            f"backlog {f['backlog']}  published {f['published']}  applied {f['applied']}  "
+            f"lag {f['lag']}  last {f['last_message'] or '-'}"
+        )
     lines.append(f"uptime {st['uptime_seconds']}s  drift repairs {st['drift_repairs']}")
     _out(st, as_json, "\n".join(lines))
 
@@ -93,12 +104,18 @@ def status(socket_path: Path, as_json: bool) -> None:
 @click.argument("address")
 @click.option("--ttl", help="How long, e.g. 15m, 1h, 7d; omitted: permanent.")
 @click.option("--reason", default="manual", show_default=True)
+@click.option("--fleet", is_flag=True, help="Share the block with every host of the fleet.")
 @socket_option
 @json_option
-def block(address: str, ttl: str | None, reason: str, socket_path: Path, as_json: bool) -> None:
+def block(
+    address: str, ttl: str | None, reason: str, fleet: bool, socket_path: Path, as_json: bool
+) -> None:
     """Block ADDRESS (an IPv4/IPv6 address or prefix)."""
     answer = _call(
-        socket_path, "POST", "/v1/blocks", {"address": address, "ttl": ttl, "reason": reason}
+        socket_path,
+        "POST",
+        "/v1/fleet/blocks" if fleet else "/v1/blocks",
+        {"address": address, "ttl": ttl, "reason": reason},
     )
     b = answer["blocked"][0]
     _out(
@@ -110,11 +127,16 @@ def block(address: str, ttl: str | None, reason: str, socket_path: Path, as_json
 
 @click.command()
 @click.argument("address")
+@click.option("--fleet", is_flag=True, help="Lift it on every host of the fleet too.")
 @socket_option
 @json_option
-def unblock(address: str, socket_path: Path, as_json: bool) -> None:
-    """Lift the block on ADDRESS."""
-    answer = _call(socket_path, "DELETE", "/v1/blocks/" + urllib.parse.quote(address, safe=""))
+def unblock(address: str, fleet: bool, socket_path: Path, as_json: bool) -> None:
+    """Lift the block on ADDRESS (here only, unless --fleet)."""
+    path = ("/v1/fleet/blocks/" if fleet else "/v1/blocks/") + urllib.parse.quote(address, safe="")
+    answer = _call(socket_path, "DELETE", path)
+    if fleet:
+        _out(answer, as_json, f"unblock of {answer['address']} sent to the fleet")
+        return
     _out(answer, as_json, f"unblocked {answer['unblocked']['address']}")
 
 

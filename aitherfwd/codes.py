@@ -138,6 +138,7 @@ _REQUEST_ERRORS = (
     ("E-WATCH-LIMIT", "over [control] watchers or watchers_per_uid open watch streams", 429),
     ("E-GW-UNAUTHORIZED", "gateway: agent tokens are configured and none valid was sent", 401),
     ("E-GW-RELOAD-REJECTED", "gateway: the reloaded tool policy is invalid; it kept its own", 422),
+    ("E-FLEET-OFF", "a fleet request while the daemon config has no [fleet] section", 409),
 )
 _TRANSPORT_ERRORS = (
     ("E-HTTP-BAD-REQUEST", "malformed HTTP on the control socket", 400),
@@ -186,6 +187,14 @@ REGISTRY: dict[str, Code] = {
             "a GeoIP database or list file cannot be read; its last good contents stay",
             None,
             _FAIL,
+        ),
+        Code("E-FLEET-BUS", "daemon", "the fleet's NATS bus is unreachable (retried)", None, _FAIL),
+        Code(
+            "E-FLEET-NO-CLIENT",
+            "daemon",
+            "[fleet] is configured but nats-py (the `fleet` extra) is not installed",
+            None,
+            _CONFIG,
         ),
         Code(
             "E-LOCKOUT",

@@ -22,6 +22,7 @@ from aitherfwd.control.limits import KEYS as LIMIT_KEYS
 from aitherfwd.control.limits import ControlLimits, check_limits
 from aitherfwd.durations import parse_duration
 from aitherfwd.errors import AitherError, ExitCode
+from aitherfwd.fleet.settings import FleetSettings, check_fleet
 from aitherfwd.policy.diagnostics import Diagnostic, Pos, Reporter, did_you_mean, report_lines
 
 ROLES = ("read", "report", "sandbox", "admin")
@@ -82,6 +83,7 @@ class DaemonConfig:
     drift_check_interval: float = 2.0
     conntrack_resync_interval: float = 30.0  # full conntrack dump; also after event loss
     roles: dict[str, RoleMembers] = field(default_factory=dict)
+    fleet: FleetSettings | None = None  # [fleet] (aitherfwd/fleet/settings.py); None: off
 
 
 SECTIONS = {
@@ -112,7 +114,11 @@ _TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
 def parse_config(
-    text: str, users: Resolver, groups: Resolver, filename: str = "aitherfwd.toml"
+    text: str,
+    users: Resolver,
+    groups: Resolver,
+    filename: str = "aitherfwd.toml",
+    hostname: str = "",
 ) -> DaemonConfig:
     """The config, or ConfigError carrying every problem of the text, each located."""
     try:
@@ -132,6 +138,7 @@ def parse_config(
             ]
         ) from None
     check = _Checker(_KeyLines(text), filename, users, groups)
+    check.hostname = hostname  # [fleet] host's default
     cfg = check.config(data)
     if check.report.items:
         raise ConfigError.of(check.report.sorted())
@@ -184,13 +191,14 @@ class _Checker:
         self.lines, self.filename = lines, filename
         self.users, self.groups = users, groups
         self.report = Reporter()
+        self.hostname = ""
 
     def error(self, code: str, path: str, message: str) -> None:
         line, col = self.lines.find(path)
         self.report.error(code, path, message, Pos(self.filename, line, col))
 
     def config(self, data: dict[str, Any]) -> DaemonConfig:
-        top = self.table(data, "", tuple(SECTIONS))
+        top = self.table(data, "", (*SECTIONS, "fleet"))
         s = {name: self.table(top.get(name, {}), name, keys) for name, keys in SECTIONS.items()}
         control, daemon, metrics = s["control"], s["daemon"], s["metrics"]
         d = DaemonConfig()
@@ -227,6 +235,7 @@ class _Checker:
                 CONNTRACK_RESYNC_INTERVAL,
             ),
             roles={name: self.members(v, name) for name, v in s["roles"].items()},
+            fleet=check_fleet(self, top.get("fleet"), self.hostname),
         )
 
     def table(self, value: Any, path: str, allowed: Sequence[str]) -> dict[str, Any]:

@@ -190,6 +190,20 @@ class RuleCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetValues:
+    """The fleet's bus and counters (daemon/fleet.py), for /metrics."""
+
+    connected: bool
+    backlog: int
+    backlog_dropped: int
+    published: int
+    applied: int
+    invalid: int
+    lag: int
+    skipped: Pairs
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything /metrics exports, at one moment. Fields other features fill default to
     zero (conntrack, sandbox) until their hooks are wired."""
@@ -218,3 +232,4 @@ class Snapshot:
     geo_refreshed_at: tuple[tuple[str, float], ...] = ()
     geo_source_ok: Pairs = ()
     geo_refreshes: Pairs = ()
+    fleet: FleetValues | None = None  # None: no [fleet]

@@ -4,7 +4,8 @@ backend and structlog's `testing` module).
 Owns: `FakeConntrack`, `FakeSystemd`, `FakeNotifier`, `FailingWrites`, `FakeJournal`
 (aitherfwd/fakejournal.py), and `fake_daemon`,
 which wires the daemon's real services to these fakes (plus a real SQLite store and audit
-log in a directory the caller gives); re-exports `FakeKernel` (aitherfwd/fakekernel.py) and
+log in a directory the caller gives); re-exports `FakeKernel` (aitherfwd/fakekernel.py),
+`FakeBus` and `FakeJetStream` (aitherfwd/fakebus.py, the fleet's bus) and
 the one `FakeClock` (aitherfwd/clock.py). With them the whole control plane runs in unit
 tests without privilege.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aitherfwd.clock import FakeClock
+from aitherfwd.fakebus import FakeBus, FakeJetStream
 from aitherfwd.fakejournal import FakeJournal
 from aitherfwd.fakekernel import FakeKernel
 from aitherfwd.policy.model import IPAddress, NotifySettings
@@ -28,12 +30,15 @@ Json = dict[str, Any]
 if TYPE_CHECKING:
     from aitherfwd.config import Authorizer
     from aitherfwd.daemon.services import Services
+    from aitherfwd.fleet.settings import FleetSettings
 
 __all__ = [
     "FailingWrites",
+    "FakeBus",
     "FakeClock",
     "FakeConntrack",
     "FakeDaemon",
+    "FakeJetStream",
     "FakeJournal",
     "FakeKernel",
     "FakeNotifier",
@@ -174,10 +179,12 @@ def fake_daemon(
     *,
     authorizer: Authorizer | None = None,
     journal: FakeJournal | None = None,
+    fleet: tuple[FleetSettings, FakeBus] | None = None,
 ) -> FakeDaemon:
     """Services as the daemon wires them, on fakes; the policy, the SQLite store and the
-    audit log live under `workdir`. Nothing is started: call
-    `services.generations.cold_start()` inside a running event loop whose task runs
+    audit log live under `workdir`; `fleet` adds the fleet service on a fake bus. Nothing
+    is started: call `services.generations.cold_start()` inside a running event loop whose
+    task runs
     `services.writer.run()` (or `services.writer.start()`)."""
     from aitherfwd.adapters.audit import AuditLog  # noqa: PLC0415
     from aitherfwd.adapters.files import load_policy  # noqa: PLC0415
@@ -200,8 +207,9 @@ def fake_daemon(
         load_policy=load_policy,
         listen_kernel=False,
         journal=(journal := journal or FakeJournal()),
+        bus=fleet[1] if fleet else None,
     )
-    services = wire(ports, policy_path, authorizer)
+    services = wire(ports, policy_path, authorizer, fleet=fleet[0] if fleet else None)
     return FakeDaemon(
         services, kernel, clock, conntrack, systemd, notifier, policy_path, audit_path, journal
     )

@@ -191,12 +191,17 @@ class Lab:
         return run(netns.exec_argv(ns, argv), timeout=timeout)
 
     def listen(
-        self, tcp: list[int], udp: list[int] | None = None, hold: list[int] | None = None
+        self,
+        tcp: list[int],
+        udp: list[int] | None = None,
+        hold: list[int] | None = None,
+        ns: str | None = None,
     ) -> None:
-        """TCP/UDP listeners in the server namespace; connections to `hold` ports stay open."""
+        """TCP/UDP listeners in the server namespace (or `ns`); connections to `hold` ports
+        stay open."""
         proc = subprocess.Popen(
             netns.exec_argv(
-                self.server,
+                ns or self.server,
                 [
                     sys.executable,
                     "-c",

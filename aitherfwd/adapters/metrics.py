@@ -64,6 +64,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
     yield from _block_families(s)
     yield from _policy_families(s)
     yield from _daemon_families(s)
+    yield from _fleet_families(s)
 
 
 def _drop_families(s: Snapshot) -> Iterator[Metric]:
@@ -203,6 +204,32 @@ def _daemon_families(s: Snapshot) -> Iterator[Metric]:
         "aitherfwd_notifications_dropped",
         "Outbound notifications dropped (queue full or retries exhausted).",
         value=s.notifications_dropped,
+    )
+
+
+def _fleet_families(s: Snapshot) -> Iterator[Metric]:
+    f = s.fleet
+    if f is None:
+        return
+    yield _gauge("aitherfwd_fleet_connected", "1 while the fleet's bus is connected.", f.connected)
+    yield _gauge("aitherfwd_fleet_backlog", "Decisions waiting to be published.", f.backlog)
+    yield _gauge("aitherfwd_fleet_consumer_lag", "Fleet messages not yet delivered here.", f.lag)
+    yield CounterMetricFamily(
+        "aitherfwd_fleet_published", "Decisions published to the fleet.", value=f.published
+    )
+    yield CounterMetricFamily(
+        "aitherfwd_fleet_applied", "Fleet decisions and events applied here.", value=f.applied
+    )
+    yield CounterMetricFamily(
+        "aitherfwd_fleet_backlog_dropped",
+        "Decisions given up on (backlog full, write failed).",
+        value=f.backlog_dropped,
+    )
+    yield CounterMetricFamily(
+        "aitherfwd_fleet_invalid", "Fleet messages dropped as malformed.", value=f.invalid
+    )
+    yield _counter(
+        "aitherfwd_fleet_skipped", "Fleet decisions not applied here, by why.", "why", f.skipped
     )
 
 

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 # Version 1 (the first release) had no user_version and no history; v2 adds the history;
 # v3 adds sandbox grants (created on open, like v2's history). journal_cursor (where the
-# journal sources stopped reading) is created on open too; older versions ignore it.
+# journal sources stopped reading) and the fleet's outbox (adapters/outbox.py) are created on
+# open too; older versions ignore them.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     key        TEXT PRIMARY KEY,
@@ -77,6 +78,12 @@ CREATE TABLE IF NOT EXISTS sandbox_grants (
     uid        INTEGER
 );
 CREATE TABLE IF NOT EXISTS journal_cursor (name TEXT PRIMARY KEY, cursor TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fleet_outbox (
+    seq        INTEGER PRIMARY KEY,
+    subject    TEXT NOT NULL,
+    msg_id     TEXT NOT NULL,
+    payload    BLOB NOT NULL
+);
 """
 _CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"
 HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one address

@@ -28,7 +28,7 @@ from aitherfwd.audit_records import AccessDenied, RequestRejected
 from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
 from aitherfwd.control.limits import ControlLimits
-from aitherfwd.daemon import sandbox_api, views
+from aitherfwd.daemon import fleet_api, sandbox_api, views
 from aitherfwd.daemon.budgets import RequestBudgets
 from aitherfwd.daemon.rejections import Rejections, Sink
 from aitherfwd.daemon.services import Services
@@ -118,6 +118,10 @@ ROUTES = (
     Route("GET", "/v1/sandbox", "read", sandbox_api.list_grants),
     Route("DELETE", "/v1/sandbox/", "sandbox", sandbox_api.revoke),
     Route("GET", "/v1/watch", "read", lambda d, req: _no_handler()),  # Api.__call__ streams it
+    Route("GET", "/v1/fleet", "read", fleet_api.status),
+    Route("POST", "/v1/fleet/blocks", "admin", fleet_api.add_blocks, bulk=True),
+    Route("DELETE", "/v1/fleet/blocks/", "admin", fleet_api.delete_block),
+    Route("POST", "/v1/fleet/policy", "admin", fleet_api.push_policy, bulk=True),
 )
 
 

@@ -71,7 +71,9 @@ class BlockService:
         # told of every block that expired or was lifted (reputation follows its blocks)
         self.on_expired: Callable[[Block, float], None] = lambda blk, now: None
         self.on_unblocked: Callable[[Block, float], None] = lambda blk, now: None
-        self.on_blocked: Callable[[list[Block], float], None] = lambda blks, now: None  # watch
+        # told of every batch of blocks the kernel took (the watch streams and the fleet
+        # chain themselves in front of the hook they find)
+        self.on_blocked: Callable[[list[Block], float], None] = lambda made, now: None
         self._admin_ports: tuple[int, ...] = ()
         self._resolvers: tuple[IPAddress, ...] = ()
         self._admin_peers: set[IPAddress] = set()

@@ -21,11 +21,13 @@ import os
 import pwd
 import resource
 import signal
+import socket
 from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from aitherfwd.adapters import natsbus
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.conntrack import NetlinkConntrack
@@ -35,6 +37,7 @@ from aitherfwd.adapters.files import MAX_CONFIG_BYTES, load_policy, read_text
 from aitherfwd.adapters.journal import SystemdJournal
 from aitherfwd.adapters.kernel import NftKernel
 from aitherfwd.adapters.metrics import MetricsServer
+from aitherfwd.adapters.natsbus import NatsBus
 from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
 from aitherfwd.adapters.watch import PolicyWatcher, stat_fingerprint
@@ -80,7 +83,11 @@ def load_config(path: Path | None) -> DaemonConfig:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError.unreadable(str(path), reason) from None
     return parse_config(
-        text, lambda n: pwd.getpwnam(n).pw_uid, lambda n: grp.getgrnam(n).gr_gid, str(path)
+        text,
+        lambda n: pwd.getpwnam(n).pw_uid,
+        lambda n: grp.getgrnam(n).gr_gid,
+        str(path),
+        socket.gethostname(),
     )
 
 
@@ -92,7 +99,9 @@ FAILPOINT_ENV = "AITHERFWD_FAILPOINT"  # a test switch; see _kernel
 
 
 def adapters(cfg: DaemonConfig) -> Ports:
-    """The real adapters behind the daemon's ports."""
+    """The real adapters behind the daemon's ports (the fleet's first: a missing client
+    library stops the start before anything is opened)."""
+    bus = _bus(cfg)
     return Ports(
         kernel=_kernel(NftKernel()),
         conntrack=NetlinkConntrack(),
@@ -103,7 +112,18 @@ def adapters(cfg: DaemonConfig) -> Ports:
         audit=AuditLog(cfg.audit_log, cfg.audit_max_bytes, cfg.audit_keep),
         load_policy=load_policy,
         journal=SystemdJournal(),
+        bus=bus,
     )
+
+
+def _bus(cfg: DaemonConfig) -> NatsBus | None:
+    """The fleet's bus when [fleet] is configured; its client library is an optional
+    dependency, whose absence is a clear error at start."""
+    if cfg.fleet is None:
+        return None
+    if not natsbus.available():
+        raise ConfigError(natsbus.NO_CLIENT, code="E-FLEET-NO-CLIENT")  # exit 64
+    return NatsBus(cfg.fleet)
 
 
 def _kernel(nft: NftKernel) -> Kernel:
@@ -126,7 +146,7 @@ async def run(cfg: DaemonConfig, ports: Ports | None = None) -> int:
     policy at the cold start raises PolicyError. `ports` defaults to the real adapters;
     tests pass fakes."""
     ports = ports or adapters(cfg)
-    s = wire(ports, cfg.policy, Authorizer(cfg.roles), cfg.conntrack_resync_interval)
+    s = wire(ports, cfg.policy, Authorizer(cfg.roles), cfg.conntrack_resync_interval, cfg.fleet)
     inner = getattr(ports.kernel, "inner", ports.kernel)
     if isinstance(inner, NftKernel):
         inner.observer = s.stats.transaction
@@ -136,6 +156,8 @@ async def run(cfg: DaemonConfig, ports: Ports | None = None) -> int:
     except BaseExceptionGroup as group:
         return _failed(group)
     finally:
+        if s.fleet is not None:
+            await s.fleet.close()
         await s.writer.close()
         close = getattr(ports.notifier, "close", None)
         if close is not None:
@@ -206,6 +228,8 @@ class Supervisor:
             self.spawn("journal", s.journal.run())
         self.spawn("conntrack-cuts", s.blocks.run_cuts())
         self.spawn("audit-rejections", _flush_rejections(api, s))
+        if s.fleet is not None:
+            self.spawn("fleet", s.fleet.run())
         interval = sd.watchdog_interval()
         if interval:
             self.spawn("watchdog", _watchdog(s, interval))

@@ -1,9 +1,9 @@
 """What the daemon's services need from the outside world, as small Protocols (layer L3).
 
 Owns: the ports — `Kernel` (one libnftables context plus the namespace's nftables
-generation), `Conntrack`, `Systemd`, `Notifications` — that the composition root fills with
-adapters (daemon/main.py) and unit tests fill with the shipped fakes (aitherfwd/testing.py).
-Nothing here does I/O.
+generation), `Conntrack`, `Systemd`, `Notifications`, `Bus` (the fleet's) — that the
+composition root fills with adapters (daemon/main.py) and unit tests fill with the
+shipped fakes (aitherfwd/testing.py). Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
+from aitherfwd.fleet.messages import Delivery
 from aitherfwd.policy.model import IPAddress, NotifySettings
 from aitherfwd.reconcile import Observed
 
@@ -87,3 +88,33 @@ class Journal(Protocol):
     def process(self) -> str: ...
 
     def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    """The fleet's message bus (adapters/natsbus.py: NATS JetStream; FakeBus in
+    aitherfwd/testing.py). Every method may raise BusError; none is ever awaited in the
+    ban path."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> None:
+        """Connect (the client reconnects by itself afterwards), make sure the streams and
+        this host's durable consumers exist."""
+
+    async def publish(self, messages: Sequence[tuple[str, bytes, str]]) -> list[bool]:
+        """Publish (subject, data, message id) in order, pipelined, and wait (bounded) for
+        the stream's acknowledgements: which ones it acknowledged. The id lets the stream
+        drop a retried duplicate."""
+
+    async def fetch(self, consumer: str, batch: int, timeout: float) -> list[Delivery]:
+        """Up to `batch` messages of a durable consumer (`decisions`, `threats`), [] when
+        none came within `timeout`."""
+
+    async def put_policy(self, data: bytes) -> int:
+        """Store the fleet's policy in its KV bucket; its revision."""
+
+    async def get_policy(self) -> tuple[int, bytes] | None:
+        """The fleet's policy (revision, text), None when none was pushed."""
+
+    async def close(self) -> None: ...

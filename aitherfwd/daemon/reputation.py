@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,8 @@ class ReputationService:
         self.recent: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
         blocks.on_expired = self._block_expired
         blocks.on_unblocked = self._block_lifted
+        # told of the events reported here (the fleet may share them)
+        self.on_threats: Callable[[Sequence[ThreatSpec], float], None] = lambda evs, now: None
 
     def configure(self, policy: Policy) -> None:
         self.settings = policy.reputation
@@ -101,12 +103,18 @@ class ReputationService:
         return ReputationStatus(len(self.offenders), dict(sorted(self.threat_counts.items())))
 
     async def threats(
-        self, events: Sequence[ThreatSpec], actor: Actor | None = None
+        self,
+        events: Sequence[ThreatSpec],
+        actor: Actor | None = None,
+        *,
+        share: bool = True,
     ) -> ThreatOutcome:
         """Feed threat events to the ladder; blocks it decides on go out through the same
         path as manual ones (store, then one kernel transaction), with one audit line per
-        escalation."""
+        escalation. `share`: tell `on_threats` (the fleet), unless they came from it."""
         now = self.clock.now()
+        if share:
+            self.on_threats(events, now)
         settings = self.settings
         decisions: dict[str, tuple[IPNetwork, Decision, ThreatSpec]] = {}
         changed: dict[str, Offender] = {}

@@ -2,7 +2,7 @@
 
 Owns: `Ports` (everything from outside: kernel, conntrack, systemd, notifier, clock, store,
 audit log, policy loader) and `wire(ports, …) -> Services`, which builds the services —
-blocks, reputation, egress, generations, queries, detection — injects each one's
+blocks, reputation, egress, generations, queries, detection, fleet — injects each one's
 dependencies and subscribes them to policy changes. The composition root (daemon/main.py)
 calls it with the real adapters, unit tests with the fakes of aitherfwd/testing.py: both
 get the same graph. `Services` is a plain record of the services; it holds no logic.
@@ -14,19 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.outbox import Outbox
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.config import Authorizer
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import EgressRuntime
+from aitherfwd.daemon.fleet import FleetService
+from aitherfwd.daemon.fleet_policy import FleetPolicy
 from aitherfwd.daemon.generations import Generations, Loader
 from aitherfwd.daemon.geosets import GeoSets
 from aitherfwd.daemon.journal import JournalService
-from aitherfwd.daemon.ports import Conntrack, Journal, Kernel, Notifications, Systemd
+from aitherfwd.daemon.ports import Bus, Conntrack, Journal, Kernel, Notifications, Systemd
 from aitherfwd.daemon.queries import Queries
 from aitherfwd.daemon.reputation import ReputationService
 from aitherfwd.daemon.writer import KernelWriter
+from aitherfwd.fleet.settings import FleetSettings
 from aitherfwd.stats import Stats
 
 DEFAULT_RESYNC_INTERVAL = 30.0
@@ -46,6 +50,7 @@ class Ports:
     # fakes turn them off so a unit test never listens to its host's kernel
     listen_kernel: bool = True
     journal: Journal | None = None  # None: journal sources are not read
+    bus: Bus | None = None  # the fleet's (daemon/fleet.py); None: no [fleet] config
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class Services:
     started_at: float
     geo: GeoSets  # country and list sets (daemon/geosets.py)
     journal: JournalService | None = None  # threats read from the journal
+    fleet: FleetService | None = None
 
 
 def wire(
@@ -70,6 +76,7 @@ def wire(
     policy_path: Path,
     authorizer: Authorizer | None = None,
     resync_interval: float = DEFAULT_RESYNC_INTERVAL,
+    fleet: FleetSettings | None = None,
 ) -> Services:
     stats = Stats()  # for metrics only (daemon/telemetry.py)
     clock, store, audit = ports.clock, ports.store, ports.audit
@@ -110,6 +117,7 @@ def wire(
     reputation.load()
     queries = Queries(clock, generations, blocks, egress, stats, audit=audit)
     queries.geo = geo
+    fleet_service = _fleet(ports, fleet, blocks, reputation, generations)
     return Services(
         ports,
         stats,
@@ -124,4 +132,21 @@ def wire(
         clock.now(),
         geo,
         journal,
+        fleet_service,
     )
+
+
+def _fleet(
+    ports: Ports,
+    fleet: FleetSettings | None,
+    blocks: BlockService,
+    rep: ReputationService,
+    gens: Generations,
+) -> FleetService | None:
+    if fleet is None or ports.bus is None:
+        return None
+    outbox = Outbox(ports.store, fleet.backlog)
+    service = FleetService(fleet, ports.bus, ports.clock, blocks, outbox, ports.audit, rep.threats)
+    rep.on_threats = service.share_threats
+    service.policy = FleetPolicy(ports.bus, gens, ports.load_policy, ports.store.path.parent)
+    return service

@@ -140,6 +140,7 @@ class Telemetry:
             sandbox_grants=(("ipv4", st.sandbox_v4), ("ipv6", st.sandbox_v6)),
             sandbox_grants_total=st.sandbox_granted_total,
             **_geo(d),
+            fleet=None if d.fleet is None else d.fleet.values(),
         )
 
     async def fresh_snapshot(self) -> Snapshot:

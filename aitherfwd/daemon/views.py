@@ -190,4 +190,5 @@ def status(d: Services) -> dict[str, Any]:
         },
         **d.detection.status(),
         "geo": d.geo.status(),
+        "fleet": None if d.fleet is None else d.fleet.status().as_dict(),
     }

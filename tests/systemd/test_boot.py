@@ -140,6 +140,20 @@ def test_cli_works_as_root_and_is_refused_for_unprivileged_users(box: Box) -> No
     assert box.tcp(22) == "ok"  # the refused block did not happen
 
 
+def test_fleet_mode_without_the_nats_client_stops_with_a_clear_error(box: Box) -> None:
+    """The package does not ship nats-py (docs/fleet.md): a [fleet] config is valid, and a
+    daemon started with it says what to install, exit 64, before opening anything."""
+    box.ct.write("/root/fleet.toml", '[fleet]\nservers = ["nats://127.0.0.1:4222"]\nname = "p"\n')
+    box.ct.ok("aitherfwd", "check-config", "/root/fleet.toml")
+    res = box.ct.sh(
+        *("aitherfwd", "run", "--config", "/root/fleet.toml", "--socket", "/root/fleet.sock"),
+        *("--state-dir", "/root/fleet-state", "--audit-log", "/root/fleet-audit.jsonl"),
+    )
+    assert res.returncode == 64 and "E-FLEET-NO-CLIENT" in res.stderr, res
+    assert "pip install 'aitherfwd[fleet]'" in res.stderr
+    assert box.ct.sh("test", "-e", "/root/fleet-state").returncode != 0  # nothing was opened
+
+
 def test_prometheus_metrics_are_served_on_loopback_by_the_packaged_unit(box: Box) -> None:
     """Debian's prometheus_client (0.16) and the unit's sandbox (IPAddressAllow=localhost)."""
     box.started()

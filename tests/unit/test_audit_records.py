@@ -351,6 +351,24 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
         "gateway_reload",
         {"trigger": "api", "accepted": True, "policy_sha256": "p" * 64, "errors": []},
     ),
+    (
+        ar.FleetBus(state="connected", server="nats://10.0.0.5:4222", fleet="prod"),
+        "fleet_bus",
+        {"state": "connected", "server": "nats://10.0.0.5:4222", "fleet": "prod"},
+    ),
+    (
+        ar.FleetSkipped(
+            source_ip="10.77.9.5", origin="web-1", op="block", why="protected", detail="mgmt"
+        ),
+        "fleet_skipped",
+        {
+            "source_ip": "10.77.9.5",
+            "origin": "web-1",
+            "op": "block",
+            "why": "protected",
+            "detail": "mgmt",
+        },
+    ),
 ]
 
 

@@ -28,6 +28,7 @@ L1 = {
     "audit_view",
     "decisions",
     "geo",
+    "fleet",
 }
 L2 = {"adapters"}
 L3 = {
@@ -35,11 +36,13 @@ L3 = {
     "cli",
     "cli_audit",
     "cli_client",
+    "cli_fleet",
     "client",
     "__main__",
     "testing",
     "fakekernel",
     "fakejournal",
+    "fakebus",
 }
 L3 |= {
     "asgi",
@@ -52,11 +55,12 @@ OWNERS = {  # library -> the only module allowed to import it
     "h11": {"adapters/control_http.py", "adapters/control_stream.py"},
     "inotify_simple": {"adapters/watch.py"},
     "systemd": {"adapters/systemd.py", "adapters/journal.py"},
-    "sqlite3": {"adapters/store.py", "adapters/store_open.py"},
+    "sqlite3": {"adapters/store.py", "adapters/store_open.py", "adapters/outbox.py"},
+    "nats": {"adapters/natsbus.py"},
     "dns": {"adapters/dns.py"},
     "maxminddb": {"adapters/geodb.py"},
     "yaml": {"policy/source.py"},
-    "click": {"cli.py", "cli_client.py", "cli_audit.py", "gateway/cli.py"},
+    "click": {"cli.py", "cli_client.py", "cli_audit.py", "cli_fleet.py", "gateway/cli.py"},
     "prometheus_client": {"adapters/metrics.py", "gateway/metrics.py"},
     "starlette": {"gateway/app.py"},
     "uvicorn": {"gateway/serve.py"},

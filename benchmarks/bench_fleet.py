@@ -1,0 +1,207 @@
+"""Fleet benchmarks: how fast a decision on host A is enforced on host B over a local bus.
+
+Owns: a hub namespace with a real nats-server (JetStream, storage in a temporary
+directory) and two real daemons, A and B, in namespaces of their own (lab/network.py,
+lab/nats.py), then timing — a block on A until B's kernel took it (B's `blocked` audit
+line is written after its kernel accepted the element), 10,000 blocks in one request on A
+until B holds them all, B catching up 100,000 decisions it missed while it was stopped —
+and the daemons' RSS with and without `[fleet]` (the baseline, same run). Writes
+docs/benchmarks-fleet.md. Run: `sudo .venv/bin/python -m benchmarks.bench_fleet [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import doc
+from benchmarks.netns import REPO
+from benchmarks.stats import Summary
+from lab.daemon import DaemonProc
+from lab.nats import NatsServer
+from lab.network import Lab
+from lab.wait import until
+
+OUT = REPO / "docs" / "benchmarks-fleet.md"
+POLICY = """\
+version: 1
+settings: {default_policy: deny, admin_ports: [22]}
+zones:
+  - {name: management, cidrs: [10.77.250.0/24]}
+rules:
+  - {name: web, dest_ports: [443], protocol: tcp, action: allow}
+"""
+FLEET = """\
+[metrics]
+listen = ""
+[fleet]
+servers = ["nats://{hub}:4222"]
+name = "bench"
+host = "{host}"
+backlog = 200000
+"""
+
+
+class Tail:
+    """Reads the `blocked` lines a daemon's audit log gains, counting their addresses."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.blocked = path, 0, 0
+
+    def poll(self) -> int:
+        if not self.path.exists():
+            return self.blocked
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        for line in data[:end].splitlines():
+            if b'"event":"blocked"' in line:
+                self.blocked += int(json.loads(line)["count"])
+        return self.blocked
+
+    def wait_for(self, total: int, deadline_s: float) -> None:
+        until(lambda: self.poll() >= total, deadline_s, f"{total} blocks", interval=0.001)
+
+
+def _addresses(count: int, base: int) -> list[dict[str, Any]]:
+    return [{"address": str(ipaddress.IPv4Address(base + i)), "ttl": "1h"} for i in range(count)]
+
+
+def run(quick: bool) -> list[doc.Row]:
+    singles, bulk, missed = (30, 2_000, 10_000) if quick else (200, 10_000, 100_000)
+    rows: list[doc.Row] = []
+    with Lab(clients_wanted=2) as lab, tempfile.TemporaryDirectory(prefix="afwb-f-") as tmp:
+        hub = NatsServer(lab.server, Path(tmp) / "hub").start()
+        daemons: list[DaemonProc] = []
+        try:
+            a_c, b_c = lab.clients
+            plain = DaemonProc(a_c.ns, _dir(tmp, "plain"), POLICY, quiet=True).start()
+            time.sleep(1)
+            rows.append(("daemon RSS idle, no [fleet] (baseline)", _rss(plain), "MB", ""))
+            plain.cleanup()
+            for name, c in (("a", a_c), ("b", b_c)):
+                config = FLEET.format(hub=c.server_v4, host=name)
+                d = DaemonProc(c.ns, _dir(tmp, name), POLICY, config, client_timeout=120)
+                daemons.append(d.start())
+                until(lambda d=d: d.ok("GET", "/v1/fleet")["connected"], 15, "connected")
+            a, b = daemons
+            time.sleep(1)
+            rows.append(("daemon RSS idle, [fleet] connected", _rss(b), "MB", "≤ +15 MB"))
+            tail = Tail(b.audit)
+            samples = []
+            for i in range(singles):
+                start = time.perf_counter()
+                a.post("/v1/fleet/blocks", _addresses(1, 0x0A500000 + i)[0])
+                tail.wait_for(i + 1, 10)
+                samples.append((time.perf_counter() - start) * 1000)
+            rows.append(
+                (
+                    "one block on A → in B's kernel (A's request, bus, B's apply)",
+                    Summary.of(samples),
+                    "ms",
+                    "p50 ≤ 50 ms, p99 ≤ 250 ms",
+                )
+            )
+            rows.append((f"  the same, p99 of {singles}", Summary.of([_p99(samples)]), "ms", ""))
+            done = tail.poll()
+            start = time.perf_counter()
+            a.post("/v1/fleet/blocks", {"blocks": _addresses(bulk, 0x0A600000)})
+            tail.wait_for(done + bulk, 120)
+            took = (time.perf_counter() - start) * 1000
+            rows.append(
+                (
+                    f"{bulk:,} blocks in one request on A → all in B's kernel",
+                    Summary.of([took]),
+                    "ms",
+                    "≤ 2,000 ms",
+                )
+            )
+            b.stop()
+            a.post("/v1/fleet/blocks", {"blocks": _addresses(missed, 0x0B000000)})
+            until(lambda: a.ok("GET", "/v1/fleet")["backlog"] == 0, 600, "A's backlog published")
+            before = tail.poll()
+            start = time.perf_counter()
+            b.start(deadline_s=60)
+            tail.wait_for(before + missed, 600)
+            took = (time.perf_counter() - start) * 1000
+            rows.append(
+                (
+                    f"B catching up {missed:,} missed decisions (from its restart)",
+                    Summary.of([took]),
+                    "ms",
+                    "≤ 5,000 ms",
+                )
+            )
+            rows.append(("daemon RSS of B after the catch-up", _rss(b), "MB", ""))
+        finally:
+            for d in daemons:
+                d.cleanup()
+            hub.stop()
+    return rows
+
+
+def _dir(tmp: str, name: str) -> Path:
+    path = Path(tmp) / name
+    path.mkdir()
+    return path
+
+
+def _rss(d: DaemonProc) -> Summary:
+    return Summary.of([d.rss_mb()])
+
+
+def _p99(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    rows = run(args.quick)
+    command = "sudo .venv/bin/python -m benchmarks.bench_fleet" + (" --quick" if args.quick else "")
+    text = doc.table("Fleet benchmarks", rows, command)
+    print(text)
+    if not args.quick:
+        OUT.write_text(text + "\n" + NOTES)
+    print(json.dumps({"ok": True}), file=sys.stderr)
+    return 0
+
+
+NOTES = """\
+What the numbers say (measured while other engineers' tests ran — a load average of 3-8 on
+2 cores for the table above, 12-14 for earlier runs quoted below — so absolute times are
+above what a quiet host shows; the RSS rows compare against the baseline of the same run):
+- One block on A reaches B's kernel in a few milliseconds: A's request (store, kernel,
+  outbox row), the pipelined publish and its acknowledgement, B's fetch, its checks, its
+  store and kernel write, its audit line. Inside the targets (p50 ≤ 50 ms, p99 ≤ 250 ms),
+  also in the runs at a load of 12-14 (p50 3-9 ms, p99 56-355 ms: over the target once).
+- Fleet mode costs ≈ 2 MB of RSS idle (nats-py and the fleet's loops): inside +15 MB.
+- Bulk is NOT inside its targets: 10,000 blocks in one request take ≈ 3.8 s to be on B
+  (target 2 s; 6.7 s before publishing was pipelined with nats-py's `publish_async`), and
+  B catches up ≈ 9,000 decisions per second here (100,000 in ≈ 10.7 s, B's restart
+  included; 31-44 s at a load of 12-14; target 5 s). Each block is its own message: one
+  subject per (host, address) is what lets the stream keep just the live decisions and
+  lets NATS permissions pin a host to its own subjects. So the cost is per message and in
+  Python: on B, nats-py's message objects, decoding and validating each decision, the
+  table's protection and overlap checks (run twice: by the fleet and by the block
+  service), the store and the audit line per batch. What would meet the targets: the
+  decisions of one request in one message on a per-host batch subject (the per-address
+  subjects kept for the last word), and one check per decision instead of two.
+- B's RSS after taking 100,000 fleet blocks (150-165 MB, the heap trimmed once the
+  catch-up is over) is far above the ≈ 69 MB of a daemon that took 100,000 blocks in one
+  request (docs/benchmarks-daemon.md); not investigated yet.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
