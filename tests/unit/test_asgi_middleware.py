@@ -352,3 +352,34 @@ def test_a_denied_websocket_is_closed_with_policy_violation(daemon: Served) -> N
         }
         asyncio.run(mw(scope, receive, send))
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "forbidden"}]
+
+
+def test_the_middlewares_counters_and_liveness_are_prometheus_metrics(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    from aitherfwd.adapters.asgi_metrics import register_middleware  # noqa: PLC0415
+
+    def scrape(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, s.labels.get("kind", "")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    sock = tmp_path / "control.sock"
+    with middleware(sock) as mw:
+        registry = CollectorRegistry()
+        register_middleware(mw, registry)
+        get(mw, "/private", "203.0.113.7")  # no daemon yet: fails open, not live
+        lost = scrape(registry)
+        assert lost[("aitherfwd_middleware_live", "")] == 0
+        assert lost[("aitherfwd_middleware_events_total", "fail_open_admitted")] == 1
+        with served(tmp_path, POLICY):
+            until(lambda: mw.state.live, 10, "live once the daemon is there")
+            get(mw, "/private", "203.0.113.7")
+            live = scrape(registry)
+        assert live[("aitherfwd_middleware_live", "")] == 1
+        assert live[("aitherfwd_middleware_generation", "")] >= 1
+        assert live[("aitherfwd_middleware_events_total", "denied")] >= 1

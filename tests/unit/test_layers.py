@@ -61,7 +61,7 @@ OWNERS = {  # library -> the only module allowed to import it
     "maxminddb": {"adapters/geodb.py"},
     "yaml": {"policy/source.py"},
     "click": {"cli.py", "cli_client.py", "cli_audit.py", "cli_fleet.py", "gateway/cli.py"},
-    "prometheus_client": {"adapters/metrics.py", "gateway/metrics.py"},
+    "prometheus_client": {"adapters/metrics.py", "adapters/asgi_metrics.py", "gateway/metrics.py"},
     "starlette": {"gateway/app.py"},
     "uvicorn": {"gateway/serve.py"},
     "subprocess": set(),
