@@ -71,6 +71,9 @@ def _rule(rule: Rule) -> dict[str, Any]:
         "path_prefix": rule.path_prefix,
         "authenticated": rule.authenticated,
         "applies_to": None if rule.applies_to is None else str(rule.applies_to),
+        # kept so that such a rule does not match where the country or list is unknown
+        "source_countries": list(rule.source_countries),
+        "source_lists": list(rule.source_lists),
     }
 
 
@@ -147,7 +150,14 @@ def _decode_rule(r: Any) -> Rule:
         path_prefix=_get(r, "path_prefix", str, optional=True),
         authenticated=_get(r, "authenticated", bool, optional=True),
         applies_to=_applies_to(_get(r, "applies_to", str, optional=True)),
+        source_countries=_names(r, "source_countries"),
+        source_lists=_names(r, "source_lists"),
     )
+
+
+def _names(r: Any, key: str) -> tuple[str, ...]:
+    names = _get(r, key, list, optional=True) or []
+    return tuple(str(n) for n in names)
 
 
 def _applies_to(value: str | None) -> AppliesTo | None:

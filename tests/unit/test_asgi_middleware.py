@@ -383,3 +383,27 @@ def test_the_middlewares_counters_and_liveness_are_prometheus_metrics(tmp_path: 
         assert live[("aitherfwd_middleware_live", "")] == 1
         assert live[("aitherfwd_middleware_generation", "")] >= 1
         assert live[("aitherfwd_middleware_events_total", "denied")] >= 1
+
+
+def test_a_country_or_list_rule_never_matches_where_the_country_is_unknown() -> None:
+    from aitherfwd.control import policyview  # noqa: PLC0415
+    from aitherfwd.evaluator import Evaluator, Request  # noqa: PLC0415
+    from aitherfwd.policy.model import Protocol  # noqa: PLC0415
+    from aitherfwd.policy.parse import parse_policy  # noqa: PLC0415
+
+    text = (
+        "version: 1\n"
+        "geoip: {database: /nonexistent.mmdb}\n"
+        "lists: [{name: partners, path: /nonexistent.txt}]\n"
+        "settings: {default_policy: deny}\n"
+        "rules:\n"
+        "  - {name: fr_admin, action: allow, source_countries: [FR], path_prefix: /admin}\n"
+        "  - {name: partner_api, action: allow, source_lists: [partners], path_prefix: /api}\n"
+    )
+    policy = parse_policy(text, "policy.yaml").policy
+    assert policy is not None
+    view = policyview.decode(policyview.encode(policy))
+    ev = Evaluator(view)
+    for path in ("/admin/x", "/api/y"):
+        req = Request(ipaddress.ip_address("203.0.113.7"), Protocol.TCP, 8000, path=path)
+        assert ev.evaluate(req, 0.0).verdict == "deny", path
