@@ -94,8 +94,9 @@ class Nft:
     def observe(self) -> Observed:
         """Our table without its elements. Not `list table`: that fills libnftables' cache
         with every set element first (~1.8 s with a 300,000-range country set). Sets, maps
-        and chains by libnftables' own cheap listings, counters and rules by netlink dumps
-        (adapters/nftcounters.py, adapters/nftrules.py)."""
+        and chains by libnftables' own cheap listings; counters, ct timeout objects
+        (nft/idle.py) and rules by netlink dumps (adapters/nftcounters.py,
+        adapters/nftrules.py)."""
         listing: list[Json] = [{"table": {"family": n.FAMILY, "name": n.TABLE}}]
         for kind in ("sets", "maps", "chains"):
             self._ctx.set_terse_output(True)
@@ -110,9 +111,11 @@ class Nft:
             listing += [item for item in output.get("nftables", []) if _ours(item)]
         try:
             counters, rules = nftcounters.read(), nftrules.read()
+            timeouts = nftcounters.object_names(nftcounters.NFT_OBJECT_CT_TIMEOUT)
         except OSError:  # netlink refused: the slow listing says the same
             return Observed.from_listing(self.list_table(terse=True))
         listing += [{"counter": {"name": name}} for name in sorted(counters)]
+        listing += [{"ct timeout": {"name": name}} for name in timeouts]
         listing += [{"rule": {"chain": chain, "comment": text}} for chain, text in rules]
         return Observed.from_listing(listing)
 

@@ -21,6 +21,7 @@ from aitherfwd.adapters import nlchannel as nlc
 from aitherfwd.nft import names as n
 
 NFT_OBJECT_COUNTER = 1
+NFT_OBJECT_CT_TIMEOUT = 7
 NFTA_OBJ_TABLE = 1
 NFTA_OBJ_NAME = 2
 NFTA_OBJ_TYPE = 3
@@ -32,9 +33,9 @@ WHAT = "NFT_MSG_GETOBJ dump"
 Counters = dict[str, tuple[int, int]]  # counter name -> (packets, bytes)
 
 
-def request(table: str = n.TABLE, seq: int = 1) -> bytes:
-    """The dump request: counters of one table of family inet."""
-    attrs = nl.attr_str(NFTA_OBJ_TABLE, table) + nl.attr_u32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER)
+def request(table: str = n.TABLE, seq: int = 1, kind: int = NFT_OBJECT_COUNTER) -> bytes:
+    """The dump request: objects of one type (counters) of one table of family inet."""
+    attrs = nl.attr_str(NFTA_OBJ_TABLE, table) + nl.attr_u32(NFTA_OBJ_TYPE, kind)
     msg_type = nl.nfnl_type(nl.NFNL_SUBSYS_NFTABLES, nl.NFT_MSG_GETOBJ)
     return nl.message(
         msg_type, nl.NLM_F_REQUEST | nl.NLM_F_DUMP, seq, attrs, family=nl.NFPROTO_INET
@@ -83,3 +84,23 @@ def read(table: str = n.TABLE, timeout: float = 2.0) -> Counters:
     for msg in replies:
         add(msg, table, out)
     return out
+
+
+def object_names(kind: int, table: str = n.TABLE, timeout: float = 2.0) -> list[str]:
+    """Names of the objects of one type (e.g. NFT_OBJECT_CT_TIMEOUT) of `inet <table>`,
+    by the same dump; [] when the table does not exist."""
+    with nlc.Channel(rcvbuf=1 << 20, timeout=timeout) as channel:
+        try:
+            replies = channel.request(request(table, channel.next_seq(), kind), WHAT)
+        except nl.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return []
+            raise
+    names = []
+    for msg in replies:
+        if msg.type & 0xFF != nl.NFT_MSG_NEWOBJ:
+            continue
+        top = nl.attr_map(msg.data, msg.start + nl.NFNL_HEADER, msg.end)
+        if top.get(NFTA_OBJ_TABLE) == table.encode() + b"\0" and NFTA_OBJ_NAME in top:
+            names.append(top[NFTA_OBJ_NAME].rstrip(b"\0").decode())
+    return sorted(names)
