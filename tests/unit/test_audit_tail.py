@@ -20,10 +20,9 @@ from aitherfwd.decisions import from_denial
 from aitherfwd.dynamic.detect import Denial
 from lab.wait import until
 
-NOW = time.time()
-
 
 def _lines() -> bytes:
+    now = time.time()  # when the test runs, not when the module was collected (`--since`)
     deny = Denial(ipaddress.ip_address("203.0.113.42"), 6, 8111, "denied", "no_secrets")
     blocked = ar.Blocked(
         source_ip="198.51.100.7",
@@ -35,9 +34,9 @@ def _lines() -> bytes:
         actor=None,
     )
     return (
-        encode(NOW - 7200, ar.DaemonStopped(generation=1))
-        + encode(NOW - 60, from_denial(deny, None))
-        + encode(NOW - 30, blocked)
+        encode(now - 7200, ar.DaemonStopped(generation=1))
+        + encode(now - 60, from_denial(deny, None))
+        + encode(now - 30, blocked)
         + b"not json\n"
     )
 
@@ -87,10 +86,10 @@ def test_tail_follows_appends_and_the_rotation(tmp_path: Path) -> None:
         # the reader has the file open before the first append
         until(lambda: proc.poll() is not None or _opened(proc.pid, log), 10, "tail to open")
         with log.open("ab") as f:
-            f.write(encode(NOW, ar.DaemonStopped(generation=2)))
+            f.write(encode(time.time(), ar.DaemonStopped(generation=2)))
         assert '"generation":2' in next_line()
         os.rename(log, tmp_path / "audit.jsonl.1")
-        log.write_bytes(encode(NOW, ar.DaemonStopped(generation=3)))
+        log.write_bytes(encode(time.time(), ar.DaemonStopped(generation=3)))
         assert '"generation":3' in next_line()
     finally:
         proc.kill()
