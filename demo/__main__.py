@@ -8,7 +8,9 @@ Then runs the daemon: a ban through the control socket, evaluate, a hot reload t
 the ban, the kernel lifting it on time, reported threats climbing the reputation ladder, a
 real nmap scan auto-blocked, egress control with a sandbox grant expiring, a container's
 published port closed, opened by a rule and closed to a banned client (demo/containers.py),
-and a stop that leaves the table enforcing.
+the tool-call gateway's decisions opening the agent's network for a call (demo/gateway.py),
+the ASGI middleware judging a client behind a proxy (demo/middleware.py), and a stop that
+leaves the table enforcing.
 Nothing outside the namespaces it creates is touched; they are removed on exit.
 """
 
@@ -26,6 +28,8 @@ from pathlib import Path
 
 from aitherfwd.adapters.control_client import ControlClient
 from demo.containers import demo_containers
+from demo.gateway import demo_gateway
+from demo.middleware import demo_middleware
 from lab import AITHERFWD as CLI
 from lab import ROOT
 from lab.daemon import DaemonProc
@@ -219,6 +223,9 @@ def demo_with_daemon(lab: Lab, client: Client, daemon: DaemonProc) -> int:
     if (
         demo_egress(lab, client, daemon) != 0
         or demo_containers(lab, client, daemon, **chapter) != 0
+        or demo_gateway(lab, client, daemon, say=say, outbound=outbound) != 0
+        or demo_middleware(lab, client, daemon, say=say, client_cmd=client_cmd, reloaded=reloaded)
+        != 0
     ):
         return 1
 

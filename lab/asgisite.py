@@ -62,6 +62,7 @@ import http.client, socket, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 listen, upstream_host, upstream_port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+listen_port = int(sys.argv[4]) if len(sys.argv) > 4 else 8080
 HOP_BY_HOP = ("connection", "transfer-encoding", "content-length", "date", "server")
 
 class Proxy(BaseHTTPRequestHandler):
@@ -95,7 +96,7 @@ class Proxy(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-server = ThreadingHTTPServer((listen, 8080), Proxy)
+server = ThreadingHTTPServer((listen, listen_port), Proxy)
 print("ready", flush=True)
 server.serve_forever()
 """
@@ -195,8 +196,10 @@ class Site:
         until(up, 20, f"the app on port {port}")
         return proc
 
-    def proxy(self, ns: str, listen: str, upstream: str, port: int) -> None:
-        proc = self._spawn(ns, PROXY, listen, upstream, str(port))
+    def proxy(
+        self, ns: str, listen: str, upstream: str, port: int, listen_port: int = 8080
+    ) -> None:
+        proc = self._spawn(ns, PROXY, listen, upstream, str(port), str(listen_port))
         line = proc.stdout.readline() if proc.stdout is not None else ""
         if line.strip() != "ready":
             raise netns.LabError("the proxy did not start")
