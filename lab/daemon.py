@@ -163,11 +163,15 @@ class DaemonProc:
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
     def audit_events(self) -> list[dict[str, Any]]:
-        """Every audit line so far, each checked against the record schema
+        """Every audit line so far, oldest first, the rotated files (`audit.jsonl.N`, the
+        highest N oldest) included, each checked against the record schema
         (aitherfwd/audit_records.py): a line the schema does not describe fails the test."""
-        if not self.audit.exists():
-            return []
-        lines = [json.loads(line) for line in self.audit.read_text().splitlines() if line]
+        rotated = sorted(
+            (p for p in self.audit.parent.glob(self.audit.name + ".*") if p.suffix[1:].isdigit()),
+            key=lambda p: -int(p.suffix[1:]),
+        )
+        files = [*rotated, self.audit] if self.audit.exists() else rotated
+        lines = [json.loads(line) for f in files for line in f.read_text().splitlines() if line]
         for line in lines:
             problems = validate_line(line)
             if problems:

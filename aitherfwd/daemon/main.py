@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aitherfwd.adapters import natsbus
+from aitherfwd.adapters import memory, natsbus
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.conntrack import NetlinkConntrack
@@ -202,6 +202,7 @@ class Supervisor:
         cfg, s = self.cfg, self.s
         self.spawn("kernel-writer", s.writer.run())
         gen = await s.generations.cold_start()
+        memory.settle_after_start()
         await _first_dns_round(s)
         server, api = self._control_server()
         await server.start()
