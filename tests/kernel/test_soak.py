@@ -5,10 +5,11 @@ is alive, every admin request was answered within 1 s, RSS stayed below the unit
 MemoryMax, the audit trail holds every block, grant and reload, and after a restart the
 store, the API and the kernel agree.
 
-`make soak` runs it for 600 s (AITHERFWD_SOAK_SECONDS; 40 by default when run by hand). It
-is deselected from `make test` while it does not hold the 1 s bound: under these floods an
-admin request still waits up to 1.3 s (40 s runs) and 4-5 s (600 s runs, once the grant cap
-fills) — issue 14 stays open on it.
+`make soak` runs it for 600 s (AITHERFWD_SOAK_SECONDS; 40 by default when run by hand); CI
+runs it after `make test` (.ci/run), which it would more than double. Two 600 s runs on a
+quiet 2-core machine: the slowest admin request 0.17 s and 0.10 s (it was 4-5 s before
+threat events were budgeted, administrators went first and the drift repair left the
+writer thread).
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ class Admin:
         self.latencies: list[tuple[float, str]] = []
         self.blocked: set[str] = set()
         self.unblocked: set[str] = set()
+        self.active: set[str] = set()  # blocked now: the cycle of addresses re-blocks lifted ones
         self.granted: set[str] = set()
         self.reloads: list[str] = []
 
@@ -225,11 +227,13 @@ class Admin:
         status, _ = self.timed("POST", "/v1/blocks", {"address": address, "ttl": "1h"})
         if status == 200:
             self.blocked.add(address)
-        if i % 2 and self.blocked - self.unblocked:
-            victim = sorted(self.blocked - self.unblocked)[0]
+            self.active.add(address)
+        if i % 2 and self.active:
+            victim = sorted(self.active)[0]
             status, _ = self.timed("DELETE", f"/v1/blocks/{victim}")
             if status == 200:
                 self.unblocked.add(victim)
+                self.active.discard(victim)
         grant = f"192.0.2.{1 + i % 250}"
         status, _ = self.timed("POST", "/v1/sandbox", {"destination": grant, "ttl": "10m"})
         if status == 200:
@@ -325,7 +329,7 @@ def test_soak_hostile_clients_bad_files_and_a_full_disk(tmp_path: Path) -> None:
             now = time.time()
             assert api == kernel_blocks(lab.server)
             assert stored_blocks(daemon.state, now) <= api
-            assert {a for a in api if a in admin.blocked} == admin.blocked - admin.unblocked
+            assert {a for a in api if a in admin.blocked} == admin.active
             print(
                 json.dumps(
                     {
