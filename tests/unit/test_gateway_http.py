@@ -5,7 +5,6 @@ through real clients: seed 003's curl examples byte for byte, then httpx as an a
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -38,7 +37,6 @@ def _curl(*args: str) -> str:
     return out.stdout
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is in DEB_PACKAGES")
 def test_the_seeds_curl_examples_answer_as_documented(seed_gw: GatewayProc) -> None:
     allowed = _curl(
         "-X", "POST", f"{seed_gw.url}/v1/evaluate", "-H", "Content-Type: application/json",
@@ -243,7 +241,6 @@ def test_an_mcp_tools_call_is_evaluated_as_it_is(seed_gw: GatewayProc) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "E-SCHEMA"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is in TEST_PACKAGES")
 def test_metrics_are_promtool_clean_with_bounded_tool_labels(seed_gw: GatewayProc) -> None:
     for i in range(20):
         httpx.post(f"{seed_gw.url}/v1/evaluate", json={"tool": f"made.up.{i}", "params": {}})
