@@ -11,12 +11,9 @@ those fields. Not modelled: established/related
 packets (a request is a new connection) and ICMPv6 neighbour discovery (a request has no
 ICMP type).
 
-The index: each IP version's address space is cut where a zone or a rule's source CIDRs
-begin or end, each piece holding its zone and the set of rules that can match a source
-there; each port protocol's port space is cut the same way by the rules' port ranges. Rule
-sets are bit masks over policy order (bit i = rules[i]), so a lookup is two bisects and an
-AND, and the lowest set bit is the first candidate; only time windows and layer-7 fields
-are checked per candidate.
+The index (evalindex.py) gives the candidate rules of a source and a port as a bit mask
+over policy order; the lowest set bit is the first candidate, and only time windows,
+countries, lists and layer-7 fields are checked per candidate.
 
 Time is an argument. Must not import adapters, the daemon, or anything that does I/O.
 """
@@ -26,14 +23,12 @@ from __future__ import annotations
 import ipaddress
 import math
 import typing
-from bisect import bisect_right
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from aitherfwd import zones as zoning
 from aitherfwd.dynamic.buckets import TokenBuckets
 from aitherfwd.egress.verdict import EgressState, outbound
+from aitherfwd.evalindex import address_index, bits, port_index, portless, source_steps
 from aitherfwd.forwarding import ForwardPaths, Path
 from aitherfwd.nft.forward import for_containers, for_host
 from aitherfwd.policy.model import (
@@ -112,54 +107,27 @@ class Blocked(typing.Protocol):
         """(expires_at, or None when permanent; reason) if `address` is blocked at `now`."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Steps:
-    """A step function over integers >= starts[0]: the mask of the last start <= key."""
-
-    starts: tuple[int, ...]
-    masks: tuple[int, ...]
-
-    def at(self, key: int) -> int:
-        return self.masks[bisect_right(self.starts, key) - 1]
-
-
-@dataclass(frozen=True, slots=True)
-class _AddressIndex:
-    """One IP version's address space in pieces, each with its zone and the rules that can
-    match a source there (zone and source CIDRs both satisfied)."""
-
-    starts: tuple[int, ...]
-    zones: tuple[str | None, ...]
-    masks: tuple[int, ...]
-
-    def at(self, address: int) -> tuple[str | None, int]:
-        i = bisect_right(self.starts, address) - 1
-        return self.zones[i], self.masks[i]
-
-
 class Evaluator:
     """The compiled policy's verdicts, answered in process. Build once per policy."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._rules = policy.rules
-        self._addresses = {v: _address_index(policy, v) for v in (4, 6)}
-        self._ports = {p: _port_index(policy.rules, p) for p in PORT_PROTOCOLS}
-        self._icmp = _bits(i for i, r in enumerate(policy.rules) if _portless(r, Protocol.ICMP))
-        self._conditional = _bits(i for i, r in enumerate(policy.rules) if _conditional(r))
+        self._addresses = {v: address_index(policy, v) for v in (4, 6)}
+        self._ports = {p: port_index(policy.rules, p) for p in PORT_PROTOCOLS}
+        self._icmp = bits(i for i, r in enumerate(policy.rules) if portless(r, Protocol.ICMP))
+        self._conditional = bits(i for i, r in enumerate(policy.rules) if _conditional(r))
         # which rules each path holds (applies_to): the input chains' and the forward path's
         self._paths = ForwardPaths(policy)
-        self._host = _bits(i for i, r in enumerate(policy.rules) if for_host(r))
-        self._containers = _bits(i for i, r in enumerate(policy.rules) if for_containers(r))
+        self._host = bits(i for i, r in enumerate(policy.rules) if for_host(r))
+        self._containers = bits(i for i, r in enumerate(policy.rules) if for_containers(r))
         # list zones come before the CIDR zones (nft/geo.py): their rules, by zone
-        self._sources = {v: _source_steps(policy.rules, v) for v in (4, 6)}
+        self._sources = {v: source_steps(policy.rules, v) for v in (4, 6)}
         self._list_zones = [
             (
                 z.name,
                 z.list,
-                _bits(
-                    i for i, r in enumerate(policy.rules) if r.zones is None or z.name in r.zones
-                ),
+                bits(i for i, r in enumerate(policy.rules) if r.zones is None or z.name in r.zones),
             )
             for z in policy.zones
             if z.list is not None
@@ -353,18 +321,6 @@ def _blocked_reason(expires_at: float | None, why: str) -> str:
     return f"{text}: {why}" if why else text
 
 
-def _bits(indexes: Iterable[int]) -> int:
-    mask = 0
-    for i in indexes:
-        mask |= 1 << i
-    return mask
-
-
-def _portless(rule: Rule, protocol: Protocol) -> bool:
-    """A rule without ports that matches every packet of `protocol`."""
-    return not rule.ports and rule.protocol in (Protocol.ANY, protocol)
-
-
 def _geo_stage(policy: Policy, country: str | None, lists: tuple[str, ...]) -> str | None:
     """The drop stage before the rules: a blocked country, a deny list (nft/geo.py)."""
     if country is not None and policy.geoip and country in policy.geoip.block_countries:
@@ -382,96 +338,3 @@ def _conditional(rule: Rule) -> bool:
         or rule.path_prefix is not None
         or rule.authenticated is not None
     )
-
-
-def _merged(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, disjoint, non-touching closed intervals covering the same integers."""
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(intervals):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def _steps(intervals: Iterable[tuple[int, int, int]], base: int) -> _Steps:
-    """`base` plus the bits of the (lo, hi, bit) intervals covering each key >= 0.
-
-    A sweep that toggles a bit on at `lo` and off after `hi`: correct because each bit's
-    intervals are disjoint and non-touching (built with `_merged`)."""
-    toggles: dict[int, int] = {0: 0}
-    for lo, hi, bit in intervals:
-        toggles[lo] = toggles.get(lo, 0) ^ bit
-        toggles[hi + 1] = toggles.get(hi + 1, 0) ^ bit
-    starts: list[int] = []
-    masks: list[int] = []
-    current = 0
-    for start in sorted(toggles):
-        current ^= toggles[start]
-        if not masks or masks[-1] != base | current:
-            starts.append(start)
-            masks.append(base | current)
-    return _Steps(tuple(starts), tuple(masks))
-
-
-def _port_index(rules: Sequence[Rule], protocol: Protocol) -> _Steps:
-    """Destination port -> the rules whose protocol and ports match it."""
-    intervals = [
-        (lo, hi, 1 << i)
-        for i, rule in enumerate(rules)
-        for lo, hi in _merged(
-            (pr.lo, pr.hi) for pm in rule.ports if pm.protocol is protocol for pr in pm.ranges
-        )
-    ]
-    return _steps(intervals, _bits(i for i, r in enumerate(rules) if _portless(r, protocol)))
-
-
-def _source_steps(rules: Sequence[Rule], version: int) -> _Steps:
-    """Source address -> the rules whose source_cidrs (if any) contain it."""
-    intervals = [
-        (lo, hi, 1 << i)
-        for i, rule in enumerate(rules)
-        for lo, hi in _merged(
-            (int(net.network_address), int(net.broadcast_address))
-            for net in rule.source_cidrs
-            if net.version == version
-        )
-    ]
-    return _steps(intervals, _bits(i for i, r in enumerate(rules) if not r.source_cidrs))
-
-
-def _zone_steps(policy: Policy, version: int) -> tuple[list[int], list[str | None]]:
-    """Zone partition as starts and labels; None between and around the zones' blocks."""
-    starts: list[int] = [0]
-    names: list[str | None] = [None]
-    for first, last, zone in zoning.partition(policy.zones, version):
-        if starts[-1] == int(first):
-            names[-1] = zone
-        else:
-            starts.append(int(first))
-            names.append(zone)
-        starts.append(int(last) + 1)
-        names.append(None)
-    return starts, names
-
-
-def _address_index(policy: Policy, version: int) -> _AddressIndex:
-    rules = policy.rules
-    by_zone: dict[str | None, int] = {
-        name: _bits(i for i, r in enumerate(rules) if r.zones is None or name in r.zones)
-        for name in [None, *(z.name for z in policy.zones)]
-    }
-    zone_starts, zone_names = _zone_steps(policy, version)
-    sources = _source_steps(rules, version)
-    starts: list[int] = []
-    zones: list[str | None] = []
-    masks: list[int] = []
-    for start in sorted({*zone_starts, *sources.starts}):
-        zone = zone_names[bisect_right(zone_starts, start) - 1]
-        mask = by_zone[zone] & sources.at(start)
-        if not starts or (zones[-1], masks[-1]) != (zone, mask):
-            starts.append(start)
-            zones.append(zone)
-            masks.append(mask)
-    return _AddressIndex(tuple(starts), tuple(zones), tuple(masks))

@@ -22,6 +22,7 @@ L1 = {
     "config",
     "durations",
     "stats",
+    "evalindex",
     "audit_records",
     "audit_check",
     "audit_ocsf",
