@@ -32,16 +32,15 @@ from aitherfwd.audit_records import (
 )
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
-from aitherfwd.daemon.blocking import BlockService, listed_blocks
+from aitherfwd.daemon import elements
+from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.egress import EgressRuntime
+from aitherfwd.daemon.elements import RESTORE_BATCH
 from aitherfwd.daemon.ports import Conntrack, Kernel, Systemd
 from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
 from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.dynamic.blockrecords import Key
-from aitherfwd.egress.adopt import listed_sets
 from aitherfwd.errors import AitherError, ApplyError, PolicyError
 from aitherfwd.evaluator import Evaluator, Request
-from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
 from aitherfwd.nft.builders import element_batches
 from aitherfwd.policy.diagnostics import Severity
@@ -54,7 +53,6 @@ from aitherfwd.stats import Stats
 log = logging.getLogger(__name__)
 TIMEZONE = "timezone"  # the trigger of a reload for a time zone's new UTC offset
 ZONE_RETRY = 60.0  # seconds before a refused time-zone reload is tried again
-RESTORE_BATCH = 50_000  # elements per cold-start transaction (see _adopt_or_apply)
 Loader = Callable[[Path], ParseResult]
 Listener = Callable[[Policy], None]
 
@@ -326,13 +324,7 @@ class Generations:
         return not before.exists or any(s.name not in before.sets for s in n.BLOCK_SETS)
 
     async def _restore_dynamic(self) -> None:
-        """After a table loss: every live block, grant and resolved address back, each part
-        made from the tables as they are when it goes to the writer (a block lifted
-        meanwhile is not put back: its delete is queued after the part that held it)."""
-        now = self.clock.now()
-        for part in self.blocks.table.restore_live(now, RESTORE_BATCH):
-            await self.writer.elements(part)
-        await self.writer.elements(self.egress.restore_commands(self.clock.now(), domains=True))
+        await elements.restore_all(self.clock, self.writer, self.blocks, self.egress)
 
     async def _lockout(self, policy: Policy, evaluator: Evaluator) -> list[str]:
         ports = policy.settings.admin_ports
@@ -385,23 +377,7 @@ class Generations:
         ~5 µs per element, so this runs at most once per 20 listing-times (at least 3 s
         apart)."""
         started = self.clock.monotonic()
-        names = self.egress.repair_sets(self.clock.now())
-
-        def listing(kernel: Kernel) -> tuple[dict[Key, float | None], dict[str, set[str] | None]]:
-            return listed_blocks(kernel), listed_sets(kernel.set_elements, names)  # kernel only
-
-        blocks_listed, sets_listed = await self.writer.call(listing, writes=False)
-        # compared here, on the loop that owns the tables, and handed to the writer in the
-        # same step: a change made after this point is written after the repair
-        now = self.clock.now()
-        commands, restored = self.blocks.repair_commands(blocks_listed, now)
-        grants = self.egress.repair_commands(sets_listed, now)
-        restored += b.element_count(grants)
-        try:
-            await self.writer.elements(commands + grants)
-        except ApplyError as exc:
-            log.error("element repair refused code=%s error=%s", exc.code, exc.message)
-            restored = 0
+        restored = await elements.repair(self.clock, self.writer, self.blocks, self.egress)
         spent = self.clock.monotonic() - started
         self._next_reconcile = self.clock.monotonic() + max(3.0, 20 * spent)
         if not restored:
