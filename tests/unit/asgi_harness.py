@@ -5,6 +5,7 @@ kernel. For the middleware's unit tests: they follow and question it like a real
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 from aitherfwd.adapters.control_client import ControlClient
 from aitherfwd.adapters.control_server import ControlServer
+from aitherfwd.config import Authorizer, RoleMembers
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.daemon.api import Api
 from aitherfwd.testing import FakeDaemon, fake_daemon
@@ -45,7 +47,11 @@ class Served:
 def served(
     workdir: Path, policy: str, limits: ControlLimits | None = None, **server: Any
 ) -> Iterator[Served]:
-    fake = fake_daemon(workdir, policy)
+    # the middleware and the test's admin client run in this process: its uid has their roles
+    # (read, report; admin for blocks) whether the suite runs as root or unprivileged
+    me = RoleMembers(uids=frozenset({os.getuid()}), gids=frozenset())
+    roles = Authorizer({"read": me, "report": me, "admin": me})
+    fake = fake_daemon(workdir, policy, authorizer=roles)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aitherfwd.adapters.control_client import ControlClient
-from aitherfwd.config import DaemonConfig
+from aitherfwd.config import DaemonConfig, RoleMembers
 from aitherfwd.daemon import main as daemon_main
 from aitherfwd.errors import AitherError
 from aitherfwd.testing import FakeKernel, fake_daemon
@@ -43,6 +43,8 @@ def config(tmp_path: Path) -> DaemonConfig:
         audit_log=tmp_path / "audit.jsonl",
         metrics_listen="",
         drift_check_interval=0.2,
+        # the test's client is this process: an administrator as root or unprivileged
+        roles={"admin": RoleMembers(uids=frozenset({os.getuid()}), gids=frozenset())},
     )
 
 
