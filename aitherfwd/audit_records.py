@@ -172,6 +172,21 @@ class EscalationPermanent(_Escalation):
     action: ClassVar[str] = "permanent"
 
 
+@dataclass(frozen=True, slots=True)
+class AuditSummary(AuditRecord):
+    """Stands for `count` automated records of one kind folded by the audit budget
+    (daemon/audit_budget.py) during a flood: escalations of one reporter, `blocked` of the
+    reputation ladder or the fleet, `block_expired` of one block source."""
+
+    event: ClassVar[str] = "audit_summary"
+    action: ClassVar[str] = "summarize"
+    summarized: str  # the event of the records it stands for ("mixed" under the overflow)
+    source: str  # the reporter ("uid 1001", "in-process") or the block source
+    count: int  # escalations or blocks folded
+    addresses: tuple[str, ...]  # the first 100 of them
+    since: str  # RFC 3339 time of the first one folded
+
+
 def escalation(kind: str) -> type[_Escalation]:
     """The record for a reputation decision's kind ("temporary" | "permanent")."""
     return EscalationPermanent if kind == "permanent" else EscalationTemporary
@@ -418,6 +433,7 @@ RECORDS: tuple[type[AuditRecord], ...] = (
     BlockExpired,
     EscalationTemporary,
     EscalationPermanent,
+    AuditSummary,
     AccessDenied,
     RequestRejected,
     DecisionAllowed,

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.adapters import memory
-from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.store import Store
 from aitherfwd.audit_records import Blocked, BlockExpired, Unblocked
 from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec
-from aitherfwd.daemon.ports import Conntrack, Kernel
+from aitherfwd.daemon.ports import AuditSink, Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.dynamic.blockrecords import Key, pack, text_of
 from aitherfwd.dynamic.blocks import Block, BlockTable, address_text, check_batch
@@ -59,7 +58,7 @@ class BlockService:
         clock: Clock,
         writer: KernelWriter,
         store: Store,
-        audit: AuditLog,
+        audit: AuditSink,
         conntrack: Conntrack,
         stats: Stats,
     ) -> None:

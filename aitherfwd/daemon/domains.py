@@ -12,11 +12,10 @@ import logging
 import time
 from typing import Any
 
-from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.dns import ResolveError, Resolver
 from aitherfwd.audit_records import EgressDnsChanged, EgressDnsFailed
 from aitherfwd.clock import Clock
-from aitherfwd.daemon.ports import Kernel
+from aitherfwd.daemon.ports import AuditSink, Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
 from aitherfwd.egress.dns import Change, DomainTable, element_delta
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class DomainSync:
-    def __init__(self, clock: Clock, writer: KernelWriter, audit: AuditLog) -> None:
+    def __init__(self, clock: Clock, writer: KernelWriter, audit: AuditSink) -> None:
         self.clock, self.writer, self.audit = clock, writer, audit
         self.domains = DomainTable()
         self.installed: dict[str, frozenset[str]] = {}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aitherfwd.adapters.audit import AuditLog, rfc3339
+from aitherfwd.adapters.audit import rfc3339
 from aitherfwd.adapters.dns import ResolveError
 from aitherfwd.adapters.store import Store
 from aitherfwd.audit_records import (
@@ -31,7 +31,7 @@ from aitherfwd.clock import Clock
 from aitherfwd.config import Authorizer
 from aitherfwd.control.sandbox import GrantSpec
 from aitherfwd.daemon.domains import DomainSync
-from aitherfwd.daemon.ports import Kernel
+from aitherfwd.daemon.ports import AuditSink, Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.egress import names as en
 from aitherfwd.egress import sandbox
@@ -56,7 +56,7 @@ class Caller:
 
 
 class EgressRuntime:
-    def __init__(self, clock: Clock, writer: KernelWriter, store: Store, audit: AuditLog) -> None:
+    def __init__(self, clock: Clock, writer: KernelWriter, store: Store, audit: AuditSink) -> None:
         self.clock, self.writer, self.store, self.audit = clock, writer, store, audit
         self.grants = GrantTable()
         self.dns = DomainSync(clock, writer, audit)  # allowlisted names, kept fresh

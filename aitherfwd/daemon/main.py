@@ -251,6 +251,8 @@ class Supervisor:
             for task in self.tasks:
                 task.cancel()
             api.rejections.flush(s.ports.clock.now(), final=True)
+            if s.audit_budget is not None:
+                s.audit_budget.flush(s.ports.clock.now(), final=True)
             self.noise.close()
             gen_now = s.generations.generation
             s.ports.audit.write(
@@ -381,10 +383,13 @@ async def _housekeeping(s: Services, interval: float) -> None:
 
 
 async def _flush_rejections(api: Api, s: Services) -> None:
-    """Write the per-peer counts of refused requests whose interval is over."""
+    """Write the per-peer counts of refused requests and the summaries of folded automated
+    records whose interval is over."""
     while True:
         await asyncio.sleep(1.0)
         api.rejections.flush(s.ports.clock.now())
+        if s.audit_budget is not None:
+            s.audit_budget.flush(s.ports.clock.now())
 
 
 async def _watchdog(s: Services, interval: float) -> None:

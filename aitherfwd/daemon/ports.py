@@ -1,7 +1,7 @@
 """What the daemon's services need from the outside world, as small Protocols (layer L3).
 
 Owns: the ports — `Kernel` (one libnftables context plus the namespace's nftables
-generation), `Conntrack`, `Systemd`, `Notifications`, `Bus` (the fleet's) — that the
+generation), `AuditSink`, `Conntrack`, `Systemd`, `Notifications`, `Bus` (the fleet's) — that the
 composition root fills with adapters (daemon/main.py) and unit tests fill with the
 shipped fakes (aitherfwd/testing.py). Nothing here does I/O.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
+from aitherfwd.audit_records import AuditRecord
 from aitherfwd.fleet.messages import Delivery
 from aitherfwd.policy.model import IPAddress, NotifySettings
 from aitherfwd.reconcile import Observed
@@ -35,6 +36,13 @@ class Kernel(Protocol):
     def updates_timeouts(self) -> bool:
         """Does an `add` of an element that exists update its timeout? (asked once, after
         the table exists)"""
+
+
+class AuditSink(Protocol):
+    """Where a service's audit records go: the trail itself (adapters/audit.py) or the
+    line budget in front of it (daemon/audit_budget.py)."""
+
+    def write(self, now: float, record: AuditRecord) -> None: ...
 
 
 class Conntrack(Protocol):

@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aitherfwd.adapters.audit import AuditLog, rfc3339
+from aitherfwd.adapters.audit import rfc3339
 from aitherfwd.adapters.store import Store
 from aitherfwd.audit_records import escalation
 from aitherfwd.clock import Clock
 from aitherfwd.control.schema import BlockSpec, ThreatSpec
 from aitherfwd.daemon.blocking import Actor, BlockService
-from aitherfwd.daemon.ports import Notifications
+from aitherfwd.daemon.ports import AuditSink, Notifications
 from aitherfwd.dynamic import reputation
 from aitherfwd.dynamic.blocks import Block, BlockError, address_text
 from aitherfwd.dynamic.reputation import Decision, Offender, offender_key
@@ -67,7 +67,7 @@ class ReputationService:
         clock: Clock,
         blocks: BlockService,
         store: Store,
-        audit: AuditLog,
+        audit: AuditSink,
         notifier: Notifications,
         stats: Stats,
     ) -> None:

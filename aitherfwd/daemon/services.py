@@ -10,6 +10,7 @@ get the same graph. `Services` is a plain record of the services; it holds no lo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from aitherfwd.adapters.outbox import Outbox
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.config import Authorizer
+from aitherfwd.daemon.audit_budget import AuditBudget
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import EgressRuntime
@@ -69,6 +71,7 @@ class Services:
     geo: GeoSets  # country and list sets (daemon/geosets.py)
     journal: JournalService | None = None  # threats read from the journal
     fleet: FleetService | None = None
+    audit_budget: AuditBudget | None = None  # folds automated records in a flood
 
 
 def wire(
@@ -82,9 +85,15 @@ def wire(
     clock, store, audit = ports.clock, ports.store, ports.audit
     writer = KernelWriter(ports.kernel, monotonic=clock.monotonic)
     authorizer = authorizer or Authorizer({})
-    blocks = BlockService(clock, writer, store, audit, ports.conntrack, stats)
-    reputation = ReputationService(clock, blocks, store, audit, ports.notifier, stats)
-    egress = EgressRuntime(clock, writer, store, audit)
+    admins = authorizer  # an administrator's records are never folded
+
+    def is_admin(actor: Mapping[str, int]) -> bool:
+        return admins.allows("admin", actor.get("uid", -1), actor.get("gid", -1), ())
+
+    budget = AuditBudget(audit, exempt=is_admin)  # automated blocks, expiries, grants
+    blocks = BlockService(clock, writer, store, budget, ports.conntrack, stats)
+    reputation = ReputationService(clock, blocks, store, budget, ports.notifier, stats)
+    egress = EgressRuntime(clock, writer, store, budget)
     egress.on_change = stats.sandbox  # live grants for the metrics
     egress.authorizer = authorizer  # the sandbox role's max_ttl
     generations = Generations(
@@ -133,6 +142,7 @@ def wire(
         geo,
         journal,
         fleet_service,
+        budget,
     )
 
 

@@ -142,6 +142,7 @@ def status(d: Services) -> dict[str, Any]:
     counts.update(d.egress.grants.set_counts(now))
     rep = d.reputation.status()
     store, audit, notes = d.ports.store, d.ports.audit, d.ports.notifier.stats
+    budget = d.audit_budget
     last = g.last_reload
     return {
         "status": "ok",
@@ -157,7 +158,11 @@ def status(d: Services) -> dict[str, Any]:
         "elements": counts,
         "drift_repairs": g.drift_repairs,
         "reloads": g.reloads,
-        "reputation": {"offenders": rep.offenders, "threat_events": rep.threat_events},
+        "reputation": {
+            "offenders": rep.offenders,
+            "pruned": d.reputation.pruned,  # offenders forgotten since start (decayed, cap)
+            "threat_events": rep.threat_events,
+        },
         "journal": asdict(d.journal.status()) if d.journal is not None else None,
         "store": {
             "write_errors": store.write_errors,
@@ -168,7 +173,12 @@ def status(d: Services) -> dict[str, Any]:
             "pending_rows": store.pending_rows,  # failed writes kept to retry, in order
             "dropped_rows": store.dropped_rows,
         },
-        "audit": {"write_errors": audit.errors, "rotations": audit.rotations},
+        "audit": {
+            "write_errors": audit.errors,
+            "rotations": audit.rotations,
+            "folded": budget.folded if budget else 0,  # automated records a summary stands for
+            "summaries": budget.summaries if budget else 0,
+        },
         "notifications": {
             "sent": notes.sent,
             "failed": notes.failed,

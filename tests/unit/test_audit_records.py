@@ -28,6 +28,7 @@ ACTOR = {"uid": 1000, "gid": 1000, "pid": 4242}
 # event → OCSF-style action, as docs/daemon.md lists them (others: the event name itself)
 OLD_ACTIONS = {
     "blocked": "block",
+    "audit_summary": "summarize",  # new with the audit budget: no line from before
     "unblocked": "unblock",
     "block_expired": "expire",
     "escalation_temporary": "escalate",
@@ -154,6 +155,23 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
         )
         for kind, n, ttl in (("temporary", 1, 3600), ("permanent", 3, None))
     ],
+    (
+        ar.AuditSummary(
+            summarized="escalation_temporary",
+            source="uid 1001",
+            count=480,
+            addresses=("198.51.100.20", "198.51.100.21"),
+            since="2026-03-10T14:00:00.731Z",
+        ),
+        "audit_summary",
+        {
+            "summarized": "escalation_temporary",
+            "source": "uid 1001",
+            "count": 480,
+            "addresses": ["198.51.100.20", "198.51.100.21"],
+            "since": "2026-03-10T14:00:00.731Z",
+        },
+    ),
     (
         ar.AccessDenied(
             verdict="deny", actor=ACTOR, method="POST", path="/v1/blocks", role="admin"
