@@ -19,6 +19,8 @@ from aitherfwd.errors import ApplyError
 from aitherfwd.nft.builders import element_fields, element_key
 from aitherfwd.reconcile import Observed
 
+QUICK_ELEMENTS = 64  # as the real kernel adapter's (adapters/kernel.py)
+
 Json = dict[str, Any]
 _OBJECTS = ("chain", "set", "map", "counter", "ct timeout")
 
@@ -45,6 +47,7 @@ class FakeKernel:
         self.clock: Clock = clock or FakeClock()
         self.table: _Table | None = None
         self.batches: list[list[Json]] = []  # every batch run, accepted or refused
+        self.quick_batches = 0  # of them, written from the caller's thread (run_quick)
         self.refusals: dict[int, str] = {}  # batch index (0-based, over all batches) -> error
         self.refuse_elements_of: set[str] = set()  # element adds to these sets are refused
         self.gen = 1
@@ -89,6 +92,16 @@ class FakeKernel:
 
     def updates_timeouts(self) -> bool:
         return self.timeout_updates
+
+    def run_quick(self, commands: list[Json]) -> bool:
+        """Like the real kernel: a small batch of element changes only, applied at once."""
+        if not commands or len(commands) > QUICK_ELEMENTS:
+            return False
+        if not all("element" in next(iter(c.values())) for c in commands):
+            return False
+        self.quick_batches += 1
+        self.run(commands)
+        return True
 
     def run(self, commands: list[Json]) -> list[Json]:
         index = len(self.batches)

@@ -78,6 +78,9 @@ class FailingWrites:
         updates: bool = self.inner.updates_timeouts()
         return updates
 
+    def run_quick(self, commands: list[Json]) -> bool:
+        return False  # every write through `run`, where the failpoint is
+
 
 class FakeConntrack:
     """Implements the `Conntrack` port: `peers` are the established admin sessions."""

@@ -37,6 +37,11 @@ class Kernel(Protocol):
         """Does an `add` of an element that exists update its timeout? (asked once, after
         the table exists)"""
 
+    def run_quick(self, commands: list[Json]) -> bool:
+        """Apply `commands` at once if that is a short, non-blocking write (a small batch
+        of element changes by netlink): True when applied (ApplyError when refused), False
+        when nothing was done and `run` must be used (from the writer's thread)."""
+
 
 class AuditSink(Protocol):
     """Where a service's audit records go: the trail itself (adapters/audit.py) or the

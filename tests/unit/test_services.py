@@ -414,6 +414,7 @@ def test_no_other_handler_starts_while_an_admin_request_is_in_flight(fake: FakeD
     async def race() -> list[str]:
         done: list[str] = []
         fake.kernel.run = slow_run  # type: ignore[method-assign]
+        fake.kernel.run_quick = lambda commands: False  # type: ignore[method-assign]
         ban = request("POST", "/v1/blocks", b'{"address": "203.0.113.5"}', 0)
         admin = asyncio.ensure_future(api(ban))
         admin.add_done_callback(lambda _: done.append("admin"))
