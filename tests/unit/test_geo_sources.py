@@ -7,6 +7,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aitherfwd.adapters.geodb import GeoReadError, read_countries, read_list
 from aitherfwd.geo.ranges import Ranges, delta, parse_list
@@ -168,3 +170,25 @@ def test_hostile_sources_are_read_errors_or_bad_lines_never_a_hang(
     parsed = read_list(junk)
     assert parsed.lines == 1 and parsed.bad >= 1
     assert all(len(why) <= 120 for _, why in parsed.bad_lines)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 3)), max_size=60),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 3)), max_size=60),
+    st.sampled_from([2, 4, 16]),
+)
+def test_delta_is_the_difference_of_the_two_range_sets_whatever_the_stride(
+    old: list[tuple[int, int]], new: list[tuple[int, int]], stride: int
+) -> None:
+    """The stride skip (equal stretches compared a slice at a time) changes nothing."""
+    from aitherfwd.geo import ranges  # noqa: PLC0415
+
+    a = Ranges.of(4, [(f * 8, f * 8 + w) for f, w in old])
+    b = Ranges.of(4, [(f * 8, f * 8 + w) for f, w in new])
+    saved, ranges.STRIDE = ranges.STRIDE, stride
+    try:
+        d = delta(a, b)
+    finally:
+        ranges.STRIDE = saved
+    assert list(d.removed) == sorted(set(a.pairs()) - set(b.pairs()))
+    assert list(d.added) == sorted(set(b.pairs()) - set(a.pairs()))
