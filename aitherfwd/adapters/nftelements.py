@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.adapters import netlink as nl
+from aitherfwd.dynamic.packedelements import WIDTH, PackedElements
 from aitherfwd.geo.elements import RangeElements
 
 NFTA_SET_ELEM_LIST_TABLE = 1
@@ -290,6 +291,13 @@ def messages(
     size, count = sum(map(len, chunk)), 0
     if rbtree and isinstance(elements, RangeElements) and elements.family == shape.family:
         stream: Iterable[list[bytes]] = _range_attrs(elements, deleting)
+    elif (
+        isinstance(elements, PackedElements)
+        and elements.family == shape.family
+        and not shape.interval
+        and not shape.with_port
+    ):
+        stream = _packed_attrs(elements, deleting)
     else:
         stream = (element_attrs(shape, e, deleting=deleting) for e in elements)
     for attrs in stream:
@@ -332,6 +340,15 @@ def _range_attrs(elements: RangeElements, deleting: bool) -> Iterator[list[bytes
             yield [_elem(_key(NFTA_SET_ELEM_KEY, first.to_bytes(width, "big")), udata)]
         else:
             yield [start + end_head + (last + 1).to_bytes(width, "big")]
+
+
+def _packed_attrs(elements: PackedElements, deleting: bool) -> Iterator[list[bytes]]:
+    """Single addresses straight from their ints (a cold start's blocks): the same bytes
+    `element_attrs` makes of `{"elem": {"val": "<address>", "timeout": s}}`."""
+    width = WIDTH[elements.family]
+    for address, timeout in zip(elements.addresses, elements.timeouts, strict=True):
+        ms = 0 if deleting else timeout * 1000
+        yield [_hash_prefix(width, ms) + address.to_bytes(width, "big")]
 
 
 def _message(kind: int, flags: int, head: bytes, chunk: list[bytes], count: int) -> ElementMessage:

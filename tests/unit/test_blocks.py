@@ -77,7 +77,7 @@ def test_restore_commands_carry_remaining_timeouts() -> None:
     table.put([_block("203.0.113.7/32", 100), _block("2001:db8::/64", None)], NOW)
     cmds = table.restore_commands(NOW + 40)
     elems = {c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in cmds}
-    assert elems["block_v4"] == [{"elem": {"val": "203.0.113.7", "timeout": 60}}]
+    assert list(elems["block_v4"]) == [{"elem": {"val": "203.0.113.7", "timeout": 60}}]
     assert elems["block_v6_net"] == [{"prefix": {"addr": "2001:db8::", "len": 64}}]
 
 

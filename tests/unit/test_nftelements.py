@@ -163,3 +163,28 @@ def test_builders_and_encoder_agree_on_the_command_shape() -> None:
     cmd = b.add(b.element("h4", ["192.0.2.1"]))
     ec = b.element_command(cmd)
     assert ec is not None and ec.set_name == "h4" and ec.elements == ["192.0.2.1"]
+
+
+def test_packed_elements_encode_to_the_bytes_of_their_json_form() -> None:
+    """A cold start's blocks go to the kernel from their ints (PackedElements); the bytes
+    are the generic encoder's of the same elements as JSON, timeouts or none, v4 and v6."""
+    import ipaddress  # noqa: PLC0415
+
+    from aitherfwd.dynamic.packedelements import PackedElements  # noqa: PLC0415
+
+    for family, first in (
+        (4, int(ipaddress.IPv4Address("10.77.0.1"))),
+        (6, int(ipaddress.IPv6Address("fd77::1"))),
+    ):
+        shape = ne.SetShape(f"block_v{family}", family, interval=False, with_port=False)
+        packed = PackedElements(family)
+        for i in range(5_000):  # more than one message's worth
+            packed.append(first + i, None if i % 3 == 0 else 600 + i % 2)
+        as_json = list(packed)
+        assert as_json[0] == str(ipaddress.ip_address(first))
+        assert as_json[1] == {"elem": {"val": str(ipaddress.ip_address(first + 1)), "timeout": 601}}
+        for verb in ("add", "delete"):
+            fast = list(ne.messages(shape.name, shape, verb, packed))
+            slow = list(ne.messages(shape.name, shape, verb, as_json))
+            assert len(fast) > 1
+            assert [(m.attrs, m.elements) for m in fast] == [(m.attrs, m.elements) for m in slow]
