@@ -3,9 +3,10 @@
 Owns: `Gateway` — the live policy (an immutable snapshot swapped whole on reload; an
 invalid policy keeps the running one), the rate-limit windows, agent authentication
 (`AGENT_TOKENS_DIR`: constant-time comparison against every agent's token), one audit
-line per decision and per reload, and — for an allowed call whose tool names a
-`network:` parameter — a sandbox grant from the aitherfwd daemon before the answer, so
-the agent can reach the host once the gateway says yes. Its dependencies are Protocols
+line per decision (a `decision` record, OCSF API Activity: the entry that decided, the
+caller's address, the time taken) and per reload, and — for an allowed call whose tool
+names a `network:` parameter — a sandbox grant from the aitherfwd daemon before the
+answer, so the agent can reach the host once the gateway says yes. Its dependencies are Protocols
 (`Grants`, `Audit`, a clock, a resolver, a policy loader): `gateway.files` and
 `gateway.grants` give the real ones, tests give fakes. Knows no HTTP.
 """
@@ -18,10 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from aitherfwd.audit_records import AuditRecord, GatewayReloaded, ToolCallDecided
+from aitherfwd.audit_records import AuditRecord, GatewayReloaded, tool_decision
 from aitherfwd.clock import Clock
 from aitherfwd.gateway.evaluate import Call, Decision, ReasonClass, evaluate
-from aitherfwd.gateway.model import ToolPolicy
+from aitherfwd.gateway.model import Default, ToolPolicy, tool_key
 from aitherfwd.gateway.network import Destination
 from aitherfwd.gateway.parse import ToolPolicyResult
 from aitherfwd.gateway.paths import Resolver
@@ -58,6 +59,32 @@ def audit_params(value: object, depth: int = 0) -> object:
     if isinstance(value, list):
         return [audit_params(v, depth + 1) for v in value[:64]]
     return value
+
+
+def verdict_of(decision: Decision) -> str:
+    if decision.allowed:
+        return "allow"
+    return "rate_limited" if decision.reason_class is ReasonClass.RATE_LIMITED else "deny"
+
+
+def rule_name(policy: ToolPolicy, call: Call, decision: Decision) -> str:
+    """The entry that decided, as the policy writes it: the deny entry naming the tool, the
+    allow entry (its checks included), or "default" (the tool is in neither list)."""
+    if decision.entry is not None:
+        return decision.entry.name[:AUDIT_STRING]
+    key = tool_key(call.tool)
+    for name in policy.deny:
+        if tool_key(name) == key:
+            return name[:AUDIT_STRING]
+    entry = policy.allowed_entry(call.tool)
+    return entry.name[:AUDIT_STRING] if entry is not None else "default"
+
+
+def allowed_reason(rule: str) -> str:
+    """The reason an allowed call's line gives (the answer itself has none, as the seed)."""
+    if rule == "default":
+        return f"tool not listed; default {Default.ALLOW}"
+    return f"tool allowed by allow entry '{rule}'"
 
 
 class Gateway:
@@ -121,7 +148,7 @@ class Gateway:
         decision = evaluate(policy, call, now=started, limits=self.limits, resolve=self.resolve)
         if decision.allowed and decision.destination is not None:
             decision = await self._open(decision, decision.destination, call.agent)
-        self._record(call, decision, self.clock.monotonic() - started)
+        self._record(policy, call, decision, self.clock.monotonic() - started)
         return decision
 
     async def _open(self, decision: Decision, dest: Destination, agent: str) -> Decision:
@@ -137,22 +164,30 @@ class Gateway:
         self.stats.grants += 1
         return decision
 
-    def _record(self, call: Call, decision: Decision, seconds: float) -> None:
+    def _record(self, policy: ToolPolicy, call: Call, decision: Decision, seconds: float) -> None:
         if decision.reason_class is ReasonClass.RATE_LIMITED:
             self.stats.rate_limited += 1
         self.stats.count(call.tool, decision.allowed, decision.reason_class, seconds)
         dest = decision.destination
         params = audit_params(call.params)
+        rule = rule_name(policy, call, decision)
+        tool = call.tool[:AUDIT_STRING]
         self.audit.write(
             self.clock.now(),
-            ToolCallDecided(
-                tool=call.tool[:AUDIT_STRING],
+            tool_decision(decision.allowed)(
+                verdict=verdict_of(decision),
+                rule_name=rule,
+                source_ip=call.peer,
+                dest_service=tool,
+                reason=decision.reason or allowed_reason(rule),
+                latency_us=round(seconds * 1e6, 1),
+                tool=tool,
                 params=params if isinstance(params, dict) else {},
                 allowed=decision.allowed,
-                reason=decision.reason,
                 agent=call.agent,
                 reason_class=str(decision.reason_class),
                 destination=f"{dest.host}:{dest.port}" if dest and decision.allowed else "",
+                origin="gateway",
             ),
         )
         log.debug(  # the audit line is the record; this is for debugging only
