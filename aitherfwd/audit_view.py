@@ -3,7 +3,8 @@
 Owns: `Filter` (since an instant, events, a source address or prefix) and `render(line)`,
 one human-readable line per audit record: timestamp, event, action, then what matters —
 for a decision `verdict source → destination/protocol rule= zone= service=` (the
-middleware's: `→ METHOD path`, the gateway's: `→ tool name`) and its reason; for any other record its own fields as `key=value` (the OCSF attributes, derived
+middleware's: `→ METHOD path`, the gateway's: `→ tool name`) and its reason; for any
+other record its own fields as `key=value` (the OCSF attributes, derived
 from these, are left out). Used by `aitherfwd audit tail` (cli_audit.py).
 """
 

@@ -15,6 +15,7 @@ of what a record says.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -74,10 +75,8 @@ class QueuedAudit:
     def reopen(self) -> None:
         """Reopen the file before the next line (logrotate moved it)."""
         self._start()
-        try:
+        with contextlib.suppress(queue.Full):  # the writer is behind; size rotation holds
             self._queue.put_nowait(_REOPEN)
-        except queue.Full:
-            pass  # the writer is behind; the size rotation still holds
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued and the last tick's lines, then stop the thread."""
@@ -92,7 +91,9 @@ class QueuedAudit:
         self._queue.put(_STOP)  # the writer drains the queue: a free slot comes soon
         thread.join(timeout)
         if thread.is_alive():
-            log.warning("audit writer did not finish within %.1f s path=%s", timeout, self.file.path)
+            log.warning(
+                "audit writer did not finish within timeout=%.1f path=%s", timeout, self.file.path
+            )
 
     def _start(self) -> None:
         if self._thread is not None:

@@ -65,7 +65,7 @@ class MiddlewareAudit:
             return True
         return settings.log_allowed and verdict.rule is not None and verdict.reason != BYPASS
 
-    def record(  # noqa: PLR0913, PLR0917 - one decision's facts
+    def record(  # noqa: PLR0917 - one decision's facts
         self,
         scope: Scope,
         view: View | None,
@@ -106,7 +106,7 @@ class MiddlewareAudit:
         self.sink.close()
 
 
-def build(  # noqa: PLR0913, PLR0917 - one decision's facts
+def build(  # noqa: PLR0917 - one decision's facts
     scope: Scope,
     view: View | None,
     verdict: Verdict,

@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aitherfwd.asgi.auditing import MiddlewareAudit
+from aitherfwd.asgi.auditsample import DEFAULT_INTERVAL, DEFAULT_PER_SOURCE
 from aitherfwd.asgi.clientaddr import (
     Client,
     client_address,
@@ -33,8 +35,6 @@ from aitherfwd.asgi.clientaddr import (
     parse_address,
     parse_networks,
 )
-from aitherfwd.asgi.auditing import MiddlewareAudit
-from aitherfwd.asgi.auditsample import DEFAULT_INTERVAL, DEFAULT_PER_SOURCE
 from aitherfwd.asgi.follower import Follower, Reporter
 from aitherfwd.asgi.state import Followed
 from aitherfwd.asgi.view import View, judge
