@@ -215,3 +215,30 @@ def test_without_an_audit_path_nothing_is_written_and_no_thread_starts(
     assert mw.audit is None and "audit_lines" not in mw.stats()
     threads = {t.name for t in threading.enumerate()}
     assert "aitherfwd-audit" not in threads
+
+
+def test_hostile_requests_are_recorded_bounded_and_on_one_line(
+    daemon: Served, tmp_path: Path
+) -> None:
+    """A malformed forwarding header from the trusted proxy is a 400 on the record with the
+    peer as source; a huge path with control characters is cut and escaped."""
+    path = tmp_path / "app-audit.jsonl"
+    mw = audited(daemon, path)
+    with uvicorn_serving(mw) as url:
+        until(lambda: mw.state.live, 5, "the middleware follows the daemon")
+        with httpx.Client(base_url=url) as c:
+            bad = c.get("/", headers={"X-Forwarded-For": "not-an-address"})
+            huge = c.get("/private/" + "%0a%e2%80%a8" * 2000, headers={"X-Forwarded-For": CLIENT})
+        assert (bad.status_code, huge.status_code) == (400, 403)
+        until(lambda: len(lines(path)) == 2, 5, "both lines")
+    raw = path.read_text().splitlines()
+    assert len(raw) == 2 and all(x.isascii() for x in raw)
+    malformed, long = (json.loads(x) for x in raw)
+    assert (malformed["verdict"], malformed["rule_name"], malformed["status"]) == (
+        "deny",
+        None,
+        400,
+    )
+    assert malformed["source_ip"] == malformed["peer_ip"] == "127.0.0.1"
+    assert "malformed forwarding header" in malformed["reason"]
+    assert len(long["path"]) == 256 and "\n" in long["path"] and long["count"] == 1
