@@ -399,7 +399,8 @@ class SandboxExpired(AuditRecord):
 class ToolDecision(AuditRecord):
     """One decision on a tool call (OCSF API Activity). Seed 000's decision fields first
     (no `zone`: the gateway knows no zones), then seed 003's audit fields (`tool`,
-    `params`, `allowed`; its `reason` is the one above), then ours."""
+    `params`, `allowed`; its `reason` is the one above), then ours. Rate-limited calls are
+    sampled per entry, agent and address: a line stands for `count` of them."""
 
     event: ClassVar[str] = "decision"
     verdict: str  # allow | deny | rate_limited
@@ -415,6 +416,7 @@ class ToolDecision(AuditRecord):
     reason_class: str  # the bounded class the metrics count by
     destination: str  # "host:port" opened by a sandbox grant, else ""
     origin: str  # always "gateway"
+    count: int = 1  # rate-limited calls this line stands for (audit_sample.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Owns: `MiddlewareAudit` — which decisions are recorded (denials under the policy's
 `settings.log_denied`, the default; allows of a rule under `settings.log_allowed`, or every
 allow with `audit_allowed`), the `decision` record of each (audit_records.HttpDecision,
-OCSF HTTP Activity), the sampling (auditsample.py) under a lock, and the writing, which
+OCSF HTTP Activity), the sampling (aitherfwd/audit_sample.py) under a lock, and the writing, which
 never happens on the event loop: records go into a bounded queue that a writer thread
 empties into an `AuditLog` (adapters/audit_queue.py; rotated at 50 MB like the daemon's).
 The sampler's aggregated lines are written by that thread every second it looks.
@@ -19,9 +19,9 @@ from typing import Any
 
 from aitherfwd.adapters.audit import DEFAULT_MAX_BYTES, AuditLog
 from aitherfwd.adapters.audit_queue import DEFAULT_CAPACITY, QueuedAudit
-from aitherfwd.asgi.auditsample import DEFAULT_INTERVAL, DEFAULT_PER_SOURCE, DecisionSampler
 from aitherfwd.asgi.view import BYPASS, View
 from aitherfwd.audit_records import HttpDecision, http_decision
+from aitherfwd.audit_sample import DEFAULT_INTERVAL, DEFAULT_PER_SOURCE, DecisionSampler
 from aitherfwd.decisions import service_of
 from aitherfwd.evaluator import Verdict
 from aitherfwd.policy.model import IPAddress, Settings
@@ -46,7 +46,7 @@ class MiddlewareAudit:
     ) -> None:
         self.audit_allowed = audit_allowed
         self.clock = clock
-        self.sampler = DecisionSampler(per_source, interval)
+        self.sampler: DecisionSampler[HttpDecision] = DecisionSampler(per_source, interval)
         self._lock = threading.Lock()
         self.sink = QueuedAudit(
             AuditLog(Path(path), max_bytes=max_bytes),

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from aitherfwd.asgi.auditing import MiddlewareAudit
-from aitherfwd.asgi.auditsample import DEFAULT_INTERVAL, DEFAULT_PER_SOURCE
 from aitherfwd.asgi.clientaddr import (
     Client,
     client_address,
@@ -38,6 +37,7 @@ from aitherfwd.asgi.clientaddr import (
 from aitherfwd.asgi.follower import Follower, Reporter
 from aitherfwd.asgi.state import Followed
 from aitherfwd.asgi.view import View, judge
+from aitherfwd.audit_sample import DEFAULT_INTERVAL, DEFAULT_PER_SOURCE
 from aitherfwd.dynamic.buckets import TokenBuckets
 from aitherfwd.evaluator import RATE_LIMITED, Verdict
 from aitherfwd.policy.model import Action, IPAddress

@@ -74,6 +74,8 @@ def build(cfg: GatewayConfig) -> Gateway:
 
 def run(cfg: GatewayConfig) -> int:
     gateway = build(cfg)
+    if isinstance(gateway.audit, QueuedAudit):
+        gateway.audit.on_tick = gateway.audit_tick  # rate-limited calls' counted lines
     host, port = parse_bind(cfg.bind)
     watchers: list[PolicyWatcher] = []
 

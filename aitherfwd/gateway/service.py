@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from aitherfwd.audit_records import AuditRecord, GatewayReloaded, tool_decision
+from aitherfwd.audit_records import AuditRecord, GatewayReloaded, ToolDecision, tool_decision
+from aitherfwd.audit_sample import DecisionSampler
 from aitherfwd.clock import Clock
 from aitherfwd.gateway.evaluate import Call, Decision, ReasonClass, evaluate
 from aitherfwd.gateway.model import Default, ToolPolicy, tool_key
@@ -31,6 +33,8 @@ from aitherfwd.gateway.stats import GatewayStats
 
 log = logging.getLogger(__name__)
 AUDIT_STRING = 512  # characters of one parameter value kept in the audit line
+# rate-limited calls: lines a second at most per entry, agent and address, and per entry
+AUDIT_PER_CALLER, AUDIT_PER_ENTRY = 1, 10
 
 
 class GrantRefused(Exception):
@@ -61,10 +65,13 @@ def audit_params(value: object, depth: int = 0) -> object:
     return value
 
 
+RATE_LIMITED = "rate_limited"
+
+
 def verdict_of(decision: Decision) -> str:
     if decision.allowed:
         return "allow"
-    return "rate_limited" if decision.reason_class is ReasonClass.RATE_LIMITED else "deny"
+    return RATE_LIMITED if decision.reason_class is ReasonClass.RATE_LIMITED else "deny"
 
 
 def rule_name(policy: ToolPolicy, call: Call, decision: Decision) -> str:
@@ -114,6 +121,8 @@ class Gateway:
         self.stats = GatewayStats()
         self.stats.retool(policy.tool_names())
         self.last_errors: list[dict[str, object]] = []
+        self.sampler: DecisionSampler[ToolDecision] = DecisionSampler(AUDIT_PER_CALLER)
+        self._sampler_lock = threading.Lock()  # audit_tick runs in the audit writer's thread
 
     # --- callers ---------------------------------------------------------------------
     @property
@@ -172,23 +181,20 @@ class Gateway:
         params = audit_params(call.params)
         rule = rule_name(policy, call, decision)
         tool = call.tool[:AUDIT_STRING]
-        self.audit.write(
-            self.clock.now(),
-            tool_decision(decision.allowed)(
-                verdict=verdict_of(decision),
-                rule_name=rule,
-                source_ip=call.peer,
-                dest_service=tool,
-                reason=decision.reason or allowed_reason(rule),
-                latency_us=round(seconds * 1e6, 1),
-                tool=tool,
-                params=params if isinstance(params, dict) else {},
-                allowed=decision.allowed,
-                agent=call.agent,
-                reason_class=str(decision.reason_class),
-                destination=f"{dest.host}:{dest.port}" if dest and decision.allowed else "",
-                origin="gateway",
-            ),
+        record = tool_decision(decision.allowed)(
+            verdict=verdict_of(decision),
+            rule_name=rule,
+            source_ip=call.peer,
+            dest_service=tool,
+            reason=decision.reason or allowed_reason(rule),
+            latency_us=round(seconds * 1e6, 1),
+            tool=tool,
+            params=params if isinstance(params, dict) else {},
+            allowed=decision.allowed,
+            agent=call.agent,
+            reason_class=str(decision.reason_class),
+            destination=f"{dest.host}:{dest.port}" if dest and decision.allowed else "",
+            origin="gateway",
         )
         log.debug(  # the audit line is the record; this is for debugging only
             "tool call tool=%.80r agent=%s allowed=%s reason=%r",
@@ -197,6 +203,20 @@ class Gateway:
             decision.allowed,
             decision.reason,
         )
+        now = self.clock.now()
+        if record.verdict == RATE_LIMITED:  # the only calls repeated without bound
+            with self._sampler_lock:
+                sampled = self.sampler.offer(record, AUDIT_PER_ENTRY, now)
+            if sampled is None:
+                return
+            record = sampled
+        self.audit.write(now, record)
+
+    def audit_tick(self, now: float, final: bool) -> list[ToolDecision]:
+        """The counted lines of rate-limited calls left out (called by the audit writer
+        every second, and at its close)."""
+        with self._sampler_lock:
+            return self.sampler.flush(now, final=final)
 
     # --- reload ----------------------------------------------------------------------
     def reload(self, trigger: str) -> ToolPolicyResult:

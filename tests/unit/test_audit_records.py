@@ -358,6 +358,7 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "reason_class": "allowed",
             "destination": "example.org:443",
             "origin": "gateway",
+            "count": 1,
         },
     ),
     (
@@ -393,6 +394,7 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "reason_class": "denied_tool",
             "destination": "",
             "origin": "gateway",
+            "count": 1,
         },
     ),
     (

@@ -15,8 +15,8 @@ from pathlib import Path
 from aitherfwd import audit_records as ar
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.audit_queue import QueuedAudit
-from aitherfwd.asgi.auditsample import DecisionSampler
 from aitherfwd.audit_check import validate_line
+from aitherfwd.audit_sample import DecisionSampler
 from aitherfwd.audit_view import render
 from aitherfwd.gateway.evaluate import Call
 from tests.unit.gateway_helpers import SEED_POLICY, gateway
@@ -42,7 +42,7 @@ DENIED = ar.HttpDecisionDenied(
 
 
 def test_a_flood_from_one_client_is_a_few_lines_whose_counts_add_up() -> None:
-    sampler = DecisionSampler(per_source=1, interval=10.0)
+    sampler = DecisionSampler[ar.HttpDecision](per_source=1, interval=10.0)
     written: list[ar.HttpDecision] = []
     now = 1000.0
     for i in range(10_000):  # 10,000 denials over 20 seconds
@@ -57,7 +57,7 @@ def test_a_flood_from_one_client_is_a_few_lines_whose_counts_add_up() -> None:
 
 
 def test_the_policys_audit_decisions_bounds_each_rule_across_clients() -> None:
-    sampler = DecisionSampler(per_source=1, interval=10.0)
+    sampler = DecisionSampler[ar.HttpDecision](per_source=1, interval=10.0)
     taken = [
         sampler.offer(replace(DENIED, source_ip=f"198.51.100.{i}"), 10, 1000.0)
         for i in range(1, 101)
@@ -68,7 +68,7 @@ def test_the_policys_audit_decisions_bounds_each_rule_across_clients() -> None:
 
 
 def test_a_line_after_left_out_decisions_counts_them() -> None:
-    sampler = DecisionSampler(per_source=1, interval=60.0)
+    sampler = DecisionSampler[ar.HttpDecision](per_source=1, interval=60.0)
     assert sampler.offer(DENIED, 10, 0.0) is not None
     assert sampler.offer(DENIED, 10, 0.1) is None
     assert sampler.offer(DENIED, 10, 0.2) is None
@@ -78,7 +78,7 @@ def test_a_line_after_left_out_decisions_counts_them() -> None:
 
 
 def test_beyond_the_pending_keys_clients_are_counted_together_never_lost() -> None:
-    sampler = DecisionSampler(per_source=1, interval=10.0, pending_keys=4)
+    sampler = DecisionSampler[ar.HttpDecision](per_source=1, interval=10.0, pending_keys=4)
     for i in range(50):
         for _ in range(3):
             sampler.offer(replace(DENIED, source_ip=f"198.51.100.{i}"), 1000, 5.0)
@@ -179,3 +179,23 @@ def test_audit_tail_shows_the_request_and_the_tool() -> None:
     tool = render(ar.as_json(audit.records[0], 0))
     assert "deny 127.0.0.1 → tool shell.exec" in tool and "agent=bob" in tool
     assert tool.endswith("tool is explicitly denied")
+
+
+def test_a_flood_of_rate_limited_tool_calls_is_a_few_lines_whose_counts_add_up() -> None:
+    gw, audit, clock = gateway("tools: {default: allow, rate_limit: {requests_per_minute: 5}}\n")
+
+    async def flood() -> None:
+        for _ in range(2000):  # 2,000 calls in 20 s from one agent
+            await gw.decide(Call("t", {}, "bob", "127.0.0.1"))
+            clock.advance(0.01)
+            audit.records.extend(gw.audit_tick(clock.now(), False))
+
+    asyncio.run(flood())
+    audit.records.extend(gw.audit_tick(clock.now(), True))
+    lines = [ar.as_json(r, 0) for r in audit.records]
+    assert all(validate_line(x) == [] for x in lines)
+    limited = [x for x in lines if x["verdict"] == "rate_limited"]
+    assert len([x for x in lines if x["verdict"] == "allow"]) == 5  # every admitted call
+    assert sum(int(x["count"]) for x in limited) == 2000 - 5  # type: ignore[call-overload]
+    assert len(limited) <= 20 + 2 + 2
+    assert {x["rule_name"] for x in limited} == {"default"}

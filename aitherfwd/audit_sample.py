@@ -1,12 +1,17 @@
-"""Which of the middleware's decisions become audit lines (pure: no I/O, time passed in).
+"""Which decisions of the layer-7 enforcement points become audit lines (layer L1, pure:
+no I/O, time passed in).
 
-Owns: `DecisionSampler`, the bound on the middleware's decision records, so a flood of
-requests cannot fill the disk nor hide the decisions of other rules and clients:
+Owns: `DecisionSampler`, the bound on the decision records of the ASGI middleware (every
+recorded decision) and of the tool-call gateway (its rate-limited calls, the only ones a
+caller can repeat without bound), so a flood cannot fill the disk nor hide the decisions of
+other rules and clients:
 
-- per rule, verdict and client, at most `per_source` lines a second (a token bucket, burst
-  the same: the first decision of a client is always written);
-- per rule and verdict, at most the policy's `settings.audit_decisions` lines a second
-  (the daemon's bound for its kernel decisions; `0` writes none);
+- per rule, verdict and client (the middleware's client address; the gateway's agent and
+  address), at most `per_source` lines a second (a token bucket, burst the same: the
+  first decision of a client is always written);
+- per rule and verdict, at most `per_rule` lines a second (the middleware passes the
+  policy's `settings.audit_decisions`, the daemon's bound for its kernel decisions; `0`
+  writes none);
 - the decisions left out are counted per rule, verdict and client, and every `interval`
   seconds one line per such key stands for them (`count`, the last of them described;
   OCSF's `count`); the next line written for a key carries what was left out since its
@@ -15,15 +20,18 @@ requests cannot fill the disk nor hide the decisions of other rules and clients:
   never a lost count).
 
 The token buckets are `aitherfwd.decisions.Sampler`, the daemon's. Not thread-safe: the
-caller holds a lock (asgi/auditing.py).
+caller holds a lock (asgi/auditing.py, gateway/service.py). Must not import adapters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
-from aitherfwd.audit_records import HttpDecision
+from aitherfwd.audit_records import HttpDecision, ToolDecision
 from aitherfwd.decisions import Sampler
+
+R = TypeVar("R", HttpDecision, ToolDecision)
 
 DEFAULT_PER_SOURCE = 1
 DEFAULT_INTERVAL = 10.0
@@ -31,12 +39,18 @@ PENDING_KEYS = 256
 
 
 @dataclass(slots=True)
-class _Pending:
+class _Pending(Generic[R]):
     count: int
-    last: HttpDecision
+    last: R
 
 
-class DecisionSampler:
+def _source(record: HttpDecision | ToolDecision) -> str:
+    if isinstance(record, ToolDecision):
+        return f"{record.agent}@{record.source_ip}"
+    return record.source_ip
+
+
+class DecisionSampler(Generic[R]):
     def __init__(
         self,
         per_source: int = DEFAULT_PER_SOURCE,
@@ -47,16 +61,16 @@ class DecisionSampler:
         self.rules = Sampler(0)
         self.interval = interval
         self.pending_keys = pending_keys
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, _Pending[R]] = {}
         self._flushed = 0.0
         self.lines = 0  # records returned to be written
         self.left_out = 0  # decisions counted on a later line instead of their own
 
-    def offer(self, record: HttpDecision, per_rule: int, now: float) -> HttpDecision | None:
+    def offer(self, record: R, per_rule: int, now: float) -> R | None:
         """The record to write now (its `count` includes what was left out before it), or
         None when it is only counted."""
         rule = f"{record.verdict} {record.rule_name or '-'}"
-        key = f"{rule} {record.source_ip}"
+        key = f"{rule} {_source(record)}"
         if self.rules.rate != per_rule:
             self.rules = Sampler(per_rule)
         if self.sources.take(key, now) and self.rules.take(rule, now):
@@ -74,7 +88,7 @@ class DecisionSampler:
             pending.last = record
         return None
 
-    def flush(self, now: float, *, final: bool = False) -> list[HttpDecision]:
+    def flush(self, now: float, *, final: bool = False) -> list[R]:
         """One line per key with decisions left out, once per `interval` (or now, final)."""
         if not final and now - self._flushed < self.interval:
             return []
