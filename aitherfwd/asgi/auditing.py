@@ -52,7 +52,7 @@ class MiddlewareAudit:
             AuditLog(Path(path), max_bytes=max_bytes),
             capacity=capacity,
             on_tick=self._tick,
-            tick=min(1.0, interval),
+            tick=min(1.0, max(0.1, interval)),  # the writer looks at least every second
             clock=clock,
         )
 
