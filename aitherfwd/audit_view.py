@@ -65,15 +65,23 @@ def parse(text: str) -> dict[str, object] | None:
 
 
 def render(line: Mapping[str, object]) -> str:
+    """One line for a terminal: control characters of any field (a hostile request path,
+    a tool name) are shown escaped, never sent to the terminal."""
     head = f"{line.get('timestamp', '?')}  {line.get('event', '?')}  {line.get('action', '?')}"
     if line.get("event") == "decision":
-        return f"{head}  {_decision(line)}"
+        return printable(f"{head}  {_decision(line)}")
     rest = [
         f"{k}={_value(v)}"
         for k, v in line.items()
         if k not in HEADER and k not in ocsf.ALL_KEYS and v is not None
     ]
-    return "  ".join([head, " ".join(rest)]) if rest else head
+    return printable("  ".join([head, " ".join(rest)]) if rest else head)
+
+
+def printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 def _decision(d: Mapping[str, object]) -> str:

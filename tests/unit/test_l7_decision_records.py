@@ -199,3 +199,9 @@ def test_a_flood_of_rate_limited_tool_calls_is_a_few_lines_whose_counts_add_up()
     assert sum(int(x["count"]) for x in limited) == 2000 - 5  # type: ignore[call-overload]
     assert len(limited) <= 20 + 2 + 2
     assert {x["rule_name"] for x in limited} == {"default"}
+
+
+def test_audit_tail_escapes_control_characters_of_a_hostile_path_or_tool() -> None:
+    shown = render(ar.as_json(replace(DENIED, path="/a\n\x1b[2J\u2028b"), 0))
+    assert "\n" not in shown and "\x1b" not in shown and "\u2028" not in shown
+    assert "/a\\u000a\\u001b[2J\\u2028b" in shown
