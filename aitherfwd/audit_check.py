@@ -75,7 +75,8 @@ def _problems_as(cls: type[AuditRecord], obj: Mapping[str, object]) -> list[str]
     out: list[str] = []
     if obj.get("action") != cls.action:
         out.append(f"action: expected {cls.action!r}, got {obj.get('action')!r:.60}")
-    keys = [k for k in obj if k not in HEADER and k not in ocsf.ALL_KEYS]
+    own_ocsf = _ocsf_keys(cls, obj)
+    keys = [k for k in obj if k not in HEADER and k not in own_ocsf]
     missing = [n for n in names if n not in obj]
     extra = [k for k in keys if k not in names]
     if missing:
@@ -90,14 +91,25 @@ def _problems_as(cls: type[AuditRecord], obj: Mapping[str, object]) -> list[str]
     return out + _ocsf_problems(cls, obj)
 
 
+def _ocsf_keys(cls: type[AuditRecord], obj: Mapping[str, object]) -> frozenset[str]:
+    """The OCSF attributes a line of `cls` carries: those its class adds (`actor` is one
+    for a tool-call decision and a record field elsewhere), and any other OCSF name."""
+    try:
+        own = ocsf_of(cls, obj, 0)
+    except (KeyError, ValueError):
+        own = {}
+    return (ocsf.ALL_KEYS | own.keys()) - {f.name for f in fields(cls)}
+
+
 def _ocsf_problems(cls: type[AuditRecord], obj: Mapping[str, object]) -> list[str]:
     """The OCSF attributes must be exactly those the record's fields give."""
     try:
         want = ocsf_of(cls, obj, ocsf.epoch_ms(str(obj.get("timestamp"))))
     except (KeyError, ValueError) as exc:
         return [f"ocsf: cannot compute from this line ({exc})"]
-    have = {k: v for k, v in obj.items() if k in ocsf.ALL_KEYS}
-    if have == want and [k for k in obj if k in ocsf.ALL_KEYS] == list(want):
+    keys = _ocsf_keys(cls, obj)
+    have = {k: v for k, v in obj.items() if k in keys}
+    if have == want and [k for k in obj if k in keys] == list(want):
         return []
     wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
     return [f"ocsf: {', '.join(wrong) or 'order'} differ from what the fields give"]

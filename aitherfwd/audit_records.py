@@ -4,8 +4,9 @@ Owns: one frozen, slotted dataclass per kind of audit line, each with a class-le
 `event` (the line's `event`) and `action` (the OCSF-style `action`); `as_json(record,
 now)`, the JSON object written for it (`timestamp`, `event`, `action`, then the record's
 fields in declaration order — the order docs/audit.md and the kernel tests read — then the
-OCSF attributes computed from them, audit_ocsf.py). Decisions are OCSF Network Activity,
-every other record a state change (Detection Finding).
+OCSF attributes computed from them, audit_ocsf.py). Decisions are OCSF Network Activity
+(the daemon's), HTTP Activity (the ASGI middleware's) or API Activity (the tool-call
+gateway's), every other record a state change (Detection Finding).
 `aitherfwd/audit_check.py` checks written lines against these types.
 
 Two record types may share an event name when the daemon writes two shapes of it
@@ -266,6 +267,47 @@ def decision(verdict: str) -> type[Decision]:
     return DecisionAllowed if verdict == "allow" else DecisionDenied
 
 
+@dataclass(frozen=True, slots=True)
+class HttpDecision(AuditRecord):
+    """One decision of the ASGI middleware on an HTTP or WebSocket request (OCSF HTTP
+    Activity), seed 000's fields first. Sampled per rule and source (asgi/auditing.py): a
+    line stands for `count` decisions of its rule, verdict and source since the previous
+    line of theirs, the last of which it describes (OCSF's `count`)."""
+
+    event: ClassVar[str] = "decision"
+    verdict: str  # allow | deny | reject | rate_limited
+    rule_name: str | None  # None: the default policy, a built-in step or the middleware's own
+    zone: str | None  # the client's zone
+    source_ip: str  # the client judged (behind trusted proxies: from the forwarding header)
+    dest_service: str | None  # the policy's service on the judged port, if any
+    reason: str
+    latency_us: float  # the decision, client address included
+    dest_ip: str | None  # the server's address, when the server says
+    dest_port: int  # the port judged
+    method: str  # the request's method ("GET" for a WebSocket), at most 16 characters
+    path: str  # at most 256 characters
+    status: int | None  # the answer when refused (403, 429, 400, 503); None when passed on
+    request_id: str | None  # the refusal's X-Request-Id
+    peer_ip: str  # the TCP peer (a proxy, when the client came from a forwarding header)
+    kind: str  # http | websocket
+    origin: str  # always "middleware"
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class HttpDecisionAllowed(HttpDecision):
+    action: ClassVar[str] = "allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpDecisionDenied(HttpDecision):
+    action: ClassVar[str] = "denied"
+
+
+def http_decision(verdict: str) -> type[HttpDecision]:
+    return HttpDecisionAllowed if verdict == "allow" else HttpDecisionDenied
+
+
 # --- egress: names and sandbox grants ------------------------------------------------------
 
 
@@ -369,18 +411,41 @@ class SandboxExpired(AuditRecord):
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCallDecided(AuditRecord):
-    """One decision; `tool`, `params`, `allowed`, `reason` are seed 003's audit fields."""
+class ToolDecision(AuditRecord):
+    """One decision on a tool call (OCSF API Activity). Seed 000's decision fields first
+    (no `zone`: the gateway knows no zones), then seed 003's audit fields (`tool`,
+    `params`, `allowed`; its `reason` is the one above), then ours. Rate-limited calls are
+    sampled per entry, agent and address: a line stands for `count` of them."""
 
-    event: ClassVar[str] = "tool_call"
-    action: ClassVar[str] = "tool_call"
+    event: ClassVar[str] = "decision"
+    verdict: str  # allow | deny | rate_limited
+    rule_name: str  # the allow or deny entry that decided (as written), or "default"
+    source_ip: str | None  # the caller's peer address (None on a Unix socket)
+    dest_service: str  # the tool, as the caller named it (at most 512 characters)
+    reason: str  # the answer's reason (the seed's wording); for an allow, which entry
+    latency_us: float  # the decision, network grant included
     tool: str
     params: Mapping[str, object]
     allowed: bool
-    reason: str
-    agent: str
-    reason_class: str
+    agent: str  # the caller's name (per-agent tokens), else "anonymous"
+    reason_class: str  # the bounded class the metrics count by
     destination: str  # "host:port" opened by a sandbox grant, else ""
+    origin: str  # always "gateway"
+    count: int = 1  # rate-limited calls this line stands for (audit_sample.py)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDecisionAllowed(ToolDecision):
+    action: ClassVar[str] = "allowed"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDecisionDenied(ToolDecision):
+    action: ClassVar[str] = "denied"
+
+
+def tool_decision(allowed: bool) -> type[ToolDecision]:
+    return ToolDecisionAllowed if allowed else ToolDecisionDenied
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +503,8 @@ RECORDS: tuple[type[AuditRecord], ...] = (
     RequestRejected,
     DecisionAllowed,
     DecisionDenied,
+    HttpDecisionAllowed,
+    HttpDecisionDenied,
     EgressDnsChanged,
     EgressDnsFailed,
     GeoRefreshed,
@@ -447,7 +514,8 @@ RECORDS: tuple[type[AuditRecord], ...] = (
     SandboxRevoked,
     SandboxFollowed,
     SandboxExpired,
-    ToolCallDecided,
+    ToolDecisionAllowed,
+    ToolDecisionDenied,
     GatewayReloaded,
     FleetBus,
     FleetSkipped,
@@ -485,4 +553,8 @@ def ocsf_of(cls: type[AuditRecord], obj: Mapping[str, object], time_ms: int) -> 
     """The OCSF attributes of a line of record type `cls` whose fields are `obj`."""
     if issubclass(cls, Decision):
         return ocsf.network(obj, time_ms)
+    if issubclass(cls, HttpDecision):
+        return ocsf.http(obj, time_ms)
+    if issubclass(cls, ToolDecision):
+        return ocsf.api(obj, time_ms)
     return ocsf.finding(cls.event, cls.action, cls.ocsf_activity, time_ms)

@@ -2,8 +2,9 @@
 
 Owns: `Filter` (since an instant, events, a source address or prefix) and `render(line)`,
 one human-readable line per audit record: timestamp, event, action, then what matters —
-for a decision `verdict source → destination/protocol rule= zone= service=` and its
-reason; for any other record its own fields as `key=value` (the OCSF attributes, derived
+for a decision `verdict source → destination/protocol rule= zone= service=` (the
+middleware's: `→ METHOD path`, the gateway's: `→ tool name`) and its reason; for any
+other record its own fields as `key=value` (the OCSF attributes, derived
 from these, are left out). Used by `aitherfwd audit tail` (cli_audit.py).
 """
 
@@ -64,32 +65,53 @@ def parse(text: str) -> dict[str, object] | None:
 
 
 def render(line: Mapping[str, object]) -> str:
+    """One line for a terminal: control characters of any field (a hostile request path,
+    a tool name) are shown escaped, never sent to the terminal."""
     head = f"{line.get('timestamp', '?')}  {line.get('event', '?')}  {line.get('action', '?')}"
     if line.get("event") == "decision":
-        return f"{head}  {_decision(line)}"
+        return printable(f"{head}  {_decision(line)}")
     rest = [
         f"{k}={_value(v)}"
         for k, v in line.items()
         if k not in HEADER and k not in ocsf.ALL_KEYS and v is not None
     ]
-    return "  ".join([head, " ".join(rest)]) if rest else head
+    return printable("  ".join([head, " ".join(rest)]) if rest else head)
+
+
+def printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 def _decision(d: Mapping[str, object]) -> str:
+    if d.get("origin") == "gateway":
+        return _tags(d, f"{d.get('verdict')} {d.get('source_ip')} → tool {d.get('tool')}")
+    if d.get("origin") == "middleware":
+        head = (
+            f"{d.get('verdict')} {d.get('source_ip')} → {d.get('method')} {d.get('path')} "
+            f"(port {d.get('dest_port')}, status {d.get('status')}, count {d.get('count')})"
+        )
+        return _tags(d, head)
     dest = d.get("dest_ip") or "-"
     port = d.get("dest_port")
     where = f"{dest}:{port}" if port is not None else str(dest)
+    return _tags(
+        d,
+        f"{d.get('verdict')} {d.get('source_ip')} → {where}/{d.get('protocol')} "
+        f"({d.get('direction')})",
+    )
+
+
+def _tags(d: Mapping[str, object], head: str) -> str:
     tags = [
         f"{k}={d[k]}"
-        for k in ("rule_name", "zone", "dest_service", "origin")
+        for k in ("rule_name", "zone", "dest_service", "agent", "origin")
         if d.get(k) is not None
     ]
     if d.get("latency_us") is not None:
         tags.append(f"latency_us={d['latency_us']}")
-    return (
-        f"{d.get('verdict')} {d.get('source_ip')} → {where}/{d.get('protocol')} "
-        f"({d.get('direction')}) {' '.join(tags)}  {d.get('reason', '')}"
-    )
+    return f"{head} {' '.join(tags)}  {d.get('reason', '')}"
 
 
 def _value(v: object) -> str:

@@ -96,8 +96,8 @@ def demo_gateway(
                 return 1
             say(f"  the call's ttl ({TTL_S}s) ran out; the kernel closed the destination again:")
             outbound(lab, client.v4, PORT)
-            lines = [x for x in gateway.audit_lines() if x.get("event") == "tool_call"]
-            say(f"  the gateway's audit log: {len(lines)} tool_call lines, e.g.")
+            lines = [x for x in gateway.audit_lines() if x.get("origin") == "gateway"]
+            say(f"  the gateway's audit log: {len(lines)} decision lines, e.g.")
             say(f"    {json.dumps({k: lines[0].get(k) for k in AUDIT_KEYS})}")
     return 0
 

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from lab import AITHERFWD, netns
+from lab import AITHERFWD, auditfiles, netns
 from lab.wait import until
 
 
@@ -41,7 +41,7 @@ class GatewayProc:
     ) -> None:
         self.tmp, self.ns = tmp, ns
         self.policy = tmp / "tools.yaml"
-        self.audit = tmp / "gateway-audit.jsonl"
+        self.audit = auditfiles.register(tmp / "gateway-audit.jsonl")  # checked after each test
         self.token = tmp / "service-token"
         self.log = tmp / "gateway.log"
         self.policy.write_text(policy)

@@ -3,7 +3,8 @@
 Owns: the options (docs/middleware.md), the decision for each HTTP or WebSocket request —
 the client address (clientaddr.py; a malformed forwarding header is a 400), then bypass
 zones and the local verdict (view.py) against the policy and blocks the follower keeps
-current (follower.py, state.py), or, without a usable daemon, `fail_open` — the denial
+current (follower.py, state.py), or, without a usable daemon, `fail_open` — its record
+in the audit file when there is one (auditing.py: sampled, written off the loop) — the denial
 answers (403 JSON `{"error": "forbidden", "rule", "request_id"}`, 429 for a rate limit,
 503 when the daemon is needed and unreachable; nothing of the policy's internals), and the
 layer-7 threat reports: `report_threshold` answers 401/403 of the application to one client
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aitherfwd.asgi.auditing import MiddlewareAudit
 from aitherfwd.asgi.clientaddr import (
     Client,
     client_address,
@@ -35,8 +37,9 @@ from aitherfwd.asgi.clientaddr import (
 from aitherfwd.asgi.follower import Follower, Reporter
 from aitherfwd.asgi.state import Followed
 from aitherfwd.asgi.view import View, judge
+from aitherfwd.audit_sample import DEFAULT_INTERVAL, DEFAULT_PER_SOURCE
 from aitherfwd.dynamic.buckets import TokenBuckets
-from aitherfwd.evaluator import RATE_LIMITED
+from aitherfwd.evaluator import RATE_LIMITED, Verdict
 from aitherfwd.policy.model import Action, IPAddress
 
 Scope = MutableMapping[str, Any]
@@ -54,6 +57,10 @@ MAX_TRACKED = 10_000  # clients whose 401/403 answers are counted at once
 CLIENT_CACHE = 4096  # (peer, forwarding headers) -> client, per policy view
 CACHED_HEADER_BYTES = 256  # longer forwarding headers are walked every time
 UNIX_PEER = ipaddress.IPv4Address("127.0.0.1")  # an app served on a Unix socket: a local peer
+# the middleware's own verdicts, for the audit trail (no rule of the policy decided)
+FAIL_OPEN = Verdict("allow", None, None, "fail open: no policy from the daemon yet")
+UNAVAILABLE = Verdict("deny", None, None, "firewall unavailable: the daemon is unreachable")
+MALFORMED = Verdict("deny", None, None, "malformed forwarding header from a trusted proxy")
 
 
 class FirewallMiddleware:
@@ -74,6 +81,10 @@ class FirewallMiddleware:
         report_threats: bool = True,
         report_threshold: int = 20,
         report_window: float = 60.0,
+        audit_path: str | Path | None = None,
+        audit_allowed: bool = False,
+        audit_per_source: int = DEFAULT_PER_SOURCE,
+        audit_interval: float = DEFAULT_INTERVAL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
@@ -94,6 +105,17 @@ class FirewallMiddleware:
         self.reporter = Reporter(Path(socket), self.state)
         self.buckets = TokenBuckets()
         self._failures: OrderedDict[IPAddress, tuple[float, int]] = OrderedDict()
+        self.audit = (
+            MiddlewareAudit(
+                audit_path,
+                audit_allowed=audit_allowed,
+                per_source=audit_per_source,
+                interval=audit_interval,
+                clock=clock,
+            )
+            if audit_path is not None
+            else None
+        )
 
     # --- the application's lifecycle ----------------------------------------------------------
 
@@ -103,12 +125,23 @@ class FirewallMiddleware:
     def close(self) -> None:
         self.follower.stop()
         self.reporter.stop()
+        if self.audit is not None:
+            self.audit.close()  # writes what is queued and the last aggregated lines
+
+    def reopen_audit(self) -> None:
+        """Reopen the audit file before its next line (call it on SIGHUP after logrotate)."""
+        if self.audit is not None:
+            self.audit.reopen()
 
     def stats(self) -> dict[str, int]:
         """Counters for the application's metrics: requests, denied, bypassed, spoofed,
         malformed, fail_open_admitted, unavailable, daemon_lost, reports_sent …; live (0/1),
-        generation, blocks."""
-        return self.state.stats()
+        generation, blocks; with an audit file, audit_lines, audit_left_out, audit_dropped,
+        audit_errors."""
+        out = self.state.stats()
+        if self.audit is not None:
+            out.update(self.audit.stats())
+        return out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -145,21 +178,43 @@ class FirewallMiddleware:
         self, scope: Scope
     ) -> tuple[tuple[int, dict[str, Any], str] | None, IPAddress | None]:
         """(None, client) to pass the request on, or ((status, body, request id), client)."""
+        if self.audit is None:
+            refusal, client, _ = self._decide(scope)
+            return refusal, client
+        started = time.perf_counter()
+        view = self.state.view
+        refusal, client, verdict = self._decide(scope)
+        latency_us = (time.perf_counter() - started) * 1e6
+        self.audit.record(
+            scope,
+            view,
+            verdict,
+            client,
+            _peer(scope),
+            self.port or _server_port(scope),
+            (refusal[0], refusal[2]) if refusal is not None else None,
+            latency_us,
+        )
+        return refusal, client
+
+    def _decide(
+        self, scope: Scope
+    ) -> tuple[tuple[int, dict[str, Any], str] | None, IPAddress | None, Verdict]:
         counters = self.state.counters
         counters["requests"] += 1
         view = self.state.view
         if view is None or (not self.state.live and not self.fail_open):
             if self.fail_open:
                 counters["fail_open_admitted"] += 1
-                return None, None
+                return None, None, FAIL_OPEN
             counters["unavailable"] += 1
-            return _answer(503, "firewall unavailable"), None
+            return _answer(503, "firewall unavailable"), None, UNAVAILABLE
         found = self._client(scope, view)
         if found.spoofed:
             counters["spoofed"] += 1
         if found.address is None:
             counters["malformed"] += 1
-            return _answer(400, "malformed forwarding header"), None
+            return _answer(400, "malformed forwarding header"), None, MALFORMED
         client = found.address
         auth = False
         if view.needs_auth and self.authenticated is not None:
@@ -171,7 +226,7 @@ class FirewallMiddleware:
         if verdict.verdict == str(Action.ALLOW):
             if verdict.reason == "bypass":
                 counters["bypassed"] += 1
-            return None, client
+            return None, client, verdict
         counters["denied"] += 1
         status = 429 if verdict.verdict == RATE_LIMITED else self.deny_status
         refusal = _answer(status, "rate limited" if status == 429 else "forbidden", verdict.rule)
@@ -183,7 +238,7 @@ class FirewallMiddleware:
             verdict.rule,
             verdict.reason,
         )
-        return refusal, client
+        return refusal, client, verdict
 
     def _client(self, scope: Scope, view: View) -> Client:
         """`client_address`, remembered per (peer, forwarding header lines) for the current

@@ -34,6 +34,7 @@ class Call:
     tool: str
     params: dict[str, object] = field(default_factory=dict)
     agent: str = "anonymous"
+    peer: str | None = None  # the caller's address, for the audit line
 
 
 @dataclass(frozen=True, slots=True)

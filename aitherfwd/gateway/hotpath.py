@@ -41,6 +41,12 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def peer(scope: Scope) -> str | None:
+    """The caller's address (None on a Unix socket)."""
+    client = scope.get("client")
+    return str(client[0])[:64] if client and client[0] else None
+
+
 def bearer(scope: Scope) -> str | None:
     auth = header(scope, b"authorization") or ""
     return auth[7:].strip() if auth[:7].lower() == "bearer " else None
@@ -127,7 +133,7 @@ def endpoints(gateway: Gateway) -> tuple[Endpoint, Endpoint]:
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise Refused("E-SCHEMA", "params must be an object")
-        return answer(await gateway.decide(Call(body["tool"], params, who)))
+        return answer(await gateway.decide(Call(body["tool"], params, who, peer(scope))))
 
     async def evaluate_mcp(scope: Scope, receive: Receive) -> tuple[int, Any, Headers]:
         who = agent(scope)
@@ -135,7 +141,7 @@ def endpoints(gateway: Gateway) -> tuple[Endpoint, Endpoint]:
             call = parse_tools_call(await read_json(scope, receive))
         except McpError as exc:
             raise Refused("E-SCHEMA", str(exc)) from None
-        decision = await gateway.decide(Call(call.tool, call.arguments, who))
+        decision = await gateway.decide(Call(call.tool, call.arguments, who, peer(scope)))
         extra: dict[str, Any] = {"id": call.id}
         if not decision.allowed:
             extra["jsonrpc_error"] = denied_response(call.id, decision.reason)

@@ -1,6 +1,7 @@
 """Running the gateway (layer L3; the only importer of uvicorn).
 
-Owns: wiring the real adapters into a `Gateway`, hot reload (inotify on the policy's directory
+Owns: wiring the real adapters into a `Gateway` (its audit lines written by a thread, off
+the event loop: adapters/audit_queue.py), hot reload (inotify on the policy's directory
 through `adapters.watch`, with a slow poll as a fallback), systemd socket activation
 (`LISTEN_FDS`: the listening socket is fd 3, so the service can run with
 `PrivateNetwork=yes`) and uvicorn. A policy that is invalid at start exits 3 with every
@@ -18,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from aitherfwd.adapters.audit import AuditLog
+from aitherfwd.adapters.audit_queue import QueuedAudit
 from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
 from aitherfwd.errors import PolicyError
@@ -61,7 +63,7 @@ def build(cfg: GatewayConfig) -> Gateway:
         result.policy,
         load=lambda: load_tool_policy(cfg.policy),
         clock=SystemClock(),
-        audit=AuditLog(cfg.audit_log),
+        audit=QueuedAudit(AuditLog(cfg.audit_log)),  # written off the event loop
         resolve=realpath,
         grants=DaemonGrants(cfg.aitherfwd_socket),
         agent_tokens=tokens,
@@ -72,6 +74,8 @@ def build(cfg: GatewayConfig) -> Gateway:
 
 def run(cfg: GatewayConfig) -> int:
     gateway = build(cfg)
+    if isinstance(gateway.audit, QueuedAudit):
+        gateway.audit.on_tick = gateway.audit_tick  # rate-limited calls' counted lines
     host, port = parse_bind(cfg.bind)
     watchers: list[PolicyWatcher] = []
 
@@ -90,7 +94,11 @@ def run(cfg: GatewayConfig) -> int:
         for w in watchers:
             w.close()
 
-    app = build_app(gateway, on_startup=[start_watch], on_shutdown=[stop_watch])
+    async def close_audit() -> None:
+        if isinstance(gateway.audit, QueuedAudit):
+            gateway.audit.close()  # the queued lines are written before the process ends
+
+    app = build_app(gateway, on_startup=[start_watch], on_shutdown=[stop_watch, close_audit])
     activated = activated_socket()
     config = uvicorn.Config(
         app,

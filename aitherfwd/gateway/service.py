@@ -3,9 +3,10 @@
 Owns: `Gateway` — the live policy (an immutable snapshot swapped whole on reload; an
 invalid policy keeps the running one), the rate-limit windows, agent authentication
 (`AGENT_TOKENS_DIR`: constant-time comparison against every agent's token), one audit
-line per decision and per reload, and — for an allowed call whose tool names a
-`network:` parameter — a sandbox grant from the aitherfwd daemon before the answer, so
-the agent can reach the host once the gateway says yes. Its dependencies are Protocols
+line per decision (a `decision` record, OCSF API Activity: the entry that decided, the
+caller's address, the time taken) and per reload, and — for an allowed call whose tool
+names a `network:` parameter — a sandbox grant from the aitherfwd daemon before the
+answer, so the agent can reach the host once the gateway says yes. Its dependencies are Protocols
 (`Grants`, `Audit`, a clock, a resolver, a policy loader): `gateway.files` and
 `gateway.grants` give the real ones, tests give fakes. Knows no HTTP.
 """
@@ -14,14 +15,16 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from aitherfwd.audit_records import AuditRecord, GatewayReloaded, ToolCallDecided
+from aitherfwd.audit_records import AuditRecord, GatewayReloaded, ToolDecision, tool_decision
+from aitherfwd.audit_sample import DecisionSampler
 from aitherfwd.clock import Clock
 from aitherfwd.gateway.evaluate import Call, Decision, ReasonClass, evaluate
-from aitherfwd.gateway.model import ToolPolicy
+from aitherfwd.gateway.model import Default, ToolPolicy, tool_key
 from aitherfwd.gateway.network import Destination
 from aitherfwd.gateway.parse import ToolPolicyResult
 from aitherfwd.gateway.paths import Resolver
@@ -30,6 +33,8 @@ from aitherfwd.gateway.stats import GatewayStats
 
 log = logging.getLogger(__name__)
 AUDIT_STRING = 512  # characters of one parameter value kept in the audit line
+# rate-limited calls: lines a second at most per entry, agent and address, and per entry
+AUDIT_PER_CALLER, AUDIT_PER_ENTRY = 1, 10
 
 
 class GrantRefused(Exception):
@@ -60,6 +65,35 @@ def audit_params(value: object, depth: int = 0) -> object:
     return value
 
 
+RATE_LIMITED = "rate_limited"
+
+
+def verdict_of(decision: Decision) -> str:
+    if decision.allowed:
+        return "allow"
+    return RATE_LIMITED if decision.reason_class is ReasonClass.RATE_LIMITED else "deny"
+
+
+def rule_name(policy: ToolPolicy, call: Call, decision: Decision) -> str:
+    """The entry that decided, as the policy writes it: the deny entry naming the tool, the
+    allow entry (its checks included), or "default" (the tool is in neither list)."""
+    if decision.entry is not None:
+        return decision.entry.name[:AUDIT_STRING]
+    key = tool_key(call.tool)
+    for name in policy.deny:
+        if tool_key(name) == key:
+            return name[:AUDIT_STRING]
+    entry = policy.allowed_entry(call.tool)
+    return entry.name[:AUDIT_STRING] if entry is not None else "default"
+
+
+def allowed_reason(rule: str) -> str:
+    """The reason an allowed call's line gives (the answer itself has none, as the seed)."""
+    if rule == "default":
+        return f"tool not listed; default {Default.ALLOW}"
+    return f"tool allowed by allow entry '{rule}'"
+
+
 class Gateway:
     def __init__(
         self,
@@ -87,6 +121,8 @@ class Gateway:
         self.stats = GatewayStats()
         self.stats.retool(policy.tool_names())
         self.last_errors: list[dict[str, object]] = []
+        self.sampler: DecisionSampler[ToolDecision] = DecisionSampler(AUDIT_PER_CALLER)
+        self._sampler_lock = threading.Lock()  # audit_tick runs in the audit writer's thread
 
     # --- callers ---------------------------------------------------------------------
     @property
@@ -121,7 +157,7 @@ class Gateway:
         decision = evaluate(policy, call, now=started, limits=self.limits, resolve=self.resolve)
         if decision.allowed and decision.destination is not None:
             decision = await self._open(decision, decision.destination, call.agent)
-        self._record(call, decision, self.clock.monotonic() - started)
+        self._record(policy, call, decision, self.clock.monotonic() - started)
         return decision
 
     async def _open(self, decision: Decision, dest: Destination, agent: str) -> Decision:
@@ -137,23 +173,28 @@ class Gateway:
         self.stats.grants += 1
         return decision
 
-    def _record(self, call: Call, decision: Decision, seconds: float) -> None:
+    def _record(self, policy: ToolPolicy, call: Call, decision: Decision, seconds: float) -> None:
         if decision.reason_class is ReasonClass.RATE_LIMITED:
             self.stats.rate_limited += 1
         self.stats.count(call.tool, decision.allowed, decision.reason_class, seconds)
         dest = decision.destination
         params = audit_params(call.params)
-        self.audit.write(
-            self.clock.now(),
-            ToolCallDecided(
-                tool=call.tool[:AUDIT_STRING],
-                params=params if isinstance(params, dict) else {},
-                allowed=decision.allowed,
-                reason=decision.reason,
-                agent=call.agent,
-                reason_class=str(decision.reason_class),
-                destination=f"{dest.host}:{dest.port}" if dest and decision.allowed else "",
-            ),
+        rule = rule_name(policy, call, decision)
+        tool = call.tool[:AUDIT_STRING]
+        record = tool_decision(decision.allowed)(
+            verdict=verdict_of(decision),
+            rule_name=rule,
+            source_ip=call.peer,
+            dest_service=tool,
+            reason=decision.reason or allowed_reason(rule),
+            latency_us=round(seconds * 1e6, 1),
+            tool=tool,
+            params=params if isinstance(params, dict) else {},
+            allowed=decision.allowed,
+            agent=call.agent,
+            reason_class=str(decision.reason_class),
+            destination=f"{dest.host}:{dest.port}" if dest and decision.allowed else "",
+            origin="gateway",
         )
         log.debug(  # the audit line is the record; this is for debugging only
             "tool call tool=%.80r agent=%s allowed=%s reason=%r",
@@ -162,6 +203,20 @@ class Gateway:
             decision.allowed,
             decision.reason,
         )
+        now = self.clock.now()
+        if record.verdict == RATE_LIMITED:  # the only calls repeated without bound
+            with self._sampler_lock:
+                sampled = self.sampler.offer(record, AUDIT_PER_ENTRY, now)
+            if sampled is None:
+                return
+            record = sampled
+        self.audit.write(now, record)
+
+    def audit_tick(self, now: float, final: bool) -> list[ToolDecision]:
+        """The counted lines of rate-limited calls left out (called by the audit writer
+        every second, and at its close)."""
+        with self._sampler_lock:
+            return self.sampler.flush(now, final=final)
 
     # --- reload ----------------------------------------------------------------------
     def reload(self, trigger: str) -> ToolPolicyResult:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from lab import auditfiles
 from lab.asgisite import Site
 from lab.daemon import DaemonProc
 from lab.network import Lab
@@ -73,6 +74,12 @@ class World:
         assert status == 200 and isinstance(body, dict), body
         return body
 
+    def audited(self, port: int, request_id: str) -> dict[str, Any] | None:
+        """The middleware's audit line of the refusal `request_id`, once written."""
+        path = self.tmp / ("open-audit.jsonl" if port == OPEN_PORT else "strict-audit.jsonl")
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        return next((x for x in lines if x["request_id"] == request_id), None)
+
     def statuses(self, source: str, *paths: str, **headers: str) -> list[int]:
         return [s for s, _ in self.via_proxy(source, *paths, **headers)]
 
@@ -85,10 +92,18 @@ def world(tmp_path: Path) -> Iterator[World]:
             lab.add_address(edge, f"{address}/24")
         daemon = DaemonProc(lab.server, tmp_path, POLICY)
         try:
-            options = {**OPTIONS, "socket": str(daemon.socket)}
-            site.app(lab.server, OPEN_PORT, options, tmp_path / "open.log")
+            options = {**OPTIONS, "socket": str(daemon.socket), "audit_per_source": 100}
+            # each app's audit file: every line is checked against the schema (conftest.py)
+            open_audit = str(auditfiles.register(tmp_path / "open-audit.jsonl"))
+            strict_audit = str(auditfiles.register(tmp_path / "strict-audit.jsonl"))
             site.app(
-                lab.server, STRICT_PORT, {**options, "fail_open": False}, tmp_path / "strict.log"
+                lab.server, OPEN_PORT, {**options, "audit_path": open_audit}, tmp_path / "open.log"
+            )
+            site.app(
+                lab.server,
+                STRICT_PORT,
+                {**options, "fail_open": False, "audit_path": strict_audit},
+                tmp_path / "strict.log",
             )
             site.proxy(edge.ns, EDGE, edge.server_v4, OPEN_PORT)
             yield World(lab, site, daemon, tmp_path)
@@ -112,6 +127,17 @@ def test_the_middleware_enforces_the_daemons_policy_behind_a_proxy(world: World)
     denied = w.via_proxy(ALICE, "/private")[0][1]
     assert set(denied) == {"error", "rule", "request_id"}
     assert denied["rule"] == "private_is_for_partners"
+    # and is on the record: the client judged, behind the proxy that connected
+    until(lambda: w.audited(OPEN_PORT, denied["request_id"]), 5, "the denial's line")
+    line = w.audited(OPEN_PORT, denied["request_id"])
+    assert line is not None
+    assert (line["source_ip"], line["peer_ip"], line["zone"], line["rule_name"]) == (
+        ALICE,
+        EDGE,
+        "lab",
+        "private_is_for_partners",
+    )
+    assert (line["path"], line["status"], line["class_uid"]) == ("/private", 403, 4002)
     # a bypass zone is never judged
     assert w.statuses(PARTNER, "/private", "/admin") == [200, 200]
     # a forged X-Forwarded-For: the proxy appends the real client, which is judged

@@ -69,6 +69,8 @@ def test_the_seeds_curl_examples_answer_as_documented(seed_gw: GatewayProc) -> N
 
 def test_every_decision_is_one_valid_audit_line(seed_gw: GatewayProc) -> None:
     httpx.post(f"{seed_gw.url}/v1/evaluate", json={"tool": "process.spawn", "params": {}})
+    # written by the gateway's audit thread just after the answer
+    until(lambda: (seed_gw.audit_lines() or [{}])[-1].get("tool") == "process.spawn", 5, "the line")
     lines = seed_gw.audit_lines()
     assert lines and all(validate_line(line) == [] for line in lines)
     assert lines[-1]["tool"] == "process.spawn" and lines[-1]["allowed"] is False
@@ -131,8 +133,12 @@ def test_hot_reload_on_file_change_and_invalid_policies_keep_the_running_one(
         assert answer.status_code == 422
         assert answer.json()["error"]["diagnostics"][0]["code"] == "E-UNKNOWN-KEY"
         assert verdict("web.fetch") and not verdict("shell.exec")
-        reloads = [x for x in gw.audit_lines() if x["event"] == "gateway_reload"]
-        assert [r["accepted"] for r in reloads][:1] == [True] and reloads[-1]["accepted"] is False
+
+        def reloads() -> list[dict[str, object]]:
+            return [x for x in gw.audit_lines() if x["event"] == "gateway_reload"]
+
+        until(lambda: reloads() and reloads()[-1]["accepted"] is False, 5, "the reload's line")
+        assert [r["accepted"] for r in reloads()][:1] == [True]
 
 
 def test_concurrent_reloads_during_traffic_never_fail_a_call(tmp_path: Path) -> None:
@@ -192,7 +198,7 @@ def test_agent_tokens_are_required_and_name_the_agent_in_the_audit(tmp_path: Pat
             f"{gw.url}/v1/evaluate", json=body, headers={"Authorization": "Bearer bob-token"}
         )
         assert ok.json() == {"allowed": True}
-        assert gw.audit_lines()[-1]["agent"] == "bob"
+        until(lambda: (gw.audit_lines() or [{}])[-1].get("agent") == "bob", 5, "bob's audit line")
         # a new agent's file counts from the next reload; a removed one stops counting
         (agents / "carol").write_text("carol-token")
         (agents / "bob").unlink()

@@ -27,6 +27,7 @@ L1 = {
     "audit_check",
     "audit_ocsf",
     "audit_view",
+    "audit_sample",
     "decisions",
     "geo",
     "fleet",
