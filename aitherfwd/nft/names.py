@@ -132,6 +132,7 @@ FORWARD_PRIORITY = -10  # before Docker's iptables-nft FORWARD (filter, 0); afte
 FWD_IN_CHAIN = "fwd_in"  # inbound to containers: limits, then the source's zone
 FWD_OUT_CHAIN = "fwd_out"  # outbound from containers: the egress rules
 FWD_NOZONE_CHAIN = "fnozone"
+FWD_FINAL_CHAIN = "ffinal"  # the default verdict of inbound to containers (nft/fwdlog.py)
 FWD_ZONE_MAP_V4 = "fzone_v4"
 FWD_ZONE_MAP_V6 = "fzone_v6"
 FWD_RULE_CHAIN_PREFIX = "f_"
