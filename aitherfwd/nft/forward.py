@@ -12,13 +12,15 @@ input path, emitted only when a zone holds containers (`containers: true`; a zon
         (the container zones' addresses: a content-named shared set, nft/shared.py) ·
         anything else routed through the host: not ours to judge (policy accept)
     fwd_in:   the country/list drop stage (nft/geo.py) · per-source SYN and connection
-              limits (the input path's meters) · list zones (goto fzone_<zone>) ·
+              limits (the input path's meters; refusals go to fsynflood, fconnlimit) ·
+              list zones (goto fzone_<zone>) ·
               ip saddr vmap @fzone_v4 · ip6 saddr vmap @fzone_v6 · goto fnozone
     fzone_X:  jump f_<rule> for each rule of zone X that applies to containers · goto ffinal
     f_<rule>: the rule's kernel rules with its ports matched on `ct original proto-dst`
               (the published port the client asked for, not the container port DNAT chose);
               its detection logs report that port too (nft/fwdlog.py)
     ffinal:   the default verdict, as `final` (same counter), logging the published port
+    fsynflood, fconnlimit: fwd_in's limit refusals, as `synflood` and `connlimit`
     fwd_out:  the egress rules of the output chain (egress/chain.py), or the
               `egress_default_policy` verdict when the policy has no `egress:` section
 
@@ -95,6 +97,7 @@ def forward_part(
     chains += [
         b.chain(c) for c in (n.FWD_IN_CHAIN, n.FWD_OUT_CHAIN, n.FWD_NOZONE_CHAIN, n.FWD_FINAL_CHAIN)
     ]
+    chains += [b.chain(c) for c in (n.FWD_SYNFLOOD_CHAIN, n.FWD_CONNLIMIT_CHAIN)]
     chains += [b.chain(n.fwd_zone_chain(z)) for z in zone_names]
     chains += [b.chain(n.fwd_rule_chain(r.name)) for r in mine]
     body = _forward_chain(containers)
@@ -109,6 +112,7 @@ def forward_part(
         )
     body += _dispatch(n.FWD_NOZONE_CHAIN, [r for r in mine if r.zones is None])
     body += [rc.commented(n.FWD_FINAL_CHAIN, e, label) for e, label in fwdlog.final_chain(st)]
+    body += [rc.commented(c, e, label) for c, e, label in fwdlog.limit_chains()]
     return ForwardPart(
         compiled,
         (*chains, *maps),

@@ -2,9 +2,10 @@
 (layer L1, pure).
 
 Owns: the detection logs (NFLOG group `DETECT_GROUP`, prefix `afwd <kind> <rule>`) of
-inbound-to-containers traffic — a rule's denial, a `log_allowed` accept — and the forward
-path's default chain `ffinal`, which logs and ends what no rule decided like `final` does
-on the input path.
+inbound-to-containers traffic — a rule's denial, a `log_allowed` accept, a refusal of the
+kernel limits — and the forward path's chains that end what no rule decided (`ffinal`)
+and what the per-source limits refuse (`fsynflood`, `fconnlimit`), like `final`,
+`synflood` and `connlimit` do on the input path.
 
 Why not the input path's logs: after DNAT a packet to a published port carries the
 container's port (host port 8080 → container port 80), and NFLOG copies the packet as it is.
@@ -81,4 +82,20 @@ def final_chain(st: Settings) -> list[tuple[list[Json], str]]:
         out += [(e, "default:detect") for e in detect]
     counter = b.named_counter(n.DEFAULT_COUNTER)
     out += [([counter, *v], "default") for v in verdicts(action, None)]
+    return out
+
+
+def limit_chains() -> list[tuple[str, list[Json], str]]:
+    """`fsynflood` and `fconnlimit`: the input path's `synflood` and `connlimit` chains
+    (same counters, same verdicts) for fwd_in's meters, reporting the published port.
+    Each rule as (chain, expressions, label)."""
+    syn, conn = n.FWD_SYNFLOOD_CHAIN, n.FWD_CONNLIMIT_CHAIN
+    tcp = b.match(b.meta("l4proto"), "tcp")
+    out = [(syn, [tcp, *published_log(n.KIND_SYNFLOOD, "-")], "synflood:log")]
+    out.append((syn, [b.named_counter(n.SYNFLOOD_COUNTER), b.drop()], "synflood:drop"))
+    out += [(conn, e, "connlimit:log") for e in detect_exprs([], n.KIND_CONNLIMIT, "-", None)]
+    for v in verdicts(Action.REJECT, None):
+        out.append(
+            (conn, [*v[:-1], b.named_counter(n.CONNLIMIT_COUNTER), v[-1]], "connlimit:reject")
+        )
     return out
