@@ -190,6 +190,10 @@ def _forward_logs(
         kind, label = n.KIND_ALLOWED, f"{rule.name}:allowed"
     else:
         return
+    if rule.protocol is Protocol.ICMP:  # no ports to report
+        new = b.match(b.ct("state"), ["new"], "in")
+        yield commented(chain, [*matches, new, *detect_log(kind, rule.name)], label)
+        return
     for exprs in fwdlog.detect_exprs(matches, kind, rule.name, proto):
         yield commented(chain, exprs, label)
 
