@@ -1,7 +1,8 @@
 """The forward path reports and filters like the input path, with the real daemon and real
 packets through a Docker-shaped host (issue 16): a denied connection to a published port
 is exactly the expected OCSF decision line (direction `forward`, the published port, the
-container's address), so are a default drop and a `log_allowed` accept; a scan of
+container's address), so are a default drop, a `log_allowed` accept and a container's
+refused egress; a scan of
 published ports that all map to ONE container port blocks the scanner; blocked countries,
 deny lists, list zones and `source_countries` hold on published ports."""
 
@@ -257,5 +258,33 @@ def test_countries_lists_and_list_zones_hold_on_published_ports(
                 },
             )
             assert (answer["verdict"] == "allow") == (outcome == "ok"), (client.v4, port, answer)
+    finally:
+        d.cleanup()
+
+
+def test_a_containers_refused_egress_is_a_forward_decision_line(
+    docker: DockerHost, tmp_path: Path
+) -> None:
+    policy = POLICY.replace(
+        "default_policy: deny\n", "default_policy: deny\n  egress_default_policy: deny\n"
+    )
+    d = _daemon(docker, tmp_path, policy)
+    try:
+        web, outside = _web(docker), docker.lab.clients[2]
+        assert docker.tcp(web.ns, outside.v4, 7000, timeout=0.5) == "timeout"
+        until(lambda: _decisions(d, kind="egress"), 5, "the refusal's decision line")
+        (line, *_) = _decisions(d, kind="egress")
+        assert {k: line[k] for k in ("verdict", "zone", "source_ip", "dest_ip", "dest_port")} == {
+            "verdict": "deny",
+            "zone": None,
+            "source_ip": web.v4,
+            "dest_ip": outside.v4,
+            "dest_port": 7000,
+        }
+        assert line["direction"] == "forward"
+        assert line["reason"] == (
+            f"from containers: outbound tcp/7000 to {outside.v4}: no rule matched; "
+            "egress default deny"
+        )
     finally:
         d.cleanup()
