@@ -4,7 +4,7 @@ is exactly the expected OCSF decision line (direction `forward`, the published p
 container's address), so are a default drop, a `log_allowed` accept and a container's
 refused egress; a scan of
 published ports that all map to ONE container port blocks the scanner; blocked countries,
-deny lists, list zones and `source_countries` hold on published ports."""
+deny lists, list zones, `source_countries` and `source_lists` hold on published ports."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def docker() -> Iterator[DockerHost]:
             (web,) = host.containers
             host.publish(web, 8080, 80)
             host.publish(web, 8111, 9111)  # the record names 8111, never 9111
-            for port in (*SCAN_PORTS, 8443, 9999):
+            for port in (*SCAN_PORTS, 8443, 9443, 9999):
                 host.publish(web, port, 80)
             host.listen(web.ns, [80, 9111])
             yield host
@@ -203,6 +203,7 @@ rules:
   - {{name: web, dest_ports: [8080], protocol: tcp, action: allow}}
   - {{name: fr_only, dest_ports: [8443], protocol: tcp, source_countries: [FR], action: allow}}
   - {{name: cloud_only, zone: cloud, dest_ports: [9999], protocol: tcp, action: allow}}
+  - {{name: cdn_only, dest_ports: [9443], protocol: tcp, source_lists: [cdn], action: allow}}
 """
 COUNTRIES = {
     "FR": ["10.77.1.0/24", "fd77:0:0:1::/64"],
@@ -242,6 +243,8 @@ def test_countries_lists_and_list_zones_hold_on_published_ports(
             (de, 4, 8443, "timeout"),
             (de, 4, 9999, "ok"),  # the list zone `cloud`
             (fr, 4, 9999, "timeout"),
+            (de, 4, 9443, "ok"),  # source_lists: the CDN only
+            (fr, 4, 9443, "timeout"),
         ]
         for client, fam, port, outcome in expected:
             addr = client.server_v4 if fam == 4 else client.server_v6
