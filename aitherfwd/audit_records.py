@@ -247,7 +247,7 @@ class Decision(AuditRecord):
     dest_ip: str | None
     dest_port: int | None
     protocol: str  # tcp, udp, icmp, ipv6-icmp, or the IP protocol number
-    direction: str  # inbound | outbound
+    direction: str  # inbound | outbound | forward
     kind: str  # denied | allowed | connlimit | synflood | egress | evaluate
     origin: str
 

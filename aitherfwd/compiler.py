@@ -294,6 +294,9 @@ def _kernel_limits(
     in the management zone are exempt (anti-lockout). `c`: the input chain, or the forward
     path's `fwd_in` (the same meters: a source's budget is one, whichever path it takes)."""
     out = []
+    synflood, connlimit = n.SYNFLOOD_CHAIN, n.CONNLIMIT_CHAIN
+    if c == n.FWD_IN_CHAIN:  # the forward path's report the published port (nft/fwdlog.py)
+        synflood, connlimit = n.FWD_SYNFLOOD_CHAIN, n.FWD_CONNLIMIT_CHAIN
     mgmt = [net for z in zones if z.name == "management" for net in z.cidrs]
     for fam in (4, 6):
         nfproto = b.match(b.meta("nfproto"), "ipv4" if fam == 4 else "ipv6")
@@ -307,13 +310,13 @@ def _kernel_limits(
             meter = b.update_set(
                 n.synrate_set(fam, rate), rc.saddr(fam), b.limit(rate, "second", rate, over=True)
             )
-            exprs = [nfproto, b.tcp_syn(), meter, b.jump(n.SYNFLOOD_CHAIN)]
+            exprs = [nfproto, b.tcp_syn(), meter, b.jump(synflood)]
             out.append(rc.commented(c, exprs, "builtin:synflood"))
         if st.max_connections_per_ip:
             limit = st.max_connections_per_ip
             count = b.add_set(n.connlimit_set(fam, limit), rc.saddr(fam), b.ct_count_over(limit))
             new = b.match(b.ct("state"), ["new"], "in")
-            exprs = [nfproto, new, count, b.jump(n.CONNLIMIT_CHAIN)]
+            exprs = [nfproto, new, count, b.jump(connlimit)]
             out.append(rc.commented(c, exprs, "builtin:connlimit"))
     return out
 

@@ -2,9 +2,10 @@
 
 Owns: turning what the kernel reported over NFLOG (a `Denial`: a denied packet, a
 connection-limit refusal, a SYN-flood drop, an outbound refusal, or a new connection an
-allow rule let in under `log_allowed`) and what `/v1/evaluate` answered into `decision`
-records (audit_records.py) — verdict, rule, zone, service, reason, endpoints — and the
-`Sampler` that bounds them: a token bucket per rule at `settings.audit_decisions` lines per
+allow rule let in under `log_allowed`; on the forward path with the published port and
+direction `forward`) and what `/v1/evaluate` answered into `decision` records
+(audit_records.py) — verdict, rule, zone, service, reason, endpoints — and the `Sampler`
+that bounds them: a token bucket per rule at `settings.audit_decisions` lines per
 second (burst the same), so a flood against one rule cannot fill the disk nor hide the
 decisions of the others. Time is an argument; no I/O.
 """
@@ -106,6 +107,13 @@ def _reason(d: Denial, verdict: str, zone: str | None, what: str, policy: Policy
     return f"rule '{d.rule}' {_VERBS.get(verdict, verdict)} {what} from {origin}"
 
 
+def _direction(d: Denial) -> str:
+    """`forward` for routed traffic (to, from or between containers), whatever its kind."""
+    if d.forward:
+        return "forward"
+    return "outbound" if d.kind == n.KIND_EGRESS else "inbound"
+
+
 def from_denial(d: Denial, policy: Policy | None) -> Decision:
     """A kernel report as a decision record (the policy in force names zone and service)."""
     proto = protocol_name(d.protocol)
@@ -114,19 +122,22 @@ def from_denial(d: Denial, policy: Policy | None) -> Decision:
     outbound = d.kind == n.KIND_EGRESS
     zone = None if outbound or policy is None else zoning.classify(policy.zones, d.source)
     verdict = _rule_action(policy, d)
+    reason = _reason(d, verdict, zone, what, policy)
+    if d.forward and outbound:  # a container's outbound connection (as evaluate says it)
+        reason = f"from containers: {reason}"
     return decision(verdict)(
         verdict=verdict,
         rule_name=None if d.rule in _DEFAULTS else d.rule,
         zone=zone,
         source_ip=str(d.source),
         dest_service=None if outbound else service_of(policy, proto, port),
-        reason=_reason(d, verdict, zone, what, policy),
+        reason=reason,
         latency_us=None,
         source_port=d.sport or None,
         dest_ip=str(d.dest) if d.dest is not None else None,
         dest_port=port,
         protocol=proto,
-        direction="outbound" if outbound else "inbound",
+        direction=_direction(d),
         kind=d.kind,
         origin="kernel",
     )

@@ -208,14 +208,14 @@ class Evaluator:
         the rules of that path (applies_to) and `req.dest_port` the published port."""
         zone, sources = self._addresses[source.version].at(int(source))
         origin = (geo.country_of(source), geo.lists_of(source)) if geo is not None else (None, ())
-        if not containers:  # the drop stage and list zones are the input path's (nft/geo.py)
-            stage = _geo_stage(self.policy, *origin)
-            if stage is not None:
-                return Verdict(str(Action.DENY), None, zone, stage, *origin)
-            for name, plist, mask in self._list_zones:
-                if plist in origin[1]:
-                    zone, sources = name, mask & self._sources[source.version].at(int(source))
-                    break
+        # the drop stage and list zones: the input chain's and fwd_in's alike (nft/geo.py)
+        stage = _geo_stage(self.policy, *origin)
+        if stage is not None:
+            return Verdict(str(Action.DENY), None, zone, stage, *origin)
+        for name, plist, mask in self._list_zones:
+            if plist in origin[1]:
+                zone, sources = name, mask & self._sources[source.version].at(int(source))
+                break
         sources &= self._containers if containers else self._host
         index = self._rule_index(req, sources, now, origin)
         if index is None:

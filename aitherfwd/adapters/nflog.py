@@ -4,7 +4,8 @@ Owns: a NETLINK_NETFILTER socket bound to one NFLOG group (the compiler logs den
 connections, connection-limit refusals and SYN-flood drops to `names.DETECT_GROUP`), its
 configuration (copy the first bytes of each packet) and the decoding of NFULNL packet
 messages into `Denial`s: source address, IP protocol, destination port, kind and rule (from
-the log prefix `afwd <kind> <rule>`).
+the log prefix `afwd <kind> <rule>`), and whether the forward hook reported it (the packet
+header's hook number: routed traffic, to or from containers).
 
 Why a hand decoder: pyroute2 0.9.x has no NFLOG support at all, and its generic netlink
 decoding is far too slow on hot paths (ANCHORS.md: ~5,000 messages/s); here only two
@@ -29,6 +30,8 @@ from aitherfwd.errors import KernelUnavailableError
 
 NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
+NFULA_PACKET_HDR = 1  # struct nfulnl_msg_packet_hdr: be16 hw_protocol, u8 hook, u8 pad
+NF_INET_FORWARD = 2
 NFULA_PAYLOAD = 9
 NFULA_PREFIX = 10
 NFULA_CFG_CMD = 1
@@ -126,10 +129,13 @@ def decode_into(data: bytes, out: list[Denial], stats: NflogStats) -> int:
 
 def decode_packet(msg: nl.Message) -> Denial | None:
     prefix = payload = None
+    hook = -1
     try:
         family = msg.family
         for kind, value in msg.attrs():
-            if kind == NFULA_PREFIX:
+            if kind == NFULA_PACKET_HDR and len(value) >= 3:
+                hook = value[2]
+            elif kind == NFULA_PREFIX:
                 prefix = value.rstrip(b"\0").decode("ascii", "replace")
             elif kind == NFULA_PAYLOAD:
                 payload = value
@@ -140,10 +146,10 @@ def decode_packet(msg: nl.Message) -> Denial | None:
     parts = prefix.split()
     if len(parts) != 3 or parts[0] != "afwd":
         return None
-    return _denial(family, payload, parts[1], parts[2])
+    return _denial(family, payload, parts[1], parts[2], forward=hook == NF_INET_FORWARD)
 
 
-def _denial(family: int, p: bytes, kind: str, rule: str) -> Denial | None:
+def _denial(family: int, p: bytes, kind: str, rule: str, *, forward: bool) -> Denial | None:
     src: ipaddress.IPv4Address | ipaddress.IPv6Address
     dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if family == socket.AF_INET and len(p) >= 20:
@@ -160,4 +166,4 @@ def _denial(family: int, p: bytes, kind: str, rule: str) -> Denial | None:
     sport = port = 0
     if proto in (6, 17, 132, 136) and len(p) >= transport + 4:  # tcp udp sctp udplite
         sport, port = struct.unpack_from(">HH", p, transport)
-    return Denial(src, proto, port, kind, rule, dst, sport)
+    return Denial(src, proto, port, kind, rule, dst, sport, forward)

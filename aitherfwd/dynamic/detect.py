@@ -50,6 +50,9 @@ class Denial:
     rule: str  # the policy rule that denied it ("default", "-" for the kernel meters)
     dest: IPAddress | None = None  # the destination address (what egress audit lines name)
     sport: int = 0  # source port; 0 when unknown (then every SYN report is a new attempt)
+    # routed through the host (the forward hook): to or from containers; `port` is then
+    # the published port the client asked for, `dest` the container (nft/fwdlog.py)
+    forward: bool = False
 
 
 @dataclass(frozen=True, slots=True)

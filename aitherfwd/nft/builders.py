@@ -198,6 +198,16 @@ def ct_original(key: str) -> Expr:
     return {"ct": {"key": key, "dir": "original"}}
 
 
+def ct_reply(key: str) -> Expr:
+    """`ct reply <key>`: the answer's tuple (after NAT: its source is the DNAT target)."""
+    return {"ct": {"key": key, "dir": "reply"}}
+
+
+def mangle(key: Expr, value: Expr) -> Expr:
+    """`<key> set <value>`: write a packet field (payload or meta)."""
+    return {"mangle": {"key": key, "value": value}}
+
+
 def match(left: Expr, right: Any, op: str = "==") -> Expr:
     return {"match": {"op": op, "left": left, "right": right}}
 

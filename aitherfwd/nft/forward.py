@@ -11,11 +11,16 @@ input path, emitted only when a zone holds containers (`containers: true`; a zon
         daddr in a container zone → goto fwd_in · saddr in a container zone → goto fwd_out
         (the container zones' addresses: a content-named shared set, nft/shared.py) ·
         anything else routed through the host: not ours to judge (policy accept)
-    fwd_in:   per-source SYN and connection limits (the input path's meters) ·
+    fwd_in:   the country/list drop stage (nft/geo.py) · per-source SYN and connection
+              limits (the input path's meters; refusals go to fsynflood, fconnlimit) ·
+              list zones (goto fzone_<zone>) ·
               ip saddr vmap @fzone_v4 · ip6 saddr vmap @fzone_v6 · goto fnozone
-    fzone_X:  jump f_<rule> for each rule of zone X that applies to containers · goto final
+    fzone_X:  jump f_<rule> for each rule of zone X that applies to containers · goto ffinal
     f_<rule>: the rule's kernel rules with its ports matched on `ct original proto-dst`
-              (the published port the client asked for, not the container port DNAT chose)
+              (the published port the client asked for, not the container port DNAT chose);
+              its detection logs report that port too (nft/fwdlog.py)
+    ffinal:   the default verdict, as `final` (same counter), logging the published port
+    fsynflood, fconnlimit: fwd_in's limit refusals, as `synflood` and `connlimit`
     fwd_out:  the egress rules of the output chain (egress/chain.py), or the
               `egress_default_policy` verdict when the policy has no `egress:` section
 
@@ -33,6 +38,7 @@ from typing import Any
 from aitherfwd import zones as zoning
 from aitherfwd.egress import names as en
 from aitherfwd.nft import builders as b
+from aitherfwd.nft import fwdlog, geo
 from aitherfwd.nft import names as n
 from aitherfwd.nft import rulechain as rc
 from aitherfwd.nft.shared import SharedSets
@@ -82,20 +88,31 @@ def forward_part(
     if not czones:
         return None
     mine = [r for r in rules if for_containers(r)]
-    compiled = tuple(rc.compile_rule(r, forward=True) for r in mine)
+    st = policy.settings
+    compiled = tuple(rc.compile_rule(r, st.log_denied, st.log_allowed, forward=True) for r in mine)
     zone_names = [z.name for z in policy.zones]
     maps = _maps(policy)
     containers = _containers(policy, czones, shared)
     chains = [b.chain(n.FORWARD_CHAIN, hook="forward", prio=n.FORWARD_PRIORITY, policy="accept")]
-    chains += [b.chain(c) for c in (n.FWD_IN_CHAIN, n.FWD_OUT_CHAIN, n.FWD_NOZONE_CHAIN)]
+    chains += [
+        b.chain(c) for c in (n.FWD_IN_CHAIN, n.FWD_OUT_CHAIN, n.FWD_NOZONE_CHAIN, n.FWD_FINAL_CHAIN)
+    ]
+    chains += [b.chain(c) for c in (n.FWD_SYNFLOOD_CHAIN, n.FWD_CONNLIMIT_CHAIN)]
     chains += [b.chain(n.fwd_zone_chain(z)) for z in zone_names]
     chains += [b.chain(n.fwd_rule_chain(r.name)) for r in mine]
-    body = _forward_chain(containers) + limits(n.FWD_IN_CHAIN) + _zones_dispatch()
+    body = _forward_chain(containers)
+    body += [rc.commented(n.FWD_IN_CHAIN, e, label) for e, label in geo.drop_stage(policy)]
+    body += limits(n.FWD_IN_CHAIN)
+    listzones = geo.zone_dispatch(policy, n.fwd_zone_chain)
+    body += [rc.commented(n.FWD_IN_CHAIN, e, label) for e, label in listzones]
+    body += _zones_dispatch()
     for zone in zone_names:
         body += _dispatch(
             n.fwd_zone_chain(zone), [r for r in mine if r.zones is None or zone in r.zones]
         )
     body += _dispatch(n.FWD_NOZONE_CHAIN, [r for r in mine if r.zones is None])
+    body += [rc.commented(n.FWD_FINAL_CHAIN, e, label) for e, label in fwdlog.final_chain(st)]
+    body += [rc.commented(c, e, label) for c, e, label in fwdlog.limit_chains()]
     return ForwardPart(
         compiled,
         (*chains, *maps),
@@ -182,7 +199,7 @@ def _zones_dispatch() -> list[Json]:
 
 def _dispatch(chain: str, rules: list[Rule]) -> list[Json]:
     out = [rc.commented(chain, [b.jump(n.fwd_rule_chain(r.name))], r.name) for r in rules]
-    out.append(rc.commented(chain, [b.goto(n.FINAL_CHAIN)], "builtin:default"))
+    out.append(rc.commented(chain, [b.goto(n.FWD_FINAL_CHAIN)], "builtin:default"))
     return out
 
 

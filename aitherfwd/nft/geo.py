@@ -5,16 +5,16 @@ Owns: the names of the interval sets that hold a country's or a list's prefixes
 countries rules name; `list_<name>_v4/v6`), their declarations
 (empty: the daemon fills them through the netlink element writer, never through the
 ruleset, and a reload keeps them and their elements because their declaration does not
-change), the drop stage of the input chain (blocked countries and `deny` lists, right
-after the block sets, before any rule), the dispatch of list zones (before the CIDR zone
-map: a source in a list zone's list belongs to that zone), and a rule's country and list
-matches (one set lookup each; several countries are several kernel rules of the rule's
-chain, never a chain per country).
+change), the drop stage of the input chain and of the forward path's `fwd_in` (blocked
+countries and `deny` lists, right after the block sets, before any rule), the dispatch of
+list zones (before the CIDR zone map: a source in a list zone's list belongs to that
+zone), and a rule's country and list matches (one set lookup each; several countries are
+several kernel rules of the rule's chain, never a chain per country).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
@@ -107,15 +107,18 @@ def drop_stage(policy: Policy) -> list[tuple[list[Json], str]]:
     return out
 
 
-def zone_dispatch(policy: Policy) -> list[tuple[list[Json], str]]:
-    """`ip saddr @list_x_v4 goto zone_x` per list zone and family, in policy order."""
+def zone_dispatch(
+    policy: Policy, target: Callable[[str], str] = n.zone_chain
+) -> list[tuple[list[Json], str]]:
+    """`ip saddr @list_x_v4 goto zone_x` per list zone and family, in policy order
+    (`target`: the zone's chain; the forward path's are `fzone_x`)."""
     out: list[tuple[list[Json], str]] = []
     for zone in policy.zones:
         if zone.list is None:
             continue
         for fam in (4, 6):
             member = b.in_set(_saddr(fam), list_set(zone.list, fam))
-            out.append(([member, b.goto(n.zone_chain(zone.name))], f"builtin:listzone:{zone.name}"))
+            out.append(([member, b.goto(target(zone.name))], f"builtin:listzone:{zone.name}"))
     return out
 
 

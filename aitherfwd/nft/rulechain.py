@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aitherfwd.nft import builders as b
-from aitherfwd.nft import geo
+from aitherfwd.nft import fwdlog, geo
 from aitherfwd.nft import names as n
 from aitherfwd.nft.shared import SharedSets
 from aitherfwd.nft.verdicts import log_exprs, verdicts
@@ -161,7 +161,9 @@ def _rule(
                 [*matches, *log(f"afw {rule.action} {rule.name} ")],
                 f"{rule.name}:log",
             )
-        if rule.action is not Action.ALLOW:
+        if forward:  # the published port in what the daemon reads (nft/fwdlog.py)
+            yield from _forward_logs(chain, rule, proto, matches, log_allowed=log_allowed)
+        elif rule.action is not Action.ALLOW:
             yield denied_log(chain, matches, rule.name)
         elif log_allowed:
             yield allowed_log(chain, matches, rule.name)
@@ -172,6 +174,28 @@ def _rule(
                 [*matches, *head, b.named_counter(n.rule_counter(rule.name)), verdict[-1]],
                 rule.name,
             )
+
+
+def _forward_logs(
+    chain: str,
+    rule: Rule,
+    proto: Protocol | None,
+    matches: list[Json],
+    *,
+    log_allowed: bool,
+) -> Iterator[Json]:
+    if rule.action is not Action.ALLOW:
+        kind, label = n.KIND_DENIED, f"{rule.name}:detect"
+    elif log_allowed:
+        kind, label = n.KIND_ALLOWED, f"{rule.name}:allowed"
+    else:
+        return
+    if rule.protocol is Protocol.ICMP:  # no ports to report
+        new = b.match(b.ct("state"), ["new"], "in")
+        yield commented(chain, [*matches, new, *detect_log(kind, rule.name)], label)
+        return
+    for exprs in fwdlog.detect_exprs(matches, kind, rule.name, proto):
+        yield commented(chain, exprs, label)
 
 
 def _variants(

@@ -1,5 +1,5 @@
 """The real daemon on a Docker-shaped host: per-source rate and connection limits hold on
-published ports, a scan of published ports blocks the scanner, reloads keep the forward
+published ports (v4 and v6), a scan of published ports blocks the scanner, reloads keep the forward
 path without interrupting established container traffic, and drift of the forward chain
 is repaired."""
 
@@ -15,7 +15,7 @@ from aitherfwd.adapters.nft import Nft
 from lab.containers import DockerHost
 from lab.daemon import DaemonProc
 from lab.netns import inside
-from lab.network import Lab
+from lab.network import Client, Lab
 from lab.wait import until
 
 pytestmark = pytest.mark.kernel
@@ -69,21 +69,47 @@ def daemon(docker: DockerHost, tmp_path: Path) -> Iterator[DaemonProc]:
         d.cleanup()
 
 
-def test_rate_limit_holds_on_a_published_port(docker: DockerHost, daemon: DaemonProc) -> None:
+def _server(client: Client, fam: int) -> str:
+    return client.server_v4 if fam == 4 else client.server_v6
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_rate_limit_holds_on_a_published_port(
+    docker: DockerHost, daemon: DaemonProc, fam: int
+) -> None:
     c = docker.lab.clients[0]
-    got = docker.probe(c.ns, c.server_v4, 8081, count=8, timeout=0.3)
+    got = docker.probe(c.ns, _server(c, fam), 8081, count=8, timeout=0.3)
     assert 1 <= got.count("ok") <= 4 and got.count("timeout") >= 4, got
     other = docker.lab.clients[3]  # per source: another client still gets its burst
-    assert docker.tcp(other.ns, other.server_v4, 8081) == "ok"
+    assert docker.tcp(other.ns, _server(other, fam), 8081) == "ok"
 
 
-def test_connection_limit_holds_on_a_published_port(docker: DockerHost, daemon: DaemonProc) -> None:
+@pytest.mark.parametrize("fam", [4, 6])
+def test_connection_limit_holds_on_a_published_port(
+    docker: DockerHost, daemon: DaemonProc, fam: int
+) -> None:
     c = docker.lab.clients[1]
     for _ in range(3):
-        docker.lab.hold_connection(c, c.server_v4, 8080, seconds=30)
-    assert docker.tcp(c.ns, c.server_v4, 8080) == "refused"  # beyond 3: reset
+        docker.lab.hold_connection(c, _server(c, fam), 8080, seconds=30)
+    assert docker.tcp(c.ns, _server(c, fam), 8080) == "refused"  # beyond 3: reset
     other = docker.lab.clients[3]
-    assert docker.tcp(other.ns, other.server_v4, 8080) == "ok"
+    assert docker.tcp(other.ns, _server(other, fam), 8080) == "ok"
+    # the refusals are reported for the published port (nft/fwdlog.py)
+    source = c.v4 if fam == 4 else c.v6
+    until(
+        lambda: any(
+            e["event"] == "decision" and e["kind"] == "connlimit" and e["source_ip"] == source
+            for e in daemon.audit_events()
+        ),
+        5,
+        "the refusal's decision line",
+    )
+    (line, *_) = [
+        e
+        for e in daemon.audit_events()
+        if e["event"] == "decision" and e["kind"] == "connlimit" and e["source_ip"] == source
+    ]
+    assert (line["direction"], line["dest_port"]) == ("forward", 8080)
 
 
 def test_port_scan_of_published_ports_blocks_the_scanner(

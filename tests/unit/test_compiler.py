@@ -243,10 +243,18 @@ def test_every_zone_walks_its_rules_in_policy_order_through_the_jumps(doc: dict[
     policy = _parse(to_yaml(doc))
     rs = compile_policy(policy)
     kernel = [r for r in policy.rules if r.path_prefix is None and r.authenticated is None]
-    paths = [(n.zone_chain, n.NOZONE_CHAIN, n.rule_chain, fwd.for_host)]
+    paths = [(n.zone_chain, n.NOZONE_CHAIN, n.rule_chain, fwd.for_host, n.FINAL_CHAIN)]
     if any(z.containers for z in policy.zones):  # the forward path, its rules (applies_to)
-        paths.append((n.fwd_zone_chain, n.FWD_NOZONE_CHAIN, n.fwd_rule_chain, fwd.for_containers))
-    for zone_chain, nozone, rule_chain, applies in paths:
+        paths.append(
+            (
+                n.fwd_zone_chain,
+                n.FWD_NOZONE_CHAIN,
+                n.fwd_rule_chain,
+                fwd.for_containers,
+                n.FWD_FINAL_CHAIN,
+            )
+        )
+    for zone_chain, nozone, rule_chain, applies, final in paths:
         for zone in [*(z.name for z in policy.zones), None]:
             chain = zone_chain(zone) if zone else nozone
             concerned = [
@@ -255,7 +263,7 @@ def test_every_zone_walks_its_rules_in_policy_order_through_the_jumps(doc: dict[
             expected = [k for r in concerned for k in _rules(rs.objects, rule_chain(r.name))]
             walked = _inlined(rs.objects, chain)
             assert walked[:-1] == expected
-            assert walked[-1]["expr"] == [{"goto": {"target": n.FINAL_CHAIN}}]
+            assert walked[-1]["expr"] == [{"goto": {"target": final}}]
     kernel = [r for r in kernel if fwd.for_host(r)]
     for r in kernel:
         body = _rules(rs.objects, n.rule_chain(r.name))

@@ -130,3 +130,30 @@ def test_evaluate_with_audit_true_writes_one_decision_with_its_latency(tmp_path:
     assert validate_line(rec) == []
     assert rec["origin"] == "evaluate" and rec["dest_service"] == "Secrets"
     assert rec["latency_us"] == body["latency_us"]
+
+
+def test_a_forward_denial_is_a_forward_decision_naming_the_published_port_and_container() -> None:
+    d = Denial(
+        ipaddress.ip_address("203.0.113.42"),
+        6,
+        8111,
+        "denied",
+        "external_deny_sensitive",
+        ipaddress.ip_address("172.17.0.2"),
+        40000,
+        forward=True,
+    )
+    line = json.loads(encode(NOW, from_denial(d, _policy())))
+    assert validate_line(line) == []
+    assert (line["direction"], line["dest_port"], line["dest_ip"]) == (
+        "forward",
+        8111,
+        "172.17.0.2",
+    )
+    assert line["dest_service"] == "Secrets" and line["zone"] == "external"
+    assert line["reason"] == "rule 'external_deny_sensitive' denies tcp/8111 from zone external"
+    assert line["connection_info"]["direction_id"] == 3  # OCSF: Lateral
+    out = Denial(ipaddress.ip_address("172.17.0.2"), 6, 443, "egress", "default", forward=True)
+    rec = from_denial(out, _policy())
+    assert (rec.direction, rec.zone, rec.dest_service) == ("forward", None, None)
+    assert rec.reason.startswith("from containers: outbound tcp/443")

@@ -58,3 +58,15 @@ def test_config_message_binds_the_group() -> None:
     length, kind, _flags, seq, _ = struct.unpack_from("=IHHII", msg)
     assert length == len(msg) and kind == 0x0401 and seq == 1
     assert struct.unpack_from(">H", msg, 18)[0] == 78
+
+
+def test_a_report_of_the_forward_hook_is_marked_forward() -> None:
+    ip = bytes([0x45]) + bytes(8) + bytes([6]) + bytes(2) + bytes([10, 0, 0, 1, 172, 17, 0, 2])
+    tcp = struct.pack(">HH", 40000, 8080)
+    for hook, forward in ((1, False), (2, True)):
+        header = nl.attr(nflog.NFULA_PACKET_HDR, struct.pack(">HBB", 0x0800, hook, 0))
+        attrs = header + nl.attr(nflog.NFULA_PREFIX, b"afwd denied web\0")
+        attrs += nl.attr(nflog.NFULA_PAYLOAD, ip + tcp)
+        data = nl.message(nflog._PACKET_TYPE, 0, 0, attrs, family=socket.AF_INET, res_id=78)
+        (d,) = _decode(data)
+        assert (d.forward, d.port, str(d.dest)) == (forward, 8080, "172.17.0.2")
