@@ -96,42 +96,56 @@ def decode(data: bytes) -> Decision | SharedThreat:
     """The message, or BadMessage saying what is wrong with it."""
     if len(data) > MAX_MESSAGE:
         raise BadMessage(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return from_body(parse(data))
+
+
+def parse(data: bytes) -> dict[str, Any]:
+    """The JSON object of a version-1 fleet message (any kind), or BadMessage."""
     try:
         body = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise BadMessage(f"not JSON: {exc}") from None
     if not isinstance(body, dict) or body.get("v") != VERSION:
         raise BadMessage("not a version-1 fleet message")
-    msg_id, origin = _match(body, "id", ID), _match(body, "origin", HOST)
+    return body
+
+
+def from_body(body: dict[str, Any]) -> Decision | SharedThreat:
+    """A single decision or threat event from its parsed JSON object."""
+    msg_id, origin = match(body, "id", ID), match(body, "origin", HOST)
     if not msg_id.startswith(origin + "."):
         raise BadMessage("the id does not name its origin")
-    at, op = _time(body, "at"), body.get("op")
+    at, op = unix_time(body, "at"), body.get("op")
     if op == "threat":
         severity = body.get("severity")
         if severity not in SEVERITIES:
             raise BadMessage("severity must be one of " + ", ".join(SEVERITIES))
-        source = _key(body, "source_ip")
+        source = key_of(body, "source_ip")
         if "/" in source:
             raise BadMessage("source_ip must be an address")
-        return SharedThreat(msg_id, origin, at, _match(body, "type", TYPE), source, str(severity))
+        return SharedThreat(msg_id, origin, at, match(body, "type", TYPE), source, str(severity))
     if op not in (BLOCK, UNBLOCK):
         raise BadMessage("op must be block, unblock or threat")
     expires = body.get("expires_at")
-    expires_at = None if expires is None else _time(body, "expires_at")
-    reason = body.get("reason", "")
+    expires_at = None if expires is None else unix_time(body, "expires_at")
+    reason = check_reason(body.get("reason", ""))
+    return Decision(msg_id, str(op), key_of(body, "key"), origin, at, expires_at, reason)
+
+
+def check_reason(reason: object) -> str:
     if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
         raise BadMessage(f"reason must be printable text of at most {MAX_REASON} characters")
-    return Decision(msg_id, str(op), _key(body, "key"), origin, at, expires_at, reason)
+    return reason
 
 
-def _match(body: dict[str, Any], field: str, pattern: re.Pattern[str]) -> str:
+def match(body: dict[str, Any], field: str, pattern: re.Pattern[str]) -> str:
     value = body.get(field)
     if not isinstance(value, str) or not pattern.match(value):
         raise BadMessage(f"{field} is missing or malformed")
     return value
 
 
-def _time(body: dict[str, Any], field: str) -> float:
+def unix_time(body: dict[str, Any], field: str) -> float:
     value = body.get(field)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise BadMessage(f"{field} must be a UNIX time")
@@ -140,7 +154,7 @@ def _time(body: dict[str, Any], field: str) -> float:
     return float(value)
 
 
-def _key(body: dict[str, Any], field: str) -> str:
+def key_of(body: dict[str, Any], field: str) -> str:
     value = body.get(field)
     if not isinstance(value, str) or len(value) > 64:
         raise BadMessage(f"{field} must be an address or prefix")
