@@ -115,7 +115,8 @@ def run(quick: bool) -> list[doc.Row]:
             rows.append((f"  the same, p99 of {singles}", Summary.of([_p99(samples)]), "ms", ""))
             rows += _bulk(a, b, tail, bulk, rounds)
             rows += _catch_up(a, b, tail, missed, catchups)
-            rows.append(("daemon RSS of B after the catch-ups", _rss(b), "MB", ""))
+            held = f"{tail.poll():,} blocks"
+            rows.append((f"daemon RSS of B after the catch-ups ({held})", _rss(b), "MB", ""))
         finally:
             for d in daemons:
                 d.cleanup()
@@ -167,7 +168,12 @@ def _catch_up(a: DaemonProc, b: DaemonProc, tail: Tail, missed: int, rounds: int
         b.start(deadline_s=60)
         tail.wait_for(before + missed, 600)
         catch.append((time.perf_counter() - start) * 1000)
+        if r == 0:
+            until(lambda: _idle(b), 60, "B idle after the catch-up")
+            time.sleep(1)  # the heap trimmed once the catch-up is over
+            first = (f"daemon RSS of B after the first catch-up ({tail.poll():,} blocks)", _rss(b))
     return [
+        (*first, "MB", ""),
         ("B's restart, nothing missed (baseline)", Summary.of(restart), "ms", ""),
         (
             f"B catching up {missed:,} missed decisions (from its restart)",

@@ -95,6 +95,18 @@ class BlockService:
         by an administrator are not checked: blocking a session is their explicit choice."""
         if not nets:
             return {}
+        guarded = await self.guarded()
+        out: dict[str, str] = {}
+        for net in nets if guarded else ():
+            for address, why in guarded:
+                if address.version == net.version and address in net:
+                    out[address_text(net)] = f"{address} {why}"
+                    break
+        return out
+
+    async def guarded(self) -> list[tuple[IPAddress, str]]:
+        """The addresses the anti-lockout keeps automatic blocks off, with why (empty
+        mostly: a caller with many targets asks this first and builds no networks)."""
         mono = self.clock.monotonic()
         if self._admin_ports and mono - self._admin_peers_at >= ADMIN_PEERS_TTL:
             self._admin_peers_at = mono
@@ -105,13 +117,7 @@ class BlockService:
                 log.warning("anti-lockout: conntrack unavailable error=%s", exc)
         guarded = [(a, "holds a live admin session") for a in sorted(self._admin_peers, key=str)]
         guarded += [(a, "is an egress resolver") for a in self._resolvers]
-        out: dict[str, str] = {}
-        for net in nets:
-            for address, why in guarded:
-                if address.version == net.version and address in net:
-                    out[address_text(net)] = f"{address} {why}"
-                    break
-        return out
+        return guarded
 
     def load(self, now: float) -> None:
         """Cold start: the store's live blocks, streamed into the compact table."""

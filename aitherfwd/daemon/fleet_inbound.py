@@ -30,7 +30,7 @@ from aitherfwd.errors import AitherError
 from aitherfwd.fleet import batch as fb
 from aitherfwd.fleet import messages as m
 from aitherfwd.fleet.messages import Decision, Delivery, SharedThreat
-from aitherfwd.policy.model import Severity
+from aitherfwd.policy.model import IPAddress, Severity
 
 if TYPE_CHECKING:
     from aitherfwd.daemon.fleet import ThreatSink
@@ -120,7 +120,7 @@ class Inbound:
         if not decisions:
             return
         table = self.blocks.table
-        guarded = await self.blocks.lockout([_network(d.key) for d in decisions])
+        guarded = _lockout(await self.blocks.guarded(), decisions)
         specs = []
         for d in decisions:
             held = table.get(d.key, now)
@@ -185,8 +185,21 @@ class Inbound:
         self.c.applied += len(specs)
 
 
-def _network(key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """The network of a canonical key; single IPv4 addresses without parsing text twice."""
-    if "/" in key or ":" in key:
-        return ipaddress.ip_network(key)
-    return ipaddress.IPv4Network((int(ipaddress.IPv4Address(key)), 32))
+def _lockout(guards: list[tuple[IPAddress, str]], decisions: list[Decision]) -> dict[str, str]:
+    """The block service's anti-lockout for many keys: a single address is guarded when
+    its canonical text is a guarded address's; only prefixes are parsed."""
+    if not guards:
+        return {}
+    singles = {str(a): f"{a} {why}" for a, why in guards}
+    out: dict[str, str] = {}
+    for d in decisions:
+        if "/" not in d.key:
+            if d.key in singles:
+                out[d.key] = singles[d.key]
+            continue
+        net = ipaddress.ip_network(d.key)
+        for address, why in guards:
+            if address.version == net.version and address in net:
+                out[d.key] = f"{address} {why}"
+                break
+    return out

@@ -130,25 +130,18 @@ def _batch(body: dict[str, Any]) -> Batch:
     if not isinstance(rows, list) or not 1 <= len(rows) <= BATCH_MAX:
         raise BadMessage(f"d must be a list of 1-{BATCH_MAX} decisions")
     out = []
+    good: set[float] = set()  # expiries checked already: a batch mostly shares one
     for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != 3:
+        if type(row) is not list or len(row) != 3:
             raise BadMessage(f"d[{i}] must be [key, expires_at, reason index]")
         key, expires, ri = row
-        fields = {"key": key, "expires_at": expires}
-        expires_at = None if expires is None else m.unix_time(fields, "expires_at")
-        if isinstance(ri, bool) or not isinstance(ri, int) or not 0 <= ri < len(reasons):
+        if expires is not None and not (type(expires) is float and expires in good):
+            expires = m.unix_time({"expires_at": expires}, "expires_at")
+            good.add(expires)
+        if type(ri) is not int or not 0 <= ri < len(reasons):
             raise BadMessage(f"d[{i}]: the reason index is out of range")
-        out.append(
-            Decision(
-                f"{batch_id}/{i}",
-                m.BLOCK,
-                m.key_of(fields, "key"),
-                origin,
-                at,
-                expires_at,
-                reasons[ri],
-            )
-        )
+        key = m.check_key(key, "key")
+        out.append(Decision(f"{batch_id}/{i}", m.BLOCK, key, origin, at, expires, reasons[ri]))
     return Batch(batch_id, origin, at, tuple(out))
 
 
