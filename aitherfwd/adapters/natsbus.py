@@ -227,7 +227,7 @@ class NatsBus:
             # set the consumer up again at the next connect (the server may have lost it)
             self._subs.pop(consumer, None)
             raise BusError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
-        return [Delivery(msg.data, _pending(msg), msg.ack, msg.subject) for msg in msgs]
+        return [_delivery(msg) for msg in msgs]
 
     async def _bucket(self) -> Any:
         """The fleet's policy bucket, created when missing (a few revisions kept)."""
@@ -276,8 +276,11 @@ class NatsBus:
                 log.debug("fleet bus close failed error=%s", exc)
 
 
-def _pending(msg: Any) -> int:
+def _delivery(msg: Any) -> Delivery:
     try:
-        return int(msg.metadata.num_pending)
+        meta = msg.metadata
+        pending, seq = int(meta.num_pending), int(meta.sequence.stream)
+        again = int(meta.num_delivered) > 1
     except (AttributeError, TypeError, ValueError):
-        return 0
+        pending, seq, again = 0, 0, False
+    return Delivery(msg.data, pending, msg.ack, msg.subject, seq, again)

@@ -274,15 +274,15 @@ class FleetService:
             size = _next_size(size, got)
             pending = got[-1].pending
             self._since_trim += sum(len(d.data) for d in got)
-            await self.apply(got)
+            await self.apply(got, consumer)
             del got
             if not pending and self._since_trim >= TRIM_BYTES:
                 self._since_trim = 0  # a catch-up or a bulk batch is over: garbage now
                 memory.trim()
 
-    async def apply(self, got: Sequence[Delivery]) -> None:
+    async def apply(self, got: Sequence[Delivery], consumer: str = "decisions") -> None:
         """Apply a fetch of deliveries (daemon/fleet_inbound.py)."""
-        await self.inbound.apply(got)
+        await self.inbound.apply(got, consumer)
 
 
 def _next_size(size: int, got: Sequence[Delivery]) -> int:

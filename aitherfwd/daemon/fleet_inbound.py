@@ -38,10 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FLEET = "fleet"  # the source of blocks applied from the fleet
 MAX_REASON = 200
-# Message ids remembered against redeliveries: JetStream redelivers only what is not yet
-# acknowledged, at most the consumer's max_ack_pending (adapters/natsbus.py) messages; a
-# batch is one id however many decisions it holds.
-SEEN_IDS = 20_000
+# Two memories make applying idempotent, both bounded: per consumer, the highest stream
+# sequence applied (a redelivery at or below it is a duplicate: the consumer delivers in
+# stream order), and the last SEEN_IDS message ids, against a message published again
+# after JetStream's duplicate window (a batch is one id however many decisions it holds).
+SEEN_IDS = 4096
 
 
 class Inbound:
@@ -57,8 +58,9 @@ class Inbound:
         self.me, self.clock, self.blocks, self.audit, self.c = me, clock, blocks, audit, counters
         self.threat_sink = threats
         self.seen = m.Seen(SEEN_IDS)
+        self.floor: dict[str, int] = {}  # consumer -> highest stream sequence applied
 
-    async def apply(self, got: Sequence[Delivery]) -> None:
+    async def apply(self, got: Sequence[Delivery], consumer: str = "decisions") -> None:
         """Apply a fetch of deliveries in their order, then acknowledge them (the last
         one: acknowledgements are cumulative)."""
         now = self.clock.now()
@@ -73,7 +75,11 @@ class Inbound:
                 log.warning("fleet message dropped subject=%s error=%s", d.subject, exc)
                 continue
             decisions = msg.decisions if isinstance(msg, fb.Batch) else (msg,)
-            why = "own" if msg.origin == self.me else "duplicate" if msg.id in self.seen else ""
+            floor = self.floor.get(consumer, 0)
+            again = d.redelivered and 0 < d.seq <= floor
+            self.floor[consumer] = max(floor, d.seq)
+            why = "own" if msg.origin == self.me else ""
+            why = why or ("duplicate" if again or msg.id in self.seen else "")
             if why:
                 self._skip(why, count=len(decisions))
                 continue

@@ -32,7 +32,7 @@ ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\.[0-9a-f]{8,64}$")
 HOST = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SEVERITIES = ("low", "medium", "high", "critical")
-SEEN_IDS = 50_000  # message ids remembered (redeliveries come from the unacknowledged window)
+SEEN_IDS = 4096  # message ids remembered (the fleet service also keeps a stream sequence)
 
 
 class BadMessage(ValueError):
@@ -260,9 +260,12 @@ class BusError(AitherError):
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One message from a durable consumer: `ack` after it has been applied or skipped;
-    `pending` is what the consumer still has to deliver after it (its lag)."""
+    `pending` is what the consumer still has to deliver after it (its lag); `seq` its
+    stream sequence (0: unknown) and `redelivered` whether it was delivered before."""
 
     data: bytes
     pending: int
     ack: Callable[[], Awaitable[None]]
     subject: str = ""  # where it was published: names the host allowed to publish there
+    seq: int = 0
+    redelivered: bool = False

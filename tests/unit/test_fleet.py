@@ -78,7 +78,7 @@ class Fleet:
                     got = await f.bus.fetch(consumer, 1000, 0)
                     if got:
                         moved += 1
-                        await f.apply(got)
+                        await f.apply(got, consumer)
             if not moved:
                 return
 

@@ -160,6 +160,30 @@ def test_a_redelivered_batch_is_applied_once(tmp_path: Path) -> None:
     fleet_run(tmp_path, body)
 
 
+def test_a_redelivery_at_or_below_the_applied_sequence_is_a_duplicate_without_its_id(
+    tmp_path: Path,
+) -> None:
+    async def body(f: Fleet) -> None:
+        b = await f.add("b")
+        fleet = Fleet.fleet(b)
+        fleet.inbound.seen = m.Seen(size=1)  # the ids are forgotten: the sequence decides
+
+        def batch(n: int, seq: int, again: bool) -> m.Delivery:
+            data = fb.encode(f"a.{n:016x}", "a", b.clock.now(), [(f"203.0.113.{n}", None, "x")])
+            subject = f"afw.lab.d.a.b.{n:016x}"
+            return m.Delivery(data, 0, _noack, subject, seq, again)
+
+        await fleet.apply([batch(1, 10, False), batch(2, 11, False)])
+        await fleet.apply([batch(1, 10, True)])  # redelivered: at or below 11
+        assert fleet.status().skipped == {"duplicate": 1}
+        await fleet.apply([batch(3, 12, True)])  # redelivered, but never applied
+        await fleet.apply([batch(4, 1, False)])  # a stream made anew starts at 1 again
+        assert blocked(b) == {f"203.0.113.{n}" for n in (1, 2, 3, 4)}
+        assert fleet.status().applied == 4
+
+    fleet_run(tmp_path, body)
+
+
 def test_a_catch_up_applies_the_live_decisions_of_a_batch_and_skips_the_expired(
     tmp_path: Path,
 ) -> None:
