@@ -116,6 +116,7 @@ def run(quick: bool) -> list[doc.Row]:
             rows += _bulk(a, b, tail, bulk, rounds)
             rows += _catch_up(a, b, tail, missed, catchups)
             held = f"{tail.poll():,} blocks"
+            rows.append((f"daemon RSS of A, its own blocks ({held}) (baseline)", _rss(a), "MB", ""))
             rows.append((f"daemon RSS of B after the catch-ups ({held})", _rss(b), "MB", ""))
         finally:
             for d in daemons:
@@ -153,6 +154,7 @@ def _catch_up(a: DaemonProc, b: DaemonProc, tail: Tail, missed: int, rounds: int
     until connected with no lag), then B stopped, `missed` blocks on A published, B
     started until it holds them all."""
     restart, catch = [], []
+    first: list[doc.Row] = []
     for r in range(rounds):
         b.stop()
         start = time.perf_counter()
@@ -171,9 +173,13 @@ def _catch_up(a: DaemonProc, b: DaemonProc, tail: Tail, missed: int, rounds: int
         if r == 0:
             until(lambda: _idle(b), 60, "B idle after the catch-up")
             time.sleep(1)  # the heap trimmed once the catch-up is over
-            first = (f"daemon RSS of B after the first catch-up ({tail.poll():,} blocks)", _rss(b))
+            held = f"{tail.poll():,} blocks"
+            first = [
+                (f"daemon RSS of A, its own blocks ({held}) (baseline)", _rss(a), "MB", ""),
+                (f"daemon RSS of B after the first catch-up ({held})", _rss(b), "MB", ""),
+            ]
     return [
-        (*first, "MB", ""),
+        *first,
         ("B's restart, nothing missed (baseline)", Summary.of(restart), "ms", ""),
         (
             f"B catching up {missed:,} missed decisions (from its restart)",
