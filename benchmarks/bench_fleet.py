@@ -231,28 +231,58 @@ def main(argv: list[str] | None = None) -> int:
 
 
 NOTES = """\
-What the numbers say (measured while other engineers' tests ran — a load average of 3-8 on
-2 cores for the table above, 12-14 for earlier runs quoted below — so absolute times are
-above what a quiet host shows; the RSS rows compare against the baseline of the same run):
-- One block on A reaches B's kernel in a few milliseconds: A's request (store, kernel,
-  outbox row), the pipelined publish and its acknowledgement, B's fetch, its checks, its
-  store and kernel write, its audit line. Inside the targets (p50 ≤ 50 ms, p99 ≤ 250 ms),
-  also in the runs at a load of 12-14 (p50 3-9 ms, p99 56-355 ms: over the target once).
-- Fleet mode costs ≈ 2 MB of RSS idle (nats-py and the fleet's loops): inside +15 MB.
-- Bulk is NOT inside its targets: 10,000 blocks in one request take ≈ 3.8 s to be on B
-  (target 2 s; 6.7 s before publishing was pipelined with nats-py's `publish_async`), and
-  B catches up ≈ 9,000 decisions per second here (100,000 in ≈ 10.7 s, B's restart
-  included; 31-44 s at a load of 12-14; target 5 s). Each block is its own message: one
-  subject per (host, address) is what lets the stream keep just the live decisions and
-  lets NATS permissions pin a host to its own subjects. So the cost is per message and in
-  Python: on B, nats-py's message objects, decoding and validating each decision, the
-  table's protection and overlap checks (run twice: by the fleet and by the block
-  service), the store and the audit line per batch. What would meet the targets: the
-  decisions of one request in one message on a per-host batch subject (the per-address
-  subjects kept for the last word), and one check per decision instead of two.
-- B's RSS after taking 100,000 fleet blocks (150-165 MB, the heap trimmed once the
-  catch-up is over) is far above the ≈ 69 MB of a daemon that took 100,000 blocks in one
-  request (docs/benchmarks-daemon.md); not investigated yet.
+The table above is the last of five runs taken one after the other on 2026-12-05 between
+12:51 and 12:56 UTC, while other engineers' tests shared the 2 cores: `uptime` gave a load
+average of 2.8 at the start of the first run and 3.0, 5.4, 7.5, 8.5, 7.2 at the ends of
+the five. Absolute times move with that load; the same-run baselines and ratios hold
+better. Medians over the five runs (each run's own median, then the median of those):
+
+| median of 5 runs' medians | before (a message per decision) | now (batches) | target |
+|---|--:|--:|---|
+| one block on A → in B's kernel, p50 / p99 | 4.0 / 22.6 ms | 3.9 / 46.6 ms | ≤ 50 / ≤ 250 ms |
+| 10,000 blocks in one request on A → all in B's kernel | 3,832 ms | 783 ms | ≤ 2,000 ms |
+| the same, A's own request alone (baseline) | — | 321 ms | |
+| the same ÷ A's own request | — | 2.1 times | |
+| B catching up 100,000 missed decisions, from its restart | 10,704 ms | 5,671 ms | ≤ 5,000 ms |
+| B's restart alone, nothing missed (baseline) | — | 2,642 ms | |
+| catch-up minus restart (per run, then median) | — | 2,384 ms | |
+| daemon RSS idle, with [fleet] minus without | +1.7 MB | +1.9 MB | ≤ +15 MB |
+| B's RSS after the (first) catch-up | 152.9 MB (110,200 blocks) | 75.1 MB (150,200 blocks) | |
+| A's RSS holding the same blocks, made locally (baseline) | — | 75.2-76.1 MB | |
+
+("before" is the single run of docs/benchmarks-fleet.md at commit 51f2ac4, load 4.6-9.6.)
+
+What the numbers say:
+- A request of many blocks is now one message per 4,096 decisions (fleet/batch.py), applied
+  on B as one block batch — the path of a bulk `aitherfwd block` — after judging each
+  decision once (protected ranges, live admin sessions, local blocks, expiry). 10,000 blocks
+  reach B's kernel in 0.35-1.0 s (per-run medians), about twice A's own request: A's
+  request, then the same work on B. Inside the 2 s target in every run.
+- The catch-up of 100,000 decisions takes 4.0-7.6 s from B's restart (per-run medians), of
+  which B's restart alone is 2.0-3.3 s (it restores 50,000-350,000 blocks: B keeps every
+  round's blocks, so each round restarts a bigger daemon than the last; the 10.7 s before
+  were measured with ≈ 10,000). The applying itself is 1.3-5.3 s, about what a local
+  request of 100,000 blocks costs under the same load (docs/benchmarks-daemon.md: 1.9 s on
+  a quiet machine). Inside the 5 s target in two of the five runs (3.95 s, 3.99 s), over
+  it in three (5.7, 6.6, 7.6 s): the median of the five, 5.7 s, is over the target.
+  What remains is the block path and the restart, not the fleet: the messages are 25.
+- Memory. Where B's 150 MB went: (1) the message-id memory kept the last 50,000 ids, one
+  string and one OrderedDict entry each: 11.3 MB (tracemalloc of that structure filled
+  the same way), never given back; (2) most likely — inferred, not measured object by
+  object — 100,000 nats-py message objects, `Delivery`s, parsed JSON objects and
+  `Decision`s made in fetches of 2,000 and interleaved on the heap with long-lived
+  objects, so their freed arenas could not be returned (RSS stayed at 150-165 MB after
+  `malloc_trim`). (In process, with the fakes, the Python heap kept after applying
+  100,000 fleet blocks is within 10 % of what a local 100,000-block request keeps; most of
+  both is the fake kernel's copies.) Now a batch is
+  one id and a handful of objects per 4,096 decisions, and the id memory is bounded two
+  ways: the highest stream sequence applied per consumer (a redelivery at or below it is a
+  duplicate) and the last 4,096 message ids (a message republished after JetStream's
+  duplicate window). B's RSS after taking its blocks from the fleet is that of A holding
+  the same blocks made by a local request (75 vs 75-76 MB at 150,200 blocks; 98-104 vs
+  108-111 MB at 350,200), and fleet mode still costs ≈ 2 MB idle.
+- One block's latency is unchanged (a single block is still a single decision on its
+  address's subject); its p99 moves with the load (12-67 ms over the five runs).
 """
 
 
