@@ -2,11 +2,12 @@
 
 Owns: the connection (nats-py reconnects by itself once connected; a first connect that
 fails raises BusError and the fleet service tries again), the fleet's two streams — the
-decisions, one subject per (origin host, address) keeping only its last message, and the
-threat events, kept for an hour — created when missing, this host's two durable pull
-consumers, publishing with the stream's acknowledgement, fetching, and the policy's KV
-bucket (created when missing; one key). Every nats-py error
-becomes a BusError here.
+decisions (a subject per origin host and address, keeping only its last message, and a
+subject per batch of blocks: fleet/batch.py) and the threat events, kept for an hour —
+created when missing, this host's two durable pull consumers, publishing with the
+stream's acknowledgement, fetching (with each message's stream sequence and whether it is
+a redelivery), and the policy's KV bucket (created when missing; one key). Every nats-py
+error becomes a BusError here.
 
 nats-py is an optional dependency (the `fleet` extra): Debian does not package it. Without
 it, a `[fleet]` config fails at start with E-FLEET-NO-CLIENT saying what to install.

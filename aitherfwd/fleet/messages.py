@@ -4,8 +4,8 @@ Owns: `Decision` (a block or unblock made on one host: address or prefix, absolu
 reason, origin host, a unique id), `SharedThreat` (a threat event reported on one host),
 their JSON encoding and the strict decoding of what arrives (bounded size, every field
 typed and checked, the address canonical), the subjects and stream names of a fleet, the
-first judgement of an arriving message (`first_look`: own echo, duplicate, expired) and
-`Seen`, the bounded memory of message ids that makes applying idempotent. The rules that
+`Seen`, the bounded memory of message ids that helps make applying idempotent (batches:
+fleet/batch.py; judging what arrives: daemon/fleet_inbound.py). The rules that
 need this host's tables (protected ranges, live admin sessions, local blocks win) are the
 service's (aitherfwd/daemon/fleet.py). No I/O; time and ids are passed in.
 """
@@ -233,18 +233,6 @@ class Seen:
         self._ids[msg_id] = None
         if len(self._ids) > self.size:
             self._ids.popitem(last=False)
-
-
-def first_look(msg: Decision | SharedThreat, me: str, now: float, seen: Seen) -> str | None:
-    """Why an arriving message is skipped before any table is asked, or None to go on:
-    `own` (our own decision coming back: no echo), `duplicate` (applied already: a
-    redelivery), `expired` (a block whose expiry has passed: a catch-up skips it)."""
-    if msg.origin == me:
-        return "own"
-    if msg.id in seen:
-        return "duplicate"
-    expiry = msg.expires_at if isinstance(msg, Decision) and msg.op == BLOCK else None
-    return "expired" if expiry is not None and expiry <= now else None
 
 
 # --- what the bus hands over -----------------------------------------------------------------
