@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from aitherfwd.control.schema import BlockSpec
 from aitherfwd.fleet import batch as fb
 from aitherfwd.fleet import messages as m
+from aitherfwd.testing import FakeDaemon
 from tests.unit.test_fleet import POLICY_A, Fleet, blocked, fleet_run
 
 NOW = 1_700_000_000.0
@@ -219,6 +221,37 @@ def test_a_late_joiner_does_not_get_blocks_of_a_batch_that_were_lifted_later(
         assert blocked(c) == set(keys[1:])
 
     fleet_run(tmp_path, body)
+
+
+def test_a_batch_in_the_backlog_survives_a_restart_and_an_older_outbox_is_upgraded(
+    tmp_path: Path,
+) -> None:
+    async def body(f: Fleet) -> None:
+        a = await f.add("a", POLICY_A)
+        f.js.up = False
+        specs = [BlockSpec(f"203.0.113.{i}", 600, "x") for i in (1, 2, 3)]
+        await a.services.blocks.block(specs, source="reputation")
+        await reputation_block_one(a, "203.0.113.4")
+        assert Fleet.fleet(a).status().backlog == 4  # two rows: a batch of 3, a single
+        a.services.ports.store.close()
+        del f.hosts["a"]
+        # the outbox as an older version left it: no `decisions` column (a row each)
+        with sqlite3.connect(tmp_path / "a" / "state" / "state.sqlite3") as db:
+            db.execute("ALTER TABLE fleet_outbox DROP COLUMN decisions")
+        db.close()
+        f.js.up = True
+        again = await f.add("a", POLICY_A)
+        assert Fleet.fleet(again).status().backlog == 2  # the batch now counts as one
+        b = await f.add("b")
+        await f.pump()
+        assert blocked(b) == {f"203.0.113.{i}" for i in (1, 2, 3, 4)}
+        assert Fleet.fleet(again).status().backlog == 0
+
+    fleet_run(tmp_path, body)
+
+
+async def reputation_block_one(d: FakeDaemon, key: str) -> None:
+    await d.services.blocks.block([BlockSpec(key, 600, "scan")], source="reputation")
 
 
 def test_garbage_on_the_bus_is_counted_and_never_crashes_the_consumer(tmp_path: Path) -> None:
