@@ -134,6 +134,12 @@ def test_a_request_of_many_blocks_is_one_message_applied_in_one_block_batch(
         await f.pump()
         assert f.js.published == 2  # two chunks, not 5,001 messages
         assert len(blocked(b)) == 5000 and "10.77.9.5" not in blocked(b)
+        blk = b.services.blocks.table.get("203.0.19.135", b.clock.now())
+        own = a.services.blocks.table.get("203.0.19.135", a.clock.now())
+        assert blk is not None and own is not None and blk.source == "fleet"
+        assert blk.reason == "fleet a: bulk"  # the origin host, as for a single decision
+        assert blk.expires_at is not None and own.expires_at is not None
+        assert 0 <= blk.expires_at - own.expires_at < 1.0  # the same absolute expiry
         st = Fleet.fleet(b).status()
         assert st.applied == 5000 and st.skipped == {"protected": 1}
         assert st.last_message == "a batch of 905 blocks"
