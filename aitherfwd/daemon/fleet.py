@@ -237,15 +237,22 @@ class FleetService:
                 await asyncio.sleep(0.5)
 
     async def publish_some(self) -> int:
-        """Publish the oldest rows of the outbox (pipelined, at most one per subject so
-        that a retry cannot reorder them); remove what the bus acknowledged."""
+        """Publish the oldest rows of the outbox, pipelined where a retry cannot reorder
+        them: single decisions at most one per subject (an address's block and unblock
+        keep their order), a batch alone — after every older row was acknowledged, and
+        before any newer one is sent — since it shares addresses with other subjects (a
+        later unblock must never land before the batch it lifts). Remove what the bus
+        acknowledged."""
         batch: list[tuple[int, str, str, bytes, int]] = []
         subjects: set[str] = set()
         for row in self.outbox.oldest(PUBLISH_BATCH):
-            if row[1] in subjects:
+            alone = fb.is_batch_subject(row[1])
+            if row[1] in subjects or (alone and batch):
                 break
             subjects.add(row[1])
             batch.append(row)
+            if alone:
+                break
         try:
             acked = await self.bus.publish([(subj, data, mid) for _, subj, mid, data, _ in batch])
         except BusError as exc:

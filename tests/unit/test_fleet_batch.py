@@ -150,6 +150,36 @@ def test_a_request_of_many_blocks_is_one_message_applied_in_one_block_batch(
     fleet_run(tmp_path, body)
 
 
+def test_an_unblock_never_overtakes_the_batch_it_lifts_when_the_batch_publish_fails(
+    tmp_path: Path,
+) -> None:
+    async def body(f: Fleet) -> None:
+        a, b = await f.add("a", POLICY_A), await f.add("b")
+        publish, failures = f.js.publish, [1]
+
+        def flaky(subject: str, data: bytes, msg_id: str) -> None:
+            if fb.is_batch_subject(subject) and failures:
+                failures.pop()
+                raise m.BusError("the batch's acknowledgement is lost")
+            publish(subject, data, msg_id)
+
+        f.js.publish = flaky  # type: ignore[method-assign]
+        keys = ["203.0.113.1", "203.0.113.2"]
+        await a.services.blocks.block([BlockSpec(k, 600, "x") for k in keys], source="reputation")
+        await a.services.blocks.unblock(ipaddress.ip_network(keys[0]))  # shared: newer
+        assert Fleet.fleet(a).status().backlog == 3
+        fa = Fleet.fleet(a)
+        assert await fa.publish_some() == 0  # the batch alone, refused: nothing newer sent
+        assert fa.status().backlog == 3 and f.js.published == 0
+        await f.pump()
+        assert blocked(b) == {keys[1]}
+        c = await f.add("c")  # and a late joiner reads the stream in the same order
+        await f.pump()
+        assert blocked(c) == {keys[1]}
+
+    fleet_run(tmp_path, body)
+
+
 def test_a_redelivered_batch_is_applied_once(tmp_path: Path) -> None:
     async def body(f: Fleet) -> None:
         a, b = await f.add("a", POLICY_A), await f.add("b")
