@@ -128,6 +128,8 @@ class Inbound:
         table = self.blocks.table
         guarded = _lockout(await self.blocks.guarded(), decisions)
         specs = []
+        reasons: dict[tuple[str, str], str] = {}  # a batch shares a few: one string each
+        ttls: dict[float | None, int | None] = {}
         for d in decisions:
             held = table.get(d.key, now)
             if held is not None and held.source != FLEET:
@@ -141,8 +143,12 @@ class Inbound:
             if d.key in guarded:
                 self._skip("protected", d, guarded[d.key])
                 continue
-            reason = f"fleet {d.origin}: {d.reason}"[:MAX_REASON]
-            specs.append(BlockSpec(d.key, d.remaining(now), reason))
+            reason = reasons.get((d.origin, d.reason))
+            if reason is None:
+                reason = reasons[d.origin, d.reason] = f"fleet {d.origin}: {d.reason}"[:MAX_REASON]
+            if d.expires_at not in ttls:
+                ttls[d.expires_at] = d.remaining(now)
+            specs.append(BlockSpec(d.key, ttls[d.expires_at], reason))
         del decisions
         if not specs:
             return
