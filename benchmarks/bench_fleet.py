@@ -232,57 +232,58 @@ def main(argv: list[str] | None = None) -> int:
 
 NOTES = """\
 The table above is the last of five runs taken one after the other on 2026-12-05 between
-12:51 and 12:56 UTC, while other engineers' tests shared the 2 cores: `uptime` gave a load
-average of 2.8 at the start of the first run and 3.0, 5.4, 7.5, 8.5, 7.2 at the ends of
+12:59 and 13:02 UTC, while other engineers' tests shared the 2 cores: `uptime` gave a load
+average of 2.1 at the start of the first run and 3.3, 3.4, 3.2, 2.9, 2.4 at the ends of
 the five. Absolute times move with that load; the same-run baselines and ratios hold
 better. Medians over the five runs (each run's own median, then the median of those):
 
 | median of 5 runs' medians | before (a message per decision) | now (batches) | target |
 |---|--:|--:|---|
-| one block on A → in B's kernel, p50 / p99 | 4.0 / 22.6 ms | 3.9 / 46.6 ms | ≤ 50 / ≤ 250 ms |
-| 10,000 blocks in one request on A → all in B's kernel | 3,832 ms | 783 ms | ≤ 2,000 ms |
-| the same, A's own request alone (baseline) | — | 321 ms | |
-| the same ÷ A's own request | — | 2.1 times | |
-| B catching up 100,000 missed decisions, from its restart | 10,704 ms | 5,671 ms | ≤ 5,000 ms |
-| B's restart alone, nothing missed (baseline) | — | 2,642 ms | |
-| catch-up minus restart (per run, then median) | — | 2,384 ms | |
-| daemon RSS idle, with [fleet] minus without | +1.7 MB | +1.9 MB | ≤ +15 MB |
-| B's RSS after the (first) catch-up | 152.9 MB (110,200 blocks) | 75.1 MB (150,200 blocks) | |
-| A's RSS holding the same blocks, made locally (baseline) | — | 75.2-76.1 MB | |
+| one block on A → in B's kernel, p50 / p99 | 4.0 / 22.6 ms | 3.7 / 12.2 ms | ≤ 50 / ≤ 250 ms |
+| 10,000 blocks in one request on A → all in B's kernel | 3,832 ms | 348 ms | ≤ 2,000 ms |
+| the same, A's own request alone (baseline) | — | 174 ms | |
+| the same ÷ A's own request | — | 2.0 times | |
+| B catching up 100,000 missed decisions, from its restart | 10,704 ms | 2,992 ms | ≤ 5,000 ms |
+| B's restart alone, nothing missed (baseline) | — | 1,288 ms | |
+| catch-up minus restart (per run, then median) | — | 1,749 ms | |
+| daemon RSS idle, with [fleet] minus without | +1.7 MB | +2.2 MB | ≤ +15 MB |
+| B's RSS after the (first) catch-up | 152.9 MB (110,200 blocks) | 72.0 MB (150,200 blocks) | |
+| A's RSS holding the same blocks, made locally (baseline) | — | 76.3 MB | |
 
 ("before" is the single run of docs/benchmarks-fleet.md at commit 51f2ac4, load 4.6-9.6.)
+Five earlier runs of nearly the same code (before the publishing order of batches and the
+reason cache of the receiver), at 12:51-12:56 with a load of 3.0-8.5, gave medians of
+783 ms for the 10,000 blocks (A's own request 321 ms, ratio 2.1) and 5,671 ms for the
+catch-up (restart 2,642 ms; catch-up minus restart 2,384 ms): the catch-up target held
+in two of those five runs (3.95 s, 3.99 s) and not in three (5.7-7.6 s); the load decides.
 
 What the numbers say:
 - A request of many blocks is now one message per 4,096 decisions (fleet/batch.py), applied
   on B as one block batch — the path of a bulk `aitherfwd block` — after judging each
   decision once (protected ranges, live admin sessions, local blocks, expiry). 10,000 blocks
-  reach B's kernel in 0.35-1.0 s (per-run medians), about twice A's own request: A's
-  request, then the same work on B. Inside the 2 s target in every run.
-- The catch-up of 100,000 decisions takes 4.0-7.6 s from B's restart (per-run medians), of
-  which B's restart alone is 2.0-3.3 s (it restores 50,000-350,000 blocks: B keeps every
+  reach B's kernel in 0.32-0.46 s (per-run medians), twice A's own request: A's request,
+  then the same work on B. Every run's median is inside the 2 s target, at either load
+  (one p90 of the loaded runs was 2.07 s).
+- The catch-up of 100,000 decisions takes 2.9-3.5 s from B's restart (per-run medians), of
+  which B's restart alone is 1.2-1.7 s (it restores 50,000-350,000 blocks: B keeps every
   round's blocks, so each round restarts a bigger daemon than the last; the 10.7 s before
-  were measured with ≈ 10,000). The applying itself is 1.3-5.3 s, about what a local
-  request of 100,000 blocks costs under the same load (docs/benchmarks-daemon.md: 1.9 s on
-  a quiet machine). Inside the 5 s target in two of the five runs (3.95 s, 3.99 s), over
-  it in three (5.7, 6.6, 7.6 s): the median of the five, 5.7 s, is over the target.
-  What remains is the block path and the restart, not the fleet: the messages are 25.
+  were measured with ≈ 10,000). Applying the 100,000 (25 messages) is 1.6-1.8 s, about what
+  a local request of 100,000 blocks costs (docs/benchmarks-daemon.md: 1.9 s on a quiet
+  machine): what remains is the block path and the restart, not the bus.
 - Memory. Where B's 150 MB went: (1) the message-id memory kept the last 50,000 ids, one
   string and one OrderedDict entry each: 11.3 MB (tracemalloc of that structure filled
   the same way), never given back; (2) most likely — inferred, not measured object by
   object — 100,000 nats-py message objects, `Delivery`s, parsed JSON objects and
   `Decision`s made in fetches of 2,000 and interleaved on the heap with long-lived
   objects, so their freed arenas could not be returned (RSS stayed at 150-165 MB after
-  `malloc_trim`). (In process, with the fakes, the Python heap kept after applying
-  100,000 fleet blocks is within 10 % of what a local 100,000-block request keeps; most of
-  both is the fake kernel's copies.) Now a batch is
-  one id and a handful of objects per 4,096 decisions, and the id memory is bounded two
-  ways: the highest stream sequence applied per consumer (a redelivery at or below it is a
-  duplicate) and the last 4,096 message ids (a message republished after JetStream's
-  duplicate window). B's RSS after taking its blocks from the fleet is that of A holding
-  the same blocks made by a local request (75 vs 75-76 MB at 150,200 blocks; 98-104 vs
-  108-111 MB at 350,200), and fleet mode still costs ≈ 2 MB idle.
+  `malloc_trim`). Now a batch is one id and a handful of objects per 4,096 decisions, and
+  the id memory is bounded two ways: the highest stream sequence applied per consumer (a
+  redelivery at or below it is a duplicate) and the last 4,096 message ids (a message
+  republished after JetStream's duplicate window). B's RSS after taking its blocks from the
+  fleet is at or below that of A holding the same blocks made by local requests (72 vs
+  76 MB at 150,200 blocks; 97 vs 110 MB at 350,200), and fleet mode costs ≈ 2 MB idle.
 - One block's latency is unchanged (a single block is still a single decision on its
-  address's subject); its p99 moves with the load (12-67 ms over the five runs).
+  address's subject).
 """
 
 
