@@ -21,6 +21,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
+from aitherfwd.fleet import batch as fb
 from aitherfwd.fleet import messages as m
 from aitherfwd.fleet.messages import BusError, Delivery
 from aitherfwd.fleet.settings import FleetSettings
@@ -31,6 +32,7 @@ DECISIONS_MAX_MSGS = 1_000_000  # one per (host, address): the fleet's live deci
 THREATS_MAX_AGE = 3600.0  # seconds a shared threat event stays in its stream
 ACK_WAIT = 30.0  # seconds before an unacknowledged delivery is sent again
 MAX_ACK_PENDING = 20_000
+HEADROOM = 1024  # bytes over the largest message we send (its headers: the message id)
 POLICY_KEY = "policy"
 POLICY_HISTORY = 10  # revisions of the policy the bucket keeps
 REQUEST_TIMEOUT = 5.0  # JetStream API requests and publish acknowledgements
@@ -131,6 +133,7 @@ class NatsBus:
                 storage=api.StorageType.FILE,
                 max_msgs_per_subject=1,
                 max_msgs=DECISIONS_MAX_MSGS,
+                max_msg_size=fb.MAX_BATCH_BYTES + HEADROOM,  # the server refuses larger
                 discard=api.DiscardPolicy.OLD,
                 num_replicas=s.replicas,
             )
@@ -142,6 +145,7 @@ class NatsBus:
                     subjects=[f"afw.{s.name}.t.>"],
                     storage=api.StorageType.FILE,
                     max_age=THREATS_MAX_AGE,
+                    max_msg_size=m.MAX_MESSAGE + HEADROOM,
                     discard=api.DiscardPolicy.OLD,
                     num_replicas=s.replicas,
                 )

@@ -79,3 +79,10 @@ def test_a_batch_caught_up_after_a_partition_skips_its_expired_blocks_and_stays_
         assert res.returncode == 0 and b"refused" not in res.stdout, res
     until(lambda: s.dropped("c", "10.77.4.3"), 10, "C applying the republished batch")
     until(lambda: fleet(c)["skipped"].get("duplicate") == 1, 10, "C skipping it the second time")
+    # as an attacker on the bus: b may not publish a batch under a's name, and the stream
+    # refuses a message over a batch's size (it never reaches a consumer's memory)
+    forged = fb.encode("a.00000000000000aa", "a", time.time(), [("10.77.4.4", None, "x")])
+    assert b"refused" in _put(s, "afw.lab.d.a.b.00000000000000aa", "b", forged).stdout
+    huge = b"x" * (fb.MAX_BATCH_BYTES + 4096)
+    assert b"refused" in _put(s, "afw.lab.d.b.b.00000000000000bb", "b", huge).stdout
+    assert fleet(c)["invalid"] == 0 and s.passes("c", "10.77.4.4")
