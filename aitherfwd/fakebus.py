@@ -52,7 +52,7 @@ class FakeJetStream:
         waiting = sorted(item for item in pool if item[0] > floor)
         out = []
         for i, (seq, data, subject) in enumerate(waiting[:batch]):
-            out.append(Delivery(data, len(waiting) - i - 1, self._acker(key, seq), subject))
+            out.append(Delivery(data, len(waiting) - i - 1, self._acker(key, seq), subject, seq))
         return out
 
     def _acker(self, key: tuple[str, str], seq: int) -> Callable[[], Awaitable[None]]:

@@ -2,11 +2,12 @@
 
 Owns: the connection (nats-py reconnects by itself once connected; a first connect that
 fails raises BusError and the fleet service tries again), the fleet's two streams — the
-decisions, one subject per (origin host, address) keeping only its last message, and the
-threat events, kept for an hour — created when missing, this host's two durable pull
-consumers, publishing with the stream's acknowledgement, fetching, and the policy's KV
-bucket (created when missing; one key). Every nats-py error
-becomes a BusError here.
+decisions (a subject per origin host and address, keeping only its last message, and a
+subject per batch of blocks: fleet/batch.py) and the threat events, kept for an hour —
+created when missing, this host's two durable pull consumers, publishing with the
+stream's acknowledgement, fetching (with each message's stream sequence and whether it is
+a redelivery), and the policy's KV bucket (created when missing; one key). Every nats-py
+error becomes a BusError here.
 
 nats-py is an optional dependency (the `fleet` extra): Debian does not package it. Without
 it, a `[fleet]` config fails at start with E-FLEET-NO-CLIENT saying what to install.
@@ -20,6 +21,7 @@ import ssl
 from collections.abc import Sequence
 from typing import Any
 
+from aitherfwd.fleet import batch as fb
 from aitherfwd.fleet import messages as m
 from aitherfwd.fleet.messages import BusError, Delivery
 from aitherfwd.fleet.settings import FleetSettings
@@ -30,6 +32,7 @@ DECISIONS_MAX_MSGS = 1_000_000  # one per (host, address): the fleet's live deci
 THREATS_MAX_AGE = 3600.0  # seconds a shared threat event stays in its stream
 ACK_WAIT = 30.0  # seconds before an unacknowledged delivery is sent again
 MAX_ACK_PENDING = 20_000
+HEADROOM = 1024  # bytes over the largest message we send (its headers: the message id)
 POLICY_KEY = "policy"
 POLICY_HISTORY = 10  # revisions of the policy the bucket keeps
 REQUEST_TIMEOUT = 5.0  # JetStream API requests and publish acknowledgements
@@ -130,6 +133,7 @@ class NatsBus:
                 storage=api.StorageType.FILE,
                 max_msgs_per_subject=1,
                 max_msgs=DECISIONS_MAX_MSGS,
+                max_msg_size=fb.MAX_BATCH_BYTES + HEADROOM,  # the server refuses larger
                 discard=api.DiscardPolicy.OLD,
                 num_replicas=s.replicas,
             )
@@ -141,6 +145,7 @@ class NatsBus:
                     subjects=[f"afw.{s.name}.t.>"],
                     storage=api.StorageType.FILE,
                     max_age=THREATS_MAX_AGE,
+                    max_msg_size=m.MAX_MESSAGE + HEADROOM,
                     discard=api.DiscardPolicy.OLD,
                     num_replicas=s.replicas,
                 )
@@ -227,7 +232,7 @@ class NatsBus:
             # set the consumer up again at the next connect (the server may have lost it)
             self._subs.pop(consumer, None)
             raise BusError(f"fetch failed: {type(exc).__name__}: {exc}") from exc
-        return [Delivery(msg.data, _pending(msg), msg.ack, msg.subject) for msg in msgs]
+        return [_delivery(msg) for msg in msgs]
 
     async def _bucket(self) -> Any:
         """The fleet's policy bucket, created when missing (a few revisions kept)."""
@@ -276,8 +281,11 @@ class NatsBus:
                 log.debug("fleet bus close failed error=%s", exc)
 
 
-def _pending(msg: Any) -> int:
+def _delivery(msg: Any) -> Delivery:
     try:
-        return int(msg.metadata.num_pending)
+        meta = msg.metadata
+        pending, seq = int(meta.num_pending), int(meta.sequence.stream)
+        again = int(meta.num_delivered) > 1
     except (AttributeError, TypeError, ValueError):
-        return 0
+        pending, seq, again = 0, 0, False
+    return Delivery(msg.data, pending, msg.ack, msg.subject, seq, again)

@@ -94,6 +94,18 @@ class BlockService:
         by an administrator are not checked: blocking a session is their explicit choice."""
         if not nets:
             return {}
+        guarded = await self.guarded()
+        out: dict[str, str] = {}
+        for net in nets if guarded else ():
+            for address, why in guarded:
+                if address.version == net.version and address in net:
+                    out[address_text(net)] = f"{address} {why}"
+                    break
+        return out
+
+    async def guarded(self) -> list[tuple[IPAddress, str]]:
+        """The addresses the anti-lockout keeps automatic blocks off, with why (empty
+        mostly: a caller with many targets asks this first and builds no networks)."""
         mono = self.clock.monotonic()
         if self._admin_ports and mono - self._admin_peers_at >= ADMIN_PEERS_TTL:
             self._admin_peers_at = mono
@@ -104,13 +116,7 @@ class BlockService:
                 log.warning("anti-lockout: conntrack unavailable error=%s", exc)
         guarded = [(a, "holds a live admin session") for a in sorted(self._admin_peers, key=str)]
         guarded += [(a, "is an egress resolver") for a in self._resolvers]
-        out: dict[str, str] = {}
-        for net in nets:
-            for address, why in guarded:
-                if address.version == net.version and address in net:
-                    out[address_text(net)] = f"{address} {why}"
-                    break
-        return out
+        return guarded
 
     def load(self, now: float) -> None:
         """Cold start: the store's live blocks, streamed into the compact table."""
@@ -128,8 +134,10 @@ class BlockService:
         source: str = "manual",
         actor: Actor | None = None,
         events: Events | None = None,
+        checked: bool = False,
     ) -> list[Block]:
-        """Store first (a failing disk is reported, not fatal), then one kernel transaction."""
+        """Store first (a failing disk is reported, not fatal), then one kernel transaction.
+        `checked`: the caller judged every key against the table just before (the fleet)."""
         now = self.clock.now()
         seen: set[str] = set()
         blocks = []
@@ -137,7 +145,8 @@ class BlockService:
         for spec in specs:
             if spec.key in seen:
                 continue
-            self.table.check(spec.key, now)  # BlockError: E-PROTECTED, E-BLOCK-OVERLAP
+            if not checked:
+                self.table.check(spec.key, now)  # BlockError: E-PROTECTED, E-BLOCK-OVERLAP
             expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
             seen.add(spec.key)
             blocks.append(Block(spec.key, expires, spec.reason, source, now))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import logging
 import secrets
@@ -25,29 +24,32 @@ from typing import Any, Protocol
 from aitherfwd.adapters import memory
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.outbox import Outbox, Row
-from aitherfwd.audit_records import FleetBus, FleetSkipped
+from aitherfwd.audit_records import FleetBus
 from aitherfwd.clock import Clock
-from aitherfwd.control.schema import BlockSpec, ThreatSpec
+from aitherfwd.control.schema import ThreatSpec
 from aitherfwd.daemon.blocking import BlockService
+from aitherfwd.daemon.fleet_inbound import FLEET, MAX_REASON, Inbound
 from aitherfwd.daemon.fleet_policy import FleetPolicy
 from aitherfwd.daemon.fleet_status import FleetCounters, FleetStatus
 from aitherfwd.daemon.ports import Bus
-from aitherfwd.dynamic.blocks import Block, BlockError
-from aitherfwd.errors import AitherError
+from aitherfwd.dynamic.blocks import Block
+from aitherfwd.fleet import batch as fb
 from aitherfwd.fleet import messages as m
 from aitherfwd.fleet.messages import BusError, Decision, Delivery, SharedThreat
 from aitherfwd.fleet.settings import FleetSettings
-from aitherfwd.policy.model import Severity
 from aitherfwd.stats import FleetValues
 
 log = logging.getLogger(__name__)
 
 SHARED_SOURCES = frozenset({"reputation", "detection"})  # automatic blocks go out by default
-FLEET = "fleet"  # the source of blocks applied from the fleet
-FETCH_BATCH, FETCH_WAIT = 2000, 1.0  # messages per fetch; seconds a fetch waits for them
-PUBLISH_BATCH = 512
+__all__ = ["FLEET", "FleetService"]
+# Messages per fetch: up to FETCH_MAX single decisions, but FETCH_MIN right after a fetch
+# that held a batch (up to 4,096 decisions and 256 KiB each) or at the start; doubled
+# while fetches come back full of single decisions. FETCH_WAIT: seconds a fetch waits.
+FETCH_MIN, FETCH_MAX, FETCH_WAIT = 8, 2000, 1.0
+PUBLISH_BATCH = 512  # outbox rows published at once (a row: a decision or a batch chunk)
 RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between connection attempts (doubling)
-MAX_REASON = 200
+TRIM_BYTES = 1_000_000  # of messages applied before the heap is trimmed (≈ 10,000 decisions)
 
 
 class ThreatSink(Protocol):
@@ -75,11 +77,11 @@ class FleetService:
         # ids: a random prefix per start and a counter, unique in the fleet and cheap
         prefix, counter = secrets.token_hex(8), itertools.count()
         self.new_id = new_id or (lambda: f"{prefix}{next(counter):08x}")
-        self.seen = m.Seen()
         self.c = FleetCounters()
+        self.inbound = Inbound(settings.host, clock, blocks, audit, self.c, threats)
         self._wake = asyncio.Event()
         self._was_up = False
-        self._since_trim = 0  # messages applied since the heap was last trimmed
+        self._since_trim = 0  # bytes of messages applied since the heap was last trimmed
         self.last_error = ""
         self.policy: FleetPolicy | None = None  # push (any host) and follow ("policy")
         before_block, before_unblock = blocks.on_blocked, blocks.on_unblocked
@@ -140,24 +142,22 @@ class FleetService:
             self.share_unblock(blk.key, now)
 
     def share_blocks(self, made: Sequence[Block], now: float) -> int:
-        """Queue blocks this host made for the fleet (an outbox row each)."""
-        rows = [
-            self._row(
-                Decision(
-                    self._id(),
-                    m.BLOCK,
-                    b.key,
-                    self.s.host,
-                    now,
-                    b.expires_at,
-                    b.reason[:MAX_REASON],
-                )
+        """Queue blocks this host made for the fleet: one block as a single decision on its
+        address's subject, more as a batch (one outbox row per chunk of up to 4,096)."""
+        if len(made) == 1:
+            b = made[0]
+            one = Decision(self._id(), m.BLOCK, b.key, self.s.host, now, b.expires_at, b.reason)
+            self.outbox.add([self._row(one)])
+        elif made:
+            items = [(b.key, b.expires_at, b.reason[:MAX_REASON]) for b in made]
+            self.outbox.add(
+                [
+                    (fb.batch_subject(self.s.name, self.s.host, msg_id), msg_id, data, n)
+                    for msg_id, data, n in fb.chunks(self.s.host, now, items, self._id)
+                ]
             )
-            for b in made
-        ]
-        self.outbox.add(rows)
         self._wake.set()
-        return len(rows)
+        return len(made)
 
     def share_unblock(self, key: str, now: float) -> None:
         self.outbox.add([self._row(Decision(self._id(), m.UNBLOCK, key, self.s.host, now))])
@@ -171,7 +171,7 @@ class FleetService:
             msg = SharedThreat(
                 self._id(), self.s.host, now, ev.type, str(ev.source), str(ev.severity)
             )
-            rows.append((m.threat_subject(self.s.name, self.s.host), msg.id, m.encode(msg)))
+            rows.append((m.threat_subject(self.s.name, self.s.host), msg.id, m.encode(msg), 1))
         self.outbox.add(rows)
         self._wake.set()
 
@@ -179,7 +179,8 @@ class FleetService:
         return f"{self.s.host}.{self.new_id()}"
 
     def _row(self, d: Decision) -> Row:
-        return (m.decision_subject(self.s.name, self.s.host, d.key), d.id, m.encode(d))
+        d = Decision(d.id, d.op, d.key, d.origin, d.at, d.expires_at, d.reason[:MAX_REASON])
+        return (m.decision_subject(self.s.name, self.s.host, d.key), d.id, m.encode(d), 1)
 
     # --- the loops ----------------------------------------------------------------------
 
@@ -236,165 +237,64 @@ class FleetService:
                 await asyncio.sleep(0.5)
 
     async def publish_some(self) -> int:
-        """Publish the oldest rows of the outbox (pipelined, at most one per subject so
-        that a retry cannot reorder them); remove what the bus acknowledged."""
-        batch: list[tuple[int, str, str, bytes]] = []
+        """Publish the oldest rows of the outbox, pipelined where a retry cannot reorder
+        them: single decisions at most one per subject (an address's block and unblock
+        keep their order), a batch alone — after every older row was acknowledged, and
+        before any newer one is sent — since it shares addresses with other subjects (a
+        later unblock must never land before the batch it lifts). Remove what the bus
+        acknowledged."""
+        batch: list[tuple[int, str, str, bytes, int]] = []
         subjects: set[str] = set()
         for row in self.outbox.oldest(PUBLISH_BATCH):
-            if row[1] in subjects:
+            alone = fb.is_batch_subject(row[1])
+            if row[1] in subjects or (alone and batch):
                 break
             subjects.add(row[1])
             batch.append(row)
+            if alone:
+                break
         try:
-            acked = await self.bus.publish([(subj, data, mid) for _, subj, mid, data in batch])
+            acked = await self.bus.publish([(subj, data, mid) for _, subj, mid, data, _ in batch])
         except BusError as exc:
             self.last_error = exc.message
             return 0
-        done = [row[0] for row, ok in zip(batch, acked, strict=True) if ok]
+        done = [(row[0], row[4]) for row, ok in zip(batch, acked, strict=True) if ok]
         self.outbox.remove(done)
-        self.c.published += len(done)
-        return len(done)
+        decisions = sum(n for _, n in done)
+        self.c.published += decisions
+        return decisions
 
     async def _consume(self, consumer: str) -> None:
+        size = FETCH_MIN
         while True:
             if not self.bus.connected:
                 await asyncio.sleep(0.2)
                 continue
             try:
-                got = await self.bus.fetch(consumer, FETCH_BATCH, FETCH_WAIT)
+                got = await self.bus.fetch(consumer, size, FETCH_WAIT)
             except BusError as exc:
                 self.last_error = exc.message
                 await asyncio.sleep(0.5)
                 continue
-            if got:
-                await self.apply(got)
-                self._since_trim += len(got)
-                if not got[-1].pending and self._since_trim >= memory.LARGE_BATCH:
-                    self._since_trim = 0  # a catch-up is over: its batches are garbage now
-                    memory.trim()
-
-    # --- the fleet's decisions in -------------------------------------------------------
-
-    async def apply(self, got: Sequence[Delivery]) -> None:
-        """Apply a batch of deliveries in their order (the last word per address wins),
-        then acknowledge them (the last one: acknowledgements are cumulative)."""
-        now = self.clock.now()
-        blocks: dict[str, Decision] = {}
-        unblocks: dict[str, Decision] = {}
-        threats: list[SharedThreat] = []
-        for d in got:
-            try:
-                msg = m.decode(d.data)
-                if d.subject and m.subject_host(d.subject) != msg.origin:
-                    raise m.BadMessage(f"origin {msg.origin} published under {d.subject}")
-            except m.BadMessage as exc:
-                self.c.invalid += 1
-                log.warning("fleet message dropped error=%s", exc)
+            if not got:
                 continue
-            why = m.first_look(msg, self.s.host, now, self.seen)
-            if why is not None:
-                self._skip(why)
-                continue
-            self.seen.add(msg.id)
-            self.c.last_at, self.c.last = now, f"{msg.origin} {m.describe(msg)}"
-            if isinstance(msg, SharedThreat):
-                threats.append(msg)
-            elif msg.op == m.BLOCK:
-                unblocks.pop(msg.key, None)
-                blocks[msg.key] = msg
-            else:
-                blocks.pop(msg.key, None)
-                unblocks[msg.key] = msg
-        try:
-            await self._apply_blocks(list(blocks.values()), now)
-            for msg in unblocks.values():
-                await self._apply_unblock(msg, now)
-            await self._apply_threats(threats)
-        finally:
-            self.c.lag = got[-1].pending
-            try:  # the consumers acknowledge cumulatively: the last one covers the batch
-                await got[-1].ack()
-            except Exception as exc:  # redelivered later, and applying is idempotent
-                log.debug("fleet ack failed error=%s", exc)
+            size = _next_size(size, got)
+            pending = got[-1].pending
+            self._since_trim += sum(len(d.data) for d in got)
+            await self.apply(got, consumer)
+            del got
+            if not pending and self._since_trim >= TRIM_BYTES:
+                self._since_trim = 0  # a catch-up or a bulk batch is over: garbage now
+                memory.trim()
 
-    def _skip(self, why: str, msg: Decision | None = None, detail: str = "") -> None:
-        self.c.skipped[why] = self.c.skipped.get(why, 0) + 1
-        if msg is not None:  # only the refusals a person wants to know about are audited
-            self.audit.write(
-                self.clock.now(),
-                FleetSkipped(
-                    source_ip=msg.key, origin=msg.origin, op=msg.op, why=why, detail=detail
-                ),
-            )
-
-    async def _apply_blocks(self, decisions: list[Decision], now: float) -> None:
-        table = self.blocks.table
-        guarded = await self.blocks.lockout([_network(d.key) for d in decisions])
-        specs = []
-        for d in decisions:
-            held = table.get(d.key, now)
-            if held is not None and held.source != FLEET:
-                self._skip("local", d, f"a {held.source} block of this host holds it")
-                continue
-            try:
-                table.check(d.key, now)
-            except BlockError as exc:
-                self._skip("protected", d, exc.message)
-                continue
-            if d.key in guarded:
-                self._skip("protected", d, guarded[d.key])
-                continue
-            reason = f"fleet {d.origin}: {d.reason}"[:MAX_REASON]
-            specs.append(BlockSpec(d.key, d.remaining(now), reason))
-        if not specs:
-            return
-        try:
-            made = await self.blocks.block(specs, source=FLEET)
-        except AitherError as exc:  # one bad prefix refuses the batch: go one by one
-            log.warning("fleet batch refused; applying one by one error=%s", exc)
-            made = []
-            for spec in specs:
-                try:
-                    made += await self.blocks.block([spec], source=FLEET)
-                except AitherError as one:
-                    self._skip("refused")
-                    log.warning("fleet block refused key=%s error=%s", spec.key, one)
-        self.c.applied += len(made)
-
-    async def _apply_unblock(self, d: Decision, now: float) -> None:
-        held = self.blocks.table.get(d.key, now)
-        if held is None:
-            self._skip("not_blocked")
-            return
-        if held.source != FLEET:
-            self._skip("local", d, f"a {held.source} block of this host holds it")
-            return
-        try:
-            await self.blocks.unblock(ipaddress.ip_network(d.key))
-        except AitherError as exc:
-            self._skip("refused")
-            log.warning("fleet unblock refused key=%s error=%s", d.key, exc)
-            return
-        self.c.applied += 1
-
-    async def _apply_threats(self, threats: list[SharedThreat]) -> None:
-        if not threats or self.threat_sink is None:
-            return
-        specs = [
-            ThreatSpec(
-                t.type,
-                ipaddress.ip_address(t.source_ip),
-                Severity(t.severity),
-                f"fleet {t.origin}",
-            )
-            for t in threats
-        ]
-        await self.threat_sink(specs, share=False)
-        self.c.applied += len(specs)
+    async def apply(self, got: Sequence[Delivery], consumer: str = "decisions") -> None:
+        """Apply a fetch of deliveries (daemon/fleet_inbound.py)."""
+        await self.inbound.apply(got, consumer)
 
 
-def _network(key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """The network of a canonical key; single IPv4 addresses without parsing text twice."""
-    if "/" in key or ":" in key:
-        return ipaddress.ip_network(key)
-    return ipaddress.IPv4Network((int(ipaddress.IPv4Address(key)), 32))
+def _next_size(size: int, got: Sequence[Delivery]) -> int:
+    """FETCH_MIN after a batch message (bounded memory per fetch), doubled up to
+    FETCH_MAX while fetches come back full of single decisions."""
+    if any(len(d.data) > m.MAX_MESSAGE for d in got):
+        return FETCH_MIN
+    return min(FETCH_MAX, size * 2) if len(got) >= size else size

@@ -4,8 +4,8 @@ Owns: `Decision` (a block or unblock made on one host: address or prefix, absolu
 reason, origin host, a unique id), `SharedThreat` (a threat event reported on one host),
 their JSON encoding and the strict decoding of what arrives (bounded size, every field
 typed and checked, the address canonical), the subjects and stream names of a fleet, the
-first judgement of an arriving message (`first_look`: own echo, duplicate, expired) and
-`Seen`, the bounded memory of message ids that makes applying idempotent. The rules that
+`Seen`, the bounded memory of message ids that helps make applying idempotent (batches:
+fleet/batch.py; judging what arrives: daemon/fleet_inbound.py). The rules that
 need this host's tables (protected ranges, live admin sessions, local blocks win) are the
 service's (aitherfwd/daemon/fleet.py). No I/O; time and ids are passed in.
 """
@@ -32,7 +32,7 @@ ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\.[0-9a-f]{8,64}$")
 HOST = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 SEVERITIES = ("low", "medium", "high", "critical")
-SEEN_IDS = 50_000  # message ids remembered (redeliveries come from the unacknowledged window)
+SEEN_IDS = 4096  # message ids remembered (the fleet service also keeps a stream sequence)
 
 
 class BadMessage(ValueError):
@@ -96,42 +96,56 @@ def decode(data: bytes) -> Decision | SharedThreat:
     """The message, or BadMessage saying what is wrong with it."""
     if len(data) > MAX_MESSAGE:
         raise BadMessage(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return from_body(parse(data))
+
+
+def parse(data: bytes) -> dict[str, Any]:
+    """The JSON object of a version-1 fleet message (any kind), or BadMessage."""
     try:
         body = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise BadMessage(f"not JSON: {exc}") from None
     if not isinstance(body, dict) or body.get("v") != VERSION:
         raise BadMessage("not a version-1 fleet message")
-    msg_id, origin = _match(body, "id", ID), _match(body, "origin", HOST)
+    return body
+
+
+def from_body(body: dict[str, Any]) -> Decision | SharedThreat:
+    """A single decision or threat event from its parsed JSON object."""
+    msg_id, origin = match(body, "id", ID), match(body, "origin", HOST)
     if not msg_id.startswith(origin + "."):
         raise BadMessage("the id does not name its origin")
-    at, op = _time(body, "at"), body.get("op")
+    at, op = unix_time(body, "at"), body.get("op")
     if op == "threat":
         severity = body.get("severity")
         if severity not in SEVERITIES:
             raise BadMessage("severity must be one of " + ", ".join(SEVERITIES))
-        source = _key(body, "source_ip")
+        source = key_of(body, "source_ip")
         if "/" in source:
             raise BadMessage("source_ip must be an address")
-        return SharedThreat(msg_id, origin, at, _match(body, "type", TYPE), source, str(severity))
+        return SharedThreat(msg_id, origin, at, match(body, "type", TYPE), source, str(severity))
     if op not in (BLOCK, UNBLOCK):
         raise BadMessage("op must be block, unblock or threat")
     expires = body.get("expires_at")
-    expires_at = None if expires is None else _time(body, "expires_at")
-    reason = body.get("reason", "")
+    expires_at = None if expires is None else unix_time(body, "expires_at")
+    reason = check_reason(body.get("reason", ""))
+    return Decision(msg_id, str(op), key_of(body, "key"), origin, at, expires_at, reason)
+
+
+def check_reason(reason: object) -> str:
     if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
         raise BadMessage(f"reason must be printable text of at most {MAX_REASON} characters")
-    return Decision(msg_id, str(op), _key(body, "key"), origin, at, expires_at, reason)
+    return reason
 
 
-def _match(body: dict[str, Any], field: str, pattern: re.Pattern[str]) -> str:
+def match(body: dict[str, Any], field: str, pattern: re.Pattern[str]) -> str:
     value = body.get(field)
     if not isinstance(value, str) or not pattern.match(value):
         raise BadMessage(f"{field} is missing or malformed")
     return value
 
 
-def _time(body: dict[str, Any], field: str) -> float:
+def unix_time(body: dict[str, Any], field: str) -> float:
     value = body.get(field)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise BadMessage(f"{field} must be a UNIX time")
@@ -140,8 +154,12 @@ def _time(body: dict[str, Any], field: str) -> float:
     return float(value)
 
 
-def _key(body: dict[str, Any], field: str) -> str:
-    value = body.get(field)
+def key_of(body: dict[str, Any], field: str) -> str:
+    return check_key(body.get(field), field)
+
+
+def check_key(value: object, field: str) -> str:
+    """A canonical address or prefix, or BadMessage naming `field`."""
     if not isinstance(value, str) or len(value) > 64:
         raise BadMessage(f"{field} must be an address or prefix")
     if canonical_v4(value) is not None:  # the common case, ~20x cheaper than ipaddress
@@ -217,18 +235,6 @@ class Seen:
             self._ids.popitem(last=False)
 
 
-def first_look(msg: Decision | SharedThreat, me: str, now: float, seen: Seen) -> str | None:
-    """Why an arriving message is skipped before any table is asked, or None to go on:
-    `own` (our own decision coming back: no echo), `duplicate` (applied already: a
-    redelivery), `expired` (a block whose expiry has passed: a catch-up skips it)."""
-    if msg.origin == me:
-        return "own"
-    if msg.id in seen:
-        return "duplicate"
-    expiry = msg.expires_at if isinstance(msg, Decision) and msg.op == BLOCK else None
-    return "expired" if expiry is not None and expiry <= now else None
-
-
 # --- what the bus hands over -----------------------------------------------------------------
 
 
@@ -242,9 +248,12 @@ class BusError(AitherError):
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One message from a durable consumer: `ack` after it has been applied or skipped;
-    `pending` is what the consumer still has to deliver after it (its lag)."""
+    `pending` is what the consumer still has to deliver after it (its lag); `seq` its
+    stream sequence (0: unknown) and `redelivered` whether it was delivered before."""
 
     data: bytes
     pending: int
     ack: Callable[[], Awaitable[None]]
     subject: str = ""  # where it was published: names the host allowed to publish there
+    seq: int = 0
+    redelivered: bool = False

@@ -78,7 +78,7 @@ class Fleet:
                     got = await f.bus.fetch(consumer, 1000, 0)
                     if got:
                         moved += 1
-                        await f.apply(got)
+                        await f.apply(got, consumer)
             if not moved:
                 return
 
@@ -320,18 +320,25 @@ def test_a_late_joiner_gets_the_live_blocks_only(tmp_path: Path) -> None:
     fleet_run(tmp_path, body)
 
 
-def test_the_outbox_is_bounded(tmp_path: Path) -> None:
+def test_the_outbox_is_bounded_in_decisions_dropping_the_oldest_messages(tmp_path: Path) -> None:
     async def body(f: Fleet) -> None:
         a = await f.add("a", POLICY_A)
         fa = Fleet.fleet(a)
         fa.outbox.bound = 100
         f.js.up = False
-        specs = [BlockSpec(f"203.0.113.{i}", 600, "x") for i in range(1, 151)]
-        await a.services.blocks.block(specs, source="reputation")
+        for start in (1, 51, 101):  # three batches of 50: the oldest goes
+            specs = [BlockSpec(f"203.0.113.{i}", 600, "x") for i in range(start, start + 50)]
+            await a.services.blocks.block(specs, source="reputation")
         assert fa.status().backlog == 100 and fa.status().backlog_dropped == 50
         f.js.up = True
         await f.pump()
-        assert fa.status().backlog == 0 and f.js.published == 100
+        assert fa.status().backlog == 0 and fa.status().published == 100
+        assert f.js.published == 2  # messages: a batch each
+        b = await f.add("b", POLICY_A)
+        await f.pump()
+        assert Fleet.fleet(b).status().applied == 100
+        assert b.services.blocks.table.get("203.0.113.1", b.clock.now()) is None
+        assert b.services.blocks.table.get("203.0.113.51", b.clock.now()) is not None
 
     fleet_run(tmp_path, body)
 

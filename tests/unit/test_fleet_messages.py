@@ -8,6 +8,7 @@ import json
 import pytest
 
 from aitherfwd.config import ConfigError, parse_config
+from aitherfwd.fleet import batch as fb
 from aitherfwd.fleet import messages as m
 
 NOW = 1_700_000_000.0
@@ -65,17 +66,15 @@ def test_oversized_deep_and_garbage_messages_are_refused() -> None:
             m.decode(data)
 
 
-def test_own_duplicate_and_expired_decisions_are_skipped_first() -> None:
+def test_the_memory_of_message_ids_is_bounded_and_expiry_is_absolute() -> None:
     seen = m.Seen(size=2)
     d = m.decode(json.dumps(_decision()).encode())
-    assert m.first_look(d, "web-1", NOW, seen) == "own"
-    assert m.first_look(d, "web-2", NOW, seen) is None
     seen.add(d.id)
-    assert m.first_look(d, "web-2", NOW, seen) == "duplicate"
+    assert d.id in seen
     seen.add("a.11111111")
     seen.add("a.22222222")  # the oldest id is forgotten: memory is bounded
     assert d.id not in seen
-    assert m.first_look(d, "web-2", NOW + 901, seen) == "expired"
+    assert not fb.expired(d, NOW + 899) and fb.expired(d, NOW + 900)
 
 
 def test_subjects_keep_one_decision_per_host_and_address() -> None:
