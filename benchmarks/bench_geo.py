@@ -363,31 +363,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 NOTES = """\
-What the numbers say (measured while six other engineers ran their test suites on the same
-2 cores, load average 11-15: absolute times move a lot; compare each row with its baseline
-of the same run):
+What the numbers say. Three runs on 2026-12-05 13:07-13:09 UTC at load 2.2-3.4 (two other
+engineers' work on the same 2 cores) met every target; earlier runs the same day at load
+5-15 did not (kept below, for what moves with load):
 - Load: the first fill (flush + every range, one transaction through the netlink element
-  writer, ranges encoded straight from their integers) took 0.26-0.42x the time of `nft -f`
-  of the same ranges into the same sets in three runs (target <= 1.5x). Reading the
-  database (a walk of its search tree, 306,000 networks) costs about as much again; the
-  daemon does it off the event loop.
-- A refresh that moves 1% of the IPv4 ranges (3,000 deleted, 3,000 added, over 200 sets)
-  took 0.31-0.54 s end to end in three runs, of which the kernel transaction is 0.13-0.14 s;
-  the rest is the delta walk over 300,000 ranges in Python. It is at the 0.5 s target
-  only on a quieter machine.
-- Single ban: with and without the database the p50 is the same within the noise (the
-  two daemons are sampled in turns, 50 bans at a time: 5.5 ms with, 7.0 ms without in the
-  last run; 3.0 vs 1.5 and 7.6 vs 7.4 in earlier runs that sampled them one after the
-  other). The ban goes by netlink into a hash set: no libnftables cache of the interval
-  sets is ever built. The 1 ms target itself was not reached under today's load (1.5 ms
-  was the best p50, without the database).
-- RSS: 14-22 MB over the idle daemon after loading, in three runs (target <= 60 MB): the
-  database is read into packed arrays, the kernel gets its elements from a lazy sequence,
-  only the blocked/used countries are kept, as flat arrays of range bounds.
-- New-connection rate with all 200 countries blocked: 0.75-1.04 of the rate without, in
-  four runs of 3-10 samples of 1,000 connections each (the spread of single samples is
-  2-5x): too noisy here to show the 95% target either way. The blocked countries are one
-  union set per family, so a new connection costs one interval-set lookup more.
+  writer, ranges encoded straight from their integers) takes 0.26-0.42x the time of `nft -f`
+  of the same ranges into the same sets (target <= 1.5x), at every load measured. Reading
+  the database (a walk of its search tree, 306,000 networks) costs about as much again;
+  the daemon does it off the event loop.
+- A refresh that moves 1% of the IPv4 ranges (3,000 deleted, 3,000 added, over 200 sets):
+  73 ms end to end at load 2-3, of which the kernel transaction is 50 ms. The delta walks
+  both sorted sequences but skips the stretches where they agree a slice at a time
+  (geo/ranges.py `delta`: 130 -> 55 ms of Python for this change); before that, 0.31-0.54 s
+  at load 5-15.
+- Single ban: 0.75-0.83 ms p50 with the database, 0.75-0.83 without, sampled in turns (target
+  <= 1 ms, the same as without). The ban goes by netlink into a hash set: no libnftables
+  cache of the interval sets is ever built, and since issue 15 a small element batch is
+  written from the event loop without a thread hand-off. At load 11-15 the p50 was 1.5-7 ms
+  for both alike.
+- RSS: 14-23 MB over the idle daemon after loading (target <= 60 MB): the database is read
+  into packed arrays, the kernel gets its elements from a lazy sequence, only the
+  blocked/used countries are kept, as flat arrays of range bounds.
+- New-connection rate with all 200 countries blocked: 1.00-1.05 of the rate without at load
+  2-3 (7 alternating samples of 1,000 connections each); 0.75-1.04 at load 11-15, where
+  single samples spread 2-5x. The blocked countries are one union set per family, checked
+  after the established accept, so a new connection costs one interval-set lookup more.
 """
 
 
