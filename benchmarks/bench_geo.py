@@ -363,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 NOTES = """\
-What the numbers say. Three runs on 2026-12-05 13:07-13:09 UTC at load 2.2-3.4 (two other
-engineers' work on the same 2 cores) met every target; earlier runs the same day at load
-5-15 did not (kept below, for what moves with load):
+What the numbers say. Three runs on 2026-12-05 (13:07 and 13:08 UTC at load 2.2-3.4, 13:46 at
+load 0.7-1.3) met every target; one at 13:09 while another engineer's benchmark ran (load
+3.3) did not (single ban p50 1.2-1.3 ms, connection rate ratio 0.68), nor did runs earlier
+that day at load 5-15 (kept below, for what moves with load):
 - Load: the first fill (flush + every range, one transaction through the netlink element
   writer, ranges encoded straight from their integers) takes 0.26-0.42x the time of `nft -f`
   of the same ranges into the same sets (target <= 1.5x), at every load measured. Reading
