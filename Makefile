@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.setup-stamp
 # Debian packages the project needs at run time and in its tests.
 DEB_PACKAGES := nftables libnftables1 conntrack iproute2 libsystemd-dev pkg-config gcc \
                 python3-dev python3-venv nmap hping3 ncat procps util-linux curl \
-                dnsmasq-base tzdata
+                dnsmasq-base tzdata python3-uvloop
 # Only the tests need these: promtool and a real Prometheus server (tests/kernel/test_metrics.py),
 # iptables-nft for Docker's own rules in the Docker-shaped lab (lab/containers.py), a real NATS
 # server with JetStream for the fleet (tests/kernel/test_fleet.py; Debian 12 ships 2.9,

@@ -5,13 +5,16 @@ evaluate (`aitherfwd.gateway.evaluate`) without HTTP.
 
 Owns: the policy (45 allowed tools with argument rules, 5 denied; a rate limit high enough
 never to bite), the load (the same Python clients for both servers, one process each), the
-rounds (alternating servers, medians of 3) and docs/benchmarks-gateway.md. Nothing here
+rounds (alternating servers, medians of 3) and the runs written to
+docs/benchmarks-gateway.md. Nothing here
 touches a firewall: both servers listen on loopback ports.
 
 The reference is not part of this repository. Give its source directory (main.go) with
 `--reference DIR`: it is built offline with Debian's Go (golang-go) and yaml.v3
 (golang-gopkg-yaml.v3-dev) in GOPATH mode. Without it only the gateway is measured.
-Run: `.venv/bin/python -m benchmarks.bench_gateway [--reference DIR] [--quick]`.
+Run: `.venv/bin/python -m benchmarks.bench_gateway [--reference DIR] [--quick] [--runs N]
+[--max-load L --wait S]` (N whole runs, each after waiting, bounded, for the 1-minute load
+average to drop below L; the report is `benchmarks.gateway_report`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +35,8 @@ from pathlib import Path
 from aitherfwd.gateway.evaluate import Call, evaluate
 from aitherfwd.gateway.parse import parse_tool_policy
 from aitherfwd.gateway.ratelimit import RateLimits
+from aitherfwd.gateway.serve import event_loop
+from benchmarks import gateway_report
 from lab.gateway import GatewayProc, free_port
 from lab.wait import until
 
@@ -124,21 +128,21 @@ async def app(scope, receive, send):
     headers = [(b"content-type", b"application/json"), (b"content-length", b"16")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b'{"allowed":true}'})
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="h11", loop="asyncio",
-            access_log=False, log_level="warning")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="h11", loop=sys.argv[2],
+            access_log=False, log_level="warning", proxy_headers=False)
 """
 
 
 class Floor:
-    """uvicorn (h11, asyncio, as the gateway runs it) answering a constant: what the
-    server stack costs before any Starlette, decision or audit line."""
+    """uvicorn (h11 and the event loop the gateway runs on, `serve.event_loop`) answering
+    a constant: what the server stack costs before any decision or audit line."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Floor:
-        self.proc = subprocess.Popen([sys.executable, "-c", FLOOR, str(self.port)])
+        self.proc = subprocess.Popen([sys.executable, "-c", FLOOR, str(self.port), event_loop()])
         until(lambda: _answers(self.port), 20, "the uvicorn floor to answer")
         return self
 
@@ -225,73 +229,59 @@ def rounds(
     }
 
 
-def report(results: dict[str, dict[str, float]], inproc: list[float], quick: bool) -> str:
-    lines = [
-        "# Benchmarks: the tool-call gateway",
-        "",
-        "`.venv/bin/python -m benchmarks.bench_gateway --reference DIR` "
-        f"({'--quick, ' if quick else ''}{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} at the end). "
-        "A 50-tool policy (45 allowed with argument rules, "
-        "5 denied); every call `tool.25` with one string parameter, allowed; both servers "
-        "write their audit line per decision. Clients: Python `http.client`, one kept-alive "
-        f"connection each; latency with one client, throughput with {CLIENTS} client processes "
-        "on the same 2 cores as the server. Medians of 3 alternating rounds. **Measured on a "
-        "shared machine with other engineers' test runs: absolute figures are noisy; the "
-        "ratio to the reference, measured in the same run, is what counts.**",
-        "",
-        "| server | p50 latency | p99 latency | decisions/s (8 clients) |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['p50']:.0f} µs | {r['p99']:.0f} µs | {r['rps']:,.0f} |")
-    if "reference (Go)" in results and "aitherfwd gateway" in results:
-        ours, ref = results["aitherfwd gateway"], results["reference (Go)"]
-        lines += [
-            "",
-            f"Ratios (gateway / reference): p50 {ours['p50'] / ref['p50']:.2f}x "
-            f"(target ≤ 3x), p99 {ours['p99'] / ref['p99']:.2f}x, throughput "
-            f"{ours['rps'] / ref['rps']:.2f}x (target ≥ 0.33x).",
-        ]
-    if "uvicorn floor (constant answer)" in results and "reference (Go)" in results:
-        floor, ref = results["uvicorn floor (constant answer)"], results["reference (Go)"]
-        lines += [
-            "",
-            f"The floor — uvicorn with h11 answering a constant, no Starlette, no decision, "
-            f"no audit — is already {floor['p50'] / ref['p50']:.2f}x the reference's p50 and "
-            f"{floor['rps'] / ref['rps']:.2f}x its throughput: the HTTP stack, not the "
-            "evaluation, is what separates the two.",
-        ]
-    lines += [
-        "",
-        f"In-process evaluate (no HTTP): p50 {_ms(inproc, 0.5):.1f} µs, "
-        f"p99 {_ms(inproc, 0.99):.1f} µs (target p50 ≤ 10 µs).",
-        "",
-    ]
-    return "\n".join(lines)
+def wait_for_load(below: float, seconds: float) -> float:
+    """Poll the 1-minute load average until it is below `below` or `seconds` passed
+    (bounded); the load it ends at."""
+    deadline = time.monotonic() + seconds
+    while os.getloadavg()[0] >= below and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def one_run(
+    reference: Path | None, count: int, seconds: float, rounds_n: int, *, below: float, wait: float
+) -> gateway_report.Run:
+    with tempfile.TemporaryDirectory(prefix="afw-bench-gw-") as d:
+        tmp = Path(d)
+        with contextlib.ExitStack() as stack:
+            ours = stack.enter_context(GatewayProc(tmp, policy_text()))
+            servers = {gateway_report.GATEWAY: ours.port}
+            servers[gateway_report.FLOOR] = stack.enter_context(Floor()).port
+            if reference is not None:
+                ref = stack.enter_context(Reference(reference, tmp))
+                servers[gateway_report.REFERENCE] = ref.port
+            before = wait_for_load(below, wait)
+            results = rounds(servers, count, seconds, rounds_n)
+            return gateway_report.Run(before, os.getloadavg()[0], results)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, help="the reference's source dir (main.go)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int, default=1, help="whole runs, one after the other")
+    parser.add_argument(
+        "--max-load",
+        type=float,
+        default=float("inf"),
+        help="before each run, wait (at most --wait s) for the 1-minute load below this",
+    )
+    parser.add_argument("--wait", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     count, seconds, n = (500, 1.0, 1) if args.quick else (3000, 3.0, 3)
-    with tempfile.TemporaryDirectory(prefix="afw-bench-gw-") as d:
-        tmp = Path(d)
-        with contextlib.ExitStack() as stack:
-            ours = stack.enter_context(GatewayProc(tmp, policy_text()))
-            servers = {"aitherfwd gateway": ours.port}
-            floor = stack.enter_context(Floor())
-            servers["uvicorn floor (constant answer)"] = floor.port
-            if args.reference is not None:
-                ref = stack.enter_context(Reference(args.reference.resolve(), tmp))
-                servers["reference (Go)"] = ref.port
-            results = rounds(servers, count, seconds, n)
-    text = report(results, in_process(20_000), args.quick)
+    reference = args.reference.resolve() if args.reference is not None else None
+    runs = []
+    for i in range(max(1, args.runs)):
+        runs.append(one_run(reference, count, seconds, n, below=args.max_load, wait=args.wait))
+        print(f"run {i + 1}: load {runs[-1].load_before:.1f} -> {runs[-1].load_after:.1f}: ")
+        print(json.dumps(runs[-1].results, indent=1))
+    inproc = in_process(20_000)
+    command = "python -m benchmarks.bench_gateway " + " ".join(sys.argv[1:])
+    text = gateway_report.report(runs, (_ms(inproc, 0.5), _ms(inproc, 0.99)), command, event_loop())
     print(text)
-    args.out.write_text(text)
+    previous = args.out.read_text() if args.out.exists() else ""
+    args.out.write_text(gateway_report.with_notes(text, previous))
 
 
 if __name__ == "__main__":

@@ -71,9 +71,13 @@ class AuditLog:
         return self._fd
 
     def write(self, now: float, record: AuditRecord) -> None:
+        if self.path is not None:
+            self.write_line(encode(now, record))
+
+    def write_line(self, line: bytes) -> None:
+        """Append one encoded line (`encode`'s bytes: one JSON object and a newline)."""
         if self.path is None:
             return
-        line = encode(now, record)
         try:
             if self._size + len(line) > self.max_bytes and self._size > 0:
                 self._rotate(self.path)

@@ -3,9 +3,10 @@
 Owns: seed 003's routes — `POST /v1/evaluate`, `GET /health`, `GET /v1/stats`,
 `POST /v1/reload` (bearer service token) — and ours: `POST /v1/evaluate/mcp` (an MCP
 `tools/call` JSON-RPC request as it is), `GET /metrics`. The two evaluate routes are plain ASGI
-endpoints (`gateway.hotpath`: bodies bounded, agents authenticated, 429 when rate limited);
-the rest are Starlette handlers. Errors are `{"error": {"code", "message"}}`. The decisions
-themselves are `Gateway`'s.
+endpoints (`gateway.hotpath`: bodies bounded, agents authenticated, 429 when rate limited)
+that a POST to their exact path reaches without passing through Starlette (`Evaluate`);
+everything else, and every other method on them, is Starlette's. Errors are
+`{"error": {"code", "message"}}`. The decisions themselves are `Gateway`'s.
 """
 
 from __future__ import annotations
@@ -33,11 +34,30 @@ def _bearer(request: Request) -> str | None:
     return auth[7:].strip() if auth[:7].lower() == "bearer " else None
 
 
+class Evaluate:
+    """`POST` to an evaluate path goes straight to its endpoint; the rest to Starlette.
+    Starlette's middleware stack and router cost more per call than the decision itself
+    (docs/benchmarks-gateway.md); its routes stay for the other methods (405)."""
+
+    def __init__(self, app: Starlette, routes: dict[str, hotpath.Endpoint]) -> None:
+        self.app, self.routes = app, routes
+
+    async def __call__(
+        self, scope: hotpath.Scope, receive: hotpath.Receive, send: hotpath.Send
+    ) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.routes.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_app(
     gateway: Gateway,
     on_startup: Sequence[Callable[[], Awaitable[object]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
-) -> Starlette:
+) -> Evaluate:
     registry = metrics.registry(gateway)
 
     evaluate, evaluate_mcp = hotpath.endpoints(gateway)
@@ -90,7 +110,7 @@ def build_app(
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/v1/evaluate", evaluate, methods=["POST"]),
@@ -101,6 +121,7 @@ def build_app(
         ],
         lifespan=_lifespan(on_startup, on_shutdown),
     )
+    return Evaluate(app, {"/v1/evaluate": evaluate, "/v1/evaluate/mcp": evaluate_mcp})
 
 
 def _lifespan(

@@ -26,6 +26,9 @@ Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 MAX_BODY = 64 * 1024
 _JSON = (b"content-type", b"application/json")
+ALLOWED: Any = {"allowed": True}  # never mutated: `respond` sends its bytes
+_ALLOWED_PAYLOAD = json.dumps(ALLOWED, separators=(",", ":")).encode()
+_ALLOWED_LENGTH = (b"content-length", str(len(_ALLOWED_PAYLOAD)).encode())
 
 
 class Refused(Exception):
@@ -73,6 +76,8 @@ async def read_json(scope: Scope, receive: Receive) -> Any:
 
 
 def answer(decision: Decision, extra: dict[str, Any] | None = None) -> tuple[int, Any, Headers]:
+    if decision.allowed and not decision.reason and decision.destination is None and not extra:
+        return 200, ALLOWED, []  # the common answer, encoded once
     body: dict[str, Any] = {"allowed": decision.allowed}
     if decision.reason:
         body["reason"] = decision.reason
@@ -91,8 +96,11 @@ def error_body(code: str, message: str, **more: Any) -> tuple[int, Any, Headers]
 
 
 async def respond(send: Send, status: int, body: Any, headers: Headers) -> None:
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    length = (b"content-length", str(len(payload)).encode())
+    if body is ALLOWED:
+        payload, length = _ALLOWED_PAYLOAD, _ALLOWED_LENGTH
+    else:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        length = (b"content-length", str(len(payload)).encode())
     await send(
         {"type": "http.response.start", "status": status, "headers": [_JSON, length, *headers]}
     )

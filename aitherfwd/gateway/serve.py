@@ -11,6 +11,7 @@ problem printed; at reload it is kept out and the running one stays.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import os
 import socket
@@ -49,6 +50,12 @@ def activated_socket() -> socket.socket | None:
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)  # not for children
     return socket.socket(fileno=SD_LISTEN_FDS_START)
+
+
+def event_loop() -> str:
+    """uvloop when it is installed (python3-uvloop, a Depends of the .deb): it cuts the
+    server's share of every call (docs/benchmarks-gateway.md); else asyncio's own loop."""
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
 def build(cfg: GatewayConfig) -> Gateway:
@@ -105,19 +112,26 @@ def run(cfg: GatewayConfig) -> int:
         host=host,
         port=port,
         lifespan="on",
-        # explicit: Debian's python3-httptools (0.1) is too old for this uvicorn, and the
-        # event loop we test is asyncio's
+        # explicit: Debian's python3-httptools (0.1) is too old for this uvicorn
         http="h11",
-        loop="asyncio",
+        loop=event_loop(),
         # bounds against a flood of idle or slow local connections: beyond, 503
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         access_log=False,
         server_header=False,
         log_config=None,
+        # uvicorn 0.17 (Debian's) wraps the app in its per-message trace logger when the
+        # level of `uvicorn.error` is NOTSET, which it is without log_config: say the level
+        log_level=logging.getLogger().getEffectiveLevel(),
+        # no X-Forwarded-For rewriting: callers are local, nothing behind a proxy, and a
+        # caller must not choose the client address it is seen with
+        proxy_headers=False,
     )
     where = activated.getsockname() if activated is not None else cfg.bind
-    log.info("gateway listening on=%s activated=%s", where, activated is not None)
+    log.info(
+        "gateway listening on=%s activated=%s loop=%s", where, activated is not None, config.loop
+    )
     gc.freeze()  # the policy and the modules: never scanned again by the collector
     uvicorn.Server(config).run(sockets=[activated] if activated is not None else None)
     return 0

@@ -107,6 +107,17 @@ def test_an_oversized_chunked_body_is_cut_off(seed_gw: GatewayProc) -> None:
     assert answer.status_code == 413
 
 
+def test_only_a_post_to_an_evaluate_path_skips_the_router(seed_gw: GatewayProc) -> None:
+    body = {"tool": "shell.exec", "params": {}}
+    assert httpx.get(f"{seed_gw.url}/v1/evaluate").status_code == 405
+    assert httpx.put(f"{seed_gw.url}/v1/evaluate/mcp", json=body).status_code == 405
+    assert httpx.post(f"{seed_gw.url}/v1/evaluate/", json=body).status_code in {307, 404}
+    assert httpx.post(f"{seed_gw.url}/v1/Evaluate", json=body).status_code == 404
+    assert httpx.post(f"{seed_gw.url}/health").status_code == 405
+    answer = httpx.post(f"{seed_gw.url}/v1/evaluate?x=1", json=body)
+    assert answer.json() == {"allowed": False, "reason": "tool is explicitly denied"}
+
+
 def test_reload_refuses_a_wrong_or_missing_token(seed_gw: GatewayProc) -> None:
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic s3cret-token"}):
         answer = httpx.post(f"{seed_gw.url}/v1/reload", headers=headers)
