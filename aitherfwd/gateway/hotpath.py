@@ -128,7 +128,7 @@ def endpoints(gateway: Gateway) -> tuple[Endpoint, Endpoint]:
     """(`/v1/evaluate`, `/v1/evaluate/mcp`)."""
 
     def agent(scope: Scope) -> str:
-        name = gateway.agent_for(bearer(scope))
+        name = gateway.agent_for(bearer(scope) if gateway.requires_agent_token else None)
         if name is None:
             raise Refused("E-GW-UNAUTHORIZED", "a valid agent token is required (Bearer)")
         return name
