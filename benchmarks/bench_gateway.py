@@ -277,7 +277,9 @@ def main() -> None:
         print(f"run {i + 1}: load {runs[-1].load_before:.1f} -> {runs[-1].load_after:.1f}: ")
         print(json.dumps(runs[-1].results, indent=1))
     inproc = in_process(20_000)
-    command = "python -m benchmarks.bench_gateway " + " ".join(sys.argv[1:])
+    path = os.environ.get("PYTHONPATH")  # e.g. Debian's packages unpacked (the .deb's stack)
+    command = (f"PYTHONPATH={path} " if path else "") + ".venv/bin/python -m "
+    command += "benchmarks.bench_gateway " + " ".join(sys.argv[1:])
     text = gateway_report.report(runs, (_ms(inproc, 0.5), _ms(inproc, 0.99)), command, event_loop())
     print(text)
     previous = args.out.read_text() if args.out.exists() else ""
