@@ -5,6 +5,7 @@ through real clients: seed 003's curl examples byte for byte, then httpx as an a
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -116,6 +117,19 @@ def test_only_a_post_to_an_evaluate_path_skips_the_router(seed_gw: GatewayProc) 
     assert httpx.post(f"{seed_gw.url}/health").status_code == 405
     answer = httpx.post(f"{seed_gw.url}/v1/evaluate?x=1", json=body)
     assert answer.json() == {"allowed": False, "reason": "tool is explicitly denied"}
+
+
+def test_oversized_headers_and_a_garbage_request_line_get_400(seed_gw: GatewayProc) -> None:
+    def raw(request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", seed_gw.port), timeout=10) as s:
+            s.sendall(request)
+            return s.recv(4096)
+
+    big = b"x-filler: " + b"a" * (17 * 1024) + b"\r\n"
+    request = b"POST /v1/evaluate HTTP/1.1\r\nhost: x\r\n" + big + b"content-length: 2\r\n\r\n{}"
+    assert raw(request).startswith(b"HTTP/1.1 400")
+    assert raw(b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert httpx.get(f"{seed_gw.url}/health").status_code == 200
 
 
 def test_reload_refuses_a_wrong_or_missing_token(seed_gw: GatewayProc) -> None:
