@@ -24,7 +24,7 @@ from aitherfwd.adapters.audit_queue import QueuedAudit
 from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
 from aitherfwd.errors import PolicyError
-from aitherfwd.gateway.app import build_app
+from aitherfwd.gateway.app import Evaluate, build_app
 from aitherfwd.gateway.config import GatewayConfig, parse_bind
 from aitherfwd.gateway.files import load_tool_policy, read_agent_tokens, read_token, realpath
 from aitherfwd.gateway.grants import DaemonGrants
@@ -56,6 +56,30 @@ def event_loop() -> str:
     """uvloop when it is installed (python3-uvloop, a Depends of the .deb): it cuts the
     server's share of every call (docs/benchmarks-gateway.md); else asyncio's own loop."""
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def server_config(app: Evaluate, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        # explicit: Debian's python3-httptools (0.1) is too old for this uvicorn
+        http="h11",
+        loop=event_loop(),
+        # bounds against a flood of idle or slow local connections: beyond, 503
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        access_log=False,
+        server_header=False,
+        log_config=None,
+        # uvicorn 0.17 (Debian's) wraps the app in its per-message trace logger when the
+        # level of `uvicorn.error` is NOTSET, which it is without log_config: say the level
+        log_level=logging.getLogger().getEffectiveLevel(),
+        # no X-Forwarded-For rewriting: callers are local, nothing behind a proxy, and a
+        # caller must not choose the client address it is seen with
+        proxy_headers=False,
+    )
 
 
 def build(cfg: GatewayConfig) -> Gateway:
@@ -107,27 +131,7 @@ def run(cfg: GatewayConfig) -> int:
 
     app = build_app(gateway, on_startup=[start_watch], on_shutdown=[stop_watch, close_audit])
     activated = activated_socket()
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="on",
-        # explicit: Debian's python3-httptools (0.1) is too old for this uvicorn
-        http="h11",
-        loop=event_loop(),
-        # bounds against a flood of idle or slow local connections: beyond, 503
-        limit_concurrency=MAX_CONNECTIONS,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        access_log=False,
-        server_header=False,
-        log_config=None,
-        # uvicorn 0.17 (Debian's) wraps the app in its per-message trace logger when the
-        # level of `uvicorn.error` is NOTSET, which it is without log_config: say the level
-        log_level=logging.getLogger().getEffectiveLevel(),
-        # no X-Forwarded-For rewriting: callers are local, nothing behind a proxy, and a
-        # caller must not choose the client address it is seen with
-        proxy_headers=False,
-    )
+    config = server_config(app, host, port)
     where = activated.getsockname() if activated is not None else cfg.bind
     log.info(
         "gateway listening on=%s activated=%s loop=%s", where, activated is not None, config.loop
