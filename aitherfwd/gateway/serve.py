@@ -19,12 +19,12 @@ from pathlib import Path
 
 import uvicorn
 
-from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.audit_queue import QueuedAudit
 from aitherfwd.adapters.watch import PolicyWatcher
 from aitherfwd.clock import SystemClock
 from aitherfwd.errors import PolicyError
 from aitherfwd.gateway.app import Evaluate, build_app
+from aitherfwd.gateway.auditline import DecisionAudit
 from aitherfwd.gateway.config import GatewayConfig, parse_bind
 from aitherfwd.gateway.files import load_tool_policy, read_agent_tokens, read_token, realpath
 from aitherfwd.gateway.grants import DaemonGrants
@@ -94,7 +94,7 @@ def build(cfg: GatewayConfig) -> Gateway:
         result.policy,
         load=lambda: load_tool_policy(cfg.policy),
         clock=SystemClock(),
-        audit=QueuedAudit(AuditLog(cfg.audit_log)),  # written off the event loop
+        audit=QueuedAudit(DecisionAudit(cfg.audit_log)),  # written off the event loop
         resolve=realpath,
         grants=DaemonGrants(cfg.aitherfwd_socket),
         agent_tokens=tokens,
