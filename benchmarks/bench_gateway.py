@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from aitherfwd.gateway.evaluate import Call, evaluate
@@ -211,18 +212,45 @@ def _ms(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e6
 
 
-def measure(port: int, count: int, seconds: float) -> dict[str, float]:
-    lat = latency(port, count)
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` on `cpus` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+@contextlib.contextmanager
+def placed(pid: int | None) -> Iterator[None]:
+    """The latency client on CPU 0 and the server's threads on CPU 1, the same for every
+    server: where the scheduler puts the two otherwise moves a p50 by up to 2x between
+    runs (docs/benchmarks-gateway.md). Throughput is measured unpinned."""
+    everything = set(range(os.cpu_count() or 1))
+    if pid is None or len(everything) < 2:
+        yield
+        return
+    _pin(pid, {1})
+    os.sched_setaffinity(0, {0})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everything)
+        _pin(pid, everything)
+
+
+def measure(port: int, pid: int | None, count: int, seconds: float) -> dict[str, float]:
+    with placed(pid):
+        lat = latency(port, count)
     return {"p50": _ms(lat, 0.5), "p99": _ms(lat, 0.99), "rps": throughput(port, seconds)}
 
 
-def rounds(
-    servers: dict[str, int], count: int, seconds: float, n: int
-) -> dict[str, dict[str, float]]:
+Servers = dict[str, tuple[int, int | None]]  # name -> (port, pid when the latency is pinned)
+
+
+def rounds(servers: Servers, count: int, seconds: float, n: int) -> dict[str, dict[str, float]]:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
     for _ in range(n):
-        for name, port in servers.items():  # alternating, so drift hits both alike
-            runs[name].append(measure(port, count, seconds))
+        for name, (port, pid) in servers.items():  # alternating, so drift hits both alike
+            runs[name].append(measure(port, pid, count, seconds))
     return {
         name: {k: statistics.median(r[k] for r in rs) for k in ("p50", "p99", "rps")}
         for name, rs in runs.items()
@@ -238,18 +266,30 @@ def wait_for_load(below: float, seconds: float) -> float:
     return os.getloadavg()[0]
 
 
+def _pid(proc: subprocess.Popen[bytes] | None, pin: bool) -> int | None:
+    return proc.pid if proc is not None and pin else None
+
+
 def one_run(
-    reference: Path | None, count: int, seconds: float, rounds_n: int, *, below: float, wait: float
+    reference: Path | None,
+    count: int,
+    seconds: float,
+    rounds_n: int,
+    *,
+    below: float,
+    wait: float,
+    pin: bool,
 ) -> gateway_report.Run:
     with tempfile.TemporaryDirectory(prefix="afw-bench-gw-") as d:
         tmp = Path(d)
         with contextlib.ExitStack() as stack:
             ours = stack.enter_context(GatewayProc(tmp, policy_text()))
-            servers = {gateway_report.GATEWAY: ours.port}
-            servers[gateway_report.FLOOR] = stack.enter_context(Floor()).port
+            servers: Servers = {gateway_report.GATEWAY: (ours.port, _pid(ours.proc, pin))}
+            floor = stack.enter_context(Floor())
+            servers[gateway_report.FLOOR] = (floor.port, _pid(floor.proc, pin))
             if reference is not None:
                 ref = stack.enter_context(Reference(reference, tmp))
-                servers[gateway_report.REFERENCE] = ref.port
+                servers[gateway_report.REFERENCE] = (ref.port, _pid(ref.proc, pin))
             before = wait_for_load(below, wait)
             results = rounds(servers, count, seconds, rounds_n)
             return gateway_report.Run(before, os.getloadavg()[0], results)
@@ -267,20 +307,29 @@ def main() -> None:
         help="before each run, wait (at most --wait s) for the 1-minute load below this",
     )
     parser.add_argument("--wait", type=float, default=300.0)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="latency: the client on CPU 0, the server measured on CPU 1 (see `placed`)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     count, seconds, n = (500, 1.0, 1) if args.quick else (3000, 3.0, 3)
     reference = args.reference.resolve() if args.reference is not None else None
     runs = []
     for i in range(max(1, args.runs)):
-        runs.append(one_run(reference, count, seconds, n, below=args.max_load, wait=args.wait))
+        runs.append(
+            one_run(reference, count, seconds, n, below=args.max_load, wait=args.wait, pin=args.pin)
+        )
         print(f"run {i + 1}: load {runs[-1].load_before:.1f} -> {runs[-1].load_after:.1f}: ")
         print(json.dumps(runs[-1].results, indent=1))
     inproc = in_process(20_000)
     path = os.environ.get("PYTHONPATH")  # e.g. Debian's packages unpacked (the .deb's stack)
     command = (f"PYTHONPATH={path} " if path else "") + ".venv/bin/python -m "
     command += "benchmarks.bench_gateway " + " ".join(sys.argv[1:])
-    text = gateway_report.report(runs, (_ms(inproc, 0.5), _ms(inproc, 0.99)), command, event_loop())
+    text = gateway_report.report(
+        runs, (_ms(inproc, 0.5), _ms(inproc, 0.99)), command, event_loop(), pinned=args.pin
+    )
     print(text)
     previous = args.out.read_text() if args.out.exists() else ""
     args.out.write_text(gateway_report.with_notes(text, previous))

@@ -58,7 +58,9 @@ def _ratios(runs: Sequence[Run], name: str, key: str) -> tuple[float, float, flo
     return statistics.median(values), min(values), max(values)
 
 
-def report(runs: Sequence[Run], inproc: tuple[float, float], command: str, loop: str) -> str:
+def report(
+    runs: Sequence[Run], inproc: tuple[float, float], command: str, loop: str, *, pinned: bool
+) -> str:
     now = datetime.now(UTC)
     lines = [
         "# Benchmarks: the tool-call gateway",
@@ -75,7 +77,13 @@ def report(runs: Sequence[Run], inproc: tuple[float, float], command: str, loop:
         "`tool.25` with one string parameter, allowed; both servers write their audit line "
         "per decision. Clients: Python `http.client`, one kept-alive connection each; latency "
         "with one client, throughput with 8 client processes on the same 2 cores as the "
-        "servers.",
+        "servers."
+        + (
+            " Latency pinned (`--pin`): the client on CPU 0 and the server measured on CPU 1, "
+            "every server alike; throughput unpinned."
+            if pinned
+            else ""
+        ),
         "",
     ]
     has_ref = all(REFERENCE in r.results for r in runs)
