@@ -1,12 +1,12 @@
-"""The daemon's own configuration (TOML) and who may do what (layer L1, pure).
+"""The daemon's own configuration (TOML) (layer L1, pure).
 
 Owns: `DaemonConfig` with defaults; validating the TOML text like the policy — every
 problem reported at once, each located and coded (`aitherfwd.toml:7:1: error[E-CONFIG-RANGE]
 daemon.drift_check_interval: 0 is out of range 0.1-3600 seconds`): types, ranges, unknown
-keys (with did-you-mean), user and group names; and `Authorizer`, which maps a peer's
-uid/gid/groups to roles. tomllib keeps no positions, so `_KeyLines` finds each key's line
-in the text. User and group names are resolved through functions the caller passes in
-(the daemon passes pwd/grp). Must not import adapters or do I/O.
+keys (with did-you-mean), user and group names, the `[roles]` members (the roles
+themselves and `Authorizer` are aitherfwd/roles.py). tomllib keeps no positions, so
+`_KeyLines` finds each key's line in the text. User and group names are resolved through
+functions the caller passes in (the daemon passes pwd/grp). Must not import adapters or do I/O.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from aitherfwd.durations import parse_duration
 from aitherfwd.errors import AitherError, ExitCode
 from aitherfwd.fleet.settings import FleetSettings, check_fleet
 from aitherfwd.policy.diagnostics import Diagnostic, Pos, Reporter, did_you_mean, report_lines
-
-ROLES = ("read", "report", "sandbox", "admin")
+from aitherfwd.roles import ROLES, RoleMembers
 
 Resolver = Callable[[str], int]  # name -> id; raises KeyError when unknown
 
@@ -56,13 +55,6 @@ class ConfigError(AitherError):
         return cls.of(
             [_diagnostic("E-CONFIG-FILE", "", f"cannot read: {reason}", Pos(filename, 1, 1))]
         )
-
-
-@dataclass(frozen=True, slots=True)
-class RoleMembers:
-    uids: frozenset[int] = frozenset()
-    gids: frozenset[int] = frozenset()
-    max_ttl: int | None = None  # sandbox role: the longest grant its members may ask for
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,20 +382,3 @@ def _kind(value: Any) -> str:
     kinds = ((str, "a string"), (int, "an integer"), (float, "a float"), (dict, "a table"))
     other = "an array" if isinstance(value, list) else f"a {type(value).__name__}"
     return next((name for kind, name in kinds if isinstance(value, kind)), other)
-
-
-class Authorizer:
-    """Roles of a peer: root is always admin; admin implies every other role."""
-
-    def __init__(self, roles: dict[str, RoleMembers]) -> None:
-        self.roles = roles
-
-    def roles_of(self, uid: int, gid: int, groups: tuple[int, ...]) -> set[str]:
-        if uid == 0:
-            return set(ROLES)
-        gids = {gid, *groups}
-        have = {name for name, m in self.roles.items() if uid in m.uids or gids & m.gids}
-        return set(ROLES) if "admin" in have else have
-
-    def allows(self, role: str, uid: int, gid: int, groups: tuple[int, ...]) -> bool:
-        return role in self.roles_of(uid, gid, groups)

@@ -28,9 +28,9 @@ from aitherfwd.reconcile import Observed
 Json = dict[str, Any]
 
 if TYPE_CHECKING:
-    from aitherfwd.config import Authorizer
     from aitherfwd.daemon.services import Services
     from aitherfwd.fleet.settings import FleetSettings
+    from aitherfwd.roles import Authorizer
 
 __all__ = [
     "FailingWrites",

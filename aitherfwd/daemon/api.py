@@ -25,7 +25,6 @@ from aitherfwd import codes
 from aitherfwd.adapters.control_budget import Admission
 from aitherfwd.adapters.control_server import HttpRequest, HttpResponse, Peer
 from aitherfwd.audit_records import AccessDenied, RequestRejected
-from aitherfwd.config import Authorizer
 from aitherfwd.control import schema
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.daemon import fleet_api, sandbox_api, views
@@ -34,6 +33,7 @@ from aitherfwd.daemon.rejections import Rejections, Sink
 from aitherfwd.daemon.services import Services
 from aitherfwd.daemon.watch import WatchHub
 from aitherfwd.errors import AitherError, ApplyError, RequestError
+from aitherfwd.roles import Authorizer
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Services, HttpRequest], Awaitable[Any]]

@@ -28,7 +28,6 @@ from aitherfwd.audit_records import (
     SandboxRevoked,
 )
 from aitherfwd.clock import Clock
-from aitherfwd.config import Authorizer
 from aitherfwd.control.sandbox import GrantSpec
 from aitherfwd.daemon.domains import DomainSync
 from aitherfwd.daemon.ports import AuditSink, Kernel
@@ -41,6 +40,7 @@ from aitherfwd.egress.sandbox import Grant, GrantError, check_ports, key_of, ref
 from aitherfwd.errors import ApplyError, RequestError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, PortRange
+from aitherfwd.roles import Authorizer
 
 log = logging.getLogger(__name__)
 Actor = dict[str, Any]

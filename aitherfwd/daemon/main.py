@@ -43,7 +43,8 @@ from aitherfwd.adapters.store import Store
 from aitherfwd.adapters.watch import PolicyWatcher, stat_fingerprint
 from aitherfwd.audit_records import DaemonStopped
 from aitherfwd.clock import SystemClock
-from aitherfwd.config import Authorizer, ConfigError, DaemonConfig, parse_config
+from aitherfwd.config import ConfigError, DaemonConfig, parse_config
+from aitherfwd.daemon import loops
 from aitherfwd.daemon.api import Api
 from aitherfwd.daemon.egress import FIRST_ROUND_TIMEOUT
 from aitherfwd.daemon.ports import Kernel
@@ -51,6 +52,7 @@ from aitherfwd.daemon.services import Ports, Services, wire
 from aitherfwd.daemon.telemetry import Telemetry
 from aitherfwd.errors import AitherError, PolicyError
 from aitherfwd.policy.model import Settings
+from aitherfwd.roles import Authorizer
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +224,18 @@ class Supervisor:
         geo_watch.start()
         self.spawn("geo-sets", s.geo.run())
         self._signals()
-        self.spawn("housekeeping", _housekeeping(s, cfg.drift_check_interval))
+        self.spawn("housekeeping", loops.housekeeping(s, cfg.drift_check_interval))
         self.spawn("egress-dns", s.egress.run())
         self.spawn("detection", s.detection.run())
         if s.journal is not None:
             self.spawn("journal", s.journal.run())
         self.spawn("conntrack-cuts", s.blocks.run_cuts())
-        self.spawn("audit-rejections", _flush_rejections(api, s))
+        self.spawn("audit-rejections", loops.flush_audit(api, s))
         if s.fleet is not None:
             self.spawn("fleet", s.fleet.run())
         interval = sd.watchdog_interval()
         if interval:
-            self.spawn("watchdog", _watchdog(s, interval))
+            self.spawn("watchdog", loops.watchdog(s, interval))
         log.info(
             "aitherfwd ready generation=%d socket=%s pid=%d", gen.number, cfg.socket, os.getpid()
         )
@@ -357,50 +359,6 @@ def _includes(s: Services) -> list[Path]:
 
 
 _DEFAULT_SETTINGS = Settings()
-FULL_CHECK_EVERY = 60.0  # seconds: a listing-based check even when the generation says "ours"
-
-
-async def _housekeeping(s: Services, interval: float) -> None:
-    """Expire blocks the kernel has expired, then check for drift (cheap unless someone
-    else changed nftables). A refused repair is logged and tried again next turn; any
-    other failure ends the daemon (supervision)."""
-    loop = asyncio.get_running_loop()
-    last_full = loop.time()
-    while True:
-        await asyncio.sleep(interval)
-        now = loop.time()
-        full = now - last_full >= FULL_CHECK_EVERY
-        last_full = now if full else last_full
-        s.blocks.expire()
-        store = s.ports.store
-        while store.pending and store.flush_pending():  # room again: catch up part by part,
-            await asyncio.sleep(0)  # letting requests in between
-        try:
-            await s.generations.check_drift(full=full)
-            await s.generations.follow_time_zones()
-        except AitherError as exc:
-            log.error("drift check failed code=%s error=%s", exc.code, exc.message)
-
-
-async def _flush_rejections(api: Api, s: Services) -> None:
-    """Write the per-peer counts of refused requests and the summaries of folded automated
-    records whose interval is over."""
-    while True:
-        await asyncio.sleep(1.0)
-        api.rejections.flush(s.ports.clock.now())
-        if s.audit_budget is not None:
-            s.audit_budget.flush(s.ports.clock.now())
-
-
-async def _watchdog(s: Services, interval: float) -> None:
-    """WATCHDOG=1 only while the event loop turns AND the kernel writer is alive and
-    making progress: a stalled loop or a stuck writer gets the daemon restarted."""
-    while True:
-        if s.writer.healthy():
-            s.ports.systemd.watchdog()
-        else:
-            log.error("kernel writer stalled or dead; withholding the watchdog ping")
-        await asyncio.sleep(interval)
 
 
 def main(cfg: DaemonConfig) -> int:

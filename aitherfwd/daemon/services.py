@@ -18,7 +18,6 @@ from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.outbox import Outbox
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
-from aitherfwd.config import Authorizer
 from aitherfwd.daemon.audit_budget import AuditBudget
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.detection import Detection
@@ -33,6 +32,7 @@ from aitherfwd.daemon.queries import Queries
 from aitherfwd.daemon.reputation import ReputationService
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.fleet.settings import FleetSettings
+from aitherfwd.roles import Authorizer
 from aitherfwd.stats import Stats
 
 DEFAULT_RESYNC_INTERVAL = 30.0

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from aitherfwd.adapters.control_client import ControlClient
 from aitherfwd.adapters.control_server import ControlServer
-from aitherfwd.config import Authorizer, RoleMembers
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.daemon.api import Api
+from aitherfwd.roles import Authorizer, RoleMembers
 from aitherfwd.testing import FakeDaemon, fake_daemon
 
 T = TypeVar("T")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aitherfwd.config import Authorizer, ConfigError, parse_config
+from aitherfwd.config import ConfigError, parse_config
+from aitherfwd.roles import Authorizer
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = {"alice": 1000, "proxy": 1001}

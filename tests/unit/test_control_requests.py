@@ -15,13 +15,14 @@ import pytest
 
 from aitherfwd.adapters.control_server import HttpRequest, Peer
 from aitherfwd.audit_records import AuditRecord, RequestRejected
-from aitherfwd.config import Authorizer, ConfigError, RoleMembers, parse_config
+from aitherfwd.config import ConfigError, parse_config
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.control.sandbox import parse_grant
 from aitherfwd.control.schema import decode, parse_block, parse_network
 from aitherfwd.daemon.api import Api
 from aitherfwd.daemon.rejections import Rejections
 from aitherfwd.errors import RequestError
+from aitherfwd.roles import Authorizer, RoleMembers
 from aitherfwd.testing import FakeDaemon, fake_daemon
 
 POLICY = """\

@@ -12,11 +12,11 @@ from typing import Any
 from aitherfwd.adapters.audit import encode
 from aitherfwd.adapters.control_server import HttpRequest, Peer
 from aitherfwd.audit_check import validate_line
-from aitherfwd.config import Authorizer
 from aitherfwd.daemon.api import Api
 from aitherfwd.decisions import Sampler, from_denial
 from aitherfwd.dynamic.detect import Denial
 from aitherfwd.policy.parse import parse_policy
+from aitherfwd.roles import Authorizer
 from aitherfwd.testing import fake_daemon
 
 POLICY = """\

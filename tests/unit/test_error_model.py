@@ -16,7 +16,6 @@ from aitherfwd import cli_client
 from aitherfwd.adapters.control_server import HttpRequest, Peer
 from aitherfwd.audit_records import AuditRecord, as_json
 from aitherfwd.cli import main
-from aitherfwd.config import Authorizer
 from aitherfwd.control.schema import parse_blocks
 from aitherfwd.daemon import api as routes
 from aitherfwd.daemon.services import Services
@@ -31,6 +30,7 @@ from aitherfwd.errors import (
     RequestError,
 )
 from aitherfwd.policy.diagnostics import Diagnostic, Pos, Severity, render_fields
+from aitherfwd.roles import Authorizer
 
 DIAG = Diagnostic(
     Severity.ERROR,

@@ -20,6 +20,7 @@ L1 = {
     "dynamic",
     "control",
     "config",
+    "roles",
     "durations",
     "stats",
     "evalindex",

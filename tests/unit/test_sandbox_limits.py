@@ -15,11 +15,12 @@ from typing import TypeVar
 import pytest
 
 from aitherfwd.codes import http_status
-from aitherfwd.config import Authorizer, parse_config
+from aitherfwd.config import parse_config
 from aitherfwd.control.sandbox import GrantSpec
 from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.egress import Caller
 from aitherfwd.errors import AitherError
+from aitherfwd.roles import Authorizer
 from aitherfwd.testing import FakeDaemon, fake_daemon
 
 T = TypeVar("T")

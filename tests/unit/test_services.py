@@ -298,8 +298,8 @@ ROLE_UIDS = {"read": 1001, "sandbox": 1002, "report": 1003, "admin": 1004, "none
 
 
 def _api(fake: FakeDaemon) -> Any:
-    from aitherfwd.config import Authorizer, RoleMembers  # noqa: PLC0415
     from aitherfwd.daemon.api import Api  # noqa: PLC0415
+    from aitherfwd.roles import Authorizer, RoleMembers  # noqa: PLC0415
 
     roles = {
         r: RoleMembers(uids=frozenset({uid}), gids=frozenset())

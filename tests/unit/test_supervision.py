@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from aitherfwd.adapters.control_client import ControlClient
-from aitherfwd.config import DaemonConfig, RoleMembers
+from aitherfwd.config import DaemonConfig
 from aitherfwd.daemon import main as daemon_main
 from aitherfwd.errors import AitherError
+from aitherfwd.roles import RoleMembers
 from aitherfwd.testing import FakeKernel, fake_daemon
 
 POLICY = """\
