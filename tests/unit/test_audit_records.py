@@ -44,7 +44,16 @@ OLD_ACTIONS = {
     "store_recovered": "recover",
 }
 
+
 # (record, the event and keyword fields the daemon passed to `write` before this schema)
+def _sample(
+    cls: type[ar.AuditRecord], event: str, fields: dict[str, object], **defaults: object
+) -> tuple[ar.AuditRecord, str, dict[str, object]]:
+    """A record made of `fields`, and the fields its line holds (with the record's own
+    defaults after them)."""
+    return cls(**fields), event, {**fields, **defaults}
+
+
 SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
     (
         ar.DaemonStarted(generation=1, policy_sha256="ab" * 32, adopted=True, blocks=3),
@@ -201,25 +210,8 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "count": 1,
         },
     ),
-    (
-        ar.DecisionDenied(
-            **{
-                "verdict": "deny",
-                "rule_name": "x",
-                "zone": "external",
-                "source_ip": "10.77.0.2",
-                "dest_service": "Secrets",
-                "reason": "r",
-                "latency_us": None,
-                "source_port": 40000,
-                "dest_ip": "10.77.1.1",
-                "dest_port": 8111,
-                "protocol": "tcp",
-                "direction": "inbound",
-                "kind": "denied",
-                "origin": "kernel",
-            }
-        ),
+    _sample(
+        ar.DecisionDenied,
         "decision",
         {
             "verdict": "deny",
@@ -238,25 +230,8 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "origin": "kernel",
         },
     ),
-    (
-        ar.DecisionAllowed(
-            **{
-                "verdict": "allow",
-                "rule_name": None,
-                "zone": None,
-                "source_ip": "10.77.0.2",
-                "dest_service": None,
-                "reason": "r",
-                "latency_us": 3.5,
-                "source_port": None,
-                "dest_ip": "10.77.1.1",
-                "dest_port": 53,
-                "protocol": "udp",
-                "direction": "outbound",
-                "kind": "evaluate",
-                "origin": "evaluate",
-            }
-        ),
+    _sample(
+        ar.DecisionAllowed,
         "decision",
         {
             "verdict": "allow",
@@ -343,24 +318,8 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
         "sandbox_expired",
         {"destination": "10.77.1.2", "scope": "tcp"},
     ),
-    (
-        ar.ToolDecisionAllowed(
-            **{
-                "verdict": "allow",
-                "rule_name": "web.fetch",
-                "source_ip": "127.0.0.1",
-                "dest_service": "web.fetch",
-                "reason": "tool allowed by allow entry 'web.fetch'",
-                "latency_us": 41.5,
-                "tool": "web.fetch",
-                "params": {"url": "https://example.org/"},
-                "allowed": True,
-                "agent": "alice",
-                "reason_class": "allowed",
-                "destination": "example.org:443",
-                "origin": "gateway",
-            }
-        ),
+    _sample(
+        ar.ToolDecisionAllowed,
         "decision",
         {
             "verdict": "allow",
@@ -376,27 +335,11 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "reason_class": "allowed",
             "destination": "example.org:443",
             "origin": "gateway",
-            "count": 1,
         },
+        count=1,
     ),
-    (
-        ar.ToolDecisionDenied(
-            **{
-                "verdict": "deny",
-                "rule_name": "shell.exec",
-                "source_ip": None,
-                "dest_service": "shell.exec",
-                "reason": "tool is explicitly denied",
-                "latency_us": 41.5,
-                "tool": "shell.exec",
-                "params": {"cmd": "rm -rf /"},
-                "allowed": False,
-                "agent": "anonymous",
-                "reason_class": "denied_tool",
-                "destination": "",
-                "origin": "gateway",
-            }
-        ),
+    _sample(
+        ar.ToolDecisionDenied,
         "decision",
         {
             "verdict": "deny",
@@ -412,31 +355,11 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "reason_class": "denied_tool",
             "destination": "",
             "origin": "gateway",
-            "count": 1,
         },
+        count=1,
     ),
-    (
-        ar.HttpDecisionDenied(
-            **{
-                "verdict": "deny",
-                "rule_name": "no_private_outside",
-                "zone": "external",
-                "source_ip": "198.51.100.7",
-                "dest_service": None,
-                "reason": "rule 'no_private_outside' denies",
-                "latency_us": 12.5,
-                "dest_ip": "10.77.0.1",
-                "dest_port": 8000,
-                "method": "GET",
-                "path": "/private",
-                "status": 403,
-                "request_id": "0123456789abcdef",
-                "peer_ip": "10.77.0.2",
-                "kind": "http",
-                "origin": "middleware",
-                "count": 1,
-            }
-        ),
+    _sample(
+        ar.HttpDecisionDenied,
         "decision",
         {
             "verdict": "deny",
@@ -458,28 +381,8 @@ SAMPLES: list[tuple[ar.AuditRecord, str, dict[str, object]]] = [
             "count": 1,
         },
     ),
-    (
-        ar.HttpDecisionAllowed(
-            **{
-                "verdict": "allow",
-                "rule_name": "web",
-                "zone": "internal",
-                "source_ip": "10.1.2.3",
-                "dest_service": None,
-                "reason": "rule 'web' allows",
-                "latency_us": 12.5,
-                "dest_ip": "10.77.0.1",
-                "dest_port": 8000,
-                "method": "PATCH",
-                "path": "/",
-                "status": None,
-                "request_id": None,
-                "peer_ip": "10.1.2.3",
-                "kind": "http",
-                "origin": "middleware",
-                "count": 3,
-            }
-        ),
+    _sample(
+        ar.HttpDecisionAllowed,
         "decision",
         {
             "verdict": "allow",
