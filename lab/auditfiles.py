@@ -18,6 +18,34 @@ from pathlib import Path
 from aitherfwd.audit_check import validate_line
 from lab import daemon
 
+# The fields of a decision line that are the same from run to run (no time, no port the
+# client's kernel chose): what a test of an exact line compares.
+DECISION_STABLE = (
+    "event",
+    "action",
+    "verdict",
+    "rule_name",
+    "zone",
+    "source_ip",
+    "dest_service",
+    "reason",
+    "latency_us",
+    "dest_ip",
+    "dest_port",
+    "protocol",
+    "direction",
+    "kind",
+    "origin",
+    "class_uid",
+    "category_uid",
+    "activity_id",
+    "type_uid",
+    "severity_id",
+    "action_id",
+    "disposition",
+    "disposition_id",
+    "connection_info",
+)
 REGISTERED: list[Path] = []
 _read: dict[Path, int] = {}  # file -> bytes already checked
 

@@ -178,6 +178,14 @@ class DaemonProc:
                 raise AssertionError(f"audit line off its schema: {line}: {problems}")
         return lines
 
+    def decisions(self, **match: Any) -> list[dict[str, Any]]:
+        """The `decision` lines so far whose fields equal `match` (`rule_name="web"`)."""
+        return [
+            e
+            for e in self.audit_events()
+            if e["event"] == "decision" and all(e.get(k) == v for k, v in match.items())
+        ]
+
     def rss_mb(self) -> float:
         """Resident memory of the daemon process, in MiB (0 when it is not running)."""
         if self.proc is None:

@@ -10,11 +10,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lab import netns
+from lab.auditfiles import DECISION_STABLE
 from lab.daemon import DaemonProc
 from lab.network import Lab
 from lab.wait import until
@@ -41,32 +41,6 @@ rules:
   - {{name: web, dest_ports: [443], protocol: tcp, action: allow}}
   - {{name: no_secrets, dest_services: [Secrets], action: deny}}
 """
-STABLE = (
-    "event",
-    "action",
-    "verdict",
-    "rule_name",
-    "zone",
-    "source_ip",
-    "dest_service",
-    "reason",
-    "latency_us",
-    "dest_ip",
-    "dest_port",
-    "protocol",
-    "direction",
-    "kind",
-    "origin",
-    "class_uid",
-    "category_uid",
-    "activity_id",
-    "type_uid",
-    "severity_id",
-    "action_id",
-    "disposition",
-    "disposition_id",
-    "connection_info",
-)
 
 
 @pytest.fixture
@@ -80,23 +54,15 @@ def setup(tmp_path: Path) -> Iterator[tuple[Lab, DaemonProc]]:
             d.cleanup()
 
 
-def _decisions(d: DaemonProc, **match: Any) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in d.audit_events()
-        if e["event"] == "decision" and all(e.get(k) == v for k, v in match.items())
-    ]
-
-
 def test_a_denied_probe_writes_exactly_the_expected_ocsf_decision_line(
     setup: tuple[Lab, DaemonProc],
 ) -> None:
     lab, d = setup
     (c,) = lab.clients
     assert lab.tcp(c, c.server_v4, 8111, timeout=0.5) == "timeout"
-    until(lambda: _decisions(d, rule_name="no_secrets"), 5, "the denial's decision line")
-    (line,) = _decisions(d, rule_name="no_secrets")
-    assert {k: line[k] for k in STABLE} == {
+    until(lambda: d.decisions(rule_name="no_secrets"), 5, "the denial's decision line")
+    (line,) = d.decisions(rule_name="no_secrets")
+    assert {k: line[k] for k in DECISION_STABLE} == {
         "event": "decision",
         "action": "denied",
         "verdict": "deny",
@@ -128,22 +94,22 @@ def test_a_denied_probe_writes_exactly_the_expected_ocsf_decision_line(
     # an allowed connection under log_allowed, and a default drop (no rule)
     assert lab.tcp(c, c.server_v4, 443) == "ok"
     assert lab.tcp(c, c.server_v6, 9999, timeout=0.5) == "timeout"
-    until(lambda: _decisions(d, rule_name="web"), 5, "the allowed connection's line")
-    until(lambda: _decisions(d, dest_port=9999), 5, "the default drop's line")
-    (allowed,) = _decisions(d, rule_name="web")
+    until(lambda: d.decisions(rule_name="web"), 5, "the allowed connection's line")
+    until(lambda: d.decisions(dest_port=9999), 5, "the default drop's line")
+    (allowed,) = d.decisions(rule_name="web")
     assert (allowed["action"], allowed["verdict"], allowed["disposition"]) == (
         "allowed",
         "allow",
         "Allowed",
     )
-    (default,) = _decisions(d, dest_port=9999)
+    (default,) = d.decisions(dest_port=9999)
     assert default["rule_name"] is None and default["source_ip"] == c.v6
     assert default["reason"] == "no rule matched; default policy deny"
 
     # what evaluate answers for the same probe, recorded on request, agrees with the kernel
     res = d.cli("evaluate", "--source", c.v4, "--port", "8111", "--audit")
     assert res.returncode == 0 and res.stdout.startswith("deny  rule=no_secrets"), res
-    (asked,) = _decisions(d, origin="evaluate")
+    (asked,) = d.decisions(origin="evaluate")
     same = ("verdict", "rule_name", "zone", "source_ip", "dest_service", "reason")
     assert {k: asked[k] for k in same} == {k: line[k] for k in same}
     assert asked["latency_us"] > 0 and asked["kind"] == "evaluate"
@@ -158,11 +124,11 @@ def test_a_flood_against_one_rule_stays_within_its_sample_rate(
     assert set(results) == {"timeout"}
     reports = lambda: d.ok("GET", "/v1/status")["detection"]["denials"]  # noqa: E731
     until(lambda: reports() >= 300, 10, "the kernel's 300 reports")
-    lines = _decisions(d, rule_name="no_secrets")
+    lines = d.decisions(rule_name="no_secrets")
     # 300 denials in about 3 s: the bucket's burst, then RATE a second
     assert RATE <= len(lines) <= RATE * 6, len(lines)
     assert lab.tcp(c, c.server_v4, 443) == "ok"  # another rule's decisions still get in
-    until(lambda: _decisions(d, rule_name="web"), 5, "the other rule's line")
+    until(lambda: d.decisions(rule_name="web"), 5, "the other rule's line")
 
 
 CONNECT = r"""
@@ -190,8 +156,8 @@ def test_egress_default_deny_without_an_egress_section_drops_outbound_as_evaluat
     # nothing listens on the client: unfiltered, the connect would be refused at once
     out = lab.exec(lab.server, [sys.executable, "-c", CONNECT, c.v4, "80"]).stdout.strip()
     assert out == "timeout"
-    until(lambda: _decisions(d, direction="outbound", dest_ip=c.v4), 5, "the outbound decision")
-    (line,) = _decisions(d, direction="outbound", dest_ip=c.v4)[:1]
+    until(lambda: d.decisions(direction="outbound", dest_ip=c.v4), 5, "the outbound decision")
+    (line,) = d.decisions(direction="outbound", dest_ip=c.v4)[:1]
     assert line["verdict"] == "deny" and line["connection_info"]["direction_id"] == 2
     # replies to inbound connections still leave (established)
     assert lab.tcp(c, c.server_v4, 443) == "ok"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from aitherfwd.adapters.nft import Nft
+from lab.auditfiles import DECISION_STABLE
 from lab.containers import ContainerNs, DockerHost
 from lab.daemon import DaemonProc
 from lab.netns import inside
@@ -48,32 +48,6 @@ rules:
 """
 )
 SCAN_PORTS = range(8082, 8090)  # eight published ports, all to the web container's port 80
-STABLE = (
-    "event",
-    "action",
-    "verdict",
-    "rule_name",
-    "zone",
-    "source_ip",
-    "dest_service",
-    "reason",
-    "latency_us",
-    "dest_ip",
-    "dest_port",
-    "protocol",
-    "direction",
-    "kind",
-    "origin",
-    "class_uid",
-    "category_uid",
-    "activity_id",
-    "type_uid",
-    "severity_id",
-    "action_id",
-    "disposition",
-    "disposition_id",
-    "connection_info",
-)
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +81,6 @@ def daemon(docker: DockerHost, tmp_path: Path) -> Iterator[DaemonProc]:
         d.cleanup()
 
 
-def _decisions(d: DaemonProc, **match: Any) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in d.audit_events()
-        if e["event"] == "decision" and all(e.get(k) == v for k, v in match.items())
-    ]
-
-
 def _web(docker: DockerHost) -> ContainerNs:
     return docker.containers[0]
 
@@ -124,9 +90,9 @@ def test_a_denied_published_port_writes_exactly_the_expected_ocsf_decision_line(
 ) -> None:
     c, web = docker.lab.clients[0], _web(docker)
     assert docker.tcp(c.ns, c.server_v4, 8111, timeout=0.5) == "timeout"
-    until(lambda: _decisions(daemon, rule_name="no_secrets"), 5, "the denial's decision line")
-    (line,) = _decisions(daemon, rule_name="no_secrets")
-    assert {k: line[k] for k in STABLE} == {
+    until(lambda: daemon.decisions(rule_name="no_secrets"), 5, "the denial's decision line")
+    (line,) = daemon.decisions(rule_name="no_secrets")
+    assert {k: line[k] for k in DECISION_STABLE} == {
         "event": "decision",
         "action": "denied",
         "verdict": "deny",
@@ -158,16 +124,16 @@ def test_a_denied_published_port_writes_exactly_the_expected_ocsf_decision_line(
     # a default drop (v6) and an allowed connection: the published ports, not port 80
     assert docker.tcp(c.ns, c.server_v6, 8443, timeout=0.5) == "timeout"
     assert docker.tcp(c.ns, c.server_v4, 8080) == "ok"
-    until(lambda: _decisions(daemon, dest_port=8443), 5, "the default drop's line")
-    until(lambda: _decisions(daemon, rule_name="web"), 5, "the allowed connection's line")
-    (default,) = _decisions(daemon, dest_port=8443)
+    until(lambda: daemon.decisions(dest_port=8443), 5, "the default drop's line")
+    until(lambda: daemon.decisions(rule_name="web"), 5, "the allowed connection's line")
+    (default,) = daemon.decisions(dest_port=8443)
     assert (default["rule_name"], default["source_ip"], default["dest_ip"]) == (None, c.v6, web.v6)
     assert default["reason"] == "no rule matched; default policy deny"
     assert default["direction"] == "forward"
-    (allowed,) = _decisions(daemon, rule_name="web")
+    (allowed,) = daemon.decisions(rule_name="web")
     assert (allowed["verdict"], allowed["dest_port"], allowed["dest_ip"]) == ("allow", 8080, web.v4)
     assert allowed["direction"] == "forward"
-    assert not _decisions(daemon, dest_port=80)
+    assert not daemon.decisions(dest_port=80)
     # the connection the daemon logged kept working: the container answered on port 80
     assert docker.tcp(c.ns, c.server_v4, 8080) == "ok"
 
@@ -275,8 +241,8 @@ def test_a_containers_refused_egress_is_a_forward_decision_line(
     try:
         web, outside = _web(docker), docker.lab.clients[2]
         assert docker.tcp(web.ns, outside.v4, 7000, timeout=0.5) == "timeout"
-        until(lambda: _decisions(d, kind="egress"), 5, "the refusal's decision line")
-        (line, *_) = _decisions(d, kind="egress")
+        until(lambda: d.decisions(kind="egress"), 5, "the refusal's decision line")
+        (line, *_) = d.decisions(kind="egress")
         assert {k: line[k] for k in ("verdict", "zone", "source_ip", "dest_ip", "dest_port")} == {
             "verdict": "deny",
             "zone": None,
