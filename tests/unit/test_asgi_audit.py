@@ -172,7 +172,7 @@ def _flood(url: str, count: int, source: str, workdir: Path) -> list[int]:
     config = workdir / "flood.curl"
     config.write_text(f'url = "{url}/private"\noutput = "/dev/null"\n' * count)
     out = subprocess.run(
-        ["curl", "-s", "--parallel", "--parallel-max", "16", "-K", str(config),
+        ["curl", "-s", "--noproxy", "*", "--parallel", "--parallel-max", "16", "-K", str(config),
          "-H", f"X-Forwarded-For: {source}", "-w", "%{http_code}\\n"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
