@@ -145,16 +145,16 @@ class BlockService:
         for spec in specs:
             if spec.key in seen:
                 continue
-            if not checked:
-                self.table.check(spec.key, now)  # BlockError: E-PROTECTED, E-BLOCK-OVERLAP
             expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
             seen.add(spec.key)
             blocks.append(Block(spec.key, expires, spec.reason, source, now))
-        check_batch(seen)
-        previous = {blk.key: self.table.get(blk.key, now) for blk in blocks}
-        replaced = [k for k, p in previous.items() if p is not None]
-        self.store.save_blocks(blocks, replaced=replaced, events=events)
-        commands = self.table.put(blocks, now)
+        texts = [blk.key for blk in blocks]
+        # BlockError: E-PROTECTED, E-BLOCK-OVERLAP; nothing has changed yet
+        keys = self.table.checked_keys(texts, now, check=not checked)
+        check_batch(texts)
+        previous = self.table.held(keys, texts, now)
+        self.store.save_blocks(blocks, replaced=list(previous), events=events)
+        commands = self.table.put(blocks, now, keys)
         try:
             await self.writer.elements(commands)
         except ApplyError:
@@ -182,16 +182,15 @@ class BlockService:
         self.on_blocked(blocks, now)
         return blocks
 
-    def _revert(self, blocks: list[Block], previous: dict[str, Block | None]) -> None:
+    def _revert(self, blocks: list[Block], previous: dict[str, Block]) -> None:
         now = self.clock.now()
         for blk in blocks:
             self.table.remove(blk.key, now)
-        self.table.load(p for p in previous.values() if p is not None)
-        self.store.end_blocks((k for k, p in previous.items() if p is None), now, "kernel refused")
-        self.store.save_blocks(
-            [p for p in previous.values() if p is not None],
-            replaced=[k for k, p in previous.items() if p is not None],
+        self.table.load(previous.values())
+        self.store.end_blocks(
+            (b.key for b in blocks if b.key not in previous), now, "kernel refused"
         )
+        self.store.save_blocks(list(previous.values()), replaced=list(previous))
 
     async def unblock(self, network: IPNetwork, actor: Actor | None = None) -> Block:
         now = self.clock.now()

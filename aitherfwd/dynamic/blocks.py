@@ -24,6 +24,7 @@ bytes (IPv6 ≈ 105), down from ≈ 210 (a `Block` dataclass per block, its key 
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Container, Iterable, Iterator, Sequence
@@ -53,6 +54,7 @@ from aitherfwd.dynamic.blockrecords import (
     text_of,
     unpack,
 )
+from aitherfwd.dynamic.packedelements import PackedElements
 from aitherfwd.dynamic.spans import DisjointSpans
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork
@@ -104,6 +106,14 @@ class BlockTable:
         self._protected_ranges = [
             (n.version, int(n.network_address), int(n.broadcast_address)) for n in nets
         ]
+        merged: list[list[int]] = []  # the IPv4 ones merged, for `checked_keys`' bisect
+        for _, lo, hi in sorted(r for r in self._protected_ranges if r[0] == 4):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self._v4_starts = [lo for lo, _ in merged]
+        self._v4_ends = [hi for _, hi in merged]
 
     def __len__(self) -> int:
         return len(self._singles) + len(self._prefixes)
@@ -258,43 +268,114 @@ class BlockTable:
 
     # --- changes ---------------------------------------------------------------------------
 
-    def put(self, blocks: Iterable[Block], now: float) -> list[Any]:
+    def put(
+        self, blocks: Iterable[Block], now: float, keys: Sequence[Key | None] | None = None
+    ) -> list[Any]:
         """Record blocks; return the kernel commands (one transaction, one command per set
-        and step — a batch of 100,000 elements is a handful of commands) that make them so."""
+        and step — a batch of 100,000 elements is a handful of commands) that make them so.
+        `keys`: the blocks' table keys when the caller has them (`checked_keys`). A single
+        address the table does not hold (a bulk request's common case) is adopted in a
+        pass of its own (`_adopt`); single addresses go out packed (`PackedElements`)."""
         touch: dict[str, list[Any]] = {}  # re-blocks: add (no-op if present), then delete...
-        adds: dict[str, list[Any]] = {}  # ...then everything added with its timeout
+        adds: dict[str, Any] = {}  # ...then everything added with its timeout
+        packed = {"block_v4": PackedElements(4), "block_v6": PackedElements(6)}
         batches: dict[tuple[float | None, str, str, float], Batch] = {}
+        fresh: dict[Batch, list[int]] = {}
         timeouts: dict[float | None, int | None] = {}  # one int per distinct expiry
         blocks = list(blocks)
         # the keys first, in a loop of their own: the ints that stay then share heap pages
         # with each other, not with the request's short-lived JSON (whose pages could
         # otherwise never go back to the kernel: measured, +40 MB of RSS per 100,000)
-        keys = [self._key(blk.key) for blk in blocks]
+        if keys is None:
+            keys = [self._key(blk.key) for blk in blocks]
+        singles = self._singles
         for new, key in zip(blocks, keys, strict=True):
             if key is None:
                 raise ValueError(f"{new.key!r} is not a canonical block key")
-            existing = self._live(key, now)
-            created = new.created_at if existing is None else existing.created_at
-            ident = (new.expires_at, new.reason, new.source, created)
+            expires = new.expires_at
+            if expires not in timeouts:
+                timeouts[expires] = new.remaining(now)
+            fresh_key = isinstance(key, int) and key not in singles
+            created = new.created_at if fresh_key else self._created(key, new, now, touch)
+            ident = (expires, new.reason, new.source, created)
             batch = batches.get(ident)
             if batch is None:
                 batch = batches[ident] = Batch(*ident)
-            name = set_of(key)
-            value = new.value()
-            if existing is not None:
-                timed = existing.expires_at is not None and new.expires_at is not None
-                if not (self.update_in_place and timed):
-                    # the element may expire in the kernel at any moment: add, delete, add
-                    # again with the new timeout is valid whatever the kernel holds now
-                    touch.setdefault(name, []).append(value)
-            if new.expires_at not in timeouts:
-                timeouts[new.expires_at] = new.remaining(now)
-            adds.setdefault(name, []).append(b.timed(value, timeouts[new.expires_at]))
-            self._store(key, batch)
+            if isinstance(key, int):
+                packed[set_of(key)].append(key ^ V6 if key >= V6 else key, timeouts[expires])
+            else:
+                adds.setdefault(set_of(key), []).append(b.timed(new.value(), timeouts[expires]))
+            if fresh_key and isinstance(key, int):
+                singles[key] = batch  # held at once: a repeated key is not fresh again
+                fresh.setdefault(batch, []).append(key)
+            else:
+                self._store(key, batch)
+        for batch, held in fresh.items():
+            self._adopt(held, batch)
+        adds.update((name, elements) for name, elements in packed.items() if elements)
         cmds: list[Any] = [b.add(b.element(name, v)) for name, v in sorted(touch.items())]
         cmds += [{"delete": b.element(name, v)} for name, v in sorted(touch.items())]
         cmds += [b.add(b.element(name, v)) for name, v in sorted(adds.items())]
         return cmds
+
+    def _created(self, key: Key, new: Block, now: float, touch: dict[str, list[Any]]) -> float:
+        """`new` replaces what `key` holds: the creation time it keeps, and the element on
+        the touch list when the kernel needs the add-delete-add to take the new timeout."""
+        existing = self._live(key, now)
+        if existing is None:
+            return new.created_at
+        timed = existing.expires_at is not None and new.expires_at is not None
+        if not (self.update_in_place and timed):
+            # the element may expire in the kernel at any moment: add, delete, add
+            # again with the new timeout is valid whatever the kernel holds now
+            touch.setdefault(set_of(key), []).append(new.value())
+        return existing.created_at
+
+    def _adopt(self, keys: list[int], batch: Batch) -> None:
+        """The bookkeeping of `_store` for single addresses just put into `_singles` under
+        `batch` that it did not hold before, all at once."""
+        v6 = sum(1 for k in keys if k >= V6)
+        v4 = len(keys) - v6
+        self._counts["block_v4"] += v4
+        self._counts["block_v6"] += v6
+        self._kinds[batch.kind(False)] += v4
+        self._kinds[batch.kind(True)] += v6
+        if batch.keys is not None:
+            if not batch.queued:  # the loop of `put` may have queued it (`_join`)
+                heapq.heappush(self._heap, batch)
+                batch.queued = True
+            batch.keys.extend(keys)
+        batch.live += len(keys)
+
+    def checked_keys(self, texts: Sequence[str], now: float, check: bool = True) -> list[Key]:
+        """The table keys of block key texts, for `put`, each `check`ed on the way (a
+        single IPv4 address, a bulk request's usual, by one bisect over the protected
+        ranges; only a hit goes to `check` for its message)."""
+        out: list[Key] = []
+        starts, ends = self._v4_starts, self._v4_ends
+        for text in texts:
+            key = self._key(text)
+            if key is None:
+                raise ValueError(f"{text!r} is not a canonical block key")
+            if not check:
+                pass
+            elif isinstance(key, int) and key < V6:
+                i = bisect.bisect_right(starts, key) - 1
+                if i >= 0 and key <= ends[i]:
+                    self.check(text, now)
+            else:
+                self.check(text, now)
+            out.append(key)
+        return out
+
+    def held(self, keys: Sequence[Key], texts: Sequence[str], now: float) -> dict[str, Block]:
+        """The live blocks among `keys` (with their texts), by text: what a change replaces."""
+        singles, out = self._singles, {}
+        for key, text in zip(keys, texts, strict=True):
+            batch = singles.get(key) if isinstance(key, int) else self._prefixes.get(key)
+            if batch is not None and (batch.expires_at is None or batch.expires_at > now):
+                out[text] = batch.block(text)
+        return out
 
     def remove(self, key: str, now: float) -> tuple[Block, list[Any]] | None:
         k = self._key(key)

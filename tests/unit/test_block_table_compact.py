@@ -131,6 +131,26 @@ def test_a_key_twice_in_one_request_is_one_block_and_expires_once() -> None:
     assert table._heap == []  # every batch left the index with its blocks
 
 
+def test_put_of_new_and_held_keys_keeps_the_books_of_a_table_loaded_row_by_row() -> None:
+    held = [_v4(i) for i in range(5)] + [_v6(1)]
+    new = [_v4(i) for i in range(5, 500)] + [_v6(i) for i in range(2, 50)] + ["198.51.100.0/24"]
+    table, reference = BlockTable(), BlockTable()
+    table.update_in_place = True
+    table.put(_blocks(held, 60, "old"), NOW)
+    cmds = table.put(_blocks(held + new, 600), NOW + 1, table.checked_keys(held + new, NOW))
+    reference.load(_blocks(held + new, 600))
+    assert table.counts() == reference.counts() and table.kinds() == reference.kinds()
+    assert [b.key for b in table.active(NOW + 1)] == [b.key for b in reference.active(NOW + 1)]
+    adds = {c["add"]["element"]["name"]: list(c["add"]["element"]["elem"]) for c in cmds}
+    assert len(cmds) == 3 and len(adds["block_v4"]) == 500 and len(adds["block_v6"]) == 49
+    assert adds["block_v4"][0] == {"elem": {"val": _v4(0), "timeout": 599}}
+    assert adds["block_v4_net"] == [
+        {"elem": {"val": {"prefix": {"addr": "198.51.100.0", "len": 24}}, "timeout": 599}}
+    ]
+    assert len(table.prune(NOW + 600)) == len(held + new) and len(table) == 0
+    assert table._heap == []
+
+
 def test_restore_batches_are_lazy_bounded_and_complete() -> None:
     table = BlockTable()
     v4 = [_v4(i) for i in range(2500)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -104,6 +105,32 @@ def test_block_schema_is_strict() -> None:
         with pytest.raises(RequestError) as info:
             schema.parse_blocks(body)
         assert 400 <= http_status(info.value.code) < 500
+
+
+def test_bulk_items_on_the_fast_path_parse_as_the_strict_parser_does() -> None:
+    items: list[Any] = [
+        {"address": "203.0.113.7", "ttl": "1h"},
+        {"address": "203.0.113.8", "ttl": "1h"},  # the cached TTL and reason
+        {"address": "203.0.113.9", "ttl": 60, "reason": "scan"},
+        {"address": "2001:db8::/64"},
+        {"address": "::ffff:203.0.113.10", "ttl": "1h"},
+    ]
+    bulk = schema.parse_blocks({"blocks": items})
+    assert bulk == [schema.parse_block(item) for item in items]
+    assert [s.ttl for s in bulk] == [3600, 3600, 60, None, 3600]
+    bad: list[tuple[Any, str]] = [
+        ({"address": "203.0.113.11", "ttl": "soon"}, "E-TTL"),
+        ({"address": "203.0.113.11", "ttl": ["1h"]}, "E-TTL"),
+        ({"address": "203.0.113.11", "ttl": "1h", "reason": "a\nb"}, "E-SCHEMA"),
+        ({"address": "203.0.113.11", "ttl": True}, "E-TTL"),
+        ({"address": "010.0.0.1", "ttl": "1h"}, "E-ADDRESS"),
+        ({"address": "203.0.113.11", "ttl": "1h", "extra": 1}, "E-SCHEMA"),
+        ("203.0.113.11", "E-SCHEMA"),
+    ]
+    for item, code in bad:
+        with pytest.raises(RequestError) as info:
+            schema.parse_blocks({"blocks": [*items, item]})
+        assert info.value.code == code and "blocks[5]" in str(info.value), item
 
 
 def test_evaluate_schema() -> None:

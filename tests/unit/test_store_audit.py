@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.audit import AuditLog
-from aitherfwd.adapters.store import SCHEMA_VERSION, Store
+from aitherfwd.adapters.store import BULK_KEYS, SCHEMA_VERSION, Store
 from aitherfwd.audit_records import Blocked, DaemonStarted, DaemonStopped
 from aitherfwd.dynamic.blocks import Block
 
@@ -95,6 +95,36 @@ def test_a_failing_write_is_counted_not_raised(tmp_path: Path) -> None:
     store._db.execute("PRAGMA query_only = 0")
     assert store.flush_pending() and not store.pending
     assert store.save_blocks([_block("203.0.113.7")]) is True
+
+
+def test_a_bulk_write_keeps_every_row_group_and_event(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    keys = [f"10.1.{i // 256}.{i % 256}" for i in range(BULK_KEYS + 10)]  # two JSON arrays
+    blocks = [_block(k, 60, "a") for k in keys] + [_block("2001:db8::/64", None, "b")]
+    blocks += [_block("10.9.0.1", 30, "c"), _block("10.9.0.2", 60, "a")]
+    events = {"10.9.0.1": [{"type": "SENTRY_PORT_SCAN"}]}
+    assert store.save_blocks(blocks, events=events)
+    store.save_blocks([_block(keys[0], 600, "again")], replaced=[keys[0]])
+    loaded = {b.key: b for b in store.load_blocks(NOW)}
+    assert len(loaded) == len(blocks)
+    assert loaded["2001:db8::/64"].expires_at is None and loaded["10.9.0.2"].reason == "a"
+    assert loaded[keys[0]] == _block(keys[0], 600, "again")
+    assert loaded[keys[-1]] == _block(keys[-1], 60, "a")
+    assert store.history(["10.9.0.1"])[0].events == events["10.9.0.1"]
+    first = {h.reason: h for h in store.history([keys[0]])}
+    assert first["a"].end_reason == "replaced" and first["again"].ended_at is None
+    count = store._db.execute("SELECT count(*) FROM block_history").fetchone()[0]
+    assert count == len(blocks) + 1
+
+
+def test_a_failed_bulk_write_counts_every_row_against_the_pending_cap(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store._db.execute("PRAGMA query_only = 1")
+    assert store.save_blocks([_block(f"10.2.0.{i}") for i in range(200)]) is False
+    assert store.pending_rows >= 200  # a JSON array of keys counts as BULK_KEYS rows
+    store._db.execute("PRAGMA query_only = 0")
+    assert store.flush_pending() and not store.pending and store.pending_rows == 0
+    assert len(store.load_blocks(NOW)) == 200
 
 
 INJECTIONS = [
