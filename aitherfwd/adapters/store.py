@@ -21,7 +21,7 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,33 +97,66 @@ Statements = tuple[tuple[str, Sequence[tuple[Any, ...]]], ...]
 # A bulk block write is one statement per group of blocks sharing expiry, reason, source and
 # creation time, its keys one JSON array the statement walks with json_each: the B-tree
 # work stays in SQLite's C (100,000 blocks 172 ms instead of 355 ms with executemany, which
-# binds five values per row from Python). Those keys go at most BULK_KEYS to a JSON array;
-# a pending write counts each such array as BULK_KEYS rows (an upper bound for the cap).
+# binds five values per row from Python), at most BULK_KEYS keys to a JSON array.
 BULK_KEYS = 8192
 _BULK_BLOCKS = "INSERT OR REPLACE INTO blocks SELECT value, ?, ?, ?, ? FROM json_each(?)"
 _BULK_HISTORY = (
     "INSERT INTO block_history (key, reason, source, started_at, expires_at, events) "
     "SELECT value, ?, ?, ?, ?, '[]' FROM json_each(?)"
 )
-_BULK = (_BULK_BLOCKS, _BULK_HISTORY)
+
+
+BULK_MIN = 32  # smaller groups go row by row (a single ban: 28 µs instead of 39)
+_BULK_CLOSE = (
+    "UPDATE block_history SET ended_at = ?, end_reason = ? "
+    "WHERE ended_at IS NULL AND key IN (SELECT value FROM json_each(?))"
+)
+_BULK_DELETE = "DELETE FROM blocks WHERE key IN (SELECT value FROM json_each(?))"
+_BULK = (_BULK_BLOCKS, _BULK_HISTORY, _BULK_CLOSE, _BULK_DELETE)
 
 
 def _size(statements: Statements) -> int:
-    """Rows of these statements, for the pending cap (a bulk row counts BULK_KEYS)."""
-    return sum(len(rows) * (BULK_KEYS if sql in _BULK else 1) for sql, rows in statements)
+    """Rows of these statements, for the pending cap: a bulk statement's rows are the
+    keys of its JSON array, its last parameter (keys are addresses: no quotes inside)."""
+    return sum(
+        sum(str(row[-1]).count('", "') + 1 for row in rows) if sql in _BULK else len(rows)
+        for sql, rows in statements
+    )
 
 
-def _bulk_rows(
-    group: tuple[Any, ...] | None,
-    keys: list[str],
-    bulk: list[tuple[Any, ...]],
-    history: list[tuple[Any, ...]],
-) -> None:
-    """One group's parameters for `_BULK_BLOCKS` and `_BULK_HISTORY`."""
+def _arrays(keys: Sequence[str]) -> Iterator[str]:
+    """`keys` as JSON arrays of at most BULK_KEYS."""
+    for start in range(0, len(keys), BULK_KEYS):
+        yield json.dumps(keys[start : start + BULK_KEYS])
+
+
+@dataclass
+class _Rows:
+    """The parameters of `save_blocks`' four statements."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    bulk: list[tuple[Any, ...]] = field(default_factory=list)
+    bulk_history: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _group_rows(group: tuple[Any, ...] | None, keys: list[str], out: _Rows) -> None:
+    """One group's rows: its keys as JSON arrays, or row by row when there are few."""
     expires, reason, source, created = group or (None, "", "", 0.0)
-    text = json.dumps(keys)
-    bulk.append((expires, reason, source, created, text))
-    history.append((reason, source, created, expires, text))
+    if len(keys) < BULK_MIN:
+        out.rows += [(k, expires, reason, source, created) for k in keys]
+        out.history += [(k, reason, source, created, expires, "[]") for k in keys]
+        return
+    for text in _arrays(keys):
+        out.bulk.append((expires, reason, source, created, text))
+        out.bulk_history.append((reason, source, created, expires, text))
+
+
+def _closing(keys: list[str], now: float, why: str) -> tuple[str, list[tuple[Any, ...]]]:
+    """The statement closing these keys' open history rows."""
+    if len(keys) < BULK_MIN:
+        return _CLOSE, [(now, why, k) for k in keys]
+    return _BULK_CLOSE, [(now, why, text) for text in _arrays(keys)]
 
 
 def _prepare(db: sqlite3.Connection) -> None:
@@ -296,49 +329,46 @@ class Store:
         without events are written a group at a time (`_BULK_BLOCKS`): a request's blocks
         share expiry, reason, source and creation time, so 100,000 are one or two groups."""
         ev = events or {}
-        rows: list[tuple[Any, ...]] = []
-        history: list[tuple[Any, ...]] = []
-        bulk: list[tuple[Any, ...]] = []
-        bulk_history: list[tuple[Any, ...]] = []
+        out = _Rows()
         group: tuple[Any, ...] | None = None
         keys: list[str] = []
         now = 0.0
         for blk in blocks:
-            k, e, r, s, c = blk.key, blk.expires_at, blk.reason, blk.source, blk.created_at
+            k, e, r, s, c = blk
             now = now or c
             if k in ev:
-                rows.append((k, e, r, s, c))
-                history.append((k, r, s, c, e, json.dumps(ev[k])))
+                out.rows.append((k, e, r, s, c))
+                out.history.append((k, r, s, c, e, json.dumps(ev[k])))
                 continue
-            if group != (e, r, s, c) or len(keys) >= BULK_KEYS:
+            if group != (e, r, s, c):
                 if keys:
-                    _bulk_rows(group, keys, bulk, bulk_history)
+                    _group_rows(group, keys, out)
                 group, keys = (e, r, s, c), []
             keys.append(k)
         if keys:
-            _bulk_rows(group, keys, bulk, bulk_history)
+            _group_rows(group, keys, out)
         return self._write(
             "blocks",
-            (_CLOSE, [(now, "replaced", k) for k in replaced]),
-            ("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", rows),
-            (_BULK_BLOCKS, bulk),
+            _closing(list(replaced), now, "replaced"),
+            ("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", out.rows),
+            (_BULK_BLOCKS, out.bulk),
             (
                 "INSERT INTO block_history "
                 "(key, reason, source, started_at, expires_at, events) VALUES (?, ?, ?, ?, ?, ?)",
-                history,
+                out.history,
             ),
-            (_BULK_HISTORY, bulk_history),
+            (_BULK_HISTORY, out.bulk_history),
         )
 
     def end_blocks(self, keys: Iterable[str], now: float, why: str) -> bool:
         """Blocks that ended (unblocked, expired): gone from the active table, closed in
         the history."""
-        rows = [(k,) for k in keys]
-        return self._write(
-            "blocks",
-            ("DELETE FROM blocks WHERE key = ?", rows),
-            (_CLOSE, [(now, why, k) for (k,) in rows]),
-        )
+        ended = list(keys)
+        if len(ended) < BULK_MIN:
+            delete = ("DELETE FROM blocks WHERE key = ?", [(k,) for k in ended])
+        else:
+            delete = (_BULK_DELETE, [(text,) for text in _arrays(ended)])
+        return self._write("blocks", delete, _closing(ended, now, why))
 
     def restore_history(self, blocks: Iterable[Block]) -> bool:
         """Rows for blocks found in the kernel that the store did not know (a database

@@ -26,7 +26,7 @@ from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.ports import AuditSink, Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.dynamic.blockrecords import Key, pack, text_of
-from aitherfwd.dynamic.blocks import Block, BlockTable, address_text, check_batch
+from aitherfwd.dynamic.blocks import Batch, Block, BlockTable, address_text, check_batch
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
@@ -182,15 +182,16 @@ class BlockService:
         self.on_blocked(blocks, now)
         return blocks
 
-    def _revert(self, blocks: list[Block], previous: dict[str, Block]) -> None:
+    def _revert(self, blocks: list[Block], previous: dict[str, Batch]) -> None:
         now = self.clock.now()
         for blk in blocks:
             self.table.remove(blk.key, now)
-        self.table.load(previous.values())
+        held = [batch.block(text) for text, batch in previous.items()]
+        self.table.load(held)
         self.store.end_blocks(
             (b.key for b in blocks if b.key not in previous), now, "kernel refused"
         )
-        self.store.save_blocks(list(previous.values()), replaced=list(previous))
+        self.store.save_blocks(held, replaced=list(previous))
 
     async def unblock(self, network: IPNetwork, actor: Actor | None = None) -> Block:
         now = self.clock.now()

@@ -66,6 +66,7 @@ __all__ = [
     "MANUAL",
     "PERMANENT",
     "TEMPORARY",
+    "Batch",
     "Block",
     "BlockError",
     "BlockTable",
@@ -368,13 +369,14 @@ class BlockTable:
             out.append(key)
         return out
 
-    def held(self, keys: Sequence[Key], texts: Sequence[str], now: float) -> dict[str, Block]:
-        """The live blocks among `keys` (with their texts), by text: what a change replaces."""
+    def held(self, keys: Sequence[Key], texts: Sequence[str], now: float) -> dict[str, Batch]:
+        """The live blocks among `keys` (with their texts) as their records by text: what a
+        change replaces (`Batch.block(text)` is the block; made only when it is needed)."""
         singles, out = self._singles, {}
         for key, text in zip(keys, texts, strict=True):
             batch = singles.get(key) if isinstance(key, int) else self._prefixes.get(key)
             if batch is not None and (batch.expires_at is None or batch.expires_at > now):
-                out[text] = batch.block(text)
+                out[text] = batch
         return out
 
     def remove(self, key: str, now: float) -> tuple[Block, list[Any]] | None:
