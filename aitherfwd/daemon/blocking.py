@@ -77,6 +77,9 @@ class BlockService:
         self._resolvers: tuple[IPAddress, ...] = ()
         self._admin_peers: set[IPAddress] = set()
         self._admin_peers_at = -math.inf  # monotonic time of the last conntrack dump
+        # whether conntrack may hold entries of a source (packed address); False skips its cut
+        self.may_hold: Callable[[bytes], bool] = lambda source: True
+        self.cuts_skipped = 0
 
     def configure(self, policy: Policy) -> None:
         """A policy took effect: the management zone and never_block are protected."""
@@ -232,9 +235,15 @@ class BlockService:
 
     def _queue_cuts(self, blocks: list[Block]) -> None:
         for blk in blocks:
-            if not blk.single or self._cuts.full():
+            if self._cuts.full():
+                break
+            if not blk.single:
                 continue
-            self._cuts.put_nowait(blk.network.network_address)
+            address = ipaddress.ip_address(blk.key)
+            if not self.may_hold(address.packed):
+                self.cuts_skipped += 1
+                continue
+            self._cuts.put_nowait(address)
             self._cut_wake.set()
 
     async def run_cuts(self) -> None:

@@ -248,6 +248,17 @@ class Detection:
             return
         self.last_resync_ms = round((time.perf_counter() - started) * 1000, 1)
 
+    def may_hold(self, source: bytes) -> bool:
+        """Whether the kernel's conntrack may hold entries of this source (packed address).
+        False only when the event-fed table is complete — events live, a full dump taken,
+        no event lost since, no dump running — and knows no entry of it: the blocks service
+        then skips its conntrack cut (a walk of the kernel's whole conntrack hash). An entry
+        whose NEW event is still unread keeps its state until its timeout; its packets are
+        dropped all the same (the drop comes before the established rule)."""
+        if self.events is None or not self.resyncs or self._held is not None:
+            return True
+        return self._resync_now.is_set() or source in self.table.tracked
+
     # --- status ----------------------------------------------------------------------------
 
     def entries(self) -> int:

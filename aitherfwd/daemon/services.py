@@ -112,6 +112,7 @@ def wire(
     detection = Detection(
         clock, audit, reputation.threats, resync_interval, listen=ports.listen_kernel
     )
+    blocks.may_hold = detection.may_hold  # no conntrack cut for a source it knows holds none
     journal = JournalService(clock, ports.journal, store, reputation.threats)
     generations.listeners += [
         blocks.configure,

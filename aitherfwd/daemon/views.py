@@ -198,7 +198,14 @@ def status(d: Services) -> dict[str, Any]:
             "writer_jobs_failed": d.writer.stats.jobs_failed,
             "writer_healthy": d.writer.healthy(),
         },
-        **d.detection.status(),
+        **_conntrack(d),
         "geo": d.geo.status(),
         "fleet": None if d.fleet is None else d.fleet.status().as_dict(),
     }
+
+
+def _conntrack(d: Services) -> dict[str, Any]:
+    """The detection's status, with the blocks' conntrack cuts in its conntrack part."""
+    out = d.detection.status()
+    out["conntrack"]["cuts_skipped"] = d.blocks.cuts_skipped  # the source held no entry
+    return out
