@@ -32,6 +32,24 @@ def _load() -> Callable[[int], int] | None:
 
 
 _malloc_trim = _load()
+M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
+MMAP_THRESHOLD = 1024 * 1024  # above what one ban allocates (128 KiB cost 0.1 ms per ban)
+
+
+def fixed_mmap_threshold() -> None:
+    """Fix glibc's mmap threshold at 1 MiB. glibc raises it to the size of any mmapped
+    block freed (up to 32 MiB): after the first large buffer, a 100,000-ban request's
+    multi-megabyte buffers (its body, the kernel batch) come from the heap and leave it
+    fragmented; mmapped, they go back to the kernel when freed. Measured on a fresh daemon:
+    RSS after one 100,000-ban request 66.7 -> 62.0 MB, single-ban latency unchanged (at
+    glibc's initial 128 KiB it rose by 0.1 ms: something of each ban is mmapped then)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc
+        return
 
 
 def trim() -> None:

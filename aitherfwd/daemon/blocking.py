@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import math
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,7 @@ CONNTRACK_CUT_PAUSE = 0.05
 # this often for the anti-lockout of automatic blocks: a dump walks the kernel's conntrack hash.
 ADMIN_PEERS_TTL = 2.0
 TRIM_DELAY = 0.2  # seconds after a large batch: its request has been answered by then
+_FAMILY = (socket.AF_INET, socket.AF_INET6)  # by "is IPv6"
 Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
 Events = dict[str, list[dict[str, Any]]]  # threat events that led to a block, by address
 
@@ -234,16 +237,17 @@ class BlockService:
     # --- conntrack cuts ----------------------------------------------------------------------
 
     def _queue_cuts(self, blocks: list[Block]) -> None:
-        for blk in blocks:
+        """Queue the cuts of a request's first CONNTRACK_QUEUE single addresses at most (a
+        bulk request's others keep their entries until these time out), skipping those
+        conntrack is known to hold nothing of."""
+        singles = (blk.key for blk in blocks if blk.single)
+        for key in itertools.islice(singles, CONNTRACK_QUEUE):
             if self._cuts.full():
                 break
-            if not blk.single:
-                continue
-            address = ipaddress.ip_address(blk.key)
-            if not self.may_hold(address.packed):
+            if not self.may_hold(socket.inet_pton(_FAMILY[":" in key], key)):
                 self.cuts_skipped += 1
                 continue
-            self._cuts.put_nowait(address)
+            self._cuts.put_nowait(ipaddress.ip_address(key))
             self._cut_wake.set()
 
     async def run_cuts(self) -> None:

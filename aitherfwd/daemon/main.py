@@ -202,6 +202,7 @@ class Supervisor:
 
     async def serve(self) -> None:
         cfg, s = self.cfg, self.s
+        memory.fixed_mmap_threshold()  # before the cold start's large buffers
         self.spawn("kernel-writer", s.writer.run())
         gen = await s.generations.cold_start()
         memory.settle_after_start()
