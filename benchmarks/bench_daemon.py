@@ -71,6 +71,20 @@ def _addresses(count: int, base: int) -> list[str]:
     return [str(ipaddress.IPv4Address(base + i)) for i in range(count)]
 
 
+WARM = 100  # bans before the single-ban samples: a running daemon's state, not its first
+
+
+def _bulk_body(addresses: list[str]) -> bytes:
+    """A 100,000-ban request's body, encoded before the timing (the client's JSON encoding
+    is not the daemon's work, as `nft -f`'s file is written before its timing)."""
+    return json.dumps({"blocks": [{"address": a, "ttl": "1h"} for a in addresses]}).encode()
+
+
+def _ok(answer: bytes) -> None:
+    if not answer.startswith(b'{"count":'):
+        raise RuntimeError(f"the daemon refused the bans: {answer[:200]!r}")
+
+
 def nft_f_baseline(addresses: list[str], reps: int) -> list[float]:
     """`nft -f` of the same elements into the same kind of set, a fresh namespace each time."""
     samples = []
@@ -152,44 +166,51 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
                 )
             )
             conn = KeepAlive(d.socket)
-            more = _addresses(reps, 0x0A4E0000)
+            more = _addresses(WARM + reps, 0x0A4E0000)  # i runs from -WARM (the warm-up)
             samples = measure(
                 lambda i: conn.post(
-                    b"/v1/blocks", json.dumps({"address": more[i], "ttl": "1h"}).encode()
+                    b"/v1/blocks", json.dumps({"address": more[WARM + i], "ttl": "1h"}).encode()
                 ),
                 reps,
-                warmup=0,
+                warmup=WARM,
             )
-            conn.close()
             rows.append(
                 (
-                    "single block over the socket, until the kernel accepted it "
-                    "(kept-alive connection)",
+                    f"single block over the socket, until the kernel accepted it "
+                    f"(kept-alive connection, after {WARM} bans to warm up)",
                     Summary.of(samples),
                     "ms",
-                    "p50 ≤ 2 ms",
+                    "p50 ≤ 0.5 ms",
                 )
             )
             n = 1 if quick else 3
             fresh: list[float] = []
             for r in range(n):  # new addresses each time: elements the kernel does not have
                 addrs = _addresses(100_000, 0x0B000000 + (r + 1) * 0x00200000)
+                body = _bulk_body(addrs)
                 d.client.request("GET", "/v1/health")
                 started = time.perf_counter_ns()
-                d.post("/v1/blocks", {"blocks": [{"address": a, "ttl": "1h"} for a in addrs]})
+                _ok(conn.post(b"/v1/blocks", body))
                 fresh.append((time.perf_counter_ns() - started) / 1e6)
             rows.append(
-                ("100,000 new blocks in one request", Summary.of(fresh), "ms", "≤ 2,000 ms")
+                (
+                    "100,000 new blocks in one request (kept-alive connection, body encoded "
+                    "before the timing)",
+                    Summary.of(fresh),
+                    "ms",
+                    "≤ 1.0x `nft -f`",
+                )
             )
             bulk = _addresses(100_000, 0x0B000000)
-            body = {"blocks": [{"address": a, "ttl": "1h"} for a in bulk]}
-            d.post("/v1/blocks", body)
+            body = _bulk_body(bulk)
+            _ok(conn.post(b"/v1/blocks", body))
             samples = []
             for _ in range(n):
                 d.client.request("GET", "/v1/health")
                 started = time.perf_counter_ns()
-                d.post("/v1/blocks", body)
+                _ok(conn.post(b"/v1/blocks", body))
                 samples.append((time.perf_counter_ns() - started) / 1e6)
+            conn.close()
             rows.append(
                 (
                     "the same 100,000 blocked again (re-block with a new timeout, in one "
@@ -203,6 +224,12 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
             rows.append(
                 ("baseline: `nft -f` of the same 100,000 elements", Summary.of(base), "ms", "")
             )
+            nft = Summary.of(base).p50
+            for what, timed in (("100,000 new blocks", fresh), ("the re-block", samples)):
+                ratio = Summary.of([t / nft for t in timed])
+                rows.append(
+                    (f"{what} ÷ `nft -f` (p50 of each run over its p50)", ratio, "x", "≤ 1.0x")
+                )
             rows.append(
                 (
                     f"daemon RSS with {(n + 1) * 100_000:,} active blocks",
@@ -249,8 +276,9 @@ def rss_after_one_request(policy_text: str) -> tuple[str, Summary, str, str]:
     with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwb-d-") as tmp:
         d = start_daemon(ns, Path(tmp), policy_text)
         try:
-            addrs = _addresses(100_000, 0x0B000000)
-            d.post("/v1/blocks", {"blocks": [{"address": a, "ttl": "1h"} for a in addrs]})
+            conn = KeepAlive(d.socket)
+            _ok(conn.post(b"/v1/blocks", _bulk_body(_addresses(100_000, 0x0B000000))))
+            conn.close()
             time.sleep(1)
             rss = d.rss_mb()
         finally:
