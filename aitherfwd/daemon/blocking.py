@@ -120,7 +120,7 @@ class BlockService:
 
     def load(self, now: float) -> None:
         """Cold start: the store's live blocks, streamed into the compact table."""
-        self.table.load(self.store.iter_blocks(now))
+        self.table.load_rows(self.store.iter_rows(now))
 
     def status(self) -> BlocksStatus:
         now = self.clock.now()

@@ -154,6 +154,8 @@ def delete_command(set_name: str, value: Any) -> Any:
 
 # --- compact records -----------------------------------------------------------------------
 
+# a row of the store's `blocks` table: key, expires_at, reason, source, created_at
+BlockRow = tuple[str, float | None, str, str, float]
 Key = int | str  # in the table: a packed single address, or a prefix's canonical text
 V6 = 1 << 128  # set on a packed IPv6 address: 10.0.0.1 and ::a00:1 stay two keys
 SOURCES = {s: s for s in ("manual", "reputation", "detection", "kernel")}  # one object each

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import socket
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from aitherfwd.dynamic.blockrecords import (
     V6,
     Batch,
     Block,
+    BlockRow,
     BlockError,
     Key,
     address_text,
@@ -66,6 +68,7 @@ __all__ = [
     "TEMPORARY",
     "Block",
     "BlockError",
+    "BlockRow",
     "BlockTable",
     "address_text",
     "canonical_v4",
@@ -75,6 +78,14 @@ __all__ = [
 # distinct (expiry, reason, source, created) remembered while loading: the store's rows of one
 # request are adjacent, and a load of 1,000,000 blocks made one by one must not hold 1,000,000
 BATCH_CACHE = 4096
+
+
+def _is_network(key: str) -> bool:
+    try:
+        span(key)
+    except ValueError:
+        return False
+    return True
 
 
 class BlockTable:
@@ -324,22 +335,38 @@ class BlockTable:
     def load(self, blocks: Iterable[Block]) -> None:
         """Adopt blocks as they are (from the store or the kernel), without commands. Rows
         that share expiry, reason, source and creation time share one `Batch`."""
+        self.load_rows((b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks)
+
+    def load_rows(self, rows: Iterable[BlockRow], into: dict[Key, Batch] | None = None) -> None:
+        """`load` from the store's tuples (key, expires_at, reason, source, created_at): the
+        cold start's 1,000,000 rows, without a `Block` per row. A row that is not a block
+        (a key that is not canonical text) is skipped. `into`, when given, also receives
+        each key loaded with its batch (the restore of one chunk of rows)."""
         batches: dict[tuple[float | None, str, str, float], Batch] = {}
         singles, counts, kinds = self._singles, self._counts, self._kinds
-        ident: tuple[float | None, str, str, float] | None = None
+        expires, reason, source, created = math.nan, "", "", math.nan  # no row matches NaN
         batch = Batch(None, "", "", 0.0)  # replaced at the first row
-        for blk in blocks:  # _store inlined for a new address: a cold start loads 1,000,000
-            key = self._key(blk.key)
-            if key is None:
-                continue  # not a block key (a corrupt row): nothing could find it
-            row = (blk.expires_at, blk.reason, blk.source, blk.created_at)
-            if row != ident:  # rows of one request come together
-                ident, known = row, batches.get(row)
+        v4_to_bytes, af_inet, to_int = socket.inet_pton, socket.AF_INET, int.from_bytes
+        for text, e, r, s, c in rows:  # _store inlined for a new address: 1,000,000 rows
+            try:  # the fast path of `pack` for an IPv4 address (canonical text only)
+                key: Key | None = to_int(v4_to_bytes(af_inet, text), "big")
+            except (OSError, ValueError, TypeError):  # IPv6, a prefix, or not a block key
+                key = self._key(text) if isinstance(text, str) else None
+                if isinstance(key, str) and not _is_network(key):
+                    key = None
+                if key is None:
+                    continue  # a corrupt row: nothing could find it
+            if e != expires or c != created or r != reason or s != source:
+                expires, reason, source, created = e, r, s, c  # rows of a request come together
+                row = (e, r, s, c)
+                known = batches.get(row)
                 if known is None:
                     if len(batches) >= BATCH_CACHE:
                         batches.clear()
                     known = batches[row] = Batch(*row)
                 batch = known
+            if into is not None:
+                into[key] = batch
             if not isinstance(key, int) or key in singles:
                 self._store(key, batch)
                 continue
