@@ -255,6 +255,13 @@ class BlockService:
     def restore_commands(self, now: float) -> list[Any]:
         return self.table.restore_commands(now)
 
+    def load_batches(self, now: float, first: int, limit: int) -> Iterator[list[Any]]:
+        """Cold start: the store's live blocks streamed into the compact table, a chunk of
+        rows at a time, each chunk's element adds yielded as soon as it is loaded (the first
+        `first` rows, then `limit`): `BlockTable.load_batches`. Exhaust it before anything
+        else reads the table or writes the store."""
+        return self.table.load_batches(self.store.iter_rows(now), now, first, limit)
+
     def restore_batches(self, now: float, limit: int) -> Iterator[list[Any]]:
         """The restore in batches of `limit` elements, made as the kernel takes them."""
         return self.table.restore_batches(now, limit)

@@ -25,6 +25,7 @@ bytes (IPv6 ≈ 105), down from ≈ 210 (a `Block` dataclass per block, its key 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import socket
 from collections.abc import Container, Iterable, Iterator, Sequence
@@ -40,8 +41,8 @@ from aitherfwd.dynamic.blockrecords import (
     V6,
     Batch,
     Block,
-    BlockRow,
     BlockError,
+    BlockRow,
     Key,
     address_text,
     canonical_v4,
@@ -337,25 +338,28 @@ class BlockTable:
         that share expiry, reason, source and creation time share one `Batch`."""
         self.load_rows((b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks)
 
-    def load_rows(self, rows: Iterable[BlockRow], into: dict[Key, Batch] | None = None) -> None:
+    def load_rows(self, rows: Iterable[BlockRow], into: dict[Key, Batch] | None = None) -> int:
         """`load` from the store's tuples (key, expires_at, reason, source, created_at): the
         cold start's 1,000,000 rows, without a `Block` per row. A row that is not a block
         (a key that is not canonical text) is skipped. `into`, when given, also receives
-        each key loaded with its batch (the restore of one chunk of rows)."""
+        each key loaded with its batch (the restore of one chunk of rows). Returns how many
+        rows were read."""
         batches: dict[tuple[float | None, str, str, float], Batch] = {}
         singles, counts, kinds = self._singles, self._counts, self._kinds
-        expires, reason, source, created = math.nan, "", "", math.nan  # no row matches NaN
+        expires: float | None = math.nan  # no row matches NaN
+        reason, source, created = "", "", math.nan
         batch = Batch(None, "", "", 0.0)  # replaced at the first row
         v4_to_bytes, af_inet, to_int = socket.inet_pton, socket.AF_INET, int.from_bytes
-        for text, e, r, s, c in rows:  # _store inlined for a new address: 1,000,000 rows
+        read = 0
+        for text, e, r, s, c in rows:
+            read += 1  # _store inlined for a new address: 1,000,000 rows
             try:  # the fast path of `pack` for an IPv4 address (canonical text only)
-                key: Key | None = to_int(v4_to_bytes(af_inet, text), "big")
+                key: Key = to_int(v4_to_bytes(af_inet, text), "big")
             except (OSError, ValueError, TypeError):  # IPv6, a prefix, or not a block key
-                key = self._key(text) if isinstance(text, str) else None
-                if isinstance(key, str) and not _is_network(key):
-                    key = None
-                if key is None:
+                other = self._key(text) if isinstance(text, str) else None
+                if other is None or (isinstance(other, str) and not _is_network(other)):
                     continue  # a corrupt row: nothing could find it
+                key = other
             if e != expires or c != created or r != reason or s != source:
                 expires, reason, source, created = e, r, s, c  # rows of a request come together
                 row = (e, r, s, c)
@@ -375,6 +379,30 @@ class BlockTable:
             counts["block_v6" if v6 else "block_v4"] += 1
             kinds[batch.kind(v6)] += 1
             self._join(key, batch)
+        return read
+
+    def load_batches(
+        self, rows: Iterable[BlockRow], now: float, first: int, limit: int
+    ) -> Iterator[list[Any]]:
+        """The cold start's load and restore in one pass: `load_rows` a chunk of rows (the
+        first `first`, then `limit` each), then yield the element adds (remaining timeouts)
+        of the blocks that chunk loaded, so the kernel can take one chunk while the next is
+        read. Every row is in the table once this is exhausted; `rows` hold no expired
+        block (the store closed those). Yields nothing for a chunk with no block in it."""
+        it = iter(rows)
+        size = first
+        while True:  # the rows stream through: never a list of them
+            loaded: dict[Key, Batch] = {}
+            read = self.load_rows(itertools.islice(it, size), into=loaded)
+            singles = {k: v for k, v in loaded.items() if isinstance(k, int)}
+            prefixes = {k: v for k, v in loaded.items() if isinstance(k, str)}
+            del loaded
+            cmds = [c for cs in restore_batches(singles, prefixes, now, math.inf) for c in cs]
+            if cmds:
+                yield cmds
+            if read < size:
+                return  # a short chunk was the last
+            size = limit
 
     # --- the kernel's view -----------------------------------------------------------------
 
