@@ -197,11 +197,12 @@ What the numbers say:
   follow at once, 50,000 per netlink batch (`RESTORE_BATCH`). Packed elements are encoded
   in one tight loop per batch (adapters/nftelements.py `_packed_messages`: the same bytes
   and the same message splits as before, 2x faster).
-- Before and after, the same machine and hour, interleaved runs of an ad-hoc script (a seeded store, `aitherfwd run` in a fresh namespace)
-  (main at 1e1b822 against this branch, start_seconds, 2 + 2 runs each): 1,000,000
-  blocks 3.29 / 3.34 / 3.51 / 3.69 s on main, 1.54 / 1.58 / 1.62 / 1.80 s here (≈ 2.1x
-  faster); 100,000 blocks 0.53-0.59 s on main, 0.17-0.20 s here (≈ 3x). RSS unchanged
-  (≈ 124 MB holding 1,000,000; 54 MB holding 100,000).
+- Before and after, the same machine and hour, interleaved runs (a seeded store,
+  `aitherfwd run` in a fresh namespace; main at 1e1b822 against this branch,
+  start_seconds, 2 + 2 runs each): 1,000,000 blocks 3.29 / 3.34 / 3.51 / 3.69 s on main,
+  1.54 / 1.58 / 1.62 / 1.80 s here (≈ 2.1x faster); 100,000 blocks 0.53-0.59 s on main,
+  0.17-0.20 s here (≈ 3x). RSS unchanged (≈ 124 MB holding 1,000,000; 54 MB holding
+  100,000).
 - Where the rest goes (py-spy, 1,000,000 blocks): the reading thread is the critical
   path, and SQLite's fetch of the 5 columns is most of it (≈ 0.6 s alone in-process;
   longer in the daemon, where it waits for the GIL while the writer encodes); the table's
