@@ -203,6 +203,11 @@ What the numbers say:
   1.54 / 1.58 / 1.62 / 1.80 s here (≈ 2.1x faster); 100,000 blocks 0.53-0.59 s on main,
   0.17-0.20 s here (≈ 3x). RSS unchanged (≈ 124 MB holding 1,000,000; 54 MB holding
   100,000).
+- The run above (2026-12-05 15:15 UTC) shared the machine with another engineer's daemon
+  profiling and tests (load average 1.1 when it began, 2.1 at its end, on 2 cores): the
+  1,000,000 restore took 2.4 s there against 1.5-1.8 s on the quieter machine of the
+  before/after runs; the ratio to `nft -f`, each pair run side by side, is the figure
+  that holds (0.60x).
 - Where the rest goes (py-spy, 1,000,000 blocks): the reading thread is the critical
   path, and SQLite's fetch of the 5 columns is most of it (≈ 0.6 s alone in-process;
   longer in the daemon, where it waits for the GIL while the writer encodes); the table's
