@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -45,8 +46,11 @@ def _kernel_count(ns: str) -> int:
 
 
 def restore(count: int, reps: int, verify: bool) -> list[Row]:
+    """Each repetition restores `count` stored blocks in a fresh daemon and, right after,
+    runs `nft -f` of the same elements: the ratio of each pair is the figure that counts
+    on a machine other work shares."""
     addresses = _addresses(count, 0x0C000000)
-    own, wall, rss = [], [], []
+    own, wall, rss, base, ratios = [], [], [], [], []
     for _ in range(reps):
         with namespace() as ns, tempfile.TemporaryDirectory(prefix="afwb-p-") as tmp:
             work = Path(tmp)
@@ -65,17 +69,25 @@ def restore(count: int, reps: int, verify: bool) -> list[Row]:
                 rss.append(d.rss_mb())
             finally:
                 d.cleanup()
-    base = nft_f_baseline(addresses, reps)
+        base += nft_f_baseline(addresses, 1)
+        ratios.append(own[-1] / base[-1])
     name = f"{count:,}"
-    target = "≤ 1,000 ms" if count <= 100_000 else "≤ 10,000 ms"
-    ratio = Summary.of(own).p50 / Summary.of(base).p50
+    big = count >= 1_000_000
     rows: list[Row] = [
         (
-            f"restore {name} persisted blocks: store load + kernel transactions of 50,000 "
-            f"(daemon's start_seconds; {ratio:.1f}x `nft -f`)",
+            f"restore {name} persisted blocks: store load + kernel transactions (daemon's "
+            "start_seconds: the first 5,000 with the table, then 50,000 per batch, the store "
+            "read while the kernel takes the batch before)",
             Summary.of(own),
             "ms",
-            target,
+            "≤ 3,000 ms (issue 15)" if big else "≤ 1,000 ms",
+        ),
+        (
+            f"restore {name}: start_seconds / `nft -f` of the same elements, each pair run "
+            "side by side",
+            Summary.of(ratios),
+            "x",
+            "≤ 1.0x (issue 15)" if big else "≤ 1.0x",
         ),
         (
             f"restore {name}: spawn to a healthy control socket (incl. Python start-up)",
@@ -150,14 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    rows = restore(100_000, 1 if args.quick else 3, verify=True)
+    load_before = os.getloadavg()
+    rows = restore(100_000, 1 if args.quick else 5, verify=True)
     if not args.quick:
-        rows += restore(1_000_000, 1, verify=False)
+        rows += restore(1_000_000, 3, verify=False)
     rows += ingestion(10 if args.quick else 50, 1000)
     command = "sudo .venv/bin/python -m benchmarks.bench_persistence" + (
         " --quick" if args.quick else ""
     )
     text = render(rows, command)
+    text += "\n- Load average when the run began: " + " ".join(f"{x:.2f}" for x in load_before)
+    text += " (2 cores; other engineers' tests and profiling shared the machine)\n"
     print(text)
     if not args.quick:
         OUT.write_text(text + "\n" + NOTES)
@@ -167,25 +182,51 @@ def main(argv: list[str] | None = None) -> int:
 
 NOTES = """\
 What the numbers say:
-- A "reboot" (no table in the kernel) restores every persisted block with the table: the
-  store's rows streamed into the compact block table (one row at a time, never a list of
-  1,000,000 objects), then the elements 50,000 per transaction, each batch made from the
-  table just before it is sent (the JSON of 1,000,000 elements never exists at once) — the
-  first batch in the very transaction that creates the table, the rest right behind it.
-  fail2ban re-bans one by one: 30 to 40 minutes for 20,000 bans (ANCHORS.md).
+- A "reboot" (no table in the kernel) restores every persisted block with the table. Since
+  issue 15 the cold start reads the store and writes the kernel at the same time
+  (daemon/generations.py `_adopt_or_apply`, dynamic/blocks.py `load_batches`,
+  daemon/prefetch.py): a thread of its own reads the store's rows as plain tuples
+  (`Store.iter_rows`: no `Block` object per row) straight into the compact block table, a
+  chunk at a time, and makes that chunk's element adds as it goes (`RestoreParts`: packed
+  ints and timeouts, no text, no dict per block); the kernel writer's thread sends each
+  chunk by netlink while the next one is read. The kernel's work runs inside sendmsg and
+  SQLite's inside sqlite3_step, both without the GIL, so on two cores they overlap with
+  the Python work of the other thread. The first chunk, 5,000 blocks
+  (`FIRST_RESTORE_BATCH`), still travels in the very transaction that creates the table
+  (libnftables' JSON, ~10 µs per element: it was 50,000, ≈ 0.5 s of the start); the rest
+  follow at once, 50,000 per netlink batch (`RESTORE_BATCH`). Packed elements are encoded
+  in one tight loop per batch (adapters/nftelements.py `_packed_messages`: the same bytes
+  and the same message splits as before, 2x faster).
+- Before and after, the same machine and hour, interleaved runs (a seeded store,
+  `aitherfwd run` in a fresh namespace; main at 1e1b822 against this branch,
+  start_seconds, 2 + 2 runs each): 1,000,000 blocks 3.29 / 3.34 / 3.51 / 3.69 s on main,
+  1.54 / 1.58 / 1.62 / 1.80 s here (≈ 2.1x faster); 100,000 blocks 0.53-0.59 s on main,
+  0.17-0.20 s here (≈ 3x). RSS unchanged (≈ 124 MB holding 1,000,000; 54 MB holding
+  100,000). The overlap's own share (the reading thread against the same code reading
+  in the writer's thread, interleaved, 1,000,000 blocks): 1.59 / 1.61 / 1.65 / 2.22 s
+  with the thread, 1.91 / 1.92 / 2.01 / 2.27 s without (≈ 0.3 s, the kernel's time).
+- The run above (2026-12-05 15:15 UTC) shared the machine with another engineer's daemon
+  profiling and tests (load average 1.1 when it began, 2.1 at its end, on 2 cores): the
+  1,000,000 restore took 2.4 s there against 1.5-1.8 s on the quieter machine of the
+  before/after runs; the ratio to `nft -f`, each pair run side by side, is the figure
+  that holds (0.60x).
+- Where the rest goes (py-spy, 1,000,000 blocks): the reading thread is the critical
+  path, and SQLite's fetch of the 5 columns is most of it (≈ 0.6 s alone in-process;
+  longer in the daemon, where it waits for the GIL while the writer encodes); the table's
+  own work is ≈ 0.35 s, the encoding ≈ 0.2 s, the kernel ≈ 0.4 s (overlapped).
+- The floor `nft -f` spends most of its time parsing text in user space; the kernel's
+  share of a 1,000,000-element restore is ≈ 0.4 s. fail2ban re-bans one by one: 30 to 40
+  minutes for 20,000 bans (ANCHORS.md).
 - Why batches: libnftables' JSON input slows down superlinearly with the size of one call
-  (measured here: 1,000,000 elements in one call 7.7 s, in ten calls of 100,000 3.5 s, as
-  `nft -f` text 3.5 s), and until that one call returned the host would have no table.
-- Where the rest of a cold start's time goes (in-process, 1,000,000 blocks): the SQLite
-  load ≈ 2 s, building the element commands ≈ 1 s, `json.dumps` of the batches ≈ 0.7 s.
+  (1,000,000 elements in one call 7.7 s, in ten calls of 100,000 3.5 s), and until that
+  one call returned the host would have no table; the netlink batches are bounded the same
+  way (a refused batch is reconciled element by element, the rest of the store still read
+  into the table: tests/unit/test_cold_start_stream.py).
 - RSS holding restored blocks: a block costs ≈ 80 bytes in the table (a packed int key to
   a record shared by the rows of one request; tests/unit/test_block_table_compact.py), so
-  1,000,000 are ≈ 80 MB on top of the interpreter's ≈ 39 MB; the rest is the last restore
-  batch's pages. Before the compact table (main at 43e8cd5, same machine and day, one run):
-  216.8 MB holding 1,000,000 restored blocks (a `Block` per row, the store's list of them
-  and the whole restore JSON at once), start_seconds 6.0 s; the lazy restore keeps the
-  start time where it was (the table's load and the batches: ≈ 0.8 s and ≈ 1.5 s of it
-  in-process, /tmp measurements, as before).
+  1,000,000 are ≈ 80 MB on top of the interpreter's ≈ 39 MB. The rows stream through the
+  reading thread one at a time (a chunk is never a list of rows: short-lived row objects
+  between the table's ints kept +17 MB of RSS when it was).
 - Threat events are validated, scored on the reputation ladder and persisted (offenders
   table) per batch; the blocks they cause go out as one kernel transaction per batch.
 """

@@ -28,7 +28,7 @@ from typing import Any
 from aitherfwd.adapters import store_open
 from aitherfwd.adapters.marker import Marker
 from aitherfwd.adapters.store_open import Corrupt, Unusable
-from aitherfwd.dynamic.blocks import Block
+from aitherfwd.dynamic.blocks import Block, BlockRow
 from aitherfwd.dynamic.reputation import Offender
 from aitherfwd.egress.sandbox import Grant
 
@@ -455,6 +455,14 @@ class Store:
         """Unexpired blocks, one row at a time (a cold start of 1,000,000 blocks never holds
         them all as objects: the block table keeps them compact as they come); expired ones
         are closed in the history first. Consume it before the next write."""
+        for k, e, r, s, c in self.iter_rows(now):
+            yield Block(k, e, r, s, c)
+
+    def iter_rows(self, now: float) -> Iterator[BlockRow]:
+        """Like `iter_blocks`, as the store's own tuples (key, expires_at, reason, source,
+        created_at), without a `Block` per row: the cold start of 1,000,000 blocks reads
+        them straight into the block table (`BlockTable.load_rows`). Expired rows are
+        closed in the history before the first row comes."""
         expired = [
             k
             for (k,) in self._db.execute(
@@ -462,9 +470,9 @@ class Store:
             )
         ]
         self.end_blocks(expired, now, "expired")
-        rows = self._db.execute("SELECT key, expires_at, reason, source, created_at FROM blocks")
-        for k, e, r, s, c in rows:
-            yield Block(k, e, r, s, c)
+        yield from self._db.execute(
+            "SELECT key, expires_at, reason, source, created_at FROM blocks"
+        )
 
     def load_offenders(self) -> dict[str, Offender]:
         rows = self._db.execute(

@@ -126,7 +126,7 @@ class BlockService:
 
     def load(self, now: float) -> None:
         """Cold start: the store's live blocks, streamed into the compact table."""
-        self.table.load(self.store.iter_blocks(now))
+        self.table.load_rows(self.store.iter_rows(now))
 
     def status(self) -> BlocksStatus:
         now = self.clock.now()
@@ -267,6 +267,13 @@ class BlockService:
 
     def restore_commands(self, now: float) -> list[Any]:
         return self.table.restore_commands(now)
+
+    def load_batches(self, now: float, first: int, limit: int) -> Iterator[list[Any]]:
+        """Cold start: the store's live blocks streamed into the compact table, a chunk of
+        rows at a time, each chunk's element adds yielded as soon as it is loaded (the first
+        `first` rows, then `limit`): `BlockTable.load_batches`. Exhaust it before anything
+        else reads the table or writes the store."""
+        return self.table.load_batches(self.store.iter_rows(now), now, first, limit)
 
     def restore_batches(self, now: float, limit: int) -> Iterator[list[Any]]:
         """The restore in batches of `limit` elements, made as the kernel takes them."""

@@ -35,8 +35,9 @@ from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.daemon import elements
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.egress import EgressRuntime
-from aitherfwd.daemon.elements import RESTORE_BATCH
+from aitherfwd.daemon.elements import FIRST_RESTORE_BATCH, RESTORE_BATCH
 from aitherfwd.daemon.ports import Conntrack, Kernel, Systemd
+from aitherfwd.daemon.prefetch import prefetched
 from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.errors import AitherError, ApplyError, PolicyError
@@ -133,7 +134,6 @@ class Generations:
             )
         started = time.perf_counter()
         now = self.clock.now()
-        self.blocks.load(now)
         self._take_effect(policy)
         self.egress.load(now)
         if self.store.recovered:
@@ -177,15 +177,20 @@ class Generations:
         before = kernel.observe()
         adopted = before.exists and not plan(ruleset, before).changed
         now = self.clock.now()
-        # made lazily from the compact table, one batch at a time: the JSON of 1,000,000
-        # elements never exists at once (the table does not change: nothing is served yet)
+        # the store's rows read into the block table a chunk at a time, in a thread of
+        # their own, while this one sends the chunk before (nothing is served yet): the
+        # elements of 1,000,000 blocks never exist at once, and SQLite's and the kernel's
+        # work overlap; the first, small chunk goes with the table (libnftables' JSON)
+        stream = prefetched(
+            self.blocks.load_batches(now, FIRST_RESTORE_BATCH, RESTORE_BATCH), name="restore"
+        )
         batches = itertools.chain(
-            self.blocks.restore_batches(now, RESTORE_BATCH),
+            stream,
             element_batches(self.egress.restore_commands(now, domains=False), RESTORE_BATCH),
         )
         static = [] if adopted else transaction(ruleset, before)
         errors = self.store.write_errors
-        full = before.exists and not self._store_complete()
+        full = False
         try:
             first = next(batches, [])
             if static or first:
@@ -196,9 +201,14 @@ class Generations:
                 del batch  # before the next one is made
         except ApplyError as exc:  # e.g. a kernel prefix overlapping a stored one
             log.warning("restore refused, reconciling element by element error=%s", exc.message)
+            stream.close()  # the rest of the store read into the table, not sent
             if static:
                 kernel.run(static)
             full = True  # the grants were in the refused batch too
+        finally:
+            stream.close()  # whatever happened, the table is whole (a no-op when it is)
+        # after the load: whether the store holds any block decides it
+        full = full or (before.exists and not self._store_complete())
         if full:
             self.blocks.reconcile(kernel, now)
             self.egress.reconcile(kernel, now)

@@ -154,6 +154,8 @@ def delete_command(set_name: str, value: Any) -> Any:
 
 # --- compact records -----------------------------------------------------------------------
 
+# a row of the store's `blocks` table: key, expires_at, reason, source, created_at
+BlockRow = tuple[str, float | None, str, str, float]
 Key = int | str  # in the table: a packed single address, or a prefix's canonical text
 V6 = 1 << 128  # set on a packed IPv6 address: 10.0.0.1 and ::a00:1 stay two keys
 SOURCES = {s: s for s in ("manual", "reputation", "detection", "kernel")}  # one object each
@@ -267,3 +269,38 @@ def restore_batches(
             held = 0
     if held:
         yield add_commands(sets)
+
+
+class RestoreParts:
+    """The element adds of blocks as a load makes them (`BlockTable.load_rows`, a cold
+    start's chunk of rows): single addresses packed per family with their remaining
+    timeouts at `now`, prefixes with their batch."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.v4 = PackedElements(4)
+        self.v6 = PackedElements(6)
+        self.prefixes: dict[str, Batch] = {}
+
+    def add(self, key: Key, batch: Batch) -> None:
+        """A block loaded by the slow path (a prefix, or a key loaded twice)."""
+        if isinstance(key, str):
+            self.prefixes[key] = batch
+        elif key < V6:
+            self.v4.append(key, _remaining(batch, self.now))
+        else:
+            self.v6.append(key ^ V6, _remaining(batch, self.now))
+
+    def __len__(self) -> int:
+        return len(self.v4) + len(self.v6) + len(self.prefixes)
+
+    def commands(self) -> list[Any]:
+        """The add commands, one per set that gets elements."""
+        sets: dict[str, Any] = {name: [] for name in BLOCK_SET_NAMES}
+        sets["block_v4"], sets["block_v6"] = self.v4, self.v6
+        for text, batch in self.prefixes.items():
+            addr, length = text.split("/")
+            sets[set_for_key(text)].append(
+                b.timed(b.prefix(addr, int(length)), _remaining(batch, self.now))
+            )
+        return add_commands(sets)

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
+import socket
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -41,7 +43,9 @@ from aitherfwd.dynamic.blockrecords import (
     Batch,
     Block,
     BlockError,
+    BlockRow,
     Key,
+    RestoreParts,
     address_text,
     canonical_v4,
     check_batch,
@@ -69,6 +73,7 @@ __all__ = [
     "Batch",
     "Block",
     "BlockError",
+    "BlockRow",
     "BlockTable",
     "address_text",
     "canonical_v4",
@@ -78,6 +83,34 @@ __all__ = [
 # distinct (expiry, reason, source, created) remembered while loading: the store's rows of one
 # request are adjacent, and a load of 1,000,000 blocks made one by one must not hold 1,000,000
 BATCH_CACHE = 4096
+
+
+def _cached_batch(
+    batches: dict[tuple[float | None, str, str, float], Batch],
+    row: tuple[float | None, str, str, float],
+) -> Batch:
+    """The load's one `Batch` of these (expiry, reason, source, created), the most recent
+    BATCH_CACHE of them remembered."""
+    batch = batches.get(row)
+    if batch is None:
+        if len(batches) >= BATCH_CACHE:
+            batches.clear()
+        batch = batches[row] = Batch(*row)
+    return batch
+
+
+def _row_key(text: object) -> Key | None:
+    """The table key of a stored row's key other than an IPv4 address (IPv6, a prefix),
+    or None for text that is no block key (a corrupt row)."""
+    if not isinstance(text, str):
+        return None
+    if "/" not in text:
+        return pack(text)
+    try:
+        span(text)
+    except ValueError:
+        return None
+    return text
 
 
 class BlockTable:
@@ -407,30 +440,102 @@ class BlockTable:
     def load(self, blocks: Iterable[Block]) -> None:
         """Adopt blocks as they are (from the store or the kernel), without commands. Rows
         that share expiry, reason, source and creation time share one `Batch`."""
+        self.load_rows((b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks)
+
+    def load_rows(self, rows: Iterable[BlockRow], restore: RestoreParts | None = None) -> int:
+        """`load` from the store's tuples (key, expires_at, reason, source, created_at): the
+        cold start's 1,000,000 rows, without a `Block` per row. A row that is not a block
+        (a key that is not canonical text) is skipped. `restore`, when given, also receives
+        the element add of each block loaded (its remaining timeout at `restore.now`).
+        Returns how many rows were read."""
         batches: dict[tuple[float | None, str, str, float], Batch] = {}
-        singles, counts, kinds = self._singles, self._counts, self._kinds
-        ident: tuple[float | None, str, str, float] | None = None
+        singles = self._singles
+        expires: float | None = math.nan  # no row matches NaN
+        reason, source, created = "", "", math.nan
         batch = Batch(None, "", "", 0.0)  # replaced at the first row
-        for blk in blocks:  # _store inlined for a new address: a cold start loads 1,000,000
-            key = self._key(blk.key)
-            if key is None:
-                continue  # not a block key (a corrupt row): nothing could find it
-            row = (blk.expires_at, blk.reason, blk.source, blk.created_at)
-            if row != ident:  # rows of one request come together
-                ident, known = row, batches.get(row)
-                if known is None:
-                    if len(batches) >= BATCH_CACHE:
-                        batches.clear()
-                    known = batches[row] = Batch(*row)
-                batch = known
-            if not isinstance(key, int) or key in singles:
+        joined: list[Key] | None = None  # the batch's expiry list (None: permanent)
+        run4 = run6 = timeout = 0  # new addresses that joined `batch`, settled in bulk
+        v4_to_bytes, af_inet, to_int = socket.inet_pton, socket.AF_INET, int.from_bytes
+        sink = RestoreParts(0.0) if restore is None else restore  # without one: dropped
+        now = sink.now
+        a4, t4 = sink.v4.addresses.append, sink.v4.timeouts.append
+        a6, t6 = sink.v6.addresses.append, sink.v6.timeouts.append
+        read = 0
+        for text, e, r, s, c in rows:
+            read += 1
+            try:  # the fast path of `pack` for an IPv4 address (canonical text only)
+                key: Key = to_int(v4_to_bytes(af_inet, text), "big")
+            except (OSError, ValueError, TypeError):  # IPv6, a prefix, or not a block key
+                other = _row_key(text)
+                if other is None:
+                    continue  # a corrupt row: nothing could find it
+                key = other
+            if e != expires or c != created or r != reason or s != source:
+                self._settle(batch, run4, run6)
+                run4 = run6 = 0
+                expires, reason, source, created = e, r, s, c  # rows of a request come together
+                batch = _cached_batch(batches, (e, r, s, c))
+                joined = batch.keys
+                timeout = 0 if e is None else max(1, math.ceil(e - now))
+            if not isinstance(key, int) or key in singles:  # a prefix, or a second row
+                self._settle(batch, run4, run6)
+                run4 = run6 = 0
                 self._store(key, batch)
+                sink.add(key, batch)
                 continue
             singles[key] = batch
-            v6 = key >= V6
-            counts["block_v6" if v6 else "block_v4"] += 1
-            kinds[batch.kind(v6)] += 1
-            self._join(key, batch)
+            if joined is not None:
+                joined.append(key)
+            if key < V6:
+                run4 += 1
+                a4(key)
+                t4(timeout)
+            else:
+                run6 += 1
+                a6(key ^ V6)
+                t6(timeout)
+        self._settle(batch, run4, run6)
+        return read
+
+    def _settle(self, batch: Batch, run4: int, run6: int) -> None:
+        """`run4` IPv4 and `run6` IPv6 addresses new to the table joined `batch` (the fast
+        path of `load_rows`, counted in bulk): what `_store` and `_join` do per key, but
+        the expiry list, which the caller filled."""
+        run = run4 + run6
+        if not run:
+            return
+        self._counts["block_v4"] += run4
+        self._counts["block_v6"] += run6
+        self._kinds[batch.kind(False)] += run4
+        self._kinds[batch.kind(True)] += run6
+        if batch.keys is not None:
+            if not batch.queued:
+                heapq.heappush(self._heap, batch)
+                batch.queued = True
+            elif batch.live == 0:
+                self._dead -= 1  # emptied, and holding keys again
+        batch.live += run
+
+    def load_batches(
+        self, rows: Iterable[BlockRow], now: float, first: int, limit: int
+    ) -> Iterator[list[Any]]:
+        """The cold start's load and restore in one pass: `load_rows` a chunk of rows (the
+        first `first`, then `limit` each), then yield the element adds (remaining timeouts)
+        of the blocks that chunk loaded, so the kernel can take one chunk while the next is
+        read. Every row is in the table once this is exhausted; `rows` hold no expired
+        block (the store closed those). Yields nothing for a chunk with no block in it."""
+        it = iter(rows)
+        size = first
+        while True:  # the rows stream through: never a list of them
+            restore = RestoreParts(now)
+            read = self.load_rows(itertools.islice(it, size), restore)
+            cmds = restore.commands()
+            del restore
+            if cmds:
+                yield cmds
+            if read < size:
+                return  # a short chunk was the last
+            size = limit
 
     # --- the kernel's view -----------------------------------------------------------------
 
