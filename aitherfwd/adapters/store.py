@@ -21,13 +21,14 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aitherfwd.adapters import store_open
+from aitherfwd.adapters import store_open, store_rows
 from aitherfwd.adapters.marker import Marker
 from aitherfwd.adapters.store_open import Corrupt, Unusable
+from aitherfwd.adapters.store_rows import Statements
 from aitherfwd.dynamic.blocks import Block, BlockRow
 from aitherfwd.dynamic.reputation import Offender
 from aitherfwd.egress.sandbox import Grant
@@ -85,7 +86,6 @@ CREATE TABLE IF NOT EXISTS fleet_outbox (
     payload    BLOB NOT NULL
 );
 """
-_CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"
 HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one address
 # Rows of writes that failed (a full disk), kept in memory and retried in order until they
 # go through: a block lifted while the disk was full must not come back at the next start.
@@ -93,70 +93,6 @@ HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one a
 # kernel's sets because the incomplete marker is set).
 MAX_PENDING_ROWS = 200_000
 FLUSH_ROWS = 20_000  # rows of delayed writes retried in one transaction (one loop turn)
-Statements = tuple[tuple[str, Sequence[tuple[Any, ...]]], ...]
-# A bulk block write is one statement per group of blocks sharing expiry, reason, source and
-# creation time, its keys one JSON array the statement walks with json_each: the B-tree
-# work stays in SQLite's C (100,000 blocks 172 ms instead of 355 ms with executemany, which
-# binds five values per row from Python), at most BULK_KEYS keys to a JSON array.
-BULK_KEYS = 8192
-_BULK_BLOCKS = "INSERT OR REPLACE INTO blocks SELECT value, ?, ?, ?, ? FROM json_each(?)"
-_BULK_HISTORY = (
-    "INSERT INTO block_history (key, reason, source, started_at, expires_at, events) "
-    "SELECT value, ?, ?, ?, ?, '[]' FROM json_each(?)"
-)
-
-
-BULK_MIN = 32  # smaller groups go row by row (a single ban: 28 µs instead of 39)
-_BULK_CLOSE = (
-    "UPDATE block_history SET ended_at = ?, end_reason = ? "
-    "WHERE ended_at IS NULL AND key IN (SELECT value FROM json_each(?))"
-)
-_BULK_DELETE = "DELETE FROM blocks WHERE key IN (SELECT value FROM json_each(?))"
-_BULK = (_BULK_BLOCKS, _BULK_HISTORY, _BULK_CLOSE, _BULK_DELETE)
-
-
-def _size(statements: Statements) -> int:
-    """Rows of these statements, for the pending cap: a bulk statement's rows are the
-    keys of its JSON array, its last parameter (keys are addresses: no quotes inside)."""
-    return sum(
-        sum(str(row[-1]).count('", "') + 1 for row in rows) if sql in _BULK else len(rows)
-        for sql, rows in statements
-    )
-
-
-def _arrays(keys: Sequence[str]) -> Iterator[str]:
-    """`keys` as JSON arrays of at most BULK_KEYS."""
-    for start in range(0, len(keys), BULK_KEYS):
-        yield json.dumps(keys[start : start + BULK_KEYS])
-
-
-@dataclass
-class _Rows:
-    """The parameters of `save_blocks`' four statements."""
-
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    history: list[tuple[Any, ...]] = field(default_factory=list)
-    bulk: list[tuple[Any, ...]] = field(default_factory=list)
-    bulk_history: list[tuple[Any, ...]] = field(default_factory=list)
-
-
-def _group_rows(group: tuple[Any, ...] | None, keys: list[str], out: _Rows) -> None:
-    """One group's rows: its keys as JSON arrays, or row by row when there are few."""
-    expires, reason, source, created = group or (None, "", "", 0.0)
-    if len(keys) < BULK_MIN:
-        out.rows += [(k, expires, reason, source, created) for k in keys]
-        out.history += [(k, reason, source, created, expires, "[]") for k in keys]
-        return
-    for text in _arrays(keys):
-        out.bulk.append((expires, reason, source, created, text))
-        out.bulk_history.append((reason, source, created, expires, text))
-
-
-def _closing(keys: list[str], now: float, why: str) -> tuple[str, list[tuple[Any, ...]]]:
-    """The statement closing these keys' open history rows."""
-    if len(keys) < BULK_MIN:
-        return _CLOSE, [(now, why, k) for k in keys]
-    return _BULK_CLOSE, [(now, why, text) for text in _arrays(keys)]
 
 
 def _prepare(db: sqlite3.Connection) -> None:
@@ -248,10 +184,10 @@ class Store:
         if not self.pending and self._commit(what, statements, quiet=False):
             return True
         self.pending.append((what, statements))
-        self.pending_rows += _size(statements)
+        self.pending_rows += store_rows.size(statements)
         while self.pending_rows > MAX_PENDING_ROWS and len(self.pending) > 1:
             _, old = self.pending.popleft()
-            lost = _size(old)
+            lost = store_rows.size(old)
             self.pending_rows -= lost
             self.dropped_rows += lost
             log.error("state store gave up on old unwritten rows rows=%d", lost)
@@ -269,11 +205,11 @@ class Store:
         if not self._commit(what, statements, quiet=True):
             return False
         self.pending.popleft()
-        self.pending_rows -= _size(statements)
+        self.pending_rows -= store_rows.size(statements)
         take: list[tuple[str, Statements]] = []
         rows = 0
         for what, statements in self.pending:
-            size = _size(statements)
+            size = store_rows.size(statements)
             if take and rows + size > max_rows:
                 break
             take.append((what, statements))
@@ -309,7 +245,7 @@ class Store:
                 "state store write failed; the kernel keeps enforcing and the change is kept "
                 "in memory until it can be written what=%s rows=%d disk_full=%s error=%s",
                 what,
-                _size(statements),
+                store_rows.size(statements),
                 full,
                 exc,
             )
@@ -326,49 +262,14 @@ class Store:
     ) -> bool:
         """Active blocks plus one history row each; `replaced` keys had a block before,
         whose history row is closed. `events` are what led to a block, by key. Blocks
-        without events are written a group at a time (`_BULK_BLOCKS`): a request's blocks
+        without events are written a group at a time (`store_rows.BULK_BLOCKS`): a request's blocks
         share expiry, reason, source and creation time, so 100,000 are one or two groups."""
-        ev = events or {}
-        out = _Rows()
-        group: tuple[Any, ...] | None = None
-        keys: list[str] = []
-        now = 0.0
-        for blk in blocks:
-            k, e, r, s, c = blk
-            now = now or c
-            if k in ev:
-                out.rows.append((k, e, r, s, c))
-                out.history.append((k, r, s, c, e, json.dumps(ev[k])))
-                continue
-            if group != (e, r, s, c):
-                if keys:
-                    _group_rows(group, keys, out)
-                group, keys = (e, r, s, c), []
-            keys.append(k)
-        if keys:
-            _group_rows(group, keys, out)
-        return self._write(
-            "blocks",
-            _closing(list(replaced), now, "replaced"),
-            ("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", out.rows),
-            (_BULK_BLOCKS, out.bulk),
-            (
-                "INSERT INTO block_history "
-                "(key, reason, source, started_at, expires_at, events) VALUES (?, ?, ?, ?, ?, ?)",
-                out.history,
-            ),
-            (_BULK_HISTORY, out.bulk_history),
-        )
+        return self._write("blocks", *store_rows.block_statements(blocks, replaced, events or {}))
 
     def end_blocks(self, keys: Iterable[str], now: float, why: str) -> bool:
         """Blocks that ended (unblocked, expired): gone from the active table, closed in
         the history."""
-        ended = list(keys)
-        if len(ended) < BULK_MIN:
-            delete = ("DELETE FROM blocks WHERE key = ?", [(k,) for k in ended])
-        else:
-            delete = (_BULK_DELETE, [(text,) for text in _arrays(ended)])
-        return self._write("blocks", delete, _closing(ended, now, why))
+        return self._write("blocks", *store_rows.end_statements(list(keys), now, why))
 
     def restore_history(self, blocks: Iterable[Block]) -> bool:
         """Rows for blocks found in the kernel that the store did not know (a database

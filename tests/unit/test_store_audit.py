@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.audit import AuditLog
-from aitherfwd.adapters.store import BULK_KEYS, SCHEMA_VERSION, Store
+from aitherfwd.adapters.store import SCHEMA_VERSION, Store
+from aitherfwd.adapters.store_rows import BULK_KEYS
 from aitherfwd.audit_records import Blocked, DaemonStarted, DaemonStopped
 from aitherfwd.dynamic.blocks import Block
 

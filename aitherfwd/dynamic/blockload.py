@@ -1,0 +1,203 @@
+"""Loading the block table and its kernel view (layer L1, pure).
+
+Owns: `LoadingTable`, the part of the block table that adopts blocks as they are — the
+store's rows at a cold start (streamed: `load_rows`, `load_batches`), a revert, the kernel's
+elements — and makes the element adds that restore the kernel's block sets (after a table
+loss, a drift repair: `restore_batches`, `restore_live`, `restore_keys`, `missing`,
+`unknown`). The restore is made in batches as the kernel takes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import socket
+from collections.abc import Container, Iterable, Iterator
+from typing import Any
+
+from aitherfwd.dynamic.blockbase import BlockRecords
+from aitherfwd.dynamic.blockrecords import (
+    V6,
+    Batch,
+    Block,
+    BlockRow,
+    Key,
+    RestoreParts,
+    pack,
+    restore_batches,
+    span,
+)
+
+# distinct (expiry, reason, source, created) remembered while loading: the store's rows of one
+# request are adjacent, and a load of 1,000,000 blocks made one by one must not hold 1,000,000
+BATCH_CACHE = 4096
+
+
+def _cached_batch(
+    batches: dict[tuple[float | None, str, str, float], Batch],
+    row: tuple[float | None, str, str, float],
+) -> Batch:
+    """The load's one `Batch` of these (expiry, reason, source, created), the most recent
+    BATCH_CACHE of them remembered."""
+    batch = batches.get(row)
+    if batch is None:
+        if len(batches) >= BATCH_CACHE:
+            batches.clear()
+        batch = batches[row] = Batch(*row)
+    return batch
+
+
+def _row_key(text: object) -> Key | None:
+    """The table key of a stored row's key other than an IPv4 address (IPv6, a prefix),
+    or None for text that is no block key (a corrupt row)."""
+    if not isinstance(text, str):
+        return None
+    if "/" not in text:
+        return pack(text)
+    try:
+        span(text)
+    except ValueError:
+        return None
+    return text
+
+
+class LoadingTable(BlockRecords):
+    """The block table's loads and its kernel view (see the module's docstring)."""
+
+    def load(self, blocks: Iterable[Block]) -> None:
+        """Adopt blocks as they are (from the store or the kernel), without commands. Rows
+        that share expiry, reason, source and creation time share one `Batch`."""
+        self.load_rows((b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks)
+
+    def load_rows(self, rows: Iterable[BlockRow], restore: RestoreParts | None = None) -> int:
+        """`load` from the store's tuples (key, expires_at, reason, source, created_at): the
+        cold start's 1,000,000 rows, without a `Block` per row. A row that is not a block
+        (a key that is not canonical text) is skipped. `restore`, when given, also receives
+        the element add of each block loaded (its remaining timeout at `restore.now`).
+        Returns how many rows were read."""
+        batches: dict[tuple[float | None, str, str, float], Batch] = {}
+        singles = self._singles
+        expires: float | None = math.nan  # no row matches NaN
+        reason, source, created = "", "", math.nan
+        batch = Batch(None, "", "", 0.0)  # replaced at the first row
+        joined: list[Key] | None = None  # the batch's expiry list (None: permanent)
+        run4 = run6 = timeout = 0  # new addresses that joined `batch`, settled in bulk
+        v4_to_bytes, af_inet, to_int = socket.inet_pton, socket.AF_INET, int.from_bytes
+        sink = RestoreParts(0.0) if restore is None else restore  # without one: dropped
+        now = sink.now
+        a4, t4 = sink.v4.addresses.append, sink.v4.timeouts.append
+        a6, t6 = sink.v6.addresses.append, sink.v6.timeouts.append
+        read = 0
+        for text, e, r, s, c in rows:
+            read += 1
+            try:  # the fast path of `pack` for an IPv4 address (canonical text only)
+                key: Key = to_int(v4_to_bytes(af_inet, text), "big")
+            except (OSError, ValueError, TypeError):  # IPv6, a prefix, or not a block key
+                other = _row_key(text)
+                if other is None:
+                    continue  # a corrupt row: nothing could find it
+                key = other
+            if e != expires or c != created or r != reason or s != source:
+                self._settle(batch, run4, run6)
+                run4 = run6 = 0
+                expires, reason, source, created = e, r, s, c  # rows of a request come together
+                batch = _cached_batch(batches, (e, r, s, c))
+                joined = batch.keys
+                timeout = 0 if e is None else max(1, math.ceil(e - now))
+            if not isinstance(key, int) or key in singles:  # a prefix, or a second row
+                self._settle(batch, run4, run6)
+                run4 = run6 = 0
+                self._store(key, batch)
+                sink.add(key, batch)
+                continue
+            singles[key] = batch
+            if joined is not None:
+                joined.append(key)
+            if key < V6:
+                run4 += 1
+                a4(key)
+                t4(timeout)
+            else:
+                run6 += 1
+                a6(key ^ V6)
+                t6(timeout)
+        self._settle(batch, run4, run6)
+        return read
+
+    def load_batches(
+        self, rows: Iterable[BlockRow], now: float, first: int, limit: int
+    ) -> Iterator[list[Any]]:
+        """The cold start's load and restore in one pass: `load_rows` a chunk of rows (the
+        first `first`, then `limit` each), then yield the element adds (remaining timeouts)
+        of the blocks that chunk loaded, so the kernel can take one chunk while the next is
+        read. Every row is in the table once this is exhausted; `rows` hold no expired
+        block (the store closed those). Yields nothing for a chunk with no block in it."""
+        it = iter(rows)
+        size = first
+        while True:  # the rows stream through: never a list of them
+            restore = RestoreParts(now)
+            read = self.load_rows(itertools.islice(it, size), restore)
+            cmds = restore.commands()
+            del restore
+            if cmds:
+                yield cmds
+            if read < size:
+                return  # a short chunk was the last
+            size = limit
+
+    # --- the kernel's view -----------------------------------------------------------------
+
+    def restore_batches(self, now: float, limit: float = math.inf) -> Iterator[list[Any]]:
+        """Element adds for every live block with its remaining timeout (after a table
+        loss), `limit` elements per yielded batch at most, made as they are consumed: the
+        table must not change while this runs (the cold start runs it before serving)."""
+        self.prune(now)
+        return restore_batches(self._singles, self._prefixes, now, limit)
+
+    def restore_commands(self, now: float) -> list[Any]:
+        """Element adds for every live block, as one list (a re-apply in one transaction)."""
+        return [cmd for batch in self.restore_batches(now) for cmd in batch]
+
+    # --- drift repair: the kernel's listing is read elsewhere (off the event loop, never
+    # touching this table); these compare it with the table where the table lives
+
+    def unknown(self, listed: Iterable[Key], now: float) -> list[Key]:
+        """Keys of a listing that no live block here holds."""
+        return [k for k in listed if self._live(k, now) is None]
+
+    def missing(self, listed: Container[Key], now: float, margin: float = 2.0) -> list[Key]:
+        """Live keys absent from the kernel's listing, but not those due within `margin`
+        seconds (the kernel may just have expired them)."""
+        self.prune(now)
+        soon = now + margin
+        return [
+            k
+            for table in (self._singles, self._prefixes)
+            for k, batch in table.items()
+            if k not in listed and (batch.expires_at is None or batch.expires_at > soon)
+        ]
+
+    def restore_live(self, now: float, limit: int) -> Iterator[list[Any]]:
+        """Like `restore_batches`, for a restore while the table may change between parts
+        (the caller awaits the kernel between them): over a copy of the keys, each part made
+        when it is asked for and holding only the blocks still live and unchanged then."""
+        self.prune(now)
+        keys: list[Key] = [*self._singles, *self._prefixes]
+        for start in range(0, len(keys), limit):
+            part = self.restore_keys(keys[start : start + limit], now)
+            if part:
+                yield part
+
+    def restore_keys(self, keys: Iterable[Key], now: float) -> list[Any]:
+        """Element adds (remaining timeouts) for those of `keys` still live."""
+        singles: dict[int, Batch] = {}
+        prefixes: dict[str, Batch] = {}
+        for k in keys:
+            batch = self._live(k, now)
+            if batch is None:
+                continue
+            if isinstance(k, int):
+                singles[k] = batch
+            else:
+                prefixes[k] = batch
+        return [cmd for part in restore_batches(singles, prefixes, now, math.inf) for cmd in part]
