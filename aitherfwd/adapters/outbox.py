@@ -26,6 +26,7 @@ Row = tuple[str, str, bytes, int]  # subject, message id, payload, decisions in 
 class Outbox:
     def __init__(self, store: Store, bound: int) -> None:
         self._db = store._db  # the store's own connection: one writer, one file
+        self._lock = store.lock  # held by every use of it (a bulk block write is a thread's)
         self.bound = bound
         self.dropped = 0  # decisions given up on (the bound, or a failed write)
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(fleet_outbox)")}
@@ -44,7 +45,7 @@ class Outbox:
         added = sum(r[3] for r in rows)
         dropped = 0
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.executemany(
                     "INSERT INTO fleet_outbox (subject, msg_id, payload, decisions) "
                     "VALUES (?, ?, ?, ?)",
@@ -72,19 +73,20 @@ class Outbox:
 
     def oldest(self, limit: int) -> list[tuple[int, str, str, bytes, int]]:
         """The oldest rows: (seq, subject, message id, payload, decisions)."""
-        cur = self._db.execute(
-            "SELECT seq, subject, msg_id, payload, decisions FROM fleet_outbox "
-            "ORDER BY seq LIMIT ?",
-            (limit,),
-        )
-        return [(int(a), str(b), str(c), bytes(d), int(e)) for a, b, c, d, e in cur]
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT seq, subject, msg_id, payload, decisions FROM fleet_outbox "
+                "ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+            return [(int(a), str(b), str(c), bytes(d), int(e)) for a, b, c, d, e in cur]
 
     def remove(self, rows: Sequence[tuple[int, int]]) -> None:
         """Forget published rows: (seq, decisions) each."""
         if not rows:
             return
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.executemany(
                     "DELETE FROM fleet_outbox WHERE seq = ?", [(s,) for s, _ in rows]
                 )

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from aitherfwd.adapters import store_open, store_rows
 from aitherfwd.adapters.marker import Marker
@@ -126,8 +127,27 @@ class HistoryEntry:
     events: list[dict[str, Any]]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(fn: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """`fn` holding the store's lock: one thread at a time on the connection."""
+
+    def locked(store: Store, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with store.lock:
+            return fn(store, *args, **kwargs)
+
+    return locked
+
+
 class Store:
     def __init__(self, state_dir: Path, *, lock_wait: float = store_open.LOCK_WAIT) -> None:
+        # The connection is used from the event loop, and by a bulk block write from a
+        # worker thread while the kernel takes the same blocks (BlockService.block): every
+        # method that touches it holds this lock (the fleet outbox too). A loop call that
+        # meets a bulk write waits for it, as it waited when the write ran on the loop.
+        self.lock = threading.RLock()
         self.path = state_dir / "state.sqlite3"
         self.write_errors = 0
         self.pending: deque[tuple[str, Statements]] = deque()  # failed writes, oldest first
@@ -175,6 +195,7 @@ class Store:
 
     # --- writes never raise ----------------------------------------------------------------
 
+    @_locked
     def _write(self, what: str, *statements: tuple[str, Sequence[tuple[Any, ...]]]) -> bool:
         """Run the statements in one transaction; on failure (or while earlier writes are
         still pending) keep them, in order, for `flush_pending`, and return False."""
@@ -193,6 +214,7 @@ class Store:
             log.error("state store gave up on old unwritten rows rows=%d", lost)
         return False  # the housekeeping retries (every 2 s), not each request: cheap while full
 
+    @_locked
     def flush_pending(self, max_rows: int = FLUSH_ROWS) -> bool:
         """Retry the writes that failed, in order: the oldest alone first (a cheap probe
         while the disk is still full), then the next ones as ONE transaction of at most
@@ -324,6 +346,7 @@ class Store:
         rows = [(k,) for k in keys]
         return self._write("sandbox", ("DELETE FROM sandbox_grants WHERE key = ?", rows))
 
+    @_locked
     def load_grants(self, now: float) -> list[Grant]:
         """Unexpired grants (the expired ones are deleted)."""
         self._write("sandbox", ("DELETE FROM sandbox_grants WHERE expires_at <= ?", [(now,)]))
@@ -342,6 +365,7 @@ class Store:
 
     # --- reads -----------------------------------------------------------------------------
 
+    @_locked
     def load_cursor(self, name: str) -> str | None:
         row = self._db.execute(
             "SELECT cursor FROM journal_cursor WHERE name = ?", (name,)
@@ -375,6 +399,7 @@ class Store:
             "SELECT key, expires_at, reason, source, created_at FROM blocks"
         )
 
+    @_locked
     def load_offenders(self) -> dict[str, Offender]:
         rows = self._db.execute(
             "SELECT key, score, updated, blocks, blocked_until, permanent, events FROM offenders"
@@ -383,6 +408,7 @@ class Store:
             k: Offender(s, u, tuple(json.loads(b)), bu, bool(p), e) for k, s, u, b, bu, p, e in rows
         }
 
+    @_locked
     def history(self, keys: Sequence[str]) -> list[HistoryEntry]:
         """Past and current blocks of these keys (an address and the prefixes around it),
         newest first."""
@@ -397,6 +423,7 @@ class Store:
             for k, r, s, st, ex, en, er, ev in rows
         ]
 
+    @_locked
     def close(self) -> None:
         if self.pending and not (
             self.flush_pending(max_rows=MAX_PENDING_ROWS + 1) and not self.pending

@@ -159,13 +159,25 @@ class BlockService:
         keys = self.table.checked_keys(texts, now, check=not checked)
         check_batch(texts)
         previous = self.table.held(keys, texts, now)
-        self.store.save_blocks(blocks, replaced=list(previous), events=events)
+        replaced = [*previous]
+        saved = None
+        if len(blocks) < memory.LARGE_BATCH:
+            self.store.save_blocks(blocks, replaced=replaced, events=events)
+        else:  # to SQLite from a thread while the kernel takes them (both mostly GIL-free)
+            write = asyncio.to_thread(
+                self.store.save_blocks, blocks, replaced=replaced, events=events
+            )
+            saved = asyncio.ensure_future(write)
         commands = self.table.put(blocks, now, keys)
         try:
             await self.writer.elements(commands)
         except ApplyError:
+            if saved is not None:
+                await saved  # the revert comes after the write
             self._revert(blocks, previous)
             raise
+        if saved is not None:
+            await saved  # answered once both hold the blocks
         self.stats.blocked(source, len(blocks))
         if len(blocks) >= memory.LARGE_BATCH:
             del commands

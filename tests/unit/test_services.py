@@ -227,6 +227,31 @@ def test_a_block_the_kernel_refuses_is_reverted_in_table_and_store(fake: FakeDae
     assert [b.key for b in s.ports.store.load_blocks(now)] == []
 
 
+def test_a_bulk_block_written_from_a_thread_is_kept_or_reverted_with_the_kernel(
+    fake: FakeDaemon,
+) -> None:
+    s = fake.services
+    held = BlockSpec("198.51.100.1", 600, "before")
+    bulk = [BlockSpec(f"10.50.{i // 256}.{i % 256}", 600, "bulk") for i in range(12_000)]
+
+    async def refused_then_taken() -> None:
+        await s.blocks.block([held])
+        fake.kernel.refuse_next("Could not process rule: No space left on device")
+        with pytest.raises(ApplyError):
+            await s.blocks.block([*bulk, BlockSpec("198.51.100.1", 900, "again")])
+        now = fake.clock.now()
+        assert [b.key for b in s.ports.store.load_blocks(now)] == ["198.51.100.1"]
+        assert (
+            len(s.blocks.table) == 1 and s.blocks.table.get("198.51.100.1", now).reason == "before"
+        )
+        await s.blocks.block(bulk)
+
+    run(fake, refused_then_taken)
+    now = fake.clock.now()
+    assert len(s.ports.store.load_blocks(now)) == len(bulk) + 1 == len(s.blocks.table)
+    assert len(fake.kernel.values("block_v4")) == len(bulk) + 1
+
+
 def test_blocks_expire_from_table_and_store_with_one_audit_line_each(fake: FakeDaemon) -> None:
     s = fake.services
 
