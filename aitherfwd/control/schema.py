@@ -247,7 +247,7 @@ def parse_blocks(body: Any) -> list[BlockSpec]:
                 key = canonical_v4(address)
                 parsed = known.get((ttl, reason))
                 if key is not None and parsed is not None:
-                    out.append(BlockSpec(key, *parsed))
+                    out.append(_new(BlockSpec, (key, *parsed)))
                     continue
                 spec = parse_block(item, f"blocks[{i}]")
                 if len(known) < 64:
@@ -258,6 +258,7 @@ def parse_blocks(body: Any) -> list[BlockSpec]:
     return out
 
 
+_new = tuple.__new__  # a named tuple made in C: 0.1 µs instead of its __new__'s 0.2
 _PLAIN = (str, int, type(None))  # hashable JSON values a bulk item's ttl and reason may be
 
 

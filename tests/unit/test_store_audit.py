@@ -13,7 +13,7 @@ import pytest
 
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.store import SCHEMA_VERSION, Store
-from aitherfwd.adapters.store_rows import BULK_KEYS
+from aitherfwd.adapters.store_rows import BULK_KEYS, arrays
 from aitherfwd.audit_records import Blocked, DaemonStarted, DaemonStopped
 from aitherfwd.dynamic.blocks import Block
 
@@ -202,3 +202,10 @@ def test_an_audit_write_error_is_counted(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "dir")  # a directory cannot be opened for writing
     log.write(NOW, _blocked("10.0.0.1"))
     assert log.errors == 1
+
+
+def test_bulk_key_arrays_are_json_whatever_the_keys_hold() -> None:
+    for keys in (["203.0.113.7", "2001:db8::/64"], ['a"b', "c"], ["x\\y", "é"], ["\x00"]):
+        assert [k for text in arrays(keys) for k in json.loads(text)] == keys
+    many = [f"10.3.{i // 256}.{i % 256}" for i in range(BULK_KEYS + 1)]
+    assert [len(json.loads(t)) for t in arrays(many)] == [BULK_KEYS, 1]
