@@ -35,22 +35,33 @@ def measure(
     *,
     warmup: int = 1,
     setup: Callable[[int], Any] | None = None,
+    collect: bool = True,
 ) -> list[float]:
     """Time `fn(i)` for i in range(reps) after `warmup` untimed calls. `setup(i)` runs
     before every call, untimed; garbage is collected before each timed call so one
-    sample does not pay for another's allocations."""
+    sample does not pay for another's allocations (`collect=False`: calls back to back,
+    the collector off meanwhile — for a server on the other end, whose CPU would idle
+    during each collection)."""
     for i in range(warmup):
         if setup is not None:
             setup(-1 - i)
         fn(-1 - i)
     samples: list[float] = []
-    for i in range(reps):
-        if setup is not None:
-            setup(i)
-        gc.collect()
-        start = time.perf_counter_ns()
-        fn(i)
-        samples.append((time.perf_counter_ns() - start) / 1e6)
+    enabled = gc.isenabled()
+    if not collect:
+        gc.disable()
+    try:
+        for i in range(reps):
+            if setup is not None:
+                setup(i)
+            if collect:
+                gc.collect()
+            start = time.perf_counter_ns()
+            fn(i)
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+    finally:
+        if enabled:
+            gc.enable()
     return samples
 
 
