@@ -330,66 +330,55 @@ def main(argv: list[str] | None = None) -> int:
 
 NOTES = """\
 What the numbers say:
-- A single ban reaches the kernel in 0.5-0.7 ms: parse, SQLite commit (the source of truth),
-  one nfnetlink batch of our own (since issue 15 element writes are NEWSETELEM batches,
-  acked — adapters/nftelements.py; libnftables only applies the ruleset), the audit line.
-  Since 2026-12-05 13:00 a batch of at most 64 element changes is written from the event
-  loop instead of the writer's thread (two thread hand-offs saved): p50 0.74 -> 0.51 ms and
-  daemon CPU per ban 0.75 -> 0.55 ms in a same-load comparison (2,000 bans on a warm daemon,
-  load 5); 0.42-0.47 ms p50 at load 2. This benchmark's 300 bans right after the start
-  measure 0.69 ms: the ≤ 0.5 ms target of issue 15 holds on a warm daemon only. What is
-  left per ban: the conntrack cut each ban queues to a worker thread (≈ 10 % of the
-  latency, measured by turning it off), h11's parsing and the socket's own syscalls.
-  fail2ban needs ≈ 10.5 ms per ban through its socket (105 s for 10,000) and 129 ms
+- A single ban reaches the kernel in ≈ 0.45-0.5 ms back to back: parse, SQLite commit
+  (the source of truth), one nfnetlink batch of our own written from the event loop (a
+  batch of at most 64 element changes; adapters/nftelements.py, acked), the audit line.
+  Since 2026-12-05 15:00 the conntrack cut after a ban is skipped when the daemon's
+  event-fed conntrack table is complete and knows no entry of the source (it walked the
+  kernel's whole conntrack hash in a worker thread: ≈ 10 % of the latency). The row with
+  one ban every 10 ms is slower because this machine's idle CPU takes time to wake (the
+  same daemon, the same work); the earlier rows of this file (before 15:30) measured with a
+  collection in the client between samples, which idles the daemon the same way (0.69 ms
+  at 13:49). Measured back to back on a warm daemon with 2,000 bans (/proc CPU times): ≈
+  0.45-0.5 ms of daemon CPU per ban, of which h11's parsing and answer ≈ 30 %, the SQLite
+  commit ≈ 12 %, the audit line ≈ 10 %, the netlink write and the generation read after it
+  ≈ 17 %. fail2ban needs ≈ 10.5 ms per ban through its socket (105 s for 10,000) and 129 ms
   through fail2ban-client; CrowdSec's bouncer ≈ 40 decisions/s (ANCHORS.md).
-- 100,000 new bans in one request are one kernel transaction, inside the 2 s target but
-  ≈ 5x `nft -f`. Since issue 15 the kernel part is our own nfnetlink batch (≈ 0.2 s, 0.7x
-  `nft -f`: docs/benchmarks-writer.md), so what is left is the daemon's own work: the JSON
-  decode and per-address validation, the overlap and protection checks, the SQLite commit
-  and the audit line. The ≤ 1.0x `nft -f` target of issue 15 is not met here; each of those
-  steps needs its own measurement and fix.
+- 100,000 new bans in one request: ≈ 0.55 s, ≈ 2x `nft -f` (was 1.44 s = 5.1x at 13:49).
+  What changed, each measured in-process on 100,000 (CPU ms, before -> after): items of
+  the usual shape parsed on a path of their own (179 -> ≈ 100, with the JSON decode's
+  duplicate-key check ≈ 65 of the rest), `Block` and `BlockSpec` named tuples (a frozen
+  dataclass costs 0.5 µs to make), one check-and-pack pass with the protected IPv4 ranges
+  found by bisect (`checked_keys`), new single addresses adopted by the table in one pass
+  and sent as packed elements (put 189 -> 38), SQLite rows as JSON arrays SQLite walks
+  itself (`json_each`: 362 -> 170) written from a worker thread while the kernel takes
+  the same blocks (the store's connection is used under one lock), and the conntrack cuts
+  of a request limited to its first 256 addresses before the skip check (it had made
+  100,000 address objects: 30 % of the request). The ≤ 1.0x `nft -f` target of issue 15
+  is not met: the JSON decode and per-item checks alone are ≈ 0.2 s of Python, the kernel
+  takes ≈ 0.15-0.2 s of its own, and SQLite's B-tree work for 100,000 rows and their
+  history ≈ 0.17 s (overlapped with the kernel now).
 - Blocking the same 100,000 again: this kernel updates a timeout on a plain add (probed at
-  the start), so the kernel part is one add per element (0.43x `nft -f` at the writer); the
-  row above still shows the daemon's own work on the request.
+  the start), so the kernel part is one add per element. The rest is SQLite closing
+  100,000 history rows, replacing 100,000 rows and adding 100,000 history rows (≈ 0.3 s,
+  in the worker thread) and the table moving each key to its new record.
 - RSS: a block costs ≈ 80-90 bytes in the table (a packed int key to a record shared by
   its whole request, one expiry heap; tests/unit/test_block_table_compact.py measures it
-  with tracemalloc), so 100,000 bans are ≈ 9 MB of it. The rest of the RSS after a ban
-  request is the interpreter (≈ 39 MB idle) and heap pages the request's JSON leaves
-  partly used (until issue 15's conntrack slice, also pyroute2, which the first ban
-  imported for its conntrack cut: see the conntrack bullet below). Python's
-  allocator can only give an arena back when every object in it is gone, and the keys the
-  table keeps are made while the request's objects are alive. The writer no longer holds
-  the last batch's JSON while idle (35 MB at 100,000), the table makes a request's keys in
-  a pass of their own, and the heap is trimmed once more after the request is answered.
-  Before the compact table (main at 43e8cd5, same machine and day, one run each): 120.9 MB
-  after one 100,000-ban request, then ≈ 69-73 MB with pyroute2, ≈ 64-66 MB without it.
-  The ≤ 50 MB target is not met: its floor here is 38.6 (idle) + 9 (the table) ≈ 48 MB, and
-  the remaining ≈ 16 MB are allocator pages pinned by the request (sys._debugmallocstats:
-  ~10 MB of empty pools in arenas that still hold a few live objects).
+  with tracemalloc), so 100,000 bans are ≈ 9 MB of it. After one 100,000-ban request
+  the daemon holds ≈ 62 MB: idle ≈ 43.5 MB (of which ≈ 14 MB are shared libraries'
+  pages: libpython, libcrypto, which asyncio's ssl import brings, libc, SQLite,
+  libnftables), the table ≈ 9 MB, SQLite's page cache ≈ 2 MB, and ≈ 7 MB of allocator
+  pages the request left partly used (/proc/PID/smaps: anonymous memory +17 MB). Since
+  15:20 glibc's mmap threshold is fixed at 1 MiB (it rose after the first large buffer,
+  so the next request's buffers fragmented the heap): 66.7 -> 62.0 MB. The ≤ 50 MB target
+  is not met: it needs a table that holds a large batch's addresses in an array rather than
+  a dict of ints (≈ 4 bytes instead of ≈ 85 per block) — not built.
 - Conntrack without pyroute2 (issue 15): the cut after a ban and the anti-lockout query are
   our own ctnetlink dumps and deletes (adapters/ctquery.py, one reused socket per worker
-  thread). `sudo .venv/bin/python -m benchmarks.bench_conntrack --before DIR` measures them
-  against another tree in the same run (DIR = main at d229e75, with pyroute2), alternating
-  fresh daemons; run on a machine loaded by other engineers' tests (load average 8-14 on 2
-  cores), so only the ratios mean anything and the wall times none. Per-round ratios, this
-  tree / main:
-  - user CPU of one cut (an address without entries, 2,000 other entries in the table):
-    0.10-0.24 (IPv4), 0.16-0.31 (IPv6); of one anti-lockout query: 0.15-0.16 (≈ 0.1-0.2 ms
-    against 0.55-1.1 ms with pyroute2);
-  - the daemon's user CPU per single ban, its cut included (200 bans, 4 rounds):
-    0.54-0.85 (2.35 → 1.73 ms, median); an earlier run of the same: 0.52-0.64
-    (2.25 → 1.33 ms). User + system: 0.77-1.18, because most of the system time is the
-    kernel walking its whole conntrack hash for each filtered dump (262,144 buckets here,
-    ≈ 3 ms, the same for both);
-  - RSS after 200 single bans: 0.80 every round (48.2 → 38.8 MB: pyroute2's import is the
-    difference); after one 100,000-ban request (`bench_daemon --quick`, twice each way):
-    68.1 / 69.4 → 65.5 / 64.1 MB;
-  - single-ban latency: not comparable under that load (p50 of 200 bans 1-20 ms both ways,
-    round to round); the target of ≤ 0.5 ms needs a quiet machine to check.
-- The cut still costs one walk of the kernel's conntrack hash per ban (the kernel has no
-  lookup by source). The daemon's conntrack accounting (adapters/ctnetlink.py events)
-  already knows whether a source holds any entry; skipping the cut when it holds none
-  would remove that walk for most bans — not done yet.
+  thread); `sudo .venv/bin/python -m benchmarks.bench_conntrack --before DIR` measures them
+  against another tree in the same run. The cut still walks the kernel's conntrack hash
+  (the kernel has no lookup by source), which is why it is skipped where the event table
+  says the source holds nothing.
 - The kernel's IPv6 address filter for conntrack dumps is inverted (it returns every
   source except the one asked for; IPv4 is correct), so the IPv6 cut dumps the IPv6 table
   and matches the source in the daemon: its cost follows the IPv6 conntrack table. Entries
@@ -397,9 +386,9 @@ What the numbers say:
   delete another source's connections.
 - Evaluate is microseconds in-process (an indexed evaluator: two bisects and a bit mask,
   not a walk over 1,000 rules); over a kept-alive socket the HTTP layer (h11 + asyncio)
-  brings it to ≈ 0.2 ms. The evaluate rows run first: tearing down a namespace that held
+  brings it to ≈ 0.3 ms. The evaluate rows run first: tearing down a namespace that held
   400,000 elements keeps the kernel busy for seconds and showed up as 3x the latency.
-- Idle RSS stays under 45 MB, and no ban or reload adds pyroute2 to it any more.
+- Idle RSS stays under 45 MB.
 """
 
 if __name__ == "__main__":
