@@ -209,9 +209,9 @@ What the numbers say:
   tests (load average 1.1 to 2.1 on 2 cores): the 1,000,000 restore took 2.4 s there
   (0.60x `nft -f`); the run above, on a quiet machine (15:48, load 0.5-1.0), 1.6 s and
   0.46x. The ratio to `nft -f`, each pair run side by side, is the figure that holds.
-- Threat ingestion went from 18,500 to 30,000-31,000 events/s with the bulk block path of
-  the same day (docs/benchmarks-daemon.md: one pass to check and pack the keys, SQLite rows
-  as JSON arrays, the table adopting new addresses in one pass).
+- Threat ingestion: 18,500 events/s at 08:15 (load 2.2), 29,800 at 15:15 on a tree
+  without the day's bulk block path, 31,300 in the run above with it: the step is not
+  this session's work, and was not traced (the morning's load is one candidate).
 - Where the rest goes (py-spy, 1,000,000 blocks): the reading thread is the critical
   path, and SQLite's fetch of the 5 columns is most of it (≈ 0.6 s alone in-process;
   longer in the daemon, where it waits for the GIL while the writer encodes); the table's
