@@ -387,17 +387,20 @@ class Store:
         """Like `iter_blocks`, as the store's own tuples (key, expires_at, reason, source,
         created_at), without a `Block` per row: the cold start of 1,000,000 blocks reads
         them straight into the block table (`BlockTable.load_rows`). Expired rows are
-        closed in the history before the first row comes."""
-        expired = [
-            k
-            for (k,) in self._db.execute(
-                "SELECT key FROM blocks WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,)
+        closed in the history before the first row comes. Holds the store's lock until it
+        is exhausted or closed (the cold start reads it in a thread of its own)."""
+        with self.lock:
+            expired = [
+                k
+                for (k,) in self._db.execute(
+                    "SELECT key FROM blocks WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                    (now,),
+                )
+            ]
+            self.end_blocks(expired, now, "expired")
+            yield from self._db.execute(
+                "SELECT key, expires_at, reason, source, created_at FROM blocks"
             )
-        ]
-        self.end_blocks(expired, now, "expired")
-        yield from self._db.execute(
-            "SELECT key, expires_at, reason, source, created_at FROM blocks"
-        )
 
     @_locked
     def load_offenders(self) -> dict[str, Offender]:
