@@ -1,7 +1,8 @@
 """The state store: SQLite (WAL), the source of truth for dynamic entries (layer L2).
 
-Owns: the database file under the state directory, its schema and version, and loading
-and saving blocks, block history and offenders. The kernel is a projection of this; on
+Owns: the database file under the state directory, and loading and saving blocks, block
+history, offenders, grants and journal cursors (its schema: `store_schema`; the block
+statements: `store_rows`). The kernel is a projection of this; on
 start the daemon restores the kernel from here.
 
 Three promises: a database that is only locked by another process is waited for, never
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from aitherfwd.adapters import store_open, store_rows
+from aitherfwd.adapters import store_open, store_rows, store_schema
 from aitherfwd.adapters.marker import Marker
 from aitherfwd.adapters.store_open import Corrupt, Unusable
 from aitherfwd.adapters.store_rows import Statements
@@ -36,57 +37,6 @@ from aitherfwd.egress.sandbox import Grant
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
-# Version 1 (the first release) had no user_version and no history; v2 adds the history;
-# v3 adds sandbox grants (created on open, like v2's history). journal_cursor (where the
-# journal sources stopped reading) and the fleet's outbox (adapters/outbox.py) are created on
-# open too; older versions ignore them.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS blocks (
-    key        TEXT PRIMARY KEY,
-    expires_at REAL,
-    reason     TEXT NOT NULL,
-    source     TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS offenders (
-    key           TEXT PRIMARY KEY,
-    score         REAL NOT NULL,
-    updated       REAL NOT NULL,
-    blocks        TEXT NOT NULL,
-    blocked_until REAL,
-    permanent     INTEGER NOT NULL,
-    events        INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS block_history (
-    id         INTEGER PRIMARY KEY,
-    key        TEXT NOT NULL,
-    reason     TEXT NOT NULL,
-    source     TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    expires_at REAL,
-    ended_at   REAL,
-    end_reason TEXT,
-    events     TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS block_history_key ON block_history (key, started_at);
-CREATE TABLE IF NOT EXISTS sandbox_grants (
-    key        TEXT PRIMARY KEY,
-    expires_at REAL NOT NULL,
-    scope      TEXT NOT NULL,
-    ports      TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    host       TEXT,
-    uid        INTEGER
-);
-CREATE TABLE IF NOT EXISTS journal_cursor (name TEXT PRIMARY KEY, cursor TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS fleet_outbox (
-    seq        INTEGER PRIMARY KEY,
-    subject    TEXT NOT NULL,
-    msg_id     TEXT NOT NULL,
-    payload    BLOB NOT NULL
-);
-"""
 HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one address
 # Rows of writes that failed (a full disk), kept in memory and retried in order until they
 # go through: a block lifted while the disk was full must not come back at the next start.
@@ -94,25 +44,6 @@ HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one a
 # kernel's sets because the incomplete marker is set).
 MAX_PENDING_ROWS = 200_000
 FLUSH_ROWS = 20_000  # rows of delayed writes retried in one transaction (one loop turn)
-
-
-def _prepare(db: sqlite3.Connection) -> None:
-    """Check a freshly opened database and bring its schema up to date, in a write
-    transaction (so a lock held by another process shows here, as SQLITE_BUSY)."""
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(
-            f"schema version {version} is newer than this aitherfwd understands ({SCHEMA_VERSION})"
-        )
-    check = db.execute("PRAGMA quick_check").fetchone()[0]
-    if check != "ok":
-        raise sqlite3.DatabaseError(f"integrity check failed: {check}")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
-    # a version-1 database may hold rows of another shape: read one of each to be sure
-    db.execute("SELECT key, expires_at, reason, source, created_at FROM blocks LIMIT 1")
-    db.execute("SELECT key, score, updated, blocks FROM offenders LIMIT 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +97,7 @@ class Store:
                 exc.kind,
                 exc.reason,
             )
-            self._db = store_open.in_memory(self.path, _prepare, kind=exc.kind)
+            self._db = store_open.in_memory(self.path, store_schema.prepare, kind=exc.kind)
         # set when a write fails (or nothing is persisted), cleared after a cold start
         # reconciled the kernel's sets; created after the directory exists
         self.incomplete = Marker(state_dir / "incomplete")
@@ -184,14 +115,14 @@ class Store:
         except OSError as exc:
             raise Unusable("unwritable", f"{self.path}: {exc.strerror or exc}") from exc
         try:
-            return store_open.open_waiting(self.path, _prepare, lock_wait)
+            return store_open.open_waiting(self.path, store_schema.prepare, lock_wait)
         except Corrupt as exc:
             try:
                 self.recovered = store_open.move_aside(self.path, str(exc))
                 store_open.private_file(self.path)
             except OSError as err:
                 raise Unusable("unwritable", f"{self.path}: {err.strerror or err}") from err
-            return store_open.open_waiting(self.path, _prepare, lock_wait)
+            return store_open.open_waiting(self.path, store_schema.prepare, lock_wait)
 
     # --- writes never raise ----------------------------------------------------------------
 

@@ -12,7 +12,6 @@ write. Knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -32,18 +31,15 @@ from aitherfwd.audit_records import (
 )
 from aitherfwd.clock import Clock
 from aitherfwd.compiler import Ruleset, compile_policy
-from aitherfwd.daemon import elements
+from aitherfwd.daemon import coldstart, elements
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.egress import EgressRuntime
-from aitherfwd.daemon.elements import FIRST_RESTORE_BATCH, RESTORE_BATCH
 from aitherfwd.daemon.ports import Conntrack, Kernel, Systemd
-from aitherfwd.daemon.prefetch import prefetched
 from aitherfwd.daemon.state import Generation, ReloadOutcome, describe
 from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.errors import AitherError, ApplyError, PolicyError
 from aitherfwd.evaluator import Evaluator, Request
 from aitherfwd.nft import names as n
-from aitherfwd.nft.builders import element_batches
 from aitherfwd.policy.diagnostics import Severity
 from aitherfwd.policy.model import Policy, Protocol
 from aitherfwd.policy.parse import ParseResult
@@ -139,7 +135,11 @@ class Generations:
         if self.store.recovered:
             self.audit.write(now, StoreRecovered(reason=self.store.recovered))
         ruleset = compile_policy(policy, now)
-        adopted = await self.writer.call(lambda k: self._adopt_or_apply(k, ruleset))
+        adopted = await self.writer.call(
+            lambda k: coldstart.adopt_or_apply(
+                k, ruleset, self.clock, blocks=self.blocks, egress=self.egress, store=self.store
+            )
+        )
         in_place = await self.writer.call(lambda k: k.updates_timeouts())
         self.blocks.table.update_in_place = self.egress.grants.update_in_place = in_place
         self.start_seconds = round(time.perf_counter() - started, 4)
@@ -164,68 +164,6 @@ class Generations:
             ),
         )
         return self.generation
-
-    def _adopt_or_apply(self, kernel: Kernel, ruleset: Ruleset) -> bool:
-        """Adopt a table that already enforces this ruleset (no gap), else apply it — in
-        the same transaction as the stored blocks with their remaining timeouts (`add` is a
-        no-op for an element the kernel still has), RESTORE_BATCH elements per transaction:
-        beyond that, the first batch comes with the table and the rest follow at once
-        (one 1,000,000-element call would leave the host without a table twice as long).
-        Kernel blocks and grants the store does not know (its database was lost, a write
-        failed on a full disk, another tool added them) are listed and adopted only when the
-        store cannot be complete (`_store_complete`)."""
-        before = kernel.observe()
-        adopted = before.exists and not plan(ruleset, before).changed
-        now = self.clock.now()
-        # the store's rows read into the block table a chunk at a time, in a thread of
-        # their own, while this one sends the chunk before (nothing is served yet): the
-        # elements of 1,000,000 blocks never exist at once, and SQLite's and the kernel's
-        # work overlap; the first, small chunk goes with the table (libnftables' JSON)
-        stream = prefetched(
-            self.blocks.load_batches(now, FIRST_RESTORE_BATCH, RESTORE_BATCH), name="restore"
-        )
-        batches = itertools.chain(
-            stream,
-            element_batches(self.egress.restore_commands(now, domains=False), RESTORE_BATCH),
-        )
-        static = [] if adopted else transaction(ruleset, before)
-        errors = self.store.write_errors
-        full = False
-        try:
-            first = next(batches, [])
-            if static or first:
-                kernel.run(static + first)
-            static = first = []  # in force now
-            for batch in batches:
-                kernel.run(batch)
-                del batch  # before the next one is made
-        except ApplyError as exc:  # e.g. a kernel prefix overlapping a stored one
-            log.warning("restore refused, reconciling element by element error=%s", exc.message)
-            stream.close()  # the rest of the store read into the table, not sent
-            if static:
-                kernel.run(static)
-            full = True  # the grants were in the refused batch too
-        finally:
-            stream.close()  # whatever happened, the table is whole (a no-op when it is)
-        # after the load: whether the store holds any block decides it
-        full = full or (before.exists and not self._store_complete())
-        if full:
-            self.blocks.reconcile(kernel, now)
-            self.egress.reconcile(kernel, now)
-        if self.store.write_errors == errors:  # everything the kernel holds is stored now
-            self.store.incomplete.clear()
-        return adopted
-
-    def _store_complete(self) -> bool:
-        """Whether the store knows every dynamic element the kernel may hold, so the cold
-        start need not list the kernel's sets (~5 µs per element: 5 s for 1,000,000). Not
-        when the database was moved aside, when a write failed since the last complete
-        start (the store's `incomplete` marker, kept across restarts), or when it holds no
-        blocks at all (nothing to list against, and listing an empty set is free)."""
-        store = self.store
-        return (
-            store.recovered is None and not store.incomplete.is_set and len(self.blocks.table) > 0
-        )
 
     # --- reload --------------------------------------------------------------------------
 

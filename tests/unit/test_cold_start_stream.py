@@ -194,8 +194,8 @@ def _block_elements(batch: list[Any]) -> int:
 def test_a_cold_start_restores_every_stored_block_the_first_chunk_with_the_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("aitherfwd.daemon.generations.FIRST_RESTORE_BATCH", 500)
-    monkeypatch.setattr("aitherfwd.daemon.generations.RESTORE_BATCH", 2_000)
+    monkeypatch.setattr("aitherfwd.daemon.coldstart.FIRST_RESTORE_BATCH", 500)
+    monkeypatch.setattr("aitherfwd.daemon.coldstart.RESTORE_BATCH", 2_000)
     fake = _seeded(tmp_path, 4_999)
     _cold_start(fake)
     assert len(fake.kernel.elements("block_v4")) == 4_999
@@ -215,8 +215,8 @@ def test_a_refused_restore_batch_still_leaves_the_table_whole_and_the_kernel_rec
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(elements, "RESTORE_BATCH", 2_000)
-    monkeypatch.setattr("aitherfwd.daemon.generations.FIRST_RESTORE_BATCH", 500)
-    monkeypatch.setattr("aitherfwd.daemon.generations.RESTORE_BATCH", 2_000)
+    monkeypatch.setattr("aitherfwd.daemon.coldstart.FIRST_RESTORE_BATCH", 500)
+    monkeypatch.setattr("aitherfwd.daemon.coldstart.RESTORE_BATCH", 2_000)
     fake = _seeded(tmp_path, 6_000)
     fake.kernel.refuse_next("Cannot allocate memory", after=1)  # the second restore batch
     started = time.perf_counter()

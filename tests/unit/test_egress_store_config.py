@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aitherfwd.adapters.store import SCHEMA_VERSION, Store
+from aitherfwd.adapters.store import Store
+from aitherfwd.adapters.store_schema import SCHEMA_VERSION
 from aitherfwd.client import scope_from_headers
 from aitherfwd.codes import http_status
 from aitherfwd.config import ConfigError, parse_config

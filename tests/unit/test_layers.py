@@ -58,7 +58,12 @@ OWNERS = {  # library -> the only module allowed to import it
     "h11": {"adapters/control_http.py", "adapters/control_stream.py"},
     "inotify_simple": {"adapters/watch.py"},
     "systemd": {"adapters/systemd.py", "adapters/journal.py"},
-    "sqlite3": {"adapters/store.py", "adapters/store_open.py", "adapters/outbox.py"},
+    "sqlite3": {
+        "adapters/store.py",
+        "adapters/store_open.py",
+        "adapters/store_schema.py",
+        "adapters/outbox.py",
+    },
     "nats": {"adapters/natsbus.py"},
     "dns": {"adapters/dns.py"},
     "maxminddb": {"adapters/geodb.py"},

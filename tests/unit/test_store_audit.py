@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.audit import AuditLog
-from aitherfwd.adapters.store import SCHEMA_VERSION, Store
+from aitherfwd.adapters.store import Store
 from aitherfwd.adapters.store_rows import BULK_KEYS, arrays
+from aitherfwd.adapters.store_schema import SCHEMA_VERSION
 from aitherfwd.audit_records import Blocked, DaemonStarted, DaemonStopped
 from aitherfwd.dynamic.blocks import Block
 
