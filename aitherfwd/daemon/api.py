@@ -25,7 +25,7 @@ from aitherfwd import codes
 from aitherfwd.adapters.control_budget import Admission
 from aitherfwd.adapters.control_server import HttpRequest, HttpResponse, Peer
 from aitherfwd.audit_records import AccessDenied, RequestRejected
-from aitherfwd.control import schema
+from aitherfwd.control import jsonbody, schema
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.daemon import fleet_api, sandbox_api, views
 from aitherfwd.daemon.budgets import RequestBudgets
@@ -67,7 +67,7 @@ def actor(req: HttpRequest) -> dict[str, int]:
 
 
 async def add_blocks(d: Services, req: HttpRequest) -> Any:
-    specs = schema.parse_blocks(schema.decode(req.body))
+    specs = schema.parse_blocks(jsonbody.decode(req.body))
     blocks = await d.blocks.block(specs, actor=actor(req))
     return {"count": len(blocks), "blocked": [views.block_view(b) for b in blocks[:1000]]}
 
@@ -79,7 +79,7 @@ async def delete_block(d: Services, req: HttpRequest) -> Any:
 
 
 async def evaluate(d: Services, req: HttpRequest) -> Any:
-    spec = schema.parse_evaluate(schema.decode(req.body))
+    spec = schema.parse_evaluate(jsonbody.decode(req.body))
     if spec.dest_host is not None:
         return await sandbox_api.evaluate_host(d, spec)
     judged = d.queries.evaluate(spec)
@@ -87,7 +87,7 @@ async def evaluate(d: Services, req: HttpRequest) -> Any:
 
 
 async def threats(d: Services, req: HttpRequest) -> Any:
-    specs = schema.parse_threats(schema.decode(req.body))
+    specs = schema.parse_threats(jsonbody.decode(req.body))
     if req.charge is not None:
         req.charge(len(specs))  # E-RATE-LIMITED: the reporter's threat_events_per_uid
     return views.threats_view(await d.reputation.threats(specs, actor=actor(req)))
@@ -100,7 +100,7 @@ async def explain(d: Services, req: HttpRequest) -> Any:
 
 
 async def reload(d: Services, req: HttpRequest) -> Any:
-    force = schema.parse_flag_body(schema.decode(req.body), "force")
+    force = schema.parse_flag_body(jsonbody.decode(req.body), "force")
     return (await d.generations.reload(force=force, trigger="api")).as_dict()
 
 

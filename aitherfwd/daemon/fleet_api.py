@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from aitherfwd.adapters.control_server import HttpRequest
-from aitherfwd.control import schema
+from aitherfwd.control import jsonbody, schema
 from aitherfwd.daemon import views
 from aitherfwd.daemon.fleet import FleetService
 from aitherfwd.daemon.services import Services
@@ -37,7 +37,7 @@ async def status(d: Services, req: HttpRequest) -> Any:
 
 async def push_policy(d: Services, req: HttpRequest) -> Any:
     fleet = _fleet(d)
-    body = schema.decode(req.body)
+    body = jsonbody.decode(req.body)
     text = body.get("policy") if isinstance(body, dict) and len(body) == 1 else None
     if not isinstance(text, str):
         raise RequestError('the body must be {"policy": "<the policy text>"}', code="E-SCHEMA")
@@ -48,7 +48,7 @@ async def push_policy(d: Services, req: HttpRequest) -> Any:
 
 async def add_blocks(d: Services, req: HttpRequest) -> Any:
     fleet = _fleet(d)
-    specs = schema.parse_blocks(schema.decode(req.body))
+    specs = schema.parse_blocks(jsonbody.decode(req.body))
     made = await d.blocks.block(specs, actor=_actor(req))
     shared = fleet.share_blocks(made, d.ports.clock.now())
     return {

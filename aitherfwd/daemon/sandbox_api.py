@@ -12,8 +12,9 @@ from dataclasses import replace
 from typing import Any
 
 from aitherfwd.adapters.control_server import HttpRequest
+from aitherfwd.control.jsonbody import decode
 from aitherfwd.control.sandbox import destination, parse_grant
-from aitherfwd.control.schema import EvaluateSpec, decode
+from aitherfwd.control.schema import EvaluateSpec
 from aitherfwd.daemon import views
 from aitherfwd.daemon.egress import Caller
 from aitherfwd.daemon.services import Services

@@ -16,9 +16,10 @@ import pytest
 from aitherfwd.adapters.control_server import HttpRequest, Peer
 from aitherfwd.audit_records import AuditRecord, RequestRejected
 from aitherfwd.config import ConfigError, parse_config
+from aitherfwd.control.jsonbody import decode
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.control.sandbox import parse_grant
-from aitherfwd.control.schema import decode, parse_block, parse_network
+from aitherfwd.control.schema import parse_block, parse_network
 from aitherfwd.daemon.api import Api
 from aitherfwd.daemon.rejections import Rejections
 from aitherfwd.errors import RequestError
