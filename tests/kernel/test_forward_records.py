@@ -21,6 +21,7 @@ from lab.netns import inside
 from lab.network import Lab
 from lab.wait import until
 from tests.geodata import write_db
+from tests.kernel.test_forward_daemon import scan_blocks_the_scanner
 
 pytestmark = pytest.mark.kernel
 
@@ -142,16 +143,8 @@ def test_scan_of_published_ports_mapped_to_one_container_port_blocks_the_scanner
     docker: DockerHost, daemon: DaemonProc
 ) -> None:
     scanner, bystander = docker.lab.clients[1], docker.lab.clients[2]
-    for port in SCAN_PORTS:  # eight published ports, one container port behind them all
-        assert docker.tcp(scanner.ns, scanner.server_v4, port, timeout=0.2) == "timeout"
-
-    def blocked() -> bool:
-        blocks = daemon.ok("GET", "/v1/blocks")["blocks"]
-        return any(b["address"] == scanner.v4 for b in blocks)
-
-    until(blocked, 5, "the scanner blocked")
-    assert docker.tcp(scanner.ns, scanner.server_v4, 8080, timeout=0.5) == "timeout"
-    assert docker.tcp(bystander.ns, bystander.server_v4, 8080) == "ok"
+    # eight published ports, one container port behind them all
+    scan_blocks_the_scanner(docker, daemon, scanner, bystander, SCAN_PORTS)
 
 
 GEO_POLICY = """\
