@@ -20,7 +20,11 @@ bytes (IPv6 ≈ 105), down from ≈ 210 (a `Block` dataclass per block, its key 
 - one expiry index, a heap of batches: `prune` pops what is due and never walks the table
   (a walk of 1,000,000 blocks cost ~30 ms of the event loop every 2 s); a key that left a
   batch (re-blocked, lifted) is skipped by identity, an emptied batch drops its key list;
-- prefix blocks are few (overlap checks, lookups scan them): text key and integer span.
+- prefix blocks are few (overlap checks, lookups scan them): text key and integer span;
+- a bulk request's IPv4 addresses (RUN_MIN or more under one batch) are a run of
+  `singles.Singles`: a sorted array of 4-byte ints and a live byte each, ≈ 5 bytes a block
+  (a 100,000-ban request: 16 MB of RSS in the dict, 3 MB as a run), reached from the
+  expiry heap through `Batch.run` and expired in one step.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from aitherfwd.dynamic.blockrecords import (
     span,
     text_of,
 )
+from aitherfwd.dynamic.singles import Singles
 from aitherfwd.dynamic.spans import DisjointSpans
 from aitherfwd.policy.model import IPNetwork
 
@@ -50,7 +55,7 @@ class BlockRecords:
     Expired entries are pruned through the expiry heap."""
 
     def __init__(self, protected: Sequence[IPNetwork] = ()) -> None:
-        self._singles: dict[int, Batch] = {}
+        self._singles = Singles()  # a dict, and bulk requests' IPv4 addresses as runs
         self._prefixes: dict[str, Batch] = {}  # few: scanned on lookups and overlap checks
         self._spans = DisjointSpans()  # the prefixes, indexed: lookups and overlap checks
         self._heap: list[Batch] = []  # batches with an expiry, the earliest first
@@ -137,16 +142,19 @@ class BlockRecords:
     def _drop(self, key: Key) -> Batch:
         if isinstance(key, int):
             batch = self._singles.pop(key)
-            v6 = key >= V6
         else:
             batch = self._prefixes.pop(key)
             version, lo, _ = span(key)
             self._spans.discard(version, lo, key)
-            v6 = ":" in key
+        self._forget(key, batch)
+        return batch
+
+    def _forget(self, key: Key, batch: Batch) -> None:
+        """The books of `key` leaving the table, which it held under `batch`."""
         self._counts[set_of(key)] -= 1
+        v6 = key >= V6 if isinstance(key, int) else ":" in key
         self._kinds[batch.kind(v6)] -= 1
         self._release(batch)
-        return batch
 
     def _release(self, batch: Batch) -> None:
         """A key left `batch`: forget an emptied batch's keys, compact a mostly stale list,
@@ -177,10 +185,43 @@ class BlockRecords:
             if batch.live == 0:
                 self._dead -= 1
                 continue
+            if batch.run is not None:
+                gone += self._expire_run(batch)
             for key in batch.keys or ():
                 if self._batch_of(key) is batch:
                     gone.append(batch.block(text_of(key)))
                     self._drop(key)
+        return gone
+
+    def _forget_many(self, taken: dict[int, Batch]) -> None:
+        """`_forget` of many single addresses, batch by batch (a re-block of 100,000)."""
+        if len(taken) < 64:
+            for key, batch in taken.items():
+                self._forget(key, batch)
+            return
+        per: dict[Batch, list[int]] = {}
+        for key, batch in taken.items():
+            per.setdefault(batch, []).append(key)
+        for batch, keys in per.items():
+            v6 = sum(1 for k in keys if k >= V6)
+            self._counts["block_v4"] -= len(keys) - v6
+            self._counts["block_v6"] -= v6
+            self._kinds[batch.kind(False)] -= len(keys) - v6
+            self._kinds[batch.kind(True)] -= v6
+            batch.live -= len(keys) - 1
+            self._release(batch)  # the last one: its books (an emptied batch, a stale list)
+
+    def _expire_run(self, batch: Batch) -> list[Block]:
+        """The blocks of `batch`'s run, gone with it in one step (IPv4 addresses only)."""
+        run, batch.run = batch.run, None
+        if run is None or not run.live:
+            return []
+        gone = [batch.block(text_of(k)) for k in run.held()]
+        held = run.live
+        self._singles.drop_run(run)
+        self._counts["block_v4"] -= held
+        self._kinds[batch.kind(False)] -= held
+        batch.live -= held
         return gone
 
     def _settle(self, batch: Batch, run4: int, run6: int) -> None:

@@ -76,7 +76,8 @@ class LoadingTable(BlockRecords):
         the element add of each block loaded (its remaining timeout at `restore.now`).
         Returns how many rows were read."""
         batches: dict[tuple[float | None, str, str, float], Batch] = {}
-        singles = self._singles
+        # the dict itself while there is no run (a cold start): the loop's speed
+        singles = self._singles if self._singles.runs else self._singles.loose
         expires: float | None = math.nan  # no row matches NaN
         reason, source, created = "", "", math.nan
         batch = Batch(None, "", "", 0.0)  # replaced at the first row
@@ -152,7 +153,7 @@ class LoadingTable(BlockRecords):
         loss), `limit` elements per yielded batch at most, made as they are consumed: the
         table must not change while this runs (the cold start runs it before serving)."""
         self.prune(now)
-        return restore_batches(self._singles, self._prefixes, now, limit)
+        return restore_batches(self._singles.items(), self._prefixes, now, limit)
 
     def restore_commands(self, now: float) -> list[Any]:
         """Element adds for every live block, as one list (a re-apply in one transaction)."""
@@ -200,4 +201,8 @@ class LoadingTable(BlockRecords):
                 singles[k] = batch
             else:
                 prefixes[k] = batch
-        return [cmd for part in restore_batches(singles, prefixes, now, math.inf) for cmd in part]
+        return [
+            cmd
+            for part in restore_batches(singles.items(), prefixes, now, math.inf)
+            for cmd in part
+        ]

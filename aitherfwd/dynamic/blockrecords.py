@@ -13,12 +13,15 @@ import ipaddress
 import math
 import socket
 from collections.abc import Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aitherfwd.dynamic.packedelements import PackedElements
 from aitherfwd.errors import AitherError
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPNetwork
+
+if TYPE_CHECKING:
+    from aitherfwd.dynamic.singles import Run
 
 BLOCK_SET_NAMES = ("block_v4", "block_v6", "block_v4_net", "block_v6_net")
 # (family, kind) keys of the metrics' block counts, indexed by "is IPv6" (no tuple per block)
@@ -189,7 +192,7 @@ class Batch:
     (8 bytes each; a key that left it since is skipped by identity); `live` counts the keys
     still holding it. Ordered by expiry, so the heap holds batches themselves."""
 
-    __slots__ = ("created_at", "expires_at", "keys", "live", "queued", "reason", "source")
+    __slots__ = ("created_at", "expires_at", "keys", "live", "queued", "reason", "run", "source")
 
     def __init__(
         self, expires_at: float | None, reason: str, source: str, created_at: float
@@ -201,6 +204,7 @@ class Batch:
         self.keys: list[int | str] | None = None if expires_at is None else []
         self.live = 0
         self.queued = False  # in the table's expiry heap
+        self.run: Run | None = None  # its keys kept compact (`singles.Run`), not in `keys`
 
     def __lt__(self, other: Batch) -> bool:
         return (self.expires_at or math.inf) < (other.expires_at or math.inf)
@@ -237,7 +241,7 @@ def _remaining(batch: Batch, now: float) -> int | None:
 
 
 def restore_batches(
-    singles: dict[int, Batch], prefixes: dict[str, Batch], now: float, limit: float
+    singles: Iterable[tuple[int, Batch]], prefixes: dict[str, Batch], now: float, limit: float
 ) -> Iterator[list[Any]]:
     """Element adds for these blocks with their remaining timeouts, at most `limit`
     elements per yielded batch, each made when the one before has been consumed. One
@@ -247,7 +251,7 @@ def restore_batches(
     v4 = sets["block_v4"] = PackedElements(4)
     v6 = sets["block_v6"] = PackedElements(6)
     held, last, timeout = 0, None, None
-    for key, batch in singles.items():
+    for key, batch in singles:  # (key, batch) pairs
         if batch is not last:
             last, timeout = batch, _remaining(batch, now)
         if key < V6:

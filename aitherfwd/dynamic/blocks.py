@@ -39,6 +39,7 @@ from aitherfwd.dynamic.blockrecords import (
     unpack,
 )
 from aitherfwd.dynamic.packedelements import PackedElements
+from aitherfwd.dynamic.singles import RUN_MIN
 from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork
 
@@ -136,43 +137,55 @@ class BlockTable(LoadingTable):
     ) -> list[Any]:
         """Record blocks; return the kernel commands (one transaction, one command per set
         and step — a batch of 100,000 elements is a handful of commands) that make them so.
-        `keys`: the blocks' table keys when the caller has them (`checked_keys`). A single
-        address the table does not hold (a bulk request's common case) is adopted in a
-        pass of its own (`_adopt`); single addresses go out packed (`PackedElements`)."""
+        `keys`: the blocks' table keys when the caller has them (`checked_keys`). Single
+        addresses are taken out of the table as they come, then held again in a pass of
+        their own (`_adopt`: RUN_MIN IPv4 addresses of one batch or more as a compact run)
+        and go out packed (`PackedElements`)."""
         touch: dict[str, list[Any]] = {}  # re-blocks: add (no-op if present), then delete...
         adds: dict[str, Any] = {}  # ...then everything added with its timeout
         packed = {"block_v4": PackedElements(4), "block_v6": PackedElements(6)}
         batches: dict[tuple[float | None, str, str, float], Batch] = {}
-        fresh: dict[Batch, list[int]] = {}
+        fresh: dict[Batch, list[int]] = {}  # single addresses to hold, per batch
+        pending: dict[int, Batch] = {}  # the same, by address: a key twice is seen
+        repeated = False
         timeouts: dict[float | None, int | None] = {}  # one int per distinct expiry
         blocks = list(blocks)
-        # the keys first, in a loop of their own: the ints that stay then share heap pages
-        # with each other, not with the request's short-lived JSON (whose pages could
-        # otherwise never go back to the kernel: measured, +40 MB of RSS per 100,000)
         if keys is None:
             keys = [self._key(blk.key) for blk in blocks]
-        singles = self._singles
+        # the single addresses held already leave the table first, all at once
+        taken = self._singles.take_many(k for k in keys if isinstance(k, int))
+        self._forget_many(taken)
+        taken_pop = taken.pop
         for new, key in zip(blocks, keys, strict=True):
             if key is None:
                 raise ValueError(f"{new.key!r} is not a canonical block key")
             expires = new.expires_at
             if expires not in timeouts:
                 timeouts[expires] = new.remaining(now)
-            fresh_key = isinstance(key, int) and key not in singles
-            created = new.created_at if fresh_key else self._created(key, new, now, touch)
+            if isinstance(key, int):
+                old = pending.pop(key, None)
+                repeated = repeated or old is not None  # twice in one request: last wins
+                old = old or taken_pop(key, None)
+                live = (
+                    old if old is None or old.expires_at is None or old.expires_at > now else None
+                )
+                created = self._created(key, new, live, touch)
+            else:
+                created = self._created(key, new, self._live(key, now), touch)
             ident = (expires, new.reason, new.source, created)
             batch = batches.get(ident)
             if batch is None:
                 batch = batches[ident] = Batch(*ident)
             if isinstance(key, int):
                 packed[set_of(key)].append(key ^ V6 if key >= V6 else key, timeouts[expires])
-            else:
-                adds.setdefault(set_of(key), []).append(b.timed(new.value(), timeouts[expires]))
-            if fresh_key and isinstance(key, int):
-                singles[key] = batch  # held at once: a repeated key is not fresh again
+                pending[key] = batch
                 fresh.setdefault(batch, []).append(key)
             else:
+                adds.setdefault(set_of(key), []).append(b.timed(new.value(), timeouts[expires]))
                 self._store(key, batch)
+        if repeated:  # the lists hold the first batch of a repeated key too: regroup
+            fresh = _grouped(pending)
+        del pending
         for batch, held in fresh.items():
             self._adopt(held, batch)
         adds.update((name, elements) for name, elements in packed.items() if elements)
@@ -181,10 +194,12 @@ class BlockTable(LoadingTable):
         cmds += [b.add(b.element(name, v)) for name, v in sorted(adds.items())]
         return cmds
 
-    def _created(self, key: Key, new: Block, now: float, touch: dict[str, list[Any]]) -> float:
-        """`new` replaces what `key` holds: the creation time it keeps, and the element on
-        the touch list when the kernel needs the add-delete-add to take the new timeout."""
-        existing = self._live(key, now)
+    def _created(
+        self, key: Key, new: Block, existing: Batch | None, touch: dict[str, list[Any]]
+    ) -> float:
+        """`new` replaces `existing` (the live batch `key` holds, or None): the creation time
+        it keeps, and the element on the touch list when the kernel needs the
+        add-delete-add to take the new timeout."""
         if existing is None:
             return new.created_at
         timed = existing.expires_at is not None and new.expires_at is not None
@@ -195,19 +210,29 @@ class BlockTable(LoadingTable):
         return existing.created_at
 
     def _adopt(self, keys: list[int], batch: Batch) -> None:
-        """The bookkeeping of `_store` for single addresses just put into `_singles` under
-        `batch` that it did not hold before, all at once."""
-        v6 = sum(1 for k in keys if k >= V6)
-        v4 = len(keys) - v6
-        self._counts["block_v4"] += v4
-        self._counts["block_v6"] += v6
-        self._kinds[batch.kind(False)] += v4
-        self._kinds[batch.kind(True)] += v6
+        """Hold single addresses the table does not hold under `batch`, all at once: in the
+        dict, or (RUN_MIN IPv4 addresses or more) as a run of the compact part."""
+        singles = self._singles
+        v6 = [k for k in keys if k >= V6]
+        loose = keys
+        if len(keys) - len(v6) >= RUN_MIN:
+            v4 = [k for k in keys if k < V6] if v6 else keys
+            batch.run, dissolved, moved = singles.add_run(v4, batch)
+            if dissolved is not None:  # its keys went into the dict: into its expiry list
+                dissolved.batch.run = None
+                if dissolved.batch.keys is not None:
+                    dissolved.batch.keys.extend(moved)
+            loose = v6
+        singles.loose.update(dict.fromkeys(loose, batch))
+        self._counts["block_v4"] += len(keys) - len(v6)
+        self._counts["block_v6"] += len(v6)
+        self._kinds[batch.kind(False)] += len(keys) - len(v6)
+        self._kinds[batch.kind(True)] += len(v6)
         if batch.keys is not None:
             if not batch.queued:  # the loop of `put` may have queued it (`_join`)
                 heapq.heappush(self._heap, batch)
                 batch.queued = True
-            batch.keys.extend(keys)
+            batch.keys.extend(loose)
         batch.live += len(keys)
 
     def checked_keys(self, texts: Sequence[str], now: float, check: bool = True) -> list[Key]:
@@ -234,9 +259,9 @@ class BlockTable(LoadingTable):
     def held(self, keys: Sequence[Key], texts: Sequence[str], now: float) -> dict[str, Batch]:
         """The live blocks among `keys` (with their texts) as their records by text: what a
         change replaces (`Batch.block(text)` is the block; made only when it is needed)."""
-        singles, out = self._singles, {}
+        get, out = self._singles.lookup(keys), {}
         for key, text in zip(keys, texts, strict=True):
-            batch = singles.get(key) if isinstance(key, int) else self._prefixes.get(key)
+            batch = get(key) if isinstance(key, int) else self._prefixes.get(key)
             if batch is not None and (batch.expires_at is None or batch.expires_at > now):
                 out[text] = batch
         return out
@@ -250,3 +275,11 @@ class BlockTable(LoadingTable):
         blk = batch.block(key)
         value, name = blk.value(), blk.set_name
         return blk, [b.add(b.element(name, [value])), delete_command(name, value)]
+
+
+def _grouped(held: dict[int, Batch]) -> dict[Batch, list[int]]:
+    """Keys by the batch they hold."""
+    out: dict[Batch, list[int]] = {}
+    for key, batch in held.items():
+        out.setdefault(batch, []).append(key)
+    return out
