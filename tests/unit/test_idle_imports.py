@@ -22,6 +22,10 @@ DEFERRED = (
     "multiprocessing",  # through maxminddb
     "pickle",  # through multiprocessing
     "nats",  # adapters/natsbus.py, when a [fleet] is configured
+    "aitherfwd.adapters.natsbus",  # the fleet's service and bus (daemon/services.py, main.py)
+    "aitherfwd.adapters.outbox",
+    "aitherfwd.daemon.fleet",
+    "aitherfwd.fleet.batch",
     "difflib",  # the did-you-mean hint of a misspelt name
     "zoneinfo",  # policy/timezones.py, when a time window names a time zone
     "aitherfwd.cli_client",  # the other subcommands (cli_lazy.py)
