@@ -21,12 +21,10 @@ from aitherfwd.adapters.dns import ResolveError, resolve_sync
 from aitherfwd.adapters.files import load_policy, read_text
 from aitherfwd.adapters.forwarding import forwarding_families
 from aitherfwd.adapters.nft import Nft
-from aitherfwd.cli_audit import audit as audit_commands
-from aitherfwd.cli_client import register as register_client_commands
+from aitherfwd.cli_lazy import LAZY_COMMANDS, LazyGroup
 from aitherfwd.compiler import Ruleset, compile_policy
 from aitherfwd.config import ConfigError
 from aitherfwd.errors import AitherError, ExitCode, KernelUnavailableError
-from aitherfwd.gateway.cli import gateway as gateway_command
 from aitherfwd.policy.containers import forwarding_warning
 from aitherfwd.policy.diagnostics import (
     Diagnostic,
@@ -68,7 +66,9 @@ def _load(path: Path, *, quiet_warnings: bool = False) -> Policy:
     return result.policy
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="aitherfwd")
 @click.option("-v", "--verbose", is_flag=True, help="Log what is done.")
 def main(verbose: bool) -> None:
@@ -294,8 +294,3 @@ def check_config(config: Path) -> None:
     except ConfigError as err:
         _fail(err)
     click.echo(f"{config}: valid")
-
-
-register_client_commands(main)
-main.add_command(audit_commands)
-main.add_command(gateway_command)

@@ -57,14 +57,6 @@ def _out(answer: Any, as_json: bool, text: str) -> None:
     click.echo(json.dumps(answer, indent=2) if as_json else text)
 
 
-def register(main: click.Group) -> None:
-    from aitherfwd.cli_fleet import fleet  # noqa: PLC0415 - it imports this module
-
-    for command in (status, block, unblock, blocks, evaluate, reload, threat, explain, sandbox):
-        main.add_command(command)
-    main.add_command(fleet)
-
-
 @click.command()
 @socket_option
 @json_option

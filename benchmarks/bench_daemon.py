@@ -373,6 +373,8 @@ What the numbers say:
   so the next request's buffers fragmented the heap): 66.7 -> 62.0 MB. The ≤ 50 MB target
   is not met: it needs a table that holds a large batch's addresses in an array rather than
   a dict of ints (≈ 4 bytes instead of ≈ 85 per block) — not built.
+- Idle RSS, default policy (`sudo .venv/bin/python -m benchmarks.bench_idle`, median of 3
+  fresh daemons, 1 s after ready): 41.6 MiB; 43.7 before deferring imports (same run).
 - Conntrack without pyroute2 (issue 15): the cut after a ban and the anti-lockout query are
   our own ctnetlink dumps and deletes (adapters/ctquery.py, one reused socket per worker
   thread); `sudo .venv/bin/python -m benchmarks.bench_conntrack --before DIR` measures them

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import maxminddb
-
 from aitherfwd.adapters.files import read_bytes
 from aitherfwd.errors import AitherError
 from aitherfwd.geo.ranges import Collector, ParsedList, PrefixSet, parse_list
@@ -57,6 +55,8 @@ def read_list(path: Path) -> ParsedList:
 
 def read_countries(path: Path) -> dict[str, PrefixSet]:
     """Every country's merged ranges (key: ISO code, or '??' without one)."""
+    import maxminddb  # noqa: PLC0415 - only a policy with countries needs it (~2.5 MB RSS)
+
     try:
         # opened without blocking (a FIFO put there would hang the reader), checked on the
         # descriptor, then mapped through it: no window to swap the file in between
@@ -139,6 +139,8 @@ def _network(bits: int, value: int, depth: int, code: str) -> tuple[int, int, in
 
 def address_country(path: Path, address: str) -> str | None:
     """One lookup (for tests and `explain` tooling; the daemon never looks up per address)."""
+    import maxminddb  # noqa: PLC0415 - see read_countries
+
     with maxminddb.open_database(str(path)) as reader:
         code = _country(reader.get(str(ipaddress.ip_address(address))))
     return None if code == UNKNOWN else code

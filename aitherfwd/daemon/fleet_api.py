@@ -10,15 +10,17 @@ daemon without `[fleet]` answers 409 E-FLEET-OFF.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aitherfwd.adapters.control_server import HttpRequest
 from aitherfwd.control import jsonbody, schema
 from aitherfwd.daemon import views
-from aitherfwd.daemon.fleet import FleetService
 from aitherfwd.daemon.services import Services
 from aitherfwd.dynamic.blocks import address_text
 from aitherfwd.errors import RequestError
+
+if TYPE_CHECKING:
+    from aitherfwd.daemon.fleet import FleetService
 
 
 def _fleet(d: Services) -> FleetService:

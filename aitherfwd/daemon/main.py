@@ -25,9 +25,9 @@ import socket
 from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aitherfwd.adapters import memory, natsbus
+from aitherfwd.adapters import memory
 from aitherfwd.adapters import systemd as sd
 from aitherfwd.adapters.audit import AuditLog
 from aitherfwd.adapters.conntrack import NetlinkConntrack
@@ -37,7 +37,6 @@ from aitherfwd.adapters.files import MAX_CONFIG_BYTES, load_policy, read_text
 from aitherfwd.adapters.journal import SystemdJournal
 from aitherfwd.adapters.kernel import NftKernel
 from aitherfwd.adapters.metrics import MetricsServer
-from aitherfwd.adapters.natsbus import NatsBus
 from aitherfwd.adapters.notify import Notifier
 from aitherfwd.adapters.store import Store
 from aitherfwd.adapters.watch import PolicyWatcher, stat_fingerprint
@@ -53,6 +52,9 @@ from aitherfwd.daemon.telemetry import Telemetry
 from aitherfwd.errors import AitherError, PolicyError
 from aitherfwd.policy.model import Settings
 from aitherfwd.roles import Authorizer
+
+if TYPE_CHECKING:
+    from aitherfwd.adapters.natsbus import NatsBus
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +125,11 @@ def _bus(cfg: DaemonConfig) -> NatsBus | None:
     dependency, whose absence is a clear error at start."""
     if cfg.fleet is None:
         return None
+    from aitherfwd.adapters import natsbus  # noqa: PLC0415 - a daemon without a fleet needs none
+
     if not natsbus.available():
         raise ConfigError(natsbus.NO_CLIENT, code="E-FLEET-NO-CLIENT")  # exit 64
-    return NatsBus(cfg.fleet)
+    return natsbus.NatsBus(cfg.fleet)
 
 
 def _kernel(nft: NftKernel) -> Kernel:

@@ -13,17 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aitherfwd.adapters.audit import AuditLog
-from aitherfwd.adapters.outbox import Outbox
 from aitherfwd.adapters.store import Store
 from aitherfwd.clock import Clock
 from aitherfwd.daemon.audit_budget import AuditBudget
 from aitherfwd.daemon.blocking import BlockService
 from aitherfwd.daemon.detection import Detection
 from aitherfwd.daemon.egress import EgressRuntime
-from aitherfwd.daemon.fleet import FleetService
-from aitherfwd.daemon.fleet_policy import FleetPolicy
 from aitherfwd.daemon.generations import Generations, Loader
 from aitherfwd.daemon.geosets import GeoSets
 from aitherfwd.daemon.journal import JournalService
@@ -34,6 +32,9 @@ from aitherfwd.daemon.writer import KernelWriter
 from aitherfwd.fleet.settings import FleetSettings
 from aitherfwd.roles import Authorizer
 from aitherfwd.stats import Stats
+
+if TYPE_CHECKING:
+    from aitherfwd.daemon.fleet import FleetService
 
 DEFAULT_RESYNC_INTERVAL = 30.0
 
@@ -156,6 +157,11 @@ def _fleet(
 ) -> FleetService | None:
     if fleet is None or ports.bus is None:
         return None
+    # imported here: a daemon without a fleet does not carry the fleet's modules
+    from aitherfwd.adapters.outbox import Outbox  # noqa: PLC0415
+    from aitherfwd.daemon.fleet import FleetService  # noqa: PLC0415
+    from aitherfwd.daemon.fleet_policy import FleetPolicy  # noqa: PLC0415
+
     outbox = Outbox(ports.store, fleet.backlog)
     service = FleetService(fleet, ports.bus, ports.clock, blocks, outbox, ports.audit, rep.threats)
     rep.on_threats = service.share_threats

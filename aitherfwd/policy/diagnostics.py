@@ -10,7 +10,6 @@ daemon config alike. Must not import adapters or anything that does I/O.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -129,6 +128,8 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     lowered = {c.lower(): c for c in pool}
     if word.lower() in lowered:
         return f" (did you mean '{lowered[word.lower()]}'?)"
+    import difflib  # noqa: PLC0415 - only a misspelt name needs it, not the daemon
+
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
 

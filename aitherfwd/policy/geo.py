@@ -10,7 +10,6 @@ Must not import adapters or do I/O.
 
 from __future__ import annotations
 
-import difflib
 from enum import StrEnum
 
 from aitherfwd.policy.countries import COUNTRIES
@@ -39,6 +38,8 @@ def country_hint(code: str) -> str:
         return f" (did you mean '{ALIASES[upper]}'?)"
     if len(upper) == 3 and upper[:2] in COUNTRIES:  # an alpha-3 code, mostly: DEU, FRA
         return f" (did you mean '{upper[:2]}'?)"
+    import difflib  # noqa: PLC0415 - only a misspelt name needs it, not the daemon
+
     close = difflib.get_close_matches(upper, sorted(COUNTRIES), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

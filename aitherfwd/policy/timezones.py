@@ -17,9 +17,12 @@ import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import TYPE_CHECKING
 
 from aitherfwd.policy.model import DAY_SECONDS, Policy, Rule, TimeWindow
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 UTC_NAMES = ("UTC", "Z", "ETC/UTC", "GMT", "ETC/GMT")
 HORIZON_DAYS = 400  # transitions further away than this are found after a later recompile
@@ -29,6 +32,8 @@ def check_zone(name: str) -> str | None:
     """None for UTC (and its aliases), the IANA name otherwise; ValueError with a fix."""
     if name.strip().upper() in UTC_NAMES:
         return None
+    from zoneinfo import ZoneInfoNotFoundError  # noqa: PLC0415 - see _zone
+
     try:
         _zone(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -41,6 +46,8 @@ def check_zone(name: str) -> str | None:
 
 @lru_cache(maxsize=64)
 def _zone(name: str) -> ZoneInfo:
+    from zoneinfo import ZoneInfo  # noqa: PLC0415 - only a policy with time zones needs it
+
     return ZoneInfo(name)
 
 
