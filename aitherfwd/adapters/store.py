@@ -44,6 +44,9 @@ HISTORY_PER_ADDRESS = 50  # explain shows at most this many past blocks of one a
 # kernel's sets because the incomplete marker is set).
 MAX_PENDING_ROWS = 200_000
 FLUSH_ROWS = 20_000  # rows of delayed writes retried in one transaction (one loop turn)
+# a write this large (a 100,000-ban request) leaves the connection's page cache full (2 MB,
+# SQLite's default): give it back; the next write reads its pages from the kernel's cache
+SHRINK_ROWS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +186,8 @@ class Store:
                 for sql, rows in statements:
                     self._db.executemany(sql, rows)
                 self._db.execute("COMMIT")
+                if store_rows.size(statements) >= SHRINK_ROWS:
+                    self._db.execute("PRAGMA shrink_memory")  # its page cache: 2 MB of RSS
             except BaseException:
                 if self._db.in_transaction:  # SQLite may have rolled back on its own
                     self._db.execute("ROLLBACK")

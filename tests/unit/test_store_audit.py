@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.audit import AuditLog
-from aitherfwd.adapters.store import Store
+from aitherfwd.adapters.store import SHRINK_ROWS, Store
 from aitherfwd.adapters.store_rows import BULK_KEYS, arrays
 from aitherfwd.adapters.store_schema import SCHEMA_VERSION
 from aitherfwd.audit_records import Blocked, DaemonStarted, DaemonStopped
@@ -117,6 +117,20 @@ def test_a_bulk_write_keeps_every_row_group_and_event(tmp_path: Path) -> None:
     assert first["a"].end_reason == "replaced" and first["again"].ended_at is None
     count = store._db.execute("SELECT count(*) FROM block_history").fetchone()[0]
     assert count == len(blocks) + 1
+
+
+def test_a_large_write_gives_back_the_page_cache_and_a_small_one_keeps_it(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    said: list[str] = []
+    store._db.set_trace_callback(said.append)
+    store.save_blocks([_block(f"10.4.0.{i}") for i in range(200)])
+    assert "PRAGMA shrink_memory" not in said
+    many = [_block(f"10.5.{i // 256}.{i % 256}") for i in range(SHRINK_ROWS)]
+    assert store.save_blocks(many)
+    assert said[-1] == "PRAGMA shrink_memory" and said[-2] == "COMMIT"
+    assert len(store.load_blocks(NOW)) == 200 + SHRINK_ROWS
 
 
 def test_a_failed_bulk_write_counts_every_row_against_the_pending_cap(tmp_path: Path) -> None:
