@@ -235,7 +235,7 @@ class Store:
         rows = [(b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks]
         return self._write(
             "blocks",
-            ("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)", rows),
+            (store_rows.INSERT, rows),
             (
                 "INSERT INTO block_history (key, reason, source, started_at, expires_at, "
                 "events) VALUES (?, ?, ?, ?, ?, '[]')",

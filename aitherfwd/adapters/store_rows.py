@@ -15,7 +15,13 @@ from typing import Any
 from aitherfwd.dynamic.blocks import Block
 
 CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"
-INSERT = "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)"
+# an upsert, not INSERT OR REPLACE: a re-blocked key's row is updated in place, not deleted
+# and inserted again with its index entry (100,000 re-blocks: 98 -> 65 ms)
+INSERT = (
+    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+    "expires_at = excluded.expires_at, reason = excluded.reason, source = excluded.source, "
+    "created_at = excluded.created_at"
+)
 HISTORY = (
     "INSERT INTO block_history "
     "(key, reason, source, started_at, expires_at, events) VALUES (?, ?, ?, ?, ?, ?)"
@@ -26,7 +32,12 @@ Statements = tuple[tuple[str, Sequence[tuple[Any, ...]]], ...]
 # work stays in SQLite's C (100,000 blocks 172 ms instead of 355 ms with executemany, which
 # binds five values per row from Python), at most BULK_KEYS keys to a JSON array.
 BULK_KEYS = 8192
-BULK_BLOCKS = "INSERT OR REPLACE INTO blocks SELECT value, ?, ?, ?, ? FROM json_each(?)"
+# (`WHERE true`: SQLite's grammar needs it before an upsert clause of an INSERT ... SELECT)
+BULK_BLOCKS = (
+    "INSERT INTO blocks SELECT value, ?, ?, ?, ? FROM json_each(?) WHERE true "
+    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at, "
+    "reason = excluded.reason, source = excluded.source, created_at = excluded.created_at"
+)
 BULK_HISTORY = (
     "INSERT INTO block_history (key, reason, source, started_at, expires_at, events) "
     "SELECT value, ?, ?, ?, ?, '[]' FROM json_each(?)"

@@ -27,6 +27,7 @@ from aitherfwd.dynamic.blockrecords import (
     restore_batches,
     span,
 )
+from aitherfwd.dynamic.singles import MAX_RUNS, RUN_MIN, V4_END
 
 # distinct (expiry, reason, source, created) remembered while loading: the store's rows of one
 # request are adjacent, and a load of 1,000,000 blocks made one by one must not hold 1,000,000
@@ -69,13 +70,19 @@ class LoadingTable(BlockRecords):
         that share expiry, reason, source and creation time share one `Batch`."""
         self.load_rows((b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks)
 
-    def load_rows(self, rows: Iterable[BlockRow], restore: RestoreParts | None = None) -> int:
+    def load_rows(
+        self,
+        rows: Iterable[BlockRow],
+        restore: RestoreParts | None = None,
+        batches: dict[tuple[float | None, str, str, float], Batch] | None = None,
+    ) -> int:
         """`load` from the store's tuples (key, expires_at, reason, source, created_at): the
         cold start's 1,000,000 rows, without a `Block` per row. A row that is not a block
         (a key that is not canonical text) is skipped. `restore`, when given, also receives
-        the element add of each block loaded (its remaining timeout at `restore.now`).
-        Returns how many rows were read."""
-        batches: dict[tuple[float | None, str, str, float], Batch] = {}
+        the element add of each block loaded (its remaining timeout at `restore.now`);
+        `batches`, the batch records of earlier chunks of the same load (a request's rows
+        split over chunks stay one batch, and one run). Returns how many rows were read."""
+        batches = {} if batches is None else batches  # shared by the chunks of one load
         # the dict itself while there is no run (a cold start): the loop's speed
         singles = self._singles if self._singles.runs else self._singles.loose
         expires: float | None = math.nan  # no row matches NaN
@@ -135,16 +142,44 @@ class LoadingTable(BlockRecords):
         block (the store closed those). Yields nothing for a chunk with no block in it."""
         it = iter(rows)
         size = first
+        batches: dict[tuple[float | None, str, str, float], Batch] = {}  # a request's one
         while True:  # the rows stream through: never a list of them
             restore = RestoreParts(now)
-            read = self.load_rows(itertools.islice(it, size), restore)
+            read = self.load_rows(itertools.islice(it, size), restore, batches)
             cmds = restore.commands()
             del restore
             if cmds:
                 yield cmds
             if read < size:
+                self.compact()  # while the kernel takes the last chunk
                 return  # a short chunk was the last
             size = limit
+
+    def compact(self) -> int:
+        """Move the dict's large groups of IPv4 addresses that share a batch (RUN_MIN or
+        more: a bulk request's rows, restored at a cold start) into runs, the largest
+        first, while there is room for a run. Returns how many addresses moved. A cold
+        start of 1,000,000 such blocks: the dict and its ints (≈ 85 bytes a block) go."""
+        singles = self._singles
+        groups: dict[Batch, list[int]] = {}
+        for key, batch in singles.loose.items():
+            if key < V4_END and batch.run is None:
+                groups.setdefault(batch, []).append(key)
+        room = MAX_RUNS - len(singles.runs)
+        big = sorted((g for g in groups.items() if len(g[1]) >= RUN_MIN), key=lambda g: -len(g[1]))
+        del groups
+        moved = 0
+        loose = singles.loose
+        for batch, keys in big[:room]:
+            for key in keys:
+                del loose[key]
+            batch.run, _, _ = singles.add_run(keys, batch)  # room was counted: none dissolved
+            if batch.keys is not None:  # what stays in the expiry list: IPv6 and prefixes
+                batch.keys = [k for k in batch.keys if not isinstance(k, int) or k >= V4_END]
+            moved += len(keys)
+        if moved:
+            singles.loose = dict(loose)  # a dict never shrinks by deletion: a fresh one
+        return moved
 
     # --- the kernel's view -----------------------------------------------------------------
 

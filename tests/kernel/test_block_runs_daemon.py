@@ -1,11 +1,13 @@
 """A bulk ban held compactly (a run of `dynamic/singles.py`), for real: the real daemon in a
 namespace takes 2,001 addresses in one request, the banned client's TCP connects are
-dropped while another client is served; lifting one address from the run lets it in;
+dropped while another client is served, and still after a restart (the store's rows
+compacted into a run again); lifting one address from the run lets it in;
 a re-block of the whole run with a short timeout moves it to a new run, and at that
 timeout the kernel lets the client in again and the daemon forgets all of them."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +51,11 @@ def test_a_bulk_ban_is_dropped_lifted_reblocked_and_expires_for_real(
         assert lab.tcp(lan, lan.server_v4, 443, timeout=0.5) == "timeout"
         assert lab.tcp(world, world.server_v4, 443) == "ok"
         assert _kernel(lab) == {*OTHERS, lan.v4}
+        assert d.stop(signal.SIGTERM) == 0
+        d.start()  # restored from the store: compacted into a run again (`compact`)
         listed = {b["address"]: b for b in d.ok("GET", "/v1/blocks")["blocks"]}
         assert len(listed) == 2001 and listed[lan.v4]["reason"] == "bulk"
+        assert lab.tcp(lan, lan.server_v4, 443, timeout=0.5) == "timeout"
 
         assert d.cli("unblock", lan.v4).returncode == 0  # out of the middle of the run
         assert lab.tcp(lan, lan.server_v4, 443) == "ok"

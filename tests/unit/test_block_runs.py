@@ -118,7 +118,7 @@ def _state(table: BlockTable, now: float, probes: list[str]) -> Any:
         [tuple(b) for b in table.active(now)],
         [table.get(k, now) for k in probes],
         sorted((str(k), e) for k, e in table.expiries()),
-        sorted(table.missing(set(), now)),
+        sorted(table.missing(set(), now), key=str),
         sorted(
             (c["add"]["element"]["name"], str(e))
             for c in table.restore_commands(now)
@@ -170,3 +170,28 @@ def test_runs_and_the_dict_hold_the_same_table_through_random_changes(
         assert _state(with_runs, now, probes) == _state(plain, now, probes)
     assert not plain._singles.runs
     assert had_runs  # the test did exercise runs
+
+
+def test_a_cold_start_moves_large_restored_groups_into_runs_and_changes_nothing_else() -> None:
+    rows: list[tuple[str, float | None, str, str, float]]
+    rows = [(_v4(i), NOW + 60, "big", "manual", NOW) for i in range(3000)]
+    rows += [(_v4(10_000 + i), None, "forever", "reputation", NOW) for i in range(1500)]
+    rows += [(_v4(20_000 + i), NOW + 90, "small", "manual", NOW) for i in range(100)]
+    rows += [(_v6(i), NOW + 60, "big", "manual", NOW) for i in range(50)]
+    rows += [("198.51.100.0/24", NOW + 60, "big", "manual", NOW)]
+    table, reference = BlockTable(), BlockTable()
+    reference.load_rows(iter(rows))
+    for _ in table.load_batches(iter(rows), NOW, 1000, 1000):
+        pass
+    assert sorted(run.live for run in table._singles.runs) == [1500, 3000]
+    assert len(table._singles.loose) == 150  # the small group and IPv6
+    probes = [_v4(5), _v4(10_005), _v4(20_005), _v6(7), _v4(99_999)]
+    assert _state(table, NOW, probes) == _state(reference, NOW, probes)
+    gone = sorted(tuple(b) for b in table.prune(NOW + 60))
+    assert gone == sorted(tuple(b) for b in reference.prune(NOW + 60))
+    assert len(gone) == 3000 + 50 + 1
+    assert table.remove(_v4(10_005), NOW + 61) is not None
+    assert _state(table, NOW + 61, probes) != _state(reference, NOW + 61, probes)
+    assert reference.remove(_v4(10_005), NOW + 61) is not None
+    assert _state(table, NOW + 91, probes) == _state(reference, NOW + 91, probes)
+    assert table.compact() == 0  # nothing left to move
