@@ -364,19 +364,26 @@ What the numbers say:
   history ≈ 0.17 s (overlapped with the kernel now).
 - Blocking the same 100,000 again: this kernel updates a timeout on a plain add (probed at
   the start), so the kernel part is one add per element. The rest is SQLite closing
-  100,000 history rows, replacing 100,000 rows and adding 100,000 history rows (≈ 0.3 s,
-  in the worker thread) and the table moving each key to its new record.
-- RSS: a block costs ≈ 80-90 bytes in the table (a packed int key to a record shared by
-  its whole request, one expiry heap; tests/unit/test_block_table_compact.py measures it
-  with tracemalloc), so 100,000 bans are ≈ 9 MB of it. After one 100,000-ban request
-  the daemon holds ≈ 62 MB: idle ≈ 43.5 MB (of which ≈ 14 MB are shared libraries'
-  pages: libpython, libcrypto, which asyncio's ssl import brings, libc, SQLite,
-  libnftables), the table ≈ 9 MB, SQLite's page cache ≈ 2 MB, and ≈ 7 MB of allocator
-  pages the request left partly used (/proc/PID/smaps: anonymous memory +17 MB). Since
-  15:20 glibc's mmap threshold is fixed at 1 MiB (it rose after the first large buffer,
-  so the next request's buffers fragmented the heap): 66.7 -> 62.0 MB. The ≤ 50 MB target
-  is not met: it needs a table that holds a large batch's addresses in an array rather than
-  a dict of ints (≈ 4 bytes instead of ≈ 85 per block) — not built.
+  100,000 history rows, updating 100,000 rows in place (an upsert since 18:10: 98 -> 65 ms
+  for the rows) and adding 100,000 history rows (≈ 0.3 s, in the worker thread), and the
+  table moving each key to its new record (the keys leave their run all at once: put
+  129 -> 100 ms). The ≤ 1.0x target is not met (≈ 3.1x): the SQLite write can start only
+  once the request is decoded, parsed and the held keys are known (≈ 0.25 s of Python:
+  the history rows it closes are theirs), and then takes ≈ 0.3 s, longer than the kernel.
+- RSS: since 18:00 a bulk request's IPv4 addresses (1,024 or more under one batch) are a
+  run of the table (aitherfwd/dynamic/singles.py): one sorted array of 4-byte ints and a
+  live byte each, ≈ 5 bytes a block instead of ≈ 85 in a dict (its slot, its int object,
+  its place in the expiry list; tests/unit/test_block_runs.py measures it with
+  tracemalloc). The ints were made while the request's JSON was alive, so they also
+  pinned its freed pages: in-process, 100,000 in the dict kept +16 MB of RSS, as a run
+  +3 MB. After one 100,000-ban request the daemon now holds ≈ 48 MB (median of 3 fresh
+  daemons): idle ≈ 40 MB (imports deferred, glibc's heap trimmed after the cold start),
+  the run 0.5 MB, and ≈ 7 MB of Python allocator arenas that the request's short-lived
+  objects filled and a few hundred survivors keep (tracemalloc: +0.5 MB of live Python
+  objects after the request). SQLite's page cache (2 MB) is given back after a write of
+  10,000 rows or more (`PRAGMA shrink_memory`). The steps, each on fresh daemons: 66.0 MB
+  (15:47) -> 62-64 (mmap threshold) -> 52-53 (runs) -> 49.6-50.7 (imports deferred,
+  trim) -> 47.3-48.3 (page cache given back).
 - Idle RSS, default policy (`sudo .venv/bin/python -m benchmarks.bench_idle`, median of 3
   fresh daemons, 1 s after ready): 41.6 MiB; 43.7 before deferring imports (same run).
 - Conntrack without pyroute2 (issue 15): the cut after a ban and the anti-lockout query are
