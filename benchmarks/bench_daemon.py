@@ -364,7 +364,7 @@ What the numbers say:
   history ≈ 0.17 s (overlapped with the kernel now).
 - Blocking the same 100,000 again: this kernel updates a timeout on a plain add (probed at
   the start), so the kernel part is one add per element. The rest is SQLite closing
-  100,000 history rows, updating 100,000 rows in place (an upsert since 18:10: 98 -> 65 ms
+  100,000 history rows, updating 100,000 rows in place (an upsert since 18:05: 98 -> 65 ms
   for the rows) and adding 100,000 history rows (≈ 0.3 s, in the worker thread), and the
   table moving each key to its new record (the keys leave their run all at once: put
   129 -> 100 ms). The ≤ 1.0x target is not met (≈ 3.1x): the SQLite write can start only

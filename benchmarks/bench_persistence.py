@@ -229,7 +229,7 @@ What the numbers say:
   more under one batch, up to 16 groups, the largest first) into a run of the table
   (`LoadingTable.compact`, in the reading thread while the kernel takes the last chunk):
   ≈ 5 bytes a block instead of ≈ 80 in the dict. Holding 1,000,000 restored blocks (one
-  request's): 124 MB -> 55 MB since 18:10; 100,000: 54 -> 47 MB. The restore got ≈ 0.1 s
+  request's): 124 MB -> 55 MB since 18:05; 100,000: 54 -> 47 MB. The restore got ≈ 0.1 s
   slower for it (1.62 -> 1.76 s, 0.46x -> 0.48x `nft -f`). Blocks made one by one (many
   small batches) stay in the dict, ≈ 80 bytes each. The rows stream through the reading
   thread one at a time (a chunk is never a list of rows: short-lived row objects between
