@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from aitherfwd.dynamic.blockload import LoadingTable
 from aitherfwd.dynamic.blockrecords import (
@@ -152,13 +152,14 @@ class BlockTable(LoadingTable):
         blocks = list(blocks)
         if keys is None:
             keys = [self._key(blk.key) for blk in blocks]
+        if len(keys) != len(blocks) or None in keys:  # before the table changes at all
+            bad = next((blk.key for blk, k in zip(blocks, keys, strict=False) if k is None), "")
+            raise ValueError(f"{bad!r} is not a canonical block key" if bad else "a key per block")
         # the single addresses held already leave the table first, all at once
         taken = self._singles.take_many(k for k in keys if isinstance(k, int))
         self._forget_many(taken)
         taken_pop = taken.pop
-        for new, key in zip(blocks, keys, strict=True):
-            if key is None:
-                raise ValueError(f"{new.key!r} is not a canonical block key")
+        for new, key in zip(blocks, cast("Sequence[Key]", keys), strict=True):
             expires = new.expires_at
             if expires not in timeouts:
                 timeouts[expires] = new.remaining(now)

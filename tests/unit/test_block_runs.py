@@ -195,3 +195,15 @@ def test_a_cold_start_moves_large_restored_groups_into_runs_and_changes_nothing_
     assert reference.remove(_v4(10_005), NOW + 61) is not None
     assert _state(table, NOW + 91, probes) == _state(reference, NOW + 91, probes)
     assert table.compact() == 0  # nothing left to move
+
+
+def test_a_put_with_a_key_that_is_no_block_key_changes_nothing() -> None:
+    table = BlockTable()
+    v4 = [_v4(i) for i in range(2000)]
+    table.put(_blocks(v4, 600), NOW)
+    bad = _blocks([v4[0], "010.0.0.1"], 60, "again")
+    with pytest.raises(ValueError, match=r"'010\.0\.0\.1' is not a canonical block key"):
+        table.put(bad, NOW)
+    held = table.get(v4[0], NOW)
+    assert held is not None and held.reason == "bulk"
+    assert len(table) == 2000 and table.counts()["block_v4"] == 2000
