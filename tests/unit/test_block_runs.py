@@ -87,6 +87,11 @@ def test_beyond_max_runs_the_smallest_run_moves_into_the_dict_and_still_expires(
     assert len(table._singles.loose) == RUN_MIN + (RUN_MIN + 10)  # the two smallest
     first = table.get(_v4(5), NOW)
     assert first is not None and first.reason == "request 0"
+    last = [_v4(5_000_000 + i) for i in range(RUN_MIN)]  # the smallest: into the dict itself
+    table.put(_blocks(last, 30, "last"), NOW)
+    assert len(table._singles.runs) == MAX_RUNS
+    assert len(table._singles.loose) == 3 * RUN_MIN + 10
+    assert sorted(b.key for b in table.prune(NOW + 30)) == sorted(last)
     for r in range(MAX_RUNS + 2):
         gone = table.prune(NOW + 60 * (r + 1))
         assert len(gone) == RUN_MIN + 10 * r and {b.reason for b in gone} == {f"request {r}"}
