@@ -5,6 +5,7 @@ sit in its resident memory (docs/benchmarks-daemon.md, the idle RSS note)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -89,3 +90,25 @@ def test_each_lazy_subcommand_resolves_to_the_command_of_that_name() -> None:
         assert command is not None and command.name == name
     result = CliRunner().invoke(main, ["audit", "--help"])
     assert result.exit_code == 0 and "tail" in result.output
+
+
+def test_every_top_level_command_of_the_lazy_modules_is_listed() -> None:
+    """A command added to one of these modules and not to LAZY_COMMANDS would silently be
+    missing from `aitherfwd`: every module-level command that no group of its module holds
+    must be listed, under its own name."""
+    modules = {spec.partition(":")[0] for spec in LAZY_COMMANDS.values()}
+    listed = {(spec.partition(":")[0], spec.partition(":")[2]) for spec in LAZY_COMMANDS.values()}
+    for name in sorted(modules):
+        module = importlib.import_module(name)
+        commands = {a: v for a, v in vars(module).items() if isinstance(v, click.Command)}
+        held = {
+            id(sub)
+            for v in commands.values()
+            if isinstance(v, click.Group)
+            for sub in v.commands.values()
+        }
+        for attribute, command in commands.items():
+            if id(command) in held or command.name is None:
+                continue
+            assert (name, attribute) in listed, f"{name}:{attribute} is not in LAZY_COMMANDS"
+            assert LAZY_COMMANDS[command.name] == f"{name}:{attribute}"
