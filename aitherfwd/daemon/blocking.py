@@ -144,7 +144,10 @@ class BlockService:
         checked: bool = False,
     ) -> list[Block]:
         """Store first (a failing disk is reported, not fatal), then one kernel transaction.
-        `checked`: the caller judged every key against the table just before (the fleet)."""
+        `checked`: the caller judged every key against the table just before (the fleet).
+        Blocks already due expire first (closed as expired in the history and the audit
+        trail), so a block that lapsed moments ago is not replaced as if still active."""
+        self.expire()  # cheap when nothing is due: a look at the expiry heap's top
         now = self.clock.now()
         seen: set[str] = set()
         blocks = []
