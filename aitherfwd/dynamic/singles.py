@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 RUN_MIN = 1024  # IPv4 addresses of one batch in one change: kept as a run, not in the dict
 MAX_RUNS = 16  # runs bisected per lookup at most: beyond, the smallest goes into the dict
 V4_END = 1 << 32  # packed keys below are IPv4 addresses
+# keys against a run: below 1/SCAN_RATIO of its size they are bisected one by one, above it
+# the run is walked once (a bisection costs ≈ 0.5 µs, a walk ≈ 30 ns per address)
+SCAN_RATIO = 16
 
 
 class Run:
@@ -83,14 +86,18 @@ class Singles:
         return self.get if self.runs else self.loose.get
 
     def lookup(self, keys: Collection[object]) -> Callable[[int], Batch | None]:
-        """A `get` for a pass over `keys` (RUN_MIN or more, with runs: the runs are matched
-        against them all at once, in C, instead of one bisection per key and run)."""
+        """A `get` for a pass over `keys` (RUN_MIN or more, with runs: a run no more than
+        SCAN_RATIO times larger is matched against them all at once, in C, instead of one
+        bisection per key)."""
         if not self.runs or len(keys) < RUN_MIN:
             return self.getter()
         query = keys if isinstance(keys, (set, frozenset)) else set(keys)
         found: dict[int, Batch] = {}
         for run in self.runs:
-            hits = cast("set[int]", query.intersection(run.held()))
+            if len(query) * SCAN_RATIO < len(run.keys):  # a large run: bisect the keys
+                hits = {k for k in query if type(k) is int and k < V4_END and run.find(k) >= 0}
+            else:
+                hits = cast("set[int]", query.intersection(run.held()))
             found.update(dict.fromkeys(hits, run.batch))
         loose_get, found_get = self.loose.get, found.get
 
@@ -101,17 +108,16 @@ class Singles:
         return get
 
     def take_many(self, keys: Iterable[int]) -> dict[int, Batch]:
-        """Remove all of `keys` (a key named twice: once); returns what each held. The runs
-        are matched against them all at once, in C."""
+        """Remove all of `keys` (a key named twice: once); returns what each held. A run is
+        matched against many keys all at once, in C; a few keys are bisected (a single ban
+        must not walk a run of 100,000)."""
         query = set(keys)
         out: dict[int, Batch] = {}
         for run in list(self.runs):
-            hits = query.intersection(run.held())
+            hits = _take_from(run, query)
             if not hits:
                 continue
             out.update(dict.fromkeys(hits, run.batch))
-            gone = map(operator.not_, map(hits.__contains__, run.keys))
-            run.alive = bytearray(map(operator.and_, run.alive, gone))
             run.live -= len(hits)
             if run.live == 0:
                 self.drop_run(run)
@@ -193,3 +199,21 @@ class Singles:
         run.live = 0
         run.keys = array("I")
         run.alive = bytearray()
+
+
+def _take_from(run: Run, query: set[int]) -> set[int]:
+    """Clear the live bytes of `query`'s keys in `run`; the keys it held. Few keys against
+    a large run: one bisection each; otherwise one pass over the run (C's set and map)."""
+    if len(query) * SCAN_RATIO < len(run.keys):
+        hits = set()
+        for key in query:
+            i = run.find(key) if key < V4_END else -1
+            if i >= 0:
+                run.alive[i] = 0
+                hits.add(key)
+        return hits
+    hits = query.intersection(run.held())
+    if hits:
+        gone = map(operator.not_, map(hits.__contains__, run.keys))
+        run.alive = bytearray(map(operator.and_, run.alive, gone))
+    return hits

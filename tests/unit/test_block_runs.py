@@ -212,3 +212,27 @@ def test_a_put_with_a_key_that_is_no_block_key_changes_nothing() -> None:
     held = table.get(v4[0], NOW)
     assert held is not None and held.reason == "bulk"
     assert len(table) == 2000 and table.counts()["block_v4"] == 2000
+
+
+def test_a_few_keys_against_a_large_run_are_bisected_never_a_walk_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = BlockTable()
+    v4 = [_v4(i) for i in range(40_000)]
+    table.put(_blocks(v4, 600), NOW)
+
+    def walked(run: Run) -> Any:
+        raise AssertionError(f"a run of {len(run.keys)} was walked")
+
+    monkeypatch.setattr(Run, "held", walked)
+    table.put(_blocks([v4[7]], 60, "single"), NOW + 1)  # a single ban out of the run
+    moved = table.get(v4[7], NOW + 1)
+    assert moved is not None and moved.reason == "single" and moved.created_at == NOW
+    table.put(_blocks([_v4(50_000)], 60, "new"), NOW + 1)
+    texts = v4[100:2100]  # 2,000 keys: a twentieth of the run, bisected
+    assert len(table.held(table.checked_keys(texts, NOW + 2), texts, NOW + 2)) == 2000
+    table.put(_blocks(texts, 900, "again"), NOW + 2)
+    assert table.remove(v4[5], NOW + 3) is not None
+    assert len(table) == 40_000 and table.counts()["block_v4"] == 40_000
+    monkeypatch.undo()
+    assert sorted(run.live for run in table._singles.runs) == [2000, 40_000 - 2002]
