@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import socket
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Collection, Container, Iterable, Iterator
 from typing import Any
 
 from aitherfwd.dynamic.blockbase import BlockRecords
@@ -197,9 +197,24 @@ class LoadingTable(BlockRecords):
     # --- drift repair: the kernel's listing is read elsewhere (off the event loop, never
     # touching this table); these compare it with the table where the table lives
 
-    def unknown(self, listed: Iterable[Key], now: float) -> list[Key]:
+    def unknown(self, listed: Collection[Key], now: float) -> list[Key]:
         """Keys of a listing that no live block here holds."""
-        return [k for k in listed if self._live(k, now) is None]
+        live = self._live_getter(listed, now)
+        return [k for k in listed if live(k) is None]
+
+    def _live_getter(self, keys: Collection[Key], now: float) -> Callable[[Key], Batch | None]:
+        """`_live` for a pass over `keys`: the runs matched against them all at once when
+        there are many (`Singles.lookup`), not bisected per key (a drift repair's listing of
+        400,000 elements)."""
+        get, prefixes = self._singles.lookup(keys), self._prefixes
+
+        def live(key: Key) -> Batch | None:
+            batch = get(key) if isinstance(key, int) else prefixes.get(key)
+            if batch is None or (batch.expires_at is not None and batch.expires_at <= now):
+                return None
+            return batch
+
+        return live
 
     def missing(self, listed: Container[Key], now: float, margin: float = 2.0) -> list[Key]:
         """Live keys absent from the kernel's listing, but not those due within `margin`
@@ -224,12 +239,13 @@ class LoadingTable(BlockRecords):
             if part:
                 yield part
 
-    def restore_keys(self, keys: Iterable[Key], now: float) -> list[Any]:
+    def restore_keys(self, keys: Collection[Key], now: float) -> list[Any]:
         """Element adds (remaining timeouts) for those of `keys` still live."""
         singles: dict[int, Batch] = {}
         prefixes: dict[str, Batch] = {}
+        live = self._live_getter(keys, now)
         for k in keys:
-            batch = self._live(k, now)
+            batch = live(k)
             if batch is None:
                 continue
             if isinstance(k, int):

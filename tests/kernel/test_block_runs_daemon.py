@@ -1,7 +1,8 @@
 """A bulk ban held compactly (a run of `dynamic/singles.py`), for real: the real daemon in a
 namespace takes 2,001 addresses in one request, the banned client's TCP connects are
 dropped while another client is served, and still after a restart (the store's rows
-compacted into a run again); lifting one address from the run lets it in;
+compacted into a run again) and after another tool flushed the set (the drift repair puts
+the run back); lifting one address from the run lets it in;
 a re-block of the whole run with a short timeout moves it to a new run, and at that
 timeout the kernel lets the client in again and the daemon forgets all of them."""
 
@@ -22,6 +23,7 @@ from tests.kernel.test_daemon import CONFIG, POLICY, TCP_PORTS
 
 pytestmark = pytest.mark.kernel
 
+SET = "block_v4"
 OTHERS = [f"10.77.{200 + i // 250}.{i % 250 + 1}" for i in range(2000)]
 
 
@@ -34,7 +36,7 @@ def lab() -> Iterator[Lab]:
 
 def _kernel(lab: Lab) -> set[str]:
     with inside(lab.server):
-        return {e["elem"]["val"] for e in Nft().set_elements("block_v4")}
+        return {e["elem"]["val"] for e in Nft().set_elements(SET)}
 
 
 def _bulk(addresses: list[str], ttl: str) -> dict[str, object]:
@@ -55,6 +57,10 @@ def test_a_bulk_ban_is_dropped_lifted_reblocked_and_expires_for_real(
         d.start()  # restored from the store: compacted into a run again (`compact`)
         listed = {b["address"]: b for b in d.ok("GET", "/v1/blocks")["blocks"]}
         assert len(listed) == 2001 and listed[lan.v4]["reason"] == "bulk"
+        assert lab.tcp(lan, lan.server_v4, 443, timeout=0.5) == "timeout"
+        with inside(lab.server):  # another tool flushes the set: the run is put back
+            Nft().run([{"flush": {"set": {"family": "inet", "table": "aitherfwd", "name": SET}}}])
+        until(lambda: _kernel(lab) == {*OTHERS, lan.v4}, 15, "the drift repair")
         assert lab.tcp(lan, lan.server_v4, 443, timeout=0.5) == "timeout"
 
         assert d.cli("unblock", lan.v4).returncode == 0  # out of the middle of the run
