@@ -75,6 +75,19 @@ WARM = 100  # bans before the single-ban samples: a running daemon's state, not 
 GAP = 0.01  # seconds between the bans of the idle row
 
 
+def _ban_bodies(count: int, base: int) -> list[bytes]:
+    """Single-ban request bodies, one per new address from `base`."""
+    return [json.dumps({"address": a, "ttl": "1h"}).encode() for a in _addresses(count, base)]
+
+
+def _back_to_back(conn: KeepAlive, bodies: list[bytes], reps: int) -> list[float]:
+    """Single bans on one kept-alive connection, back to back: the first WARM bodies warm
+    up (`measure` counts them from -WARM), the next `reps` are the samples."""
+    return measure(
+        lambda i: conn.post(b"/v1/blocks", bodies[WARM + i]), reps, warmup=WARM, collect=False
+    )
+
+
 def _bulk_body(addresses: list[str]) -> bytes:
     """A 100,000-ban request's body, encoded before the timing (the client's JSON encoding
     is not the daemon's work, as `nft -f`'s file is written before its timing)."""
@@ -167,14 +180,8 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
                 )
             )
             conn = KeepAlive(d.socket)
-            more = _addresses(WARM + 2 * reps, 0x0A4E0000)  # i runs from -WARM (the warm-up)
-            bodies = [json.dumps({"address": a, "ttl": "1h"}).encode() for a in more]
-            samples = measure(
-                lambda i: conn.post(b"/v1/blocks", bodies[WARM + i]),
-                reps,
-                warmup=WARM,
-                collect=False,
-            )
+            bodies = _ban_bodies(WARM + 2 * reps, 0x0A4E0000)  # the last `reps`: the idle row
+            samples = _back_to_back(conn, bodies, reps)
             rows.append(
                 (
                     f"single block over the socket, until the kernel accepted it "
@@ -228,14 +235,7 @@ def run(quick: bool) -> list[tuple[str, Summary, str, str]]:
                 _ok(conn.post(b"/v1/blocks", body))
                 samples.append((time.perf_counter_ns() - started) / 1e6)
             held = (n + 1) * 100_000
-            later = _addresses(WARM + reps, 0x0A4F0000)
-            bodies = [json.dumps({"address": a, "ttl": "1h"}).encode() for a in later]
-            singles = measure(
-                lambda i: conn.post(b"/v1/blocks", bodies[WARM + i]),
-                reps,
-                warmup=WARM,
-                collect=False,
-            )
+            singles = _back_to_back(conn, _ban_bodies(WARM + reps, 0x0A4F0000), reps)
             conn.close()
             rows.append(
                 (
