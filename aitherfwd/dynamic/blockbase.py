@@ -40,6 +40,7 @@ from aitherfwd.dynamic.blockrecords import (
     Batch,
     Block,
     Key,
+    grouped,
     pack,
     set_of,
     span,
@@ -193,21 +194,23 @@ class BlockRecords:
                     self._drop(key)
         return gone
 
+    def _book(self, batch: Batch, v4: int, v6: int) -> None:
+        """Count `v4` IPv4 and `v6` IPv6 single addresses into (negative: out of) the
+        per-set and per-kind books, all under `batch`."""
+        self._counts["block_v4"] += v4
+        self._counts["block_v6"] += v6
+        self._kinds[batch.kind(False)] += v4
+        self._kinds[batch.kind(True)] += v6
+
     def _forget_many(self, taken: dict[int, Batch]) -> None:
         """`_forget` of many single addresses, batch by batch (a re-block of 100,000)."""
         if len(taken) < 64:
             for key, batch in taken.items():
                 self._forget(key, batch)
             return
-        per: dict[Batch, list[int]] = {}
-        for key, batch in taken.items():
-            per.setdefault(batch, []).append(key)
-        for batch, keys in per.items():
+        for batch, keys in grouped(taken).items():
             v6 = sum(1 for k in keys if k >= V6)
-            self._counts["block_v4"] -= len(keys) - v6
-            self._counts["block_v6"] -= v6
-            self._kinds[batch.kind(False)] -= len(keys) - v6
-            self._kinds[batch.kind(True)] -= v6
+            self._book(batch, v6 - len(keys), -v6)
             batch.live -= len(keys) - 1
             self._release(batch)  # the last one: its books (an emptied batch, a stale list)
 
@@ -219,8 +222,7 @@ class BlockRecords:
         gone = [batch.block(text_of(k)) for k in run.held()]
         held = run.live
         self._singles.drop_run(run)
-        self._counts["block_v4"] -= held
-        self._kinds[batch.kind(False)] -= held
+        self._book(batch, -held, 0)
         batch.live -= held
         return gone
 
@@ -231,10 +233,7 @@ class BlockRecords:
         run = run4 + run6
         if not run:
             return
-        self._counts["block_v4"] += run4
-        self._counts["block_v6"] += run6
-        self._kinds[batch.kind(False)] += run4
-        self._kinds[batch.kind(True)] += run6
+        self._book(batch, run4, run6)
         if batch.keys is not None:
             if not batch.queued:
                 heapq.heappush(self._heap, batch)

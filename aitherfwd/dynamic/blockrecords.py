@@ -218,6 +218,14 @@ class Batch:
         return PERMANENT[v6] if self.expires_at is None else TEMPORARY[v6]
 
 
+def grouped(held: dict[int, Batch]) -> dict[Batch, list[int]]:
+    """Single addresses by the batch they hold."""
+    out: dict[Batch, list[int]] = {}
+    for key, batch in held.items():
+        out.setdefault(batch, []).append(key)
+    return out
+
+
 def set_of(key: Key) -> str:
     if isinstance(key, int):
         return "block_v6" if key >= V6 else "block_v4"

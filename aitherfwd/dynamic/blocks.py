@@ -33,6 +33,7 @@ from aitherfwd.dynamic.blockrecords import (
     canonical_v4,
     check_batch,
     delete_command,
+    grouped,
     set_for_key,
     set_of,
     span,
@@ -185,7 +186,7 @@ class BlockTable(LoadingTable):
                 adds.setdefault(set_of(key), []).append(b.timed(new.value(), timeouts[expires]))
                 self._store(key, batch)
         if repeated:  # the lists hold the first batch of a repeated key too: regroup
-            fresh = _grouped(pending)
+            fresh = grouped(pending)
         del pending
         for batch, held in fresh.items():
             self._adopt(held, batch)
@@ -225,10 +226,7 @@ class BlockTable(LoadingTable):
                     dissolved.batch.keys.extend(moved)
             loose = v6
         singles.loose.update(dict.fromkeys(loose, batch))
-        self._counts["block_v4"] += len(keys) - len(v6)
-        self._counts["block_v6"] += len(v6)
-        self._kinds[batch.kind(False)] += len(keys) - len(v6)
-        self._kinds[batch.kind(True)] += len(v6)
+        self._book(batch, len(keys) - len(v6), len(v6))
         if batch.keys is not None:
             if not batch.queued:  # the loop of `put` may have queued it (`_join`)
                 heapq.heappush(self._heap, batch)
@@ -276,11 +274,3 @@ class BlockTable(LoadingTable):
         blk = batch.block(key)
         value, name = blk.value(), blk.set_name
         return blk, [b.add(b.element(name, [value])), delete_command(name, value)]
-
-
-def _grouped(held: dict[int, Batch]) -> dict[Batch, list[int]]:
-    """Keys by the batch they hold."""
-    out: dict[Batch, list[int]] = {}
-    for key, batch in held.items():
-        out.setdefault(batch, []).append(key)
-    return out

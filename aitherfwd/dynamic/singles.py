@@ -94,11 +94,7 @@ class Singles:
         query = keys if isinstance(keys, (set, frozenset)) else set(keys)
         found: dict[int, Batch] = {}
         for run in self.runs:
-            if len(query) * SCAN_RATIO < len(run.keys):  # a large run: bisect the keys
-                hits = {k for k in query if type(k) is int and k < V4_END and run.find(k) >= 0}
-            else:
-                hits = cast("set[int]", query.intersection(run.held()))
-            found.update(dict.fromkeys(hits, run.batch))
+            found.update(dict.fromkeys(_hits(run, query), run.batch))
         loose_get, found_get = self.loose.get, found.get
 
         def get(key: int) -> Batch | None:
@@ -201,19 +197,22 @@ class Singles:
         run.alive = bytearray()
 
 
-def _take_from(run: Run, query: set[int]) -> set[int]:
-    """Clear the live bytes of `query`'s keys in `run`; the keys it held. Few keys against
-    a large run: one bisection each; otherwise one pass over the run (C's set and map)."""
+def _hits(run: Run, query: Collection[object]) -> set[int]:
+    """The keys of `query` that `run` holds. Few keys against a large run: one bisection
+    each; otherwise one pass over the run (C's set intersection)."""
     if len(query) * SCAN_RATIO < len(run.keys):
-        hits = set()
-        for key in query:
-            i = run.find(key) if key < V4_END else -1
-            if i >= 0:
-                run.alive[i] = 0
-                hits.add(key)
-        return hits
-    hits = query.intersection(run.held())
-    if hits:
+        return {k for k in query if type(k) is int and k < V4_END and run.find(k) >= 0}
+    found = query if isinstance(query, (set, frozenset)) else set(query)
+    return cast("set[int]", found.intersection(run.held()))
+
+
+def _take_from(run: Run, query: set[int]) -> set[int]:
+    """Clear the live bytes of `query`'s keys in `run`; the keys it held (`_hits`)."""
+    hits = _hits(run, query)
+    if len(hits) * SCAN_RATIO < len(run.keys):
+        for key in hits:
+            run.alive[run.find(key)] = 0
+    elif hits:
         gone = map(operator.not_, map(hits.__contains__, run.keys))
         run.alive = bytearray(map(operator.and_, run.alive, gone))
     return hits
