@@ -4,7 +4,8 @@ Owns: the live `GrantTable` and the order of every grant change — validate →
 kernel (one transaction through the serialized writer) → bookkeeping → audit; grants for
 host names following their names; the repair of the grant and domain sets after drift; the
 refresher loop (DNS rounds of daemon/domains.py, grant expiry). Answers the evaluator's
-questions (`resolved`, `granted`) for outbound verdicts.
+questions (`resolved`, `granted`) for outbound verdicts. Restoring and repairing the grant
+and domain sets in the kernel is `egress_kernel.EgressKernelView`, its base.
 """
 
 from __future__ import annotations
@@ -30,15 +31,13 @@ from aitherfwd.audit_records import (
 from aitherfwd.clock import Clock
 from aitherfwd.control.sandbox import GrantSpec
 from aitherfwd.daemon.domains import DomainSync
-from aitherfwd.daemon.ports import AuditSink, Kernel
+from aitherfwd.daemon.egress_kernel import EgressKernelView
+from aitherfwd.daemon.ports import AuditSink
 from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.egress import names as en
 from aitherfwd.egress import sandbox
-from aitherfwd.egress.adopt import grants_from_elements, list_sets, listed_sets
 from aitherfwd.egress.grants import GrantTable
 from aitherfwd.egress.sandbox import Grant, GrantError, check_ports, key_of, refusal
 from aitherfwd.errors import ApplyError, RequestError
-from aitherfwd.nft import builders as b
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy, PortRange
 from aitherfwd.roles import Authorizer
 
@@ -55,7 +54,10 @@ class Caller:
     groups: tuple[int, ...] = ()
 
 
-class EgressRuntime:
+class EgressRuntime(EgressKernelView):
+    """The grants, their order of changes and the refresher (the kernel's view of the
+    grant and domain sets: `EgressKernelView`)."""
+
     def __init__(self, clock: Clock, writer: KernelWriter, store: Store, audit: AuditSink) -> None:
         self.clock, self.writer, self.store, self.audit = clock, writer, store, audit
         self.grants = GrantTable()
@@ -99,65 +101,6 @@ class EgressRuntime:
     def load(self, now: float) -> None:
         self.grants.load(self.store.load_grants(now))
         self._changed(now)
-
-    def restore_commands(self, now: float, *, domains: bool) -> list[Any]:
-        """Element adds for every live grant with its remaining TTL (and, after a table
-        loss, every installed domain address). Port grants need the egress sets."""
-        cmds = self.grants.restore_commands(now)
-        if self.policy is None or self.policy.egress is None:
-            port_sets = set(en.PORT_SETS.values())
-            cmds = [c for c in cmds if _set_of(c) not in port_sets]
-        if domains:
-            cmds += self.dns.restore_commands()
-        return cmds
-
-    def reconcile(self, nft: Kernel, now: float) -> int:
-        """Cold start with a store that may be incomplete: adopt the grants the kernel's
-        sandbox sets hold and the store does not know (revocable like any), then `repair`."""
-        listed = grants_from_elements(list_sets(nft.set_elements), now)
-        found = [g for k, g in listed.items() if not self.grants.get(k, now)]
-        if found:
-            log.warning("adopted %d sandbox grants found in the kernel", len(found))
-            self.grants.load(found)
-            self.store.save_grants(found)
-            self._changed(now)
-        return self.repair(nft, now)
-
-    def repair(self, nft: Kernel, now: float) -> int:
-        """Cold start (nothing served yet): put back the grants and resolved addresses
-        missing from the kernel's sets. Returns how many elements were put back."""
-        present = listed_sets(nft.set_elements, self.repair_sets(now))
-        commands = self.repair_commands(present, now)
-        if commands:
-            nft.run(commands)
-        return b.element_count(commands)
-
-    def _wanted(self, now: float) -> dict[str, list[Any]]:
-        wanted: dict[str, list[Any]] = {}
-        for command in self.restore_commands(now, domains=True):
-            ec = b.element_command(command)
-            if ec is not None:
-                wanted.setdefault(ec.set_name, []).extend(ec.elements)
-        return wanted
-
-    def repair_sets(self, now: float) -> list[str]:
-        """The sets a repair must list (these sets are small, so they are listed in full)."""
-        return sorted(self._wanted(now))
-
-    def repair_commands(self, present: dict[str, set[str] | None], now: float) -> list[Any]:
-        """On the event loop, with the listing of `repair_sets` (`listed_sets`, read in the
-        writer thread): adds for what should be in those sets and is not. What is wanted is
-        taken now, not when the listing was asked for, so a grant revoked meanwhile is not
-        put back; the caller hands the adds to the writer in the same step."""
-        commands: list[Any] = []
-        for name, elems in sorted(self._wanted(now).items()):
-            keys = present.get(name)
-            if keys is None:
-                continue  # the set is gone (the static repair recreates it) or was not listed
-            lost = [e for e in elems if b.element_key(e) not in keys]
-            if lost:
-                commands.append(b.add(b.element(name, lost)))
-        return commands
 
     # --- the refresher ---------------------------------------------------------------------
 
@@ -402,8 +345,3 @@ class EgressRuntime:
             },
             "egress_dns": self.dns.status(),
         }
-
-
-def _set_of(command: Any) -> str | None:
-    ec = b.element_command(command)
-    return ec.set_name if ec is not None else None
