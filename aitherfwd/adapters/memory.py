@@ -4,11 +4,12 @@ Owns: one call, glibc's `malloc_trim(0)`, through ctypes. A transaction of 100,0
 elements makes ~150 MB of short-lived JSON (Python's and libnftables'); once freed, glibc
 keeps it mapped, so a daemon holding 100,000 blocks would sit at ~200 MB instead of ~60.
 Trimming after such a batch costs a few milliseconds. On a libc without malloc_trim
-(musl) this does nothing.
+(musl) this does nothing. `drop_later` frees a large request's garbage after its answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -55,6 +56,22 @@ def fixed_mmap_threshold() -> None:
 def trim() -> None:
     if _malloc_trim is not None:
         _malloc_trim(0)
+
+
+DROP_DELAY = 0.2  # seconds: a request has been answered by then
+
+
+def drop_later(garbage: object, delay: float = DROP_DELAY) -> None:
+    """Free `garbage` `delay` seconds from now on the running loop, then trim the heap: a
+    large request's parsed body (100,000 objects take ≈ 5 ms to free) dies after its answer
+    is sent, not while the client waits for it."""
+    box = [garbage]
+    asyncio.get_running_loop().call_later(delay, _drop, box)
+
+
+def _drop(box: list[object]) -> None:
+    box.clear()
+    trim()
 
 
 # --- the cyclic collector ---------------------------------------------------------------------

@@ -47,6 +47,7 @@ FLUSH_ROWS = 20_000  # rows of delayed writes retried in one transaction (one lo
 # a write this large (a 100,000-ban request) leaves the connection's page cache full (2 MB,
 # SQLite's default): give it back; the next write reads its pages from the kernel's cache
 SHRINK_ROWS = 10_000
+AUTOCHECKPOINT = 1000  # pages: SQLite's default, in force while no large write waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class Store:
         self.pending_rows = 0
         self.dropped_rows = 0  # pending rows given up on (MAX_PENDING_ROWS)
         self.disk_full = False
+        self.checkpoint_due = False  # a large write's WAL is not copied yet (`checkpoint`)
         self.recovered: str | None = None  # why the previous database was moved aside
         self.unpersisted: str | None = None  # why nothing is persisted (None: all is)
         try:
@@ -179,14 +181,35 @@ class Store:
             log.warning("state store caught up: delayed writes persisted")
         return True
 
+    @_locked
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database after a large write, which did not (one of 100,000
+        blocks wrote ≈ 13 MB of WAL; copied in its commit, ≈ 30-60 ms more before the
+        request could be answered). Until then the WAL is not copied at any commit, so a
+        small write does not pay for a large one either. Called from a thread right after
+        the large write's answer, and by the housekeeping as a backstop."""
+        if not self.checkpoint_due:
+            return
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}")
+        except sqlite3.Error as exc:  # a full disk: the WAL stays, the next turn tries again
+            log.warning("state store checkpoint failed error=%s", exc)
+            return
+        self.checkpoint_due = False
+
     def _commit(self, what: str, statements: Statements, *, quiet: bool) -> bool:
         try:
             self._db.execute("BEGIN")
             try:
                 for sql, rows in statements:
                     self._db.executemany(sql, rows)
+                large = store_rows.size(statements) >= SHRINK_ROWS
+                if large and not self.checkpoint_due:  # `checkpoint` copies it, after
+                    self._db.execute("PRAGMA wal_autocheckpoint = 0")
+                    self.checkpoint_due = True
                 self._db.execute("COMMIT")
-                if store_rows.size(statements) >= SHRINK_ROWS:
+                if large:
                     self._db.execute("PRAGMA shrink_memory")  # its page cache: 2 MB of RSS
             except BaseException:
                 if self._db.in_transaction:  # SQLite may have rolled back on its own

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aitherfwd.dynamic.blockrecords import BlockList
 from aitherfwd.dynamic.blocks import Block
 
 CLOSE = "UPDATE block_history SET ended_at = ?, end_reason = ? WHERE key = ? AND ended_at IS NULL"
@@ -63,9 +64,13 @@ def size(statements: Statements) -> int:
 
 
 def arrays(keys: Sequence[str]) -> Iterator[str]:
-    """`keys` as JSON arrays of at most BULK_KEYS, written `["a", "b"]`. Block keys are
-    addresses and prefixes, which JSON needs no escape for: joined, 4x faster than
-    `json.dumps`; a part with a character that would need one goes through json.dumps."""
+    """`keys` as JSON arrays of at most BULK_KEYS, written `["a", "b"]`, in sorted order:
+    SQLite then meets the B-tree keys in order, each next one on the page it just wrote
+    (100,000 fresh blocks and their history: 129 -> 77 ms; the sort takes 2 ms for keys
+    that came in address order, 22 ms for shuffled ones). Block keys are addresses and
+    prefixes, which JSON needs no escape for: joined, 4x faster than `json.dumps`; a part
+    with a character that would need one goes through json.dumps."""
+    keys = sorted(keys)
     for start in range(0, len(keys), BULK_KEYS):
         part = keys[start : start + BULK_KEYS]
         text = '", "'.join(part)
@@ -108,8 +113,13 @@ def block_statements(
     blocks: Iterable[Block], replaced: Iterable[str], events: dict[str, list[dict[str, Any]]]
 ) -> Statements:
     """`Store.save_blocks`' statements: close the replaced keys' history rows, then the
-    blocks and their history rows (a block with events row by row, with them)."""
+    blocks and their history rows (a block with events row by row, with them). A
+    `BlockList` is one group already: its texts are the keys."""
     out = Rows()
+    if isinstance(blocks, BlockList) and not events:
+        shared = (blocks.expires_at, blocks.reason, blocks.source, blocks.created_at)
+        group_rows(shared, blocks.texts, out)
+        return _statements(closing(list(replaced), blocks.created_at, "replaced"), out)
     group: tuple[Any, ...] | None = None
     keys: list[str] = []
     now = 0.0
@@ -127,8 +137,12 @@ def block_statements(
         keys.append(k)
     if keys:
         group_rows(group, keys, out)
+    return _statements(closing(list(replaced), now, "replaced"), out)
+
+
+def _statements(close: tuple[str, list[tuple[Any, ...]]], out: Rows) -> Statements:
     return (
-        closing(list(replaced), now, "replaced"),
+        close,
         (INSERT, out.rows),
         (BULK_BLOCKS, out.bulk),
         (HISTORY, out.history),

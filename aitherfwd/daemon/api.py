@@ -22,10 +22,11 @@ from functools import partial
 from typing import Any
 
 from aitherfwd import codes
+from aitherfwd.adapters import memory
 from aitherfwd.adapters.control_budget import Admission
 from aitherfwd.adapters.control_server import HttpRequest, HttpResponse, Peer
 from aitherfwd.audit_records import AccessDenied, RequestRejected
-from aitherfwd.control import jsonbody, schema
+from aitherfwd.control import bulkblocks, jsonbody, schema
 from aitherfwd.control.limits import ControlLimits
 from aitherfwd.daemon import fleet_api, sandbox_api, views
 from aitherfwd.daemon.budgets import RequestBudgets
@@ -67,9 +68,12 @@ def actor(req: HttpRequest) -> dict[str, int]:
 
 
 async def add_blocks(d: Services, req: HttpRequest) -> Any:
-    specs = schema.parse_blocks(jsonbody.decode(req.body))
+    body = jsonbody.decode(req.body)
+    specs = bulkblocks.bulk_v4(body) or schema.parse_blocks(body)
     blocks = await d.blocks.block(specs, actor=actor(req))
-    return {"count": len(blocks), "blocked": [views.block_view(b) for b in blocks[:1000]]}
+    if len(blocks) >= memory.LARGE_BATCH:  # freed once answered
+        memory.drop_later((body, specs))
+    return {"count": len(blocks), "blocked": views.block_views(blocks, 1000)}
 
 
 async def delete_block(d: Services, req: HttpRequest) -> Any:

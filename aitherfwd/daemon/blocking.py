@@ -11,11 +11,13 @@ generations or reputation: those call in.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import itertools
 import logging
 import math
 import socket
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +26,11 @@ from aitherfwd.adapters import memory
 from aitherfwd.adapters.store import Store
 from aitherfwd.audit_records import Blocked, BlockExpired, Unblocked
 from aitherfwd.clock import Clock
+from aitherfwd.control.bulkblocks import BulkBlocks
 from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.ports import AuditSink, Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.dynamic.blockrecords import Key, pack, text_of
+from aitherfwd.dynamic.blockrecords import BlockList, Key, pack, text_of
 from aitherfwd.dynamic.blocks import Batch, Block, BlockTable, address_text, check_batch
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 from aitherfwd.nft import builders as b
@@ -76,7 +79,7 @@ class BlockService:
         self.on_unblocked: Callable[[Block, float], None] = lambda blk, now: None
         # told of every batch of blocks the kernel took (the watch streams and the fleet
         # chain themselves in front of the hook they find)
-        self.on_blocked: Callable[[list[Block], float], None] = lambda made, now: None
+        self.on_blocked: Callable[[Sequence[Block], float], None] = lambda made, now: None
         self._admin_ports: tuple[int, ...] = ()
         self._resolvers: tuple[IPAddress, ...] = ()
         self._admin_peers: set[IPAddress] = set()
@@ -84,6 +87,7 @@ class BlockService:
         # whether conntrack may hold entries of a source (packed address); False skips its cut
         self.may_hold: Callable[[bytes], bool] = lambda source: True
         self.cuts_skipped = 0
+        self._checkpoint: asyncio.Future[None] | None = None  # the last large write's
 
     def configure(self, policy: Policy) -> None:
         """A policy took effect: the management zone and never_block are protected."""
@@ -137,41 +141,42 @@ class BlockService:
 
     async def block(
         self,
-        specs: Sequence[BlockSpec],
+        specs: Sequence[BlockSpec] | BulkBlocks,
         source: str = "manual",
         actor: Actor | None = None,
         events: Events | None = None,
         checked: bool = False,
-    ) -> list[Block]:
+    ) -> Sequence[Block]:
         """Store first (a failing disk is reported, not fatal), then one kernel transaction.
-        `checked`: the caller judged every key against the table just before (the fleet).
+        `specs`: one per block, or a bulk request's columns (the same blocks, a
+        `BlockList`). `checked`: the caller judged every key against the table just
+        before (the fleet).
         Blocks already due expire first (closed as expired in the history and the audit
         trail), so a block that lapsed moments ago is not replaced as if still active."""
         self.expire()  # cheap when nothing is due: a look at the expiry heap's top
         now = self.clock.now()
-        seen: set[str] = set()
-        blocks = []
-        expiry: dict[int, float] = {}  # one float per distinct TTL, shared by its blocks
-        for spec in specs:
-            if spec.key in seen:
-                continue
-            expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
-            seen.add(spec.key)
-            blocks.append(_new(Block, (spec.key, expires, spec.reason, source, now)))
-        texts = [blk.key for blk in blocks]
+        blocks: Sequence[Block]
+        keys: Sequence[Key]
         # BlockError: E-PROTECTED, E-BLOCK-OVERLAP; nothing has changed yet
-        keys = self.table.checked_keys(texts, now, check=not checked)
-        check_batch(texts)
+        if isinstance(specs, BulkBlocks):
+            blocks, keys = self._columns(specs, source, now, check=not checked)
+            texts: Sequence[str] = blocks.texts
+        else:
+            blocks = _records(specs, source, now)
+            texts = [blk.key for blk in blocks]
+            keys = self.table.checked_keys(texts, now, check=not checked)
+            check_batch(texts)
         previous = self.table.held(keys, texts, now)
         replaced = [*previous]
         saved = None
         if len(blocks) < memory.LARGE_BATCH:
             self.store.save_blocks(blocks, replaced=replaced, events=events)
-        else:  # to SQLite from a thread while the kernel takes them (both mostly GIL-free)
-            write = asyncio.to_thread(
+        else:  # to SQLite from a thread while the kernel takes them (both mostly GIL-free),
+            # handed to it now, not at the loop's next turn (after `put`)
+            write = functools.partial(
                 self.store.save_blocks, blocks, replaced=replaced, events=events
             )
-            saved = asyncio.ensure_future(write)
+            saved = asyncio.get_running_loop().run_in_executor(None, write)
         commands = self.table.put(blocks, now, keys)
         try:
             await self.writer.elements(commands)
@@ -182,6 +187,10 @@ class BlockService:
             raise
         if saved is not None:
             await saved  # answered once both hold the blocks
+            # the WAL copied to the database after the answer, from a thread
+            self._checkpoint = asyncio.get_running_loop().run_in_executor(
+                None, self.store.checkpoint
+            )
         self.stats.blocked(source, len(blocks))
         if len(blocks) >= memory.LARGE_BATCH:
             del commands
@@ -195,8 +204,8 @@ class BlockService:
                 count=len(blocks),
                 source=source,
                 addresses=tuple(b.key for b in blocks[:100]),
-                ttl=specs[0].ttl if specs else None,
-                reason=specs[0].reason if specs else None,
+                ttl=_shared(specs)[0],
+                reason=_shared(specs)[1],
                 actor=actor,
             ),
         )
@@ -204,7 +213,23 @@ class BlockService:
         self.on_blocked(blocks, now)
         return blocks
 
-    def _revert(self, blocks: list[Block], previous: dict[str, Batch]) -> None:
+    def _columns(
+        self, bulk: BulkBlocks, source: str, now: float, check: bool
+    ) -> tuple[BlockList, list[int]]:
+        """A bulk request's blocks and table keys as columns (`BlockList`, packed IPv4
+        addresses), checked all at once. An address named twice counts once, at its first
+        place, as `_records` keeps it."""
+        texts, packed = bulk.texts, bulk.packed
+        if len(set(packed)) != len(packed):
+            first = dict(zip(texts, packed, strict=True))  # canonical: one text per address
+            texts, packed = list(first), list(first.values())
+        keys = list(struct.unpack(f"!{len(packed)}I", b"".join(packed)))
+        if check:
+            self.table.checked_v4(keys, texts, now)
+        expires = now + bulk.ttl if bulk.ttl else None
+        return BlockList(texts, expires, bulk.reason, source, now), keys
+
+    def _revert(self, blocks: Sequence[Block], previous: dict[str, Batch]) -> None:
         now = self.clock.now()
         for blk in blocks:
             self.table.remove(blk.key, now)
@@ -252,7 +277,7 @@ class BlockService:
 
     # --- conntrack cuts ----------------------------------------------------------------------
 
-    def _queue_cuts(self, blocks: list[Block]) -> None:
+    def _queue_cuts(self, blocks: Sequence[Block]) -> None:
         """Queue the cuts of a request's first CONNTRACK_QUEUE single addresses at most (a
         bulk request's others keep their entries until these time out), skipping those
         conntrack is known to hold nothing of."""
@@ -320,6 +345,27 @@ class BlockService:
             self.on_blocked(found, now)
         missing = self.table.missing(listed, now)
         return self.table.restore_keys(missing, now), len(missing)
+
+
+def _shared(specs: Sequence[BlockSpec] | BulkBlocks) -> tuple[int | None, str | None]:
+    """The TTL and reason the audit record names for a request: its first block's."""
+    if isinstance(specs, BulkBlocks):
+        return specs.ttl, specs.reason
+    return (specs[0].ttl, specs[0].reason) if specs else (None, None)
+
+
+def _records(specs: Sequence[BlockSpec], source: str, now: float) -> list[Block]:
+    """A request's blocks, one per key (a key named twice: its first place)."""
+    seen: set[str] = set()
+    blocks = []
+    expiry: dict[int, float] = {}  # one float per distinct TTL, shared by its blocks
+    for spec in specs:
+        if spec.key in seen:
+            continue
+        expires = expiry.setdefault(spec.ttl, now + spec.ttl) if spec.ttl else None
+        seen.add(spec.key)
+        blocks.append(_new(Block, (spec.key, expires, spec.reason, source, now)))
+    return blocks
 
 
 def listed_blocks(kernel: Kernel) -> dict[Key, float | None]:

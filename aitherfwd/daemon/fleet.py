@@ -86,7 +86,7 @@ class FleetService:
         self.policy: FleetPolicy | None = None  # push (any host) and follow ("policy")
         before_block, before_unblock = blocks.on_blocked, blocks.on_unblocked
 
-        def blocked(made: list[Block], now: float) -> None:
+        def blocked(made: Sequence[Block], now: float) -> None:
             before_block(made, now)
             self._blocked(made, now)
 
@@ -133,7 +133,7 @@ class FleetService:
 
     # --- this host's decisions out ------------------------------------------------------
 
-    def _blocked(self, made: list[Block], now: float) -> None:
+    def _blocked(self, made: Sequence[Block], now: float) -> None:
         if self.s.shares("blocks"):
             self.share_blocks([b for b in made if b.source in SHARED_SOURCES], now)
 

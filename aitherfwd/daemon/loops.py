@@ -35,6 +35,8 @@ async def housekeeping(s: Services, interval: float) -> None:
         store = s.ports.store
         while store.pending and store.flush_pending():  # room again: catch up part by part,
             await asyncio.sleep(0)  # letting requests in between
+        if store.checkpoint_due:  # a large write's WAL (off the loop: tens of ms)
+            await asyncio.to_thread(store.checkpoint)
         try:
             await s.generations.check_drift(full=full)
             await s.generations.follow_time_zones()

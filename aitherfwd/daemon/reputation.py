@@ -51,7 +51,7 @@ SWEEP_MIN = 64
 @dataclass(frozen=True, slots=True)
 class ThreatOutcome:
     accepted: int
-    blocked: list[Block]
+    blocked: Sequence[Block]
     protected: list[str]  # offenders a decision would have blocked, but they are protected
 
 

@@ -14,7 +14,7 @@ from aitherfwd.daemon.queries import Judgement
 from aitherfwd.daemon.reputation import ThreatOutcome
 from aitherfwd.daemon.services import Services
 from aitherfwd.dynamic import reputation
-from aitherfwd.dynamic.blocks import Block, address_text
+from aitherfwd.dynamic.blocks import Block, BlockList, address_text, set_for_key
 from aitherfwd.dynamic.reputation import offender_key
 from aitherfwd.evaluator import FORWARD, Request, Verdict
 from aitherfwd.forwarding import ForwardPaths
@@ -102,6 +102,15 @@ def block_view(blk: Block) -> dict[str, Any]:
         "created_at": rfc3339(blk.created_at),
         "set": blk.set_name,
     }
+
+
+def block_views(blocks: Sequence[Block], limit: int) -> list[dict[str, Any]]:
+    """`block_view` of the first `limit` blocks; a `BlockList`'s share their times, formatted
+    once (a bulk request's answer lists 1,000)."""
+    if not isinstance(blocks, BlockList) or not blocks:
+        return [block_view(b) for b in blocks[:limit]]
+    shared = block_view(blocks[0])
+    return [{**shared, "address": t, "set": set_for_key(t)} for t in blocks.texts[:limit]]
 
 
 def _origin(v: Verdict) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 from collections import Counter, deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from aitherfwd.control import policyview
@@ -100,14 +100,14 @@ class WatchHub:
             previous_unblocked(blk, now)
             self.publish({"event": "unblock", "addresses": [blk.key]})
 
-        def blocked(new: list[Block], now: float) -> None:
+        def blocked(new: Sequence[Block], now: float) -> None:
             previous_blocked(new, now)
             if threading.get_ident() != self._thread:  # adopted from the kernel by the writer
                 self._loop.call_soon_threadsafe(blocked_here, new)
             else:
                 blocked_here(new)
 
-        def blocked_here(new: list[Block]) -> None:
+        def blocked_here(new: Sequence[Block]) -> None:
             for i in range(0, len(new), SNAPSHOT_CHUNK):
                 part = new[i : i + SNAPSHOT_CHUNK]
                 self.publish(

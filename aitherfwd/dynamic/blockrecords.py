@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 from aitherfwd.dynamic.packedelements import PackedElements
 from aitherfwd.errors import AitherError
@@ -216,6 +216,45 @@ class Batch:
         if self.source == "manual":
             return MANUAL[v6]
         return PERMANENT[v6] if self.expires_at is None else TEMPORARY[v6]
+
+
+class BlockList(Sequence[Block]):
+    """The blocks of one request that share expiry, reason, source and creation time,
+    held as their key texts: a bulk request's 100,000 blocks are a list of strings, and a
+    `Block` is made only for the few that are looked at (the answer's first 1,000, the
+    audit record's first 100)."""
+
+    __slots__ = ("created_at", "expires_at", "reason", "source", "texts")
+
+    def __init__(
+        self, texts: list[str], expires_at: float | None, reason: str, source: str, now: float
+    ) -> None:
+        self.texts, self.expires_at, self.reason = texts, expires_at, reason
+        self.source, self.created_at = SOURCES.get(source, source), now
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @overload
+    def __getitem__(self, index: int) -> Block: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Block]: ...
+
+    def __getitem__(self, index: int | slice) -> Block | list[Block]:
+        if isinstance(index, slice):
+            return [self._block(t) for t in self.texts[index]]
+        return self._block(self.texts[index])
+
+    def __iter__(self) -> Iterator[Block]:
+        return map(self._block, self.texts)
+
+    def _block(self, text: str) -> Block:
+        return Block(text, self.expires_at, self.reason, self.source, self.created_at)
+
+    def remaining(self, now: float) -> int | None:
+        """Whole seconds left (at least 1), or None when permanent: `Block.remaining`."""
+        return None if self.expires_at is None else max(1, math.ceil(self.expires_at - now))
 
 
 def grouped(held: dict[int, Batch]) -> dict[Batch, list[int]]:

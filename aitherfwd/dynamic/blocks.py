@@ -27,6 +27,7 @@ from aitherfwd.dynamic.blockrecords import (
     Batch,
     Block,
     BlockError,
+    BlockList,
     BlockRow,
     Key,
     address_text,
@@ -54,6 +55,7 @@ __all__ = [
     "Batch",
     "Block",
     "BlockError",
+    "BlockList",
     "BlockRow",
     "BlockTable",
     "address_text",
@@ -133,6 +135,37 @@ class BlockTable(LoadingTable):
 
     # --- changes ---------------------------------------------------------------------------
 
+    def _put_list(self, blocks: BlockList, now: float, keys: list[int]) -> list[Any]:
+        """`put` of a `BlockList` of distinct IPv4 addresses (a bulk request's): the keys
+        held already leave the table all at once, every key is held again a batch at a
+        time (`_adopt`) and goes out in one packed add; only the re-blocked keys are
+        walked in Python, grouped by the batch they held."""
+        taken = self._singles.take_many(keys)
+        self._forget_many(taken)
+        expires, reason, source = blocks.expires_at, blocks.reason, blocks.source
+        held: dict[float, list[int]] = {blocks.created_at: []}  # by creation time kept
+        touch: list[int] = []
+        for old, olds in grouped(taken).items():
+            if old.expires_at is not None and old.expires_at <= now:  # lapsed: a new block
+                held[blocks.created_at] += olds
+                continue
+            if not (self.update_in_place and old.expires_at is not None and expires is not None):
+                touch += olds  # add, delete, add again: see `_created`
+            held.setdefault(old.created_at, []).extend(olds)
+        if taken:
+            held[blocks.created_at] += (k for k in keys if k not in taken)
+        else:
+            held[blocks.created_at] = keys
+        for created, group in held.items():
+            if group:
+                self._adopt(group, Batch(expires, reason, source, created))
+        cmds: list[Any] = []
+        if touch:
+            texts = [unpack(k) for k in touch]
+            cmds = [b.add(b.element("block_v4", texts)), {"delete": b.element("block_v4", texts)}]
+        elements = PackedElements.uniform(4, keys, blocks.remaining(now))
+        return [*cmds, b.add(b.element("block_v4", cast("list[Any]", elements)))]
+
     def put(
         self, blocks: Iterable[Block], now: float, keys: Sequence[Key | None] | None = None
     ) -> list[Any]:
@@ -150,6 +183,8 @@ class BlockTable(LoadingTable):
         pending: dict[int, Batch] = {}  # the same, by address: a key twice is seen
         repeated = False
         timeouts: dict[float | None, int | None] = {}  # one int per distinct expiry
+        if isinstance(blocks, BlockList) and keys is not None and _distinct_v4(keys):
+            return self._put_list(blocks, now, cast("list[int]", keys))
         blocks = list(blocks)
         if keys is None:
             keys = [self._key(blk.key) for blk in blocks]
@@ -255,6 +290,17 @@ class BlockTable(LoadingTable):
             out.append(key)
         return out
 
+    def checked_v4(self, keys: Sequence[int], texts: Sequence[str], now: float) -> None:
+        """`checked_keys`' check of packed IPv4 addresses (a `BlockList`'s), all at once:
+        each protected IPv4 range is one bisect into the sorted keys; on a hit the texts go
+        through `checked_keys`, which names the first key at fault in request order."""
+        ordered = sorted(keys)
+        for lo, hi in zip(self._v4_starts, self._v4_ends, strict=True):
+            i = bisect.bisect_left(ordered, lo)
+            if i < len(ordered) and ordered[i] <= hi:
+                self.checked_keys(texts, now)  # raises BlockError
+                return
+
     def held(self, keys: Sequence[Key], texts: Sequence[str], now: float) -> dict[str, Batch]:
         """The live blocks among `keys` (with their texts) as their records by text: what a
         change replaces (`Batch.block(text)` is the block; made only when it is needed)."""
@@ -274,3 +320,10 @@ class BlockTable(LoadingTable):
         blk = batch.block(key)
         value, name = blk.value(), blk.set_name
         return blk, [b.add(b.element(name, [value])), delete_command(name, value)]
+
+
+def _distinct_v4(keys: Sequence[Key | None]) -> bool:
+    """Distinct packed IPv4 addresses only: what `_put_list` takes."""
+    if not keys or set(map(type, keys)) != {int}:
+        return False
+    return max(cast("Sequence[int]", keys)) < V6 and len(set(keys)) == len(keys)

@@ -31,6 +31,14 @@ class PackedElements(Sequence[Any]):
         self.addresses: array[int] | list[int] = array("Q") if family == 4 else []
         self.timeouts: array[int] = array("Q")
 
+    @classmethod
+    def uniform(cls, family: int, addresses: Sequence[int], timeout: int | None) -> PackedElements:
+        """`addresses`, all with one timeout (a bulk request's): two arrays made at once."""
+        out = cls(family)
+        out.addresses = array("Q", addresses) if family == 4 else list(addresses)
+        out.timeouts = array("Q", [timeout or 0]) * len(addresses)
+        return out
+
     def append(self, address: int, timeout: int | None) -> None:
         self.addresses.append(address)
         self.timeouts.append(timeout or 0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aitherfwd.adapters.audit import AuditLog
-from aitherfwd.adapters.store import SHRINK_ROWS, Store
+from aitherfwd.adapters.store import AUTOCHECKPOINT, SHRINK_ROWS, Store
 from aitherfwd.adapters.store_rows import BULK_KEYS, arrays
 from aitherfwd.adapters.store_schema import SCHEMA_VERSION
 from aitherfwd.audit_records import Blocked, DaemonStarted, DaemonStopped
@@ -133,6 +133,40 @@ def test_a_large_write_gives_back_the_page_cache_and_a_small_one_keeps_it(
     assert len(store.load_blocks(NOW)) == 200 + SHRINK_ROWS
 
 
+def test_a_large_write_leaves_its_checkpoint_to_later_and_no_small_write_pays_it(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    said: list[str] = []
+    store._db.set_trace_callback(said.append)
+    many = [_block(f"10.6.{i // 256}.{i % 256}") for i in range(SHRINK_ROWS)]
+    assert store.save_blocks(many) and store.checkpoint_due
+    assert "PRAGMA wal_autocheckpoint = 0" in said and not any("wal_checkpoint(" in s for s in said)
+    store.save_blocks([_block("10.7.0.1")])  # a small write meanwhile copies nothing either
+    assert store.checkpoint_due and not any("wal_checkpoint(" in s for s in said)
+    store.checkpoint()
+    assert not store.checkpoint_due and said[-2:] == [
+        "PRAGMA wal_checkpoint(PASSIVE)",
+        f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}",
+    ]
+    store.checkpoint()  # nothing due: nothing done
+    assert said[-1] == f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}"
+    copied = sqlite3.connect(tmp_path / "state.sqlite3").execute("PRAGMA wal_checkpoint")
+    busy, logged, done = copied.fetchone()
+    assert busy == 0 and logged == done  # every frame is in the database
+    assert len(store.load_blocks(NOW)) == SHRINK_ROWS + 1
+    store.close()
+    reopened = Store(tmp_path)
+    assert len(reopened.load_blocks(NOW)) == SHRINK_ROWS + 1
+    reopened.close()
+
+
+def test_bulk_statements_meet_their_keys_in_sorted_order() -> None:
+    keys = [f"10.8.{i % 7}.{i % 251}" for i in range(3 * BULK_KEYS)]
+    parts = [json.loads(a) for a in arrays(keys)]
+    assert [k for a in parts for k in a] == sorted(keys) and max(map(len, parts)) == BULK_KEYS
+
+
 def test_a_failed_bulk_write_counts_every_row_against_the_pending_cap(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store._db.execute("PRAGMA query_only = 1")
@@ -221,6 +255,6 @@ def test_an_audit_write_error_is_counted(tmp_path: Path) -> None:
 
 def test_bulk_key_arrays_are_json_whatever_the_keys_hold() -> None:
     for keys in (["203.0.113.7", "2001:db8::/64"], ['a"b', "c"], ["x\\y", "é"], ["\x00"]):
-        assert [k for text in arrays(keys) for k in json.loads(text)] == keys
+        assert [k for text in arrays(keys) for k in json.loads(text)] == sorted(keys)
     many = [f"10.3.{i // 256}.{i % 256}" for i in range(BULK_KEYS + 1)]
     assert [len(json.loads(t)) for t in arrays(many)] == [BULK_KEYS, 1]
