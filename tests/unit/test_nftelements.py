@@ -188,3 +188,24 @@ def test_packed_elements_encode_to_the_bytes_of_their_json_form() -> None:
             slow = list(ne.messages(shape.name, shape, verb, as_json))
             assert len(fast) > 1
             assert [(m.attrs, m.elements) for m in fast] == [(m.attrs, m.elements) for m in slow]
+
+
+@pytest.mark.parametrize("timeout", [None, 600])
+def test_ipv4_elements_sharing_a_timeout_are_written_into_one_template(timeout: int | None) -> None:
+    """A bulk request's addresses share one timeout: their elements are a repeated template
+    with the addresses' bytes put in place (`_uniform_v4`); the bytes are the generic
+    encoder's, message for message, for adds and deletes alike."""
+    import ipaddress  # noqa: PLC0415
+
+    from aitherfwd.dynamic.packedelements import PackedElements  # noqa: PLC0415
+
+    shape = ne.SetShape("block_v4", 4, interval=False, with_port=False)
+    first = int(ipaddress.IPv4Address("10.77.0.1"))
+    addresses = [first + i * 7919 % 65536 for i in range(9_001)]  # unsorted, 3 messages
+    packed = PackedElements.uniform(4, addresses, timeout)
+    as_json = list(packed)
+    for verb in ("add", "delete"):
+        fast = list(ne.messages(shape.name, shape, verb, packed))
+        slow = list(ne.messages(shape.name, shape, verb, as_json))
+        assert len(fast) > 2 and sum(m.elements for m in fast) == len(addresses)
+        assert [(m.attrs, m.elements) for m in fast] == [(m.attrs, m.elements) for m in slow]
