@@ -90,23 +90,28 @@ class Rows:
     bulk_history: list[tuple[Any, ...]] = field(default_factory=list)
 
 
-def group_rows(group: tuple[Any, ...] | None, keys: list[str], out: Rows) -> None:
-    """One group's rows: its keys as JSON arrays, or row by row when there are few."""
+def group_rows(
+    group: tuple[Any, ...] | None, keys: list[str], out: Rows, parts: list[str] | None = None
+) -> None:
+    """One group's rows: its keys as JSON arrays (`parts`: `arrays(keys)`, made already),
+    or row by row when there are few."""
     expires, reason, source, created = group or (None, "", "", 0.0)
     if len(keys) < BULK_MIN:
         out.rows += [(k, expires, reason, source, created) for k in keys]
         out.history += [(k, reason, source, created, expires, "[]") for k in keys]
         return
-    for text in arrays(keys):
+    for text in arrays(keys) if parts is None else parts:
         out.bulk.append((expires, reason, source, created, text))
         out.bulk_history.append((reason, source, created, expires, text))
 
 
-def closing(keys: list[str], now: float, why: str) -> tuple[str, list[tuple[Any, ...]]]:
-    """The statement closing these keys' open history rows."""
+def closing(
+    keys: list[str], now: float, why: str, parts: list[str] | None = None
+) -> tuple[str, list[tuple[Any, ...]]]:
+    """The statement closing these keys' open history rows (`parts`: as `group_rows`)."""
     if len(keys) < BULK_MIN:
         return CLOSE, [(now, why, k) for k in keys]
-    return BULK_CLOSE, [(now, why, text) for text in arrays(keys)]
+    return BULK_CLOSE, [(now, why, text) for text in (arrays(keys) if parts is None else parts)]
 
 
 def block_statements(
@@ -118,8 +123,11 @@ def block_statements(
     out = Rows()
     if isinstance(blocks, BlockList) and not events:
         shared = (blocks.expires_at, blocks.reason, blocks.source, blocks.created_at)
-        group_rows(shared, blocks.texts, out)
-        return _statements(closing(list(replaced), blocks.created_at, "replaced"), out)
+        texts = blocks.texts
+        # the bulk path closes whatever is open for its own keys: their arrays serve both
+        parts = list(arrays(texts)) if replaced is texts and len(texts) >= BULK_MIN else None
+        group_rows(shared, texts, out, parts)
+        return _statements(closing(list(replaced), blocks.created_at, "replaced", parts), out)
     group: tuple[Any, ...] | None = None
     keys: list[str] = []
     now = 0.0

@@ -30,7 +30,7 @@ from aitherfwd.control.bulkblocks import BulkBlocks
 from aitherfwd.control.schema import BlockSpec
 from aitherfwd.daemon.ports import AuditSink, Conntrack, Kernel
 from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.dynamic.blockrecords import BlockList, Key, pack, text_of
+from aitherfwd.dynamic.blockrecords import BlockList, Key, pack, text_of, unpack
 from aitherfwd.dynamic.blocks import Batch, Block, BlockTable, address_text, check_batch
 from aitherfwd.errors import AitherError, ApplyError, RequestError
 from aitherfwd.nft import builders as b
@@ -155,35 +155,19 @@ class BlockService:
         trail), so a block that lapsed moments ago is not replaced as if still active."""
         self.expire()  # cheap when nothing is due: a look at the expiry heap's top
         now = self.clock.now()
-        blocks: Sequence[Block]
-        keys: Sequence[Key]
         # BlockError: E-PROTECTED, E-BLOCK-OVERLAP; nothing has changed yet
         if isinstance(specs, BulkBlocks):
-            blocks, keys = self._columns(specs, source, now, check=not checked)
-            texts: Sequence[str] = blocks.texts
+            blocks, saved, commands, previous = self._put_columns(specs, source, now, not checked)
         else:
-            blocks = _records(specs, source, now)
-            texts = [blk.key for blk in blocks]
-            keys = self.table.checked_keys(texts, now, check=not checked)
-            check_batch(texts)
-        previous = self.table.held(keys, texts, now)
-        replaced = [*previous]
-        saved = None
-        if len(blocks) < memory.LARGE_BATCH:
-            self.store.save_blocks(blocks, replaced=replaced, events=events)
-        else:  # to SQLite from a thread while the kernel takes them (both mostly GIL-free),
-            # handed to it now, not at the loop's next turn (after `put`)
-            write = functools.partial(
-                self.store.save_blocks, blocks, replaced=replaced, events=events
+            blocks, saved, commands, previous = self._put_records(
+                specs, source, now, events, not checked
             )
-            saved = asyncio.get_running_loop().run_in_executor(None, write)
-        commands = self.table.put(blocks, now, keys)
         try:
             await self.writer.elements(commands)
         except ApplyError:
             if saved is not None:
                 await saved  # the revert comes after the write
-            self._revert(blocks, previous)
+            self._revert(blocks, previous())
             raise
         if saved is not None:
             await saved  # answered once both hold the blocks
@@ -212,6 +196,52 @@ class BlockService:
         self._queue_cuts(blocks)
         self.on_blocked(blocks, now)
         return blocks
+
+    def _put_records(
+        self,
+        specs: Sequence[BlockSpec],
+        source: str,
+        now: float,
+        events: Events | None,
+        check: bool,
+    ) -> _Put:
+        """`block`'s steps up to the kernel write, a `Block` per spec: checked, stored (a
+        large batch from a thread while the kernel takes it), put in the table."""
+        blocks = _records(specs, source, now)
+        texts = [blk.key for blk in blocks]
+        keys = self.table.checked_keys(texts, now, check=check)
+        check_batch(texts)
+        previous = self.table.held(keys, texts, now)
+        saved = self._save(blocks, [*previous], events)
+        return blocks, saved, self.table.put(blocks, now, keys), lambda: previous
+
+    def _put_columns(self, bulk: BulkBlocks, source: str, now: float, check: bool) -> _Put:
+        """The same for a bulk request's columns: the store is handed the write as soon as
+        the keys are checked, closing whatever history row is open for them (so it need
+        not wait for the table to say which are held), and what the table held is known
+        from `put_list` (made into `_revert`'s form only if the kernel refuses)."""
+        blocks, keys = self._columns(bulk, source, now, check)
+        saved = self._save(blocks, blocks.texts, None)
+        commands, taken = self.table.put_list(blocks, now, keys)
+
+        def previous() -> dict[str, Batch]:
+            live = [
+                (b, ks) for b, ks in taken.items() if b.expires_at is None or b.expires_at > now
+            ]
+            return {unpack(k): b for b, ks in live for k in ks}
+
+        return blocks, saved, commands, previous
+
+    def _save(
+        self, blocks: Sequence[Block], replaced: list[str], events: Events | None
+    ) -> asyncio.Future[bool] | None:
+        """Store the blocks: at once, or (a large batch) from a thread while the kernel
+        takes them (both mostly GIL-free), handed to it now, not at the loop's next turn."""
+        if len(blocks) < memory.LARGE_BATCH:
+            self.store.save_blocks(blocks, replaced=replaced, events=events)
+            return None
+        write = functools.partial(self.store.save_blocks, blocks, replaced=replaced, events=events)
+        return asyncio.get_running_loop().run_in_executor(None, write)
 
     def _columns(
         self, bulk: BulkBlocks, source: str, now: float, check: bool
@@ -345,6 +375,13 @@ class BlockService:
             self.on_blocked(found, now)
         missing = self.table.missing(listed, now)
         return self.table.restore_keys(missing, now), len(missing)
+
+
+# what `block` has once the kernel write is ready: the blocks, the store's write if it runs
+# in a thread, the kernel commands, and what the table held before (for `_revert`)
+_Put = tuple[
+    Sequence[Block], "asyncio.Future[bool] | None", list[Any], Callable[[], dict[str, Batch]]
+]
 
 
 def _shared(specs: Sequence[BlockSpec] | BulkBlocks) -> tuple[int | None, str | None]:

@@ -208,7 +208,11 @@ class BlockRecords:
             for key, batch in taken.items():
                 self._forget(key, batch)
             return
-        for batch, keys in grouped(taken).items():
+        self._forget_groups(grouped(taken))
+
+    def _forget_groups(self, groups: dict[Batch, list[int]]) -> None:
+        """`_forget_many` of keys already grouped by their batch."""
+        for batch, keys in groups.items():
             v6 = sum(1 for k in keys if k >= V6)
             self._book(batch, v6 - len(keys), -v6)
             batch.live -= len(keys) - 1

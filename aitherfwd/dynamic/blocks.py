@@ -135,24 +135,28 @@ class BlockTable(LoadingTable):
 
     # --- changes ---------------------------------------------------------------------------
 
-    def _put_list(self, blocks: BlockList, now: float, keys: list[int]) -> list[Any]:
-        """`put` of a `BlockList` of distinct IPv4 addresses (a bulk request's): the keys
-        held already leave the table all at once, every key is held again a batch at a
-        time (`_adopt`) and goes out in one packed add; only the re-blocked keys are
-        walked in Python, grouped by the batch they held."""
-        taken = self._singles.take_many(keys)
-        self._forget_many(taken)
+    def put_list(
+        self, blocks: BlockList, now: float, keys: list[int]
+    ) -> tuple[list[Any], dict[Batch, list[int]]]:
+        """`put` of a `BlockList` of distinct IPv4 addresses (`keys`, packed: a bulk
+        request's), and the keys held before by the batch they held (lapsed ones
+        included). The keys held already leave the table all at once, grouped as they
+        come out, every key is held again a batch at a time (`_adopt`) and goes out in one
+        packed add."""
+        groups = self._singles.take_grouped(keys)
+        self._forget_groups(groups)
         expires, reason, source = blocks.expires_at, blocks.reason, blocks.source
         held: dict[float, list[int]] = {blocks.created_at: []}  # by creation time kept
         touch: list[int] = []
-        for old, olds in grouped(taken).items():
+        for old, olds in groups.items():
             if old.expires_at is not None and old.expires_at <= now:  # lapsed: a new block
                 held[blocks.created_at] += olds
                 continue
             if not (self.update_in_place and old.expires_at is not None and expires is not None):
                 touch += olds  # add, delete, add again: see `_created`
             held.setdefault(old.created_at, []).extend(olds)
-        if taken:
+        if groups:
+            taken = set().union(*groups.values())
             held[blocks.created_at] += (k for k in keys if k not in taken)
         else:
             held[blocks.created_at] = keys
@@ -164,7 +168,7 @@ class BlockTable(LoadingTable):
             texts = [unpack(k) for k in touch]
             cmds = [b.add(b.element("block_v4", texts)), {"delete": b.element("block_v4", texts)}]
         elements = PackedElements.uniform(4, keys, blocks.remaining(now))
-        return [*cmds, b.add(b.element("block_v4", cast("list[Any]", elements)))]
+        return [*cmds, b.add(b.element("block_v4", cast("list[Any]", elements)))], groups
 
     def put(
         self, blocks: Iterable[Block], now: float, keys: Sequence[Key | None] | None = None
@@ -183,8 +187,6 @@ class BlockTable(LoadingTable):
         pending: dict[int, Batch] = {}  # the same, by address: a key twice is seen
         repeated = False
         timeouts: dict[float | None, int | None] = {}  # one int per distinct expiry
-        if isinstance(blocks, BlockList) and keys is not None and _distinct_v4(keys):
-            return self._put_list(blocks, now, cast("list[int]", keys))
         blocks = list(blocks)
         if keys is None:
             keys = [self._key(blk.key) for blk in blocks]
@@ -320,10 +322,3 @@ class BlockTable(LoadingTable):
         blk = batch.block(key)
         value, name = blk.value(), blk.set_name
         return blk, [b.add(b.element(name, [value])), delete_command(name, value)]
-
-
-def _distinct_v4(keys: Sequence[Key | None]) -> bool:
-    """Distinct packed IPv4 addresses only: what `_put_list` takes."""
-    if not keys or set(map(type, keys)) != {int}:
-        return False
-    return max(cast("Sequence[int]", keys)) < V6 and len(set(keys)) == len(keys)

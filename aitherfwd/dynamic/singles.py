@@ -104,22 +104,30 @@ class Singles:
         return get
 
     def take_many(self, keys: Iterable[int]) -> dict[int, Batch]:
-        """Remove all of `keys` (a key named twice: once); returns what each held. A run is
-        matched against many keys all at once, in C; a few keys are bisected (a single ban
-        must not walk a run of 100,000)."""
-        query = set(keys)
+        """Remove all of `keys` (a key named twice: once); returns what each held."""
         out: dict[int, Batch] = {}
+        for batch, held in self.take_grouped(keys).items():
+            out.update(dict.fromkeys(held, batch))
+        return out
+
+    def take_grouped(self, keys: Iterable[int]) -> dict[Batch, list[int]]:
+        """`take_many`'s keys by the batch they held: a run's hits are one group as they
+        come (a re-block of 100,000 is not regrouped key by key). A run is matched against
+        many keys all at once, in C; a few keys are bisected (a single ban must not walk a
+        run of 100,000)."""
+        query = set(keys)
+        out: dict[Batch, list[int]] = {}
         for run in list(self.runs):
             hits = _take_from(run, query)
             if not hits:
                 continue
-            out.update(dict.fromkeys(hits, run.batch))
+            out.setdefault(run.batch, []).extend(hits)
             run.live -= len(hits)
             if run.live == 0:
                 self.drop_run(run)
         pop = self.loose.pop
         for key in self.loose.keys() & query:  # the smaller side is walked
-            out[key] = pop(key)
+            out.setdefault(pop(key), []).append(key)
         return out
 
     def __contains__(self, key: int) -> bool:

@@ -22,7 +22,7 @@ from aitherfwd.control.schema import BlockSpec, parse_blocks
 from aitherfwd.daemon import views
 from aitherfwd.dynamic.blockrecords import BlockList
 from aitherfwd.dynamic.blocks import BlockError
-from aitherfwd.errors import RequestError
+from aitherfwd.errors import ApplyError, RequestError
 from aitherfwd.testing import FakeDaemon, fake_daemon
 
 POLICY = """\
@@ -213,3 +213,37 @@ def test_a_protected_address_in_columns_is_refused_as_item_by_item(tmp_path: Pat
     assert errors[0] == errors[1] and "10.77.9.7 overlaps 10.77.9.0/24" in errors[0]
     assert len(fake.services.blocks.table) == 0 and fake.kernel.elements("block_v4") == {}
     fake.services.ports.store.close()
+
+
+def test_a_refused_bulk_request_leaves_the_same_state_either_way(tmp_path: Path) -> None:
+    """The kernel refuses a bulk request that re-blocks some held addresses: table, store,
+    history and kernel are as before it, whichever path took it."""
+    held = body(POOL[:300], ttl=600, reason="before")
+    again = body(POOL[200:1500], ttl="1h", reason="after")
+    states = []
+    for columns in (True, False):
+        (tmp_path / str(columns)).mkdir()
+        fake = fake_daemon(tmp_path / str(columns), POLICY)
+
+        async def run(fake: FakeDaemon = fake, columns: bool = columns) -> None:
+            s = fake.services
+            task = asyncio.get_running_loop().create_task(s.writer.run())
+            try:
+                await s.generations.cold_start()
+                await s.blocks.block(parse_blocks(held))
+                fake.kernel.refuse_next("Could not process rule: No space left on device")
+                bulk = bulk_v4(again)
+                assert bulk is not None
+                with pytest.raises(ApplyError):
+                    await s.blocks.block(bulk if columns else parse_blocks(again))
+            finally:
+                task.cancel()
+
+        asyncio.run(run())
+        states.append(_state(fake))
+        fake.services.ports.store.close()
+    fast, slow = states
+    for part in slow:
+        assert fast[part] == slow[part], part
+    assert {b.key for b in fast["active"]} == set(POOL[:300])
+    assert {b.reason for b in fast["stored"]} == {"before"}
