@@ -235,36 +235,19 @@ class Store:
         return True
 
     def save_blocks(
-        self,
-        blocks: Iterable[Block],
-        *,
-        replaced: Iterable[str] = (),
-        events: dict[str, list[dict[str, Any]]] | None = None,
+        self, blocks: Iterable[Block], *, events: dict[str, list[dict[str, Any]]] | None = None
     ) -> bool:
-        """Active blocks plus one history row each; `replaced` keys had a block before,
-        whose history row is closed. `events` are what led to a block, by key. Blocks
-        without events are written a group at a time (`store_rows.BULK_BLOCKS`): a request's blocks
-        share expiry, reason, source and creation time, so 100,000 are one or two groups."""
-        return self._write("blocks", *store_rows.block_statements(blocks, replaced, events or {}))
+        """Active blocks; a key stored already is extended in place (`store_rows`: its start
+        and events stay unless new events come). `events` are what led to a block, by
+        key. Blocks without events are written a group at a time
+        (`store_rows.BULK_BLOCKS`): a request's blocks share expiry, reason, source and
+        creation time, so 100,000 are one or two groups."""
+        return self._write("blocks", *store_rows.block_statements(blocks, events or {}))
 
     def end_blocks(self, keys: Iterable[str], now: float, why: str) -> bool:
-        """Blocks that ended (unblocked, expired): gone from the active table, closed in
-        the history."""
+        """Blocks that ended (unblocked, expired, refused): their rows move from the active
+        table to the history, ended now for `why`."""
         return self._write("blocks", *store_rows.end_statements(list(keys), now, why))
-
-    def restore_history(self, blocks: Iterable[Block]) -> bool:
-        """Rows for blocks found in the kernel that the store did not know (a database
-        moved aside, a block added with another tool)."""
-        rows = [(b.key, b.expires_at, b.reason, b.source, b.created_at) for b in blocks]
-        return self._write(
-            "blocks",
-            (store_rows.INSERT, rows),
-            (
-                "INSERT INTO block_history (key, reason, source, started_at, expires_at, "
-                "events) VALUES (?, ?, ?, ?, ?, '[]')",
-                [(k, r, s, c, e) for k, e, r, s, c in rows],
-            ),
-        )
 
     def save_offenders(self, offenders: dict[str, Offender]) -> bool:
         return self._write(
@@ -373,13 +356,15 @@ class Store:
     @_locked
     def history(self, keys: Sequence[str]) -> list[HistoryEntry]:
         """Past and current blocks of these keys (an address and the prefixes around it),
-        newest first."""
+        newest first: the ended ones from the history, the live ones from `blocks`."""
         marks = ",".join("?" * len(keys))  # only placeholders go into the text
         query = (
             "SELECT key, reason, source, started_at, expires_at, ended_at, end_reason, events "
-            "FROM block_history WHERE key IN (" + marks + ") ORDER BY started_at DESC LIMIT ?"
+            "FROM block_history WHERE key IN (" + marks + ") UNION ALL "
+            "SELECT key, reason, source, created_at, expires_at, NULL, NULL, events "
+            "FROM blocks WHERE key IN (" + marks + ") ORDER BY started_at DESC LIMIT ?"
         )
-        rows = self._db.execute(query, (*keys, HISTORY_PER_ADDRESS)).fetchall()
+        rows = self._db.execute(query, (*keys, *keys, HISTORY_PER_ADDRESS)).fetchall()
         return [
             HistoryEntry(k, r, s, st, ex, en, er, json.loads(ev))
             for k, r, s, st, ex, en, er, ev in rows

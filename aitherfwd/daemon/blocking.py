@@ -212,16 +212,16 @@ class BlockService:
         keys = self.table.checked_keys(texts, now, check=check)
         check_batch(texts)
         previous = self.table.held(keys, texts, now)
-        saved = self._save(blocks, [*previous], events)
+        saved = self._save(blocks, events)
         return blocks, saved, self.table.put(blocks, now, keys), lambda: previous
 
     def _put_columns(self, bulk: BulkBlocks, source: str, now: float, check: bool) -> _Put:
         """The same for a bulk request's columns: the store is handed the write as soon as
-        the keys are checked, closing whatever history row is open for them (so it need
-        not wait for the table to say which are held), and what the table held is known
-        from `put_list` (made into `_revert`'s form only if the kernel refuses)."""
+        the keys are checked (it extends the keys it holds by itself: it need not wait for
+        the table to say which are held), and what the table held is known from
+        `put_list` (made into `_revert`'s form only if the kernel refuses)."""
         blocks, keys = self._columns(bulk, source, now, check)
-        saved = self._save(blocks, blocks.texts, None)
+        saved = self._save(blocks, None)
         commands, taken = self.table.put_list(blocks, now, keys)
 
         def previous() -> dict[str, Batch]:
@@ -232,15 +232,13 @@ class BlockService:
 
         return blocks, saved, commands, previous
 
-    def _save(
-        self, blocks: Sequence[Block], replaced: list[str], events: Events | None
-    ) -> asyncio.Future[bool] | None:
+    def _save(self, blocks: Sequence[Block], events: Events | None) -> asyncio.Future[bool] | None:
         """Store the blocks: at once, or (a large batch) from a thread while the kernel
         takes them (both mostly GIL-free), handed to it now, not at the loop's next turn."""
         if len(blocks) < memory.LARGE_BATCH:
-            self.store.save_blocks(blocks, replaced=replaced, events=events)
+            self.store.save_blocks(blocks, events=events)
             return None
-        write = functools.partial(self.store.save_blocks, blocks, replaced=replaced, events=events)
+        write = functools.partial(self.store.save_blocks, blocks, events=events)
         return asyncio.get_running_loop().run_in_executor(None, write)
 
     def _columns(
@@ -268,7 +266,7 @@ class BlockService:
         self.store.end_blocks(
             (b.key for b in blocks if b.key not in previous), now, "kernel refused"
         )
-        self.store.save_blocks(held, replaced=list(previous))
+        self.store.save_blocks(held)
 
     async def unblock(self, network: IPNetwork, actor: Actor | None = None) -> Block:
         now = self.clock.now()
@@ -371,7 +369,7 @@ class BlockService:
         ]
         if found:
             self.table.load(found)
-            self.store.restore_history(found)
+            self.store.save_blocks(found)
             self.on_blocked(found, now)
         missing = self.table.missing(listed, now)
         return self.table.restore_keys(missing, now), len(missing)

@@ -52,7 +52,7 @@ def test_a_version_2_database_gains_the_grants_table(tmp_path: Path) -> None:
     assert store.recovered is None
     assert [b.key for b in store.load_blocks(NOW)] == ["203.0.113.7"]
     assert store.load_grants(NOW) == []
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_the_sandbox_role_takes_a_max_ttl_and_other_roles_do_not() -> None:

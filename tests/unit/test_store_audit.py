@@ -39,15 +39,71 @@ def test_history_records_each_block_and_how_it_ended(tmp_path: Path) -> None:
     events = {"203.0.113.7": [{"type": "SENTRY_PORT_SCAN", "severity": "high"}]}
     store.save_blocks([_block("203.0.113.7", 60, "first")], events=events)
     store.end_blocks(["203.0.113.7"], NOW + 60, "expired")
-    store.save_blocks([_block("203.0.113.7", 60, "second")])
-    store.save_blocks([_block("203.0.113.7", None, "third")], replaced=["203.0.113.7"])
+    store.save_blocks([_block("203.0.113.7", 60, "second")._replace(created_at=NOW + 100)])
+    # blocked again while live: the same block, extended in place (its start kept)
+    store.save_blocks([_block("203.0.113.7", None, "third")._replace(created_at=NOW + 200)])
     history = store.history(["203.0.113.7"])
-    assert sorted(h.reason for h in history) == ["first", "second", "third"]
-    by_reason = {h.reason: h for h in history}
-    assert by_reason["first"].end_reason == "expired"
-    assert by_reason["first"].events == events["203.0.113.7"]
-    assert by_reason["second"].end_reason == "replaced"
-    assert by_reason["third"].ended_at is None
+    assert [(h.reason, h.started_at, h.end_reason) for h in history] == [
+        ("third", NOW + 100, None),
+        ("first", NOW, "expired"),
+    ]
+    assert history[0].expires_at is None and history[0].ended_at is None
+    assert history[1].events == events["203.0.113.7"] and history[1].ended_at == NOW + 60
+    store.end_blocks(["203.0.113.7"], NOW + 300, "unblocked")
+    ended = store.history(["203.0.113.7"])
+    assert [(h.reason, h.ended_at, h.end_reason) for h in ended] == [
+        ("third", NOW + 300, "unblocked"),
+        ("first", NOW + 60, "expired"),
+    ]
+    assert store.load_blocks(NOW + 300) == []
+
+
+def test_a_v3_database_is_brought_to_v4_with_its_open_history_rows(tmp_path: Path) -> None:
+    """Up to v3 a live block also had an open history row: it becomes the block's row
+    (with its events); an open row of a block the store no longer held is closed."""
+    db = sqlite3.connect(tmp_path / "state.sqlite3")
+    db.executescript(V3_SCHEMA)
+    db.executescript(
+        """
+        INSERT INTO blocks VALUES ('10.0.0.1', 2000000000.5, 'r', 'manual', 1000.0);
+        INSERT INTO blocks VALUES ('10.0.0.2', NULL, 'p', 'reputation', 1100.0);
+        INSERT INTO block_history (key, reason, source, started_at, expires_at, ended_at,
+            end_reason, events) VALUES
+            ('10.0.0.1', 'old', 'manual', 500.0, 600.0, 600.0, 'expired', '[]'),
+            ('10.0.0.1', 'r', 'manual', 1000.0, 2000000000.5, NULL, NULL, '[]'),
+            ('10.0.0.2', 'p', 'reputation', 1100.0, NULL, NULL, NULL, '[{"type": "X"}]'),
+            ('10.0.0.3', 'gone', 'manual', 1200.0, 1300.0, NULL, NULL, '[]');
+        PRAGMA user_version = 3;
+        """
+    )
+    db.close()
+    store = Store(tmp_path)
+    assert store.recovered is None
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert [b.key for b in store.load_blocks(1500.0)] == ["10.0.0.1", "10.0.0.2"]
+    one = store.history(["10.0.0.1"])
+    assert [(h.reason, h.ended_at) for h in one] == [("r", None), ("old", 600.0)]
+    (two,) = store.history(["10.0.0.2"])
+    assert two.events == [{"type": "X"}] and two.ended_at is None
+    (three,) = store.history(["10.0.0.3"])
+    assert (three.ended_at, three.end_reason) == (1300.0, "unknown")
+    assert store._db.execute(
+        "SELECT count(*) FROM block_history WHERE ended_at IS NULL"
+    ).fetchone() == (0,)
+    store.close()
+
+
+V3_SCHEMA = """
+CREATE TABLE blocks (key TEXT PRIMARY KEY, expires_at REAL, reason TEXT NOT NULL,
+    source TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE offenders (key TEXT PRIMARY KEY, score REAL NOT NULL, updated REAL NOT NULL,
+    blocks TEXT NOT NULL, blocked_until REAL, permanent INTEGER NOT NULL,
+    events INTEGER NOT NULL);
+CREATE TABLE block_history (id INTEGER PRIMARY KEY, key TEXT NOT NULL, reason TEXT NOT NULL,
+    source TEXT NOT NULL, started_at REAL NOT NULL, expires_at REAL, ended_at REAL,
+    end_reason TEXT, events TEXT NOT NULL);
+CREATE INDEX block_history_key ON block_history (key, started_at);
+"""
 
 
 @pytest.mark.parametrize(
@@ -106,17 +162,21 @@ def test_a_bulk_write_keeps_every_row_group_and_event(tmp_path: Path) -> None:
     blocks += [_block("10.9.0.1", 30, "c"), _block("10.9.0.2", 60, "a")]
     events = {"10.9.0.1": [{"type": "SENTRY_PORT_SCAN"}]}
     assert store.save_blocks(blocks, events=events)
-    store.save_blocks([_block(keys[0], 600, "again")], replaced=[keys[0]])
+    store.save_blocks([_block(keys[0], 600, "again")])
     loaded = {b.key: b for b in store.load_blocks(NOW)}
     assert len(loaded) == len(blocks)
     assert loaded["2001:db8::/64"].expires_at is None and loaded["10.9.0.2"].reason == "a"
     assert loaded[keys[0]] == _block(keys[0], 600, "again")
     assert loaded[keys[-1]] == _block(keys[-1], 60, "a")
     assert store.history(["10.9.0.1"])[0].events == events["10.9.0.1"]
-    first = {h.reason: h for h in store.history([keys[0]])}
-    assert first["a"].end_reason == "replaced" and first["again"].ended_at is None
-    count = store._db.execute("SELECT count(*) FROM block_history").fetchone()[0]
-    assert count == len(blocks) + 1
+    (again,) = store.history([keys[0]])  # extended in place: one block
+    assert again.reason == "again" and again.ended_at is None
+    assert store._db.execute("SELECT count(*) FROM block_history").fetchone() == (0,)
+    store.end_blocks(keys, NOW + 1, "unblocked")  # two JSON arrays moved
+    assert len(store.load_blocks(NOW + 1)) == 3
+    ended = store._db.execute("SELECT count(*), min(end_reason) FROM block_history").fetchone()
+    assert ended == (len(keys), "unblocked")
+    assert store.history(["10.9.0.1"])[0].events == events["10.9.0.1"]
 
 
 def test_a_large_write_gives_back_the_page_cache_and_a_small_one_keeps_it(
