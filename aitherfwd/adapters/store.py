@@ -17,6 +17,7 @@ must go on. How the file is opened, and its modes: `store_open`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sqlite3
@@ -243,6 +244,16 @@ class Store:
         (`store_rows.BULK_BLOCKS`): a request's blocks share expiry, reason, source and
         creation time, so 100,000 are one or two groups."""
         return self._write("blocks", *store_rows.block_statements(blocks, events or {}))
+
+    def blocks_writer(
+        self, blocks: Iterable[Block], *, events: dict[str, list[dict[str, Any]]] | None = None
+    ) -> Callable[[], bool]:
+        """`save_blocks` in two steps: the statements made now, on the caller's thread, and
+        written when the returned call runs — in a worker thread, where SQLite's work is
+        GIL-free from its first step (made there, the statements had waited for the GIL
+        while the event loop put the same blocks in the table)."""
+        statements = store_rows.block_statements(blocks, events or {})
+        return functools.partial(self._write, "blocks", *statements)
 
     def end_blocks(self, keys: Iterable[str], now: float, why: str) -> bool:
         """Blocks that ended (unblocked, expired, refused): their rows move from the active

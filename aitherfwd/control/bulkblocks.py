@@ -72,7 +72,7 @@ def _uniform(items: list[Any]) -> bool:
         return False
     if set(map(len, items)) != {len(fields)}:
         return False
-    return _one_value(items, "ttl") and _one_value(items, "reason")
+    return all(_one_value(items, f) for f in ("ttl", "reason") if f in fields)
 
 
 def _one_value(items: list[dict[str, Any]], field: str) -> bool:

@@ -11,7 +11,6 @@ generations or reputation: those call in.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import itertools
 import logging
@@ -238,7 +237,7 @@ class BlockService:
         if len(blocks) < memory.LARGE_BATCH:
             self.store.save_blocks(blocks, events=events)
             return None
-        write = functools.partial(self.store.save_blocks, blocks, events=events)
+        write = self.store.blocks_writer(blocks, events=events)
         return asyncio.get_running_loop().run_in_executor(None, write)
 
     def _columns(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from aitherfwd.adapters.memory import LARGE_BATCH
 from aitherfwd.control import jsonbody
 from aitherfwd.control.bulkblocks import BULK_MIN_ITEMS, BulkBlocks, bulk_v4
 from aitherfwd.control.schema import BlockSpec, parse_blocks
@@ -188,6 +189,43 @@ def test_columns_and_items_give_the_same_blocks(tmp_path: Path, seed: int, in_pl
     for part in slow:
         assert fast[part] == slow[part], part
     assert len(fast["kernel"]) == len(fast["active"]) > 0
+
+
+def test_large_requests_written_from_a_thread_give_the_same_blocks(tmp_path: Path) -> None:
+    """Requests of LARGE_BATCH or more are stored from a worker thread while the kernel
+    takes them (`Store.blocks_writer`): a fresh one and a re-block, either path."""
+    many = [str(ipaddress.IPv4Address(0x0A400000 + i)) for i in range(LARGE_BATCH + 2000)]
+    requests = [body(many, ttl=600), body(many[1000:], ttl="2h", reason="again")]
+    states = []
+    for columns in (True, False):
+        (tmp_path / str(columns)).mkdir()
+        fake = fake_daemon(tmp_path / str(columns), POLICY)
+
+        async def run(fake: FakeDaemon = fake, columns: bool = columns) -> None:
+            s = fake.services
+            task = asyncio.get_running_loop().create_task(s.writer.run())
+            try:
+                await s.generations.cold_start()
+                for request in requests:
+                    fake.clock.advance(30)
+                    bulk = bulk_v4(request)
+                    assert bulk is not None
+                    await s.blocks.block(bulk if columns else parse_blocks(request))
+            finally:
+                task.cancel()
+
+        asyncio.run(run())
+        states.append(_state(fake))
+        fake.services.ports.store.close()
+    fast, slow = states
+    for part in slow:
+        assert fast[part] == slow[part], part
+    assert len(fast["stored"]) == len(many) == len(fast["kernel"])
+    again = set(many[1000:])
+    assert {(b.key in again, b.reason) for b in fast["stored"]} == {
+        (True, "again"),
+        (False, "manual"),
+    }
 
 
 def test_a_protected_address_in_columns_is_refused_as_item_by_item(tmp_path: Path) -> None:
