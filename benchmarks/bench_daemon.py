@@ -366,46 +366,51 @@ What the numbers say:
   commit ≈ 12 %, the audit line ≈ 10 %, the netlink write and the generation read after it
   ≈ 17 %. fail2ban needs ≈ 10.5 ms per ban through its socket (105 s for 10,000) and 129 ms
   through fail2ban-client; CrowdSec's bouncer ≈ 40 decisions/s (ANCHORS.md).
-- 100,000 new bans in one request: ≈ 0.55 s, ≈ 2x `nft -f` (was 1.44 s = 5.1x at 13:49).
-  What changed, each measured in-process on 100,000 (CPU ms, before -> after): items of
-  the usual shape parsed on a path of their own (179 -> ≈ 100, with the JSON decode's
-  duplicate-key check ≈ 65 of the rest), `Block` and `BlockSpec` named tuples (a frozen
-  dataclass costs 0.5 µs to make), one check-and-pack pass with the protected IPv4 ranges
-  found by bisect (`checked_keys`), new single addresses adopted by the table in one pass
-  and sent as packed elements (put 189 -> 38), SQLite rows as JSON arrays SQLite walks
-  itself (`json_each`: 362 -> 170) written from a worker thread while the kernel takes
-  the same blocks (the store's connection is used under one lock), and the conntrack cuts
-  of a request limited to its first 256 addresses before the skip check (it had made
-  100,000 address objects: 30 % of the request). The ≤ 1.0x `nft -f` target of issue 15
-  is not met: the JSON decode and per-item checks alone are ≈ 0.2 s of Python, the kernel
-  takes ≈ 0.15-0.2 s of its own, and SQLite's B-tree work for 100,000 rows and their
-  history ≈ 0.17 s (overlapped with the kernel now). One request timed inside the daemon
-  (temporary timestamps, 18:15, not committed): decode 62 ms, parse 78, records and keys
-  checked 96, held keys 6, the table's put 64 — the kernel write starts at ≈ 306 ms and is
-  acknowledged 176 ms later (encoding included); the SQLite write, started before the put,
-  ends ≈ 30 ms after it. `nft -f`'s 0.27 s in all is less than the kernel write plus any
-  one of the Python steps before it: in CPython, with the request decoded, checked and
-  persisted before it is answered, 1.0x is out of reach.
-- Blocking the same 100,000 again: this kernel updates a timeout on a plain add (probed at
-  the start), so the kernel part is one add per element. The rest is SQLite closing
-  100,000 history rows, updating 100,000 rows in place (an upsert since 18:05: 98 -> 65 ms
-  for the rows) and adding 100,000 history rows (≈ 0.3 s, in the worker thread), and the
-  table moving each key to its new record (the keys leave their run all at once: put
-  129 -> 100 ms). The ≤ 1.0x target is not met (≈ 3.1x): the SQLite write can start only
-  once the request is decoded, parsed and the held keys are known (≈ 0.25 s of Python:
-  the history rows it closes are theirs), and then takes ≈ 0.3 s, longer than the kernel.
-  Timed inside the daemon (18:15): the kernel acknowledged at ≈ 460 ms, SQLite done at
-  ≈ 750 ms.
+- 100,000 new bans in one request: ≈ 0.22-0.28 s, ≈ 0.75-0.9x `nft -f` (0.55 s = 2x at
+  19:00; 1.44 s = 5.1x at 13:49). What changed at 21:00-21:45, each timed inside the
+  daemon (temporary timestamps, not committed) or in-process on 100,000:
+  - the usual bulk shape (every item the same fields, one TTL and reason, canonical IPv4)
+    is read as columns (control/bulkblocks.py: a few C passes — `map`, `set`, `inet_pton`
+    — instead of a `BlockSpec` per item: parse 78 -> 30-40 ms) and stays columns: a
+    `BlockList` (the texts and one shared expiry, reason and source) instead of a `Block`
+    per address (69 ms -> 0), the protected ranges bisected into the sorted keys, the keys
+    put in the table a batch at a time (`BlockTable.put_list`: 72 -> 13 ms); any other
+    shape goes item by item, and tests/unit/test_bulk_blocks.py holds both paths to the
+    same answer, table, store, history, kernel elements and audit lines;
+  - the JSON decode's duplicate-key check counts pairs (the colons outside strings
+    against the parsed objects' sizes) instead of a hook on every object: 67 -> 56 ms;
+  - kernel elements sharing one timeout are written into a repeated template, a byte
+    position at a time: ≈ 20 -> 5 ms;
+  - SQLite: keys sorted, so SQLite appends to its B-trees (129 -> 77 ms standalone); a
+    large write's WAL copied after the answer (`Store.checkpoint`: the copy had cost 28-60
+    ms in the commit); the statements made on the loop and written in the worker thread
+    from its first step; and, store schema v4, a block is one row, not a row and a history
+    row (docs/daemon.md, State store).
+  One request timed inside the daemon (21:33): body read 10 ms, decode 50, columns 56,
+  the kernel write from ≈ 130 ms, acknowledged at ≈ 273 ms (the first request into an
+  empty set: the kernel grows its hash table; ≈ 40-65 ms into a grown one), SQLite done at
+  ≈ 186 ms. The kernel's own work is now most of what is left.
+- Blocking the same 100,000 again: ≈ 0.25 s, ≈ 0.85x `nft -f` (0.82 s = 2.8-3.1x at
+  19:00). This kernel updates a timeout on a plain add (probed at the start), so the
+  kernel part is one add per element. Store schema v4 made the rest small: a re-block
+  extends the block in place — one upsert of 100,000 rows, where v3 closed 100,000
+  history rows, updated 100,000 and added 100,000 (standalone SQLite, 100,000 keys:
+  216-309 ms, growing with each key's history, -> 64 ms). The store is handed the write as
+  soon as the keys are checked (v3 had to wait for the table to say which keys were
+  held, whose history rows it closed), and the table takes the keys out grouped by the
+  batch they held (`Singles.take_grouped`: put 60 -> 26 ms). Timed inside the daemon
+  (21:36): SQLite from ≈ 124 to ≈ 212 ms, the kernel acknowledged at ≈ 210 ms.
 - RSS: since 18:00 a bulk request's IPv4 addresses (1,024 or more under one batch) are a
   run of the table (aitherfwd/dynamic/singles.py): one sorted array of 4-byte ints and a
   live byte each, ≈ 5 bytes a block instead of ≈ 85 in a dict (its slot, its int object,
   its place in the expiry list; tests/unit/test_block_runs.py measures it with
   tracemalloc). The ints were made while the request's JSON was alive, so they also
   pinned its freed pages: in-process, 100,000 in the dict kept +16 MB of RSS, as a run
-  +3 MB. After one 100,000-ban request the daemon now holds 46-48 MB (median of 3 fresh
-  daemons, two runs): idle ≈ 40 MB (imports deferred, glibc's heap trimmed after the cold start),
-  the run 0.5 MB, and ≈ 7 MB of Python allocator arenas that the request's short-lived
-  objects filled and a few hundred survivors keep (tracemalloc: +0.5 MB of live Python
+  +3 MB. After one 100,000-ban request the daemon holds 44-48 MB (median of 3 fresh
+  daemons; 46-48 at 19:00, ≈ 44 since the columns): idle ≈ 40 MB (imports deferred,
+  glibc's heap trimmed after the cold start), the run 0.5 MB, and ≈ 4-7 MB of Python
+  allocator arenas that the request's short-lived objects filled and a few hundred
+  survivors keep (tracemalloc: +0.5 MB of live Python
   objects after the request). SQLite's page cache (2 MB) is given back after a write of
   10,000 rows or more (`PRAGMA shrink_memory`). The steps, each on fresh daemons: 66.0 MB
   (15:47) -> 62-64 (mmap threshold) -> 52-53 (runs) -> 49.6-50.7 (imports deferred,
