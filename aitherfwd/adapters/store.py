@@ -91,6 +91,7 @@ class Store:
         self.dropped_rows = 0  # pending rows given up on (MAX_PENDING_ROWS)
         self.disk_full = False
         self.checkpoint_due = False  # a large write's WAL is not copied yet (`checkpoint`)
+        self._checkpoint_failing = False
         self.recovered: str | None = None  # why the previous database was moved aside
         self.unpersisted: str | None = None  # why nothing is persisted (None: all is)
         try:
@@ -195,9 +196,11 @@ class Store:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             self._db.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT}")
         except sqlite3.Error as exc:  # a full disk: the WAL stays, the next turn tries again
-            log.warning("state store checkpoint failed error=%s", exc)
+            if not self._checkpoint_failing:  # once, not every housekeeping turn
+                log.warning("state store checkpoint failed; retried error=%s", exc)
+            self._checkpoint_failing = True
             return
-        self.checkpoint_due = False
+        self.checkpoint_due = self._checkpoint_failing = False
 
     def _commit(self, what: str, statements: Statements, *, quiet: bool) -> bool:
         try:
