@@ -133,6 +133,7 @@ class BlockService:
         self.table.load_rows(self.store.iter_rows(now))
 
     def status(self) -> BlocksStatus:
+        self.expire()  # recorded, not only pruned by the counts
         now = self.clock.now()
         return BlocksStatus(self.table.counts(now), len(self.table))
 
@@ -290,7 +291,7 @@ class BlockService:
     def expire(self) -> int:
         """Forget blocks past their expiry (the kernel expired their elements itself)."""
         now = self.clock.now()
-        expired = self.table.prune(now)
+        expired = self.table.take_lapsed() + self.table.prune(now)
         if not expired:
             return 0
         self.stats.expired(len(expired))

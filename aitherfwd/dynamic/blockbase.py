@@ -67,6 +67,8 @@ class BlockRecords:
         # the kernel updates an element's timeout on a plain `add` (probed at start): a
         # re-block from one timeout to another is then one add, not add-delete-add
         self.update_in_place = False
+        # blocks a reader pruned (`_lapse`), until the owner's `take_lapsed` records them
+        self.lapsed: list[Block] = []
 
     @property
     def protected(self) -> tuple[IPNetwork, ...]:
@@ -177,6 +179,17 @@ class BlockRecords:
         elif len(keys) > 64 and batch.live * 2 < len(keys):
             batch.keys = [k for k in keys if self._batch_of(k) is batch]
 
+    def _lapse(self, now: float) -> None:
+        """`prune` for a reader (a listing, the counts, the kernel's view): what lapsed is
+        kept in `lapsed` for the table's owner, who records it (the store's history, the
+        audit line, reputation) — a reader pruning it away must not lose the expiry."""
+        self.lapsed += self.prune(now)
+
+    def take_lapsed(self) -> list[Block]:
+        """The blocks readers pruned since the last call (`_lapse`), oldest first."""
+        out, self.lapsed = self.lapsed, []
+        return out
+
     def prune(self, now: float) -> list[Block]:
         """Forget the blocks due by `now`, earliest first: pops due batches off the heap."""
         heap, gone = self._heap, []
@@ -250,7 +263,7 @@ class BlockRecords:
         """Blocks per kernel set, kept as blocks come and go (no scan); with `now`, expired
         ones are pruned first."""
         if now is not None:
-            self.prune(now)
+            self._lapse(now)
         return dict(self._counts)
 
     def kinds(self) -> dict[tuple[str, str], int]:

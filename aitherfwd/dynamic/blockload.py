@@ -187,7 +187,7 @@ class LoadingTable(BlockRecords):
         """Element adds for every live block with its remaining timeout (after a table
         loss), `limit` elements per yielded batch at most, made as they are consumed: the
         table must not change while this runs (the cold start runs it before serving)."""
-        self.prune(now)
+        self._lapse(now)
         return restore_batches(self._singles.items(), self._prefixes, now, limit)
 
     def restore_commands(self, now: float) -> list[Any]:
@@ -219,7 +219,7 @@ class LoadingTable(BlockRecords):
     def missing(self, listed: Container[Key], now: float, margin: float = 2.0) -> list[Key]:
         """Live keys absent from the kernel's listing, but not those due within `margin`
         seconds (the kernel may just have expired them)."""
-        self.prune(now)
+        self._lapse(now)
         soon = now + margin
         return [
             k
@@ -232,7 +232,7 @@ class LoadingTable(BlockRecords):
         """Like `restore_batches`, for a restore while the table may change between parts
         (the caller awaits the kernel between them): over a copy of the keys, each part made
         when it is asked for and holding only the blocks still live and unchanged then."""
-        self.prune(now)
+        self._lapse(now)
         keys: list[Key] = [*self._singles, *self._prefixes]
         for start in range(0, len(keys), limit):
             part = self.restore_keys(keys[start : start + limit], now)

@@ -77,7 +77,7 @@ class BlockTable(LoadingTable):
         return None if batch is None else batch.block(key)
 
     def active(self, now: float) -> list[Block]:
-        self.prune(now)
+        self._lapse(now)
         out = [batch.block(unpack(k)) for k, batch in self._singles.items()]
         out += [batch.block(k) for k, batch in self._prefixes.items()]
         out.sort(key=lambda blk: blk.key)

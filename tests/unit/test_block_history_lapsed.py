@@ -39,3 +39,39 @@ def test_a_lapsed_block_blocked_again_is_closed_as_expired_first(tmp_path: Path)
     active = fake.services.blocks.table.active(fake.clock.now())
     assert [(b.key, b.reason) for b in active] == [("10.1.2.3", "second"), ("10.1.2.4", "other")]
     fake.services.ports.store.close()
+
+
+def test_a_block_a_reader_pruned_is_still_recorded_as_expired(tmp_path: Path) -> None:
+    """A listing, the status counts or the drift check may be the first to meet a lapsed
+    block: they prune it, and the next `expire` still records it — ended in the store as
+    expired, one `block_expired` audit line, the reputation hook told."""
+    fake = fake_daemon(tmp_path, POLICY)
+    told: list[str] = []
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(fake.services.writer.run())
+        try:
+            await fake.services.generations.cold_start()
+            blocks = fake.services.blocks
+            blocks.on_expired = lambda blk, now: told.append(blk.key)
+            await blocks.block([BlockSpec(f"10.1.3.{i}", 60, "x") for i in range(3)])
+            fake.clock.advance(61)
+            now = fake.clock.now()
+            assert blocks.table.active(now) == []  # the listing pruned them...
+            assert blocks.table.counts(now)["block_v4"] == 0
+            assert blocks.expire() == 3  # ...and they are recorded all the same
+            assert blocks.expire() == 0
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+    store = fake.services.ports.store
+    assert [h.end_reason for h in store.history(["10.1.3.1"])] == ["expired"]
+    assert store.load_blocks(fake.clock.now()) == []
+    events = [e["event"] for e in fake.audit_events()]
+    assert events.count("block_expired") == 3 and sorted(told) == [
+        "10.1.3.0",
+        "10.1.3.1",
+        "10.1.3.2",
+    ]
+    fake.services.ports.store.close()
