@@ -169,7 +169,7 @@ class EgressRuntime(EgressKernelView):
 
     def _expire_grants(self) -> None:
         now = self.clock.now()
-        gone = self.grants.prune(now)
+        gone = self.grants.take_lapsed() + self.grants.prune(now)
         if gone:
             self.store.end_grants(g.key for g in gone)
             for g in gone:

@@ -42,6 +42,7 @@ class GrantTable:
         self._sets: dict[str, int] = {}
         self._expiry: list[tuple[float, str]] = []
         self.update_in_place = False  # see BlockTable.update_in_place
+        self.lapsed: list[Grant] = []  # pruned by a reader, until `take_lapsed`
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -82,6 +83,15 @@ class GrantTable:
             ported = self._ported[fam]
             del ported[bisect.bisect_left(ported, int(ipaddress.ip_address(g.key)))]
 
+    def _lapse(self, now: float) -> None:
+        """`prune` for a reader: what lapsed waits in `lapsed` for the owner, who records
+        it (the store, the audit line) — a reader pruning it must not lose the expiry."""
+        self.lapsed += self.prune(now)
+
+    def take_lapsed(self) -> list[Grant]:
+        out, self.lapsed = self.lapsed, []
+        return out
+
     def prune(self, now: float) -> list[Grant]:
         gone = []
         heap = self._expiry
@@ -100,7 +110,7 @@ class GrantTable:
         return g if g is not None and g.expires_at > now else None
 
     def active(self, now: float) -> list[Grant]:
-        self.prune(now)
+        self._lapse(now)
         return sorted(self._grants.values(), key=lambda g: g.key)
 
     def _prefix_holding(self, fam: int, lo: int, hi: int) -> Grant | None:
@@ -119,7 +129,7 @@ class GrantTable:
         """Raise GrantError (E-GRANT-OVERLAP) when granting `net` (with `ports`) would
         overlap a live grant in the same kernel set: prefixes overlapping each other, or an
         address inside a prefix both granted on a common port."""
-        self.prune(now)
+        self._lapse(now)
         key, fam = key_of(net), net.version
         lo, hi = int(net.network_address), int(net.broadcast_address)
         if net.prefixlen == net.max_prefixlen:
@@ -166,12 +176,12 @@ class GrantTable:
         return None
 
     def counts(self, now: float) -> dict[str, int]:
-        self.prune(now)
+        self._lapse(now)
         return {"grants_v4": self._family[4], "grants_v6": self._family[6]}
 
     def set_counts(self, now: float) -> dict[str, int]:
         """Live kernel elements per sandbox set (a grant with ports has one per port)."""
-        self.prune(now)
+        self._lapse(now)
         return {s: c for s, c in sorted(self._sets.items()) if c}
 
     # --- changes -------------------------------------------------------------------------

@@ -92,6 +92,18 @@ def test_a_grant_opens_its_destination_until_it_expires() -> None:
     assert grants.counts(clock.now()) == {"grants_v4": 1, "grants_v6": 1}
 
 
+def test_a_grant_a_reader_pruned_waits_for_its_owner_to_record_it() -> None:
+    """The grant listing, the counts and the overlap check prune lapsed grants; what they
+    pruned is kept for the egress runtime's expiry (store, `sandbox_expired` audit line)."""
+    grants = GrantTable()
+    grants.put([Grant("198.18.0.1", 102.0, "sandbox-alice", (), 100.0)], 100.0)
+    grants.put([Grant("198.18.0.2", 160.0, "sandbox-bob", (), 100.0)], 100.0)
+    assert [g.key for g in grants.active(103.0)] == ["198.18.0.2"]
+    assert grants.counts(103.0) == {"grants_v4": 1, "grants_v6": 0}
+    assert [g.key for g in grants.take_lapsed()] == ["198.18.0.1"]
+    assert grants.take_lapsed() == [] and grants.prune(103.0) == []
+
+
 def test_grants_for_known_bad_or_metadata_are_refused() -> None:
     eg = ok(POLICY).egress
     for dest in ("203.0.113.66", "169.254.169.254", "fd00:ec2::254", "203.0.113.0/24"):

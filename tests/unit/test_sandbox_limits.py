@@ -192,3 +192,20 @@ def test_sandbox_limits_in_the_policy_are_validated_with_located_errors(tmp_path
     assert ("E-RANGE", "sandbox.max_grants") in found
     assert ("E-RANGE", "sandbox.min_prefix_v6") in found
     assert all(d.pos is not None for d in result.diagnostics)
+
+
+def test_a_grant_the_listing_pruned_is_still_recorded_as_expired(fake: FakeDaemon) -> None:
+    """The grant listing is the first to meet a lapsed grant: the egress runtime's expiry
+    still ends it in the store and writes its `sandbox_expired` line."""
+    egress = fake.services.egress
+
+    async def body() -> None:
+        await egress.grant(spec("198.18.0.7"), AGENT, ACTOR)
+        fake.clock.advance(601)
+        assert egress.grants.active(fake.clock.now()) == []  # pruned by the listing...
+        egress._expire_grants()  # ...and recorded by the runtime's next turn
+
+    run(fake, body)
+    events = [e["event"] for e in fake.audit_events()]
+    assert events.count("sandbox_expired") == 1
+    assert fake.services.ports.store.load_grants(fake.clock.now()) == []
