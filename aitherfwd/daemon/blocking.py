@@ -2,10 +2,10 @@
 
 Owns: the live `BlockTable` and the order of every block change — check → store → kernel
 (through the one writer) → bookkeeping → audit; a refused write is reverted in the table
-and the store. Also the block sets' part of a cold start and of drift repair: their
-restore commands and the reconciliation of the kernel's block sets with the store
-(adopting what the kernel holds and the store does not know). Knows nothing of HTTP,
-generations or reputation: those call in.
+and the store. A bulk request's columns (control/bulkblocks.py) take a path of their own
+up to the kernel write. The block sets' part of a cold start and of drift repair is
+`blocks_kernel.BlockKernelView`, its base. Knows nothing of HTTP, generations or
+reputation: those call in.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +27,12 @@ from aitherfwd.audit_records import Blocked, BlockExpired, Unblocked
 from aitherfwd.clock import Clock
 from aitherfwd.control.bulkblocks import BulkBlocks
 from aitherfwd.control.schema import BlockSpec
-from aitherfwd.daemon.ports import AuditSink, Conntrack, Kernel
+from aitherfwd.daemon.blocks_kernel import BlockKernelView
+from aitherfwd.daemon.ports import AuditSink, Conntrack
 from aitherfwd.daemon.writer import KernelWriter
-from aitherfwd.dynamic.blockrecords import BlockList, Key, pack, text_of, unpack
+from aitherfwd.dynamic.blockrecords import BlockList, unpack
 from aitherfwd.dynamic.blocks import Batch, Block, BlockTable, address_text, check_batch
 from aitherfwd.errors import AitherError, ApplyError, RequestError
-from aitherfwd.nft import builders as b
-from aitherfwd.nft import names as n
 from aitherfwd.policy.model import IPAddress, IPNetwork, Policy
 from aitherfwd.stats import Stats
 
@@ -58,7 +57,7 @@ class BlocksStatus:
     total: int
 
 
-class BlockService:
+class BlockService(BlockKernelView):
     def __init__(  # noqa: PLR0917 - the ports, wired in daemon/services.py
         self,
         clock: Clock,
@@ -332,48 +331,6 @@ class BlockService:
             # paced: the cuts run after the bans and must not compete with requests
             await asyncio.sleep(CONNTRACK_CUT_PAUSE)
 
-    # --- the kernel's block sets (run in the writer's thread) --------------------------------
-
-    def restore_commands(self, now: float) -> list[Any]:
-        return self.table.restore_commands(now)
-
-    def load_batches(self, now: float, first: int, limit: int) -> Iterator[list[Any]]:
-        """Cold start: the store's live blocks streamed into the compact table, a chunk of
-        rows at a time, each chunk's element adds yielded as soon as it is loaded (the first
-        `first` rows, then `limit`): `BlockTable.load_batches`. Exhaust it before anything
-        else reads the table or writes the store."""
-        return self.table.load_batches(self.store.iter_rows(now), now, first, limit)
-
-    def restore_batches(self, now: float, limit: int) -> Iterator[list[Any]]:
-        """The restore in batches of `limit` elements, made as the kernel takes them."""
-        return self.table.restore_batches(now, limit)
-
-    def reconcile(self, kernel: Kernel, now: float) -> int:
-        """Cold start (nothing is served yet, so the table cannot change meanwhile): list the
-        kernel's block sets, adopt what the store does not know, add what the kernel lacks.
-        Returns how many were added."""
-        commands, missing = self.repair_commands(listed_blocks(kernel), now)
-        if commands:
-            kernel.run(commands)
-        return missing
-
-    def repair_commands(self, listed: dict[Key, float | None], now: float) -> tuple[list[Any], int]:
-        """On the event loop, with the kernel's listing (`listed_blocks`, read in the writer
-        thread): adopt the kernel's elements this table does not hold (kind `kernel`), and
-        the adds for the live blocks the kernel lacks (not those about to expire). Made and
-        handed to the writer in one step, so an unblock after it is written after it."""
-        found = [
-            Block(text_of(key), now + exp if exp else None, "found in the kernel", "kernel", now)
-            for key in self.table.unknown(listed, now)
-            for exp in (listed[key],)
-        ]
-        if found:
-            self.table.load(found)
-            self.store.save_blocks(found)
-            self.on_blocked(found, now)
-        missing = self.table.missing(listed, now)
-        return self.table.restore_keys(missing, now), len(missing)
-
 
 # what `block` has once the kernel write is ready: the blocks, the store's write if it runs
 # in a thread, the kernel commands, and what the table held before (for `_revert`)
@@ -401,21 +358,3 @@ def _records(specs: Sequence[BlockSpec], source: str, now: float) -> list[Block]
         seen.add(spec.key)
         blocks.append(_new(Block, (spec.key, expires, spec.reason, source, now)))
     return blocks
-
-
-def listed_blocks(kernel: Kernel) -> dict[Key, float | None]:
-    """The kernel's block elements as table keys with their remaining seconds (None: no
-    timeout). Reads only the kernel: safe in the writer thread while the loop serves."""
-    out: dict[Key, float | None] = {}
-    for s in n.BLOCK_SETS:
-        for elem in kernel.set_elements(s.name):
-            body = b.element_fields(elem)
-            val = body["val"]
-            text = (
-                f"{val['prefix']['addr']}/{val['prefix']['len']}" if isinstance(val, dict) else val
-            )
-            canon = address_text(ipaddress.ip_network(text))
-            key = canon if "/" in canon else pack(canon)
-            if key is not None:
-                out[key] = body.get("expires")
-    return out

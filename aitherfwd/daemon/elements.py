@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 
 from aitherfwd.clock import Clock
-from aitherfwd.daemon.blocking import BlockService, listed_blocks
+from aitherfwd.daemon.blocking import BlockService
+from aitherfwd.daemon.blocks_kernel import listed_blocks
 from aitherfwd.daemon.egress import EgressRuntime
 from aitherfwd.daemon.ports import Kernel
 from aitherfwd.daemon.writer import KernelWriter
