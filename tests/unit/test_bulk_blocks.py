@@ -10,7 +10,7 @@ import ipaddress
 import json
 import random
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,77 +152,82 @@ def _requests(seed: int) -> list[tuple[float, dict[str, Any]]]:
     return out
 
 
-@pytest.mark.parametrize(("seed", "in_place"), [(1, True), (2, False), (3, True), (4, False)])
-def test_columns_and_items_give_the_same_blocks(tmp_path: Path, seed: int, in_place: bool) -> None:
-    results = []
+Submit = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _both_ways(
+    tmp_path: Path, steps: Callable[[FakeDaemon, Submit], Awaitable[None]], in_place: bool = True
+) -> list[tuple[list[list[Any]], dict[str, Any]]]:
+    """`steps` run on two fake daemons after a cold start: `submit` hands a bulk request to
+    the blocks service as columns on the first, item by item on the second. Each one's
+    answers and state."""
+    out = []
     for columns in (True, False):
         (tmp_path / str(columns)).mkdir()
         fake = fake_daemon(tmp_path / str(columns), POLICY)
         fake.kernel.timeout_updates = in_place
         answers: list[list[Any]] = []
 
-        async def run(
-            fake: FakeDaemon = fake, columns: bool = columns, answers: list[list[Any]] = answers
+        async def submit(
+            request: dict[str, Any],
+            fake: FakeDaemon = fake,
+            columns: bool = columns,
+            answers: list[list[Any]] = answers,
         ) -> None:
-            s = fake.services
-            task = asyncio.get_running_loop().create_task(s.writer.run())
+            bulk = bulk_v4(request)
+            assert bulk is not None
+            specs: Sequence[BlockSpec] | BulkBlocks = bulk if columns else parse_blocks(request)
+            made = await fake.services.blocks.block(specs)
+            assert isinstance(made, BlockList) == columns
+            answers.append(list(made))
+
+        async def run(fake: FakeDaemon = fake, submit: Submit = submit) -> None:
+            task = asyncio.get_running_loop().create_task(fake.services.writer.run())
             try:
-                await s.generations.cold_start()
-                for advance, request in _requests(seed):
-                    fake.clock.advance(advance)
-                    bulk = bulk_v4(request)
-                    assert bulk is not None
-                    specs: Sequence[BlockSpec] | BulkBlocks = (
-                        bulk if columns else parse_blocks(request)
-                    )
-                    made = await s.blocks.block(specs)
-                    assert isinstance(made, BlockList) == columns
-                    answers.append(list(made))
+                await fake.services.generations.cold_start()
+                await steps(fake, submit)
             finally:
                 task.cancel()
 
         asyncio.run(run())
-        results.append((answers, _state(fake)))
+        out.append((answers, _state(fake)))
         fake.services.ports.store.close()
+    return out
+
+
+def _same(results: list[tuple[list[list[Any]], dict[str, Any]]]) -> dict[str, Any]:
     (fast_answers, fast), (slow_answers, slow) = results
     assert fast_answers == slow_answers
     for part in slow:
         assert fast[part] == slow[part], part
-    assert len(fast["kernel"]) == len(fast["active"]) > 0
+    return fast
+
+
+@pytest.mark.parametrize(("seed", "in_place"), [(1, True), (2, False), (3, True), (4, False)])
+def test_columns_and_items_give_the_same_blocks(tmp_path: Path, seed: int, in_place: bool) -> None:
+    async def steps(fake: FakeDaemon, submit: Submit) -> None:
+        for advance, request in _requests(seed):
+            fake.clock.advance(advance)
+            await submit(request)
+
+    state = _same(_both_ways(tmp_path, steps, in_place))
+    assert len(state["kernel"]) == len(state["active"]) > 0
 
 
 def test_large_requests_written_from_a_thread_give_the_same_blocks(tmp_path: Path) -> None:
     """Requests of LARGE_BATCH or more are stored from a worker thread while the kernel
     takes them (`Store.blocks_writer`): a fresh one and a re-block, either path."""
     many = [str(ipaddress.IPv4Address(0x0A400000 + i)) for i in range(LARGE_BATCH + 2000)]
-    requests = [body(many, ttl=600), body(many[1000:], ttl="2h", reason="again")]
-    states = []
-    for columns in (True, False):
-        (tmp_path / str(columns)).mkdir()
-        fake = fake_daemon(tmp_path / str(columns), POLICY)
 
-        async def run(fake: FakeDaemon = fake, columns: bool = columns) -> None:
-            s = fake.services
-            task = asyncio.get_running_loop().create_task(s.writer.run())
-            try:
-                await s.generations.cold_start()
-                for request in requests:
-                    fake.clock.advance(30)
-                    bulk = bulk_v4(request)
-                    assert bulk is not None
-                    await s.blocks.block(bulk if columns else parse_blocks(request))
-            finally:
-                task.cancel()
+    async def steps(fake: FakeDaemon, submit: Submit) -> None:
+        for request in (body(many, ttl=600), body(many[1000:], ttl="2h", reason="again")):
+            fake.clock.advance(30)
+            await submit(request)
 
-        asyncio.run(run())
-        states.append(_state(fake))
-        fake.services.ports.store.close()
-    fast, slow = states
-    for part in slow:
-        assert fast[part] == slow[part], part
-    assert len(fast["stored"]) == len(many) == len(fast["kernel"])
+    state = _same(_both_ways(tmp_path, steps))
+    assert len(state["stored"]) == len(many) == len(state["kernel"])
     again = set(many[1000:])
-    assert {(b.key in again, b.reason) for b in fast["stored"]} == {
+    assert {(b.key in again, b.reason) for b in state["stored"]} == {
         (True, "again"),
         (False, "manual"),
     }
@@ -256,32 +261,13 @@ def test_a_protected_address_in_columns_is_refused_as_item_by_item(tmp_path: Pat
 def test_a_refused_bulk_request_leaves_the_same_state_either_way(tmp_path: Path) -> None:
     """The kernel refuses a bulk request that re-blocks some held addresses: table, store,
     history and kernel are as before it, whichever path took it."""
-    held = body(POOL[:300], ttl=600, reason="before")
-    again = body(POOL[200:1500], ttl="1h", reason="after")
-    states = []
-    for columns in (True, False):
-        (tmp_path / str(columns)).mkdir()
-        fake = fake_daemon(tmp_path / str(columns), POLICY)
 
-        async def run(fake: FakeDaemon = fake, columns: bool = columns) -> None:
-            s = fake.services
-            task = asyncio.get_running_loop().create_task(s.writer.run())
-            try:
-                await s.generations.cold_start()
-                await s.blocks.block(parse_blocks(held))
-                fake.kernel.refuse_next("Could not process rule: No space left on device")
-                bulk = bulk_v4(again)
-                assert bulk is not None
-                with pytest.raises(ApplyError):
-                    await s.blocks.block(bulk if columns else parse_blocks(again))
-            finally:
-                task.cancel()
+    async def steps(fake: FakeDaemon, submit: Submit) -> None:
+        await fake.services.blocks.block(parse_blocks(body(POOL[:300], ttl=600, reason="before")))
+        fake.kernel.refuse_next("Could not process rule: No space left on device")
+        with pytest.raises(ApplyError):
+            await submit(body(POOL[200:1500], ttl="1h", reason="after"))
 
-        asyncio.run(run())
-        states.append(_state(fake))
-        fake.services.ports.store.close()
-    fast, slow = states
-    for part in slow:
-        assert fast[part] == slow[part], part
-    assert {b.key for b in fast["active"]} == set(POOL[:300])
-    assert {b.reason for b in fast["stored"]} == {"before"}
+    state = _same(_both_ways(tmp_path, steps))
+    assert {b.key for b in state["active"]} == set(POOL[:300])
+    assert {b.reason for b in state["stored"]} == {"before"}
