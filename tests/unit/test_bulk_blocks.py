@@ -214,6 +214,18 @@ def test_columns_and_items_give_the_same_blocks(tmp_path: Path, seed: int, in_pl
     assert len(state["kernel"]) == len(state["active"]) > 0
 
 
+def test_one_address_named_in_every_item_is_one_block_either_way(tmp_path: Path) -> None:
+    """300 items, one address: the columns keep one block (not a run), as the items do."""
+
+    async def steps(fake: FakeDaemon, submit: Submit) -> None:
+        await submit(body([POOL[7]] * 300, ttl=600))
+        await submit(body([POOL[7]] * 300 + POOL[:10], ttl="1h"))
+
+    state = _same(_both_ways(tmp_path, steps))
+    assert [b.key for b in state["active"]] == sorted(POOL[:10])
+    assert len(state["kernel"]) == 10
+
+
 def test_large_requests_written_from_a_thread_give_the_same_blocks(tmp_path: Path) -> None:
     """Requests of LARGE_BATCH or more are stored from a worker thread while the kernel
     takes them (`Store.blocks_writer`): a fresh one and a re-block, either path."""
