@@ -23,6 +23,7 @@ from typing import Any
 from aitherfwd.adapters import netlink as nl
 from aitherfwd.adapters import nftelements as ne
 from aitherfwd.adapters import nlchannel as nlc
+from aitherfwd.adapters.nftshapes import SetShape
 from aitherfwd.errors import ApplyError
 from aitherfwd.nft import builders as b
 from aitherfwd.nft import names as n
@@ -37,13 +38,13 @@ TIMEOUT = 60.0  # seconds for the kernel's answer to one batch
 class ElementWriter:
     def __init__(self, table: str = n.TABLE, timeout: float = TIMEOUT) -> None:
         self.table, self.timeout = table, timeout
-        self.shapes: dict[str, ne.SetShape] = {}
+        self.shapes: dict[str, SetShape] = {}
         self._channel: nlc.Channel | None = None
 
     # --- shapes ------------------------------------------------------------------------------
 
     def learn(self, name: str, type_: object, flags: Iterable[str]) -> None:
-        shape = ne.SetShape.of(name, type_, flags)
+        shape = SetShape.of(name, type_, flags)
         if shape is None:
             self.shapes.pop(name, None)
         else:

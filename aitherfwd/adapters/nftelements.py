@@ -24,7 +24,7 @@ Why by hand: libnftables 1.0.6 fetches every element of every interval set in th
 into its cache before any element write (a ban took ~500 ms with 100,000 prefixes loaded;
 ANCHORS.md), and neither the nftables binding nor pyroute2 (no nf_tables set-element
 support in 0.9.7) writes elements without that cache. Needs only the set's shape, which the
-caller learns from the ruleset (`SetShape.of`). Pure encoding: no socket here.
+caller learns from the ruleset (`nftshapes.SetShape.of`). Pure encoding: no socket here.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aitherfwd.adapters import netlink as nl
+from aitherfwd.adapters.nftshapes import SetShape
 from aitherfwd.dynamic.packedelements import WIDTH, PackedElements
 from aitherfwd.geo.elements import RangeElements
 
@@ -73,34 +74,6 @@ _OPEN_UDATA = bytes([NFTNL_UDATA_SET_ELEM_FLAGS, 4]) + struct.pack(
 class ElementError(ValueError):
     """An element our encoder cannot express for its set (a bug upstream, or a set whose
     shape is unknown): the caller falls back to libnftables."""
-
-
-@dataclass(frozen=True, slots=True)
-class SetShape:
-    """What the encoder needs to know of a set: its address family, whether it holds
-    intervals, and whether its key is `address . inet_service`."""
-
-    name: str
-    family: int  # 4 or 6
-    interval: bool
-    with_port: bool
-
-    @classmethod
-    def of(cls, name: str, type_: object, flags: Iterable[str]) -> SetShape | None:
-        """From a set's libnftables type (`"ipv4_addr"`, `["ipv6_addr", "inet_service"]`, or
-        the text of either) and flags; None for a shape we do not write by netlink."""
-        parts = type_ if isinstance(type_, list) else _type_parts(str(type_))
-        names = [str(p) for p in parts]
-        if names[0] not in ("ipv4_addr", "ipv6_addr") or names[1:] not in ([], ["inet_service"]):
-            return None
-        family = 4 if names[0] == "ipv4_addr" else 6
-        return cls(name, family, "interval" in set(flags), len(names) == 2)
-
-
-def _type_parts(text: str) -> list[str]:
-    """`"['ipv4_addr', 'inet_service']"` (how Observed keeps a list) or `"ipv4_addr"`."""
-    cleaned = text.strip("[]").replace("'", "").replace('"', "")
-    return [p.strip() for p in cleaned.replace(" . ", ",").split(",") if p.strip()]
 
 
 # --- one element ---------------------------------------------------------------------------

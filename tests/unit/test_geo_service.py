@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aitherfwd.adapters import netlink as nl
 from aitherfwd.adapters import nftelements as ne
+from aitherfwd.adapters.nftshapes import SetShape
 from aitherfwd.testing import FakeDaemon, fake_daemon
 from tests.geodata import write_db
 
@@ -101,7 +102,7 @@ def test_evaluate_knows_the_country_and_the_list(tmp_path: Path) -> None:
     assert geo.country_of(ipaddress.ip_address("10.77.9.9")) is None
 
 
-N4 = ne.SetShape("n", 4, interval=True, with_port=False)
+N4 = SetShape("n", 4, interval=True, with_port=False)
 
 
 def test_a_range_that_is_a_prefix_encodes_like_the_prefix() -> None:
@@ -197,7 +198,7 @@ def test_the_range_fast_path_sends_the_bytes_of_the_generic_encoder() -> None:
     fast = list(ne.messages("t", N4, "delete", RangeElements(4, pairs)))
     slow = list(ne.messages("t", N4, "delete", list(RangeElements(4, pairs))))
     assert [m.attrs for m in fast] == [m.attrs for m in slow]
-    n6 = ne.SetShape("n6", 6, interval=True, with_port=False)
+    n6 = SetShape("n6", 6, interval=True, with_port=False)
     v6 = [(1 << 120, (1 << 120) + 5)]
     assert [m.attrs for m in ne.messages("t", n6, "delete", RangeElements(6, v6))] == [
         m.attrs for m in ne.messages("t", n6, "delete", list(RangeElements(6, v6)))

@@ -10,12 +10,13 @@ import pytest
 
 from aitherfwd.adapters import netlink as nl
 from aitherfwd.adapters import nftelements as ne
+from aitherfwd.adapters.nftshapes import SetShape
 from aitherfwd.nft import builders as b
 
-H4 = ne.SetShape("h4", 4, interval=False, with_port=False)
-H6 = ne.SetShape("h6", 6, interval=False, with_port=False)
-N4 = ne.SetShape("n4", 4, interval=True, with_port=False)
-C4 = ne.SetShape("c4", 4, interval=True, with_port=True)
+H4 = SetShape("h4", 4, interval=False, with_port=False)
+H6 = SetShape("h6", 6, interval=False, with_port=False)
+N4 = SetShape("n4", 4, interval=True, with_port=False)
+C4 = SetShape("c4", 4, interval=True, with_port=True)
 
 # the NFTA_SET_ELEM_LIST_ELEMENTS payloads nft sent
 NFT_H4_COMMENT = bytes.fromhex(
@@ -71,7 +72,7 @@ def as_list_elem(payload: bytes) -> bytes:
     return out
 
 
-def elements_payload(shape: ne.SetShape, verb: str, elements: list[object]) -> bytes:
+def elements_payload(shape: SetShape, verb: str, elements: list[object]) -> bytes:
     (msg,) = ne.messages("t", shape, verb, elements)
     attrs = dict(nl.attributes(msg.attrs))
     assert attrs[ne.NFTA_SET_ELEM_LIST_TABLE] == b"t\0"
@@ -140,23 +141,19 @@ def test_a_large_batch_is_split_into_messages_under_the_attribute_limit() -> Non
     ],
 )
 def test_elements_a_set_cannot_hold_are_refused_before_anything_is_sent(
-    shape: ne.SetShape, element: object
+    shape: SetShape, element: object
 ) -> None:
     with pytest.raises(ne.ElementError):
         list(ne.messages("t", shape, "add", [element]))
 
 
 def test_shapes_come_from_libnftables_types_and_flags() -> None:
-    assert ne.SetShape.of("s", "ipv6_addr", ["interval", "timeout"]) == ne.SetShape(
-        "s", 6, True, False
-    )
-    assert ne.SetShape.of("s", ["ipv4_addr", "inet_service"], ["interval"]) == C4.__class__(
+    assert SetShape.of("s", "ipv6_addr", ["interval", "timeout"]) == SetShape("s", 6, True, False)
+    assert SetShape.of("s", ["ipv4_addr", "inet_service"], ["interval"]) == C4.__class__(
         "s", 4, True, True
     )
-    assert ne.SetShape.of("s", "['ipv4_addr', 'inet_service']", ()) == ne.SetShape(
-        "s", 4, False, True
-    )
-    assert ne.SetShape.of("s", "inet_service", ()) is None
+    assert SetShape.of("s", "['ipv4_addr', 'inet_service']", ()) == SetShape("s", 4, False, True)
+    assert SetShape.of("s", "inet_service", ()) is None
 
 
 def test_builders_and_encoder_agree_on_the_command_shape() -> None:
@@ -176,7 +173,7 @@ def test_packed_elements_encode_to_the_bytes_of_their_json_form() -> None:
         (4, int(ipaddress.IPv4Address("10.77.0.1"))),
         (6, int(ipaddress.IPv6Address("fd77::1"))),
     ):
-        shape = ne.SetShape(f"block_v{family}", family, interval=False, with_port=False)
+        shape = SetShape(f"block_v{family}", family, interval=False, with_port=False)
         packed = PackedElements(family)
         for i in range(5_000):  # more than one message's worth
             packed.append(first + i, None if i % 3 == 0 else 600 + i % 2)
@@ -199,7 +196,7 @@ def test_ipv4_elements_sharing_a_timeout_are_written_into_one_template(timeout: 
 
     from aitherfwd.dynamic.packedelements import PackedElements  # noqa: PLC0415
 
-    shape = ne.SetShape("block_v4", 4, interval=False, with_port=False)
+    shape = SetShape("block_v4", 4, interval=False, with_port=False)
     first = int(ipaddress.IPv4Address("10.77.0.1"))
     addresses = [first + i * 7919 % 65536 for i in range(9_001)]  # unsorted, 3 messages
     packed = PackedElements.uniform(4, addresses, timeout)
