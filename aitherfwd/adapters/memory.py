@@ -4,7 +4,8 @@ Owns: one call, glibc's `malloc_trim(0)`, through ctypes. A transaction of 100,0
 elements makes ~150 MB of short-lived JSON (Python's and libnftables'); once freed, glibc
 keeps it mapped, so a daemon holding 100,000 blocks would sit at ~200 MB instead of ~60.
 Trimming after such a batch costs a few milliseconds. On a libc without malloc_trim
-(musl) this does nothing. `drop_later` frees a large request's garbage after its answer.
+(musl) this does nothing. `trim_later` trims once a large request is answered, freeing its
+garbage first.
 """
 
 from __future__ import annotations
@@ -58,19 +59,27 @@ def trim() -> None:
         _malloc_trim(0)
 
 
-DROP_DELAY = 0.2  # seconds: a request has been answered by then
+TRIM_DELAY = 0.2  # seconds: the large request has been answered by then
+# what the scheduled trim frees first, and the loop it is scheduled on; None: none is
+_later: tuple[asyncio.AbstractEventLoop, list[object]] | None = None
 
 
-def drop_later(garbage: object, delay: float = DROP_DELAY) -> None:
-    """Free `garbage` `delay` seconds from now on the running loop, then trim the heap: a
-    large request's parsed body (100,000 objects take ≈ 5 ms to free) dies after its answer
-    is sent, not while the client waits for it."""
-    box = [garbage]
-    asyncio.get_running_loop().call_later(delay, _drop, box)
+def trim_later(garbage: object = None) -> None:
+    """Trim the heap once the large request now running has been answered, after freeing
+    `garbage` (its parsed body: 100,000 objects take ≈ 5 ms to free, which its client
+    would otherwise wait for). Calls within TRIM_DELAY on one loop share one trim."""
+    global _later  # noqa: PLW0603 - one pending trim per process (the event loop's)
+    loop = asyncio.get_running_loop()
+    if _later is None or _later[0] is not loop:  # none pending, or on a loop now gone
+        _later = (loop, [])
+        loop.call_later(TRIM_DELAY, _trim_now, loop)
+    _later[1].append(garbage)
 
 
-def _drop(box: list[object]) -> None:
-    box.clear()
+def _trim_now(loop: asyncio.AbstractEventLoop) -> None:
+    global _later  # noqa: PLW0603
+    if _later is not None and _later[0] is loop:
+        _later = None  # the garbage it held goes here
     trim()
 
 

@@ -72,8 +72,8 @@ async def add_blocks(d: Services, req: HttpRequest) -> Any:
     body = jsonbody.decode(req.body)
     specs = bulkblocks.bulk_v4(body) or schema.parse_blocks(body)
     blocks = await d.blocks.block(specs, actor=actor(req))
-    if len(blocks) >= memory.LARGE_BATCH:  # freed once answered
-        memory.drop_later((body, specs))
+    if len(blocks) >= memory.LARGE_BATCH:  # freed once answered, then the heap trimmed
+        memory.trim_later((body, specs))
     return {"count": len(blocks), "blocked": views.block_views(blocks, 1000)}
 
 

@@ -44,7 +44,6 @@ CONNTRACK_CUT_PAUSE = 0.05
 # Live admin sessions (conntrack, established to settings.admin_ports) are asked at most
 # this often for the anti-lockout of automatic blocks: a dump walks the kernel's conntrack hash.
 ADMIN_PEERS_TTL = 2.0
-TRIM_DELAY = 0.2  # seconds after a large batch: its request has been answered by then
 _new = tuple.__new__  # a `Block` made in C (0.1 µs, not 0.2: a bulk request makes 100,000)
 _FAMILY = (socket.AF_INET, socket.AF_INET6)  # by "is IPv6"
 Actor = dict[str, int]  # uid, gid, pid of an API caller (SO_PEERCRED)
@@ -127,10 +126,6 @@ class BlockService(BlockKernelView):
         guarded += [(a, "is an egress resolver") for a in self._resolvers]
         return guarded
 
-    def load(self, now: float) -> None:
-        """Cold start: the store's live blocks, streamed into the compact table."""
-        self.table.load_rows(self.store.iter_rows(now))
-
     def status(self) -> BlocksStatus:
         self.expire()  # recorded, not only pruned by the counts
         now = self.clock.now()
@@ -178,8 +173,8 @@ class BlockService(BlockKernelView):
         if len(blocks) >= memory.LARGE_BATCH:
             del commands
             memory.trim()  # the batch is garbage now
-            # and the request's body and JSON once its handler has answered
-            asyncio.get_running_loop().call_later(TRIM_DELAY, memory.trim)
+            memory.trim_later()  # and the request's body and JSON once it is answered
+        ttl, reason = _shared(specs)
         self.audit.write(
             now,
             Blocked(
@@ -187,8 +182,8 @@ class BlockService(BlockKernelView):
                 count=len(blocks),
                 source=source,
                 addresses=tuple(b.key for b in blocks[:100]),
-                ttl=_shared(specs)[0],
-                reason=_shared(specs)[1],
+                ttl=ttl,
+                reason=reason,
                 actor=actor,
             ),
         )
